@@ -1,0 +1,221 @@
+"""The task catalogue: every task a worker may run, with its typed, bounded, defaulted parameters.
+
+A worker resolves a job's function through :func:`by_path` and nothing else, so this module is the
+allow-list. Validation lives on :class:`Param`, so the producer's flags and prompts, the Python API
+and the worker all apply the same rules and print the same messages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from task_def import maths, scrape, sleep
+
+
+class TaskDefError(ValueError):
+    """A task name or parameters that the catalogue refuses; the message says what to change."""
+
+
+class UnknownTask(TaskDefError):
+    """Raised for a task name (or a function path) that is not in the catalogue."""
+
+
+class InvalidParams(TaskDefError):
+    """Raised for a parameter that is unknown, of the wrong type, or out of bounds."""
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+def _number(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: its type, bounds and default, and how to read it from text or JSON."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    min: Optional[float] = None
+    max: Optional[float] = None
+    min_exclusive: bool = False
+    check: Optional[Callable[[Any], Any]] = None
+
+    def describe_bounds(self) -> str:
+        """The bounds as a reader would say them, e.g. '0 < seconds <= 3600'."""
+        if self.min is None and self.max is None:
+            return ""
+        low = "" if self.min is None else f"{_number(self.min)} {'<' if self.min_exclusive else '<='} "
+        high = "" if self.max is None else f" <= {_number(self.max)}"
+        return f"{low}{self.name}{high}"
+
+    def parse(self, raw: Any) -> Any:
+        """The value ``raw`` stands for (text from a flag or prompt, or a JSON value)."""
+        value = self._coerce(raw)
+        too_low = self.min is not None and (value <= self.min if self.min_exclusive else value < self.min)
+        too_high = self.max is not None and value > self.max
+        if too_low or too_high:
+            raise InvalidParams(f"{self.name}: {raw!r} is out of bounds, expected {self.describe_bounds()}")
+        if self.check is not None:
+            try:
+                value = self.check(value)
+            except ValueError as exc:
+                raise InvalidParams(f"{self.name}: {raw!r} {exc}") from None
+        return value
+
+    def _coerce(self, raw: Any) -> Any:
+        kind = {int: "an integer", float: "a number", str: "text"}[self.type]
+        wrong = InvalidParams(f"{self.name}: expected {kind}, got {raw!r}")
+        if isinstance(raw, bool) or raw is None:
+            raise wrong
+        if self.type is str:
+            if not isinstance(raw, str) or not raw.strip():
+                raise wrong
+            return raw.strip()
+        if isinstance(raw, str):
+            text = raw.strip().replace("_", "")
+            try:
+                raw = int(text)
+            except ValueError:
+                try:
+                    raw = float(text)
+                except ValueError:
+                    raise wrong from None
+        if not isinstance(raw, (int, float)) or not math.isfinite(raw):
+            raise wrong
+        if self.type is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise wrong
+            return int(raw)
+        return float(raw)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A catalogue entry: the function, its parameters and how a worker should treat it."""
+
+    name: str
+    func: Callable[..., Any]
+    description: str
+    params: tuple[Param, ...]
+    timeout: int
+    #: Whether running the task twice is harmless, so a job lost with its worker may be re-run.
+    rerun_safe: bool = True
+    timeout_for: Optional[Callable[[dict], int]] = field(default=None, compare=False)
+
+    @property
+    def path(self) -> str:
+        """The dotted path RQ stores in the job, and the key the worker looks up."""
+        return f"{self.func.__module__}.{self.func.__qualname__}"
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.params)
+        raise InvalidParams(f"{self.name}: unknown parameter {name!r} (it takes: {known})")
+
+    def validate(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """All parameters, checked, with defaults filled in; raises InvalidParams."""
+        for name in given:
+            self.param(name)
+        values = {}
+        for p in self.params:
+            if p.name in given:
+                values[p.name] = p.parse(given[p.name])
+            elif p.default is None:
+                raise InvalidParams(f"{self.name}: missing required parameter {p.name!r} ({p.help})")
+            else:
+                values[p.name] = p.default
+        return values
+
+    def job_timeout(self, params: dict) -> int:
+        """Seconds a job of this task may run, given its validated parameters."""
+        return self.timeout_for(params) if self.timeout_for else self.timeout
+
+    def signature(self) -> str:
+        return " ".join(f"{p.name}={p.default if p.default is not None else '…'}" for p in self.params)
+
+
+_TASKS = (
+    Task(
+        "sleep",
+        sleep.sleep,
+        "Sleep for a number of seconds, reporting progress each second.",
+        (Param("seconds", float, 5.0, "how long to sleep", min=0, max=3600, min_exclusive=True),),
+        timeout=3660,
+        timeout_for=lambda p: int(p["seconds"]) + 60,
+    ),
+    Task(
+        "scrape",
+        scrape.scrape,
+        "Fetch a web page; report its status, title, links, words and size.",
+        (
+            Param("url", str, None, "the http(s) URL to fetch", check=_http_url),
+            Param("timeout", float, 20.0, "seconds allowed for the whole fetch", min=0, max=120, min_exclusive=True),
+            Param("max_bytes", int, 5_000_000, "largest body read, in bytes", min=1, max=50_000_000),
+        ),
+        timeout=180,
+    ),
+    Task(
+        "primes",
+        maths.count_primes,
+        "Count the primes below n with a segmented sieve.",
+        (Param("n", int, 10_000_000, "the upper bound (exclusive)", min=0, max=10**10),),
+        timeout=600,
+    ),
+    Task(
+        "pi",
+        maths.monte_carlo_pi,
+        "Estimate pi by Monte Carlo sampling of the unit square.",
+        (
+            Param("samples", int, 1_000_000, "random points to draw", min=1, max=10**9),
+            Param("seed", int, 0, "random seed, for a reproducible estimate", min=0, max=2**32),
+        ),
+        timeout=900,
+    ),
+    Task(
+        "fibonacci",
+        maths.fibonacci,
+        "Compute the n-th Fibonacci number; report its digit count and leading digits.",
+        (
+            Param("n", int, 100_000, "which Fibonacci number", min=0, max=10_000_000),
+            Param("prefix_digits", int, 20, "how many leading digits to return", min=1, max=1000),
+        ),
+        timeout=600,
+    ),
+    Task(
+        "factorise",
+        maths.factorise,
+        "Factorise an integer into primes (Pollard-Brent).",
+        (Param("n", int, 600851475143, "the integer to factorise", min=1, max=10**24),),
+        timeout=600,
+    ),
+)
+
+CATALOGUE: dict[str, Task] = {task.name: task for task in _TASKS}
+_BY_PATH: dict[str, Task] = {task.path: task for task in _TASKS}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; raises UnknownTask naming the ones that exist."""
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise UnknownTask(f"unknown task {name!r}; the catalogue has: {', '.join(CATALOGUE)}") from None
+
+
+def by_path(path: Optional[str]) -> Optional[Task]:
+    """The task whose function lives at ``path``, or None: the worker's allow-list check."""
+    return _BY_PATH.get(path or "")

@@ -1,0 +1,65 @@
+"""Fetching a web page and summarising it.
+
+httpx does the HTTP (redirects, timeouts, streaming so the body size stays bounded); selectolax's
+Lexbor engine parses the HTML the way a browser would.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from selectolax.lexbor import LexborHTMLParser
+
+from task_def.progress import report_progress
+
+USER_AGENT = "workqueue-scraper/1.0 (+https://github.com/workqueue)"
+
+
+def scrape(url: str, timeout: float = 20.0, max_bytes: int = 5_000_000) -> dict:
+    """Fetch ``url`` and return its status, final URL, title, link and word counts, size, time."""
+    start = time.monotonic()
+    report_progress(0, 3, f"fetching {url}")
+    body = bytearray()
+    truncated = False
+    with httpx.Client(
+        timeout=timeout, follow_redirects=True, max_redirects=10, headers={"User-Agent": USER_AGENT}
+    ) as client:
+        with client.stream("GET", url) as response:
+            report_progress(1, 3, f"HTTP {response.status_code}, reading body")
+            for chunk in response.iter_bytes():
+                if time.monotonic() - start > timeout:
+                    raise TimeoutError(f"reading {url} took longer than {timeout:g} s")
+                room = max_bytes - len(body)
+                if len(chunk) > room:
+                    body += chunk[:room]
+                    truncated = True
+                    break
+                body += chunk
+            status = response.status_code
+            final_url = str(response.url)
+            content_type = response.headers.get("content-type", "")
+            encoding = response.encoding or "utf-8"
+    report_progress(2, 3, "parsing")
+    title, links, words = None, 0, 0
+    if "html" in content_type or not content_type:
+        tree = LexborHTMLParser(bytes(body).decode(encoding, errors="replace"))
+        node = tree.css_first("title")
+        title = " ".join(node.text().split()) if node is not None else None
+        links = len(tree.css("a[href]"))
+        for node in tree.css("script, style, noscript, template"):
+            node.decompose()
+        text_root = tree.body or tree.root
+        words = len(text_root.text(separator=" ").split()) if text_root is not None else 0
+    report_progress(3, 3, "done")
+    return {
+        "url": url,
+        "status": status,
+        "final_url": final_url,
+        "title": title,
+        "links": links,
+        "words": words,
+        "bytes": len(body),
+        "truncated": truncated,
+        "elapsed": round(time.monotonic() - start, 3),
+    }

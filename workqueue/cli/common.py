@@ -1,0 +1,111 @@
+"""What every command shares: the Redis option, click types built on the catalogue's validation,
+when to prompt, and turning errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, NoReturn, Optional
+
+import click
+
+import task_def
+from workqueue import logs
+from workqueue.errors import BadInput, WorkqueueError
+from workqueue.policy import check_queue_name
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+redis_url_option = click.option(
+    "--redis-url",
+    metavar="URL",
+    default=None,
+    help="Redis to use (else $REDIS_URL, else the embedded server on 127.0.0.1:6379).",
+)
+
+
+def can_prompt() -> bool:
+    """Prompt only at a terminal: scripts get a usage error instead of a hang."""
+    return sys.stdin.isatty()
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def run(command: click.Command, args: Optional[list[str]] = None) -> NoReturn:
+    """Run a click command; every error becomes one line on stderr and its exit code."""
+    logs.setup(verbose=False)
+    try:
+        code = command.main(args=args, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("", err=True)
+        fail("aborted", EXIT_INTERRUPTED)
+    except click.UsageError as exc:
+        fail(f"{exc.format_message()} (see --help)", EXIT_USAGE)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except task_def.TaskDefError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except WorkqueueError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+        fail("interrupted", EXIT_INTERRUPTED)
+    sys.exit(code or EXIT_OK)
+
+
+def _bad(self: click.ParamType, exc: Exception, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> NoReturn:
+    self.fail(str(exc), param, ctx)
+
+
+class QueueName(click.ParamType):
+    name = "queue"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> str:
+        try:
+            return check_queue_name(value)
+        except BadInput as exc:
+            _bad(self, exc, param, ctx)
+
+
+class QueueList(click.ParamType):
+    """Queue names separated by commas or spaces, as typed at a prompt."""
+
+    name = "queues"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> list[str]:
+        if isinstance(value, list):
+            return value
+        names = [n for n in re.split(r"[,\s]+", str(value)) if n]
+        if not names:
+            self.fail("give at least one queue name", param, ctx)
+        try:
+            return list(dict.fromkeys(check_queue_name(n) for n in names))
+        except BadInput as exc:
+            _bad(self, exc, param, ctx)
+
+
+class TaskParam(click.ParamType):
+    """A catalogue parameter as a click type, so a prompt re-asks with the catalogue's message."""
+
+    def __init__(self, param: task_def.Param) -> None:
+        self.param = param
+        self.name = param.type.__name__
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        try:
+            return self.param.parse(value)
+        except task_def.InvalidParams as exc:
+            _bad(self, exc, param, ctx)
+
+
+def echo_status(line: str, *, live: bool, last: list[str]) -> None:
+    """Show a status line: rewritten in place at a terminal, printed when it changes otherwise."""
+    if live:
+        click.echo(f"\r\x1b[K{line}", nl=False)
+    elif not last or last[0] != line:
+        click.echo(line)
+    last[:] = [line]
+

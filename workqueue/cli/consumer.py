@@ -1,0 +1,65 @@
+"""``consumer_main.py``: a pool of worker processes on one or more queues, with a live status line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+
+from workqueue import logs
+from workqueue.cli.common import EXIT_OK, QueueList, QueueName, can_prompt, echo_status, fail, redis_url_option
+from workqueue.connection import connect
+from workqueue.pool import ConsumerPool, PoolStatus
+from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS
+
+
+def status_line(status: PoolStatus) -> str:
+    state = "stopping, " if status.stopping else ""
+    return (
+        f"{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle | "
+        f"done {status.finished}, failed {status.failed}, queued {status.queued}"
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--workers", type=click.IntRange(MIN_WORKERS, MAX_WORKERS), default=None,
+              help=f"How many worker processes ({MIN_WORKERS} to {MAX_WORKERS}).")
+@click.option("--queue", "queues", type=QueueName(), multiple=True,
+              help=f"Queue to work on; repeat for several, served in the order given (default {DEFAULT_QUEUE}).")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty; otherwise run until Ctrl-C/SIGTERM.")
+@click.option("--verbose", is_flag=True, help="Log every job the workers run.")
+@redis_url_option
+def main(workers: Optional[int], queues: tuple[str, ...], burst: bool, verbose: bool, redis_url: Optional[str]) -> int:
+    """Run worker processes. Run bare at a terminal, it asks how many and on which queues."""
+    if workers is None and not queues and can_prompt():
+        workers = click.prompt(f"How many workers ({MIN_WORKERS}-{MAX_WORKERS})", default=2,
+                               type=click.IntRange(MIN_WORKERS, MAX_WORKERS))
+        queues = tuple(click.prompt("Queue(s), separated by commas", default=DEFAULT_QUEUE, type=QueueList()))
+    elif workers is None:
+        fail(f"missing --workers N ({MIN_WORKERS} to {MAX_WORKERS}); with no terminal there is nothing to prompt on")
+    queues = queues or (DEFAULT_QUEUE,)
+    logs.setup(verbose)
+    connection, target = connect(redis_url)
+    live = sys.stdout.isatty()
+    last: list[str] = []
+    names: set[str] = set()
+
+    def on_tick(status: PoolStatus) -> None:
+        current = {w.name for w in status.workers}
+        if current - names:
+            if live and last:
+                click.echo()
+            click.echo("workers: " + ", ".join(sorted(current - names)))
+            last.clear()
+        names.update(current)
+        echo_status(status_line(status), live=live, last=last)
+
+    click.echo(f"starting {workers} workers on {', '.join(queues)} ({target.display}); Ctrl-C stops them")
+    pool = ConsumerPool(queues, connection, workers, on_tick=on_tick)
+    pool.start(burst=burst, logging_level="INFO" if verbose else "WARNING")
+    if live:
+        click.echo()
+    final = pool.snapshot()
+    click.echo(f"stopped: done {final.finished}, failed {final.failed}, queued {final.queued}")
+    return EXIT_OK

@@ -1,0 +1,168 @@
+"""The consumer's pool of worker processes: RQ's WorkerPool, with names people can read.
+
+Each worker runs in its own process group, so a Ctrl-C typed at the terminal reaches the pool
+alone and the pool decides: the first signal asks every worker to finish its job and exit, the
+second stops them at once. A worker also stops if the pool process dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import redis
+from rq.queue import Queue
+from rq.worker import Worker
+from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
+
+from workqueue.policy import SERIALIZER, CatalogueJob, CatalogueWorker
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _run_worker_detached(*args: Any, **kwargs: Any) -> None:
+    """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker."""
+    os.setpgrp()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    run_worker(*args, **kwargs)
+
+
+@dataclass
+class WorkerView:
+    name: str
+    state: str
+    finished: int
+    failed: int
+
+
+@dataclass
+class PoolStatus:
+    """One look at the pool: its live workers and what they and their queues hold."""
+
+    workers: list[WorkerView] = field(default_factory=list)
+    finished: int = 0
+    failed: int = 0
+    queued: int = 0
+    stopping: bool = False
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for w in self.workers if w.state == "busy")
+
+    @property
+    def idle(self) -> int:
+        return len(self.workers) - self.busy
+
+
+class ConsumerPool(WorkerPool):
+    """RQ's WorkerPool of :class:`CatalogueWorker` processes named ``<host>.<pid>.w<n>``."""
+
+    def __init__(
+        self,
+        queues: Iterable[str],
+        connection: redis.Redis,
+        num_workers: int,
+        on_tick: Optional[Callable[[PoolStatus], None]] = None,
+    ) -> None:
+        super().__init__(
+            list(queues),
+            connection=connection,
+            num_workers=num_workers,
+            worker_class=CatalogueWorker,
+            serializer=SERIALIZER,
+            job_class=CatalogueJob,
+        )
+        self.name = f"{socket.gethostname()}.{os.getpid()}"
+        self._numbers = itertools.count(1)
+        self._on_tick = on_tick
+        self._signals = 0
+        self._wake = threading.Event()
+        # Counts of workers that have exited, so the totals survive them.
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
+        process = super().get_worker_process(name, burst, _sleep, logging_level)
+        return ForkProcess(
+            target=_run_worker_detached, args=process._args, kwargs=process._kwargs, name=process.name
+        )
+
+    def start_worker(self, count: Optional[int] = None, burst: bool = True, _sleep: float = 0, logging_level: str = "INFO"):
+        name = f"{self.name}.w{next(self._numbers)}"
+        process = self.get_worker_process(name, burst=burst, _sleep=_sleep, logging_level=logging_level)
+        process.start()
+        self.worker_dict[name] = WorkerData(name=name, pid=process.pid, process=process)
+        self._seen[name] = (0, 0)
+        log.debug("started worker %s (pid %d)", name, process.pid)
+
+    def request_stop(self, signum: Optional[int] = None, frame: Any = None) -> None:
+        """First signal: warm shutdown of every worker. Second: cold shutdown, at once."""
+        self._signals += 1
+        self.status = self.Status.STOPPED
+        if self._signals == 1:
+            log.info("stopping: each worker finishes its current job, then exits")
+            self.stop_workers()
+        else:
+            log.warning("stopping at once")
+            for data in list(self.worker_dict.values()):
+                self.stop_worker(data, sig=signal.SIGTERM)
+        self._wake.set()
+
+    def start(self, burst: bool = False, logging_level: str = "WARNING") -> None:
+        """Run the pool until it is stopped (or, with ``burst``, until the queues are empty)."""
+        self._burst = burst
+        self.status = self.Status.STARTED
+        self.start_workers(burst=burst, logging_level=logging_level)
+        self._install_signal_handlers()
+        while True:
+            if self.status == self.Status.STOPPED:
+                if self.all_workers_have_stopped():
+                    break
+            else:
+                self.check_workers(respawn=not burst)
+                if burst and self.number_of_active_workers == 0:
+                    break
+            self._tick()
+            self._wake.wait(0.5)
+            self._wake.clear()
+        self._tick()
+
+    def _tick(self) -> None:
+        if self._on_tick is None:
+            return
+        try:
+            self._on_tick(self.snapshot())
+        except redis.ConnectionError:
+            log.warning("Redis is not answering; the status line will resume when it does")
+
+    def snapshot(self) -> PoolStatus:
+        """The pool's workers and queues as Redis sees them, in one round trip."""
+        names = list(self._seen)
+        with self.connection.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(Worker.redis_worker_namespace_prefix + name, "state", "successful_job_count", "failed_job_count")
+            for queue in self._queue_names:
+                pipe.llen(Queue(queue, connection=self.connection).key)
+            replies = pipe.execute()
+        status = PoolStatus(stopping=self.status == self.Status.STOPPED)
+        for name, (state, done, failed) in zip(names, replies):
+            if state is not None:  # a dead worker's hash expires a minute after it exits
+                self._seen[name] = (int(done or 0), int(failed or 0))
+            if name in self.worker_dict:
+                counts = self._seen.get(name, (0, 0))
+                status.workers.append(WorkerView(name, (state or b"starting").decode(), *counts))
+        status.finished = sum(done for done, _ in self._seen.values())
+        status.failed = sum(failed for _, failed in self._seen.values())
+        status.queued = sum(replies[len(names):])
+        return status

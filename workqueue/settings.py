@@ -1,0 +1,52 @@
+"""Every default in one place, and the environment variables that change them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The URL every command resolves when given neither ``--redis-url`` nor ``REDIS_URL``.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 6379
+
+#: The queue the producer and consumer use unless told otherwise.
+DEFAULT_QUEUE = "queue_one"
+
+#: Bounds of the consumer's pool on one machine.
+MIN_WORKERS, MAX_WORKERS = 1, 10
+
+#: How many jobs one producer run may enqueue.
+MAX_COUNT = 100_000
+
+#: Finished jobs and their results are kept this long (seconds); failed ones for a week.
+RESULT_TTL = 24 * 3600
+FAILURE_TTL = 7 * 24 * 3600
+
+#: The dashboard's address.
+DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 9181
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the embedded Redis lives; read from the environment once per command."""
+
+    #: ``WORKQUEUE_HOME``: the per-user data directory (embedded Redis's append-only log, pid, log).
+    home: Path
+    #: ``WORKQUEUE_REDIS_PORT``: the loopback port of the default URL and of the embedded server.
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        home = Path(os.environ.get("WORKQUEUE_HOME") or Path(xdg) / "workqueue")
+        port = int(os.environ.get("WORKQUEUE_REDIS_PORT") or DEFAULT_PORT)
+        return cls(home=home, port=port)
+
+    @property
+    def default_url(self) -> str:
+        return f"redis://{DEFAULT_HOST}:{self.port}/0"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
