@@ -1,0 +1,44 @@
+# The everyday verbs. `make run` shows workqueue working; `make test` proves it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+WORKERS ?= 4
+
+.PHONY: install run stop test bench clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: embedded Redis, the dashboard on :9181 and a consumer pool in the background, then a demo batch
+run: $(STAMP)
+	$(PY) -m workqueue redis start
+	$(PY) -m workqueue start-service dashboard --wait-url http://127.0.0.1:9181/ -- $(PY) dashboard_main.py
+	$(PY) -m workqueue start-service consumer -- $(PY) consumer_main.py --workers $(WORKERS) --queue queue_one
+	$(PY) producer_main.py --from-file examples/demo.jsonl --wait
+	@echo
+	@echo "Dashboard: http://localhost:9181  (consumer log: .run/consumer.log)"
+	@echo "Enqueue more: $(PY) producer_main.py    |    Stop everything: make stop"
+
+## stop: the consumer (gracefully), the dashboard, then the embedded Redis
+stop:
+	@if [ -x $(PY) ]; then \
+	  $(PY) -m workqueue stop-service consumer; \
+	  $(PY) -m workqueue stop-service dashboard; \
+	  $(PY) -m workqueue redis stop; \
+	fi
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean: stop
+	rm -rf $(VENV) .run .pytest_cache

@@ -1,0 +1,4 @@
+from workqueue.cli.admin import main
+from workqueue.cli.common import run
+
+run(main)

@@ -1,0 +1,29 @@
+"""The dashboard: rq-dashboard's blueprint mounted in our own Flask app, reading jobs as JSON."""
+
+from __future__ import annotations
+
+from flask import Flask, redirect, url_for
+from rq.serializers import JSONSerializer
+
+import rq_dashboard
+from rq_dashboard import web as rq_dashboard_web
+
+from workqueue.policy import SERIALIZER
+
+
+def create_app(redis_url: str) -> Flask:
+    """A Flask app serving rq-dashboard at ``/rq`` (and ``/`` redirecting there) for ``redis_url``."""
+    app = Flask(__name__)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url
+    app.config["RQ_DASHBOARD_POLL_INTERVAL"] = 2000
+    # rq-dashboard unpickles by default; ours is JSON everywhere.
+    rq_dashboard_web.config.serializer = SERIALIZER
+    assert rq_dashboard_web.config.serializer is JSONSerializer
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
+    rq_dashboard_web.setup_rq_connection(app)
+
+    @app.get("/")
+    def index():
+        return redirect(url_for("rq_dashboard.queues_overview"))
+
+    return app
