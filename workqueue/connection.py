@@ -61,10 +61,11 @@ def connect(redis_url: Optional[str] = None, settings: Optional[Settings] = None
     target = resolve(redis_url, settings)
     try:
         conn = redis.Redis.from_url(target.url, socket_connect_timeout=5, health_check_interval=30)
+        probe = redis.Redis.from_url(target.url, socket_connect_timeout=5, retry=embedded.NO_RETRY)
     except ValueError as exc:
         raise BadInput(f"invalid Redis URL {target.display!r}: {exc}") from None
     try:
-        conn.ping()
+        probe.ping()
     except redis.AuthenticationError as exc:
         raise RedisUnavailable(f"Redis at {target.display} refused the credentials: {exc}") from None
     except redis.ResponseError as exc:
@@ -73,7 +74,8 @@ def connect(redis_url: Optional[str] = None, settings: Optional[Settings] = None
         if target.explicit:
             raise RedisUnavailable(f"cannot reach Redis at {target.display}: {_reason(exc)}") from None
         embedded.ensure_running(settings)
-        conn.ping()
+    finally:
+        probe.close()
     return conn, target
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from workqueue.errors import EmbeddedRedisError
 from workqueue.settings import DEFAULT_HOST, Settings
@@ -25,6 +27,9 @@ from workqueue.settings import DEFAULT_HOST, Settings
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0
+
+#: For probes that must answer "is anything there?" at once, not after redis-py's retries.
+NO_RETRY = Retry(NoBackoff(), 0)
 
 
 def server_binary() -> Path:
@@ -38,10 +43,13 @@ def server_binary() -> Path:
 
 
 def _ping(port: int) -> bool:
+    probe = redis.Redis(host=DEFAULT_HOST, port=port, socket_connect_timeout=1, socket_timeout=2, retry=NO_RETRY)
     try:
-        return bool(redis.Redis(host=DEFAULT_HOST, port=port, socket_connect_timeout=1, socket_timeout=2).ping())
+        return bool(probe.ping())
     except redis.ConnectionError:
         return False
+    finally:
+        probe.close()
 
 
 @contextmanager
@@ -120,9 +128,8 @@ def stop(settings: Settings, timeout: float = 15.0) -> bool:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            # redis-server removes its pid file as it exits (its parent may never reap it).
+            if running_pid(settings) is None or not (settings.redis_dir / "redis.pid").exists():
                 return True
             time.sleep(0.05)
         raise EmbeddedRedisError(f"the embedded redis-server (pid {pid}) did not stop within {timeout:g} s")

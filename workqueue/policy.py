@@ -96,6 +96,19 @@ class CatalogueWorker(Worker):
         kwargs["job_class"] = CatalogueJob
         super().__init__(*args, **kwargs)
 
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Cold shutdown on the second signal, however soon it follows the first.
+
+        RQ ignores a second signal within a second of the first, because under a terminal the
+        pool and the worker both receive each Ctrl-C. Our pool runs each worker in its own process
+        group and forwards each signal once, so a quick second Ctrl-C is meant.
+        """
+        self.log.warning("Worker %s: cold shut down", self.name)
+        if self.horse_pid:
+            self.kill_horse()
+            self.wait_for_horse()
+        raise SystemExit()
+
 
 class _ProgressStore:
     """Stores ``report_progress`` calls on the running job's meta, throttled."""

@@ -34,6 +34,8 @@ _PR_SET_PDEATHSIG = 1
 def _run_worker_detached(*args: Any, **kwargs: Any) -> None:
     """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker."""
     os.setpgrp()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # not the pool's handlers: RQ installs its own
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     run_worker(*args, **kwargs)
@@ -99,6 +101,8 @@ class ConsumerPool(WorkerPool):
         )
 
     def start_worker(self, count: Optional[int] = None, burst: bool = True, _sleep: float = 0, logging_level: str = "INFO"):
+        if self.status == self.Status.STOPPED:  # a signal arrived while the pool was starting
+            return
         name = f"{self.name}.w{next(self._numbers)}"
         process = self.get_worker_process(name, burst=burst, _sleep=_sleep, logging_level=logging_level)
         process.start()
@@ -123,8 +127,8 @@ class ConsumerPool(WorkerPool):
         """Run the pool until it is stopped (or, with ``burst``, until the queues are empty)."""
         self._burst = burst
         self.status = self.Status.STARTED
-        self.start_workers(burst=burst, logging_level=logging_level)
         self._install_signal_handlers()
+        self.start_workers(burst=burst, logging_level=logging_level)
         while True:
             if self.status == self.Status.STOPPED:
                 if self.all_workers_have_stopped():

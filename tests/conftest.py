@@ -1,0 +1,204 @@
+"""Fixtures: a real redis-server (the bundled binary) on a free loopback port, local HTTP pages,
+and helpers that run the real commands as processes and always stop what they start."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from workqueue import embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
+    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class RedisServer:
+    """A redis-server process of our own, from the same binary the embedded default uses."""
+
+    def __init__(self, *extra: str) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="wq-redis-"))
+        self.process = subprocess.Popen(
+            [str(embedded.server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.dir), "--save", "", "--appendonly", "no", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def wait_ready(self, password: str | None = None) -> None:
+        def ping() -> bool:
+            try:
+                return redis.Redis(port=self.port, password=password, socket_connect_timeout=0.5).ping()
+            except redis.ConnectionError:
+                return False
+
+        wait_for(ping, 10, "redis-server to answer")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A clean database on the session's server; REDIS_URL points at it for in-process code."""
+    conn = redis.Redis.from_url(redis_server.url)
+    conn.flushall()
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    return redis_server.url
+
+
+@pytest.fixture
+def conn(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def cli_env(**overrides: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_cli(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run one of the repository's commands to completion, with no terminal on standard input."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env or dict(os.environ),
+        input=input if input is not None else "", capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+class Processes:
+    """Long-running commands a test starts; every one is stopped (and its group killed) at the end."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, script: str, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env or dict(os.environ),
+            text=True, start_new_session=True, **kwargs,
+        )  # fmt: skip
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        """SIGTERM each command, wait, then make sure none of its descendants outlived it."""
+        descendants: list[psutil.Process] = []
+        for process in self.started:
+            if process.poll() is None:
+                try:
+                    descendants += psutil.Process(process.pid).children(recursive=True)
+                except psutil.NoSuchProcess:
+                    pass
+                process.send_signal(signal.SIGTERM)
+        for process in self.started:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        _gone, alive = psutil.wait_procs(descendants, timeout=20)
+        for leftover in alive:
+            leftover.kill()
+        assert not alive, f"processes outlived their command: {alive}"
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    yield procs
+    procs.stop_all()
+
+
+PAGES = {
+    "/": (200, "text/html; charset=utf-8",
+          "<html><head><title>  Test &amp; page </title><style>p {}</style></head>"
+          "<body><h1>Hello world</h1><p>one two three</p><script>var hidden = 1;</script>"
+          "<a href='/a'>first</a> <a href='/b'>second</a> <a>no href</a></body></html>"),
+    "/big": (200, "text/html", "<html><body>" + "word " * 50_000 + "</body></html>"),
+    "/plain": (200, "text/plain", "just text"),
+    "/missing": (404, "text/html", "<html><head><title>Not found</title></head><body>nope</body></html>"),
+}  # fmt: skip
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/")
+            self.end_headers()
+            return
+        if self.path == "/slow":
+            time.sleep(3)
+        status, ctype, body = PAGES.get(self.path, PAGES["/missing"])
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def http_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,170 @@
+"""The consumer command with real worker processes: draining, naming, refusing, signals, prompts."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+
+from tests.conftest import ROOT, Processes, run_cli, wait_for
+from workqueue import producer
+from workqueue.policy import SERIALIZER
+
+
+def enqueue(conn: redis.Redis, task: str, count: int = 1, queue: str = "queue_one", **params) -> list[Job]:
+    return producer.enqueue(conn, [producer.TaskCall.build(task, params)] * count, queue)
+
+
+def status(conn: redis.Redis, job: Job) -> str:
+    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_status().value
+
+
+def error_of(conn: redis.Redis, job: Job) -> str:
+    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER).latest_result().exc_string
+
+
+def test_burst_drains_the_queue_with_named_workers_and_exits_0(conn: redis.Redis) -> None:
+    jobs = enqueue(conn, "sleep", 6, seconds=0.2) + enqueue(conn, "primes", n=100_000)
+    result = run_cli("consumer_main.py", "--workers", "3", "--burst")
+    assert result.returncode == 0, result.stderr
+    assert [status(conn, job) for job in jobs] == ["finished"] * 7
+    names = re.search(r"workers: (.*)", result.stdout).group(1).split(", ")
+    assert len(names) == 3 and all(re.fullmatch(r".+\.\d+\.w[123]", n) for n in names)
+    assert "stopped: done 7, failed 0, queued 0" in result.stdout
+    assert Job.fetch(jobs[-1].id, connection=conn, serializer=SERIALIZER).return_value() == {"n": 100_000, "primes": 9592}
+
+
+def test_consumer_serves_several_queues(conn: redis.Redis) -> None:
+    a, b = enqueue(conn, "sleep", queue="a", seconds=0.1), enqueue(conn, "sleep", queue="b", seconds=0.1)
+    result = run_cli("consumer_main.py", "--workers", "1", "--queue", "a", "--queue", "b", "--burst")
+    assert result.returncode == 0 and status(conn, a[0]) == status(conn, b[0]) == "finished"
+
+
+def test_job_naming_a_function_outside_the_catalogue_is_refused_and_never_run(conn: redis.Redis, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    q = Queue("queue_one", connection=conn, serializer=SERIALIZER)
+    foreign = q.enqueue("os.system", f"touch {marker}")
+    callback = q.enqueue("task_def.sleep.sleep", kwargs={"seconds": 0.1}, on_success="os.getcwd")
+    positional = q.enqueue("task_def.sleep.sleep", 0.1)
+    too_long = q.enqueue("task_def.sleep.sleep", kwargs={"seconds": 99999})
+    result = run_cli("consumer_main.py", "--workers", "1", "--burst")
+    assert result.returncode == 0
+    assert not marker.exists()
+    assert "refused: 'os.system' is not a task in the task_def catalogue" in error_of(conn, foreign)
+    assert "refused: callback 'os.getcwd' is not an allowed workqueue callback" in error_of(conn, callback)
+    assert "keyword parameters only" in error_of(conn, positional)
+    assert "seconds: 99999 is out of bounds" in error_of(conn, too_long)
+    assert {status(conn, j) for j in (foreign, callback, positional, too_long)} == {"failed"}
+
+
+def test_running_job_stores_its_progress_for_the_producer_and_dashboard(conn: redis.Redis, processes: Processes) -> None:
+    (job,) = enqueue(conn, "sleep", seconds=3)
+    processes.start("consumer_main.py", "--workers", "1")
+
+    def progress() -> dict:
+        meta = Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_meta()
+        p = meta.get("progress") or {}
+        return p if 0 < (p.get("percent") or 0) < 100 else {}
+
+    seen = wait_for(progress, 10, "progress between 0 and 100 %")
+    assert seen["total"] == 3 and seen["message"] == "sleeping"
+    wait_for(lambda: status(conn, job) == "finished", 10, "the job to finish")
+    assert Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_meta()["progress"]["percent"] == 100
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_gracefully_after_the_current_job(conn: redis.Redis, processes: Processes, sig: int) -> None:
+    (job,) = enqueue(conn, "sleep", seconds=2)
+    consumer = processes.start("consumer_main.py", "--workers", "2")
+    wait_for(lambda: status(conn, job) == "started", 15, "the job to start")
+    consumer.send_signal(sig)
+    out, err = consumer.communicate(timeout=30)
+    assert consumer.returncode == 0, err
+    assert status(conn, job) == "finished"
+    assert "stopping" in out and "stopped: done 1, failed 0" in out
+
+
+def test_second_signal_stops_at_once(conn: redis.Redis, processes: Processes) -> None:
+    (job,) = enqueue(conn, "sleep", seconds=120)
+    consumer = processes.start("consumer_main.py", "--workers", "1")
+    wait_for(lambda: status(conn, job) == "started", 15, "the job to start")
+    started = time.monotonic()
+    consumer.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    consumer.send_signal(signal.SIGINT)
+    consumer.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert consumer.returncode == 0
+    assert not conn.smembers("rq:workers")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "0"], "'--workers': 0 is not in the range 1<=x<=10"),
+        (["--workers", "11"], "'--workers': 11 is not in the range 1<=x<=10"),
+        (["--workers", "abc"], "'--workers': 'abc' is not a valid integer"),
+        (["--queue", "queue_one"], "missing --workers N"),
+        ([], "missing --workers N"),
+        (["--workers", "2", "--queue", "a,b"], "invalid queue name 'a,b'"),
+        (["--workers", "2", "--queue", " "], "invalid queue name ' '"),
+    ],
+)
+def test_bad_flags_are_one_line_exit_2(redis_url: str, args: list, message: str) -> None:
+    result = run_cli("consumer_main.py", *args, timeout=30)
+    assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_unreachable_redis_is_exit_1() -> None:
+    result = run_cli("consumer_main.py", "--workers", "1", "--redis-url", "redis://127.0.0.1:1/0", timeout=30)
+    assert result.returncode == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+
+
+def test_prompts_at_a_terminal_reask_until_valid(conn: redis.Redis, processes: Processes) -> None:
+    master, slave = pty.openpty()
+    consumer = processes.start("consumer_main.py", stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    output = b""
+
+    def read_until(text: bytes, timeout: float = 20) -> None:
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while text not in output:
+            assert time.monotonic() < deadline, f"no {text!r} in {output!r}"
+            if select.select([master], [], [], 0.2)[0]:
+                output += os.read(master, 4096)
+
+    for answer in (b"0", b"11", b"abc", b"2"):
+        read_until(b"How many workers")
+        output = output.replace(b"How many workers", b"", 1) if answer != b"2" else output
+        os.write(master, answer + b"\n")
+    read_until(b"Queue(s)")
+    os.write(master, b"bad name!\n")
+    read_until(b"invalid queue name")
+    os.write(master, b"queue_one, second\n")
+    read_until(b"2 workers:")
+    assert b"0 is not in the range" in output and b"'abc' is not a valid integer" in output
+    consumer.send_signal(signal.SIGINT)
+    assert consumer.wait(30) == 0
+    os.close(master)
+
+
+def test_producer_wait_shows_summary_and_exit_code(conn: redis.Redis, processes: Processes) -> None:
+    processes.start("consumer_main.py", "--workers", "2")
+    ok = run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=0.3", "--count", "4", "--wait")
+    assert ok.returncode == 0, ok.stderr
+    assert re.search(r"finished 4, failed 0 of 4 in \d+\.\d\d s", ok.stdout)
+    bad = run_cli("producer_main.py", "--task", "scrape", "--param", "url=http://127.0.0.1:1/", "--wait")
+    assert bad.returncode == 1
+    assert "finished 0, failed 1 of 1" in bad.stdout and "ConnectError" in bad.stdout

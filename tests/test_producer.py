@@ -1,0 +1,175 @@
+"""The producer command, by flag (a real process) and by prompt (click's runner), against real Redis."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+import redis
+from click.testing import CliRunner
+from rq import Queue
+
+from tests.conftest import run_cli
+from workqueue import producer
+from workqueue.cli import producer as producer_cli
+from workqueue.policy import SERIALIZER
+
+
+def queued(conn: redis.Redis, name: str = "queue_one") -> int:
+    return len(Queue(name, connection=conn, serializer=SERIALIZER))
+
+
+def test_list_tasks_shows_each_task_with_parameters_and_bounds() -> None:
+    result = run_cli("producer_main.py", "--list-tasks")
+    assert result.returncode == 0
+    assert "sleep" in result.stdout and "seconds" in result.stdout and "0 < seconds <= 3,600" in result.stdout
+    assert "url" in result.stdout and "required" in result.stdout
+
+
+def test_flags_enqueue_count_jobs_as_json_with_validated_params(conn: redis.Redis) -> None:
+    result = run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=2", "--count", "10", "--queue", "q2")
+    assert result.returncode == 0, result.stderr
+    assert "enqueued 10 × sleep(seconds=2.0) on q2" in result.stdout
+    q = Queue("q2", connection=conn, serializer=SERIALIZER)
+    assert len(q) == 10
+    raw = conn.hget(f"rq:job:{q.job_ids[0]}", "data")
+    func, _instance, args, kwargs = json.loads(zlib.decompress(raw))  # JSON (RQ zlib-compresses it), never pickle
+    assert (func, args, kwargs) == ("task_def.sleep.sleep", [], {"seconds": 2.0})
+
+
+def test_default_queue_is_queue_one_and_count_one(conn: redis.Redis) -> None:
+    assert run_cli("producer_main.py", "--task", "primes").returncode == 0
+    assert queued(conn) == 1
+
+
+def test_many_jobs_go_to_redis_in_one_round_trip(redis_url: str) -> None:
+    class Counting(redis.Redis):
+        round_trips = 0
+        commands: list = []
+
+        def execute_command(self, *args, **options):
+            Counting.commands.append(args[0])
+            return super().execute_command(*args, **options)
+
+        def pipeline(self, transaction=True, shard_hint=None):
+            pipe = super().pipeline(transaction, shard_hint)
+            original = pipe.execute
+
+            def execute(*a, **kw):
+                Counting.round_trips += 1
+                return original(*a, **kw)
+
+            pipe.execute = execute
+            return pipe
+
+    conn = Counting.from_url(redis_url)
+    jobs = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 1})] * 500, "bulk")
+    assert len(jobs) == 500 and Counting.round_trips == 1
+    assert Counting.commands == ["INFO"]  # RQ asks the server version once per Queue object
+    assert len(Queue("bulk", connection=conn, serializer=SERIALIZER)) == 500
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--task", "sleep", "--param", "seconds=abc"], "seconds: expected a number, got 'abc'"),
+        (["--task", "sleep", "--param", "seconds=0"], "out of bounds"),
+        (["--task", "sleep", "--param", "minutes=1"], "unknown parameter 'minutes'"),
+        (["--task", "sleep", "--param", "seconds"], "expected KEY=VALUE"),
+        (["--task", "scrape", "--param", "url=ftp://x.org/"], "http:// or https://"),
+        (["--task", "sleep", "--count", "0"], "'--count': 0 is not in the range"),
+        (["--task", "sleep", "--count", "abc"], "'--count': 'abc' is not a valid integer"),
+        (["--task", "sleep", "--queue", ""], "invalid queue name ''"),
+        (["--task", "sleep", "--queue", "two words"], "invalid queue name 'two words'"),
+        (["--task", "sleep", "--queue", "a,b"], "invalid queue name 'a,b'"),
+        (["--task", "sleep", "--from-file", "examples/demo.jsonl"], "do not combine"),
+        ([], "missing --task NAME"),
+        (["--wait"], "missing --task NAME"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_enqueued(conn: redis.Redis, args: list, message: str) -> None:
+    result = run_cli("producer_main.py", *args)
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert conn.dbsize() == 0
+
+
+def test_unreachable_explicit_redis_is_exit_1_naming_the_url_with_password_masked() -> None:
+    result = run_cli("producer_main.py", "--task", "sleep", "--redis-url", "redis://:hunter2@127.0.0.1:1/0")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot reach Redis at redis://:***@127.0.0.1:1/0")
+    assert result.stderr.count("\n") == 1 and "hunter2" not in result.stderr + result.stdout
+
+
+def test_wrong_password_is_exit_1() -> None:
+    from tests.conftest import RedisServer
+
+    server = RedisServer("--requirepass", "s3cret")
+    try:
+        server.wait_ready(password="s3cret")
+        good = run_cli("producer_main.py", "--task", "sleep", "--redis-url", f"redis://:s3cret@127.0.0.1:{server.port}/0")
+        assert good.returncode == 0, good.stderr
+        bad = run_cli("producer_main.py", "--task", "sleep", "--redis-url", f"redis://:wrong@127.0.0.1:{server.port}/0")
+        assert bad.returncode == 1 and "refused the credentials" in bad.stderr and "wrong" not in bad.stderr
+        assert redis.Redis(port=server.port, password="s3cret").dbsize() > 0
+    finally:
+        server.stop()
+
+
+def test_from_file_validates_every_line_before_enqueueing_anything(conn: redis.Redis, tmp_path) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"task": "sleep", "params": {"seconds": 1}}\n\n{"task": "primes", "params": {"n": 100}}\n')
+    assert run_cli("producer_main.py", "--from-file", str(good)).returncode == 0
+    assert queued(conn) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": "sleep", "params": {"seconds": 1}}\n{"task": "sleep", "params": {"seconds": -1}}\n')
+    result = run_cli("producer_main.py", "--from-file", str(bad), "--queue", "other")
+    assert result.returncode == 2 and "bad.jsonl:2: seconds" in result.stderr
+    assert queued(conn, "other") == 0
+
+
+def test_demo_batch_is_valid() -> None:
+    from pathlib import Path
+
+    calls = producer.load_calls(Path(__file__).resolve().parent.parent / "examples" / "demo.jsonl")
+    assert {c.task.name for c in calls} == {"sleep", "scrape", "primes", "pi", "fibonacci", "factorise"}
+
+
+def test_parameters_over_the_size_limit_are_refused() -> None:
+    from workqueue.errors import BadInput
+
+    with pytest.raises(BadInput, match="over the 1,000,000 limit"):
+        producer.TaskCall.build("scrape", {"url": "http://example.com/?q=" + "x" * 1_000_001})
+
+
+@pytest.fixture
+def prompting(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setattr(producer_cli, "can_prompt", lambda: True)
+    return CliRunner()
+
+
+def test_bare_run_prompts_for_task_params_queue_and_count(prompting: CliRunner, conn: redis.Redis) -> None:
+    result = prompting.invoke(producer_cli.main, [], input="sleep\n2.5\nq3\n4\n")
+    assert result.exit_code == 0, result.output
+    assert "seconds: how long to sleep [0 < seconds <= 3,600]" in result.output
+    q = Queue("q3", connection=conn, serializer=SERIALIZER)
+    assert len(q) == 4 and q.jobs[0].kwargs == {"seconds": 2.5}
+
+
+def test_prompts_ask_again_on_bad_answers(prompting: CliRunner, conn: redis.Redis) -> None:
+    answers = "nope\n1\nabc\n0\n1\nbad name\nqueue_one\n0\nx\n2\n"
+    result = prompting.invoke(producer_cli.main, [], input=answers)
+    assert result.exit_code == 0, result.output
+    assert "expected a number, got 'abc'" in result.output and "out of bounds" in result.output
+    assert "invalid queue name 'bad name'" in result.output
+    assert queued(conn) == 2
+
+
+def test_prompt_defaults_are_offered(prompting: CliRunner, conn: redis.Redis) -> None:
+    result = prompting.invoke(producer_cli.main, [], input="\n\n\n\n")
+    assert result.exit_code == 0, result.output
+    q = Queue("queue_one", connection=conn, serializer=SERIALIZER)
+    assert len(q) == 1 and q.jobs[0].func_name == "task_def.sleep.sleep" and q.jobs[0].kwargs == {"seconds": 5.0}
+
