@@ -93,7 +93,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_enqueued(conn: redis.Redis, ar
     result = run_cli("producer_main.py", *args)
     assert result.returncode == 2, result
     assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
-    assert conn.dbsize() == 0
+    assert conn.keys() == []
 
 
 def test_unreachable_explicit_redis_is_exit_1_naming_the_url_with_password_masked() -> None:

@@ -7,20 +7,14 @@ task catalogue alone: a job naming anything else fails with a reason, its path n
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from typing import Any, Callable, Optional
 
-from rq import Worker, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 import task_def
-from task_def import progress
 from workqueue.errors import BadInput, JobRefused
-
-log = logging.getLogger(__name__)
 
 SERIALIZER = JSONSerializer
 
@@ -28,9 +22,6 @@ SERIALIZER = JSONSerializer
 ALLOWED_CALLBACKS: frozenset[str] = frozenset()
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-
-#: Progress is written to Redis at most this often per job (and always at 100 %).
-PROGRESS_INTERVAL = 0.5
 
 
 def check_queue_name(name: str) -> str:
@@ -84,53 +75,3 @@ class CatalogueJob(Job):
     def stopped_callback(self):
         self._allowed_callback(self._stopped_callback_name)
         return super().stopped_callback
-
-
-class CatalogueWorker(Worker):
-    """RQ's forking worker, held to JSON and the catalogue whoever constructs it."""
-
-    job_class = CatalogueJob
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["serializer"] = SERIALIZER
-        kwargs["job_class"] = CatalogueJob
-        super().__init__(*args, **kwargs)
-
-    def request_force_stop(self, signum: int, frame: Any) -> None:
-        """Cold shutdown on the second signal, however soon it follows the first.
-
-        RQ ignores a second signal within a second of the first, because under a terminal the
-        pool and the worker both receive each Ctrl-C. Our pool runs each worker in its own process
-        group and forwards each signal once, so a quick second Ctrl-C is meant.
-        """
-        self.log.warning("Worker %s: cold shut down", self.name)
-        if self.horse_pid:
-            self.kill_horse()
-            self.wait_for_horse()
-        raise SystemExit()
-
-
-class _ProgressStore:
-    """Stores ``report_progress`` calls on the running job's meta, throttled."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-
-    def __call__(self, done: float, total: float, message: str) -> None:
-        job = get_current_job()
-        if job is None:
-            return
-        now = time.monotonic()
-        finished = total > 0 and done >= total
-        if not finished and now - self._last.get(job.id, 0.0) < PROGRESS_INTERVAL:
-            return
-        self._last = {job.id: now}
-        percent = round(100.0 * done / total, 1) if total > 0 else None
-        job.meta["progress"] = {"done": done, "total": total, "percent": percent, "message": message[:200]}
-        try:
-            job.save_meta()
-        except Exception:  # progress is advisory: never fail a job for it
-            log.warning("could not store progress of job %s", job.id, exc_info=True)
-
-
-progress.set_sink(_ProgressStore())

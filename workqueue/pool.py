@@ -7,7 +7,6 @@ second stops them at once. A worker also stops if the pool process dies.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import logging
 import os
@@ -15,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -24,21 +24,28 @@ from rq.queue import Queue
 from rq.worker import Worker
 from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
-from workqueue.policy import SERIALIZER, CatalogueJob, CatalogueWorker
+from workqueue import recovery
+from workqueue.policy import SERIALIZER, CatalogueJob
+from workqueue.settings import SWEEP_INTERVAL
+from workqueue.worker import STOPPED_ON_PURPOSE, CatalogueWorker, die_with_parent, stopped_on_purpose
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-
 
 def _run_worker_detached(*args: Any, **kwargs: Any) -> None:
-    """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker."""
+    """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker.
+
+    Exits with STOPPED_ON_PURPOSE when a kill script stopped it, so the pool does not replace it.
+    """
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # not the pool's handlers: RQ installs its own
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    run_worker(*args, **kwargs)
+    die_with_parent(signal.SIGTERM)
+    try:
+        run_worker(*args, **kwargs)
+    finally:
+        if stopped_on_purpose():
+            sys.exit(STOPPED_ON_PURPOSE)
 
 
 @dataclass
@@ -58,6 +65,8 @@ class PoolStatus:
     failed: int = 0
     queued: int = 0
     stopping: bool = False
+    #: Workers stopped on purpose by a kill script (not replaced).
+    stopped: list[str] = field(default_factory=list)
 
     @property
     def busy(self) -> int:
@@ -93,6 +102,8 @@ class ConsumerPool(WorkerPool):
         self._wake = threading.Event()
         # Counts of workers that have exited, so the totals survive them.
         self._seen: dict[str, tuple[int, int]] = {}
+        self.stopped: list[str] = []
+        self._next_sweep = 0.0
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
         process = super().get_worker_process(name, burst, _sleep, logging_level)
@@ -109,6 +120,19 @@ class ConsumerPool(WorkerPool):
         self.worker_dict[name] = WorkerData(name=name, pid=process.pid, process=process)
         self._seen[name] = (0, 0)
         log.debug("started worker %s (pid %d)", name, process.pid)
+
+    def handle_dead_worker(self, worker_data: WorkerData) -> None:
+        """A worker stopped by a kill script shrinks the pool; one that crashed is replaced."""
+        super().handle_dead_worker(worker_data)
+        code = worker_data.process.exitcode
+        if code == STOPPED_ON_PURPOSE:
+            self.stopped.append(worker_data.name)
+            self.num_workers -= 1
+            log.warning("worker %s was stopped on purpose; %d left", worker_data.name, self.num_workers)
+            if self.num_workers <= 0:
+                self.status = self.Status.STOPPED
+        elif self.status != self.Status.STOPPED and not self._burst:
+            log.warning("worker %s died (exit code %s); starting a replacement", worker_data.name, code)
 
     def request_stop(self, signum: Optional[int] = None, frame: Any = None) -> None:
         """First signal: warm shutdown of every worker. Second: cold shutdown, at once."""
@@ -137,9 +161,19 @@ class ConsumerPool(WorkerPool):
                 self.check_workers(respawn=not burst)
                 if burst and self.number_of_active_workers == 0:
                     break
-            self._tick()
+            self._maintain()
             self._wake.wait(0.5)
             self._wake.clear()
+        self._tick()
+
+    def _maintain(self) -> None:
+        """Every SWEEP_INTERVAL, hand back the jobs of dead workers anywhere; then the status line."""
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+            try:
+                recovery.sweep(self.connection)
+            except redis.ConnectionError:
+                pass  # the status line says Redis is down
         self._tick()
 
     def _tick(self) -> None:
@@ -159,7 +193,7 @@ class ConsumerPool(WorkerPool):
             for queue in self._queue_names:
                 pipe.llen(Queue(queue, connection=self.connection).key)
             replies = pipe.execute()
-        status = PoolStatus(stopping=self.status == self.Status.STOPPED)
+        status = PoolStatus(stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))
         for name, (state, done, failed) in zip(names, replies):
             if state is not None:  # a dead worker's hash expires a minute after it exits
                 self._seen[name] = (int(done or 0), int(failed or 0))

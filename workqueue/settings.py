@@ -23,6 +23,12 @@ MAX_COUNT = 100_000
 RESULT_TTL = 24 * 3600
 FAILURE_TTL = 7 * 24 * 3600
 
+#: Workers heartbeat this often (seconds); a worker silent for HEARTBEAT_TTL is taken for dead and
+#: its job handed back by the sweep (``recovery.sweep``), which the consumer runs every SWEEP_INTERVAL.
+HEARTBEAT_INTERVAL = 5
+HEARTBEAT_TTL = 15
+SWEEP_INTERVAL = 5.0
+
 #: The dashboard's address.
 DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 9181
 

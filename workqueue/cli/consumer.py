@@ -16,8 +16,9 @@ from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS
 
 def status_line(status: PoolStatus) -> str:
     state = "stopping, " if status.stopping else ""
+    stopped = f" ({len(status.stopped)} stopped by kill_workers)" if status.stopped else ""
     return (
-        f"{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle | "
+        f"{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle{stopped} | "
         f"done {status.finished}, failed {status.failed}, queued {status.queued}"
     )
 

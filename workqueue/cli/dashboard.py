@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import click
 from werkzeug.serving import run_simple
 
+from workqueue import recovery
 from workqueue.cli.common import EXIT_OK, redis_url_option
 from workqueue.connection import connect
 from workqueue.dashboard import create_app
-from workqueue.settings import DASHBOARD_HOST, DASHBOARD_PORT
+from workqueue.settings import DASHBOARD_HOST, DASHBOARD_PORT, SWEEP_INTERVAL
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +21,12 @@ from workqueue.settings import DASHBOARD_HOST, DASHBOARD_PORT
 @redis_url_option
 def main(port: int, bind: str, redis_url: Optional[str]) -> int:
     """Serve the dashboard (rq-dashboard, reading jobs as JSON)."""
-    _, target = connect(redis_url)
+    connection, target = connect(redis_url)
     click.echo(f"dashboard on http://{bind}:{port}/ ({target.display}); Ctrl-C stops it")
-    run_simple(bind, port, create_app(target.url), threaded=True)
+    stop = threading.Event()
+    recovery.start_sweeper(connection, SWEEP_INTERVAL, stop)  # dead workers' jobs go back even with no consumer
+    try:
+        run_simple(bind, port, create_app(target.url), threaded=True)
+    finally:
+        stop.set()
     return EXIT_OK

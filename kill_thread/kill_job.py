@@ -1,0 +1,12 @@
+"""Stop or cancel jobs by id: `python kill_thread/kill_job.py --help`."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from workqueue.cli.common import run  # noqa: E402
+from workqueue.cli.kill import kill_job  # noqa: E402
+
+if __name__ == "__main__":
+    run(kill_job)

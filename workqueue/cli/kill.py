@@ -1,0 +1,75 @@
+"""``kill_thread/``: stop workers (all, a queue's, one by name) and jobs, through Redis."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from workqueue import control
+from workqueue.cli.common import EXIT_FAILED, EXIT_OK, redis_url_option
+from workqueue.connection import connect
+
+_settings = {"help_option_names": ["-h", "--help"]}
+
+
+@click.command(context_settings=_settings)
+@click.option("--all", "every", is_flag=True, help="Stop every worker.")
+@click.option("--queue", default=None, metavar="NAME", help="Stop the workers listening on this queue.")
+@click.option("--worker", "name", default=None, metavar="NAME", help="Stop one worker, by name.")
+@click.option("--now", is_flag=True, help="Stop at once; the running job goes back to the front of its queue.")
+@click.option("--timeout", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for the workers to leave.")
+@redis_url_option
+def kill_workers(every: bool, queue: Optional[str], name: Optional[str], now: bool, timeout: float,
+                 redis_url: Optional[str]) -> int:
+    """Stop workers anywhere: gracefully (each finishes its current job) or --now."""
+    connection, _ = connect(redis_url)
+    workers = control.select_workers(connection, every=every, queue=queue, name=name)
+    requests = control.request_worker_stop(connection, workers, now=now, by="kill_workers")
+    how = "at once" if now else "after its current job"
+    for request in requests:
+        running = f" (running job {request.job_id})" if request.job_id else " (idle)"
+        click.echo(f"asked {request.worker} to stop {how}{running}")
+    stuck = []
+    for worker, gone in control.wait_gone(connection, [r.worker for r in requests], timeout):
+        click.echo(f"{worker} stopped" if gone else f"{worker} did not stop within {timeout:g} s")
+        if not gone:
+            stuck.append(worker)
+    if now:
+        for request in requests:
+            if request.job_id:
+                click.echo(control.job_outcome(connection, request.job_id, request.worker))
+    return EXIT_FAILED if stuck else EXIT_OK
+
+
+@click.command(context_settings=_settings)
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--timeout", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="Seconds to wait for a running job to stop.")
+@redis_url_option
+def kill_job(job_ids: tuple[str, ...], timeout: float, redis_url: Optional[str]) -> int:
+    """Stop running jobs and cancel queued or scheduled ones, by id."""
+    connection, _ = connect(redis_url)
+    code = EXIT_OK
+    for job_id in dict.fromkeys(job_ids):
+        outcome = control.stop_job(connection, job_id, by="kill_job", timeout=timeout)
+        click.echo(outcome.message, err=not outcome.found)
+        if not outcome.found or "still running" in outcome.message:
+            code = EXIT_FAILED
+    return code
+
+
+@click.command(context_settings=_settings)
+@redis_url_option
+def clean_workers(redis_url: Optional[str]) -> int:
+    """Remove workers whose heartbeat expired (SIGKILL, lost machine) and hand back their jobs."""
+    connection, _ = connect(redis_url)
+    ghosts, handed = control.clean(connection)
+    for name in ghosts:
+        click.echo(f"removed dead worker {name}")
+    for outcome in handed:
+        click.echo(outcome.describe())
+    if not ghosts and not handed:
+        click.echo("no dead workers")
+    return EXIT_OK

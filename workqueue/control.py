@@ -1,0 +1,149 @@
+"""Stopping workers and jobs through Redis (RQ's pub/sub commands and registries), never by local
+PID, so it works on a worker on any machine that shares the Redis. Used by ``kill_thread/`` and
+the dashboard alike."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Optional
+
+import redis
+from rq import Worker
+from rq.command import send_command, send_stop_job_command
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from workqueue import recovery
+from workqueue.errors import BadInput
+from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name
+from workqueue.worker import SHUTDOWN_NOW
+
+
+def live_workers(connection: redis.Redis) -> list[Worker]:
+    """Every registered worker whose registration has not lapsed, sorted by name."""
+    return sorted(Worker.all(connection=connection, serializer=SERIALIZER), key=lambda w: w.name)
+
+
+def select_workers(
+    connection: redis.Redis, *, every: bool = False, queue: Optional[str] = None, name: Optional[str] = None
+) -> list[Worker]:
+    """The workers a kill command means; BadInput (naming what exists) when it means none."""
+    if sum((every, queue is not None, name is not None)) != 1:
+        raise BadInput("choose exactly one of --all, --queue NAME, --worker NAME")
+    workers = live_workers(connection)
+    existing = ", ".join(w.name for w in workers) or "none"
+    if every:
+        chosen = workers
+        if not chosen:
+            raise BadInput("no workers are running")
+    elif queue is not None:
+        check_queue_name(queue)
+        chosen = [w for w in workers if queue in w.queue_names()]
+        if not chosen:
+            queues = sorted({q for w in workers for q in w.queue_names()})
+            raise BadInput(f"no worker listens on queue {queue!r}; queues with workers: {', '.join(queues) or 'none'}")
+    else:
+        chosen = [w for w in workers if w.name == name]
+        if not chosen:
+            raise BadInput(f"no worker named {name!r}; running workers: {existing}")
+    return chosen
+
+
+@dataclass
+class StopRequest:
+    worker: str
+    job_id: Optional[str]
+
+
+def request_worker_stop(connection: redis.Redis, workers: Iterable[Worker], *, now: bool, by: str) -> list[StopRequest]:
+    """Ask each worker to stop: after its current job (default) or at once, handing its job back."""
+    requests = []
+    for worker in workers:
+        requests.append(StopRequest(worker.name, worker.get_current_job_id()))
+        send_command(connection, worker.name, SHUTDOWN_NOW if now else "shutdown", by=by)
+    return requests
+
+
+def wait_gone(connection: redis.Redis, names: Iterable[str], timeout: float) -> Iterator[tuple[str, bool]]:
+    """Yield (name, True) as each worker leaves the registry, then (name, False) for those left at ``timeout``."""
+    pending = set(names)
+    deadline = time.monotonic() + timeout
+    while pending:
+        with connection.pipeline(transaction=False) as pipe:
+            for name in sorted(pending):
+                pipe.hexists(Worker.redis_worker_namespace_prefix + name, "death")
+                pipe.exists(Worker.redis_worker_namespace_prefix + name)
+            replies = pipe.execute()
+        for name, dead, exists in zip(sorted(pending), replies[::2], replies[1::2]):
+            if dead or not exists:
+                pending.discard(name)
+                yield name, True
+        if pending and time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for name in sorted(pending):
+        yield name, False
+
+
+def job_outcome(connection: redis.Redis, job_id: str, worker: str) -> str:
+    """Where the job a worker was running ended up after it was stopped at once, in words."""
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return f"job {job_id} no longer exists"
+    status = job.get_status(refresh=False)
+    handed_back = any(i.get("worker") == worker for i in job.meta.get("interruptions", []))
+    if handed_back:
+        where = f"put back at the front of {job.origin}"
+        if status != JobStatus.QUEUED:
+            where += f" (since {status.value}" + (f" on {job.worker_name})" if job.worker_name else ")")
+        return f"job {job_id} {where}"
+    if status == JobStatus.FAILED:
+        return f"job {job_id} failed: {_last_error(job)}"
+    return f"job {job_id} is {status.value}"
+
+
+def _last_error(job: Job) -> str:
+    result = job.latest_result()
+    lines = (result.exc_string or "").strip().splitlines() if result is not None else []
+    return lines[-1] if lines else "no reason recorded"
+
+
+@dataclass
+class JobStop:
+    job_id: str
+    found: bool
+    message: str
+
+
+def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 10.0) -> JobStop:
+    """Stop a running job (RQ's stop-job command) or cancel a queued, scheduled or deferred one."""
+    try:
+        job = CatalogueJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return JobStop(job_id, False, f"no such job: {job_id}")
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED:
+        job.meta["stopped_by"] = by
+        job.save_meta()
+        send_stop_job_command(connection, job_id, serializer=SERIALIZER)
+        deadline = time.monotonic() + timeout
+        while job.get_status(refresh=True) == JobStatus.STARTED and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = job.get_status(refresh=False)
+        if status == JobStatus.STARTED:
+            return JobStop(job_id, True, f"job {job_id} was asked to stop but is still running after {timeout:g} s")
+        return JobStop(job_id, True, f"job {job_id} stopped ({status.value}, in the failed registry of {job.origin})")
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        job.meta["cancelled_by"] = by
+        job.save_meta()
+        job.cancel()
+        return JobStop(job_id, True, f"job {job_id} cancelled (was {status.value}; now in the canceled registry of {job.origin})")
+    return JobStop(job_id, True, f"job {job_id} had already ended ({status.value}); nothing to do")
+
+
+def clean(connection: redis.Redis) -> tuple[list[str], list[recovery.HandBack]]:
+    """Remove registrations of dead workers and hand back their jobs (see ``recovery.sweep``)."""
+    return recovery.sweep(connection)

@@ -1,0 +1,114 @@
+"""Handing back the job of a worker that stopped without finishing it.
+
+Used by a worker stopped at once (``kill_workers --now``, a second Ctrl-C) and by the sweep that
+finds workers whose heartbeat has expired (SIGKILL, OOM, a lost machine): the job goes back to the
+front of its queue, or, if its task is not safe to re-run, to the failed registry with the reason.
+Nothing is left "started" with no one running it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import redis
+from rq import Queue, Worker
+from rq.job import Job, JobStatus
+from rq.worker_registration import clean_worker_registry
+
+import task_def
+from workqueue.policy import SERIALIZER, CatalogueJob
+
+log = logging.getLogger(__name__)
+
+REQUEUED, FAILED, ALREADY_ENDED = "requeued", "failed", "already ended"
+
+
+@dataclass(frozen=True)
+class HandBack:
+    job_id: str
+    queue: str
+    outcome: str
+    reason: str
+
+    def describe(self) -> str:
+        if self.outcome == REQUEUED:
+            return f"job {self.job_id} put back at the front of {self.queue}"
+        if self.outcome == FAILED:
+            return f"job {self.job_id} failed: {self.reason} (its task is not safe to re-run)"
+        return f"job {self.job_id} had already ended"
+
+
+def hand_back(connection: redis.Redis, job: Job, reason: str, worker_name: str = "") -> HandBack:
+    """Requeue ``job`` at the front of its queue, or fail it with ``reason`` if it must not re-run."""
+    job = CatalogueJob.fetch(job.id, connection=connection, serializer=SERIALIZER)
+    queue = Queue(job.origin, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    if job.get_status(refresh=False) != JobStatus.STARTED:
+        return HandBack(job.id, queue.name, ALREADY_ENDED, reason)
+    task = task_def.by_path(job.func_name)
+    rerun = task is None or task.rerun_safe  # a foreign job is refused again, harmlessly
+    executions = job.get_executions()
+    with connection.pipeline() as pipe:
+        for execution in executions:
+            execution.delete(job, pipeline=pipe)
+        job.started_job_registry.remove_executions(job, pipeline=pipe)
+        if rerun:
+            job.meta.setdefault("interruptions", []).append(
+                {"reason": reason, "worker": worker_name, "at": datetime.now(timezone.utc).isoformat()}
+            )
+            pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+        else:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            job._handle_failure(f"{reason}; not re-run: task {task.name} is not safe to re-run", pipe, worker_name)
+        pipe.execute()
+    outcome = HandBack(job.id, queue.name, REQUEUED if rerun else FAILED, reason)
+    log.warning("%s (%s)", outcome.describe(), reason)
+    return outcome
+
+
+def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
+    """Unregister workers whose heartbeat expired and hand back the jobs no live worker is running.
+
+    Returns the names of the ghosts removed and what became of their jobs.
+    """
+    keys = sorted(k.decode() for k in connection.smembers(Worker.redis_workers_keys))
+    with connection.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.exists(key)
+        exists = pipe.execute()
+    missing = [key for key, there in zip(keys, exists) if not there]
+    queues = Queue.all(connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    if missing:
+        for queue in queues:
+            clean_worker_registry(queue)
+        connection.srem(Worker.redis_workers_keys, *missing)
+    prefix = Worker.redis_worker_namespace_prefix
+    handed: list[HandBack] = []
+    for queue in queues:
+        ids = queue.started_job_registry.get_job_ids(cleanup=False)
+        for job in Job.fetch_many(ids, connection=connection, serializer=SERIALIZER):
+            if job is None or job.get_status(refresh=False) != JobStatus.STARTED:
+                continue
+            owner = job.worker_name or ""
+            if owner and connection.exists(prefix + owner):
+                continue
+            handed.append(hand_back(connection, job, f"worker {owner or '?'} died (its heartbeat expired)", owner))
+    return [key[len(prefix):] for key in missing], handed
+
+
+def start_sweeper(connection: redis.Redis, interval: float, stop: threading.Event) -> threading.Thread:
+    """Run :func:`sweep` every ``interval`` seconds in a daemon thread until ``stop`` is set."""
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                sweep(connection)
+            except redis.RedisError as exc:
+                log.warning("sweep for dead workers failed: %s", exc)
+
+    thread = threading.Thread(target=loop, name="workqueue-sweeper", daemon=True)
+    thread.start()
+    return thread
