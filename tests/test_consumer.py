@@ -7,8 +7,6 @@ import pty
 import re
 import select
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import ROOT, Processes, run_cli, wait_for
+from tests.conftest import Processes, run_cli, wait_for
 from workqueue import producer
 from workqueue.policy import SERIALIZER
 
