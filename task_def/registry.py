@@ -112,6 +112,10 @@ class Task:
     timeout: int
     #: Whether running the task twice is harmless, so a job lost with its worker may be re-run.
     rerun_safe: bool = True
+    #: How many times a failed job is tried again (a raise, a timeout, its worker dying), and the
+    #: first wait in seconds: the waits double each time, with jitter.
+    retries: int = 3
+    backoff: float = 2.0
     timeout_for: Optional[Callable[[dict], int]] = field(default=None, compare=False)
 
     @property
@@ -167,6 +171,8 @@ _TASKS = (
             Param("max_bytes", int, 5_000_000, "largest body read, in bytes", min=1, max=50_000_000),
         ),
         timeout=180,
+        retries=2,
+        backoff=5.0,
     ),
     Task(
         "primes",

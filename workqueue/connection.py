@@ -12,12 +12,18 @@ from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from workqueue import embedded
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.settings import Settings
 
 SCHEMES = ("redis", "rediss", "unix")
+
+#: Workers ride out a Redis outage of a few minutes: every command is retried with exponential
+#: backoff and jitter (0.5 s doubling to 5 s) for about that long before giving up.
+OUTAGE_RETRY = Retry(ExponentialWithJitterBackoff(cap=5.0, base=0.5), 60)
 
 
 @dataclass(frozen=True)
@@ -55,12 +61,18 @@ def resolve(redis_url: Optional[str] = None, settings: Optional[Settings] = None
     return Target(url, explicit=True)
 
 
-def connect(redis_url: Optional[str] = None, settings: Optional[Settings] = None) -> tuple[redis.Redis, Target]:
-    """A checked connection to the resolved Redis, starting the embedded server if it is the default."""
+def connect(
+    redis_url: Optional[str] = None, settings: Optional[Settings] = None, *, ride_out_outages: bool = False
+) -> tuple[redis.Redis, Target]:
+    """A checked connection to the resolved Redis, starting the embedded server if it is the default.
+
+    With ``ride_out_outages`` (workers), commands wait out an outage instead of failing at once.
+    """
     settings = settings or Settings.from_env()
     target = resolve(redis_url, settings)
     try:
-        conn = redis.Redis.from_url(target.url, socket_connect_timeout=5, health_check_interval=30)
+        options = {"retry": OUTAGE_RETRY} if ride_out_outages else {}
+        conn = redis.Redis.from_url(target.url, socket_connect_timeout=5, health_check_interval=30, **options)
         probe = redis.Redis.from_url(target.url, socket_connect_timeout=5, retry=embedded.NO_RETRY)
     except ValueError as exc:
         raise BadInput(f"invalid Redis URL {target.display!r}: {exc}") from None
@@ -82,3 +94,10 @@ def connect(redis_url: Optional[str] = None, settings: Optional[Settings] = None
 def _reason(exc: Exception) -> str:
     text = str(exc).strip().rstrip(".")
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def without_retries(conn: redis.Redis) -> redis.Redis:
+    """A client for the same server whose commands fail at once: for status lines and probes."""
+    pool = conn.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": embedded.NO_RETRY}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))

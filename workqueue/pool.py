@@ -25,9 +25,10 @@ from rq.worker import Worker
 from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
 from workqueue import recovery
+from workqueue.connection import without_retries
 from workqueue.policy import SERIALIZER, CatalogueJob
 from workqueue.settings import SWEEP_INTERVAL
-from workqueue.worker import STOPPED_ON_PURPOSE, CatalogueWorker, die_with_parent, stopped_on_purpose
+from workqueue.worker import STOPPED_ON_PURPOSE, CatalogueQueue, CatalogueWorker, die_with_parent, stopped_on_purpose
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class PoolStatus:
     stopping: bool = False
     #: Workers stopped on purpose by a kill script (not replaced).
     stopped: list[str] = field(default_factory=list)
+    #: Seconds Redis has not been answering, if it is not.
+    redis_down_for: Optional[float] = None
 
     @property
     def busy(self) -> int:
@@ -94,6 +97,7 @@ class ConsumerPool(WorkerPool):
             worker_class=CatalogueWorker,
             serializer=SERIALIZER,
             job_class=CatalogueJob,
+            queue_class=CatalogueQueue,
         )
         self.name = f"{socket.gethostname()}.{os.getpid()}"
         self._numbers = itertools.count(1)
@@ -104,6 +108,9 @@ class ConsumerPool(WorkerPool):
         self._seen: dict[str, tuple[int, int]] = {}
         self.stopped: list[str] = []
         self._next_sweep = 0.0
+        # The workers' connection rides out outages; the pool's own looks must not hang on one.
+        self._quick = without_retries(connection)
+        self.redis_down_since: Optional[float] = None
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
         process = super().get_worker_process(name, burst, _sleep, logging_level)
@@ -171,27 +178,31 @@ class ConsumerPool(WorkerPool):
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
             try:
-                recovery.sweep(self.connection)
+                recovery.sweep(self._quick)
             except redis.ConnectionError:
                 pass  # the status line says Redis is down
         self._tick()
 
     def _tick(self) -> None:
-        if self._on_tick is None:
-            return
         try:
-            self._on_tick(self.snapshot())
-        except redis.ConnectionError:
-            log.warning("Redis is not answering; the status line will resume when it does")
+            status = self.snapshot()
+            self.redis_down_since = None
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.redis_down_since = self.redis_down_since or time.monotonic()
+            status = PoolStatus(workers=[WorkerView(n, "?", *self._seen.get(n, (0, 0))) for n in self.worker_dict],
+                                stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))
+            status.redis_down_for = time.monotonic() - self.redis_down_since
+        if self._on_tick is not None:
+            self._on_tick(status)
 
     def snapshot(self) -> PoolStatus:
         """The pool's workers and queues as Redis sees them, in one round trip."""
         names = list(self._seen)
-        with self.connection.pipeline(transaction=False) as pipe:
+        with self._quick.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hmget(Worker.redis_worker_namespace_prefix + name, "state", "successful_job_count", "failed_job_count")
             for queue in self._queue_names:
-                pipe.llen(Queue(queue, connection=self.connection).key)
+                pipe.llen(Queue(queue, connection=self._quick).key)
             replies = pipe.execute()
         status = PoolStatus(stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))
         for name, (state, done, failed) in zip(names, replies):

@@ -7,6 +7,7 @@ round trip, so a run enqueues all of its jobs or none.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
 import task_def
@@ -25,6 +26,9 @@ from workqueue.settings import DEFAULT_QUEUE, FAILURE_TTL, MAX_COUNT, RESULT_TTL
 #: Largest JSON size of one job's parameters, in bytes.
 MAX_PARAMS_BYTES = 1_000_000
 
+#: Bounds of the per-enqueue overrides.
+MAX_RETRIES, MAX_TIMEOUT = 20, 7 * 24 * 3600
+
 _ENDED_FAILED = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
 
 
@@ -34,10 +38,18 @@ class TaskCall:
 
     task: task_def.Task
     params: dict[str, Any]
+    #: Per-enqueue overrides of the task's retries and timeout (seconds).
+    retries: Optional[int] = None
+    timeout: Optional[int] = None
 
     @classmethod
-    def build(cls, task_name: str, params: Optional[Mapping[str, Any]] = None) -> "TaskCall":
+    def build(cls, task_name: str, params: Optional[Mapping[str, Any]] = None, *,
+              retries: Optional[int] = None, timeout: Optional[int] = None) -> "TaskCall":
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput."""
+        if retries is not None and not 0 <= retries <= MAX_RETRIES:
+            raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}")
+        if timeout is not None and not 1 <= timeout <= MAX_TIMEOUT:
+            raise BadInput(f"timeout: {timeout} is out of bounds, expected 1 <= timeout <= {MAX_TIMEOUT:,} seconds")
         try:
             task = task_def.get_task(task_name)
             values = task.validate(params or {})
@@ -46,7 +58,18 @@ class TaskCall:
         size = len(json.dumps(values))
         if size > MAX_PARAMS_BYTES:
             raise BadInput(f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit")
-        return cls(task, values)
+        return cls(task, values, retries, timeout)
+
+    def job_timeout(self) -> int:
+        return self.timeout or self.task.job_timeout(self.params)
+
+    def retry(self) -> Optional[Retry]:
+        """RQ's Retry for this call: exponential backoff from the task's first wait, with jitter."""
+        count = self.task.retries if self.retries is None else self.retries
+        if count <= 0:
+            return None
+        waits = [max(1, round(self.task.backoff * 2**i * random.uniform(0.5, 1.5))) for i in range(count)]
+        return Retry(max=count, interval=waits)
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -101,7 +124,8 @@ def enqueue(connection: redis.Redis, calls: list[TaskCall], queue: str = DEFAULT
         Queue.prepare_data(
             call.task.func,
             kwargs=call.params,
-            timeout=call.task.job_timeout(call.params),
+            timeout=call.job_timeout(),
+            retry=call.retry(),
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
             description=call.describe(),

@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 
 REQUEUED, FAILED, ALREADY_ENDED = "requeued", "failed", "already ended"
 
+# Move a job id from the intermediate list back to the front of its queue, unless a worker took it
+# out first (it registered the job meanwhile): atomic, so a job is neither lost nor doubled.
+_REQUEUE_IF_STILL_THERE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[3], 'status', 'queued')
+  redis.call('DEL', KEYS[4])
+  return 1
+end
+return 0
+"""
+
 
 @dataclass(frozen=True)
 class HandBack:
@@ -37,18 +49,28 @@ class HandBack:
         if self.outcome == REQUEUED:
             return f"job {self.job_id} put back at the front of {self.queue}"
         if self.outcome == FAILED:
-            return f"job {self.job_id} failed: {self.reason} (its task is not safe to re-run)"
+            return f"job {self.job_id} failed: {self.reason} (not re-run)"
         return f"job {self.job_id} had already ended"
 
 
-def hand_back(connection: redis.Redis, job: Job, reason: str, worker_name: str = "") -> HandBack:
-    """Requeue ``job`` at the front of its queue, or fail it with ``reason`` if it must not re-run."""
+def hand_back(connection: redis.Redis, job: Job, reason: str, worker_name: str = "", *, attempt: bool = False) -> HandBack:
+    """Requeue ``job`` at the front of its queue, or fail it with ``reason`` if it must not re-run.
+
+    ``attempt``: the interruption was a failure (the worker died), so it uses one of the job's
+    retries; a deliberate stop does not.
+    """
     job = CatalogueJob.fetch(job.id, connection=connection, serializer=SERIALIZER)
     queue = Queue(job.origin, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
     if job.get_status(refresh=False) != JobStatus.STARTED:
         return HandBack(job.id, queue.name, ALREADY_ENDED, reason)
     task = task_def.by_path(job.func_name)
     rerun = task is None or task.rerun_safe  # a foreign job is refused again, harmlessly
+    why_not = f"task {task.name if task else job.func_name} is not safe to re-run"
+    if rerun and attempt:
+        if job.retries_left:
+            job.retries_left -= 1
+        else:
+            rerun, why_not = False, "no retries left"
     executions = job.get_executions()
     with connection.pipeline() as pipe:
         for execution in executions:
@@ -59,10 +81,12 @@ def hand_back(connection: redis.Redis, job: Job, reason: str, worker_name: str =
                 {"reason": reason, "worker": worker_name, "at": datetime.now(timezone.utc).isoformat()}
             )
             pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+            if job.retries_left is not None:
+                pipe.hset(job.key, "retries_left", job.retries_left)
             queue._enqueue_job(job, pipeline=pipe, at_front=True)
         else:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
-            job._handle_failure(f"{reason}; not re-run: task {task.name} is not safe to re-run", pipe, worker_name)
+            job._handle_failure(f"{reason}; not re-run: {why_not}", pipe, worker_name)
         pipe.execute()
     outcome = HandBack(job.id, queue.name, REQUEUED if rerun else FAILED, reason)
     log.warning("%s (%s)", outcome.describe(), reason)
@@ -95,8 +119,31 @@ def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
             owner = job.worker_name or ""
             if owner and connection.exists(prefix + owner):
                 continue
-            handed.append(hand_back(connection, job, f"worker {owner or '?'} died (its heartbeat expired)", owner))
+            reason = f"worker {owner or '?'} died (its heartbeat expired)"
+            handed.append(hand_back(connection, job, reason, owner, attempt=True))
+        handed += _rescue_intermediate(connection, queue)
     return [key[len(prefix):] for key in missing], handed
+
+
+def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack]:
+    """Requeue jobs a worker moved out of the queue but never started (it died in between).
+
+    A job is rescued on the second sweep that finds it there, at least one sweep interval after the
+    first, long enough for a live worker to have registered it.
+    """
+    rescued = []
+    registered = set(queue.started_job_registry.get_job_ids(cleanup=False))
+    for job_id in (j.decode() for j in connection.lrange(queue.intermediate_queue_key, 0, -1)):
+        if job_id in registered:
+            continue
+        seen_key = f"workqueue:intermediate-seen:{queue.name}:{job_id}"
+        if connection.set(seen_key, 1, nx=True, ex=600):
+            continue  # first sighting
+        keys = [queue.intermediate_queue_key, queue.key, Job.key_for(job_id), seen_key]
+        if connection.eval(_REQUEUE_IF_STILL_THERE, len(keys), *keys, job_id):
+            log.warning("job %s was dequeued by a worker that died before starting it; requeued", job_id)
+            rescued.append(HandBack(job_id, queue.name, REQUEUED, "dequeued by a worker that died before starting it"))
+    return rescued
 
 
 def start_sweeper(connection: redis.Redis, interval: float, stop: threading.Event) -> threading.Thread:

@@ -25,9 +25,10 @@ FAILURE_TTL = 7 * 24 * 3600
 
 #: Workers heartbeat this often (seconds); a worker silent for HEARTBEAT_TTL is taken for dead and
 #: its job handed back by the sweep (``recovery.sweep``), which the consumer runs every SWEEP_INTERVAL.
-HEARTBEAT_INTERVAL = 5
-HEARTBEAT_TTL = 15
-SWEEP_INTERVAL = 5.0
+#: So a worker killed without warning is noticed within HEARTBEAT_TTL + SWEEP_INTERVAL seconds.
+HEARTBEAT_INTERVAL = 3
+HEARTBEAT_TTL = 10
+SWEEP_INTERVAL = 2.0
 
 #: The dashboard's address.
 DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 9181

@@ -17,11 +17,16 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterable
 from typing import Any, Optional
 
-from rq import Worker, get_current_job
+import redis
+from rq import Queue, Worker, get_current_job
 from rq.command import parse_payload
+from rq.exceptions import DequeueTimeout
+from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 
 from task_def import progress
@@ -40,6 +45,12 @@ SHUTDOWN_NOW = "shutdown-now"
 #: Progress is written to Redis at most this often per job (and always at 100 %).
 PROGRESS_INTERVAL = 0.5
 
+#: A job still running this long after its timeout (it ignored the alarm) has its horse killed.
+HARD_KILL_GRACE = 3.0
+
+#: While several queues are empty, a worker blocks this long on the first before looking at the rest.
+MULTI_QUEUE_POLL = 0.2
+
 _PR_SET_PDEATHSIG = 1
 _stopped_on_purpose = False
 
@@ -55,6 +66,48 @@ def stopped_on_purpose() -> bool:
     return _stopped_on_purpose
 
 
+class CatalogueQueue(Queue):
+    """RQ's Queue, whose dequeue never loses a job, whatever the number of queues.
+
+    RQ moves a job atomically into a per-queue intermediate list (BLMOVE) only when a worker has a
+    single queue; with several it pops with BLPOP, and a worker killed between the pop and the
+    job's registration loses the job (rq#2236). Here every dequeue is an LMOVE into the
+    intermediate list, queues taken in order; while all are empty the worker blocks briefly on the
+    first and looks again. The sweep (``recovery.sweep``) requeues what a dead worker left there.
+    """
+
+    @classmethod
+    def dequeue_any(cls, queues: Iterable[Queue], timeout: Optional[int], connection: redis.Redis,
+                    job_class: Any = None, serializer: Any = None, death_penalty_class: Any = None):
+        queues = list(queues)
+        if len(queues) == 1:
+            return super().dequeue_any(queues, timeout, connection, job_class, serializer, death_penalty_class)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for queue in queues:
+                job_id = connection.lmove(queue.key, queue.intermediate_queue_key)
+                if job_id is None:
+                    continue
+                found = cls._fetch_dequeued_job(connection, queue.key, job_id.decode(), job_class=job_class,
+                                                 serializer=serializer, death_penalty_class=death_penalty_class)
+                if found is not None:
+                    return found
+                connection.lrem(queue.intermediate_queue_key, 1, job_id)  # its hash is gone: nothing to run
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DequeueTimeout(timeout, [q.key for q in queues])
+            first = queues[0]
+            job_id = connection.blmove(first.key, first.intermediate_queue_key, min(MULTI_QUEUE_POLL, left))
+            if job_id is not None:
+                found = cls._fetch_dequeued_job(connection, first.key, job_id.decode(), job_class=job_class,
+                                                 serializer=serializer, death_penalty_class=death_penalty_class)
+                if found is not None:
+                    return found
+                connection.lrem(first.intermediate_queue_key, 1, job_id)
+
+
 class _Scheduler(RQScheduler):
     """RQ's scheduler process, which (unlike RQ's) stops when its worker dies."""
 
@@ -67,15 +120,64 @@ class CatalogueWorker(Worker):
     """RQ's forking worker, held to JSON and the catalogue whoever constructs it."""
 
     job_class = CatalogueJob
+    queue_class = CatalogueQueue
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["serializer"] = SERIALIZER
         kwargs["job_class"] = CatalogueJob
-        kwargs.setdefault("worker_ttl", HEARTBEAT_TTL + HEARTBEAT_INTERVAL)  # RQ idles ttl - 15 s per poll
+        kwargs["queue_class"] = CatalogueQueue
+        kwargs.setdefault("worker_ttl", HEARTBEAT_INTERVAL + 15)  # RQ blocks worker_ttl - 15 s per idle poll
         kwargs.setdefault("job_monitoring_interval", HEARTBEAT_INTERVAL)
         super().__init__(*args, **kwargs)
         self._cold = False
         self._stop_reason = "the worker was stopped at once"
+        self._hard_killed: Optional[str] = None
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """Every dequeue goes through the intermediate list (see CatalogueQueue): always leave it."""
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """RQ's, plus a watchdog: a horse still running HARD_KILL_GRACE after its timeout is killed.
+
+        RQ's own limit is the timeout plus 60 s, for a job that ignores the alarm.
+        """
+        timeout = job.timeout or Queue.DEFAULT_TIMEOUT
+        watchdog = None
+        if timeout > 0:
+            watchdog = threading.Timer(timeout + HARD_KILL_GRACE, self._kill_overrunning_horse, (job.id, timeout))
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            self._hard_killed = None
+
+    def _kill_overrunning_horse(self, job_id: str, timeout: int) -> None:
+        if self.horse_pid and self.get_current_job_id() == job_id:
+            self._hard_killed = f"JobTimeoutException: job exceeded its {timeout} s timeout and ignored the alarm; killed"
+            self.log.warning("Worker %s: job %s overran its timeout; killing its work horse", self.name, job_id)
+            self.kill_horse(signal.SIGKILL)
+
+    def monitor_work_horse(self, job: Job, queue: Queue, execution: Any) -> None:
+        """RQ's, and a horse that exited without recording how the job ended fails the job.
+
+        RQ leaves such a job "started" (a task calling ``os._exit(0)``, say).
+        """
+        super().monitor_work_horse(job, queue, execution)
+        if job.get_status(refresh=True) == JobStatus.STARTED:
+            self.handle_job_failure(
+                job, queue, exc_string="WorkHorseExited: the work horse exited without recording a result "
+                "(the task ended its process, e.g. with os._exit)", execution=execution,
+            )
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
+                           execution: Any = None) -> None:
+        if self._hard_killed:
+            exc_string = self._hard_killed
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def heartbeat(self, timeout: Optional[int] = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, but the registration lapses HEARTBEAT_TTL seconds after the last one."""

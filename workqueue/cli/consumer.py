@@ -6,6 +6,7 @@ import sys
 from typing import Optional
 
 import click
+import redis
 
 from workqueue import logs
 from workqueue.cli.common import EXIT_OK, QueueList, QueueName, can_prompt, echo_status, fail, redis_url_option
@@ -15,6 +16,9 @@ from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS
 
 
 def status_line(status: PoolStatus) -> str:
+    if status.redis_down_for is not None:
+        return (f"Redis not answering for {status.redis_down_for:.0f} s; {len(status.workers)} workers waiting "
+                "for it (they reconnect with backoff)")
     state = "stopping, " if status.stopping else ""
     stopped = f" ({len(status.stopped)} stopped by kill_workers)" if status.stopped else ""
     return (
@@ -41,7 +45,7 @@ def main(workers: Optional[int], queues: tuple[str, ...], burst: bool, verbose: 
         fail(f"missing --workers N ({MIN_WORKERS} to {MAX_WORKERS}); with no terminal there is nothing to prompt on")
     queues = queues or (DEFAULT_QUEUE,)
     logs.setup(verbose)
-    connection, target = connect(redis_url)
+    connection, target = connect(redis_url, ride_out_outages=True)
     live = sys.stdout.isatty()
     last: list[str] = []
     names: set[str] = set()
@@ -61,6 +65,10 @@ def main(workers: Optional[int], queues: tuple[str, ...], burst: bool, verbose: 
     pool.start(burst=burst, logging_level="INFO" if verbose else "WARNING")
     if live:
         click.echo()
-    final = pool.snapshot()
+    try:
+        final = pool.snapshot()
+    except redis.RedisError:
+        click.echo("stopped (Redis is not answering, so the totals are unknown)")
+        return EXIT_OK
     click.echo(f"stopped: done {final.finished}, failed {final.failed}, queued {final.queued}")
     return EXIT_OK

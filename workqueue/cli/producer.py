@@ -46,11 +46,16 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
 @click.option("--queue", type=QueueName(), default=None, help=f"Queue to enqueue on (default {DEFAULT_QUEUE}).")
 @click.option("--from-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help='JSON lines of {"task": ..., "params": {...}}, validated whole, enqueued together.')
+@click.option("--retries", type=click.IntRange(0, producer.MAX_RETRIES), default=None,
+              help="Retries for a failed job (default: the task's), waits doubling with jitter.")
+@click.option("--timeout", type=click.IntRange(1, producer.MAX_TIMEOUT), default=None,
+              help="Seconds a job may run (default: the task's).")
 @click.option("--wait", is_flag=True, help="Show a progress bar until every job ends; exit 1 if any failed.")
 @click.option("--list-tasks", "show_catalogue", is_flag=True, help="List the catalogue with each task's parameters, and exit.")
 @redis_url_option
 def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int], queue: Optional[str],
-         from_file: Optional[Path], wait: bool, show_catalogue: bool, redis_url: Optional[str]) -> int:
+         from_file: Optional[Path], retries: Optional[int], timeout: Optional[int], wait: bool,
+         show_catalogue: bool, redis_url: Optional[str]) -> int:
     """Enqueue long-running tasks. Run bare at a terminal, it asks for everything."""
     if show_catalogue:
         list_tasks()
@@ -61,7 +66,8 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
     if from_file:
         calls = producer.load_calls(from_file)
     elif task_name:
-        calls = [producer.TaskCall.build(task_name, producer.parse_param_pairs(pairs))] * (count or 1)
+        call = producer.TaskCall.build(task_name, producer.parse_param_pairs(pairs), retries=retries, timeout=timeout)
+        calls = [call] * (count or 1)
     elif described or not can_prompt():
         fail("missing --task NAME (or --from-file); with no terminal there is nothing to prompt on")
     else:
