@@ -7,7 +7,9 @@ and the worker all apply the same rules and print the same messages.
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -210,8 +212,25 @@ _TASKS = (
     ),
 )
 
-CATALOGUE: dict[str, Task] = {task.name: task for task in _TASKS}
-_BY_PATH: dict[str, Task] = {task.path: task for task in _TASKS}
+
+def _extra_tasks() -> tuple[Task, ...]:
+    """Tasks from the modules named in ``WORKQUEUE_EXTRA_TASKS`` (comma-separated), each a ``TASKS`` tuple.
+
+    How an operator adds tasks of their own: the variable is read from the environment of the
+    process (the worker's, the producer's), never from Redis.
+    """
+    extra: list[Task] = []
+    for name in filter(None, (n.strip() for n in os.environ.get("WORKQUEUE_EXTRA_TASKS", "").split(","))):
+        module = importlib.import_module(name)
+        extra += [task for task in module.TASKS if isinstance(task, Task)]
+    return tuple(extra)
+
+
+_ALL = _TASKS + _extra_tasks()
+CATALOGUE: dict[str, Task] = {task.name: task for task in _ALL}
+_BY_PATH: dict[str, Task] = {task.path: task for task in _ALL}
+if len(CATALOGUE) != len(_ALL) or len(_BY_PATH) != len(_ALL):
+    raise ImportError("task_def: two tasks share a name or a function; each needs its own")
 
 
 def get_task(name: str) -> Task:

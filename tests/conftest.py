@@ -64,6 +64,14 @@ class RedisServer:
 
         wait_for(ping, 10, "redis-server to answer")
 
+    def restart(self, sig: int = signal.SIGTERM, down_for: float = 0.0) -> None:
+        """Stop the server with ``sig`` (SIGKILL: a crash), wait ``down_for`` seconds, start it again."""
+        self.process.send_signal(sig)
+        self.process.wait(10)
+        time.sleep(down_for)
+        self.process = subprocess.Popen(self.process.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_ready()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

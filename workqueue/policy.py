@@ -53,7 +53,12 @@ class CatalogueJob(Job):
             raise JobRefused(f"refused: a {task.name} job takes keyword parameters only")
 
         def run(**params: Any) -> Any:
-            return task.func(**task.validate(params))
+            result = task.func(**task.validate(params))
+            try:  # RQ would store "Unserializable return value" and call the job finished
+                SERIALIZER.dumps(result)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{task.name} returned a value JSON cannot hold: {exc}") from None
+            return result
 
         return run
 

@@ -19,6 +19,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
 import task_def
+from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name
 from workqueue.settings import DEFAULT_QUEUE, FAILURE_TTL, MAX_COUNT, RESULT_TTL
@@ -133,13 +134,25 @@ def enqueue(connection: redis.Redis, calls: list[TaskCall], queue: str = DEFAULT
         )
         for call in calls
     ]
+    jobs: list[Job] = []
     try:
         with connection.pipeline(transaction=True) as pipe:
             jobs = q.enqueue_many(datas, pipeline=pipe)
             pipe.execute()
-    except redis.ConnectionError as exc:
-        raise RedisUnavailable(f"Redis went away while enqueueing; nothing was enqueued ({exc})") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisUnavailable(f"Redis went away while enqueueing ({exc}); {_which_landed(connection, jobs)}") from None
     return jobs
+
+
+def _which_landed(connection: redis.Redis, jobs: list[Job]) -> str:
+    """All or none of a transaction's jobs landed: say which, if Redis answers again to tell."""
+    if not jobs:
+        return "nothing was enqueued"
+    try:
+        landed = without_retries(connection).exists(jobs[0].key)
+    except redis.RedisError:
+        return f"the {len(jobs)} jobs were sent in one transaction, so all or none were enqueued (check job {jobs[0].id})"
+    return f"all {len(jobs)} jobs were enqueued" if landed else "nothing was enqueued"
 
 
 @dataclass

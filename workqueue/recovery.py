@@ -72,25 +72,39 @@ def hand_back(connection: redis.Redis, job: Job, reason: str, worker_name: str =
         else:
             rerun, why_not = False, "no retries left"
     executions = job.get_executions()
+    job.meta.setdefault("interruptions", []).append(
+        {"reason": reason, "worker": worker_name, "at": datetime.now(timezone.utc).isoformat()}
+    )
+    failure = f"{reason}; not re-run: {why_not}"
+    if attempt or not rerun:
+        note_attempt(job, reason if rerun else failure, worker_name)
     with connection.pipeline() as pipe:
         for execution in executions:
             execution.delete(job, pipeline=pipe)
         job.started_job_registry.remove_executions(job, pipeline=pipe)
+        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
         if rerun:
-            job.meta.setdefault("interruptions", []).append(
-                {"reason": reason, "worker": worker_name, "at": datetime.now(timezone.utc).isoformat()}
-            )
-            pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
             if job.retries_left is not None:
                 pipe.hset(job.key, "retries_left", job.retries_left)
             queue._enqueue_job(job, pipeline=pipe, at_front=True)
         else:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
-            job._handle_failure(f"{reason}; not re-run: {why_not}", pipe, worker_name)
+            job._handle_failure(failure, pipe, worker_name)
         pipe.execute()
     outcome = HandBack(job.id, queue.name, REQUEUED if rerun else FAILED, reason)
     log.warning("%s (%s)", outcome.describe(), reason)
     return outcome
+
+
+def note_attempt(job: Job, error: str, worker_name: str) -> None:
+    """Add a failed attempt (its error's last lines, where and when) to ``job.meta``; the caller saves.
+
+    RQ keeps only the last failure's result; this keeps every attempt's.
+    """
+    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    job.meta.setdefault("attempts", []).append(
+        {"error": "\n".join(lines[-3:])[:2000], "worker": worker_name, "at": datetime.now(timezone.utc).isoformat()}
+    )
 
 
 def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:

@@ -175,8 +175,15 @@ class CatalogueWorker(Worker):
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Any = None) -> None:
+        """RQ's, keeping each attempt's error on the job (RQ keeps only the last) and our reasons."""
         if self._hard_killed:
             exc_string = self._hard_killed
+        try:
+            job.get_meta(refresh=True)
+            recovery.note_attempt(job, exc_string, self.name)
+            job.save_meta()
+        except redis.RedisError:
+            self.log.warning("Worker %s: could not record the error of job %s", self.name, job.id, exc_info=True)
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def heartbeat(self, timeout: Optional[int] = None, pipeline: Any = None) -> None:

@@ -11,6 +11,7 @@ import task_def
 from workqueue import producer
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK, QueueName, TaskParam, can_prompt, fail, redis_url_option
 from workqueue.connection import connect
+from workqueue.errors import RedisUnavailable
 from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT
 
 
@@ -73,7 +74,10 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
     else:
         calls, queue = prompt_calls()
     queue = queue or DEFAULT_QUEUE
-    connection, target = connect(redis_url)
+    try:
+        connection, target = connect(redis_url)
+    except RedisUnavailable as exc:
+        raise RedisUnavailable(f"{exc}; nothing was enqueued") from None
     jobs = producer.enqueue(connection, calls, queue)
     what = calls[0].describe() if len({c.describe() for c in calls}) == 1 else "mixed tasks"
     click.echo(f"enqueued {len(jobs)} × {what} on {queue} ({target.display})")
