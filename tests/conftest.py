@@ -124,6 +124,28 @@ def run_cli(script: str, *args: str, env: dict[str, str] | None = None, timeout:
     )  # fmt: skip
 
 
+class Command(subprocess.Popen):
+    """A command whose output goes to files, so a chatty process never blocks on a full pipe
+    (a pipe nobody reads fills at 64 KiB and then stops the writer, its workers with it)."""
+
+    def __init__(self, args: list[str], **kwargs) -> None:
+        self._files = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+        super().__init__(args, stdout=self._files[0], stderr=self._files[1], **kwargs)
+
+    def output(self) -> tuple[str, str]:
+        """Everything written to stdout and stderr so far."""
+        texts = []
+        for f in self._files:
+            f.flush()
+            f.seek(0)
+            texts.append(f.read())
+        return texts[0], texts[1]
+
+    def communicate(self, input=None, timeout=None):  # noqa: A002 - Popen's signature
+        self.wait(timeout)
+        return self.output()
+
+
 class Processes:
     """Long-running commands a test starts; every one is stopped (and its group killed) at the end."""
 
@@ -131,10 +153,10 @@ class Processes:
         self.started: list[subprocess.Popen] = []
 
     def start(self, script: str, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
+        """Start a command, its output to files (or where ``stdout``/``stderr`` say, e.g. a terminal)."""
         kwargs.setdefault("stdin", subprocess.DEVNULL)
-        process = subprocess.Popen(
+        popen = subprocess.Popen if "stdout" in kwargs else Command
+        process = popen(
             [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env or dict(os.environ),
             text=True, start_new_session=True, **kwargs,
         )  # fmt: skip
@@ -144,14 +166,15 @@ class Processes:
     def stop_all(self) -> None:
         """SIGTERM each command, wait, then make sure none of its descendants outlived it."""
         descendants: list[psutil.Process] = []
-        for process in self.started:
+        started, self.started = self.started, []
+        for process in started:
             if process.poll() is None:
                 try:
                     descendants += psutil.Process(process.pid).children(recursive=True)
                 except psutil.NoSuchProcess:
                     pass
                 process.send_signal(signal.SIGTERM)
-        for process in self.started:
+        for process in started:
             try:
                 process.wait(20)
             except subprocess.TimeoutExpired:

@@ -235,6 +235,7 @@ def test_workers_ride_out_a_redis_outage_across_a_jobs_end(tmp_path, processes) 
         out, _ = consumer.communicate(timeout=30)
         assert "Redis not answering" in out
     finally:
+        processes.stop_all()  # before Redis goes: the workers would wait for it to come back
         server.stop()
 
 

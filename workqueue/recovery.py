@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 import redis
 from rq import Queue, Worker
 from rq.job import Job, JobStatus
+from rq.scheduler import RQScheduler
+from rq.utils import current_timestamp
 from rq.worker_registration import clean_worker_registry
 
 import task_def
@@ -28,7 +30,7 @@ REQUEUED, FAILED, ALREADY_ENDED = "requeued", "failed", "already ended"
 # Move a job id from the intermediate list back to the front of its queue, unless a worker took it
 # out first (it registered the job meanwhile): atomic, so a job is neither lost nor doubled.
 _REQUEUE_IF_STILL_THERE = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+if redis.call('HGET', KEYS[3], 'status') == 'queued' and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('LPUSH', KEYS[2], ARGV[1])
   redis.call('HSET', KEYS[3], 'status', 'queued')
   redis.call('DEL', KEYS[4])
@@ -136,29 +138,56 @@ def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
             reason = f"worker {owner or '?'} died (its heartbeat expired)"
             handed.append(hand_back(connection, job, reason, owner, attempt=True))
         handed += _rescue_intermediate(connection, queue)
+    _enqueue_due(connection, queues)
     return [key[len(prefix):] for key in missing], handed
 
 
 def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack]:
     """Requeue jobs a worker moved out of the queue but never started (it died in between).
 
-    A job is rescued on the second sweep that finds it there, at least one sweep interval after the
-    first, long enough for a live worker to have registered it.
+    Such a job is still "queued", in the queue's intermediate list, and perhaps already in the
+    started registry (RQ registers the execution before forking the horse that starts it). It is
+    rescued on the second sweep that finds it so, at least a sweep interval after the first: long
+    enough for a live worker to have started it.
     """
     rescued = []
-    registered = set(queue.started_job_registry.get_job_ids(cleanup=False))
-    for job_id in (j.decode() for j in connection.lrange(queue.intermediate_queue_key, 0, -1)):
-        if job_id in registered:
-            continue
+    job_ids = [j.decode() for j in connection.lrange(queue.intermediate_queue_key, 0, -1)]
+    for job_id, job in zip(job_ids, Job.fetch_many(job_ids, connection=connection, serializer=SERIALIZER)):
+        if job is not None and job.get_status(refresh=False) != JobStatus.QUEUED:
+            continue  # started (the started-registry scan covers it) or already ended
         seen_key = f"workqueue:intermediate-seen:{queue.name}:{job_id}"
         if connection.set(seen_key, 1, nx=True, ex=600):
             continue  # first sighting
-        keys = [queue.intermediate_queue_key, queue.key, Job.key_for(job_id), seen_key]
+        if job is None:
+            connection.lrem(queue.intermediate_queue_key, 1, job_id)
+            continue
+        keys = [queue.intermediate_queue_key, queue.key, job.key, seen_key]
         if connection.eval(_REQUEUE_IF_STILL_THERE, len(keys), *keys, job_id):
+            with connection.pipeline() as pipe:
+                for execution in job.get_executions():
+                    execution.delete(job, pipeline=pipe)
+                pipe.execute()
             log.warning("job %s was dequeued by a worker that died before starting it; requeued", job_id)
             rescued.append(HandBack(job_id, queue.name, REQUEUED, "dequeued by a worker that died before starting it"))
     return rescued
 
+
+def _enqueue_due(connection: redis.Redis, queues: list[Queue]) -> None:
+    """Move due scheduled jobs (retries waiting out their backoff) of queues no scheduler holds.
+
+    RQ's scheduler runs in one worker per queue; when that worker stops, nobody schedules until
+    another worker starts. This does what RQ's burst-mode scheduler does, under RQ's own lock.
+    """
+    now = current_timestamp()
+    idle = [q.name for q in queues if q.scheduled_job_registry.get_jobs_to_schedule(now, chunk_size=1)]
+    if not idle:
+        return
+    scheduler = RQScheduler(idle, connection=connection, serializer=SERIALIZER)
+    if scheduler.acquire_locks():
+        try:
+            scheduler.enqueue_scheduled_jobs()
+        finally:
+            scheduler.release_locks()
 
 def start_sweeper(connection: redis.Redis, interval: float, stop: threading.Event) -> threading.Thread:
     """Run :func:`sweep` every ``interval`` seconds in a daemon thread until ``stop`` is set."""

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 import redis
-from rq import Queue, Worker, get_current_job
+from rq import Queue, Worker, get_current_job, worker_registration
 from rq.command import parse_payload
 from rq.exceptions import DequeueTimeout
 from rq.job import Job, JobStatus
@@ -187,8 +187,19 @@ class CatalogueWorker(Worker):
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def heartbeat(self, timeout: Optional[int] = None, pipeline: Any = None) -> None:
-        """RQ's heartbeat, but the registration lapses HEARTBEAT_TTL seconds after the last one."""
-        super().heartbeat(min(timeout or HEARTBEAT_TTL, HEARTBEAT_TTL), pipeline)
+        """RQ's heartbeat, in one round trip, lapsing HEARTBEAT_TTL seconds after the last one.
+
+        It also re-registers the worker: if Redis was away longer than the TTL, a sweep may have
+        unregistered this live worker, which would otherwise stay invisible to the dashboard and
+        the kill scripts.
+        """
+        pipe = pipeline if pipeline is not None else self.connection.pipeline()
+        if self.birth_date is not None:
+            pipe.hset(self.key, mapping={**self.serialize(), "state": self._state})
+        super().heartbeat(min(timeout or HEARTBEAT_TTL, HEARTBEAT_TTL), pipe)
+        worker_registration.register(self, pipe)
+        if pipeline is None:
+            pipe.execute()
 
     def _start_scheduler(self, burst: bool = False, logging_level: Optional[str] = "INFO", *args: Any, **kwargs: Any) -> None:
         """RQ's, with a scheduler that dies with this worker instead of running on as an orphan."""
