@@ -37,7 +37,7 @@ def run_chaos(server: RedisServer, processes: Processes, tmp_path, capsys) -> No
     log = tmp_path / "ran.log"
     task = next(t for t in fault_tasks.TASKS if t.name == "chaos_mark")
     calls = [producer.TaskCall(task, task.validate({"log": str(log), "tag": i})) for i in range(JOBS)]
-    jobs = producer.enqueue(conn, calls, "chaos")
+    jobs = producer.enqueue(conn, calls, "chaos").jobs
     env = cli_env(WORKQUEUE_EXTRA_TASKS="tests.fault_tasks", REDIS_URL=server.url)
     consumer = processes.start("consumer_main.py", "--workers", str(WORKERS), "--queue", "chaos", env=env)
     started = time.monotonic()

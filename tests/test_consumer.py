@@ -21,7 +21,7 @@ from workqueue.policy import SERIALIZER
 
 
 def enqueue(conn: redis.Redis, task: str, count: int = 1, queue: str = "queue_one", **params) -> list[Job]:
-    return producer.enqueue(conn, [producer.TaskCall.build(task, params)] * count, queue)
+    return producer.enqueue(conn, [producer.TaskCall.build(task, params)] * count, queue).jobs
 
 
 def status(conn: redis.Redis, job: Job) -> str:

@@ -24,7 +24,7 @@ def answers(url: str) -> bool:
 
 
 def test_dashboard_serves_rq_dashboard_with_our_json_jobs(conn: redis.Redis, processes: Processes) -> None:
-    (job,) = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 1})], "queue_one")
+    (job,) = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 1})], "queue_one").jobs
     port = free_port()
     processes.start("dashboard_main.py", "--port", str(port))
     base = f"http://127.0.0.1:{port}"

@@ -34,7 +34,7 @@ def enqueue(conn: redis.Redis, name: str, queue: str = "queue_one", **params) ->
     task = FAULTS[name] if name in FAULTS else __import__("task_def").get_task(name)
     timeout, retries = params.pop("_timeout", None), params.pop("_retries", None)
     call = producer.TaskCall(task, task.validate(params), retries=retries, timeout=timeout)
-    return producer.enqueue(conn, [call], queue)[0]
+    return producer.enqueue(conn, [call], queue).jobs[0]
 
 
 def fetch(conn: redis.Redis, job: Job) -> Job:
@@ -204,7 +204,7 @@ def test_redis_kill_9_and_restart_loses_no_queued_job(tmp_path) -> None:
     server = aof_server()
     try:
         conn = redis.Redis(port=server.port)
-        jobs = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 1})] * 200, "queue_one")
+        jobs = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 1})] * 200, "queue_one").jobs
         time.sleep(1.5)  # appendfsync everysec
         server.restart(signal.SIGKILL)
         q = Queue("queue_one", connection=redis.Redis(port=server.port), serializer=SERIALIZER)

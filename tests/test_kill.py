@@ -20,7 +20,7 @@ from workqueue.policy import SERIALIZER, CatalogueJob
 
 
 def enqueue(conn: redis.Redis, task: str, queue: str = "queue_one", **params) -> Job:
-    return producer.enqueue(conn, [producer.TaskCall.build(task, params)], queue)[0]
+    return producer.enqueue(conn, [producer.TaskCall.build(task, params)], queue).jobs[0]
 
 
 def fetch(conn: redis.Redis, job: Job) -> Job:

@@ -64,7 +64,7 @@ def test_many_jobs_go_to_redis_in_one_round_trip(redis_url: str) -> None:
             return pipe
 
     conn = Counting.from_url(redis_url)
-    jobs = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 1})] * 500, "bulk")
+    jobs = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 1})] * 500, "bulk").jobs
     assert len(jobs) == 500 and Counting.round_trips == 1
     assert Counting.commands == ["INFO"]  # RQ asks the server version once per Queue object
     assert len(Queue("bulk", connection=conn, serializer=SERIALIZER)) == 500

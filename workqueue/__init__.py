@@ -1,3 +1,18 @@
-"""workqueue: a Redis-backed task queue, built on RQ, with a live dashboard."""
+"""workqueue: a Redis-backed task queue, built on RQ, with a live dashboard.
+
+The Python API (see ``workqueue.api``): :func:`enqueue`, :func:`enqueue_many`, :func:`stats`,
+and the :class:`Batch` they return, with ``wait(on_task=..., on_done=..., timeout=...)``.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["Batch", "enqueue", "enqueue_many", "stats"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `python -m workqueue` and the task catalogue do not import RQ for nothing.
+    if name in __all__:
+        from workqueue import api
+
+        return getattr(api, name)
+    raise AttributeError(name)

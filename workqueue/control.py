@@ -15,7 +15,7 @@ from rq.command import send_command, send_stop_job_command
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from workqueue import recovery
+from workqueue import batches, recovery
 from workqueue.errors import BadInput
 from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name
 from workqueue.worker import SHUTDOWN_NOW
@@ -140,8 +140,26 @@ def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 
         job.meta["cancelled_by"] = by
         job.save_meta()
         job.cancel()
+        batches.job_ended(connection, job, "failed", detail=f"cancelled by {by}")
         return JobStop(job_id, True, f"job {job_id} cancelled (was {status.value}; now in the canceled registry of {job.origin})")
     return JobStop(job_id, True, f"job {job_id} had already ended ({status.value}); nothing to do")
+
+
+def stop_batch(connection: redis.Redis, batch_id: str, *, by: str, timeout: float = 10.0) -> list[JobStop]:
+    """Cancel a batch's queued tasks and stop its running ones; BadInput for an unknown batch."""
+    try:
+        batches.summary(connection, batch_id)
+    except KeyError:
+        raise BadInput(f"no such batch: {batch_id}") from None
+    # The group's ids, read directly: RQ's Group.get_jobs fetches with the pickle serializer.
+    ids = sorted(i.decode() for i in connection.smembers(batches.group(connection, batch_id).key))
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        statuses = pipe.execute()
+    # Cancel the waiting ones first, so stopping a running one does not hand its worker the next.
+    order = sorted(zip(ids, statuses), key=lambda pair: pair[1] == JobStatus.STARTED.value.encode())
+    return [stop_job(connection, job_id, by=by, timeout=timeout) for job_id, _ in order]
 
 
 def clean(connection: redis.Redis) -> tuple[list[str], list[recovery.HandBack]]:

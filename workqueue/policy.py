@@ -18,8 +18,10 @@ from workqueue.errors import BadInput, JobRefused
 
 SERIALIZER = JSONSerializer
 
-#: Callback functions a job may name; anything else is refused like a foreign task.
-ALLOWED_CALLBACKS: frozenset[str] = frozenset()
+#: Callback functions a job may name (workqueue.batches'); anything else is refused like a foreign task.
+ALLOWED_CALLBACKS: frozenset[str] = frozenset(
+    {"workqueue.batches.task_finished", "workqueue.batches.task_failed", "workqueue.batches.task_stopped"}
+)
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 

@@ -28,7 +28,7 @@ from workqueue import recovery
 from workqueue.connection import without_retries
 from workqueue.policy import SERIALIZER, CatalogueJob
 from workqueue.settings import SWEEP_INTERVAL
-from workqueue.worker import STOPPED_ON_PURPOSE, CatalogueQueue, CatalogueWorker, die_with_parent, stopped_on_purpose
+from workqueue.worker import STOPPED_ON_PURPOSE, WORKER_CLASSES, CatalogueQueue, die_with_parent, stopped_on_purpose
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class PoolStatus:
 
 
 class ConsumerPool(WorkerPool):
-    """RQ's WorkerPool of :class:`CatalogueWorker` processes named ``<host>.<pid>.w<n>``."""
+    """RQ's WorkerPool of catalogue workers (``worker.WORKER_CLASSES[order]``) named ``<host>.<pid>.w<n>``."""
 
     def __init__(
         self,
@@ -89,12 +89,13 @@ class ConsumerPool(WorkerPool):
         connection: redis.Redis,
         num_workers: int,
         on_tick: Optional[Callable[[PoolStatus], None]] = None,
+        order: str = "priority",
     ) -> None:
         super().__init__(
             list(queues),
             connection=connection,
             num_workers=num_workers,
-            worker_class=CatalogueWorker,
+            worker_class=WORKER_CLASSES[order],
             serializer=SERIALIZER,
             job_class=CatalogueJob,
             queue_class=CatalogueQueue,

@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import redis
 from rq import Queue, Retry
-from rq.job import Job, JobStatus
+from rq.job import Job
 
 import task_def
+from workqueue import batches, stats
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name
@@ -29,8 +31,6 @@ MAX_PARAMS_BYTES = 1_000_000
 
 #: Bounds of the per-enqueue overrides.
 MAX_RETRIES, MAX_TIMEOUT = 20, 7 * 24 * 3600
-
-_ENDED_FAILED = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
 
 
 @dataclass(frozen=True)
@@ -115,13 +115,38 @@ def load_calls(path: Path) -> list[TaskCall]:
     return calls
 
 
-def enqueue(connection: redis.Redis, calls: list[TaskCall], queue: str = DEFAULT_QUEUE) -> list[Job]:
-    """Enqueue every call on ``queue`` in one pipelined round trip: all of them or none."""
+@dataclass
+class Submission:
+    """What one producer run enqueued: a batch of jobs on a queue."""
+
+    batch_id: str
+    queue: str
+    jobs: list[Job]
+
+
+def enqueue(
+    connection: redis.Redis,
+    calls: list[TaskCall],
+    queue: str = DEFAULT_QUEUE,
+    *,
+    max_queued: Optional[int] = None,
+    on_wait: Optional[Callable[[int], Any]] = None,
+) -> Submission:
+    """Enqueue every call on ``queue`` as one batch.
+
+    Without ``max_queued``: one pipelined transaction, so all of them or none. With it, the jobs go
+    in as the queue has room, never taking it past ``max_queued`` (``on_wait(queued)`` is called
+    while the producer waits for consumers to drain it).
+    """
     check_queue_name(queue)
     if not 1 <= len(calls) <= MAX_COUNT:
         raise BadInput(f"between 1 and {MAX_COUNT:,} jobs may be enqueued at once, not {len(calls):,}")
+    if max_queued is not None and max_queued < 1:
+        raise BadInput(f"max_queued must be at least 1, not {max_queued}")
     q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
-    datas = [
+    batch_id = batches.new_id()
+    group = batches.group(connection, batch_id)
+    pending = [
         Queue.prepare_data(
             call.task.func,
             kwargs=call.params,
@@ -131,17 +156,41 @@ def enqueue(connection: redis.Redis, calls: list[TaskCall], queue: str = DEFAULT
             failure_ttl=FAILURE_TTL,
             description=call.describe(),
             meta={"task": call.task.name},
+            **batches.callbacks(),
         )
         for call in calls
     ]
+    names = [call.task.name for call in calls]
     jobs: list[Job] = []
     try:
-        with connection.pipeline(transaction=True) as pipe:
-            jobs = q.enqueue_many(datas, pipeline=pipe)
-            pipe.execute()
+        while pending:
+            room = len(pending) if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
+            chunk, pending = pending[:room], pending[room:]
+            chunk_names, names = names[:room], names[room:]
+            with connection.pipeline(transaction=True) as pipe:
+                if not jobs:
+                    batches.open_batch(pipe, batch_id, len(calls), queue)
+                stats.count_enqueued(pipe, queue, Counter(chunk_names))
+                jobs += group.enqueue_many(q, chunk, pipeline=pipe)  # RQ executes the transaction here
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailable(f"Redis went away while enqueueing ({exc}); {_which_landed(connection, jobs)}") from None
-    return jobs
+        if max_queued is None:
+            landed = _which_landed(connection, jobs)
+        else:
+            landed = f"{len(jobs)} of {len(calls)} jobs were enqueued before it did (batch {batch_id})"
+        raise RedisUnavailable(f"Redis went away while enqueueing ({exc}); {landed}") from None
+    return Submission(batch_id, queue, jobs)
+
+
+def _wait_for_room(connection: redis.Redis, queue: Queue, max_queued: int,
+                   on_wait: Optional[Callable[[int], Any]], poll: float = 0.2) -> int:
+    """Block until ``queue`` holds fewer than ``max_queued`` jobs; how many more it can take."""
+    while True:
+        queued = connection.llen(queue.key)
+        if queued < max_queued:
+            return max_queued - queued
+        if on_wait is not None:
+            on_wait(queued)
+        time.sleep(poll)
 
 
 def _which_landed(connection: redis.Redis, jobs: list[Job]) -> str:
@@ -153,63 +202,3 @@ def _which_landed(connection: redis.Redis, jobs: list[Job]) -> str:
     except redis.RedisError:
         return f"the {len(jobs)} jobs were sent in one transaction, so all or none were enqueued (check job {jobs[0].id})"
     return f"all {len(jobs)} jobs were enqueued" if landed else "nothing was enqueued"
-
-
-@dataclass
-class Tally:
-    """Where a set of jobs stands while it is followed."""
-
-    total: int
-    finished: int = 0
-    failed: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def ended(self) -> int:
-        return self.finished + len(self.failed)
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-
-def follow(
-    connection: redis.Redis, job_ids: list[str], interval: float = 0.25, timeout: Optional[float] = None
-) -> Iterator[Tally]:
-    """Yield the tally after each poll until every job has ended (or ``timeout`` seconds pass)."""
-    tally = Tally(total=len(job_ids))
-    pending = list(job_ids)
-    while pending:
-        with connection.pipeline(transaction=False) as pipe:
-            for job_id in pending:
-                pipe.hget(Job.key_for(job_id), "status")
-            statuses = pipe.execute()
-        still = []
-        for job_id, status in zip(pending, statuses):
-            status = status.decode() if status else None
-            if status == JobStatus.FINISHED.value:
-                tally.finished += 1
-            elif status in _ENDED_FAILED or status is None:
-                tally.failed.append(job_id)
-            else:
-                still.append(job_id)
-        pending = still
-        yield tally
-        if pending:
-            if timeout is not None and tally.elapsed > timeout:
-                return
-            time.sleep(interval)
-
-
-def failure_reasons(connection: redis.Redis, job_ids: list[str]) -> dict[str, str]:
-    """The last line of each failed job's error (or why it has none), by job id."""
-    reasons = {}
-    for job_id, job in zip(job_ids, Job.fetch_many(job_ids, connection=connection, serializer=SERIALIZER)):
-        if job is None:
-            reasons[job_id] = "the job no longer exists in Redis"
-            continue
-        result = job.latest_result()
-        text = (result.exc_string or "") if result is not None else ""
-        lines = [line for line in text.strip().splitlines() if line.strip()]
-        reasons[job_id] = lines[-1] if lines else f"ended {job.get_status(refresh=False)}"
-    return reasons

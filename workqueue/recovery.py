@@ -21,6 +21,7 @@ from rq.utils import current_timestamp
 from rq.worker_registration import clean_worker_registry
 
 import task_def
+from workqueue import batches
 from workqueue.policy import SERIALIZER, CatalogueJob
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ def hand_back(connection: redis.Redis, job: Job, reason: str, worker_name: str =
             job.set_status(JobStatus.FAILED, pipeline=pipe)
             job._handle_failure(failure, pipe, worker_name)
         pipe.execute()
+    if not rerun:
+        batches.job_ended(connection, job, "failed", detail=failure)
     outcome = HandBack(job.id, queue.name, REQUEUED if rerun else FAILED, reason)
     log.warning("%s (%s)", outcome.describe(), reason)
     return outcome

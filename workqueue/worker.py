@@ -28,9 +28,10 @@ from rq.command import parse_payload
 from rq.exceptions import DequeueTimeout
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
+from rq.worker import RandomWorker, RoundRobinWorker
 
 from task_def import progress
-from workqueue import recovery
+from workqueue import batches, recovery
 from workqueue.policy import SERIALIZER, CatalogueJob
 from workqueue.settings import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
 
@@ -178,6 +179,12 @@ class CatalogueWorker(Worker):
         """RQ's, keeping each attempt's error on the job (RQ keeps only the last) and our reasons."""
         if self._hard_killed:
             exc_string = self._hard_killed
+        # RQ runs the job's failure (or stopped) callback itself when the task raised in the horse,
+        # or was stopped; a horse that crashed or was killed gets none: count its end here.
+        deliberate_stop = self._stopped_job_id == job.id
+        if not self._is_horse and not deliberate_stop and not job.should_retry:
+            lines = exc_string.strip().splitlines()
+            batches.job_ended(self.connection, job, "failed", detail=lines[-1] if lines else "the job failed")
         try:
             job.get_meta(refresh=True)
             recovery.note_attempt(job, exc_string, self.name)
@@ -258,6 +265,22 @@ class CatalogueWorker(Worker):
             reason = self._stop_reason if self._cold else "the consumer was stopped at once"
             recovery.hand_back(self.connection, job, reason, self.name)
         raise SystemExit()
+
+
+class RoundRobinCatalogueWorker(CatalogueWorker, RoundRobinWorker):
+    """Serves its queues in turn (RQ's RoundRobinWorker), so none starves."""
+
+
+class RandomCatalogueWorker(CatalogueWorker, RandomWorker):
+    """Takes its queues in a random order each time (RQ's RandomWorker)."""
+
+
+#: The consumer's ``--order``: which worker class serves several queues how.
+WORKER_CLASSES: dict[str, type[CatalogueWorker]] = {
+    "priority": CatalogueWorker,
+    "round-robin": RoundRobinCatalogueWorker,
+    "random": RandomCatalogueWorker,
+}
 
 
 class _ProgressStore:

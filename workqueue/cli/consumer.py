@@ -8,7 +8,7 @@ from typing import Optional
 import click
 import redis
 
-from workqueue import logs
+from workqueue import logs, stats
 from workqueue.cli.common import EXIT_OK, QueueList, QueueName, can_prompt, echo_status, fail, redis_url_option
 from workqueue.connection import connect
 from workqueue.pool import ConsumerPool, PoolStatus
@@ -31,11 +31,14 @@ def status_line(status: PoolStatus) -> str:
 @click.option("--workers", type=click.IntRange(MIN_WORKERS, MAX_WORKERS), default=None,
               help=f"How many worker processes ({MIN_WORKERS} to {MAX_WORKERS}).")
 @click.option("--queue", "queues", type=QueueName(), multiple=True,
-              help=f"Queue to work on; repeat for several, served in the order given (default {DEFAULT_QUEUE}).")
+              help=f"Queue to work on; repeat for several (default {DEFAULT_QUEUE}).")
+@click.option("--order", type=click.Choice(["priority", "round-robin", "random"]), default="priority",
+              show_default=True, help="With several queues: drain them in the order given, in turn, or at random.")
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty; otherwise run until Ctrl-C/SIGTERM.")
 @click.option("--verbose", is_flag=True, help="Log every job the workers run.")
 @redis_url_option
-def main(workers: Optional[int], queues: tuple[str, ...], burst: bool, verbose: bool, redis_url: Optional[str]) -> int:
+def main(workers: Optional[int], queues: tuple[str, ...], order: str, burst: bool, verbose: bool,
+         redis_url: Optional[str]) -> int:
     """Run worker processes. Run bare at a terminal, it asks how many and on which queues."""
     if workers is None and not queues and can_prompt():
         workers = click.prompt(f"How many workers ({MIN_WORKERS}-{MAX_WORKERS})", default=2,
@@ -61,7 +64,7 @@ def main(workers: Optional[int], queues: tuple[str, ...], burst: bool, verbose: 
         echo_status(status_line(status), live=live, last=last)
 
     click.echo(f"starting {workers} workers on {', '.join(queues)} ({target.display}); Ctrl-C stops them")
-    pool = ConsumerPool(queues, connection, workers, on_tick=on_tick)
+    pool = ConsumerPool(queues, connection, workers, on_tick=on_tick, order=order)
     pool.start(burst=burst, logging_level="INFO" if verbose else "WARNING")
     if live:
         click.echo()
@@ -71,4 +74,6 @@ def main(workers: Optional[int], queues: tuple[str, ...], burst: bool, verbose: 
         click.echo("stopped (Redis is not answering, so the totals are unknown)")
         return EXIT_OK
     click.echo(f"stopped: done {final.finished}, failed {final.failed}, queued {final.queued}")
+    for line in stats.format_report(stats.collect(connection, queues)):
+        click.echo(line)
     return EXIT_OK

@@ -44,16 +44,22 @@ def kill_workers(every: bool, queue: Optional[str], name: Optional[str], now: bo
 
 
 @click.command(context_settings=_settings)
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1)
+@click.option("--batch", "batch_id", metavar="ID", default=None,
+              help="Every job of a batch: cancel the queued, stop the running.")
 @click.option("--timeout", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
               help="Seconds to wait for a running job to stop.")
 @redis_url_option
-def kill_job(job_ids: tuple[str, ...], timeout: float, redis_url: Optional[str]) -> int:
-    """Stop running jobs and cancel queued or scheduled ones, by id."""
+def kill_job(job_ids: tuple[str, ...], batch_id: Optional[str], timeout: float, redis_url: Optional[str]) -> int:
+    """Stop running jobs and cancel queued or scheduled ones, by id or by batch."""
+    if not job_ids and not batch_id:
+        raise click.UsageError("give job ids, or --batch ID")
     connection, _ = connect(redis_url)
     code = EXIT_OK
-    for job_id in dict.fromkeys(job_ids):
-        outcome = control.stop_job(connection, job_id, by="kill_job", timeout=timeout)
+    outcomes = [control.stop_job(connection, job_id, by="kill_job", timeout=timeout) for job_id in dict.fromkeys(job_ids)]
+    if batch_id:
+        outcomes += control.stop_batch(connection, batch_id, by="kill_job", timeout=timeout)
+    for outcome in outcomes:
         click.echo(outcome.message, err=not outcome.found)
         if not outcome.found or "still running" in outcome.message:
             code = EXIT_FAILED

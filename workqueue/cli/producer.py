@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import click
 
 import task_def
-from workqueue import producer
+from workqueue import batches, producer, stats
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK, QueueName, TaskParam, can_prompt, fail, redis_url_option
 from workqueue.connection import connect
 from workqueue.errors import RedisUnavailable
@@ -51,16 +54,29 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
               help="Retries for a failed job (default: the task's), waits doubling with jitter.")
 @click.option("--timeout", type=click.IntRange(1, producer.MAX_TIMEOUT), default=None,
               help="Seconds a job may run (default: the task's).")
-@click.option("--wait", is_flag=True, help="Show a progress bar until every job ends; exit 1 if any failed.")
-@click.option("--list-tasks", "show_catalogue", is_flag=True, help="List the catalogue with each task's parameters, and exit.")
+@click.option("--max-queued", type=click.IntRange(1, MAX_COUNT), default=None,
+              help="Backpressure: wait while the queue holds this many jobs, enqueue as it drains.")
+@click.option("--wait", is_flag=True, help="Follow the batch: a line per task, a progress bar; exit 1 if any failed.")
+@click.option("--quiet", is_flag=True, help="With --wait or --batch: the progress bar and summary only.")
+@click.option("--batch", "batch_id", metavar="ID", default=None, help="Follow a batch already enqueued, to its end.")
+@click.option("--stats", "show_stats", is_flag=True, help="Print statistics per queue and task (--queue: one queue).")
+@click.option("--list-tasks", "show_catalogue", is_flag=True, help="List the catalogue with each task's parameters.")
 @redis_url_option
 def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int], queue: Optional[str],
-         from_file: Optional[Path], retries: Optional[int], timeout: Optional[int], wait: bool,
-         show_catalogue: bool, redis_url: Optional[str]) -> int:
-    """Enqueue long-running tasks. Run bare at a terminal, it asks for everything."""
+         from_file: Optional[Path], retries: Optional[int], timeout: Optional[int], max_queued: Optional[int],
+         wait: bool, quiet: bool, batch_id: Optional[str], show_stats: bool, show_catalogue: bool,
+         redis_url: Optional[str]) -> int:
+    """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
     if show_catalogue:
         list_tasks()
         return EXIT_OK
+    if show_stats or batch_id:
+        connection, _ = connect(redis_url)
+        if show_stats:
+            for line in stats.format_report(stats.collect(connection, [queue] if queue else None)):
+                click.echo(line)
+            return EXIT_OK
+        return follow_batch(connection, batch_id, quiet=quiet)
     described = task_name or pairs or count or queue or from_file
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
@@ -78,31 +94,51 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
         connection, target = connect(redis_url)
     except RedisUnavailable as exc:
         raise RedisUnavailable(f"{exc}; nothing was enqueued") from None
-    jobs = producer.enqueue(connection, calls, queue)
+    started = time.monotonic()
+    waited = []
+
+    def on_wait(queued: int) -> None:
+        if not waited:
+            click.echo(f"waiting: {queue} holds {queued} jobs (--max-queued {max_queued}); enqueueing as it drains")
+        waited.append(queued)
+
+    submission = producer.enqueue(connection, calls, queue, max_queued=max_queued, on_wait=on_wait)
+    jobs = submission.jobs
     what = calls[0].describe() if len({c.describe() for c in calls}) == 1 else "mixed tasks"
-    click.echo(f"enqueued {len(jobs)} × {what} on {queue} ({target.display})")
-    for job in jobs[:10]:
+    click.echo(f"batch {submission.batch_id}: enqueued {len(jobs)} × {what} on {queue} ({target.display})")
+    for job in jobs[:10] if not quiet else []:
         click.echo(f"  {job.id}")
-    if len(jobs) > 10:
+    if len(jobs) > 10 and not quiet:
         click.echo(f"  … and {len(jobs) - 10} more")
     if not wait:
         return EXIT_OK
-    return follow_jobs(connection, [job.id for job in jobs])
+    return follow_batch(connection, submission.batch_id, quiet=quiet, started=started)
 
 
-def follow_jobs(connection, job_ids: list[str]) -> int:
-    """A progress bar until every job ends, then the summary; the exit code says if any failed."""
-    tally = None
-    with click.progressbar(length=len(job_ids), label="running", show_pos=True) as bar:
-        for tally in producer.follow(connection, job_ids):
-            bar.update(tally.ended - bar.pos)
-            bar.label = f"finished {tally.finished}, failed {len(tally.failed)}"
-    assert tally is not None
-    click.echo(f"finished {tally.finished}, failed {len(tally.failed)} of {tally.total} in {tally.elapsed:.2f} s")
-    if not tally.failed:
-        return EXIT_OK
-    for job_id, reason in producer.failure_reasons(connection, tally.failed[:20]).items():
-        click.echo(f"  failed {job_id}: {reason}")
-    if len(tally.failed) > 20:
-        click.echo(f"  … and {len(tally.failed) - 20} more failures")
-    return EXIT_FAILED
+def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: Optional[float] = None) -> int:
+    """A line per task's end above a progress bar, then the batch's summary; exit 1 if any failed."""
+    try:
+        total = batches.summary(connection, batch_id).total
+    except KeyError:
+        fail(f"no such batch: {batch_id} (batches are kept for a day)")
+    live = sys.stdout.isatty()
+    with click.progressbar(length=total, label=f"batch {batch_id}", show_pos=True) as bar:
+
+        def on_task(end: batches.TaskEnd) -> None:
+            if not quiet:
+                detail = end.detail if isinstance(end.detail, str) else json.dumps(end.detail)
+                again = " (run again: counted once)" if end.redelivery else ""
+                line = f"{end.job_id} {end.task} {end.outcome} in {end.duration:.2f}s: {detail[:200]}{again}"
+                click.echo(f"\r\x1b[K{line}" if live else line)
+            if not end.redelivery:
+                bar.update(1)
+
+        result = batches.wait(connection, batch_id, on_task=on_task)
+    elapsed = time.monotonic() - started if started is not None else result.elapsed or 0.0
+    click.echo(f"batch {batch_id}: finished {result.finished}, failed {result.failed} of {result.total} "
+               f"in {elapsed:.2f} s")
+    for end in result.failures[:20]:
+        click.echo(f"  failed {end.job_id} ({end.task}): {end.detail}")
+    if len(result.failures) > 20:
+        click.echo(f"  … and {len(result.failures) - 20} more failures")
+    return EXIT_FAILED if result.failed else EXIT_OK

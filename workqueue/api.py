@@ -1,0 +1,70 @@
+"""The Python API, for programs that produce work themselves.
+
+    import workqueue
+
+    batch = workqueue.enqueue("sleep", {"seconds": 2}, count=10)
+    summary = batch.wait(on_task=print, timeout=60)
+    print(workqueue.stats())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import redis
+
+from workqueue import batches, producer
+from workqueue import stats as statistics
+from workqueue.connection import connect
+from workqueue.settings import DEFAULT_QUEUE
+
+
+@dataclass
+class Batch:
+    """A batch enqueued by :func:`enqueue` or :func:`enqueue_many`."""
+
+    id: str
+    queue: str
+    job_ids: list[str]
+    connection: redis.Redis
+
+    def wait(self, *, on_task: Optional[Callable[[batches.TaskEnd], Any]] = None,
+             on_done: Optional[Callable[[batches.BatchSummary], Any]] = None,
+             timeout: Optional[float] = None) -> batches.BatchSummary:
+        """Block until every task has ended (TimeoutError after ``timeout`` seconds).
+
+        ``on_task`` is called with each task's end (job id, task, outcome, result or error,
+        duration) as it happens, ``on_done`` once with the batch's summary.
+        """
+        return batches.wait(self.connection, self.id, on_task=on_task, on_done=on_done, timeout=timeout)
+
+    def summary(self) -> batches.BatchSummary:
+        return batches.summary(self.connection, self.id)
+
+
+def enqueue(task: str, params: Optional[Mapping[str, Any]] = None, *, count: int = 1, queue: str = DEFAULT_QUEUE,
+            retries: Optional[int] = None, timeout: Optional[int] = None, max_queued: Optional[int] = None,
+            redis_url: Optional[str] = None) -> Batch:
+    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not)."""
+    call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout)
+    return _submit([call] * count, queue, max_queued, redis_url)
+
+
+def enqueue_many(tasks: Iterable[tuple[str, Mapping[str, Any]]], *, queue: str = DEFAULT_QUEUE,
+                 max_queued: Optional[int] = None, redis_url: Optional[str] = None) -> Batch:
+    """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued."""
+    return _submit([producer.TaskCall.build(name, params) for name, params in tasks], queue, max_queued, redis_url)
+
+
+def stats(queue: Optional[str] = None, *, redis_url: Optional[str] = None) -> list[statistics.QueueStats]:
+    """Per queue and per task: enqueued, finished, failed, running, throughput, wait and run times."""
+    connection, _ = connect(redis_url)
+    return statistics.collect(connection, [queue] if queue else None)
+
+
+def _submit(calls: list[producer.TaskCall], queue: str, max_queued: Optional[int], redis_url: Optional[str]) -> Batch:
+    connection, _ = connect(redis_url)
+    submission = producer.enqueue(connection, calls, queue, max_queued=max_queued)
+    return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection)

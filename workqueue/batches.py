@@ -1,0 +1,212 @@
+"""Batches: every producer run is one. An RQ Group holds its jobs; RQ callbacks on each job (run on
+the worker, and allow-listed) record each task's end, once, into the batch's event stream and the
+statistics; the last one to end closes the batch. Producers follow the stream, so per-task and
+per-batch callbacks run where the work was asked for.
+
+Redis keys, all expiring with the results (RESULT_TTL):
+- ``workqueue:batch:<id>``: total, remaining, finished, failed, queue, created_at, ended_at;
+- ``workqueue:batch:<id>:events``: a stream, one entry per task end, then ``batch=done``;
+- ``workqueue:batch:<id>:ended``: the ids already counted, so a job run twice counts once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import redis
+from rq.callbacks import Callback
+from rq.group import Group
+from rq.job import Job
+
+from workqueue import stats
+from workqueue.settings import RESULT_TTL
+
+log = logging.getLogger(__name__)
+
+PREFIX = "workqueue:batch:"
+
+# The callbacks RQ runs on the worker; policy.ALLOWED_CALLBACKS names exactly these.
+ON_SUCCESS = "workqueue.batches.task_finished"
+ON_FAILURE = "workqueue.batches.task_failed"
+ON_STOPPED = "workqueue.batches.task_stopped"
+
+_OPEN = """
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'total', ARGV[1], 'remaining', ARGV[1], 'finished', 0, 'failed', 0,
+           'queue', ARGV[2], 'created_at', t[1] .. '.' .. string.format('%06d', t[2]))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# Count a task's end once; the one that brings `remaining` to 0 closes the batch.
+_END = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local first = redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+if first == 0 then
+  redis.call('XADD', KEYS[3], '*', 'job', ARGV[1], 'outcome', ARGV[2], 'task', ARGV[3], 'detail', ARGV[4],
+             'duration', ARGV[5], 'redelivery', '1')
+  return -2
+end
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+local left = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[1], 'outcome', ARGV[2], 'task', ARGV[3], 'detail', ARGV[4],
+           'duration', ARGV[5])
+if left == 0 then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'ended_at', t[1] .. '.' .. string.format('%06d', t[2]))
+  redis.call('XADD', KEYS[3], '*', 'batch', 'done')
+end
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return left
+"""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def key(batch_id: str) -> str:
+    return PREFIX + batch_id
+
+
+def events_key(batch_id: str) -> str:
+    return f"{PREFIX}{batch_id}:events"
+
+
+def callbacks() -> dict[str, Callback]:
+    return {"on_success": Callback(ON_SUCCESS), "on_failure": Callback(ON_FAILURE), "on_stopped": Callback(ON_STOPPED)}
+
+
+def open_batch(pipe: redis.client.Pipeline, batch_id: str, total: int, queue: str) -> None:
+    """Record a new batch of ``total`` tasks, inside the transaction that enqueues them."""
+    pipe.eval(_OPEN, 1, key(batch_id), total, queue, RESULT_TTL)
+
+
+def group(connection: redis.Redis, batch_id: str) -> Group:
+    return Group(connection=connection, name=batch_id)
+
+
+# -- on the worker ------------------------------------------------------------------------------
+
+
+def task_finished(job: Job, connection: redis.Redis, result: Any, *args: Any, **kwargs: Any) -> None:
+    job_ended(connection, job, "finished", detail=result)
+
+
+def task_failed(job: Job, connection: redis.Redis, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+    if job.should_retry:
+        return  # not its end: it will run again
+    job_ended(connection, job, "failed", detail=f"{getattr(exc_type, '__name__', 'Error')}: {exc_value}")
+
+
+def task_stopped(job: Job, connection: redis.Redis) -> None:
+    by = (job.meta or {}).get("stopped_by", "kill_job")
+    job_ended(connection, job, "failed", detail=f"stopped by {by}")
+
+
+def job_ended(connection: redis.Redis, job: Job, outcome: str, detail: Any = None) -> None:
+    """Count the end of ``job`` in its batch (once) and in the statistics; never fail the job."""
+    started = job.started_at
+    run = (_utcnow() - started).total_seconds() if started else None
+    wait = (started - job.enqueued_at).total_seconds() if started and job.enqueued_at else None
+    task = (job.meta or {}).get("task") or job.func_name or "?"
+    text = json.dumps(detail, default=str)[:2000]
+    try:
+        with connection.pipeline(transaction=False) as pipe:
+            if job.group_id:
+                keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]
+                pipe.eval(_END, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
+            stats.record_end(pipe, job.origin, task, outcome, run, wait)
+            pipe.execute()
+    except redis.RedisError:
+        log.warning("could not record the end of job %s", job.id, exc_info=True)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- on the producer ----------------------------------------------------------------------------
+
+
+@dataclass
+class TaskEnd:
+    """One task's end, as the batch's stream tells it."""
+
+    job_id: str
+    task: str
+    outcome: str
+    detail: Any
+    duration: float
+    redelivery: bool = False
+
+
+@dataclass
+class BatchSummary:
+    batch_id: str
+    total: int
+    finished: int
+    failed: int
+    #: Seconds from the batch's creation to its last task's end, both read from Redis's clock.
+    elapsed: Optional[float]
+    done: bool
+    queue: str = ""
+    failures: list[TaskEnd] = field(default_factory=list)
+
+
+def summary(connection: redis.Redis, batch_id: str) -> BatchSummary:
+    """Where a batch stands; raises KeyError for an unknown (or expired) batch."""
+    data = {k.decode(): v.decode() for k, v in connection.hgetall(key(batch_id)).items()}
+    if not data:
+        raise KeyError(batch_id)
+    ended = float(data["ended_at"]) if data.get("ended_at") else None
+    return BatchSummary(
+        batch_id, int(data["total"]), int(data["finished"]), int(data["failed"]),
+        ended - float(data["created_at"]) if ended else None, ended is not None, data.get("queue", ""),
+    )  # fmt: skip
+
+
+def follow(connection: redis.Redis, batch_id: str, *, timeout: Optional[float] = None,
+           block_ms: int = 500) -> Iterator[TaskEnd]:
+    """Yield each task's end, from the batch's start, until the batch is done (or ``timeout``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = "0"
+    while True:
+        replies = connection.xread({events_key(batch_id): last}, count=500, block=block_ms)
+        for _stream, entries in replies or []:
+            for entry_id, fields in entries:
+                last = entry_id.decode()
+                data = {k.decode(): v.decode() for k, v in fields.items()}
+                if data.get("batch") == "done":
+                    return
+                yield TaskEnd(data["job"], data["task"], data["outcome"], json.loads(data["detail"]),
+                              float(data["duration"]), data.get("redelivery") == "1")  # fmt: skip
+        if not replies:
+            if summary(connection, batch_id).done:  # the stream expired or was trimmed
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} did not end within {timeout:g} s")
+
+
+def wait(connection: redis.Redis, batch_id: str, *, on_task: Optional[Callable[[TaskEnd], Any]] = None,
+         on_done: Optional[Callable[[BatchSummary], Any]] = None, timeout: Optional[float] = None) -> BatchSummary:
+    """Follow a batch to its end, calling ``on_task`` for each task's end and ``on_done`` once."""
+    failures = []
+    for end in follow(connection, batch_id, timeout=timeout):
+        if end.outcome != "finished" and not end.redelivery:
+            failures.append(end)
+        if on_task is not None:
+            on_task(end)
+    result = summary(connection, batch_id)
+    result.failures = failures
+    if on_done is not None:
+        on_done(result)
+    return result

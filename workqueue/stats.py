@@ -1,0 +1,158 @@
+"""Statistics kept by the workers in Redis, with bounded retention, read by the producer's
+``--stats``, the consumer at exit and the dashboard: the same numbers from the same counters.
+
+- ``workqueue:stats:<queue>:<minute>``: a hash of ``<task>:enqueued|finished|failed`` counts per
+  minute, expiring after RETENTION;
+- ``workqueue:stats:<queue>:<task>:run`` and ``...:wait``: the last SAMPLES run times and waits
+  (enqueue to start), in seconds, for percentiles.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Optional
+
+import redis
+from rq import Queue
+from rq.job import Job
+
+from workqueue.policy import SERIALIZER
+
+#: How long per-minute counters are kept (seconds), and how many durations per task and queue.
+RETENTION = 2 * 3600
+SAMPLES = 1000
+
+PREFIX = "workqueue:stats"
+
+
+def minute(now: Optional[float] = None) -> int:
+    return int((now if now is not None else time.time()) // 60)
+
+
+def bucket_key(queue: str, at_minute: int) -> str:
+    return f"{PREFIX}:{queue}:{at_minute}"
+
+
+def samples_key(queue: str, task: str, kind: str) -> str:
+    return f"{PREFIX}:{queue}:{task}:{kind}"
+
+
+def count_enqueued(pipe: redis.client.Pipeline, queue: str, counts: dict[str, int]) -> None:
+    """Add to the enqueued counters, inside the enqueueing transaction."""
+    key = bucket_key(queue, minute())
+    for task, n in counts.items():
+        pipe.hincrby(key, f"{task}:enqueued", n)
+    pipe.sadd(f"{PREFIX}:queues", queue)
+    pipe.expire(key, RETENTION)
+
+
+def record_end(pipe: redis.client.Pipeline, queue: str, task: str, outcome: str, run: Optional[float],
+               wait: Optional[float]) -> None:
+    """Count a job's end (``finished`` or ``failed``) and keep its run and wait times."""
+    key = bucket_key(queue, minute())
+    pipe.hincrby(key, f"{task}:{outcome}", 1)
+    pipe.expire(key, RETENTION)
+    for kind, seconds in (("run", run), ("wait", wait)):
+        if seconds is not None:
+            pipe.lpush(samples_key(queue, task, kind), round(seconds, 4))
+            pipe.ltrim(samples_key(queue, task, kind), 0, SAMPLES - 1)
+            pipe.expire(samples_key(queue, task, kind), RETENTION)
+
+
+def percentile(values: list[float], p: float) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+@dataclass
+class TaskStats:
+    queue: str
+    task: str
+    enqueued: int = 0
+    finished: int = 0
+    failed: int = 0
+    running: int = 0
+    #: Jobs ended in this minute and the one before, and the seconds those cover.
+    recent_ended: int = 0
+    recent_seconds: float = 60.0
+    run: list[float] = field(default_factory=list)
+    wait: list[float] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        """Jobs ended per second over the last minute or so."""
+        return self.recent_ended / self.recent_seconds
+
+
+@dataclass
+class QueueStats:
+    queue: str
+    queued: int
+    running: int
+    tasks: dict[str, TaskStats]
+
+
+def collect(connection: redis.Redis, queues: Optional[Iterable[str]] = None, window: int = RETENTION) -> list[QueueStats]:
+    """Per queue and per task, over the retention window (the last minute for throughput)."""
+    names = sorted(queues) if queues else sorted(q.decode() for q in connection.smembers(f"{PREFIX}:queues"))
+    now = minute()
+    minutes = list(range(now - window // 60, now + 1))
+    report = []
+    for name in names:
+        q = Queue(name, connection=connection, serializer=SERIALIZER)
+        with connection.pipeline(transaction=False) as pipe:
+            for m in minutes:
+                pipe.hgetall(bucket_key(name, m))
+            pipe.llen(q.key)
+            replies = pipe.execute()
+        buckets, queued = replies[:-1], replies[-1]
+        tasks: dict[str, TaskStats] = {}
+        for m, bucket in zip(minutes, buckets):
+            for field_name, value in bucket.items():
+                task, _, kind = field_name.decode().rpartition(":")
+                stats = tasks.setdefault(task, TaskStats(name, task))
+                setattr(stats, kind, getattr(stats, kind) + int(value))
+                if kind in ("finished", "failed") and m >= now - 1:
+                    stats.recent_ended += int(value)
+        for stats in tasks.values():
+            stats.recent_seconds = 60.0 + time.time() % 60
+        started = q.started_job_registry.get_job_ids(cleanup=False)
+        for job in Job.fetch_many(started, connection=connection, serializer=SERIALIZER):
+            if job is not None:
+                task = (job.meta or {}).get("task", job.func_name or "?")
+                tasks.setdefault(task, TaskStats(name, task)).running += 1
+        with connection.pipeline(transaction=False) as pipe:
+            for task in tasks:
+                pipe.lrange(samples_key(name, task, "run"), 0, -1)
+                pipe.lrange(samples_key(name, task, "wait"), 0, -1)
+            samples = pipe.execute()
+        for i, stats in enumerate(tasks.values()):
+            stats.run = [float(v) for v in samples[2 * i]]
+            stats.wait = [float(v) for v in samples[2 * i + 1]]
+        report.append(QueueStats(name, queued, len(started), dict(sorted(tasks.items()))))
+    return report
+
+
+def format_report(report: list[QueueStats]) -> list[str]:
+    """The report as lines of a table."""
+    def ms(value: Optional[float]) -> str:
+        return "-" if value is None else (f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s")
+
+    lines = []
+    for q in report:
+        lines.append(f"queue {q.queue}: {q.queued} queued, {q.running} running")
+        if not q.tasks:
+            continue
+        lines.append(f"  {'task':<12}{'enqueued':>9}{'finished':>9}{'failed':>8}{'running':>8}{'jobs/s':>8}"
+                     f"{'wait p50':>10}{'p95':>8}{'run p50':>9}{'p95':>8}")
+        for t in q.tasks.values():
+            lines.append(
+                f"  {t.task:<12}{t.enqueued:>9}{t.finished:>9}{t.failed:>8}{t.running:>8}{t.throughput:>8.2f}"
+                f"{ms(percentile(t.wait, 50)):>10}{ms(percentile(t.wait, 95)):>8}"
+                f"{ms(percentile(t.run, 50)):>9}{ms(percentile(t.run, 95)):>8}"
+            )
+    return lines
