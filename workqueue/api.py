@@ -15,8 +15,7 @@ from typing import Any, Optional
 
 import redis
 
-from workqueue import batches, producer
-from workqueue import stats as statistics
+from workqueue import batches, producer, statistics
 from workqueue.connection import connect
 from workqueue.settings import DEFAULT_QUEUE
 

@@ -25,7 +25,7 @@ from rq.callbacks import Callback
 from rq.group import Group
 from rq.job import Job
 
-from workqueue import stats
+from workqueue import statistics
 from workqueue.settings import RESULT_TTL
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def job_ended(connection: redis.Redis, job: Job, outcome: str, detail: Any = Non
             if job.group_id:
                 keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]
                 pipe.eval(_END, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
-            stats.record_end(pipe, job.origin, task, outcome, run, wait)
+            statistics.record_end(pipe, job.origin, task, outcome, run, wait)
             pipe.execute()
     except redis.RedisError:
         log.warning("could not record the end of job %s", job.id, exc_info=True)

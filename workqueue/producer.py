@@ -20,7 +20,7 @@ from rq import Queue, Retry
 from rq.job import Job
 
 import task_def
-from workqueue import batches, stats
+from workqueue import batches, statistics
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name
@@ -170,7 +170,7 @@ def enqueue(
             with connection.pipeline(transaction=True) as pipe:
                 if not jobs:
                     batches.open_batch(pipe, batch_id, len(calls), queue)
-                stats.count_enqueued(pipe, queue, Counter(chunk_names))
+                statistics.count_enqueued(pipe, queue, Counter(chunk_names))
                 jobs += group.enqueue_many(q, chunk, pipeline=pipe)  # RQ executes the transaction here
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         if max_queued is None:

@@ -8,7 +8,7 @@ from typing import Optional
 import click
 import redis
 
-from workqueue import logs, stats
+from workqueue import logs, statistics
 from workqueue.cli.common import EXIT_OK, QueueList, QueueName, can_prompt, echo_status, fail, redis_url_option
 from workqueue.connection import connect
 from workqueue.pool import ConsumerPool, PoolStatus
@@ -74,6 +74,6 @@ def main(workers: Optional[int], queues: tuple[str, ...], order: str, burst: boo
         click.echo("stopped (Redis is not answering, so the totals are unknown)")
         return EXIT_OK
     click.echo(f"stopped: done {final.finished}, failed {final.failed}, queued {final.queued}")
-    for line in stats.format_report(stats.collect(connection, queues)):
+    for line in statistics.format_report(statistics.collect(connection, queues)):
         click.echo(line)
     return EXIT_OK

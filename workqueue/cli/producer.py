@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 import task_def
-from workqueue import batches, producer, stats
+from workqueue import batches, producer, statistics
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK, QueueName, TaskParam, can_prompt, fail, redis_url_option
 from workqueue.connection import connect
 from workqueue.errors import RedisUnavailable
@@ -73,7 +73,7 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
     if show_stats or batch_id:
         connection, _ = connect(redis_url)
         if show_stats:
-            for line in stats.format_report(stats.collect(connection, [queue] if queue else None)):
+            for line in statistics.format_report(statistics.collect(connection, [queue] if queue else None)):
                 click.echo(line)
             return EXIT_OK
         return follow_batch(connection, batch_id, quiet=quiet)
