@@ -88,7 +88,7 @@ def parse_param_pairs(pairs: Iterable[str]) -> dict[str, str]:
     return params
 
 
-def load_calls(path: Path) -> list[TaskCall]:
+def load_calls(path: Path, *, retries: Optional[int] = None, timeout: Optional[int] = None) -> list[TaskCall]:
     """Every line of a JSON-lines file (``{"task": ..., "params": {...}}``), validated whole."""
     try:
         lines = path.read_text().splitlines()
@@ -107,7 +107,7 @@ def load_calls(path: Path) -> list[TaskCall]:
         if not isinstance(entry.get("params", {}), dict) or set(entry) - {"task", "params"}:
             raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}} and nothing else')
         try:
-            calls.append(TaskCall.build(entry["task"], entry.get("params")))
+            calls.append(TaskCall.build(entry["task"], entry.get("params"), retries=retries, timeout=timeout))
         except BadInput as exc:
             raise BadInput(f"{path}:{number}: {exc}") from None
     if not calls:

@@ -70,22 +70,24 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
     if show_catalogue:
         list_tasks()
         return EXIT_OK
+    described = task_name or pairs or count or from_file
     if show_stats or batch_id:
+        if described or max_queued or wait or (show_stats and batch_id):
+            fail("--stats and --batch each stand alone (--stats takes --queue; --batch takes --quiet)")
         connection, _ = connect(redis_url)
         if show_stats:
             for line in statistics.format_report(statistics.collect(connection, [queue] if queue else None)):
                 click.echo(line)
             return EXIT_OK
         return follow_batch(connection, batch_id, quiet=quiet)
-    described = task_name or pairs or count or queue or from_file
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
-        calls = producer.load_calls(from_file)
+        calls = producer.load_calls(from_file, retries=retries, timeout=timeout)
     elif task_name:
         call = producer.TaskCall.build(task_name, producer.parse_param_pairs(pairs), retries=retries, timeout=timeout)
         calls = [call] * (count or 1)
-    elif described or not can_prompt():
+    elif described or queue or not can_prompt():
         fail("missing --task NAME (or --from-file); with no terminal there is nothing to prompt on")
     else:
         calls, queue = prompt_calls()
