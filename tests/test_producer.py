@@ -86,6 +86,10 @@ def test_many_jobs_go_to_redis_in_one_round_trip(redis_url: str) -> None:
         (["--task", "sleep", "--queue", "a,b"], "invalid queue name 'a,b'"),
         (["--task", "sleep", "--from-file", "examples/demo.jsonl"], "do not combine"),
         ([], "missing --task NAME"),
+        (["--batch", "abc", "--task", "sleep"], "--stats and --batch each stand alone"),
+        (["--stats", "--wait"], "--stats and --batch each stand alone"),
+        (["--task", "sleep", "--retries", "21"], "'--retries': 21 is not in the range"),
+        (["--task", "sleep", "--max-queued", "0"], "'--max-queued': 0 is not in the range"),
         (["--wait"], "missing --task NAME"),
     ],
 )
