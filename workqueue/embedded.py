@@ -61,8 +61,8 @@ def _locked(settings: Settings) -> Iterator[None]:
         yield
 
 
-def server_args(port: int, data_dir: Path, *, daemonize: bool) -> list[str]:
-    """Command line of a loopback-only, append-only redis-server keeping its files in ``data_dir``."""
+def server_args(port: int, data_dir: Path) -> list[str]:
+    """Command line of a daemonized, loopback-only, append-only redis-server keeping its files in ``data_dir``."""
     return [
         str(server_binary()),
         "--bind", DEFAULT_HOST,
@@ -72,9 +72,9 @@ def server_args(port: int, data_dir: Path, *, daemonize: bool) -> list[str]:
         "--appendonly", "yes",
         "--appendfsync", "everysec",
         "--save", "",
-        "--daemonize", "yes" if daemonize else "no",
+        "--daemonize", "yes",
         "--pidfile", str(data_dir / "redis.pid"),
-        "--logfile", str(data_dir / "redis.log") if daemonize else "",
+        "--logfile", str(data_dir / "redis.log"),
     ]  # fmt: skip
 
 
@@ -85,7 +85,7 @@ def ensure_running(settings: Settings) -> bool:
             return False
         log.info("starting the embedded redis-server on %s:%d", DEFAULT_HOST, settings.port)
         done = subprocess.run(
-            server_args(settings.port, settings.redis_dir, daemonize=True),
+            server_args(settings.port, settings.redis_dir),
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT,
