@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import redis
 import rq_dashboard
-from flask import Flask, redirect, url_for
+from flask import Flask, Response, redirect, url_for
 from rq_dashboard import web as rq_dashboard_web
 
+from workqueue import metrics
 from workqueue.policy import SERIALIZER
 
 
@@ -22,5 +24,11 @@ def create_app(redis_url: str) -> Flask:
     @app.get("/")
     def index():
         return redirect(url_for("rq_dashboard.queues_overview"))
+
+    metrics_connection = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        return Response(metrics.render(metrics_connection), mimetype=metrics.CONTENT_TYPE)
 
     return app

@@ -24,6 +24,9 @@ from workqueue.policy import SERIALIZER
 RETENTION = 2 * 3600
 SAMPLES = 1000
 
+#: Upper bounds (seconds) of the run-time histogram buckets, for ``/metrics``.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
 PREFIX = "workqueue:stats"
 
 
@@ -37,6 +40,16 @@ def bucket_key(queue: str, at_minute: int) -> str:
 
 def samples_key(queue: str, task: str, kind: str) -> str:
     return f"{PREFIX}:{queue}:{task}:{kind}"
+
+
+def totals_key(queue: str) -> str:
+    """Counts since the start (never expiring), for Prometheus counters: ``<task>:<outcome>``."""
+    return f"{PREFIX}:totals:{queue}"
+
+
+def histogram_key(queue: str, task: str) -> str:
+    """Run times per bucket (``le`` bound, not cumulative), ``count`` and ``sum``, never expiring."""
+    return f"{PREFIX}:histogram:{queue}:{task}"
 
 
 def count_enqueued(pipe: redis.client.Pipeline, queue: str, counts: dict[str, int]) -> None:
@@ -54,6 +67,12 @@ def record_end(pipe: redis.client.Pipeline, queue: str, task: str, outcome: str,
     key = bucket_key(queue, minute())
     pipe.hincrby(key, f"{task}:{outcome}", 1)
     pipe.expire(key, RETENTION)
+    pipe.hincrby(totals_key(queue), f"{task}:{outcome}", 1)
+    if run is not None:
+        bound = next((b for b in BUCKETS if run <= b), "+Inf")
+        pipe.hincrby(histogram_key(queue, task), f"le:{bound}", 1)
+        pipe.hincrby(histogram_key(queue, task), "count", 1)
+        pipe.hincrbyfloat(histogram_key(queue, task), "sum", run)
     for kind, seconds in (("run", run), ("wait", wait)):
         if seconds is not None:
             pipe.lpush(samples_key(queue, task, kind), round(seconds, 4))

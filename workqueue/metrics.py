@@ -1,0 +1,89 @@
+"""``/metrics`` in the Prometheus text format (the official client), read from Redis at each scrape:
+queue lengths, registry sizes, workers busy and idle, finished and failed counters, and run-time
+histograms per task (kept by the workers, see ``statistics``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from rq import Queue, Worker
+
+from workqueue import statistics
+from workqueue.policy import SERIALIZER
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_REGISTRIES = ("started", "finished", "failed", "deferred", "scheduled", "canceled")
+
+
+class RedisCollector:
+    """A Prometheus collector over one Redis: every figure read at scrape time, in a few round trips."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.connection = connection
+
+    def collect(self) -> Iterator[Metric]:
+        queues = Queue.all(connection=self.connection, serializer=SERIALIZER)
+        names = sorted({q.name for q in queues} | {q.decode() for q in self.connection.smembers(f"{statistics.PREFIX}:queues")})
+        length = GaugeMetricFamily("workqueue_queue_jobs", "Jobs waiting in the queue.", labels=["queue"])
+        registry = GaugeMetricFamily("workqueue_registry_jobs", "Jobs in each of RQ's registries.", labels=["queue", "registry"])
+        with self.connection.pipeline(transaction=False) as pipe:
+            for name in names:
+                q = Queue(name, connection=self.connection, serializer=SERIALIZER)
+                pipe.llen(q.key)
+                for reg in _REGISTRIES:
+                    pipe.zcard(getattr(q, f"{reg}_job_registry").key)
+                pipe.hgetall(statistics.totals_key(name))
+            replies = iter(pipe.execute())
+        jobs = CounterMetricFamily("workqueue_jobs", "Jobs ended, by outcome.", labels=["queue", "task", "outcome"])
+        tasks: dict[str, set[str]] = {}
+        for name in names:
+            length.add_metric([name], next(replies))
+            for reg in _REGISTRIES:
+                registry.add_metric([name, reg], next(replies))
+            for field, value in next(replies).items():
+                task, _, outcome = field.decode().rpartition(":")
+                jobs.add_metric([name, task, outcome], int(value))
+                tasks.setdefault(name, set()).add(task)
+        yield length
+        yield registry
+        yield jobs
+        yield self._workers()
+        yield self._durations(tasks)
+
+    def _workers(self) -> Metric:
+        workers = GaugeMetricFamily("workqueue_workers", "Registered workers, busy or idle.", labels=["state"])
+        states = [w.get_state() for w in Worker.all(connection=self.connection, serializer=SERIALIZER)]
+        busy = sum(1 for state in states if state == "busy")
+        workers.add_metric(["busy"], busy)
+        workers.add_metric(["idle"], len(states) - busy)
+        return workers
+
+    def _durations(self, tasks: dict[str, set[str]]) -> Metric:
+        histogram = HistogramMetricFamily("workqueue_job_duration_seconds", "Job run time.", labels=["queue", "task"])
+        pairs = [(queue, task) for queue in sorted(tasks) for task in sorted(tasks[queue])]
+        with self.connection.pipeline(transaction=False) as pipe:
+            for queue, task in pairs:
+                pipe.hgetall(statistics.histogram_key(queue, task))
+            replies = pipe.execute()
+        for (queue, task), data in zip(pairs, replies):
+            data = {k.decode(): v.decode() for k, v in data.items()}
+            if not data:
+                continue
+            cumulative, buckets = 0, []
+            for bound in statistics.BUCKETS:
+                cumulative += int(data.get(f"le:{bound}", 0))
+                buckets.append((str(bound), cumulative))
+            buckets.append(("+Inf", int(data.get("count", 0))))
+            histogram.add_metric([queue, task], buckets, float(data.get("sum", 0.0)))
+        return histogram
+
+
+def render(connection: redis.Redis) -> bytes:
+    """The exposition text for ``connection``'s Redis."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(connection))
+    return generate_latest(registry)
