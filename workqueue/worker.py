@@ -83,30 +83,31 @@ class CatalogueQueue(Queue):
         queues = list(queues)
         if len(queues) == 1:
             return super().dequeue_any(queues, timeout, connection, job_class, serializer, death_penalty_class)
+        def take(queue: Queue, job_id: Optional[bytes]):
+            """The job just moved into ``queue``'s intermediate list, or None (and drop it if its hash is gone)."""
+            if job_id is None:
+                return None
+            found = cls._fetch_dequeued_job(connection, queue.key, job_id.decode(), job_class=job_class,
+                                             serializer=serializer, death_penalty_class=death_penalty_class)
+            if found is None:
+                connection.lrem(queue.intermediate_queue_key, 1, job_id)
+            return found
+
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             for queue in queues:
-                job_id = connection.lmove(queue.key, queue.intermediate_queue_key)
-                if job_id is None:
-                    continue
-                found = cls._fetch_dequeued_job(connection, queue.key, job_id.decode(), job_class=job_class,
-                                                 serializer=serializer, death_penalty_class=death_penalty_class)
+                found = take(queue, connection.lmove(queue.key, queue.intermediate_queue_key))
                 if found is not None:
                     return found
-                connection.lrem(queue.intermediate_queue_key, 1, job_id)  # its hash is gone: nothing to run
             if deadline is None:
                 return None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DequeueTimeout(timeout, [q.key for q in queues])
             first = queues[0]
-            job_id = connection.blmove(first.key, first.intermediate_queue_key, min(MULTI_QUEUE_POLL, left))
-            if job_id is not None:
-                found = cls._fetch_dequeued_job(connection, first.key, job_id.decode(), job_class=job_class,
-                                                 serializer=serializer, death_penalty_class=death_penalty_class)
-                if found is not None:
-                    return found
-                connection.lrem(first.intermediate_queue_key, 1, job_id)
+            found = take(first, connection.blmove(first.key, first.intermediate_queue_key, min(MULTI_QUEUE_POLL, left)))
+            if found is not None:
+                return found
 
 
 class _Scheduler(RQScheduler):
@@ -133,6 +134,7 @@ class CatalogueWorker(Worker):
         self._cold = False
         self._stop_reason = "the worker was stopped at once"
         self._hard_killed: Optional[str] = None
+        self._registered_at = 0.0
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """Every dequeue goes through the intermediate list (see CatalogueQueue): always leave it."""
@@ -201,10 +203,12 @@ class CatalogueWorker(Worker):
         the kill scripts.
         """
         pipe = pipeline if pipeline is not None else self.connection.pipeline()
-        if self.birth_date is not None:
+        # At most once per interval, not on every job's heartbeats: it only matters after an outage.
+        if self.birth_date is not None and time.monotonic() - self._registered_at >= HEARTBEAT_INTERVAL:
+            self._registered_at = time.monotonic()
             pipe.hset(self.key, mapping={**self.serialize(), "state": self._state})
+            worker_registration.register(self, pipe)
         super().heartbeat(min(timeout or HEARTBEAT_TTL, HEARTBEAT_TTL), pipe)
-        worker_registration.register(self, pipe)
         if pipeline is None:
             pipe.execute()
 
