@@ -2,8 +2,11 @@
 
     make bench            (or: .venv/bin/python bench/run.py [--jobs N])
 
-Prints each figure as ours, RQ's and the ratio. Bounded: a few thousand jobs, a minute or two.
-The figures are what this machine measured in this run; they are not asserted anywhere.
+Prints each figure as ours, RQ's and the ratio (ours / RQ's): drain rate and Redis commands per
+job, enqueue rates, then on a long-running pool of 10 workers its start-up time, idle memory,
+enqueue-to-start latency and the wall time of 40 half-second sleeps. Bounded: a few thousand
+jobs, two or three minutes. The two consumers run one after the other, never at once. The
+figures are what this machine measured in this run; they are not asserted anywhere.
 """
 
 from __future__ import annotations
@@ -11,23 +14,45 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
 import redis  # noqa: E402
-from rq import Queue  # noqa: E402
+from rq import Queue, Worker  # noqa: E402
+from rq.job import Job, JobStatus  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
+from rq.utils import now  # noqa: E402
 
+import task_def  # noqa: E402
 from workqueue import embedded, producer  # noqa: E402
 
 NOOP = "task_def.maths.count_primes"  # with n=0 it returns at once: a no-op through the catalogue
+OURS, RQ = "workqueue", "RQ"
+QUEUE = "bench"
+
+#: The long-running pool whose start-up, idle memory, start latency and sleep wall time are measured.
+POOL = 10
+#: NAPS sleeps of NAP seconds on POOL workers take NAPS / POOL * NAP seconds at best.
+NAPS, NAP = 40, 0.5
+#: Gap between the latency figure's jobs: long enough that the workers are idle when each arrives.
+GAP = 0.1
+#: Seconds the idle pool is left alone after start-up before its memory is read.
+SETTLE = 1.0
+#: Bounds on waiting for a pool to start, for jobs to end, and for a pool to stop.
+START_TIMEOUT, JOBS_TIMEOUT, STOP_TIMEOUT = 60.0, 60.0, 20.0
 
 
 def free_port() -> int:
@@ -40,16 +65,42 @@ def commands(conn: redis.Redis) -> int:
     return int(conn.info("stats")["total_commands_processed"])
 
 
+def consumers(url: str, workers: int, burst: bool) -> dict[str, list[str]]:
+    """Both sides' pool command lines, so every figure runs the two the same way: same queue, JSON, workers."""
+    py, flag = sys.executable, ["--burst"] if burst else []
+    return {
+        OURS: [py, "consumer_main.py", "--workers", str(workers), "--queue", QUEUE, *flag],
+        RQ: [str(Path(py).parent / "rq"), "worker-pool", "-n", str(workers), *flag, "-S", "json", "-u", url, QUEUE],
+    }
+
+
+def popen_options(url: str) -> dict[str, Any]:
+    """Popen options of every consumer run: from the repo (RQ imports the catalogue from there), output dropped."""
+    return {"cwd": ROOT, "env": dict(os.environ, REDIS_URL=url), "stdout": subprocess.DEVNULL,
+            "stderr": subprocess.DEVNULL}  # fmt: skip
+
+
+def enqueue(side: str, conn: redis.Redis, task: str, params: dict[str, Any], count: int = 1) -> list[str]:
+    """Enqueue ``count`` calls of a catalogue task in one round trip, as each side's producer would: the job ids.
+
+    Ours goes through workqueue's producer (batch, callbacks, counters); RQ's through a bare Queue.
+    """
+    if side == OURS:
+        call = producer.TaskCall.build(task, params, retries=0)
+        return [job.id for job in producer.enqueue(conn, [call] * count, QUEUE).jobs]
+    q = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
+    path = task_def.get_task(task).path
+    return [job.id for job in q.enqueue_many([Queue.prepare_data(path, kwargs=params) for _ in range(count)])]
+
+
 def drain(conn: redis.Redis, url: str, jobs: int, argv: list[str]) -> tuple[float, float]:
     """Enqueue ``jobs`` no-ops, run ``argv`` (a burst pool of 2) to empty the queue: jobs/s, commands/job."""
     conn.flushall()
-    q = Queue("bench", connection=conn, serializer=JSONSerializer)
-    calls = [producer.TaskCall.build("primes", {"n": 0}, retries=0)] * jobs
-    producer.enqueue(conn, calls, "bench")
+    q = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
+    enqueue(OURS, conn, "primes", {"n": 0}, jobs)
     before = commands(conn)
     started = time.monotonic()
-    subprocess.run(argv, cwd=ROOT, env=dict(os.environ, REDIS_URL=url), stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=600, check=True)  # fmt: skip
+    subprocess.run(argv, **popen_options(url), timeout=600, check=True)
     elapsed = time.monotonic() - started
     done = q.finished_job_registry.get_job_count(cleanup=False)
     if done != jobs:
@@ -68,16 +119,118 @@ def enqueue_rates(conn: redis.Redis, jobs: int) -> dict[str, tuple[float, float]
         fn()
         return jobs / (time.monotonic() - started)
 
-    ours_one = rate(lambda: [producer.enqueue(conn, [call], "bench") for _ in range(jobs)])
+    ours_one = rate(lambda: [producer.enqueue(conn, [call], QUEUE) for _ in range(jobs)])
     rq_one = rate(lambda: [q.enqueue(NOOP, kwargs={"n": 0}) for _ in range(jobs)])
-    ours_bulk = rate(lambda: producer.enqueue(conn, [call] * jobs, "bench"))
+    ours_bulk = rate(lambda: producer.enqueue(conn, [call] * jobs, QUEUE))
     rq_bulk = rate(lambda: q.enqueue_many([Queue.prepare_data(NOOP, kwargs={"n": 0}) for _ in range(jobs)]))
     return {"enqueue, one at a time (jobs/s)": (ours_one, rq_one), "enqueue, bulk (jobs/s)": (ours_bulk, rq_bulk)}
 
 
+def wait_until(ready: Callable[[], bool], timeout: float, what: str, poll: float = 0.01) -> float:
+    """Poll ``ready`` until it holds: the monotonic time it first did. A benchmark must not hang: bounded."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+    return time.monotonic()
+
+
+@contextmanager
+def running(argv: list[str], url: str) -> Iterator[subprocess.Popen]:
+    """A long-running pool, stopped however the block ends, with every process it started."""
+    pool = subprocess.Popen(argv, **popen_options(url))
+    try:
+        yield pool
+    finally:
+        stop(pool)
+
+
+def stop(pool: subprocess.Popen) -> None:
+    """SIGTERM: a warm stop for both pools. Whatever outlives the bound (pool, workers, schedulers) is killed."""
+    try:
+        family = psutil.Process(pool.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    pool.send_signal(signal.SIGTERM)
+    try:
+        pool.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pool.kill()
+        pool.wait()
+    _, alive = psutil.wait_procs(family, timeout=STOP_TIMEOUT)
+    for process in alive:
+        process.kill()
+    psutil.wait_procs(alive, timeout=STOP_TIMEOUT)
+
+
+def ended(side: str, conn: redis.Redis, ids: list[str], timeout: float = JOBS_TIMEOUT) -> list[Job]:
+    """The jobs, once all have finished; a failed one makes the figure meaningless, so the run stops."""
+
+    def done() -> bool:
+        statuses = [job.get_status(refresh=False) if job else None
+                    for job in Job.fetch_many(ids, connection=conn, serializer=JSONSerializer)]  # fmt: skip
+        if JobStatus.FAILED in statuses:
+            raise SystemExit(f"{side}: {statuses.count(JobStatus.FAILED)} of {len(ids)} jobs failed")
+        return all(status == JobStatus.FINISHED for status in statuses)
+
+    wait_until(done, timeout, f"{side}'s {len(ids)} jobs to finish", poll=0.1)
+    return [job for job in Job.fetch_many(ids, connection=conn, serializer=JSONSerializer) if job]
+
+
+def idle_rss_mb(pool_pid: int) -> float:
+    """Mean resident memory (VmRSS) of the pool's worker processes, its children: what each idle worker holds.
+
+    RSS counts the pages a forked worker still shares with its pool, so the workers' sum overstates the total.
+    """
+    workers = psutil.Process(pool_pid).children()
+    if not workers:
+        raise SystemExit(f"pool {pool_pid} has no worker processes")
+    return statistics.fmean(worker.memory_info().rss for worker in workers) / 2**20
+
+
+def start_latencies(side: str, conn: redis.Redis, samples: int) -> list[float]:
+    """Milliseconds from enqueued_at to started_at, as RQ stores them, of no-ops sent GAP apart to idle workers."""
+    ids: list[str] = []
+    for _ in range(samples):
+        ids += enqueue(side, conn, "primes", {"n": 0})
+        time.sleep(GAP)
+    return [(job.started_at - job.enqueued_at).total_seconds() * 1000 for job in ended(side, conn, ids)]
+
+
+def nap_wall(side: str, conn: redis.Redis) -> float:
+    """Seconds from just before NAPS sleeps are enqueued (in bulk) to the last one's ended_at."""
+    begun = now()
+    jobs = ended(side, conn, enqueue(side, conn, "sleep", {"seconds": NAP}, NAPS))
+    return (max(job.ended_at for job in jobs) - begun).total_seconds()
+
+
+def pool_figures(side: str, conn: redis.Redis, url: str, samples: int) -> dict[str, float]:
+    """Start a pool of POOL workers on an empty Redis; time its start-up, read its idle memory, then run jobs."""
+    conn.flushall()
+    argv = consumers(url, POOL, burst=False)[side]
+    launched = time.monotonic()
+    with running(argv, url) as pool:
+        registered = wait_until(lambda: Worker.count(connection=conn) >= POOL, START_TIMEOUT,
+                                f"{side}'s {POOL} workers to register")  # fmt: skip
+        time.sleep(SETTLE)
+        rss = idle_rss_mb(pool.pid)
+        latencies = statistics.quantiles(start_latencies(side, conn, samples), n=100, method="inclusive")
+        wall = nap_wall(side, conn)
+    return {
+        "enqueue->start p50, idle workers (ms)": latencies[49],
+        "enqueue->start p99, idle workers (ms)": latencies[98],
+        f"{NAPS} x sleep({NAP}), {POOL} workers (s, ideal {NAPS / POOL * NAP:.1f})": wall,
+        f"start-up, {POOL} workers registered (s)": registered - launched,
+        "idle RSS per worker (MB)": rss,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=2000,
+                        help="no-op jobs per drain and enqueue figure; the latency figures send a tenth "
+                        f"(at least 20), {GAP} s apart")  # fmt: skip
     args = parser.parse_args()
     port, folder = free_port(), Path(tempfile.mkdtemp(prefix="wq-bench-"))
     server = subprocess.Popen([str(embedded.server_binary()), "--port", str(port), "--bind", "127.0.0.1",
@@ -92,22 +245,27 @@ def main() -> None:
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        py = sys.executable
-        ours = drain(conn, url, args.jobs, [py, "consumer_main.py", "--workers", "2", "--queue", "bench", "--burst"])
-        bare = drain(conn, url, args.jobs, [str(Path(py).parent / "rq"), "worker-pool", "-n", "2", "--burst",
-                                            "-S", "json", "-u", url, "bench"])  # fmt: skip
+        burst = consumers(url, 2, burst=True)
+        ours = drain(conn, url, args.jobs, burst[OURS])
+        bare = drain(conn, url, args.jobs, burst[RQ])
         rows = {"drain, 2 workers (no-op jobs/s)": (ours[0], bare[0]),
                 "Redis commands per job (drain)": (ours[1], bare[1])}  # fmt: skip
         rows.update(enqueue_rates(conn, args.jobs))
+        samples = max(20, args.jobs // 10)
+        ours_pool = pool_figures(OURS, conn, url, samples)
+        bare_pool = pool_figures(RQ, conn, url, samples)
+        rows.update({name: (ours_pool[name], bare_pool[name]) for name in ours_pool})
     finally:
         server.terminate()
         server.wait()
         shutil.rmtree(folder, ignore_errors=True)
     print(f"workqueue vs bare RQ {Queue.__module__.split('.')[0]} worker-pool, {args.jobs} jobs, one Redis, "
           f"{os.cpu_count()} cores")
-    print(f"{'figure':<36}{'workqueue':>12}{'RQ':>12}{'ratio':>8}")
+    print(f"{'figure':<46}{'workqueue':>12}{'RQ':>12}{'ratio':>8}")
     for name, (a, b) in rows.items():
-        print(f"{name:<36}{a:>12.1f}{b:>12.1f}{a / b:>8.2f}")
+        digits = 2 if max(abs(a), abs(b)) < 10 else 1
+        print(f"{name:<46}{a:>12.{digits}f}{b:>12.{digits}f}{a / b:>8.2f}")
+    print("ratio = workqueue / RQ: above 1 is better for rates, worse for commands, times and memory")
 
 
 if __name__ == "__main__":

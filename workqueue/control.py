@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import redis
-from rq import Worker
+from rq import Queue, Worker
 from rq.command import send_command, send_stop_job_command
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry, FailedJobRegistry
 
 from workqueue import batches, recovery
 from workqueue.errors import BadInput
@@ -165,3 +166,50 @@ def stop_batch(connection: redis.Redis, batch_id: str, *, by: str, timeout: floa
 def clean(connection: redis.Redis) -> tuple[list[str], list[recovery.HandBack]]:
     """Remove registrations of dead workers and hand back their jobs (see ``recovery.sweep``)."""
     return recovery.sweep(connection)
+
+
+def requeue(connection: redis.Redis, job_id: str, *, by: str) -> JobStop:
+    """Put a failed or cancelled job back on its queue (at the back), as a fresh attempt."""
+    try:
+        job = CatalogueJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return JobStop(job_id, False, f"no such job: {job_id}")
+    status = job.get_status(refresh=False)
+    registries = {JobStatus.FAILED: job.failed_job_registry, JobStatus.STOPPED: job.failed_job_registry,
+                  JobStatus.CANCELED: CanceledJobRegistry(job.origin, connection=connection, serializer=SERIALIZER,
+                                                          job_class=CatalogueJob)}
+    if status not in registries:
+        return JobStop(job_id, True, f"job {job_id} is {status.value}; only failed or cancelled jobs can be requeued")
+    job.meta.setdefault("requeued_by", []).append(by)
+    job.save_meta()
+    try:
+        registries[status].requeue(job)
+    except InvalidJobOperation:
+        return JobStop(job_id, True, f"job {job_id} is no longer in the {status.value} registry of {job.origin}")
+    return JobStop(job_id, True, f"job {job_id} requeued on {job.origin}")
+
+
+def requeue_failed(connection: redis.Redis, queue: str, *, by: str) -> list[JobStop]:
+    """Requeue every job in a queue's failed registry."""
+    check_queue_name(queue)
+    registry = FailedJobRegistry(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    return [requeue(connection, job_id, by=by) for job_id in registry.get_job_ids(cleanup=False)]
+
+
+def cancel_queued(connection: redis.Redis, queue: str, *, by: str) -> list[JobStop]:
+    """Cancel every job waiting on a queue (see :func:`stop_job`); running ones are left alone."""
+    check_queue_name(queue)
+    waiting = Queue(queue, connection=connection, serializer=SERIALIZER).get_job_ids()
+    return [stop_job(connection, job_id, by=by) for job_id in waiting]
+
+
+def delete_job(connection: redis.Redis, job_id: str) -> JobStop:
+    """Delete a job that is not running, with its results; a running job must be stopped first."""
+    try:
+        job = CatalogueJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return JobStop(job_id, False, f"no such job: {job_id}")
+    if job.get_status(refresh=False) == JobStatus.STARTED:
+        return JobStop(job_id, True, f"job {job_id} is running; stop it before deleting it")
+    job.delete()
+    return JobStop(job_id, True, f"job {job_id} deleted")

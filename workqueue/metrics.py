@@ -26,8 +26,7 @@ class RedisCollector:
         self.connection = connection
 
     def collect(self) -> Iterator[Metric]:
-        queues = Queue.all(connection=self.connection, serializer=SERIALIZER)
-        names = sorted({q.name for q in queues} | {q.decode() for q in self.connection.smembers(f"{statistics.PREFIX}:queues")})
+        names = statistics.queue_names(self.connection)
         length = GaugeMetricFamily("workqueue_queue_jobs", "Jobs waiting in the queue.", labels=["queue"])
         registry = GaugeMetricFamily("workqueue_registry_jobs", "Jobs in each of RQ's registries.", labels=["queue", "registry"])
         with self.connection.pipeline(transaction=False) as pipe:

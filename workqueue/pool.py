@@ -24,7 +24,7 @@ from rq.queue import Queue
 from rq.worker import Worker
 from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
-from workqueue import recovery
+from workqueue import recovery, statistics
 from workqueue.connection import without_retries
 from workqueue.policy import SERIALIZER, CatalogueJob
 from workqueue.settings import SWEEP_INTERVAL
@@ -175,11 +175,13 @@ class ConsumerPool(WorkerPool):
         self._tick()
 
     def _maintain(self) -> None:
-        """Every SWEEP_INTERVAL, hand back the jobs of dead workers anywhere; then the status line."""
+        """Every SWEEP_INTERVAL, hand back the jobs of dead workers anywhere and sample the queues'
+        backlog; then the status line."""
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
             try:
                 recovery.sweep(self._quick)
+                statistics.sample_backlog(self._quick)
             except redis.ConnectionError:
                 pass  # the status line says Redis is down
         self._tick()

@@ -21,7 +21,7 @@ from rq.utils import current_timestamp
 from rq.worker_registration import clean_worker_registry
 
 import task_def
-from workqueue import batches
+from workqueue import batches, statistics
 from workqueue.policy import SERIALIZER, CatalogueJob
 
 log = logging.getLogger(__name__)
@@ -193,12 +193,14 @@ def _enqueue_due(connection: redis.Redis, queues: list[Queue]) -> None:
             scheduler.release_locks()
 
 def start_sweeper(connection: redis.Redis, interval: float, stop: threading.Event) -> threading.Thread:
-    """Run :func:`sweep` every ``interval`` seconds in a daemon thread until ``stop`` is set."""
+    """Run :func:`sweep` (and sample the queues' backlog) every ``interval`` seconds in a daemon
+    thread until ``stop`` is set."""
 
     def loop() -> None:
         while not stop.wait(interval):
             try:
                 sweep(connection)
+                statistics.sample_backlog(connection)
             except redis.RedisError as exc:
                 log.warning("sweep for dead workers failed: %s", exc)
 

@@ -4,7 +4,9 @@
 - ``workqueue:stats:<queue>:<minute>``: a hash of ``<task>:enqueued|finished|failed`` counts per
   minute, expiring after RETENTION;
 - ``workqueue:stats:<queue>:<task>:run`` and ``...:wait``: the last SAMPLES run times and waits
-  (enqueue to start), in seconds, for percentiles.
+  (enqueue to start), in seconds, for percentiles;
+- ``workqueue:stats:backlog:<minute>``: each queue's length, sampled by every consumer and dashboard
+  each sweep (the last sample of the minute wins), expiring after RETENTION.
 """
 
 from __future__ import annotations
@@ -50,6 +52,32 @@ def totals_key(queue: str) -> str:
 def histogram_key(queue: str, task: str) -> str:
     """Run times per bucket (``le`` bound, not cumulative), ``count`` and ``sum``, never expiring."""
     return f"{PREFIX}:histogram:{queue}:{task}"
+
+
+def backlog_key(at_minute: int) -> str:
+    return f"{PREFIX}:backlog:{at_minute}"
+
+
+def queue_names(connection: redis.Redis) -> list[str]:
+    """Every queue RQ knows of or that has statistics, sorted."""
+    known = {q.name for q in Queue.all(connection=connection, serializer=SERIALIZER)}
+    return sorted(known | {q.decode() for q in connection.smembers(f"{PREFIX}:queues")})
+
+
+def sample_backlog(connection: redis.Redis) -> None:
+    """Note every queue's length in this minute's backlog sample, for the dashboard's chart."""
+    names = queue_names(connection)
+    if not names:
+        return
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.llen(Queue(name, connection=connection).key)
+        lengths = pipe.execute()
+    key = backlog_key(minute())
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hset(key, mapping=dict(zip(names, lengths)))
+        pipe.expire(key, RETENTION)
+        pipe.execute()
 
 
 def count_enqueued(pipe: redis.client.Pipeline, queue: str, counts: dict[str, int]) -> None:
@@ -154,6 +182,39 @@ def collect(connection: redis.Redis, queues: Optional[Iterable[str]] = None, win
             stats.wait = [float(v) for v in samples[2 * i + 1]]
         report.append(QueueStats(name, queued, len(started), dict(sorted(tasks.items()))))
     return report
+
+
+def history(connection: redis.Redis, minutes: int = 60) -> dict:
+    """The last ``minutes`` minutes, oldest first: jobs finished and failed per minute (all
+    queues, and per queue) and each queue's sampled backlog (None where no sample was taken)."""
+    names = queue_names(connection)
+    now = minute()
+    span = list(range(now - minutes + 1, now + 1))
+    with connection.pipeline(transaction=False) as pipe:
+        for m in span:
+            pipe.hgetall(backlog_key(m))
+            for name in names:
+                pipe.hgetall(bucket_key(name, m))
+        replies = iter(pipe.execute())
+    by_queue = {name: {"finished": [], "failed": [], "backlog": []} for name in names}
+    for _ in span:
+        backlog = {k.decode(): int(v) for k, v in next(replies).items()}
+        for name in names:
+            ended = {"finished": 0, "failed": 0}
+            for field_name, value in next(replies).items():
+                kind = field_name.decode().rpartition(":")[2]
+                if kind in ended:
+                    ended[kind] += int(value)
+            series = by_queue[name]
+            series["finished"].append(ended["finished"])
+            series["failed"].append(ended["failed"])
+            series["backlog"].append(backlog.get(name))
+    return {
+        "minutes": [m * 60 for m in span],
+        "finished": [sum(s["finished"][i] for s in by_queue.values()) for i in range(len(span))],
+        "failed": [sum(s["failed"][i] for s in by_queue.values()) for i in range(len(span))],
+        "queues": by_queue,
+    }
 
 
 def format_report(report: list[QueueStats]) -> list[str]:

@@ -12,21 +12,34 @@ from workqueue import recovery
 from workqueue.cli.common import EXIT_OK, redis_url_option
 from workqueue.connection import connect
 from workqueue.dashboard import create_app
+from workqueue.dashboard.security import PASSWORD_ENV, USERNAME_ENV, Credentials, check_bind
 from workqueue.settings import DASHBOARD_HOST, DASHBOARD_PORT, SWEEP_INTERVAL
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--port", type=click.IntRange(1, 65535), default=DASHBOARD_PORT, show_default=True)
-@click.option("--bind", default=DASHBOARD_HOST, show_default=True, help="Address to listen on.")
+@click.option("--bind", default=DASHBOARD_HOST, show_default=True,
+              help="Address to listen on; beyond loopback only with credentials.")
+@click.option("--username", envvar=USERNAME_ENV, default=None, show_envvar=True,
+              help="With --password: HTTP Basic credentials every request must carry.")
+@click.option("--password", envvar=PASSWORD_ENV, default=None, show_envvar=True,
+              help="Prefer the environment variable: a flag shows in the process list.")
+@click.option("--read-only", is_flag=True, help="Show everything, change nothing: no action is offered or accepted.")
 @redis_url_option
-def main(port: int, bind: str, redis_url: Optional[str]) -> int:
-    """Serve the dashboard (rq-dashboard, reading jobs as JSON)."""
+def main(port: int, bind: str, username: Optional[str], password: Optional[str], read_only: bool,
+         redis_url: Optional[str]) -> int:
+    """Serve the dashboard: rq-dashboard, live work, history, controls and /metrics."""
+    credentials = Credentials.resolve(username, password)
+    check_bind(bind, credentials)
     connection, target = connect(redis_url)
-    click.echo(f"dashboard on http://{bind}:{port}/ ({target.display}); Ctrl-C stops it")
+    app = create_app(target.url, credentials=credentials, read_only=read_only)
+    host = f"[{bind}]" if ":" in bind else bind
+    notes = ", read-only" * read_only + (", login required" if credentials else "")
+    click.echo(f"dashboard on http://{host}:{port}/ ({target.display}{notes}); Ctrl-C stops it")
     stop = threading.Event()
     recovery.start_sweeper(connection, SWEEP_INTERVAL, stop)  # dead workers' jobs go back even with no consumer
     try:
-        run_simple(bind, port, create_app(target.url), threaded=True)
+        run_simple(bind, port, app, threaded=True)
     finally:
         stop.set()
     return EXIT_OK

@@ -1,0 +1,67 @@
+"""The dashboard app: rq-dashboard's blueprint at ``/rq`` with its unsafe views replaced, our
+pages at ``/``, ``/metrics``, and the safety of ``security`` over all of it."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import redis
+import rq
+import rq_dashboard
+from flask import Flask, Response, send_from_directory, url_for
+from rq_dashboard import web as rq_dashboard_web
+from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
+
+from workqueue import metrics
+from workqueue.dashboard import rq_views, security, views
+from workqueue.policy import SERIALIZER
+
+#: How often the pages poll for fresh data (milliseconds).
+POLL_INTERVAL = 2000
+
+
+def create_app(redis_url: str, *, credentials: Optional[security.Credentials] = None,
+               read_only: bool = False) -> Flask:
+    """The whole dashboard for ``redis_url``. Templates of ours named like rq-dashboard's
+    (``rq_dashboard/navbar.html``, ``queues.html``) take precedence over its own."""
+    app = Flask(__name__)
+    app.config.update(
+        RQ_DASHBOARD_REDIS_URL=redis_url,
+        RQ_DASHBOARD_POLL_INTERVAL=POLL_INTERVAL,
+        RQ_DASHBOARD_DISABLE_DELETE=read_only,
+    )
+    # rq-dashboard unpickles by default; ours is JSON everywhere.
+    rq_dashboard_web.config.serializer = SERIALIZER
+    security.install(app, credentials, read_only)
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
+    rq_dashboard_web.setup_rq_connection(app)
+    rq_views.replace_unsafe_views(app)
+    app.register_blueprint(views.blueprint)
+    app.extensions["workqueue.redis"] = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+
+    @app.context_processor
+    def page_context() -> dict[str, Any]:
+        """What rq-dashboard's base template and navbar need, on our pages as on its own."""
+        return {
+            "rq_url_prefix": url_for("rq_dashboard.queues_overview"),
+            "current_instance": 0,
+            "poll_interval": POLL_INTERVAL,
+            "rq_dashboard_version": RQ_DASHBOARD_VERSION,
+            "rq_version": rq.VERSION,
+            "read_only": read_only,
+            "user": credentials.username if credentials else None,
+        }
+
+    def static_files(filename: str) -> Response:
+        """Ours, and rq-dashboard's favicon, which its base template asks the app for."""
+        if filename == "favicon.ico":
+            return send_from_directory(rq_dashboard.blueprint.static_folder, filename)
+        return app.send_static_file(filename)
+
+    app.view_functions["static"] = static_files
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(metrics.render(app.extensions["workqueue.redis"]), mimetype=metrics.CONTENT_TYPE)
+
+    return app

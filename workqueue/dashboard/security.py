@@ -1,0 +1,142 @@
+"""What makes the dashboard safe to expose: loopback unless credentials are set, HTTP Basic auth,
+a CSRF token on every state-changing request (rq-dashboard's own included), and a read-only mode.
+
+rq-dashboard ships with none of these; they are applied here to the whole app, so its routes and
+ours are covered alike.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+from flask import Flask, Response, g, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+
+from workqueue.errors import BadInput
+
+#: Environment variables that hold the credentials (safer than flags, which ``ps`` shows).
+USERNAME_ENV, PASSWORD_ENV = "WORKQUEUE_DASHBOARD_USERNAME", "WORKQUEUE_DASHBOARD_PASSWORD"
+#: Signs sessions and CSRF tokens; set it to share them across restarts or several dashboards.
+SECRET_ENV = "WORKQUEUE_DASHBOARD_SECRET"
+
+#: The cookie rq-dashboard's own JavaScript reads the CSRF token from (and ours does too).
+CSRF_COOKIE = "_csrf_token"
+
+#: What changes nothing, so needs neither a CSRF token nor write access.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+#: Largest request body accepted (the enqueue form is the biggest thing posted).
+MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+    @classmethod
+    def resolve(cls, username: Optional[str], password: Optional[str]) -> Optional["Credentials"]:
+        """Both or neither; BadInput for one without the other or an empty one."""
+        if username is None and password is None:
+            return None
+        if not username or not password:
+            raise BadInput(f"give both a username and a password (--username/--password or {USERNAME_ENV}/{PASSWORD_ENV})")
+        return cls(username, password)
+
+    def match(self, username: str, password: str) -> bool:
+        same_user = hmac.compare_digest(username.encode(), self.username.encode())
+        same_password = hmac.compare_digest(password.encode(), self.password.encode())
+        return same_user and same_password
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (unknown names are not)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def check_bind(host: str, credentials: Optional[Credentials]) -> None:
+    """Refuse to listen beyond loopback without credentials: anyone who can reach the port could
+    stop workers and enqueue work."""
+    if credentials is None and not is_loopback(host):
+        raise BadInput(f"refusing to listen on {host} without credentials: anyone who reaches it could stop "
+                       f"workers and enqueue tasks; set {USERNAME_ENV} and {PASSWORD_ENV} (or --username/--password)")
+
+
+def install(app: Flask, credentials: Optional[Credentials], read_only: bool) -> None:
+    """Auth, read-only refusal and CSRF for every route of ``app``, in that order."""
+    app.config.update(
+        SECRET_KEY=os.environ.get(SECRET_ENV) or secrets.token_hex(32),
+        MAX_CONTENT_LENGTH=MAX_BODY,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        WTF_CSRF_TIME_LIMIT=None,  # valid for the session: a page left open stays usable
+    )
+
+    @app.before_request
+    def authenticate() -> Optional[Response]:
+        g.user = None
+        if credentials is None:
+            return None
+        auth = request.authorization
+        if auth is None or auth.type != "basic" or not credentials.match(auth.username or "", auth.password or ""):
+            return Response("credentials required\n", 401, {"WWW-Authenticate": 'Basic realm="workqueue", charset="UTF-8"'},
+                            mimetype="text/plain")
+        g.user = credentials.username
+        return None
+
+    @app.before_request
+    def refuse_writes_when_read_only() -> Optional[Response]:
+        if read_only and request.method not in SAFE_METHODS:
+            return refusal(403, "the dashboard is read-only (started with --read-only)")
+        return None
+
+    CSRFProtect(app)  # its check runs after the two above
+
+    @app.errorhandler(CSRFError)
+    def csrf_refused(error: CSRFError) -> Response:
+        return refusal(400, f"refused: {error.description} Reload the page and try again.")
+
+    @app.after_request
+    def harden(response: Response) -> Response:
+        if response.mimetype == "text/html":
+            # rq-dashboard's scripts send this cookie back as the X-CSRFToken header.
+            response.set_cookie(CSRF_COOKIE, generate_csrf(), samesite="Strict", secure=request.is_secure)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'; object-src 'none'; base-uri 'self'")
+        return response
+
+
+def actor() -> str:
+    """Who did it, for the job's and worker's records: the user, or the address it came from."""
+    return f"dashboard ({g.get('user') or request.remote_addr})"
+
+
+def wants_html() -> bool:
+    """A browser navigating (or posting a form), as opposed to a script or an XHR."""
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
+def refusal(status: int, message: str) -> Response:
+    """A refusal as JSON for scripts and XHR, as a page for a browser's form post."""
+    if wants_html():
+        response = Response(render_template("workqueue/message.html", title="Refused", message=message), status)
+    else:
+        response = jsonify(error=message)
+        response.status_code = status
+    return response

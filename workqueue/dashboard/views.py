@@ -1,0 +1,212 @@
+"""Our pages beside rq-dashboard's: live work and history, a job, the enqueue form, and the
+actions (stop a worker or a job, cancel, requeue), which go through ``workqueue.control`` like
+the ``kill_thread/`` scripts. Every action is a POST (CSRF-checked by ``security``)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import redis
+from flask import (Blueprint, Response, current_app, flash, jsonify, redirect, render_template, request,
+                   url_for)
+from rq.job import JOB_ID_PATTERN
+
+import task_def
+from workqueue import control, producer, statistics
+from workqueue.dashboard import live
+from workqueue.dashboard.security import actor, refusal, wants_html
+from workqueue.errors import BadInput
+from workqueue.policy import check_queue_name
+from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT
+
+blueprint = Blueprint("workqueue", __name__)
+
+#: The longest history the charts may ask for (the counters' retention).
+MAX_MINUTES = statistics.RETENTION // 60
+
+
+def _redis() -> redis.Redis:
+    return current_app.extensions["workqueue.redis"]
+
+
+def _job_id(text: str) -> Optional[str]:
+    text = text.strip()
+    return text if 0 < len(text) <= 128 and JOB_ID_PATTERN.fullmatch(text) else None
+
+
+# Pages -------------------------------------------------------------------------------------------
+
+@blueprint.get("/")
+def live_page() -> str:
+    return render_template("workqueue/live.html", active_tab="live")
+
+
+@blueprint.get("/jobs")
+def find_job() -> Response:
+    """The search box: a job by id, from every page."""
+    wanted = request.args.get("id", "")
+    job_id = _job_id(wanted)
+    if job_id is None or live.job_detail(_redis(), job_id) is None:
+        message = f"no such job: {wanted.strip()}" if wanted.strip() else "type a job id to look for"
+        return Response(render_template("workqueue/message.html", title="Job search", message=message), 404)
+    return redirect(url_for(".job_page", job_id=job_id))
+
+
+@blueprint.get("/jobs/<job_id>")
+def job_page(job_id: str) -> Any:
+    job = live.job_detail(_redis(), job_id) if _job_id(job_id) else None
+    if job is None:
+        return Response(render_template("workqueue/message.html", title="Job", message=f"no such job: {job_id}"), 404)
+    return render_template("workqueue/job.html", job=job, active_tab="live")
+
+
+@blueprint.get("/enqueue")
+def enqueue_page() -> str:
+    return render_template("workqueue/enqueue.html", **_form_context({}))
+
+
+# Data for the pages' scripts ---------------------------------------------------------------------
+
+@blueprint.get("/api/live")
+def live_data() -> Response:
+    return jsonify(live.snapshot(_redis()))
+
+
+@blueprint.get("/api/history")
+def history_data() -> Response:
+    minutes = request.args.get("minutes", 60, type=int)
+    if not 1 <= minutes <= MAX_MINUTES:
+        return refusal(400, f"minutes: {minutes} is out of bounds, expected 1 <= minutes <= {MAX_MINUTES}")
+    connection = _redis()
+    tasks = [
+        {"queue": t.queue, "task": t.task, "finished": t.finished, "failed": t.failed, "running": t.running,
+         "throughput": round(t.throughput, 3), "run_p50": statistics.percentile(t.run, 50),
+         "run_p95": statistics.percentile(t.run, 95), "wait_p50": statistics.percentile(t.wait, 50)}
+        for q in statistics.collect(connection, window=minutes * 60) for t in q.tasks.values()
+    ]
+    return jsonify({**statistics.history(connection, minutes), "tasks": tasks})
+
+
+@blueprint.get("/api/jobs/<job_id>")
+def job_data(job_id: str) -> Response:
+    job = live.job_detail(_redis(), job_id) if _job_id(job_id) else None
+    if job is None:
+        return refusal(404, f"no such job: {job_id}")
+    return jsonify(job)
+
+
+# Actions -----------------------------------------------------------------------------------------
+
+def _done(stops: list[control.JobStop] | list[str], ok: bool = True) -> Response:
+    """Flash the outcome and go back to the page the form was on, or answer a script in JSON."""
+    messages = [s if isinstance(s, str) else s.message for s in stops]
+    ok = ok and all(getattr(s, "found", True) for s in stops)
+    if not wants_html():
+        response = jsonify(ok=ok, messages=messages)
+        response.status_code = 200 if ok else 404
+        return response
+    for message in messages or ["nothing to do"]:
+        flash(message, "success" if ok else "danger")
+    return redirect(_back(), 303)
+
+
+def _back() -> str:
+    """The page the form was posted from, if it is one of ours; else the live page."""
+    referrer = urlsplit(request.referrer or "")
+    if referrer.netloc == request.host and referrer.path.startswith("/"):
+        return referrer.path + (f"?{referrer.query}" if referrer.query else "")
+    return url_for(".live_page")
+
+
+@blueprint.post("/workers/<name>/stop")
+def stop_worker(name: str) -> Response:
+    now = request.form.get("now") == "1"
+    try:
+        workers = control.select_workers(_redis(), name=name)
+    except BadInput as exc:
+        return _done([str(exc)], ok=False)
+    (stop,) = control.request_worker_stop(_redis(), workers, now=now, by=actor())
+    if now:
+        message = f"worker {name} asked to stop at once" + (
+            f"; its job {stop.job_id} goes back to the front of its queue" if stop.job_id else "")
+    else:
+        message = f"worker {name} asked to stop after its current job" if stop.job_id else f"worker {name} asked to stop"
+    return _done([message])
+
+
+@blueprint.post("/jobs/<job_id>/stop")
+def stop_job(job_id: str) -> Response:
+    return _done([control.stop_job(_redis(), job_id, by=actor(), timeout=5.0)])
+
+
+@blueprint.post("/jobs/<job_id>/requeue")
+def requeue_job(job_id: str) -> Response:
+    return _done([control.requeue(_redis(), job_id, by=actor())])
+
+
+@blueprint.post("/queues/<name>/cancel")
+def cancel_queue(name: str) -> Response:
+    try:
+        return _done(control.cancel_queued(_redis(), name, by=actor()))
+    except BadInput as exc:
+        return _done([str(exc)], ok=False)
+
+
+@blueprint.post("/queues/<name>/requeue-failed")
+def requeue_failed(name: str) -> Response:
+    try:
+        return _done(control.requeue_failed(_redis(), name, by=actor()))
+    except BadInput as exc:
+        return _done([str(exc)], ok=False)
+
+
+@blueprint.post("/enqueue")
+def enqueue() -> Any:
+    """The form's task, parameters, count and queue, validated as the producer validates them."""
+    form = request.form
+    try:
+        call, count, queue = _read_enqueue_form(form)
+        submission = producer.enqueue(_redis(), [call] * count, queue)
+    except BadInput as exc:
+        return Response(render_template("workqueue/enqueue.html", error=str(exc), **_form_context(form)), 422)
+    first = submission.jobs[0].id
+    flash(f"enqueued {count} × {call.describe()} on {queue} (batch {submission.batch_id}, first job {first})",
+          "success")
+    return redirect(url_for(".enqueue_page", task=call.task.name), 303)
+
+
+def _read_enqueue_form(form: Any) -> tuple[producer.TaskCall, int, str]:
+    name = form.get("task", "")
+    try:
+        task = task_def.get_task(name)
+    except task_def.TaskDefError as exc:
+        raise BadInput(str(exc)) from None
+    params = {p.name: form[f"{task.name}.{p.name}"] for p in task.params if form.get(f"{task.name}.{p.name}", "").strip()}
+    call = producer.TaskCall.build(task.name, params)
+    count_text = form.get("count", "1").strip() or "1"
+    if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_COUNT:
+        raise BadInput(f"count: {count_text!r} is out of bounds, expected 1 <= count <= {MAX_COUNT:,}")
+    queue = form.get("queue", "").strip() or DEFAULT_QUEUE
+    check_queue_name(queue)
+    return call, int(count_text), queue
+
+
+def _form_context(form: Any) -> dict[str, Any]:
+    """The catalogue as form fields (typed, bounded, defaulted) and the values to show in them."""
+    selected = form.get("task") or request.args.get("task") or next(iter(task_def.CATALOGUE))
+    tasks = []
+    for task in task_def.CATALOGUE.values():
+        fields = []
+        for p in task.params:
+            key = f"{task.name}.{p.name}"
+            fields.append({
+                "key": key, "name": p.name, "help": p.help, "bounds": p.describe_bounds(),
+                "type": "number" if p.type in (int, float) else "text",
+                "step": "1" if p.type is int else "any",
+                "min": p.min, "max": p.max, "required": p.default is None,
+                "value": form.get(key, "" if p.default is None else p.default),
+            })
+        tasks.append({"name": task.name, "description": task.description, "fields": fields})
+    return {"tasks": tasks, "selected": selected, "count": form.get("count", 1),
+            "queue": form.get("queue", DEFAULT_QUEUE), "max_count": MAX_COUNT, "active_tab": "enqueue"}
