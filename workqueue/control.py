@@ -12,13 +12,13 @@ from typing import Optional
 import redis
 from rq import Queue, Worker
 from rq.command import send_command, send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 
 from workqueue import batches, recovery
 from workqueue.errors import BadInput
-from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name
+from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
 from workqueue.worker import SHUTDOWN_NOW
 
 
@@ -90,9 +90,8 @@ def wait_gone(connection: redis.Redis, names: Iterable[str], timeout: float) -> 
 
 def job_outcome(connection: redis.Redis, job_id: str, worker: str) -> str:
     """Where the job a worker was running ended up after it was stopped at once, in words."""
-    try:
-        job = Job.fetch(job_id, connection=connection, serializer=SERIALIZER)
-    except NoSuchJobError:
+    job = fetch_job(connection, job_id)
+    if job is None:
         return f"job {job_id} no longer exists"
     status = job.get_status(refresh=False)
     handed_back = any(i.get("worker") == worker for i in job.meta.get("interruptions", []))
@@ -121,9 +120,8 @@ class JobStop:
 
 def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 10.0) -> JobStop:
     """Stop a running job (RQ's stop-job command) or cancel a queued, scheduled or deferred one."""
-    try:
-        job = CatalogueJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
-    except NoSuchJobError:
+    job = fetch_job(connection, job_id)
+    if job is None:
         return JobStop(job_id, False, f"no such job: {job_id}")
     status = job.get_status(refresh=False)
     if status == JobStatus.STARTED:
@@ -170,9 +168,8 @@ def clean(connection: redis.Redis) -> tuple[list[str], list[recovery.HandBack]]:
 
 def requeue(connection: redis.Redis, job_id: str, *, by: str) -> JobStop:
     """Put a failed or cancelled job back on its queue (at the back), as a fresh attempt."""
-    try:
-        job = CatalogueJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
-    except NoSuchJobError:
+    job = fetch_job(connection, job_id)
+    if job is None:
         return JobStop(job_id, False, f"no such job: {job_id}")
     status = job.get_status(refresh=False)
     registries = {JobStatus.FAILED: job.failed_job_registry, JobStatus.STOPPED: job.failed_job_registry,
@@ -205,9 +202,8 @@ def cancel_queued(connection: redis.Redis, queue: str, *, by: str) -> list[JobSt
 
 def delete_job(connection: redis.Redis, job_id: str) -> JobStop:
     """Delete a job that is not running, with its results; a running job must be stopped first."""
-    try:
-        job = CatalogueJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
-    except NoSuchJobError:
+    job = fetch_job(connection, job_id)
+    if job is None:
         return JobStop(job_id, False, f"no such job: {job_id}")
     if job.get_status(refresh=False) == JobStatus.STARTED:
         return JobStop(job_id, True, f"job {job_id} is running; stop it before deleting it")

@@ -25,3 +25,7 @@ class EmbeddedRedisError(WorkqueueError):
 
 class JobRefused(WorkqueueError):
     """Raised on a worker for a job whose function is not in the task catalogue."""
+
+
+class UnreadableJob(WorkqueueError):
+    """Raised for a job whose data is not JSON: not written by workqueue, and never unpickled."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional
 
+import redis
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 import task_def
-from workqueue.errors import BadInput, JobRefused
+from workqueue.errors import BadInput, JobRefused, UnreadableJob
 
 SERIALIZER = JSONSerializer
 
@@ -82,3 +84,24 @@ class CatalogueJob(Job):
     def stopped_callback(self):
         self._allowed_callback(self._stopped_callback_name)
         return super().stopped_callback
+
+
+#: What reading a job not written as JSON raises (a pickled one, say).
+UNREADABLE = (ValueError, DeserializationError)
+
+
+def fetch_job(connection: redis.Redis, job_id: str) -> Optional[CatalogueJob]:
+    """The job (None if there is none), read as JSON in full; raises UnreadableJob for one that is
+    not JSON (RQ would otherwise only find out later, or keep its metadata as raw bytes)."""
+    try:
+        job = CatalogueJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
+        job.func_name  # the call is deserialized lazily: read it now, so it fails here if it must
+    except NoSuchJobError:
+        return None
+    except UNREADABLE as exc:
+        raise UnreadableJob(f"job {job_id} is not readable as JSON ({type(exc).__name__}): it was not "
+                            "written by workqueue, and is left alone") from None
+    if "unserialized" in job.meta:
+        raise UnreadableJob(f"job {job_id} has metadata that is not JSON: it was not written by workqueue, "
+                            "and is left alone")
+    return job

@@ -14,6 +14,7 @@ from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 
 from workqueue import metrics
 from workqueue.dashboard import rq_views, security, views
+from workqueue.errors import UnreadableJob
 from workqueue.policy import SERIALIZER
 
 #: How often the pages poll for fresh data (milliseconds).
@@ -59,6 +60,10 @@ def create_app(redis_url: str, *, credentials: Optional[security.Credentials] = 
         return app.send_static_file(filename)
 
     app.view_functions["static"] = static_files
+
+    @app.errorhandler(UnreadableJob)
+    def unreadable(error: UnreadableJob) -> Response:
+        return security.refusal(422, str(error))
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

@@ -4,16 +4,20 @@ serializer only; nothing here unpickles."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 import redis
 from rq import Queue
-from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from workqueue import control, statistics
-from workqueue.policy import SERIALIZER
+from workqueue.errors import UnreadableJob
+from workqueue.policy import SERIALIZER, UNREADABLE, fetch_job
+
+log = logging.getLogger(__name__)
 
 #: Statuses a job can still be stopped or cancelled in, and those it can be requeued from.
 STOPPABLE = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
@@ -38,13 +42,35 @@ def _iso(moment: Optional[datetime]) -> Optional[str]:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat(timespec="seconds")
 
 
+def _fetch_many(connection: redis.Redis, ids: Iterable[str]) -> list[Job]:
+    """The jobs that exist and read as JSON (in one round trip unless one does not; those are
+    skipped, and logged)."""
+    ids = list(ids)
+    try:
+        jobs = [job for job in Job.fetch_many(ids, connection=connection, serializer=SERIALIZER) if job is not None]
+        if all(job.func_name and "unserialized" not in job.meta for job in jobs):
+            return jobs
+    except UNREADABLE:
+        pass
+    jobs = []
+    for job_id in ids:
+        try:
+            job = fetch_job(connection, job_id)
+        except UnreadableJob as exc:
+            log.warning("%s", exc)
+            continue
+        if job is not None:
+            jobs.append(job)
+    return jobs
+
+
 def running_jobs(connection: redis.Redis) -> list[dict[str, Any]]:
     """Every job in a started registry, longest-running first."""
     ids: list[str] = []
     for name in statistics.queue_names(connection):
         ids += Queue(name, connection=connection, serializer=SERIALIZER).started_job_registry.get_job_ids(cleanup=False)
     now = _now()
-    jobs = [job for job in Job.fetch_many(ids, connection=connection, serializer=SERIALIZER) if job is not None]
+    jobs = _fetch_many(connection, ids)
     rows = [
         {
             "id": job.id,
@@ -93,10 +119,10 @@ def snapshot(connection: redis.Redis) -> dict[str, Any]:
 
 
 def job_detail(connection: redis.Redis, job_id: str) -> Optional[dict[str, Any]]:
-    """One job in full (None if there is no such job), with what may be done to it."""
-    try:
-        job = Job.fetch(job_id, connection=connection, serializer=SERIALIZER)
-    except NoSuchJobError:
+    """One job in full (None if there is no such job), with what may be done to it; raises
+    UnreadableJob for one that is not JSON."""
+    job = fetch_job(connection, job_id)
+    if job is None:
         return None
     status = job.get_status(refresh=False)
     latest = job.latest_result()
