@@ -34,16 +34,26 @@ stop:
 	  $(PY) -m workqueue redis stop; \
 	fi
 
+# Debian packages some tests need, installed when run as root (as CI is); otherwise those tests skip.
+define apt-install
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends $(1) >/dev/null 2>&1 || \
+	  { apt-get update >/dev/null && apt-get install -y --no-install-recommends $(1) >/dev/null; }; \
+	else echo "note: no root apt-get here; $(2) will be skipped (install $(1) to run them)"; fi
+endef
+
 # The TLS tests need a redis-server built with TLS: Debian's (the bundled one is built without).
 SYSTEM_REDIS := /usr/bin/redis-server
 $(SYSTEM_REDIS):
-	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y --no-install-recommends redis-server >/dev/null 2>&1 || \
-	  { apt-get update >/dev/null && apt-get install -y --no-install-recommends redis-server >/dev/null; }; \
-	else echo "note: no root apt-get here; the TLS tests will be skipped (install redis-server to run them)"; fi
+	$(call apt-install,redis-server,the TLS tests)
 
-test: $(STAMP) $(SYSTEM_REDIS)
+# The browser tests drive Debian's Chromium (no browser can be downloaded here).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$(call apt-install,chromium,the browser tests)
+
+test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM)
 	$(PY) -m pytest
 
 bench: $(STAMP)

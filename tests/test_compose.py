@@ -147,6 +147,13 @@ def test_dashboard_port_is_published_on_loopback_only():
             assert str(port).startswith("127.0.0.1:"), port
 
 
+def test_dashboard_listening_beyond_loopback_is_given_credentials():
+    args = command_args(SERVICES["dashboard"])
+    assert args[args.index("--bind") + 1] == "0.0.0.0"  # a container's port must be reachable
+    env = environment(SERVICES["dashboard"])
+    assert {"WORKQUEUE_DASHBOARD_USERNAME", "WORKQUEUE_DASHBOARD_PASSWORD"} <= set(env)
+
+
 def test_producer_does_not_start_by_default():
     assert SERVICES["producer"].get("profiles"), "the producer would run on every `docker compose up`"
 

@@ -1,0 +1,156 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Playwright, against a real
+dashboard process, real workers and jobs. Screenshots go to each test's temporary directory."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+
+from tests.conftest import Processes, cli_env, free_port, wait_for
+from tests.test_dashboard import answers, enqueue
+from tests.test_faults import enqueue as enqueue_fault
+from tests.test_kill import child_pids, workers
+from workqueue.policy import SERIALIZER
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: No sandbox (root in a container), and none of Chromium's calls home: the network is closed.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage"]
+
+XSS = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def dashboard(conn: redis.Redis, processes: Processes, redis_url: str) -> str:
+    """A dashboard process and a consumer of 2 workers (which also run the fault tests' tasks)."""
+    env = cli_env(WORKQUEUE_EXTRA_TASKS="tests.fault_tasks", REDIS_URL=redis_url)
+    consumer = processes.start("consumer_main.py", "--workers", "2", "--queue", "queue_one", env=env)
+    wait_for(lambda: len([w for w in workers(conn) if w.pid in child_pids(consumer)]) == 2, 20, "2 workers")
+    port = free_port()
+    processes.start("dashboard_main.py", "--port", str(port), env=env)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: answers(base + "/"), 20, "the dashboard to answer")
+    return base
+
+
+@pytest.fixture
+def page(browser, tmp_path: Path) -> Iterator[object]:
+    """A fresh browser context and page; every alert() the page would show is recorded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.dialogs = []
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def shot(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 0
+
+
+def status(conn: redis.Redis, job: Job) -> str:
+    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_status().value
+
+
+def test_live_page_shows_progress_and_charts_and_stops_a_worker(conn, dashboard, page, tmp_path) -> None:
+    for job in enqueue(conn, "pi", count=4, samples=1000):
+        wait_for(lambda job=job: status(conn, job) == "finished", 20, "the quick jobs to finish")
+    (long_job,) = enqueue(conn, seconds=30)
+    page.goto(dashboard + "/")
+    row = page.locator(f"#running-jobs tr[data-job-id='{long_job.id}']")
+    row.locator(".wq-progress-label").filter(has_text="% sleeping").wait_for()
+    assert page.locator("#chart-ended rect.wq-finished-bar").count() == 60
+    heights = page.eval_on_selector_all("#chart-ended rect.wq-finished-bar", "bars => bars.map(b => +b.getAttribute('height'))")
+    assert max(heights) > 0  # the 4 finished jobs, drawn
+    assert page.locator("#task-stats tbody tr", has_text="pi").count() == 1
+    shot(page, tmp_path, "live")
+
+    busy = row.locator("td").nth(3).inner_text()
+    idle = next(w.name for w in workers(conn) if w.name != busy)
+    page.locator(f"#live-workers tr[data-worker='{idle}'] button", has_text="Stop").first.click()
+    page.locator("#flashes .alert-success", has_text=f"worker {idle} asked to stop").wait_for()
+    page.locator(f"#live-workers tr[data-worker='{idle}']").wait_for(state="detached")
+    assert idle not in [w.name for w in workers(conn)]
+    shot(page, tmp_path, "worker-stopped")
+
+    page.locator(f"#running-jobs tr[data-job-id='{long_job.id}'] button", has_text="Stop").click()
+    page.locator("#flashes .alert-success", has_text=f"job {long_job.id} stopped").wait_for()
+    assert status(conn, long_job) == "stopped" and page.dialogs == []
+
+
+def test_enqueue_form_refuses_a_bad_value_and_enqueues_a_good_one(conn, dashboard, page, tmp_path) -> None:
+    page.goto(dashboard + "/enqueue")
+    page.select_option("#task", "sleep")
+    page.fill("input[name='sleep.seconds']", "0")
+    page.click("#enqueue-submit")
+    error = page.locator("#enqueue-error")
+    assert error.inner_text() == "seconds: '0' is out of bounds, expected 0 < seconds <= 3,600"
+    assert page.input_value("input[name='sleep.seconds']") == "0"  # what was typed, kept
+    shot(page, tmp_path, "enqueue-refused")
+    assert not conn.keys("rq:job:*")
+
+    page.select_option("#task", "primes")
+    assert page.locator("fieldset[data-task='sleep']").is_hidden()
+    page.fill("input[name='primes.n']", "5000")
+    page.fill("#count", "3")
+    page.click("#enqueue-submit")
+    page.locator("#flashes .alert-success", has_text="enqueued 3 × primes(n=5000) on queue_one").wait_for()
+    shot(page, tmp_path, "enqueued")
+    wait_for(lambda: Queue("queue_one", connection=conn).finished_job_registry.count == 3, 20, "the 3 jobs to finish")
+
+
+def test_job_text_with_html_renders_as_text(conn, dashboard, page, tmp_path) -> None:
+    job = enqueue_fault(conn, "raise_error", message=XSS)
+    wait_for(lambda: status(conn, job) == "failed", 20, "the job to fail")
+    page.goto(f"{dashboard}/jobs/{job.id}")
+    page.locator("[data-field=error]", has_text=XSS).wait_for()
+    assert XSS in page.locator("[data-field=description]").inner_text()
+    assert page.locator("#job-page script").count() == 0
+    assert page.locator("#stop-job-form").is_hidden() and page.locator("#requeue-job-form").is_visible()
+    # The same job in rq-dashboard's own failed-jobs list, and found through the search box.
+    page.goto(f"{dashboard}/rq/0/view/jobs/queue_one/failed/8/asc/1")
+    page.locator("#jobs .exc_info", has_text=XSS).wait_for()
+    page.fill("#job-search input[name=id]", job.id)
+    page.press("#job-search input[name=id]", "Enter")
+    page.wait_for_url(f"**/jobs/{job.id}")
+    shot(page, tmp_path, "xss-as-text")
+    assert page.dialogs == []
+
+
+def test_state_changes_without_the_csrf_token_are_refused(conn, dashboard, page, tmp_path) -> None:
+    (job,) = enqueue(conn, "sleep", queue="queue_two", seconds=5)  # no worker listens on queue_two
+    page.goto(dashboard + "/")
+    without = page.evaluate(f"fetch('/jobs/{job.id}/stop', {{method: 'POST'}}).then(r => r.status)")
+    assert without == 400 and status(conn, job) == "queued"
+    # Another site's page posting a form to the dashboard: no token, and no cookies (SameSite).
+    page.set_content(f"<form method=post action='{dashboard}/jobs/{job.id}/stop'><button>go</button></form>")
+    with page.expect_navigation():
+        page.click("button")
+    assert "CSRF" in page.content() and status(conn, job) == "queued"
+    shot(page, tmp_path, "csrf-refused")
+    page.goto(dashboard + "/")
+    token = page.get_attribute("#wq-config", "data-csrf")
+    with_token = page.evaluate(
+        f"fetch('/jobs/{job.id}/stop', {{method: 'POST', headers: {{'X-CSRFToken': {token!r}}}}}).then(r => r.status)")
+    assert with_token == 200 and status(conn, job) == "canceled"
