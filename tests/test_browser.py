@@ -131,6 +131,12 @@ def test_job_text_with_html_renders_as_text(conn, dashboard, page, tmp_path) -> 
     # The same job in rq-dashboard's own failed-jobs list, and found through the search box.
     page.goto(f"{dashboard}/rq/0/view/jobs/queue_one/failed/8/asc/1")
     page.locator("#jobs .exc_info", has_text=XSS).wait_for()
+    shot(page, tmp_path, "rq-dashboard-failed-jobs")
+    # Its own requeue button posts by XHR, with the token from our cookie: accepted.
+    page.locator(f"tr[data-job-id='{job.id}'] [data-role=requeue-job-btn]").click()
+    wait_for(lambda: Job.fetch(job.id, connection=conn, serializer=SERIALIZER).meta.get("requeued_by"), 10,
+             "rq-dashboard's requeue to go through")
+    assert Job.fetch(job.id, connection=conn, serializer=SERIALIZER).meta["requeued_by"] == ["dashboard (127.0.0.1)"]
     page.fill("#job-search input[name=id]", job.id)
     page.press("#job-search input[name=id]", "Enter")
     page.wait_for_url(f"**/jobs/{job.id}")
