@@ -112,7 +112,8 @@ def test_beyond_loopback_with_credentials_every_request_needs_them(conn: redis.R
     wait_for(lambda: answers(base + "/"), 20, "the dashboard to answer")
     good = {"Authorization": "Basic " + b64encode(b"admin:s3cret").decode()}
     bad = {"Authorization": "Basic " + b64encode(b"admin:wrong").decode()}
-    for path in ("/", "/api/live", "/metrics", "/rq/0/data/queues.json", "/static/workqueue.js", "/rq/static/css/main.css"):
+    for path in ("/", "/api/live", "/metrics", "/rq/0/data/queues.json", "/static/workqueue.js",
+                 "/rq/static/css/main.css"):
         assert get(base + path)[0] == 401, path
         assert get(base + path, bad)[0] == 401, path
         assert get(base + path, good)[0] == 200, path
@@ -129,7 +130,8 @@ def test_every_state_change_needs_the_csrf_token_rq_dashboards_included(conn: re
         assert "CSRF token is missing" in response.json["error"], path
     assert client.post(f"/jobs/{jobs[0].id}/stop", headers={"X-CSRFToken": "forged"}).status_code == 400
     assert Queue("queue_one", connection=conn).count == 2  # nothing was cancelled
-    response = client.post(f"/jobs/{jobs[0].id}/stop", headers={"X-CSRFToken": token(client), "Accept": "application/json"})
+    headers = {"X-CSRFToken": token(client), "Accept": "application/json"}
+    response = client.post(f"/jobs/{jobs[0].id}/stop", headers=headers)
     assert response.status_code == 200 and response.json["messages"] == [
         f"job {jobs[0].id} cancelled (was queued; now in the canceled registry of queue_one)"]
 
@@ -251,12 +253,15 @@ def test_stop_a_worker_gracefully_and_at_once_from_the_page(conn: redis.Redis, c
     assert response.status_code == 303 and response.headers["Location"] == "/"
     assert f"worker {idle} asked to stop" in client.get("/").text  # the flashed outcome
     wait_for(lambda: idle not in [w.name for w in workers(conn)], 20, "the idle worker to leave")
-    response = client.post(f"/workers/{busy}/stop", data={"csrf_token": csrf, "now": "1"}, headers={"Accept": "application/json"})
-    assert response.json["messages"] == [f"worker {busy} asked to stop at once; its job {job.id} goes back to the front of its queue"]
+    response = client.post(f"/workers/{busy}/stop", data={"csrf_token": csrf, "now": "1"},
+                           headers={"Accept": "application/json"})
+    assert response.json["messages"] == [
+        f"worker {busy} asked to stop at once; its job {job.id} goes back to the front of its queue"]
     wait_for(lambda: not workers(conn), 20, "the busy worker to leave")
     assert Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_status().value == "queued"
     unknown = client.post("/workers/nobody/stop", data={"csrf_token": csrf}, headers={"Accept": "application/json"})
-    assert unknown.status_code == 404 and unknown.json["messages"] == ["no worker named 'nobody'; running workers: none"]
+    assert unknown.status_code == 404
+    assert unknown.json["messages"] == ["no worker named 'nobody'; running workers: none"]
 
 
 def test_stop_a_running_job_cancel_queued_ones_and_requeue(conn: redis.Redis, client: FlaskClient,
@@ -292,10 +297,12 @@ def test_enqueue_form_is_generated_from_the_catalogue(client: FlaskClient) -> No
 
 
 @pytest.mark.parametrize("form, message", [
-    ({"task": "sleep", "sleep.seconds": "0"}, "seconds: &#39;0&#39; is out of bounds, expected 0 &lt; seconds &lt;= 3,600"),
+    ({"task": "sleep", "sleep.seconds": "0"},
+     "seconds: &#39;0&#39; is out of bounds, expected 0 &lt; seconds &lt;= 3,600"),
     ({"task": "sleep", "sleep.seconds": "soon"}, "seconds: expected a number, got &#39;soon&#39;"),
     ({"task": "nope"}, "unknown task &#39;nope&#39;; the catalogue has: sleep, scrape"),
-    ({"task": "scrape", "scrape.url": "ftp://x"}, "url: &#39;ftp://x&#39; must be an http:// or https:// URL with a host"),
+    ({"task": "scrape", "scrape.url": "ftp://x"},
+     "url: &#39;ftp://x&#39; must be an http:// or https:// URL with a host"),
     ({"task": "scrape"}, "missing required parameter &#39;url&#39;"),
     ({"task": "sleep", "count": "0"}, "count: &#39;0&#39; is out of bounds, expected 1 &lt;= count &lt;= 100,000"),
     ({"task": "sleep", "queue": "bad name"}, "invalid queue name &#39;bad name&#39;"),

@@ -140,7 +140,8 @@ def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 
         job.save_meta()
         job.cancel()
         batches.job_ended(connection, job, "failed", detail=f"cancelled by {by}")
-        return JobStop(job_id, True, f"job {job_id} cancelled (was {status.value}; now in the canceled registry of {job.origin})")
+        return JobStop(job_id, True,
+                       f"job {job_id} cancelled (was {status.value}; now in the canceled registry of {job.origin})")
     return JobStop(job_id, True, f"job {job_id} had already ended ({status.value}); nothing to do")
 
 

@@ -95,7 +95,7 @@ def fetch_job(connection: redis.Redis, job_id: str) -> Optional[CatalogueJob]:
     not JSON (RQ would otherwise only find out later, or keep its metadata as raw bytes)."""
     try:
         job = CatalogueJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
-        job.func_name  # the call is deserialized lazily: read it now, so it fails here if it must
+        _ = job.func_name  # the call is deserialized lazily: read it now, so it fails here if it must
     except NoSuchJobError:
         return None
     except UNREADABLE as exc:

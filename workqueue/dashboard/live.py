@@ -48,7 +48,7 @@ def _fetch_many(connection: redis.Redis, ids: Iterable[str]) -> list[Job]:
     ids = list(ids)
     try:
         jobs = [job for job in Job.fetch_many(ids, connection=connection, serializer=SERIALIZER) if job is not None]
-        if all(job.func_name and "unserialized" not in job.meta for job in jobs):
+        if all(job.func_name and "unserialized" not in job.meta for job in jobs):  # reads each call
             return jobs
     except UNREADABLE:
         pass

@@ -46,7 +46,8 @@ class Credentials:
         if username is None and password is None:
             return None
         if not username or not password:
-            raise BadInput(f"give both a username and a password (--username/--password or {USERNAME_ENV}/{PASSWORD_ENV})")
+            raise BadInput("give both a username and a password "
+                           f"(--username/--password or {USERNAME_ENV}/{PASSWORD_ENV})")
         return cls(username, password)
 
     def match(self, username: str, password: str) -> bool:
@@ -93,8 +94,8 @@ def install(app: Flask, credentials: Optional[Credentials], read_only: bool) -> 
             return None
         auth = request.authorization
         if auth is None or auth.type != "basic" or not credentials.match(auth.username or "", auth.password or ""):
-            return Response("credentials required\n", 401, {"WWW-Authenticate": 'Basic realm="workqueue", charset="UTF-8"'},
-                            mimetype="text/plain")
+            challenge = {"WWW-Authenticate": 'Basic realm="workqueue", charset="UTF-8"'}
+            return Response("credentials required\n", 401, challenge, mimetype="text/plain")
         g.user = credentials.username
         return None
 
@@ -118,7 +119,8 @@ def install(app: Flask, credentials: Optional[Credentials], read_only: bool) -> 
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'; object-src 'none'; base-uri 'self'")
+        response.headers.setdefault("Content-Security-Policy",
+                                    "frame-ancestors 'none'; object-src 'none'; base-uri 'self'")
         return response
 
 

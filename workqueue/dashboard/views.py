@@ -131,7 +131,7 @@ def stop_worker(name: str) -> Response:
         message = f"worker {name} asked to stop at once" + (
             f"; its job {stop.job_id} goes back to the front of its queue" if stop.job_id else "")
     else:
-        message = f"worker {name} asked to stop after its current job" if stop.job_id else f"worker {name} asked to stop"
+        message = f"worker {name} asked to stop" + (" after its current job" if stop.job_id else "")
     return _done([message])
 
 
@@ -182,7 +182,8 @@ def _read_enqueue_form(form: Any) -> tuple[producer.TaskCall, int, str]:
         task = task_def.get_task(name)
     except task_def.TaskDefError as exc:
         raise BadInput(str(exc)) from None
-    params = {p.name: form[f"{task.name}.{p.name}"] for p in task.params if form.get(f"{task.name}.{p.name}", "").strip()}
+    given = {p.name: form.get(f"{task.name}.{p.name}", "") for p in task.params}
+    params = {name: value for name, value in given.items() if value.strip()}  # empty: the default
     call = producer.TaskCall.build(task.name, params)
     count_text = form.get("count", "1").strip() or "1"
     if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_COUNT:
