@@ -19,7 +19,12 @@ from task_def import maths, scrape, sleep
 
 
 class TaskDefError(ValueError):
-    """A task name or parameters that the catalogue refuses; the message says what to change."""
+    """A task name or parameters that the catalogue refuses; the message says what to change, and
+    ``field`` names the parameter at fault (None for the task name)."""
+
+    def __init__(self, message: str, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownTask(TaskDefError):
@@ -68,17 +73,17 @@ class Param:
         too_low = self.min is not None and (value <= self.min if self.min_exclusive else value < self.min)
         too_high = self.max is not None and value > self.max
         if too_low or too_high:
-            raise InvalidParams(f"{self.name}: {raw!r} is out of bounds, expected {self.describe_bounds()}")
+            raise InvalidParams(f"{self.name}: {raw!r} is out of bounds, expected {self.describe_bounds()}", self.name)
         if self.check is not None:
             try:
                 value = self.check(value)
             except ValueError as exc:
-                raise InvalidParams(f"{self.name}: {raw!r} {exc}") from None
+                raise InvalidParams(f"{self.name}: {raw!r} {exc}", self.name) from None
         return value
 
     def _coerce(self, raw: Any) -> Any:
         kind = {int: "an integer", float: "a number", str: "text"}[self.type]
-        wrong = InvalidParams(f"{self.name}: expected {kind}, got {raw!r}")
+        wrong = InvalidParams(f"{self.name}: expected {kind}, got {raw!r}", self.name)
         if isinstance(raw, bool) or raw is None:
             raise wrong
         if self.type is str:
@@ -130,7 +135,7 @@ class Task:
             if p.name == name:
                 return p
         known = ", ".join(p.name for p in self.params)
-        raise InvalidParams(f"{self.name}: unknown parameter {name!r} (it takes: {known})")
+        raise InvalidParams(f"{self.name}: unknown parameter {name!r} (it takes: {known})", name)
 
     def validate(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """All parameters, checked, with defaults filled in; raises InvalidParams."""
@@ -141,7 +146,7 @@ class Task:
             if p.name in given:
                 values[p.name] = p.parse(given[p.name])
             elif p.default is None:
-                raise InvalidParams(f"{self.name}: missing required parameter {p.name!r} ({p.help})")
+                raise InvalidParams(f"{self.name}: missing required parameter {p.name!r} ({p.help})", p.name)
             else:
                 values[p.name] = p.default
         return values

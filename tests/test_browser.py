@@ -80,11 +80,12 @@ def test_live_page_shows_progress_and_charts_and_stops_a_worker(conn, dashboard,
     page.goto(dashboard + "/")
     row = page.locator(f"#running-jobs tr[data-job-id='{long_job.id}']")
     row.locator(".wq-progress-label").filter(has_text="% sleeping").wait_for()
+    page.locator("#chart-ended rect.wq-finished-bar").nth(59).wait_for(state="attached")  # /api/history answered
     assert page.locator("#chart-ended rect.wq-finished-bar").count() == 60
     heights = page.eval_on_selector_all("#chart-ended rect.wq-finished-bar",
                                         "bars => bars.map(b => +b.getAttribute('height'))")
     assert max(heights) > 0  # the 4 finished jobs, drawn
-    assert page.locator("#task-stats tbody tr", has_text="pi").count() == 1
+    page.locator("#task-stats tbody tr", has_text="pi").wait_for()
     shot(page, tmp_path, "live")
 
     busy = row.locator("td").nth(3).inner_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class WorkqueueError(Exception):
     """Root of every error workqueue raises on purpose. Exit code 1 unless a subclass says."""
@@ -10,9 +12,14 @@ class WorkqueueError(Exception):
 
 
 class BadInput(WorkqueueError):
-    """Raised when what the user asked for is invalid (task, parameter, queue name, count, size)."""
+    """Raised when what the user asked for is invalid (task, parameter, queue name, count, size);
+    ``field`` names what is at fault where one thing is (``queue``, ``params.seconds``), for APIs."""
 
     exit_code = 2
+
+    def __init__(self, message: str, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class RedisUnavailable(WorkqueueError):

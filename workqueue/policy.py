@@ -33,7 +33,8 @@ def check_queue_name(name: str) -> str:
     if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
         raise BadInput(
             f"invalid queue name {name!r}: use 1 to 64 letters, digits, '_', '-', '.' or ':', "
-            "starting with a letter or digit"
+            "starting with a letter or digit",
+            "queue",
         )
     return name
 

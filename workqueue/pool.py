@@ -28,7 +28,13 @@ from workqueue import recovery, statistics
 from workqueue.connection import without_retries
 from workqueue.policy import SERIALIZER, CatalogueJob
 from workqueue.settings import SWEEP_INTERVAL
-from workqueue.worker import STOPPED_ON_PURPOSE, WORKER_CLASSES, CatalogueQueue, die_with_parent, stopped_on_purpose
+from workqueue.worker import (
+    STOPPED_ON_PURPOSE,
+    WORKER_CLASSES,
+    CatalogueQueue,
+    die_with_parent,
+    stopped_on_purpose,
+)
 
 log = logging.getLogger(__name__)
 

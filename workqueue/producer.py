@@ -48,17 +48,19 @@ class TaskCall:
               retries: Optional[int] = None, timeout: Optional[int] = None) -> "TaskCall":
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput."""
         if retries is not None and not 0 <= retries <= MAX_RETRIES:
-            raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}")
+            raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}", "retries")
         if timeout is not None and not 1 <= timeout <= MAX_TIMEOUT:
-            raise BadInput(f"timeout: {timeout} is out of bounds, expected 1 <= timeout <= {MAX_TIMEOUT:,} seconds")
+            raise BadInput(f"timeout: {timeout} is out of bounds, expected 1 <= timeout <= {MAX_TIMEOUT:,} seconds",
+                           "timeout")
         try:
             task = task_def.get_task(task_name)
             values = task.validate(params or {})
         except task_def.TaskDefError as exc:
-            raise BadInput(str(exc)) from None
+            raise BadInput(str(exc), f"params.{exc.field}" if exc.field else "task") from None
         size = len(json.dumps(values))
         if size > MAX_PARAMS_BYTES:
-            raise BadInput(f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit")
+            raise BadInput(f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit",
+                           "params")
         return cls(task, values, retries, timeout)
 
     def job_timeout(self) -> int:
@@ -140,7 +142,7 @@ def enqueue(
     """
     check_queue_name(queue)
     if not 1 <= len(calls) <= MAX_COUNT:
-        raise BadInput(f"between 1 and {MAX_COUNT:,} jobs may be enqueued at once, not {len(calls):,}")
+        raise BadInput(f"between 1 and {MAX_COUNT:,} jobs may be enqueued at once, not {len(calls):,}", "count")
     if max_queued is not None and max_queued < 1:
         raise BadInput(f"max_queued must be at least 1, not {max_queued}")
     q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)

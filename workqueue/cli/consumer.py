@@ -9,7 +9,15 @@ import click
 import redis
 
 from workqueue import logs, statistics
-from workqueue.cli.common import EXIT_OK, QueueList, QueueName, can_prompt, echo_status, fail, redis_url_option
+from workqueue.cli.common import (
+    EXIT_OK,
+    QueueList,
+    QueueName,
+    can_prompt,
+    echo_status,
+    fail,
+    redis_url_option,
+)
 from workqueue.connection import connect
 from workqueue.pool import ConsumerPool, PoolStatus
 from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS

@@ -12,7 +12,13 @@ from workqueue import recovery
 from workqueue.cli.common import EXIT_OK, redis_url_option
 from workqueue.connection import connect
 from workqueue.dashboard import create_app
-from workqueue.dashboard.security import PASSWORD_ENV, USERNAME_ENV, Credentials, check_bind
+from workqueue.dashboard.security import (
+    PASSWORD_ENV,
+    USERNAME_ENV,
+    Credentials,
+    check_bind,
+)
+from workqueue.listening import url_host
 from workqueue.settings import DASHBOARD_HOST, DASHBOARD_PORT, SWEEP_INTERVAL
 
 
@@ -33,7 +39,7 @@ def main(port: int, bind: str, username: Optional[str], password: Optional[str],
     check_bind(bind, credentials)
     connection, target = connect(redis_url)
     app = create_app(target.url, credentials=credentials, read_only=read_only)
-    host = f"[{bind}]" if ":" in bind else bind
+    host = url_host(bind)
     notes = ", read-only" * read_only + (", login required" if credentials else "")
     click.echo(f"dashboard on http://{host}:{port}/ ({target.display}{notes}); Ctrl-C stops it")
     stop = threading.Event()

@@ -12,7 +12,15 @@ import click
 
 import task_def
 from workqueue import batches, producer, statistics
-from workqueue.cli.common import EXIT_FAILED, EXIT_OK, QueueName, TaskParam, can_prompt, fail, redis_url_option
+from workqueue.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    QueueName,
+    TaskParam,
+    can_prompt,
+    fail,
+    redis_url_option,
+)
 from workqueue.connection import connect
 from workqueue.errors import RedisUnavailable
 from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT

@@ -8,16 +8,15 @@ ours are covered alike.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 import secrets
-import socket
 from dataclasses import dataclass
 from typing import Optional
 
 from flask import Flask, Response, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 
+from workqueue import listening
 from workqueue.errors import BadInput
 
 #: Environment variables that hold the credentials (safer than flags, which ``ps`` shows).
@@ -56,25 +55,10 @@ class Credentials:
         return same_user and same_password
 
 
-def is_loopback(host: str) -> bool:
-    """Whether every address ``host`` names is a loopback one (unknown names are not)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
-        return False
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
-
-
 def check_bind(host: str, credentials: Optional[Credentials]) -> None:
-    """Refuse to listen beyond loopback without credentials: anyone who can reach the port could
-    stop workers and enqueue work."""
-    if credentials is None and not is_loopback(host):
-        raise BadInput(f"refusing to listen on {host} without credentials: anyone who reaches it could stop "
-                       f"workers and enqueue tasks; set {USERNAME_ENV} and {PASSWORD_ENV} (or --username/--password)")
+    """Refuse to listen beyond loopback without credentials."""
+    listening.check_bind(host, credentials is not None, "stop workers and enqueue tasks",
+                         f"set {USERNAME_ENV} and {PASSWORD_ENV} (or --username/--password)")
 
 
 def install(app: Flask, credentials: Optional[Credentials], read_only: bool) -> None:

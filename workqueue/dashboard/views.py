@@ -8,12 +8,21 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import redis
-from flask import (Blueprint, Response, current_app, flash, jsonify, redirect, render_template, request,
-                   url_for)
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from rq.job import JOB_ID_PATTERN
 
 import task_def
-from workqueue import control, producer, statistics
+from workqueue import control, jobinfo, producer, statistics
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor, refusal, wants_html
 from workqueue.errors import BadInput
@@ -47,7 +56,7 @@ def find_job() -> Response:
     """The search box: a job by id, from every page."""
     wanted = request.args.get("id", "")
     job_id = _job_id(wanted)
-    if job_id is None or live.job_detail(_redis(), job_id) is None:
+    if job_id is None or jobinfo.job_detail(_redis(), job_id) is None:
         message = f"no such job: {wanted.strip()}" if wanted.strip() else "type a job id to look for"
         return Response(render_template("workqueue/message.html", title="Job search", message=message), 404)
     return redirect(url_for(".job_page", job_id=job_id))
@@ -55,7 +64,7 @@ def find_job() -> Response:
 
 @blueprint.get("/jobs/<job_id>")
 def job_page(job_id: str) -> Any:
-    job = live.job_detail(_redis(), job_id) if _job_id(job_id) else None
+    job = jobinfo.job_detail(_redis(), job_id) if _job_id(job_id) else None
     if job is None:
         return Response(render_template("workqueue/message.html", title="Job", message=f"no such job: {job_id}"), 404)
     return render_template("workqueue/job.html", job=job, active_tab="live")
@@ -90,7 +99,7 @@ def history_data() -> Response:
 
 @blueprint.get("/api/jobs/<job_id>")
 def job_data(job_id: str) -> Response:
-    job = live.job_detail(_redis(), job_id) if _job_id(job_id) else None
+    job = jobinfo.job_detail(_redis(), job_id) if _job_id(job_id) else None
     if job is None:
         return refusal(404, f"no such job: {job_id}")
     return jsonify(job)
