@@ -133,12 +133,14 @@ def enqueue(
     *,
     max_queued: Optional[int] = None,
     on_wait: Optional[Callable[[int], Any]] = None,
+    batch_id: Optional[str] = None,
 ) -> Submission:
     """Enqueue every call on ``queue`` as one batch.
 
     Without ``max_queued``: one pipelined transaction, so all of them or none. With it, the jobs go
     in as the queue has room, never taking it past ``max_queued`` (``on_wait(queued)`` is called
-    while the producer waits for consumers to drain it).
+    while the producer waits for consumers to drain it). ``batch_id`` lets a caller that must
+    record something about the batch first (the gateway, its callback) choose the id.
     """
     check_queue_name(queue)
     if not 1 <= len(calls) <= MAX_COUNT:
@@ -146,7 +148,7 @@ def enqueue(
     if max_queued is not None and max_queued < 1:
         raise BadInput(f"max_queued must be at least 1, not {max_queued}")
     q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
-    batch_id = batches.new_id()
+    batch_id = batch_id or batches.new_id()
     group = batches.group(connection, batch_id)
     pending = [
         Queue.prepare_data(

@@ -30,8 +30,11 @@ HEARTBEAT_INTERVAL = 3
 HEARTBEAT_TTL = 10
 SWEEP_INTERVAL = 2.0
 
-#: The dashboard's address.
+#: The dashboard's address, and the HTTP gateway's.
 DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 9181
+GATEWAY_HOST, GATEWAY_PORT = "127.0.0.1", 8000
+#: The gateway's bearer token (the gateway and ``producer_main.py --via`` both read it).
+TOKEN_ENV = "WORKQUEUE_GATEWAY_TOKEN"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import redis
 from rq import Queue
@@ -133,6 +133,13 @@ class TaskStats:
     def throughput(self) -> float:
         """Jobs ended per second over the last minute or so."""
         return self.recent_ended / self.recent_seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as JSON-able data, percentiles in seconds (None without samples)."""
+        return {"queue": self.queue, "task": self.task, "enqueued": self.enqueued, "finished": self.finished,
+                "failed": self.failed, "running": self.running, "throughput": round(self.throughput, 3),
+                "run_p50": percentile(self.run, 50), "run_p95": percentile(self.run, 95),
+                "wait_p50": percentile(self.wait, 50), "wait_p95": percentile(self.wait, 95)}
 
 
 @dataclass

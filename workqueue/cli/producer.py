@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,9 +20,11 @@ from workqueue.cli.common import (
     fail,
     redis_url_option,
 )
+from workqueue.cli.remote import produce_via
+from workqueue.cli.report import echo_summary, echo_task_end
 from workqueue.connection import connect
 from workqueue.errors import RedisUnavailable
-from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT
+from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, TOKEN_ENV
 
 
 def list_tasks() -> None:
@@ -69,16 +70,30 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
 @click.option("--batch", "batch_id", metavar="ID", default=None, help="Follow a batch already enqueued, to its end.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print statistics per queue and task (--queue: one queue).")
 @click.option("--list-tasks", "show_catalogue", is_flag=True, help="List the catalogue with each task's parameters.")
+@click.option("--via", metavar="URL", default=None,
+              help="Produce through the HTTP gateway at URL (no Redis needed); --wait gets results by callback.")
+@click.option("--threads", type=click.IntRange(1, 32), default=None, help="With --via: send from N threads at once.")
+@click.option("--token", envvar=TOKEN_ENV, default=None, show_envvar=True, help="With --via: the gateway's token.")
+@click.option("--callback-host", metavar="HOST", default=None,
+              help="With --via --wait: the address the gateway reaches this machine on (default: the one "
+                   "that reaches the gateway).")
+@click.option("--callback-port", type=click.IntRange(0, 65535), default=0,
+              help="With --via --wait: the port results come back to (default: any free one).")
 @redis_url_option
 def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int], queue: Optional[str],
          from_file: Optional[Path], retries: Optional[int], timeout: Optional[int], max_queued: Optional[int],
          wait: bool, quiet: bool, batch_id: Optional[str], show_stats: bool, show_catalogue: bool,
-         redis_url: Optional[str]) -> int:
+         via: Optional[str], threads: Optional[int], token: Optional[str], callback_host: Optional[str],
+         callback_port: int, redis_url: Optional[str]) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
     if show_catalogue:
         list_tasks()
         return EXIT_OK
     described = task_name or pairs or count or from_file
+    if via is None and (threads or callback_host or callback_port):
+        fail("--threads, --callback-host and --callback-port go with --via URL")
+    if via is not None and (show_stats or batch_id or max_queued or redis_url):
+        fail("--via sends through the gateway: not with --stats, --batch, --max-queued or --redis-url")
     if show_stats or batch_id:
         if described or max_queued or wait or (show_stats and batch_id):
             fail("--stats and --batch each stand alone (--stats takes --queue; --batch takes --quiet)")
@@ -100,6 +115,9 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
     else:
         calls, queue = prompt_calls()
     queue = queue or DEFAULT_QUEUE
+    if via is not None:
+        return produce_via(via, token, calls, queue, threads=threads or 1, wait=wait, quiet=quiet,
+                           callback_host=callback_host, callback_port=callback_port)
     try:
         connection, target = connect(redis_url)
     except RedisUnavailable as exc:
@@ -136,19 +154,11 @@ def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: Opt
 
         def on_task(end: batches.TaskEnd) -> None:
             if not quiet:
-                detail = end.detail if isinstance(end.detail, str) else json.dumps(end.detail)
-                again = " (run again: counted once)" if end.redelivery else ""
-                line = f"{end.job_id} {end.task} {end.outcome} in {end.duration:.2f}s: {detail[:200]}{again}"
-                click.echo(f"\r\x1b[K{line}" if live else line)
+                echo_task_end(end, live)
             if not end.redelivery:
                 bar.update(1)
 
         result = batches.wait(connection, batch_id, on_task=on_task)
     elapsed = time.monotonic() - started if started is not None else result.elapsed or 0.0
-    click.echo(f"batch {batch_id}: finished {result.finished}, failed {result.failed} of {result.total} "
-               f"in {elapsed:.2f} s")
-    for end in result.failures[:20]:
-        click.echo(f"  failed {end.job_id} ({end.task}): {end.detail}")
-    if len(result.failures) > 20:
-        click.echo(f"  … and {len(result.failures) - 20} more failures")
+    echo_summary(batch_id, result.finished, result.failed, result.total, elapsed, result.failures)
     return EXIT_FAILED if result.failed else EXIT_OK

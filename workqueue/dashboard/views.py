@@ -88,12 +88,7 @@ def history_data() -> Response:
     if not 1 <= minutes <= MAX_MINUTES:
         return refusal(400, f"minutes: {minutes} is out of bounds, expected 1 <= minutes <= {MAX_MINUTES}")
     connection = _redis()
-    tasks = [
-        {"queue": t.queue, "task": t.task, "finished": t.finished, "failed": t.failed, "running": t.running,
-         "throughput": round(t.throughput, 3), "run_p50": statistics.percentile(t.run, 50),
-         "run_p95": statistics.percentile(t.run, 95), "wait_p50": statistics.percentile(t.wait, 50)}
-        for q in statistics.collect(connection, window=minutes * 60) for t in q.tasks.values()
-    ]
+    tasks = [t.as_dict() for q in statistics.collect(connection, window=minutes * 60) for t in q.tasks.values()]
     return jsonify({**statistics.history(connection, minutes), "tasks": tasks})
 
 

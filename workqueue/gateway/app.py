@@ -1,0 +1,240 @@
+"""The gateway's JSON API over Redis: enqueue (one task or a batch), read and cancel jobs and
+batches, list queues with their statistics and the catalogue. Validation is the producer's, so the
+messages are the same; a 422 also names the field at fault. The document it serves at
+``/openapi.json`` (``openapi``) is what its clients and the schema-fuzzing test rely on."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import redis
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+import task_def
+from workqueue import batches, control, jobinfo, producer, statistics
+from workqueue.errors import BadInput, UnreadableJob
+from workqueue.gateway import delivery, openapi
+from workqueue.policy import check_queue_name
+from workqueue.settings import DEFAULT_QUEUE
+
+log = logging.getLogger(__name__)
+
+#: Tasks one request may enqueue, and the largest request body (bytes).
+MAX_TASKS = 1000
+MAX_BODY = 8 * 1024 * 1024
+#: Bounds of a callback's signing secret.
+SECRET_MIN, SECRET_MAX = 16, 256
+
+_COMMON = {"queue", "retries", "timeout", "callback_url", "callback_secret"}
+
+
+class Invalid(Exception):
+    """A request body the API refuses: 422 (400 if it is not even JSON) with the message and the
+    field at fault."""
+
+    def __init__(self, message: str, field: Optional[str], status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+def create_app(connection: redis.Redis, *, token: Optional[str] = None, callback_secret: Optional[str] = None) -> Flask:
+    """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``;
+    ``callback_secret`` signs callbacks whose request gave no ``callback_secret`` of its own."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.json.sort_keys = False
+    document = openapi.document()
+
+    def error(status: int, message: str, field: Optional[str] = None) -> Response:
+        response = jsonify({"error": message, "field": field})
+        response.status_code = status
+        return response
+
+    @app.before_request
+    def authenticate() -> Optional[Response]:
+        if token is None:
+            return None
+        given = request.headers.get("Authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            response = error(401, "a bearer token is required: Authorization: Bearer <token>")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="workqueue"'
+            return response
+        return None
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        messages = {404: "no such resource", 405: f"{request.method} is not allowed here",
+                    413: f"request body over {MAX_BODY:,} bytes"}
+        response = error(exc.code or 500, messages.get(exc.code, exc.description or exc.name))
+        if exc.code == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Invalid)
+    def invalid(exc: Invalid) -> Response:
+        return error(exc.status, str(exc), exc.field)
+
+    @app.errorhandler(UnreadableJob)
+    def unreadable(exc: UnreadableJob) -> Response:
+        return error(422, str(exc))
+
+    @app.errorhandler(redis.RedisError)
+    def redis_down(exc: redis.RedisError) -> Response:
+        log.warning("Redis error: %s", exc)
+        return error(503, f"Redis is not answering ({type(exc).__name__}); try again")
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error(500, "internal error (logged by the gateway)")
+
+    @app.get("/openapi.json")
+    def schema() -> Response:
+        return jsonify(document)
+
+    @app.get("/tasks")
+    def tasks() -> Response:
+        return jsonify({"tasks": [openapi.describe_task(t) for t in task_def.CATALOGUE.values()]})
+
+    @app.get("/queues")
+    def queues() -> Response:
+        return jsonify({"queues": [_queue_stats(q) for q in statistics.collect(connection)]})
+
+    @app.post("/jobs")
+    def enqueue_one() -> tuple[Response, int]:
+        body = _body({"task", "params", "count"} | _COMMON)
+        count = _integer(body, "count", 1, MAX_TASKS, default=1)
+        call = _call(body, body.get("retries"), body.get("timeout"), "")
+        return _enqueue(body, [call] * count)
+
+    @app.post("/batches")
+    def enqueue_batch() -> tuple[Response, int]:
+        body = _body({"tasks"} | _COMMON)
+        entries = body.get("tasks")
+        if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_TASKS:
+            raise Invalid(f"tasks: expected a list of 1 to {MAX_TASKS} tasks", "tasks")
+        calls = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or set(entry) - {"task", "params"}:
+                raise Invalid(f'tasks[{i}]: expected {{"task": NAME, "params": {{...}}}}', f"tasks[{i}]")
+            calls.append(_call(entry, body.get("retries"), body.get("timeout"), f"tasks[{i}]."))
+        return _enqueue(body, calls)
+
+    def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[Response, int]:
+        queue = body.get("queue", DEFAULT_QUEUE)
+        try:
+            check_queue_name(queue)
+        except BadInput as exc:
+            raise Invalid(str(exc), "queue") from None
+        batch_id = batches.new_id()
+        url = body.get("callback_url")
+        if url is not None:
+            secret = _callback(body, url)
+            delivery.register(connection, batch_id, url, secret)
+        submission = producer.enqueue(connection, calls, queue, batch_id=batch_id)
+        return jsonify({"batch_id": batch_id, "queue": queue, "job_ids": [job.id for job in submission.jobs]}), 201
+
+    def _callback(body: Mapping[str, Any], url: Any) -> str:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
+            raise Invalid("callback_url: must be an http:// or https:// URL with a host", "callback_url")
+        secret = body.get("callback_secret", callback_secret)
+        if secret is None:
+            raise Invalid("callback_secret: required with callback_url (this gateway has no secret of its own)",
+                          "callback_secret")
+        if not isinstance(secret, str) or not SECRET_MIN <= len(secret) <= SECRET_MAX:
+            raise Invalid(f"callback_secret: expected text of {SECRET_MIN} to {SECRET_MAX} characters",
+                          "callback_secret")
+        return secret
+
+    @app.get("/jobs/<job_id>")
+    def job(job_id: str) -> Response:
+        found = jobinfo.job_detail(connection, job_id) if openapi.JOB_ID.fullmatch(job_id) else None
+        if found is None:
+            return error(404, f"no such job: {job_id}")
+        return jsonify(found)
+
+    @app.delete("/jobs/<job_id>")
+    def cancel_job(job_id: str) -> Response:
+        if not openapi.JOB_ID.fullmatch(job_id):
+            return error(404, f"no such job: {job_id}")
+        outcome = control.stop_job(connection, job_id, by=f"gateway ({request.remote_addr})", timeout=5.0)
+        return jsonify({"message": outcome.message}) if outcome.found else error(404, outcome.message)
+
+    @app.get("/batches/<batch_id>")
+    def batch(batch_id: str) -> Response:
+        try:
+            summary = batches.summary(connection, batch_id)
+        except KeyError:
+            return error(404, f"no such batch: {batch_id} (batches are kept for a day)")
+        ids = sorted(i.decode() for i in connection.smembers(batches.group(connection, batch_id).key))
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(f"rq:job:{job_id}", "status")
+            statuses = pipe.execute()
+        return jsonify({
+            "batch_id": batch_id, "queue": summary.queue, "total": summary.total, "finished": summary.finished,
+            "failed": summary.failed, "done": summary.done, "elapsed": summary.elapsed,
+            "jobs": [{"id": i, "status": (s or b"expired").decode()} for i, s in zip(ids, statuses)],
+        })
+
+    @app.delete("/batches/<batch_id>")
+    def cancel_batch(batch_id: str) -> Response:
+        try:
+            stops = control.stop_batch(connection, batch_id, by=f"gateway ({request.remote_addr})", timeout=5.0)
+        except BadInput as exc:
+            return error(404, str(exc))
+        return jsonify({"messages": [s.message for s in stops]})
+
+    return app
+
+
+def _body(allowed: set[str]) -> dict[str, Any]:
+    """The request's JSON object, with no field outside ``allowed``."""
+    try:
+        body = json.loads(request.get_data(cache=False) or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Invalid(f"the body is not JSON ({exc})", None, 400) from None
+    if not isinstance(body, dict):
+        raise Invalid("expected a JSON object", None)
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Invalid(f"{unknown[0]}: unknown field (expected some of: {', '.join(sorted(allowed))})", unknown[0])
+    return body
+
+
+def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: Optional[int] = None) -> Optional[int]:
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Invalid(f"{name}: expected an integer, {low} <= {name} <= {high:,}, got {value!r}", name)
+    return value
+
+
+def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str) -> producer.TaskCall:
+    """One task and its parameters, validated by the producer's rules."""
+    if not isinstance(entry.get("task"), str):
+        raise Invalid(f"{where}task: expected the name of a task", f"{where}task")
+    params = entry.get("params", {})
+    if not isinstance(params, dict):
+        raise Invalid(f"{where}params: expected an object of parameters", f"{where}params")
+    for name, value in (("retries", retries), ("timeout", timeout)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise Invalid(f"{name}: expected an integer, got {value!r}", name)
+    try:
+        return producer.TaskCall.build(entry["task"], params, retries=retries, timeout=timeout)
+    except BadInput as exc:
+        field = exc.field if exc.field in ("retries", "timeout") else f"{where}{exc.field or 'task'}"
+        raise Invalid(f"{where[:-1]}: {exc}" if where else str(exc), field) from None
+
+
+def _queue_stats(q: statistics.QueueStats) -> dict[str, Any]:
+    return {"name": q.queue, "queued": q.queued, "running": q.running, "tasks": [t.as_dict() for t in q.tasks.values()]}
