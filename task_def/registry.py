@@ -35,6 +35,10 @@ class InvalidParams(TaskDefError):
     """Raised for a parameter that is unknown, of the wrong type, or out of bounds."""
 
 
+#: What :func:`_http_url` accepts, as a regular expression (for API documents).
+HTTP_URL_PATTERN = r"^\s*https?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?([/?#]\S*)?\s*$"
+
+
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -58,6 +62,8 @@ class Param:
     max: Optional[float] = None
     min_exclusive: bool = False
     check: Optional[Callable[[Any], Any]] = None
+    #: A regular expression every valid text value matches, for API documents (``check`` decides).
+    pattern: str = r"\S"
 
     def describe_bounds(self) -> str:
         """The bounds as a reader would say them, e.g. '0 < seconds <= 3600'."""
@@ -67,9 +73,10 @@ class Param:
         high = "" if self.max is None else f" <= {_number(self.max)}"
         return f"{low}{self.name}{high}"
 
-    def parse(self, raw: Any) -> Any:
-        """The value ``raw`` stands for (text from a flag or prompt, or a JSON value)."""
-        value = self._coerce(raw)
+    def parse(self, raw: Any, strict: bool = False) -> Any:
+        """The value ``raw`` stands for (text from a flag or prompt, or a JSON value; ``strict``:
+        a JSON value of the parameter's own type only, as an API's schema promises)."""
+        value = self._coerce(raw, strict)
         too_low = self.min is not None and (value <= self.min if self.min_exclusive else value < self.min)
         too_high = self.max is not None and value > self.max
         if too_low or too_high:
@@ -81,7 +88,7 @@ class Param:
                 raise InvalidParams(f"{self.name}: {raw!r} {exc}", self.name) from None
         return value
 
-    def _coerce(self, raw: Any) -> Any:
+    def _coerce(self, raw: Any, strict: bool = False) -> Any:
         kind = {int: "an integer", float: "a number", str: "text"}[self.type]
         wrong = InvalidParams(f"{self.name}: expected {kind}, got {raw!r}", self.name)
         if isinstance(raw, bool) or raw is None:
@@ -91,6 +98,8 @@ class Param:
                 raise wrong
             return raw.strip()
         if isinstance(raw, str):
+            if strict:
+                raise wrong
             text = raw.strip().replace("_", "")
             try:
                 raw = int(text)
@@ -137,14 +146,14 @@ class Task:
         known = ", ".join(p.name for p in self.params)
         raise InvalidParams(f"{self.name}: unknown parameter {name!r} (it takes: {known})", name)
 
-    def validate(self, given: Mapping[str, Any]) -> dict[str, Any]:
+    def validate(self, given: Mapping[str, Any], strict: bool = False) -> dict[str, Any]:
         """All parameters, checked, with defaults filled in; raises InvalidParams."""
         for name in given:
             self.param(name)
         values = {}
         for p in self.params:
             if p.name in given:
-                values[p.name] = p.parse(given[p.name])
+                values[p.name] = p.parse(given[p.name], strict)
             elif p.default is None:
                 raise InvalidParams(f"{self.name}: missing required parameter {p.name!r} ({p.help})", p.name)
             else:
@@ -173,7 +182,7 @@ _TASKS = (
         scrape.scrape,
         "Fetch a web page; report its status, title, links, words and size.",
         (
-            Param("url", str, None, "the http(s) URL to fetch", check=_http_url),
+            Param("url", str, None, "the http(s) URL to fetch", check=_http_url, pattern=HTTP_URL_PATTERN),
             Param("timeout", float, 20.0, "seconds allowed for the whole fetch", min=0, max=120, min_exclusive=True),
             Param("max_bytes", int, 5_000_000, "largest body read, in bytes", min=1, max=50_000_000),
         ),

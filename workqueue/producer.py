@@ -45,8 +45,9 @@ class TaskCall:
 
     @classmethod
     def build(cls, task_name: str, params: Optional[Mapping[str, Any]] = None, *,
-              retries: Optional[int] = None, timeout: Optional[int] = None) -> "TaskCall":
-        """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput."""
+              retries: Optional[int] = None, timeout: Optional[int] = None, strict: bool = False) -> "TaskCall":
+        """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
+        numbers must be JSON numbers, not text (for the HTTP API, whose schema says so)."""
         if retries is not None and not 0 <= retries <= MAX_RETRIES:
             raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}", "retries")
         if timeout is not None and not 1 <= timeout <= MAX_TIMEOUT:
@@ -54,7 +55,7 @@ class TaskCall:
                            "timeout")
         try:
             task = task_def.get_task(task_name)
-            values = task.validate(params or {})
+            values = task.validate(params or {}, strict)
         except task_def.TaskDefError as exc:
             raise BadInput(str(exc), f"params.{exc.field}" if exc.field else "task") from None
         size = len(json.dumps(values))

@@ -69,12 +69,13 @@ class GatewayClient:
     def enqueue(self, calls: list[producer.TaskCall], queue_name: str, *, callback_url: Optional[str] = None,
                 callback_secret: Optional[str] = None) -> Sent:
         """One batch of up to MAX_TASKS calls (sharing their retries and timeout overrides)."""
-        body: dict[str, Any] = {"tasks": [{"task": c.task.name, "params": c.params} for c in calls], "queue": queue_name}
+        body: dict[str, Any] = {"tasks": [{"task": c.task.name, "params": c.params} for c in calls],
+                                "queue": queue_name}
         for name in ("retries", "timeout"):
             if getattr(calls[0], name) is not None:
                 body[name] = getattr(calls[0], name)
         if callback_url:
-            body.update(callback_url=callback_url, callback_secret=callback_secret)
+            body["callback"] = {"url": callback_url, "secret": callback_secret}
         reply = self.request("POST", "/batches", json=body)
         return Sent(reply["batch_id"], reply["queue"], reply["job_ids"])
 
@@ -115,15 +116,17 @@ class ResultReceiver:
     """An HTTP server on this machine that the gateway POSTs results to. Only deliveries signed
     with this run's secret are taken; each arrives on :meth:`deliveries` in order."""
 
-    def __init__(self, host: str, port: int = 0) -> None:
-        self.secret = secrets.token_urlsafe(32)
+    def __init__(self, host: str, port: int = 0, *, secret: Optional[str] = None, path: Optional[str] = None) -> None:
+        """Listen on ``host:port`` (any free port by default) at a new secret path with a new secret,
+        or at those given (to take over from an earlier receiver)."""
+        self.secret = secret or secrets.token_urlsafe(32)
         self.tally = Tally()
         self._seen: set[str] = set()
         self._events: queue.Queue[Delivery] = queue.Queue()
         self._lock = threading.Lock()
         self.server = http.server.ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
-        self.path = f"/results/{secrets.token_urlsafe(8)}"
+        self.path = path or f"/results/{secrets.token_urlsafe(8)}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="results", daemon=True)
 
     @property

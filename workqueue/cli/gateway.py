@@ -14,8 +14,6 @@ from workqueue.gateway import create_app, delivery
 from workqueue.listening import check_bind, url_host
 from workqueue.settings import GATEWAY_HOST, GATEWAY_PORT, TOKEN_ENV
 
-SECRET_ENV = "WORKQUEUE_GATEWAY_SECRET"
-
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--port", type=click.IntRange(1, 65535), default=GATEWAY_PORT, show_default=True)
@@ -23,17 +21,15 @@ SECRET_ENV = "WORKQUEUE_GATEWAY_SECRET"
               help="Address to listen on; beyond loopback only with a token.")
 @click.option("--token", envvar=TOKEN_ENV, default=None, show_envvar=True,
               help="Bearer token every request must carry (prefer the environment variable).")
-@click.option("--callback-secret", envvar=SECRET_ENV, default=None, show_envvar=True,
-              help="Signs callbacks of requests that bring no callback_secret of their own.")
 @redis_url_option
-def main(port: int, bind: str, token: Optional[str], callback_secret: Optional[str], redis_url: Optional[str]) -> int:
+def main(port: int, bind: str, token: Optional[str], redis_url: Optional[str]) -> int:
     """Serve the JSON API (OpenAPI at /openapi.json) and deliver results to callback URLs."""
     if token is not None and len(token) < 16:
         raise click.BadParameter("use at least 16 characters", param_hint="'--token'")
     check_bind(bind, token is not None, "enqueue and cancel tasks",
                f"set {TOKEN_ENV} (or --token) to a secret of at least 16 characters")
     connection, target = connect(redis_url)
-    app = create_app(connection, token=token, callback_secret=callback_secret)
+    app = create_app(connection, token=token)
     notes = ", token required" if token else ""
     click.echo(f"gateway on http://{url_host(bind)}:{port}/ ({target.display}{notes}); "
                f"API at /openapi.json; Ctrl-C stops it")

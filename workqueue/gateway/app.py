@@ -8,9 +8,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Optional
-from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, Response, jsonify, request
@@ -31,7 +31,7 @@ MAX_BODY = 8 * 1024 * 1024
 #: Bounds of a callback's signing secret.
 SECRET_MIN, SECRET_MAX = 16, 256
 
-_COMMON = {"queue", "retries", "timeout", "callback_url", "callback_secret"}
+_COMMON = {"queue", "retries", "timeout", "callback"}
 
 
 class Invalid(Exception):
@@ -44,9 +44,8 @@ class Invalid(Exception):
         self.status = status
 
 
-def create_app(connection: redis.Redis, *, token: Optional[str] = None, callback_secret: Optional[str] = None) -> Flask:
-    """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``;
-    ``callback_secret`` signs callbacks whose request gave no ``callback_secret`` of its own."""
+def create_app(connection: redis.Redis, *, token: Optional[str] = None) -> Flask:
+    """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False
@@ -134,25 +133,10 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None, callback
         except BadInput as exc:
             raise Invalid(str(exc), "queue") from None
         batch_id = batches.new_id()
-        url = body.get("callback_url")
-        if url is not None:
-            secret = _callback(body, url)
-            delivery.register(connection, batch_id, url, secret)
+        if "callback" in body:
+            delivery.register(connection, batch_id, *_callback(body["callback"]))
         submission = producer.enqueue(connection, calls, queue, batch_id=batch_id)
         return jsonify({"batch_id": batch_id, "queue": queue, "job_ids": [job.id for job in submission.jobs]}), 201
-
-    def _callback(body: Mapping[str, Any], url: Any) -> str:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
-            raise Invalid("callback_url: must be an http:// or https:// URL with a host", "callback_url")
-        secret = body.get("callback_secret", callback_secret)
-        if secret is None:
-            raise Invalid("callback_secret: required with callback_url (this gateway has no secret of its own)",
-                          "callback_secret")
-        if not isinstance(secret, str) or not SECRET_MIN <= len(secret) <= SECRET_MAX:
-            raise Invalid(f"callback_secret: expected text of {SECRET_MIN} to {SECRET_MAX} characters",
-                          "callback_secret")
-        return secret
 
     @app.get("/jobs/<job_id>")
     def job(job_id: str) -> Response:
@@ -210,6 +194,18 @@ def _body(allowed: set[str]) -> dict[str, Any]:
     return body
 
 
+def _callback(callback: Any) -> tuple[str, str]:
+    """The callback's URL and the secret its deliveries are signed with."""
+    if not isinstance(callback, dict) or set(callback) != {"url", "secret"}:
+        raise Invalid('callback: expected {"url": URL, "secret": TEXT}', "callback")
+    url, secret = callback["url"], callback["secret"]
+    if not isinstance(url, str) or len(url) > 2000 or not re.search(openapi.CALLBACK_URL, url):
+        raise Invalid("callback.url: must be an http:// or https:// URL with a host", "callback.url")
+    if not isinstance(secret, str) or not SECRET_MIN <= len(secret) <= SECRET_MAX:
+        raise Invalid(f"callback.secret: expected text of {SECRET_MIN} to {SECRET_MAX} characters", "callback.secret")
+    return url.rstrip("\n"), secret
+
+
 def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: Optional[int] = None) -> Optional[int]:
     value = body.get(name, default)
     if value is None:
@@ -230,7 +226,7 @@ def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str) -> p
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise Invalid(f"{name}: expected an integer, got {value!r}", name)
     try:
-        return producer.TaskCall.build(entry["task"], params, retries=retries, timeout=timeout)
+        return producer.TaskCall.build(entry["task"], params, retries=retries, timeout=timeout, strict=True)
     except BadInput as exc:
         field = exc.field if exc.field in ("retries", "timeout") else f"{where}{exc.field or 'task'}"
         raise Invalid(f"{where[:-1]}: {exc}" if where else str(exc), field) from None

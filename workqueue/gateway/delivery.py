@@ -41,7 +41,9 @@ GRACE = 60.0
 ROUND = 100
 LOCK_MS = 60_000
 
-SIGNATURE_HEADER, TIMESTAMP_HEADER, DELIVERY_HEADER = "X-Workqueue-Signature", "X-Workqueue-Timestamp", "X-Workqueue-Delivery"
+SIGNATURE_HEADER = "X-Workqueue-Signature"
+TIMESTAMP_HEADER = "X-Workqueue-Timestamp"
+DELIVERY_HEADER = "X-Workqueue-Delivery"
 
 
 def callback_key(batch_id: str) -> str:
@@ -188,7 +190,8 @@ class Deliverer:
 
     def _drop_if_never_enqueued(self, batch_id: str, state: dict[str, str]) -> None:
         """A batch registered but never enqueued (its enqueue failed) is forgotten after GRACE."""
-        if time.time() - float(state.get("registered_at", 0)) > GRACE and not self.connection.exists(batches.key(batch_id)):
+        waited = time.time() - float(state.get("registered_at", 0))
+        if waited > GRACE and not self.connection.exists(batches.key(batch_id)):
             with self.connection.pipeline() as pipe:
                 pipe.srem(PENDING, batch_id)
                 pipe.delete(callback_key(batch_id))

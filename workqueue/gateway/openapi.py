@@ -11,6 +11,9 @@ import task_def
 from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: What a callback URL must match (the app checks the same pattern the document states).
+CALLBACK_URL = (r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?"
+                r"([/?#][!-~]*)?$")
 
 _TYPES = {int: "integer", float: "number", str: "string"}
 
@@ -38,6 +41,8 @@ def _params_schema(task: task_def.Task) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for p in task.params:
         prop: dict[str, Any] = {"type": _TYPES[p.type], "description": p.help}
+        if p.type is str:
+            prop["pattern"] = p.pattern
         if p.min is not None:
             prop["minimum"], prop["exclusiveMinimum"] = p.min, p.min_exclusive
         if p.max is not None:
@@ -51,7 +56,8 @@ def _params_schema(task: task_def.Task) -> dict[str, Any]:
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
 def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
@@ -67,34 +73,41 @@ _BAD_BODY = {"413": _error("The body is over the size limit."),
 
 def document() -> dict[str, Any]:
     tasks = list(task_def.CATALOGUE.values())
-    task_entry = {
-        "oneOf": [{"type": "object", "required": ["task"], "additionalProperties": False, "title": t.name,
-                   "properties": {"task": {"type": "string", "enum": [t.name]}, "params": _params_schema(t)}}
-                  for t in tasks]}
     common = {
         "queue": {"type": "string", "default": DEFAULT_QUEUE, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"},
         "retries": {"type": "integer", "minimum": 0, "maximum": 20,
                     "description": "Override of the task's retries."},
         "timeout": {"type": "integer", "minimum": 1, "maximum": 604800,
                     "description": "Override of the task's timeout, in seconds."},
-        "callback_url": {"type": "string", "format": "uri",
-                         "description": "Where each task's end, then the batch's end, is POSTed (signed)."},
-        "callback_secret": {"type": "string", "minLength": 16, "maxLength": 256,
-                            "description": "Key of the HMAC-SHA256 in X-Workqueue-Signature "
-                                           "(sha256=hex of `timestamp.body`, timestamp in X-Workqueue-Timestamp)."},
+        "callback": {"$ref": "#/components/schemas/Callback"},
     }
+
+    def variant(task: task_def.Task, **extra: Any) -> dict[str, Any]:
+        """One task's request shape: its name, its own parameters, and ``extra`` fields."""
+        required = ["task"] + (["params"] if any(p.default is None for p in task.params) else [])
+        return {"type": "object", "title": task.name, "required": required, "additionalProperties": False,
+                "properties": {"task": {"type": "string", "enum": [task.name]}, "params": _params_schema(task),
+                               **extra}}
+
+    task_entry = {"oneOf": [variant(t) for t in tasks]}
+    enqueue_one = {"oneOf": [variant(t, count={"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+                                     **common) for t in tasks]}
     nullable_string = _nullable({"type": "string"})
     nullable_number = _nullable({"type": "number"})
     schemas = {
         "Error": {"type": "object", "required": ["error", "field"],
                   "properties": {"error": {"type": "string"}, "field": nullable_string}},
         "TaskEntry": task_entry,
-        "EnqueueOne": {"type": "object", "required": ["task"], "additionalProperties": False, "properties": {
-            "task": {"type": "string", "enum": [t.name for t in tasks]},
-            "params": {"type": "object", "description": "The task's parameters (see /tasks and TaskEntry)."},
-            "count": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1}, **common}},
+        "EnqueueOne": enqueue_one,
+        "Callback": {"type": "object", "required": ["url", "secret"], "additionalProperties": False,
+                     "description": "Each task's end, then the batch's end, is POSTed to `url`, signed: "
+                                    "X-Workqueue-Signature is sha256=HMAC-SHA256(secret, timestamp + '.' + body) "
+                                    "in hex, the timestamp in X-Workqueue-Timestamp.",
+                     "properties": {"url": {"type": "string", "pattern": CALLBACK_URL, "maxLength": 2000},
+                                    "secret": {"type": "string", "minLength": 16, "maxLength": 256}}},
         "EnqueueBatch": {"type": "object", "required": ["tasks"], "additionalProperties": False, "properties": {
-            "tasks": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/TaskEntry"}},
+            "tasks": {"type": "array", "minItems": 1, "maxItems": 1000,
+                      "items": {"$ref": "#/components/schemas/TaskEntry"}},
             **common}},
         "Enqueued": {"type": "object", "required": ["batch_id", "queue", "job_ids"], "properties": {
             "batch_id": {"type": "string"}, "queue": {"type": "string"},
@@ -113,7 +126,8 @@ def document() -> dict[str, Any]:
             "error": nullable_string,
             "attempts": {"type": "array", "items": {"type": "object"}},
             "meta": {"type": "object"}, "can_stop": {"type": "boolean"}, "can_requeue": {"type": "boolean"}}},
-        "Batch": {"type": "object", "required": ["batch_id", "total", "finished", "failed", "done", "jobs"], "properties": {
+        "Batch": {"type": "object", "required": ["batch_id", "total", "finished", "failed", "done", "jobs"],
+                  "properties": {
             "batch_id": {"type": "string"}, "queue": {"type": "string"}, "total": {"type": "integer"},
             "finished": {"type": "integer"}, "failed": {"type": "integer"}, "done": {"type": "boolean"},
             "elapsed": nullable_number,
@@ -135,7 +149,8 @@ def document() -> dict[str, Any]:
                 "name": {"type": "string"}, "description": {"type": "string"}, "timeout": {"type": "integer"},
                 "retries": {"type": "integer"}, "params": {"type": "array", "items": {"type": "object"}}}}}}},
     }
-    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"}}
+    job_id = {"name": "job_id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"}}
     batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
     json_body = lambda name: {"required": True, "content": {"application/json": {  # noqa: E731
         "schema": {"$ref": f"#/components/schemas/{name}"}}}}

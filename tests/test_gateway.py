@@ -1,0 +1,275 @@
+"""The HTTP gateway against a real Redis: the API and its validation, its safety defaults, signed
+callbacks through receivers that are down or failing, and the round trip producer (threads) →
+gateway → Redis → workers → gateway → producer, with real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+from rq import Queue
+from rq.job import Job
+
+from tests.conftest import Processes, cli_env, free_port, run_cli, wait_for
+from tests.test_dashboard import answers
+from tests.test_kill import start_consumer
+from workqueue import remote
+from workqueue.gateway import create_app, delivery
+from workqueue.gateway.app import MAX_BODY
+from workqueue.policy import SERIALIZER
+
+TOKEN = "t0ken-of-at-least-16-chars"
+
+
+@pytest.fixture
+def api(conn: redis.Redis) -> FlaskClient:
+    app = create_app(conn)
+    app.testing = True
+    return app.test_client()
+
+
+def status(conn: redis.Redis, job_id: str) -> str:
+    return Job.fetch(job_id, connection=conn, serializer=SERIALIZER).get_status().value
+
+
+# The API -----------------------------------------------------------------------------------------------
+
+def test_catalogue_and_openapi_document(api: FlaskClient) -> None:
+    tasks = {t["name"]: t for t in api.get("/tasks").json["tasks"]}
+    assert list(tasks) == ["sleep", "scrape", "primes", "pi", "fibonacci", "factorise"]
+    (seconds,) = tasks["sleep"]["params"]
+    assert seconds == {"name": "seconds", "type": "number", "help": "how long to sleep", "required": False,
+                       "default": 5.0, "minimum": 0, "maximum": 3600, "exclusive_minimum": True}
+    document = api.get("/openapi.json").json
+    assert document["openapi"] == "3.0.3"
+    assert {"/tasks", "/queues", "/jobs", "/batches", "/jobs/{job_id}", "/batches/{batch_id}"} == set(document["paths"])
+
+
+def test_enqueue_read_and_cancel_a_job_and_a_batch(conn: redis.Redis, api: FlaskClient) -> None:
+    one = api.post("/jobs", json={"task": "sleep", "params": {"seconds": 2}, "count": 2, "queue": "queue_two"})
+    assert one.status_code == 201 and one.json["queue"] == "queue_two" and len(one.json["job_ids"]) == 2
+    assert Queue("queue_two", connection=conn).count == 2
+    job = api.get(f"/jobs/{one.json['job_ids'][0]}").json
+    assert (job["task"], job["status"], job["batch"], job["description"]) == (
+        "sleep", "queued", one.json["batch_id"], "sleep(seconds=2.0)")
+    batch = api.get(f"/batches/{one.json['batch_id']}").json
+    assert (batch["total"], batch["done"], [j["status"] for j in batch["jobs"]]) == (2, False, ["queued"] * 2)
+    cancelled = api.delete(f"/jobs/{one.json['job_ids'][0]}").json["message"]
+    assert cancelled.startswith(f"job {one.json['job_ids'][0]} cancelled (was queued")
+    many = api.post("/batches", json={"tasks": [{"task": "primes", "params": {"n": 100}}, {"task": "pi"}]})
+    assert many.status_code == 201 and len(many.json["job_ids"]) == 2
+    messages = api.delete(f"/batches/{many.json['batch_id']}").json["messages"]
+    assert len(messages) == 2 and all("cancelled" in m for m in messages)
+    queues = {q["name"]: q for q in api.get("/queues").json["queues"]}
+    assert queues["queue_two"]["queued"] == 1
+    assert {t["task"]: t["enqueued"] for t in queues["queue_one"]["tasks"]} == {"pi": 1, "primes": 1}
+
+
+@pytest.mark.parametrize("path, body, field, message", [
+    ("/jobs", {"task": "sleep", "params": {"seconds": 0}}, "params.seconds",
+     "seconds: 0 is out of bounds, expected 0 < seconds <= 3,600"),
+    ("/jobs", {"task": "nope"}, "task", "unknown task 'nope'; the catalogue has: sleep, scrape"),
+    ("/jobs", {"task": "sleep", "params": {"minutes": 1}}, "params.minutes", "sleep: unknown parameter 'minutes'"),
+    ("/jobs", {"task": "sleep", "count": 0}, "count", "count: expected an integer, 1 <= count <= 1,000, got 0"),
+    ("/jobs", {"task": "sleep", "count": True}, "count", "count: expected an integer"),
+    ("/jobs", {"task": "sleep", "queue": "bad name"}, "queue", "invalid queue name 'bad name'"),
+    ("/jobs", {"task": "sleep", "retries": 99}, "retries", "retries: 99 is out of bounds"),
+    ("/jobs", {"task": "sleep", "colour": "red"}, "colour", "colour: unknown field"),
+    ("/jobs", {"task": "sleep", "callback": {"url": "ftp://x", "secret": "s" * 16}}, "callback.url",
+     "callback.url: must be an http:// or https:// URL with a host"),
+    ("/jobs", {"task": "sleep", "callback": {"url": "http://x/"}}, "callback", 'callback: expected {"url": URL'),
+    ("/jobs", {"task": "sleep", "callback": {"url": "http://x/", "secret": "short"}}, "callback.secret",
+     "callback.secret: expected text of 16 to 256 characters"),
+    ("/jobs", [1, 2], None, "expected a JSON object"),
+    ("/batches", {"tasks": []}, "tasks", "tasks: expected a list of 1 to 1000 tasks"),
+    ("/batches", {"tasks": [{"task": "pi"}, {"task": "scrape", "params": {}}]}, "tasks[1].params.url",
+     "tasks[1]: scrape: missing required parameter 'url'"),
+    ("/batches", {"tasks": [{"task": "pi"}, "pi"]}, "tasks[1]", 'tasks[1]: expected {"task": NAME'),
+])
+def test_bad_requests_are_422_naming_the_field_and_enqueue_nothing(conn: redis.Redis, api: FlaskClient, path: str,
+                                                                    body: object, field: str, message: str) -> None:
+    response = api.post(path, json=body)
+    assert response.status_code == 422
+    assert response.json["field"] == field and message in response.json["error"]
+    assert not conn.keys("rq:job:*") and not conn.smembers(delivery.PENDING)
+
+
+def test_malformed_oversized_and_unknown_requests_answer_json(api: FlaskClient) -> None:
+    assert api.post("/jobs", data=b"{not json", content_type="application/json").status_code == 400
+    big = api.post("/jobs", data=b"x" * (MAX_BODY + 1), content_type="application/json")
+    assert big.status_code == 413 and big.json["error"] == f"request body over {MAX_BODY:,} bytes"
+    assert api.get("/jobs/no-such-job").status_code == 404
+    assert api.get("/batches/nope").json == {"error": "no such batch: nope (batches are kept for a day)", "field": None}
+    assert api.put("/jobs").status_code == 405 and api.get("/elsewhere").status_code == 404
+
+
+def test_a_token_is_required_when_set(conn: redis.Redis) -> None:
+    client = create_app(conn, token=TOKEN).test_client()
+    assert client.get("/tasks").status_code == 401
+    assert client.get("/tasks", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/tasks", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--bind", "0.0.0.0"], {}, "refusing to listen on 0.0.0.0 without credentials"),
+    (["--token", "short"], {}, "Invalid value for '--token': use at least 16 characters"),
+])
+def test_gateway_refuses_to_listen_beyond_loopback_without_a_token(redis_url: str, args: list, env: dict,
+                                                                  message: str) -> None:
+    result = run_cli("gateway_main.py", *args, env=cli_env(REDIS_URL=redis_url, **env), timeout=30)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# Callbacks ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def deliverer(conn: redis.Redis) -> Iterator[delivery.Deliverer]:
+    """The gateway's delivery loop, in a thread of the test, with short backoffs."""
+    stop = threading.Event()
+    worker = delivery.Deliverer(conn, timeout=2.0, max_backoff=0.5)
+    thread = threading.Thread(target=worker.run, args=(stop, 0.05), daemon=True)
+    thread.start()
+    yield worker
+    stop.set()
+    thread.join(10)
+
+
+def enqueue_with_callback(conn: redis.Redis, url: str, secret: str) -> dict:
+    """Two quick tasks through the API, their results to ``url``: the API's reply."""
+    reply = create_app(conn).test_client().post("/batches", json={
+        "tasks": [{"task": "primes", "params": {"n": 100}}, {"task": "pi", "params": {"samples": 10}}],
+        "callback": {"url": url, "secret": secret}})
+    assert reply.status_code == 201
+    return reply.json
+
+
+def test_results_are_signed_and_delivered_in_order_then_the_batch(conn: redis.Redis, processes: Processes,
+                                                                   deliverer) -> None:
+    start_consumer(processes, conn, 1, "queue_one")
+    with remote.ResultReceiver("127.0.0.1") as receiver:
+        sent = enqueue_with_callback(conn, receiver.url, receiver.secret)
+        got = collect(receiver)
+    assert [p["type"] for p in got] == ["task", "task", "batch"]
+    assert [p["job_id"] for p in got[:2]] == sent["job_ids"]
+    assert got[0]["result"] == {"n": 100, "primes": 25} and got[0]["outcome"] == "finished" and got[0]["error"] is None
+    assert (got[2]["total"], got[2]["finished"], got[2]["failed"]) == (2, 2, 0)
+    assert receiver.tally.refused == 0 and not any(p["redelivery"] for p in got)
+    assert not conn.smembers(delivery.PENDING)  # done with: forgotten
+
+
+def collect(receiver: remote.ResultReceiver, timeout: float = 20) -> list[dict]:
+    """Every delivery up to the batch's end."""
+    payloads = []
+    for got in receiver.deliveries(timeout=timeout):
+        assert got is not None, "no delivery within the timeout"
+        payloads.append(got.payload)
+        if got.payload["type"] == "batch":
+            return payloads
+    return payloads
+
+
+def test_a_receiver_that_is_down_gets_everything_once_it_is_up(conn: redis.Redis, processes: Processes,
+                                                                deliverer) -> None:
+    start_consumer(processes, conn, 1, "queue_one")
+    port, path, secret = free_port(), "/results/here", "a-secret-of-some-length"
+    url = f"http://127.0.0.1:{port}{path}"  # nothing listens there yet: connections are refused
+    sent = enqueue_with_callback(conn, url, secret)
+    for job_id in sent["job_ids"]:
+        wait_for(lambda job_id=job_id: status(conn, job_id) == "finished", 20, "the jobs to finish regardless")
+    wait_for(lambda: int(conn.hget(delivery.callback_key(sent["batch_id"]), "failures") or 0) >= 2, 10,
+             "the gateway to retry")
+    with remote.ResultReceiver("127.0.0.1", port, secret=secret, path=path) as receiver:
+        payloads = collect(receiver)
+    assert [p["type"] for p in payloads] == ["task", "task", "batch"]
+    assert not any(p["redelivery"] for p in payloads)  # refused connections never reached it
+
+
+class Flaky:
+    """A receiver that answers 500 to its first ``failures`` deliveries (after reading them)."""
+
+    def __init__(self, inner: remote.ResultReceiver, failures: int) -> None:
+        self.inner, self.failures = inner, failures
+        self.take = inner.take
+
+        def take(body: bytes, timestamp: str, signature: str) -> int:
+            if self.failures > 0:
+                self.failures -= 1
+                return 500
+            return self.take(body, timestamp, signature)
+
+        inner.take = take
+
+
+def test_a_failed_delivery_is_retried_and_marked_a_redelivery(conn: redis.Redis, processes: Processes,
+                                                               deliverer) -> None:
+    start_consumer(processes, conn, 1, "queue_one")
+    with remote.ResultReceiver("127.0.0.1") as receiver:
+        Flaky(receiver, failures=2)
+        sent = enqueue_with_callback(conn, receiver.url, receiver.secret)
+        payloads = collect(receiver)
+    assert [p["job_id"] for p in payloads if p["type"] == "task"] == sent["job_ids"]
+    assert payloads[0]["redelivery"] is True  # it may have reached the receiver the first time
+    assert receiver.tally.unmarked_duplicates == 0 and len(receiver.tally.tasks) == 2
+
+
+def test_a_forged_delivery_is_refused(conn: redis.Redis) -> None:
+    with remote.ResultReceiver("127.0.0.1") as receiver:
+        body = json.dumps({"type": "task", "delivery_id": "x:1", "job_id": "j"}).encode()
+        stamp = f"{time.time():.3f}"
+        assert receiver.take(body, stamp, delivery.sign("not-the-secret-at-all", stamp, body)) == 401
+        assert receiver.take(body, "0", delivery.sign(receiver.secret, "0", body)) == 401  # too old: replayed
+        assert receiver.take(body, stamp, delivery.sign(receiver.secret, stamp, body)) == 204
+    assert receiver.tally.refused == 2
+
+
+# The round trip ----------------------------------------------------------------------------------------
+
+def start_gateway(processes: Processes, redis_url: str, *args: str) -> str:
+    port = free_port()
+    processes.start("gateway_main.py", "--port", str(port), *args, env=cli_env(REDIS_URL=redis_url))
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: answers(base + "/openapi.json"), 20, "the gateway to answer")
+    return base
+
+
+def test_round_trip_producer_threads_gateway_workers_and_back(conn: redis.Redis, processes: Processes,
+                                                              redis_url: str) -> None:
+    start_consumer(processes, conn, 2, "queue_one")
+    gateway = start_gateway(processes, redis_url, "--token", TOKEN)
+    # The producer has no way to Redis: its URL points nowhere.
+    env = cli_env(REDIS_URL="redis://127.0.0.1:1/0", WORKQUEUE_GATEWAY_TOKEN=TOKEN)
+    result = run_cli("producer_main.py", "--via", gateway, "--task", "pi", "--param", "samples=2000",
+                     "--count", "300", "--threads", "4", "--wait", env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert sum(" pi finished in " in line for line in lines) == 300
+    assert len([line for line in lines if line.startswith("batch ") and ": finished" in line]) == 4
+    assert "all 4 batches: finished 300, failed 0 of 300" in result.stdout
+    assert ("results received by callback: 300 of 300, 0 marked redeliveries, 0 unmarked duplicates, "
+            "0 refused signatures") in result.stdout
+    assert Queue("queue_one", connection=conn).finished_job_registry.count == 300
+
+
+def test_producer_via_a_failing_task_exits_1_and_bad_uses_exit_2(conn: redis.Redis, processes: Processes,
+                                                                 redis_url: str) -> None:
+    start_consumer(processes, conn, 1, "queue_one")
+    gateway = start_gateway(processes, redis_url)
+    env = cli_env(REDIS_URL="redis://127.0.0.1:1/0")
+    failed = run_cli("producer_main.py", "--via", gateway, "--task", "scrape", "--param", "url=http://127.0.0.1:1/",
+                     "--param", "timeout=1", "--retries", "0", "--wait", "--quiet", env=env, timeout=60)
+    assert failed.returncode == 1 and "finished 0, failed 1 of 1" in failed.stdout
+    for args, message in [
+        (["--via", "ftp://x", "--task", "pi"], "--via 'ftp://x': expected the gateway's URL"),
+        (["--threads", "2", "--task", "pi"], "--threads, --callback-host and --callback-port go with --via URL"),
+        (["--via", gateway, "--task", "pi", "--max-queued", "5"], "--via sends through the gateway"),
+        (["--via", gateway, "--task", "pi", "--param", "samples=0"], "samples: '0' is out of bounds"),
+    ]:
+        result = run_cli("producer_main.py", *args, env=env, timeout=30)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    down = run_cli("producer_main.py", "--via", f"http://127.0.0.1:{free_port()}", "--task", "pi", env=env, timeout=30)
+    assert down.returncode == 1 and "cannot reach the gateway" in down.stderr
