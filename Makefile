@@ -16,20 +16,23 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-## run: embedded Redis, the dashboard on :9181 and a consumer pool in the background, then a demo batch
+## run: embedded Redis, the dashboard on :9181, the gateway on :8000 and a consumer pool in the background, then a demo batch
 run: $(STAMP)
 	$(PY) -m workqueue redis start
 	$(PY) -m workqueue start-service dashboard --wait-url http://127.0.0.1:9181/ -- $(PY) dashboard_main.py
+	$(PY) -m workqueue start-service gateway --wait-url http://127.0.0.1:8000/openapi.json -- $(PY) gateway_main.py
 	$(PY) -m workqueue start-service consumer -- $(PY) consumer_main.py --workers $(WORKERS) --queue queue_one
 	$(PY) producer_main.py --from-file examples/demo.jsonl --wait
 	@echo
 	@echo "Dashboard: http://localhost:9181  (consumer log: .run/consumer.log)"
+	@echo "HTTP gateway: http://localhost:8000/openapi.json  (e.g. $(PY) producer_main.py --via http://127.0.0.1:8000 --task sleep --count 8 --threads 4 --wait)"
 	@echo "Enqueue more: $(PY) producer_main.py    |    Stop everything: make stop"
 
 ## stop: the consumer (gracefully), the dashboard, then the embedded Redis
 stop:
 	@if [ -x $(PY) ]; then \
 	  $(PY) -m workqueue stop-service consumer; \
+	  $(PY) -m workqueue stop-service gateway; \
 	  $(PY) -m workqueue stop-service dashboard; \
 	  $(PY) -m workqueue redis stop; \
 	fi
@@ -58,6 +61,7 @@ test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/gateway.py
 
 clean: stop
 	rm -rf $(VENV) .run .pytest_cache

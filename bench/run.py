@@ -61,6 +61,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def redis_server() -> Iterator[tuple[str, redis.Redis]]:
+    """A throwaway redis-server (the bundled binary, no persistence) for one benchmark run."""
+    port, folder = free_port(), Path(tempfile.mkdtemp(prefix="wq-bench-"))
+    server = subprocess.Popen([str(embedded.server_binary()), "--port", str(port), "--bind", "127.0.0.1",
+                               "--dir", str(folder), "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    conn = redis.Redis(port=port)
+    try:
+        wait_until(_answers(conn), 5, "redis-server to answer", poll=0.05)
+        yield f"redis://127.0.0.1:{port}/0", conn
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _answers(conn: redis.Redis) -> Callable[[], bool]:
+    def ping() -> bool:
+        try:
+            return bool(conn.ping())
+        except redis.ConnectionError:
+            return False
+    return ping
+
+
 def commands(conn: redis.Redis) -> int:
     return int(conn.info("stats")["total_commands_processed"])
 
@@ -232,19 +258,7 @@ def main() -> None:
                         help="no-op jobs per drain and enqueue figure; the latency figures send a tenth "
                         f"(at least 20), {GAP} s apart")  # fmt: skip
     args = parser.parse_args()
-    port, folder = free_port(), Path(tempfile.mkdtemp(prefix="wq-bench-"))
-    server = subprocess.Popen([str(embedded.server_binary()), "--port", str(port), "--bind", "127.0.0.1",
-                               "--dir", str(folder), "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    conn = redis.Redis(port=port)
-    try:
-        for _ in range(100):
-            try:
-                conn.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+    with redis_server() as (url, conn):
         burst = consumers(url, 2, burst=True)
         ours = drain(conn, url, args.jobs, burst[OURS])
         bare = drain(conn, url, args.jobs, burst[RQ])
@@ -255,10 +269,6 @@ def main() -> None:
         ours_pool = pool_figures(OURS, conn, url, samples)
         bare_pool = pool_figures(RQ, conn, url, samples)
         rows.update({name: (ours_pool[name], bare_pool[name]) for name in ours_pool})
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(folder, ignore_errors=True)
     print(f"workqueue vs bare RQ {Queue.__module__.split('.')[0]} worker-pool, {args.jobs} jobs, one Redis, "
           f"{os.cpu_count()} cores")
     print(f"{'figure':<46}{'workqueue':>12}{'RQ':>12}{'ratio':>8}")

@@ -22,7 +22,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 #: The entry points whose flags are checked against their ``--help``.
-ENTRY_POINTS = ("producer_main.py", "consumer_main.py", "dashboard_main.py")
+ENTRY_POINTS = ("producer_main.py", "consumer_main.py", "dashboard_main.py", "gateway_main.py")
 
 
 def load_compose() -> dict:
@@ -137,9 +137,10 @@ def test_consumer_stops_gracefully_on_sigterm():
     assert "stop_grace_period" in consumer
 
 
-def test_dashboard_port_is_published_on_loopback_only():
-    ports = published_ports(SERVICES["dashboard"])
-    assert ports, "the dashboard publishes no port"
+@pytest.mark.parametrize("name", ["dashboard", "gateway"])
+def test_server_ports_are_published_on_loopback_only(name):
+    ports = published_ports(SERVICES[name])
+    assert ports, f"the {name} publishes no port"
     for port in ports:
         if isinstance(port, dict):
             assert port.get("host_ip") == "127.0.0.1", port
@@ -147,11 +148,14 @@ def test_dashboard_port_is_published_on_loopback_only():
             assert str(port).startswith("127.0.0.1:"), port
 
 
-def test_dashboard_listening_beyond_loopback_is_given_credentials():
-    args = command_args(SERVICES["dashboard"])
+@pytest.mark.parametrize("name, credentials", [
+    ("dashboard", {"WORKQUEUE_DASHBOARD_USERNAME", "WORKQUEUE_DASHBOARD_PASSWORD"}),
+    ("gateway", {"WORKQUEUE_GATEWAY_TOKEN"}),
+])
+def test_servers_listening_beyond_loopback_are_given_credentials(name, credentials):
+    args = command_args(SERVICES[name])
     assert args[args.index("--bind") + 1] == "0.0.0.0"  # a container's port must be reachable
-    env = environment(SERVICES["dashboard"])
-    assert {"WORKQUEUE_DASHBOARD_USERNAME", "WORKQUEUE_DASHBOARD_PASSWORD"} <= set(env)
+    assert credentials <= set(environment(SERVICES[name]))
 
 
 def test_producer_does_not_start_by_default():

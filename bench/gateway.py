@@ -1,0 +1,95 @@
+"""Enqueueing through the HTTP gateway beside enqueueing directly on Redis, in one run on one Redis.
+
+    make bench            (or: .venv/bin/python bench/gateway.py [--jobs N] [--threads T])
+
+Prints each figure as direct, through the gateway, and the ratio (gateway / direct): one job per
+request from one thread and from T threads, and 1,000-job batches. Bounded: a few thousand jobs,
+well under a minute. The figures are what this machine measured in this run; nothing asserts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from run import free_port, redis_server, wait_until  # noqa: E402  (bench/run.py, beside this file)
+
+from workqueue import producer  # noqa: E402
+
+TASK, PARAMS = "primes", {"n": 0}
+BATCH = 1000
+
+
+def rate(jobs: int, send: Callable[[], object], threads: int = 1) -> float:
+    """Jobs per second for ``jobs`` calls of ``send`` from ``threads`` threads."""
+    started = time.monotonic()
+    if threads == 1:
+        for _ in range(jobs):
+            send()
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda _: send(), range(jobs)))
+    return jobs / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs per figure")
+    parser.add_argument("--threads", type=int, default=8, help="client threads of the threaded figure")
+    args = parser.parse_args()
+    call = producer.TaskCall.build(TASK, PARAMS, retries=0)
+    one, batch = {"task": TASK, "params": PARAMS}, {"tasks": [{"task": TASK, "params": PARAMS}] * BATCH}
+    with redis_server() as (url, conn):
+        port = free_port()
+        gateway = subprocess.Popen([sys.executable, "gateway_main.py", "--port", str(port)], cwd=ROOT,
+                                   env=dict(os.environ, REDIS_URL=url), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        try:
+            wait_until(lambda: _answers(http), 20, "the gateway to answer", poll=0.1)
+
+            def post(path: str, body: dict) -> None:
+                http.post(path, json=body).raise_for_status()
+
+            rows = {
+                "one job per request, 1 thread (jobs/s)": (
+                    rate(args.jobs, lambda: producer.enqueue(conn, [call], "bench")),
+                    rate(args.jobs, lambda: post("/jobs", one))),
+                f"one job per request, {args.threads} threads (jobs/s)": (
+                    rate(args.jobs, lambda: producer.enqueue(conn, [call], "bench"), args.threads),
+                    rate(args.jobs, lambda: post("/jobs", one), args.threads)),
+                f"{BATCH}-job batches (jobs/s)": (
+                    BATCH * rate(max(1, args.jobs // BATCH), lambda: producer.enqueue(conn, [call] * BATCH, "bench")),
+                    BATCH * rate(max(1, args.jobs // BATCH), lambda: post("/batches", batch))),
+            }
+        finally:
+            http.close()
+            gateway.terminate()
+            gateway.wait(20)
+    print(f"enqueueing directly on Redis vs through the gateway, {args.jobs} jobs per figure, {os.cpu_count()} cores")
+    print(f"{'figure':<46}{'direct':>12}{'gateway':>12}{'ratio':>8}")
+    for name, (direct, through) in rows.items():
+        print(f"{name:<46}{direct:>12.1f}{through:>12.1f}{through / direct:>8.2f}")
+    print("ratio = gateway / direct (the gateway adds an HTTP request, a JSON parse and validation per request)")
+
+
+def _answers(http: httpx.Client) -> bool:
+    try:
+        return http.get("/tasks").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
