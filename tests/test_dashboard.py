@@ -203,7 +203,7 @@ def test_scraped_and_failed_job_text_is_served_escaped(conn: redis.Redis, client
 def test_live_work_shows_progress_workers_and_utilisation(conn: redis.Redis, client: FlaskClient,
                                                           processes: Processes) -> None:
     start_consumer(processes, conn, 2, "queue_one")
-    (job,) = enqueue(conn, seconds=30)
+    (job,) = enqueue(conn, seconds=5)
 
     def progressing() -> dict:
         data = client.get("/api/live").json
@@ -212,7 +212,7 @@ def test_live_work_shows_progress_workers_and_utilisation(conn: redis.Redis, cli
     data = wait_for(progressing, 20, "the job to report progress")
     (running,) = data["jobs"]
     assert running["id"] == job.id and running["task"] == "sleep" and running["elapsed"] >= 1
-    assert running["progress"]["message"] == "sleeping" and running["progress"]["total"] == 30
+    assert running["progress"]["message"] == "sleeping" and running["progress"]["total"] == 5
     states = {w["name"]: w for w in data["workers"]}
     assert len(states) == 2 and sorted(w["state"] for w in states.values()) == ["busy", "idle"]
     busy = states[running["worker"]]
@@ -284,6 +284,8 @@ def test_stop_a_running_job_cancel_queued_ones_and_requeue(conn: redis.Redis, cl
     assert requeued["messages"] == [f"job {waiting[0].id} requeued on queue_one"]
     assert Queue("queue_one", connection=conn).get_job_ids() == [waiting[0].id]
     assert client.post("/queues/bad name/cancel", headers=headers).status_code == 404
+    client.post("/queues/queue_one/cancel", headers=headers)  # end quickly: nothing left to wait for
+    assert client.post(f"/jobs/{first.id}/stop", headers=headers).json["ok"]
 
 
 # The enqueue form --------------------------------------------------------------------------------------

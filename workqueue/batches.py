@@ -174,6 +174,17 @@ def summary(connection: redis.Redis, batch_id: str) -> BatchSummary:
     )  # fmt: skip
 
 
+def job_statuses(connection: redis.Redis, batch_id: str) -> list[tuple[str, Optional[str]]]:
+    """Each of the batch's job ids with its status (None once the job has expired), in one round
+    trip. The group's ids are read directly: RQ's Group.get_jobs fetches with the pickle serializer."""
+    ids = sorted(i.decode() for i in connection.smembers(group(connection, batch_id).key))
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        statuses = pipe.execute()
+    return [(job_id, status.decode() if status else None) for job_id, status in zip(ids, statuses)]
+
+
 def follow(connection: redis.Redis, batch_id: str, *, timeout: Optional[float] = None,
            block_ms: int = 500) -> Iterator[TaskEnd]:
     """Yield each task's end, from the batch's start, until the batch is done (or ``timeout``)."""

@@ -151,14 +151,8 @@ def stop_batch(connection: redis.Redis, batch_id: str, *, by: str, timeout: floa
         batches.summary(connection, batch_id)
     except KeyError:
         raise BadInput(f"no such batch: {batch_id}") from None
-    # The group's ids, read directly: RQ's Group.get_jobs fetches with the pickle serializer.
-    ids = sorted(i.decode() for i in connection.smembers(batches.group(connection, batch_id).key))
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hget(Job.key_for(job_id), "status")
-        statuses = pipe.execute()
     # Cancel the waiting ones first, so stopping a running one does not hand its worker the next.
-    order = sorted(zip(ids, statuses), key=lambda pair: pair[1] == JobStatus.STARTED.value.encode())
+    order = sorted(batches.job_statuses(connection, batch_id), key=lambda pair: pair[1] == JobStatus.STARTED.value)
     return [stop_job(connection, job_id, by=by, timeout=timeout) for job_id, _ in order]
 
 

@@ -158,15 +158,10 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None) -> Flask
             summary = batches.summary(connection, batch_id)
         except KeyError:
             return error(404, f"no such batch: {batch_id} (batches are kept for a day)")
-        ids = sorted(i.decode() for i in connection.smembers(batches.group(connection, batch_id).key))
-        with connection.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hget(f"rq:job:{job_id}", "status")
-            statuses = pipe.execute()
         return jsonify({
             "batch_id": batch_id, "queue": summary.queue, "total": summary.total, "finished": summary.finished,
             "failed": summary.failed, "done": summary.done, "elapsed": summary.elapsed,
-            "jobs": [{"id": i, "status": (s or b"expired").decode()} for i, s in zip(ids, statuses)],
+            "jobs": [{"id": i, "status": s or "expired"} for i, s in batches.job_statuses(connection, batch_id)],
         })
 
     @app.delete("/batches/<batch_id>")
