@@ -92,8 +92,10 @@ def test_live_page_shows_progress_and_charts_and_stops_a_worker(conn, dashboard,
     idle = next(w.name for w in workers(conn) if w.name != busy)
     page.locator(f"#live-workers tr[data-worker='{idle}'] button", has_text="Stop").first.click()
     page.locator("#flashes .alert-success", has_text=f"worker {idle} asked to stop").wait_for()
-    page.locator(f"#live-workers tr[data-worker='{idle}']").wait_for(state="detached")
-    assert idle not in [w.name for w in workers(conn)]
+    wait_for(lambda: idle not in [w.name for w in workers(conn)], 20, "the idle worker to leave")
+    # After the form's reload the table first shows "Loading...": wait for it to list the one left.
+    playwright_api.expect(page.locator("#live-workers tr[data-worker]")).to_have_count(1, timeout=20_000)
+    assert page.locator(f"#live-workers tr[data-worker='{busy}']").count() == 1
     shot(page, tmp_path, "worker-stopped")
 
     page.locator(f"#running-jobs tr[data-job-id='{long_job.id}'] button", has_text="Stop").click()
