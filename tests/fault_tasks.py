@@ -52,6 +52,20 @@ def count_runs_unsafe(marker: str, seconds: float = 0.0) -> int:
     return count_runs(marker, seconds)
 
 
+def whoami() -> dict:
+    """The process that ran it, and its parent: which work horse, for which worker."""
+    return {"pid": os.getpid(), "ppid": os.getppid()}
+
+
+_LEAKED: list[bytes] = []
+
+
+def leak(megabytes: int = 50) -> dict:
+    """Keeps ``megabytes`` more in memory for as long as its process lives, as a leaky task does."""
+    _LEAKED.append(os.urandom(megabytes * 1_000_000))
+    return whoami()
+
+
 def _quick(name, func, params=(), timeout=30, **kw) -> Task:
     return Task(name, func, f"test: {name}", params, timeout=timeout, backoff=1.0, **kw)
 
@@ -68,6 +82,8 @@ TASKS = (
     _quick("count_runs_unsafe", count_runs_unsafe, (Param("marker", str, None, "file to append to"),
                                               Param("seconds", float, 0.0, "sleep", min=0, max=60)),
            rerun_safe=False, retries=0),
+    _quick("whoami", whoami, retries=0),
+    _quick("leak", leak, (Param("megabytes", int, 50, "how much to keep", min=1, max=500),), retries=0),
 )
 
 

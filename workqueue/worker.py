@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -26,12 +27,15 @@ import redis
 from rq import Queue, Worker, get_current_job, worker_registration
 from rq.command import parse_payload
 from rq.exceptions import DequeueTimeout
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
-from rq.worker import RandomWorker, RoundRobinWorker
+from rq.utils import now
+from rq.worker import RandomWorker, RoundRobinWorker, WorkerStatus
 
 from task_def import progress
 from workqueue import batches, recovery
+from workqueue.horse import WAITING, Horse, serve
 from workqueue.policy import SERIALIZER, CatalogueJob
 from workqueue.settings import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
 
@@ -135,15 +139,16 @@ class CatalogueWorker(Worker):
         self._stop_reason = "the worker was stopped at once"
         self._hard_killed: Optional[str] = None
         self._registered_at = 0.0
+        self._horse: Optional[Horse] = None
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """Every dequeue goes through the intermediate list (see CatalogueQueue): always leave it."""
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """RQ's, plus a watchdog: a horse still running HARD_KILL_GRACE after its timeout is killed.
-
-        RQ's own limit is the timeout plus 60 s, for a job that ignores the alarm.
+        """RQ's, in the worker's reused horse (see ``workqueue.horse``) instead of a fork per job,
+        and with a watchdog: a horse still running HARD_KILL_GRACE after the job's timeout is
+        killed (RQ's own limit is the timeout plus 60 s, for a job that ignores the alarm).
         """
         timeout = job.timeout or Queue.DEFAULT_TIMEOUT
         watchdog = None
@@ -152,29 +157,100 @@ class CatalogueWorker(Worker):
             watchdog.daemon = True
             watchdog.start()
         try:
-            super().execute_job(job, queue)
+            execution = self.prepare_execution(job)
+            self._run_in_horse(job, queue, execution)
+            self.set_state(WorkerStatus.IDLE)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
             self._hard_killed = None
+
+    def _run_in_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """Hand the job to the horse (forking one if there is none) and watch it, heartbeating,
+        until it answers that the job has ended, or dies trying."""
+        if self._horse is None:
+            self._horse = Horse(self._serve_as_horse)
+        horse = self._horse
+        horse.send(job.id, queue.name, execution.id)
+        self._horse_pid = horse.pid
+        job.started_at = now()
+        while True:
+            answer = horse.wait(self.job_monitoring_interval)
+            if answer is not WAITING:
+                break
+            working = (now() - job.started_at).total_seconds()
+            if job.timeout != -1 and working > (job.timeout or Queue.DEFAULT_TIMEOUT) + 60:
+                self.kill_horse()  # RQ's last resort; our watchdog normally acts long before
+            self.maintain_heartbeats(job, execution)
+        self._horse_pid = 0
+        self.executions.pop(execution.id, None)
+        if answer is not None:  # the horse ran the job to its end and recorded it
+            if not answer["ok"] or horse.worn_out():
+                self._retire_horse()
+            if answer["ok"] is None:
+                self._fail_if_unrecorded(job, queue, execution, "the work horse failed to record the job's end")
+            return
+        self._horse = None
+        retpid, ret_val, rusage = horse.reap()
+        if self._stopped_job_id == job.id:
+            self._handle_stopped_job(job, queue, execution)
+            return
+        if ret_val == os.EX_OK:
+            self._fail_if_unrecorded(job, queue, execution, "the work horse exited without recording a result "
+                                     "(the task ended its process, e.g. with os._exit)")
+            return
+        signal_msg = f" (signal {os.WTERMSIG(ret_val)})" if os.WIFSIGNALED(ret_val) else ""
+        exc_string = f"Work-horse terminated unexpectedly; waitpid returned {ret_val}{signal_msg}; "
+        self.log.warning("Worker %s: job %s failed (%s)", self.name, job.id, exc_string)
+        if job.get_status(refresh=True) not in (JobStatus.FINISHED, JobStatus.FAILED):
+            job.ended_at = now()
+            self.handle_work_horse_killed(job, retpid, ret_val, rusage)
+            self.handle_job_failure(job, queue=queue, exc_string=exc_string, execution=execution)
+
+    def _fail_if_unrecorded(self, job: Job, queue: Queue, execution: Execution, why: str) -> None:
+        """RQ leaves a job "started" when its horse ends without recording it: fail it instead."""
+        if job.get_status(refresh=True) == JobStatus.STARTED:
+            self.handle_job_failure(job, queue, exc_string=f"WorkHorseExited: {why}", execution=execution)
+
+    def _serve_as_horse(self, inbox: int, outbox: int) -> None:
+        """In the horse: set up as RQ's horse does, then run each job the worker sends."""
+        random.seed()
+        self.setup_work_horse_signals()
+        self._is_horse = True
+        self.log = logging.getLogger("rq.worker")
+        queues: dict[str, Queue] = {}
+
+        def run(message: dict) -> Optional[bool]:
+            try:
+                job = self.job_class.fetch(message["job"], connection=self.connection, serializer=self.serializer)
+                queue = queues.get(message["queue"]) or queues.setdefault(message["queue"], self.queue_class(
+                    message["queue"], connection=self.connection, serializer=self.serializer, job_class=self.job_class))
+                execution = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
+                os.environ["RQ_JOB_ID"] = job.id
+                return self.perform_job(job, queue, execution)
+            except Exception:  # RQ's horse exits 1 here; ours says so, then exits
+                self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
+                return None
+
+        serve(inbox, outbox, run)
+
+    def _retire_horse(self) -> None:
+        if self._horse is not None:
+            self._horse.retire()
+            self._horse = None
+
+    def teardown(self) -> None:
+        """RQ's, and the horse goes too."""
+        try:
+            super().teardown()
+        finally:
+            self._retire_horse()
 
     def _kill_overrunning_horse(self, job_id: str, timeout: int) -> None:
         if self.horse_pid and self.get_current_job_id() == job_id:
             self._hard_killed = f"JobTimeoutException: job exceeded its {timeout} s timeout and ignored the alarm; killed"
             self.log.warning("Worker %s: job %s overran its timeout; killing its work horse", self.name, job_id)
             self.kill_horse(signal.SIGKILL)
-
-    def monitor_work_horse(self, job: Job, queue: Queue, execution: Any) -> None:
-        """RQ's, and a horse that exited without recording how the job ended fails the job.
-
-        RQ leaves such a job "started" (a task calling ``os._exit(0)``, say).
-        """
-        super().monitor_work_horse(job, queue, execution)
-        if job.get_status(refresh=True) == JobStatus.STARTED:
-            self.handle_job_failure(
-                job, queue, exc_string="WorkHorseExited: the work horse exited without recording a result "
-                "(the task ended its process, e.g. with os._exit)", execution=execution,
-            )
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Any = None) -> None:

@@ -1,0 +1,61 @@
+"""The reused work horse: one process runs job after job, and is replaced when a job fails or
+crashes it, when it has grown past its memory bound, or after its job quota; the worker stays."""
+
+from __future__ import annotations
+
+import redis
+from rq.job import Job
+
+from tests.conftest import Processes, cli_env, wait_for
+from tests.test_faults import enqueue
+from tests.test_kill import child_pids
+from workqueue.policy import SERIALIZER
+
+
+def start(processes: Processes, redis_url: str, **env: str):
+    consumer = processes.start("consumer_main.py", "--workers", "1", "--queue", "queue_one",
+                               env=cli_env(WORKQUEUE_EXTRA_TASKS="tests.fault_tasks", REDIS_URL=redis_url, **env))
+    wait_for(lambda: len(child_pids(consumer)) == 1, 20, "the worker to start")
+    return consumer
+
+
+def run(conn: redis.Redis, task: str, **params) -> Job:
+    """Enqueue one job and wait for its end."""
+    job = enqueue(conn, task, **params)
+
+    def ended() -> Job | None:
+        found = Job.fetch(job.id, connection=conn, serializer=SERIALIZER)
+        return found if found.get_status().value in ("finished", "failed") else None
+
+    return wait_for(ended, 30, f"{task} to end")
+
+
+def horse_of(job: Job) -> int:
+    assert job.get_status().value == "finished", job.latest_result().exc_string
+    return job.return_value()["pid"]
+
+
+def test_one_horse_runs_job_after_job_and_a_failure_replaces_it(conn, processes, redis_url) -> None:
+    consumer = start(processes, redis_url)
+    (worker,) = child_pids(consumer)
+    first, second = horse_of(run(conn, "whoami")), horse_of(run(conn, "whoami"))
+    assert first == second != worker  # the same horse, not the worker itself
+    assert run(conn, "raise_error").get_status().value == "failed"
+    third = horse_of(run(conn, "whoami"))
+    assert third != first  # a failed job's horse is not trusted with the next job
+    assert run(conn, "segfault").get_status().value == "failed"
+    assert horse_of(run(conn, "whoami")) not in (first, third)
+    assert child_pids(consumer) == {worker}  # and the worker was never replaced
+
+
+def test_a_leaking_horse_is_replaced_past_its_memory_bound(conn, processes, redis_url) -> None:
+    start(processes, redis_url, WORKQUEUE_HORSE_MAX_RSS_MB="150")
+    pids = [horse_of(run(conn, "leak", megabytes=60)) for _ in range(4)]
+    # 60 MB more each time: the horse passes 150 MB on its second or third job, and goes.
+    assert len(set(pids)) >= 2 and pids[0] == pids[1]
+
+
+def test_a_horse_is_replaced_after_its_job_quota(conn, processes, redis_url) -> None:
+    start(processes, redis_url, WORKQUEUE_HORSE_MAX_JOBS="3")
+    pids = [horse_of(run(conn, "whoami")) for _ in range(7)]
+    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]

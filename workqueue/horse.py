@@ -1,0 +1,125 @@
+"""The work horse a worker keeps: one child process that runs job after job, instead of RQ's fork
+per job (each fork costs tens of milliseconds, mostly the child's page faults).
+
+Isolation stays: the horse is its own process group, dies with its worker (PDEATHSIG), and a job
+that crashes it (a segfault, ``os._exit``, a kill) takes only the horse, which the worker replaces.
+It is also replaced after a failed job (a task interrupted by its timeout may leave its module in
+a bad state), after HORSE_MAX_JOBS jobs, and when its memory passes HORSE_MAX_RSS_MB (a leak).
+
+The worker and its horse talk over two pipes, one JSON line per message: the worker sends
+``{"job", "queue", "execution"}``, the horse answers ``{"ok": true|false}`` once the job has
+ended and been recorded (RQ's ``perform_job``). End of file means the horse is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+from typing import Any, Callable, Optional
+
+#: Jobs one horse runs before it is replaced, and the resident memory (MB) that replaces it sooner
+#: (``WORKQUEUE_HORSE_MAX_JOBS`` and ``WORKQUEUE_HORSE_MAX_RSS_MB`` in the worker's environment).
+HORSE_MAX_JOBS = int(os.environ.get("WORKQUEUE_HORSE_MAX_JOBS") or 1000)
+HORSE_MAX_RSS_MB = int(os.environ.get("WORKQUEUE_HORSE_MAX_RSS_MB") or 512)
+
+#: What :meth:`Horse.wait` returns when the horse has not answered yet.
+WAITING = object()
+
+
+class Horse:
+    """The worker's side of a horse process."""
+
+    def __init__(self, serve: Callable[[int, int], Any]) -> None:
+        """Fork a horse that runs ``serve(inbox_fd, outbox_fd)`` (which must never return)."""
+        to_horse_r, to_horse_w = os.pipe()
+        from_horse_r, from_horse_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the horse
+            os.close(to_horse_w)
+            os.close(from_horse_r)
+            try:
+                os.setpgrp()
+                serve(to_horse_r, from_horse_w)
+            finally:
+                os._exit(1)
+        os.close(to_horse_r)
+        os.close(from_horse_w)
+        self.pid = pid
+        self.jobs = 0
+        self._inbox = to_horse_w
+        self._outbox = from_horse_r
+        self._pending = b""
+
+    def send(self, job_id: str, queue: str, execution_id: str) -> None:
+        message = json.dumps({"job": job_id, "queue": queue, "execution": execution_id}) + "\n"
+        os.write(self._inbox, message.encode())
+        self.jobs += 1
+
+    def wait(self, timeout: float) -> Any:
+        """The horse's answer, WAITING if none came within ``timeout`` seconds, or None if the horse
+        is gone (its end of the pipe closed: it died or exited)."""
+        while b"\n" not in self._pending:
+            ready, _, _ = select.select([self._outbox], [], [], timeout)
+            if not ready:
+                return WAITING
+            chunk = os.read(self._outbox, 4096)
+            if not chunk:
+                return None
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return json.loads(line)
+
+    def worn_out(self) -> bool:
+        """Whether to replace it before the next job: it has run enough, or grown too big."""
+        return self.jobs >= HORSE_MAX_JOBS or rss_mb(self.pid) > HORSE_MAX_RSS_MB
+
+    def retire(self) -> None:
+        """Close its pipe (it exits when it reads the end) and reap it; kill it if it lingers."""
+        self._close()
+        try:
+            for _ in range(50):
+                if os.waitpid(self.pid, os.WNOHANG)[0]:
+                    return
+                select.select([], [], [], 0.02)
+            os.killpg(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ChildProcessError, ProcessLookupError):
+            pass  # already reaped (a cold stop waits for it itself)
+
+    def reap(self) -> tuple[int, int, Any]:
+        """Wait for a horse that has gone: (pid, wait status, rusage), as RQ's wait_for_horse."""
+        self._close()
+        try:
+            return os.wait4(self.pid, 0)
+        except ChildProcessError:
+            return self.pid, 0, None
+
+    def _close(self) -> None:
+        for fd in (self._inbox, self._outbox):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def serve(inbox: int, outbox: int, run: Callable[[dict], Optional[bool]]) -> None:
+    """The horse's loop: run each job the worker sends, answer once it has ended; exit when the
+    worker closes the pipe (or dies)."""
+    with os.fdopen(inbox, "rb") as messages:
+        for line in messages:
+            ok = run(json.loads(line))
+            os.write(outbox, (json.dumps({"ok": ok}) + "\n").encode())
+            if ok is None:
+                os._exit(1)
+    os._exit(0)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` in MB (0 if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return 0.0
