@@ -53,6 +53,9 @@ PROGRESS_INTERVAL = 0.5
 #: A job still running this long after its timeout (it ignored the alarm) has its horse killed.
 HARD_KILL_GRACE = 3.0
 
+#: Heartbeats RQ asks for closer together than this (seconds) are skipped: they change nothing.
+HEARTBEAT_MIN_GAP = 1.0
+
 #: While several queues are empty, a worker blocks this long on the first before looking at the rest.
 MULTI_QUEUE_POLL = 0.2
 
@@ -139,6 +142,7 @@ class CatalogueWorker(Worker):
         self._stop_reason = "the worker was stopped at once"
         self._hard_killed: Optional[str] = None
         self._registered_at = 0.0
+        self._beaten_at = 0.0
         self._horse: Optional[Horse] = None
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
@@ -278,6 +282,8 @@ class CatalogueWorker(Worker):
         unregistered this live worker, which would otherwise stay invisible to the dashboard and
         the kill scripts.
         """
+        if pipeline is None and timeout is None and time.monotonic() - self._beaten_at < HEARTBEAT_MIN_GAP:
+            return  # RQ heartbeats three times per job on its own; with a 10 s lapse one a second is plenty
         pipe = pipeline if pipeline is not None else self.connection.pipeline()
         # At most once per interval, not on every job's heartbeats: it only matters after an outage.
         if self.birth_date is not None and time.monotonic() - self._registered_at >= HEARTBEAT_INTERVAL:
@@ -287,6 +293,14 @@ class CatalogueWorker(Worker):
         super().heartbeat(min(timeout or HEARTBEAT_TTL, HEARTBEAT_TTL), pipe)
         if pipeline is None:
             pipe.execute()
+            self._beaten_at = time.monotonic()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """RQ's, without the round trip when the state is already the one written last (RQ sets
+        "idle" twice per job)."""
+        if pipeline is None and state == self._state:
+            return
+        super().set_state(state, pipeline)
 
     def _start_scheduler(self, burst: bool = False, logging_level: Optional[str] = "INFO", *args: Any, **kwargs: Any) -> None:
         """RQ's, with a scheduler that dies with this worker instead of running on as an orphan."""
