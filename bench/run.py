@@ -2,7 +2,7 @@
 
     make bench            (or: .venv/bin/python bench/run.py [--jobs N])
 
-Prints each figure as ours, RQ's and the ratio (ours / RQ's): drain rate and Redis commands per
+Prints each figure as ours, RQ's and the ratio (ours / RQ's): drain rate, Redis commands and round trips per
 job, enqueue rates, then on a long-running pool of 10 workers its start-up time, idle memory,
 enqueue-to-start latency and the wall time of 40 half-second sleeps. Bounded: a few thousand
 jobs, two or three minutes. The two consumers run one after the other, never at once. The
@@ -87,8 +87,10 @@ def _answers(conn: redis.Redis) -> Callable[[], bool]:
     return ping
 
 
-def commands(conn: redis.Redis) -> int:
-    return int(conn.info("stats")["total_commands_processed"])
+def counters(conn: redis.Redis) -> tuple[int, int]:
+    """Redis's commands processed and read events (one per request a client sends: its round trips)."""
+    stats = conn.info("stats")
+    return int(stats["total_commands_processed"]), int(stats["total_reads_processed"])
 
 
 def consumers(url: str, workers: int, burst: bool) -> dict[str, list[str]]:
@@ -119,19 +121,21 @@ def enqueue(side: str, conn: redis.Redis, task: str, params: dict[str, Any], cou
     return [job.id for job in q.enqueue_many([Queue.prepare_data(path, kwargs=params) for _ in range(count)])]
 
 
-def drain(conn: redis.Redis, url: str, jobs: int, argv: list[str]) -> tuple[float, float]:
-    """Enqueue ``jobs`` no-ops, run ``argv`` (a burst pool of 2) to empty the queue: jobs/s, commands/job."""
+def drain(conn: redis.Redis, url: str, jobs: int, argv: list[str]) -> tuple[float, float, float]:
+    """Enqueue ``jobs`` no-ops, run ``argv`` (a burst pool of 2) to empty the queue: jobs/s, and
+    commands and round trips per job (the pool's own start-up and status line included)."""
     conn.flushall()
     q = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
     enqueue(OURS, conn, "primes", {"n": 0}, jobs)
-    before = commands(conn)
+    before = counters(conn)
     started = time.monotonic()
     subprocess.run(argv, **popen_options(url), timeout=600, check=True)
     elapsed = time.monotonic() - started
     done = q.finished_job_registry.get_job_count(cleanup=False)
     if done != jobs:
         raise SystemExit(f"{argv[1]}: only {done} of {jobs} jobs finished")
-    return jobs / elapsed, (commands(conn) - before) / jobs
+    after = counters(conn)
+    return jobs / elapsed, (after[0] - before[0]) / jobs, (after[1] - before[1]) / jobs
 
 
 def enqueue_rates(conn: redis.Redis, jobs: int) -> dict[str, tuple[float, float]]:
@@ -263,7 +267,8 @@ def main() -> None:
         ours = drain(conn, url, args.jobs, burst[OURS])
         bare = drain(conn, url, args.jobs, burst[RQ])
         rows = {"drain, 2 workers (no-op jobs/s)": (ours[0], bare[0]),
-                "Redis commands per job (drain)": (ours[1], bare[1])}  # fmt: skip
+                "Redis commands per job (drain)": (ours[1], bare[1]),
+                "Redis round trips per job (drain)": (ours[2], bare[2])}  # fmt: skip
         rows.update(enqueue_rates(conn, args.jobs))
         samples = max(20, args.jobs // 10)
         ours_pool = pool_figures(OURS, conn, url, samples)
