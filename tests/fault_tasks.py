@@ -87,8 +87,10 @@ TASKS = (
 )
 
 
-def chaos_mark(log: str, tag: int) -> int:
-    """Appends ``tag`` to the shared ``log`` (one small O_APPEND write: atomic), for the chaos test."""
+def chaos_mark(log: str, tag: int, seconds: float = 0.0) -> int:
+    """Appends ``tag`` to the shared ``log`` (one small O_APPEND write: atomic), for the chaos test,
+    after working ``seconds``."""
+    time.sleep(seconds)
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(fd, f"{tag}\n".encode())
@@ -98,6 +100,8 @@ def chaos_mark(log: str, tag: int) -> int:
 
 
 TASKS += (
-    _quick("chaos_mark", chaos_mark, (Param("log", str, None, "shared log"), Param("tag", int, None, "job tag", min=0, max=10**6)),
+    _quick("chaos_mark", chaos_mark, (Param("log", str, None, "shared log"),
+                                      Param("tag", int, None, "job tag", min=0, max=10**6),
+                                      Param("seconds", float, 0.0, "work time", min=0, max=10)),
            retries=8),
 )

@@ -44,7 +44,8 @@ def run_chaos(server: RedisServer, processes: Processes, tmp_path, capsys) -> No
     conn = redis.Redis(port=server.port)
     log = tmp_path / "ran.log"
     task = next(t for t in fault_tasks.TASKS if t.name == "chaos_mark")
-    calls = [producer.TaskCall(task, task.validate({"log": str(log), "tag": i})) for i in range(JOBS)]
+    # 20 ms of work each: about 7 s for the 6 workers, so the kills and the restart land mid-run.
+    calls = [producer.TaskCall(task, task.validate({"log": str(log), "tag": i, "seconds": 0.02})) for i in range(JOBS)]
     jobs = producer.enqueue(conn, calls, "chaos").jobs
     env = cli_env(WORKQUEUE_EXTRA_TASKS="tests.fault_tasks", REDIS_URL=server.url)
     consumer = processes.start("consumer_main.py", "--workers", str(WORKERS), "--queue", "chaos", env=env)
@@ -56,7 +57,7 @@ def run_chaos(server: RedisServer, processes: Processes, tmp_path, capsys) -> No
     def chaos() -> None:
         restarted = False
         while not stop.wait(rng.uniform(0.5, 1.5)):
-            if not restarted and time.monotonic() - started > 4:
+            if not restarted and time.monotonic() - started > 3:
                 server.restart(signal.SIGTERM)  # a Redis restart: the append-only log keeps everything
                 kills["redis restart"] += 1
                 restarted = True

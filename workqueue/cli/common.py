@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any, NoReturn, Optional
 
 import click
+from werkzeug.serving import run_simple
 
 import task_def
 from workqueue import logs
@@ -109,3 +112,15 @@ def echo_status(line: str, *, live: bool, last: list[str]) -> None:
         click.echo(line)
     last[:] = [line]
 
+
+
+def serve(app: Any, bind: str, port: int, *helpers: Callable[[threading.Event], object]) -> None:
+    """Serve ``app`` on Werkzeug's threaded server until Ctrl-C, with helper threads (each started
+    with an event) that stop with it."""
+    stop = threading.Event()
+    for start in helpers:
+        start(stop)
+    try:
+        run_simple(bind, port, app, threaded=True)
+    finally:
+        stop.set()

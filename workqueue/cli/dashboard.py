@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import click
-from werkzeug.serving import run_simple
 
 from workqueue import recovery
-from workqueue.cli.common import EXIT_OK, redis_url_option
+from workqueue.cli.common import EXIT_OK, redis_url_option, serve
 from workqueue.connection import connect
 from workqueue.dashboard import create_app
 from workqueue.dashboard.security import (
@@ -42,10 +40,6 @@ def main(port: int, bind: str, username: Optional[str], password: Optional[str],
     host = url_host(bind)
     notes = ", read-only" * read_only + (", login required" if credentials else "")
     click.echo(f"dashboard on http://{host}:{port}/ ({target.display}{notes}); Ctrl-C stops it")
-    stop = threading.Event()
-    recovery.start_sweeper(connection, SWEEP_INTERVAL, stop)  # dead workers' jobs go back even with no consumer
-    try:
-        run_simple(bind, port, app, threaded=True)
-    finally:
-        stop.set()
+    # Dead workers' jobs go back (and the backlog is sampled) even with no consumer running.
+    serve(app, bind, port, lambda stop: recovery.start_sweeper(connection, SWEEP_INTERVAL, stop))
     return EXIT_OK

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import click
-from werkzeug.serving import run_simple
 
-from workqueue.cli.common import EXIT_OK, redis_url_option
+from workqueue.cli.common import EXIT_OK, redis_url_option, serve
 from workqueue.connection import connect
 from workqueue.gateway import create_app, delivery
 from workqueue.listening import check_bind, url_host
@@ -33,10 +31,5 @@ def main(port: int, bind: str, token: Optional[str], redis_url: Optional[str]) -
     notes = ", token required" if token else ""
     click.echo(f"gateway on http://{url_host(bind)}:{port}/ ({target.display}{notes}); "
                f"API at /openapi.json; Ctrl-C stops it")
-    stop = threading.Event()
-    delivery.start(connection, stop)
-    try:
-        run_simple(bind, port, app, threaded=True)
-    finally:
-        stop.set()
+    serve(app, bind, port, lambda stop: delivery.start(connection, stop))
     return EXIT_OK

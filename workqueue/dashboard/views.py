@@ -126,10 +126,7 @@ def _back() -> str:
 @blueprint.post("/workers/<name>/stop")
 def stop_worker(name: str) -> Response:
     now = request.form.get("now") == "1"
-    try:
-        workers = control.select_workers(_redis(), name=name)
-    except BadInput as exc:
-        return _done([str(exc)], ok=False)
+    workers = control.select_workers(_redis(), name=name)
     (stop,) = control.request_worker_stop(_redis(), workers, now=now, by=actor())
     if now:
         message = f"worker {name} asked to stop at once" + (
@@ -151,18 +148,18 @@ def requeue_job(job_id: str) -> Response:
 
 @blueprint.post("/queues/<name>/cancel")
 def cancel_queue(name: str) -> Response:
-    try:
-        return _done(control.cancel_queued(_redis(), name, by=actor()))
-    except BadInput as exc:
-        return _done([str(exc)], ok=False)
+    return _done(control.cancel_queued(_redis(), name, by=actor()))
 
 
 @blueprint.post("/queues/<name>/requeue-failed")
 def requeue_failed(name: str) -> Response:
-    try:
-        return _done(control.requeue_failed(_redis(), name, by=actor()))
-    except BadInput as exc:
-        return _done([str(exc)], ok=False)
+    return _done(control.requeue_failed(_redis(), name, by=actor()))
+
+
+@blueprint.errorhandler(BadInput)
+def refused_action(exc: BadInput) -> Response:
+    """An action the control functions refuse (no such worker, a bad queue name): say why."""
+    return _done([str(exc)], ok=False)
 
 
 @blueprint.post("/enqueue")
