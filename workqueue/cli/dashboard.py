@@ -7,7 +7,7 @@ from typing import Optional
 import click
 
 from workqueue import recovery
-from workqueue.cli.common import EXIT_OK, redis_url_option, serve
+from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve
 from workqueue.connection import connect
 from workqueue.dashboard import create_app
 from workqueue.dashboard.security import (
@@ -21,9 +21,7 @@ from workqueue.settings import DASHBOARD_HOST, DASHBOARD_PORT, SWEEP_INTERVAL
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--port", type=click.IntRange(1, 65535), default=DASHBOARD_PORT, show_default=True)
-@click.option("--bind", default=DASHBOARD_HOST, show_default=True,
-              help="Address to listen on; beyond loopback only with credentials.")
+@listen_options(DASHBOARD_PORT, DASHBOARD_HOST, "credentials")
 @click.option("--username", envvar=USERNAME_ENV, default=None, show_envvar=True,
               help="With --password: HTTP Basic credentials every request must carry.")
 @click.option("--password", envvar=PASSWORD_ENV, default=None, show_envvar=True,

@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from workqueue.cli.common import EXIT_OK, redis_url_option, serve
+from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve
 from workqueue.connection import connect
 from workqueue.gateway import create_app, delivery
 from workqueue.listening import check_bind, url_host
@@ -14,9 +14,7 @@ from workqueue.settings import GATEWAY_HOST, GATEWAY_PORT, TOKEN_ENV
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--port", type=click.IntRange(1, 65535), default=GATEWAY_PORT, show_default=True)
-@click.option("--bind", default=GATEWAY_HOST, show_default=True,
-              help="Address to listen on; beyond loopback only with a token.")
+@listen_options(GATEWAY_PORT, GATEWAY_HOST, "a token")
 @click.option("--token", envvar=TOKEN_ENV, default=None, show_envvar=True,
               help="Bearer token every request must carry (prefer the environment variable).")
 @redis_url_option

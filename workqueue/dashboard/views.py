@@ -19,7 +19,7 @@ from flask import (
     request,
     url_for,
 )
-from rq.job import JOB_ID_PATTERN
+from rq.job import JOB_ID_PATTERN, Job
 
 import task_def
 from workqueue import control, jobinfo, producer, statistics
@@ -56,7 +56,7 @@ def find_job() -> Response:
     """The search box: a job by id, from every page."""
     wanted = request.args.get("id", "")
     job_id = _job_id(wanted)
-    if job_id is None or jobinfo.job_detail(_redis(), job_id) is None:
+    if job_id is None or not _redis().exists(Job.key_for(job_id)):
         message = f"no such job: {wanted.strip()}" if wanted.strip() else "type a job id to look for"
         return Response(render_template("workqueue/message.html", title="Job search", message=message), 404)
     return redirect(url_for(".job_page", job_id=job_id))
