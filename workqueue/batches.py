@@ -114,20 +114,26 @@ def task_stopped(job: Job, connection: redis.Redis) -> None:
 
 def job_ended(connection: redis.Redis, job: Job, outcome: str, detail: Any = None) -> None:
     """Count the end of ``job`` in its batch (once) and in the statistics; never fail the job."""
+    try:
+        with connection.pipeline(transaction=False) as pipe:
+            record_end(pipe, job, outcome, detail)
+            pipe.execute()
+    except redis.RedisError:
+        log.warning("could not record the end of job %s", job.id, exc_info=True)
+
+
+def record_end(pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any = None) -> None:
+    """Queue on ``pipe`` the commands that count the end of ``job`` in its batch and the statistics,
+    so a worker can record them in the same transaction as the job's own end."""
     started = job.started_at
     run = (_utcnow() - started).total_seconds() if started else None
     wait = (started - job.enqueued_at).total_seconds() if started and job.enqueued_at else None
     task = (job.meta or {}).get("task") or job.func_name or "?"
     text = json.dumps(detail, default=str)[:2000]
-    try:
-        with connection.pipeline(transaction=False) as pipe:
-            if job.group_id:
-                keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]
-                pipe.eval(_END, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
-            statistics.record_end(pipe, job.origin, task, outcome, run, wait)
-            pipe.execute()
-    except redis.RedisError:
-        log.warning("could not record the end of job %s", job.id, exc_info=True)
+    if job.group_id:
+        keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]
+        pipe.eval(_END, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
+    statistics.record_end(pipe, job.origin, task, outcome, run, wait)
 
 
 def _utcnow() -> datetime:

@@ -7,7 +7,8 @@ It is also replaced after a failed job (a task interrupted by its timeout may le
 a bad state), after HORSE_MAX_JOBS jobs, and when its memory passes HORSE_MAX_RSS_MB (a leak).
 
 The worker and its horse talk over two pipes, one JSON line per message: the worker sends
-``{"job", "queue", "execution"}``, the horse answers ``{"ok": true|false}`` once the job has
+``{"job", "queue", "execution", "started_at", "hash"}`` (the job's hash as the worker read it,
+so the horse need not read it again), the horse answers ``{"ok": true|false}`` once the job has
 ended and been recorded (RQ's ``perform_job``). End of file means the horse is gone.
 """
 
@@ -52,9 +53,11 @@ class Horse:
         self._outbox = from_horse_r
         self._pending = b""
 
-    def send(self, job_id: str, queue: str, execution_id: str) -> None:
-        message = json.dumps({"job": job_id, "queue": queue, "execution": execution_id}) + "\n"
-        os.write(self._inbox, message.encode())
+    def send(self, message: dict) -> None:
+        """Hand the horse its next job (a JSON-ready dict; see the module's docstring)."""
+        data = (json.dumps(message) + "\n").encode()
+        while data:
+            data = data[os.write(self._inbox, data):]
         self.jobs += 1
 
     def wait(self, timeout: float) -> Any:

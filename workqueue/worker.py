@@ -24,17 +24,18 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 import redis
-from rq import Queue, Worker, get_current_job, worker_registration
+from rq import Queue, Retry, Worker, get_current_job, worker_registration
+from rq.callbacks import execute_success_callback
 from rq.command import parse_payload
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
-from rq.utils import now
+from rq.utils import now, utcformat, utcparse
 from rq.worker import RandomWorker, RoundRobinWorker, WorkerStatus
 
 from task_def import progress
-from workqueue import batches, recovery
+from workqueue import batches, execution, recovery
 from workqueue.horse import WAITING, Horse, serve
 from workqueue.policy import SERIALIZER, CatalogueJob
 from workqueue.settings import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
@@ -58,6 +59,9 @@ HEARTBEAT_MIN_GAP = 1.0
 
 #: While several queues are empty, a worker blocks this long on the first before looking at the rest.
 MULTI_QUEUE_POLL = 0.2
+
+#: How often (seconds) a busy worker asks whether ``rq suspend`` suspended it (RQ asks before every job).
+SUSPENSION_CHECK_GAP = 1.0
 
 _PR_SET_PDEATHSIG = 1
 _stopped_on_purpose = False
@@ -116,6 +120,22 @@ class CatalogueQueue(Queue):
             if found is not None:
                 return found
 
+    @classmethod
+    def _fetch_dequeued_job(cls, connection: redis.Redis, queue_key: str, job_id: str, job_class: Any = None,
+                            serializer: Any = None, death_penalty_class: Any = None):
+        """RQ's, keeping the hash read on the job (``execution.restore``) for the horse."""
+        queue = cls.from_queue_key(queue_key, connection=connection, job_class=job_class, serializer=serializer,
+                                   death_penalty_class=death_penalty_class)
+        raw = connection.hgetall(Job.key_for(job_id))
+        if not raw:
+            return None  # deleted while queued: RQ skips it too
+        try:
+            return execution.restore(job_class or cls.job_class, job_id, raw, connection, serializer), queue
+        except Exception as exc:  # as RQ's: say which job could not be read
+            exc.job_id = job_id  # type: ignore[attr-defined]
+            exc.queue = queue  # type: ignore[attr-defined]
+            raise
+
 
 class _Scheduler(RQScheduler):
     """RQ's scheduler process, which (unlike RQ's) stops when its worker dies."""
@@ -143,48 +163,80 @@ class CatalogueWorker(Worker):
         self._hard_killed: Optional[str] = None
         self._registered_at = 0.0
         self._beaten_at = 0.0
+        self._suspension_checked_at = -SUSPENSION_CHECK_GAP
         self._horse: Optional[Horse] = None
 
-    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        """Every dequeue goes through the intermediate list (see CatalogueQueue): always leave it."""
-        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+    def dequeue_job_and_maintain_ttl(self, timeout: Optional[int], max_idle_time: Optional[int] = None):
+        """The next job in one round trip when one is waiting (``execution.claim``); otherwise RQ's
+        way: mark the worker idle, heartbeat, and block until a job comes."""
+        while not self._stop_requested:
+            try:
+                claimed = execution.claim(self.connection, self._ordered_queues, self.job_class, self.serializer)
+            except (redis.ConnectionError, redis.TimeoutError):
+                break  # RQ's loop below waits for Redis to come back
+            if claimed.retry:
+                continue
+            if claimed.job is None:
+                break
+            self.reorder_queues(reference_queue=claimed.queue)
+            claimed.job.redis_server_version = self.get_redis_server_version()
+            if self.log_job_description:
+                self.log.info("Worker %s: %s: %s (%s)", self.name, claimed.queue.name, claimed.job.description,
+                              claimed.job.id)
+            else:
+                self.log.info("Worker %s: %s: %s", self.name, claimed.queue.name, claimed.job.id)
+            return claimed.job, claimed.queue
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's, asked at most every SUSPENSION_CHECK_GAP seconds instead of before every job."""
+        if time.monotonic() - self._suspension_checked_at < SUSPENSION_CHECK_GAP:
+            return
+        super().check_for_suspension(burst)
+        self._suspension_checked_at = time.monotonic()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """RQ's, in the worker's reused horse (see ``workqueue.horse``) instead of a fork per job,
-        and with a watchdog: a horse still running HARD_KILL_GRACE after the job's timeout is
-        killed (RQ's own limit is the timeout plus 60 s, for a job that ignores the alarm).
-        """
-        timeout = job.timeout or Queue.DEFAULT_TIMEOUT
-        watchdog = None
-        if timeout > 0:
-            watchdog = threading.Timer(timeout + HARD_KILL_GRACE, self._kill_overrunning_horse, (job.id, timeout))
-            watchdog.daemon = True
-            watchdog.start()
+        with the job's start recorded in one round trip (``execution.start``)."""
+        beat = time.monotonic() - self._beaten_at >= HEARTBEAT_MIN_GAP
+        started = execution.start(self, job, queue, heartbeat=beat)
+        if beat:
+            self._beaten_at = time.monotonic()
         try:
-            execution = self.prepare_execution(job)
-            self._run_in_horse(job, queue, execution)
-            self.set_state(WorkerStatus.IDLE)
+            self._run_in_horse(job, queue, started)
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
             self._hard_killed = None
 
     def _run_in_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Hand the job to the horse (forking one if there is none) and watch it, heartbeating,
-        until it answers that the job has ended, or dies trying."""
+        until it answers that the job has ended, or dies trying.
+
+        A horse still running HARD_KILL_GRACE after the job's timeout (the task ignored the alarm)
+        is killed; RQ's own limit is the timeout plus 60 s.
+        """
         if self._horse is None:
             self._horse = Horse(self._serve_as_horse)
         horse = self._horse
-        horse.send(job.id, queue.name, execution.id)
+        raw = getattr(job, "claimed_hash", None)
+        horse.send({"job": job.id, "queue": queue.name, "execution": execution.id,
+                    "started_at": utcformat(job.started_at or now()),
+                    "hash": {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()} if raw else None})
         self._horse_pid = horse.pid
         job.started_at = now()
+        timeout = job.timeout or Queue.DEFAULT_TIMEOUT
+        hard_deadline = time.monotonic() + timeout + HARD_KILL_GRACE if timeout > 0 else None
         while True:
-            answer = horse.wait(self.job_monitoring_interval)
+            wait = self.job_monitoring_interval
+            if hard_deadline is not None:
+                wait = max(0.0, min(wait, hard_deadline - time.monotonic()))
+            answer = horse.wait(wait)
             if answer is not WAITING:
                 break
-            working = (now() - job.started_at).total_seconds()
-            if job.timeout != -1 and working > (job.timeout or Queue.DEFAULT_TIMEOUT) + 60:
-                self.kill_horse()  # RQ's last resort; our watchdog normally acts long before
+            if hard_deadline is not None and time.monotonic() >= hard_deadline and not self._hard_killed:
+                self._hard_killed = f"JobTimeoutException: job exceeded its {timeout} s timeout and ignored the alarm; killed"
+                self.log.warning("Worker %s: job %s overran its timeout; killing its work horse", self.name, job.id)
+                self.kill_horse(signal.SIGKILL)
+                continue
             self.maintain_heartbeats(job, execution)
         self._horse_pid = 0
         self.executions.pop(execution.id, None)
@@ -226,17 +278,55 @@ class CatalogueWorker(Worker):
 
         def run(message: dict) -> Optional[bool]:
             try:
-                job = self.job_class.fetch(message["job"], connection=self.connection, serializer=self.serializer)
+                job = self._job_from(message)
                 queue = queues.get(message["queue"]) or queues.setdefault(message["queue"], self.queue_class(
                     message["queue"], connection=self.connection, serializer=self.serializer, job_class=self.job_class))
-                execution = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
+                started = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
+                started.created_at = job.started_at
                 os.environ["RQ_JOB_ID"] = job.id
-                return self.perform_job(job, queue, execution)
+                return self.perform_job(job, queue, started)
             except Exception:  # RQ's horse exits 1 here; ours says so, then exits
                 self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
                 return None
 
         serve(inbox, outbox, run)
+
+    def _job_from(self, message: dict) -> Job:
+        """The job the worker sent, as the worker started it (``execution.start``), built from the
+        hash the worker read (or read again, if it sent none)."""
+        if message.get("hash") is None:
+            job = self.job_class.fetch(message["job"], connection=self.connection, serializer=self.serializer)
+        else:
+            raw = {k.encode("latin-1"): v.encode("latin-1") for k, v in message["hash"].items()}
+            job = execution.restore(self.job_class, message["job"], raw, self.connection, self.serializer)
+        job.worker_name = self.name
+        job.started_at = job.last_heartbeat = utcparse(message["started_at"])
+        job._status = JobStatus.STARTED
+        job.started_by_worker = True  # type: ignore[attr-defined]
+        return job
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """Nothing left to do in the horse for a job the worker started (``execution.start``); RQ's
+        otherwise, always leaving the intermediate list (see CatalogueQueue)."""
+        if getattr(job, "started_by_worker", False):
+            self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+            return
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
+    def _finalize_success(self, job: Job, queue: Queue, execution_: Execution, return_value: Any) -> None:
+        """RQ's, with the job's end, its batch's count and the statistics in one transaction
+        (``execution.finish``). Retry results and repeats take RQ's way."""
+        if isinstance(return_value, Retry) or job.repeats_left:
+            return super()._finalize_success(job, queue, execution_, return_value)
+        job.ended_at = now()
+        job._result = return_value
+        job._status = JobStatus.FINISHED
+        ours = job._success_callback_name == batches.ON_SUCCESS
+        if job._success_callback_name and not ours:
+            execute_success_callback(job, self.death_penalty_class, return_value)
+        execution.finish(self, job, queue, execution_, count_in_batch=ours)
+        job.send_webhooks(JobStatus.FINISHED)
+        self.log.info("Worker %s: %s: Job OK (%s)", self.name, job.origin, job.id)
 
     def _retire_horse(self) -> None:
         if self._horse is not None:
@@ -249,12 +339,6 @@ class CatalogueWorker(Worker):
             super().teardown()
         finally:
             self._retire_horse()
-
-    def _kill_overrunning_horse(self, job_id: str, timeout: int) -> None:
-        if self.horse_pid and self.get_current_job_id() == job_id:
-            self._hard_killed = f"JobTimeoutException: job exceeded its {timeout} s timeout and ignored the alarm; killed"
-            self.log.warning("Worker %s: job %s overran its timeout; killing its work horse", self.name, job_id)
-            self.kill_horse(signal.SIGKILL)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Any = None) -> None:
