@@ -29,6 +29,8 @@ from redis.commands.core import Script
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.utils import utcformat
 from rq.worker import WorkerStatus
 
 from workqueue import batches
@@ -135,9 +137,13 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         pipe.smembers(job.dependents_key)
         worker.increment_successful_job_count(pipeline=pipe)
         worker.increment_total_working_time(job.ended_at - job.started_at, pipe)  # type: ignore[operator]
-        if result_ttl != 0:
-            job._handle_success(result_ttl, pipeline=pipe, worker_name=worker.name, execution_id=execution.id,
-                                execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+        if result_ttl != 0:  # RQ's Job._handle_success, writing the fields that changed, not the whole job
+            pipe.hset(job.key, mapping={"status": JobStatus.FINISHED, "started_at": utcformat(job.started_at),
+                                        "ended_at": utcformat(job.ended_at)})
+            Result.create(job, Result.Type.SUCCESSFUL, result_ttl, return_value=job._result, worker_name=worker.name,
+                          pipeline=pipe, execution_id=execution.id, execution_started_at=execution.created_at,
+                          execution_ended_at=job.ended_at)
+            job.finished_job_registry.add(job, result_ttl, pipe)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         job._status = JobStatus.FINISHED
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)

@@ -8,7 +8,7 @@ a bad state), after HORSE_MAX_JOBS jobs, and when its memory passes HORSE_MAX_RS
 
 The worker and its horse talk over two pipes, one JSON line per message: the worker sends
 ``{"job", "queue", "execution", "started_at", "hash"}`` (the job's hash as the worker read it,
-so the horse need not read it again), the horse answers ``{"ok": true|false}`` once the job has
+so the horse need not read it again), the horse answers ``{"ok": true|false, "peak_rss_mb"}`` once the job has
 ended and been recorded (RQ's ``perform_job``). End of file means the horse is gone.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import signal
 from typing import Any, Callable, Optional
@@ -74,9 +75,10 @@ class Horse:
         line, _, self._pending = self._pending.partition(b"\n")
         return json.loads(line)
 
-    def worn_out(self) -> bool:
-        """Whether to replace it before the next job: it has run enough, or grown too big."""
-        return self.jobs >= HORSE_MAX_JOBS or rss_mb(self.pid) > HORSE_MAX_RSS_MB
+    def worn_out(self, answer: dict) -> bool:
+        """Whether to replace it before the next job: it has run enough, or grown too big (its
+        peak resident memory, as its last ``answer`` gave it)."""
+        return self.jobs >= HORSE_MAX_JOBS or answer.get("peak_rss_mb", 0) > HORSE_MAX_RSS_MB
 
     def retire(self) -> None:
         """Close its pipe (it exits when it reads the end) and reap it; kill it if it lingers."""
@@ -113,16 +115,14 @@ def serve(inbox: int, outbox: int, run: Callable[[dict], Optional[bool]]) -> Non
     with os.fdopen(inbox, "rb") as messages:
         for line in messages:
             ok = run(json.loads(line))
-            os.write(outbox, (json.dumps({"ok": ok}) + "\n").encode())
+            answer = {"ok": ok, "peak_rss_mb": peak_rss_mb()}
+            os.write(outbox, (json.dumps(answer) + "\n").encode())
             if ok is None:
                 os._exit(1)
     os._exit(0)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` in MB (0 if it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except (OSError, ValueError, IndexError):
-        return 0.0
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: one system call, cheap enough to ask after
+    every job (reading /proc costs more than a no-op job)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

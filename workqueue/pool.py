@@ -166,6 +166,9 @@ class ConsumerPool(WorkerPool):
         self._burst = burst
         self.status = self.Status.STARTED
         self._install_signal_handlers()
+        # A worker's exit wakes the loop at once (RQ's looks every half second), so a crashed worker
+        # is replaced, and a burst pool ends, as soon as it happens.
+        signal.signal(signal.SIGCHLD, lambda signum, frame: self._wake.set())
         self.start_workers(burst=burst, logging_level=logging_level)
         while True:
             if self.status == self.Status.STOPPED:

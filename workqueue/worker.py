@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 import redis
@@ -31,7 +32,7 @@ from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
-from rq.utils import now, utcformat, utcparse
+from rq.utils import now
 from rq.worker import RandomWorker, RoundRobinWorker, WorkerStatus
 
 from task_def import progress
@@ -219,7 +220,7 @@ class CatalogueWorker(Worker):
         horse = self._horse
         raw = getattr(job, "claimed_hash", None)
         horse.send({"job": job.id, "queue": queue.name, "execution": execution.id,
-                    "started_at": utcformat(job.started_at or now()),
+                    "started_at": (job.started_at or now()).timestamp(),
                     "hash": {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()} if raw else None})
         self._horse_pid = horse.pid
         job.started_at = now()
@@ -241,7 +242,7 @@ class CatalogueWorker(Worker):
         self._horse_pid = 0
         self.executions.pop(execution.id, None)
         if answer is not None:  # the horse ran the job to its end and recorded it
-            if not answer["ok"] or horse.worn_out():
+            if not answer["ok"] or horse.worn_out(answer):
                 self._retire_horse()
             if answer["ok"] is None:
                 self._fail_if_unrecorded(job, queue, execution, "the work horse failed to record the job's end")
@@ -300,7 +301,7 @@ class CatalogueWorker(Worker):
             raw = {k.encode("latin-1"): v.encode("latin-1") for k, v in message["hash"].items()}
             job = execution.restore(self.job_class, message["job"], raw, self.connection, self.serializer)
         job.worker_name = self.name
-        job.started_at = job.last_heartbeat = utcparse(message["started_at"])
+        job.started_at = job.last_heartbeat = datetime.fromtimestamp(message["started_at"], timezone.utc)
         job._status = JobStatus.STARTED
         job.started_by_worker = True  # type: ignore[attr-defined]
         return job
@@ -385,6 +386,14 @@ class CatalogueWorker(Worker):
         if pipeline is None and state == self._state:
             return
         super().set_state(state, pipeline)
+
+    def unsubscribe(self) -> None:
+        """RQ's, with the listening thread told to stop first, so the reply to the unsubscription
+        wakes it to exit; in RQ's order it goes back to waiting, and the worker's exit waits a
+        second for it."""
+        if self.pubsub_thread:
+            self.pubsub_thread.stop()
+        super().unsubscribe()
 
     def _start_scheduler(self, burst: bool = False, logging_level: Optional[str] = "INFO", *args: Any, **kwargs: Any) -> None:
         """RQ's, with a scheduler that dies with this worker instead of running on as an orphan."""
