@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 import redis  # noqa: E402
+import rq  # noqa: E402
 from rq import Queue, Worker  # noqa: E402
 from rq.job import Job, JobStatus  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
@@ -121,21 +122,24 @@ def enqueue(side: str, conn: redis.Redis, task: str, params: dict[str, Any], cou
     return [job.id for job in q.enqueue_many([Queue.prepare_data(path, kwargs=params) for _ in range(count)])]
 
 
-def drain(conn: redis.Redis, url: str, jobs: int, argv: list[str]) -> tuple[float, float, float]:
-    """Enqueue ``jobs`` no-ops, run ``argv`` (a burst pool of 2) to empty the queue: jobs/s, and
-    commands and round trips per job (the pool's own start-up and status line included)."""
+def drain(conn: redis.Redis, url: str, jobs: int, argv: list[str]) -> tuple[float, float, float, float]:
+    """Enqueue ``jobs`` no-ops, run ``argv`` (a burst pool of 2) to empty the queue: jobs/s from the
+    pool's launch to its exit and from the first job's start to the last one's end (as the jobs
+    record them), and commands and round trips per job (the pool's start-up and status line included)."""
     conn.flushall()
     q = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
-    enqueue(OURS, conn, "primes", {"n": 0}, jobs)
+    ids = enqueue(OURS, conn, "primes", {"n": 0}, jobs)
     before = counters(conn)
     started = time.monotonic()
-    subprocess.run(argv, **popen_options(url), timeout=600, check=True)
+    subprocess.run(argv, **popen_options(url), timeout=900, check=True)
     elapsed = time.monotonic() - started
     done = q.finished_job_registry.get_job_count(cleanup=False)
     if done != jobs:
         raise SystemExit(f"{argv[1]}: only {done} of {jobs} jobs finished")
     after = counters(conn)
-    return jobs / elapsed, (after[0] - before[0]) / jobs, (after[1] - before[1]) / jobs
+    ran = [job for job in Job.fetch_many(ids, connection=conn, serializer=JSONSerializer) if job]
+    busy = (max(job.ended_at for job in ran) - min(job.started_at for job in ran)).total_seconds()
+    return jobs / elapsed, jobs / busy, (after[0] - before[0]) / jobs, (after[1] - before[1]) / jobs
 
 
 def enqueue_rates(conn: redis.Redis, jobs: int) -> dict[str, tuple[float, float]]:
@@ -259,23 +263,26 @@ def pool_figures(side: str, conn: redis.Redis, url: str, samples: int) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000,
-                        help="no-op jobs per drain and enqueue figure; the latency figures send a tenth "
-                        f"(at least 20), {GAP} s apart")  # fmt: skip
+                        help="no-op jobs per enqueue figure and per drain by RQ; the latency figures send a "
+                        f"tenth (at least 20), {GAP} s apart")  # fmt: skip
+    parser.add_argument("--drain-jobs", type=int, default=10_000,
+                        help="no-op jobs our pool drains (RQ's forking pool, at some 20 jobs/s, drains --jobs)")
     args = parser.parse_args()
     with redis_server() as (url, conn):
         burst = consumers(url, 2, burst=True)
-        ours = drain(conn, url, args.jobs, burst[OURS])
+        ours = drain(conn, url, args.drain_jobs, burst[OURS])
         bare = drain(conn, url, args.jobs, burst[RQ])
-        rows = {"drain, 2 workers (no-op jobs/s)": (ours[0], bare[0]),
-                "Redis commands per job (drain)": (ours[1], bare[1]),
-                "Redis round trips per job (drain)": (ours[2], bare[2])}  # fmt: skip
+        rows = {"drain, 2 workers, launch to exit (jobs/s)": (ours[0], bare[0]),
+                "drain, 2 workers, first start to last end": (ours[1], bare[1]),
+                "Redis commands per job (drain)": (ours[2], bare[2]),
+                "Redis round trips per job (drain)": (ours[3], bare[3])}  # fmt: skip
         rows.update(enqueue_rates(conn, args.jobs))
         samples = max(20, args.jobs // 10)
         ours_pool = pool_figures(OURS, conn, url, samples)
         bare_pool = pool_figures(RQ, conn, url, samples)
         rows.update({name: (ours_pool[name], bare_pool[name]) for name in ours_pool})
-    print(f"workqueue vs bare RQ {Queue.__module__.split('.')[0]} worker-pool, {args.jobs} jobs, one Redis, "
-          f"{os.cpu_count()} cores")
+    print(f"workqueue vs bare RQ {rq.__version__} worker-pool, one Redis, {os.cpu_count()} cores; drains of "
+          f"{args.drain_jobs} jobs (ours) and {args.jobs} (RQ's), enqueue figures of {args.jobs} jobs")
     print(f"{'figure':<46}{'workqueue':>12}{'RQ':>12}{'ratio':>8}")
     for name, (a, b) in rows.items():
         digits = 2 if max(abs(a), abs(b)) < 10 else 1

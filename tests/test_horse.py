@@ -3,6 +3,10 @@ crashes it, when it has grown past its memory bound, or after its job quota; the
 
 from __future__ import annotations
 
+import os
+import signal
+
+import psutil
 import redis
 from rq.job import Job
 
@@ -59,3 +63,15 @@ def test_a_horse_is_replaced_after_its_job_quota(conn, processes, redis_url) -> 
     start(processes, redis_url, WORKQUEUE_HORSE_MAX_JOBS="3")
     pids = [horse_of(run(conn, "whoami")) for _ in range(7)]
     assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
+
+
+def test_a_horse_killed_between_jobs_is_replaced_and_the_next_job_runs(conn, processes, redis_url) -> None:
+    consumer = start(processes, redis_url)
+    (worker,) = child_pids(consumer)
+    idle_horse = horse_of(run(conn, "whoami"))
+    os.kill(idle_horse, signal.SIGKILL)  # while it waits for work: the worker learns of it when it sends the next job
+    wait_for(lambda: not psutil.pid_exists(idle_horse) or psutil.Process(idle_horse).status() == "zombie", 10,
+             "the horse to die")
+    job = run(conn, "whoami")
+    assert horse_of(job) != idle_horse and job.return_value()["pid"] != worker
+    assert child_pids(consumer) == {worker}  # the worker stayed: RQ's loop would have quit on the broken pipe

@@ -21,16 +21,18 @@ take RQ's own path.
 from __future__ import annotations
 
 import logging
+from uuid import uuid4
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import redis
 from redis.commands.core import Script
 from rq import Queue
-from rq.executions import Execution
+from rq.defaults import RQ_KEY_PREFIX
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.results import Result
-from rq.utils import utcformat
+from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
 from workqueue import batches
@@ -40,19 +42,56 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# KEYS: each queue's key then its intermediate list's, in the worker's order. ARGV[1]: the job key
-# prefix; ARGV[2]: the most dangling ids (jobs whose hash is gone) to drop in one call.
+# Takes the first job of the worker's queues and starts it: RQ's dequeue (an LMOVE into the
+# queue's intermediate list) and what RQ's ``prepare_execution`` and ``prepare_job_execution`` then
+# write, in one atomic step, so the job goes from its queue to the started registry at once.
+# ``test_execution`` holds these writes to RQ's own, key for key and field for field.
+#
+# KEYS: the worker's hash, the worker's execution index, then for each queue in the worker's
+# order its list, its intermediate list and its started registry.
+# ARGV: the job, execution and execution-registry key prefixes; the new execution's id; the
+# worker's name; now (epoch seconds as a float, as an int, and as RQ's UTC text); the job
+# monitoring interval; whether to set the worker "busy"; the most dangling ids to drop.
+# Answers false (every queue empty), {0} (dropped ids of jobs whose hash had gone: ask again), or
+# {queue number, job id, the job's hash as read before starting it, the execution's TTL};
+# a job whose timeout is not a plain number is answered with a TTL of -1, left unstarted in the
+# intermediate list, for RQ's own code to start.
 _CLAIM = """
+local job_prefix, exec_prefix, registry_prefix, exec_id, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now_float, now_int, now_text, interval = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local dropped = 0
-for i = 1, #KEYS, 2 do
+for i = 3, #KEYS, 3 do
   while true do
     local id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
     if not id then break end
-    local job = redis.call('HGETALL', ARGV[1] .. id)
-    if #job > 0 then return {(i + 1) / 2, id, job} end
+    local job_key = job_prefix .. id
+    local job = redis.call('HGETALL', job_key)
+    if #job > 0 then
+      local timeout = redis.call('HGET', job_key, 'timeout')
+      local seconds = tonumber(timeout or '')
+      if timeout and timeout ~= '' and not seconds then return {(i / 3), id, job, -1} end
+      local ttl = interval + 60
+      if seconds and seconds > 0 then ttl = math.floor(math.min(seconds, interval)) + 60 end
+      local composite = id .. ':' .. exec_id
+      local exec_key = exec_prefix .. composite
+      redis.call('HSET', exec_key, 'id', exec_id, 'job_id', id, 'created_at', now_float,
+                 'last_heartbeat', now_float, 'worker_name', worker)
+      redis.call('EXPIRE', exec_key, ttl)
+      redis.call('ZADD', registry_prefix .. id, now_int + ttl + 60, exec_id)
+      redis.call('EXPIRE', registry_prefix .. id, ttl + 60)
+      redis.call('ZADD', KEYS[i + 2], now_int + ttl, composite)
+      redis.call('SADD', KEYS[2], composite)
+      redis.call('EXPIRE', KEYS[2], ttl + 60)
+      if ARGV[10] == '1' then redis.call('HSET', KEYS[1], 'state', 'busy') end
+      redis.call('HSET', job_key, 'last_heartbeat', now_text, 'status', 'started', 'started_at', now_text,
+                 'worker_name', worker)
+      redis.call('PERSIST', job_key)
+      redis.call('LREM', KEYS[i + 1], 1, id)
+      return {(i / 3), id, job, ttl}
+    end
     redis.call('LREM', KEYS[i + 1], 1, id)
     dropped = dropped + 1
-    if dropped >= tonumber(ARGV[2]) then return {0} end
+    if dropped >= tonumber(ARGV[11]) then return {0} end
   end
 end
 return false
@@ -62,34 +101,57 @@ return false
 _MAX_DROPPED = 100
 
 _claim_script: Optional[Script] = None
+#: Each queue's keys as the claim needs them (building a registry to learn its key is not free).
+_queue_keys: dict[str, list[str]] = {}
 
 
 class _Claimed:
-    """What :func:`claim` found: nothing yet (``retry``), or a job and its queue."""
+    """What :func:`claim` found: nothing yet (``retry``), or a job and its queue, and the job's
+    execution if the claim started it."""
 
-    __slots__ = ("job", "queue", "retry")
+    __slots__ = ("job", "queue", "retry", "execution")
 
-    def __init__(self, job: Optional[Job] = None, queue: Optional[Queue] = None, retry: bool = False) -> None:
-        self.job, self.queue, self.retry = job, queue, retry
+    def __init__(self, job: Optional[Job] = None, queue: Optional[Queue] = None, retry: bool = False,
+                 execution: Optional[Execution] = None) -> None:
+        self.job, self.queue, self.retry, self.execution = job, queue, retry, execution
 
 
-def claim(connection: redis.Redis, queues: Sequence[Queue], job_class: type[Job], serializer: Any) -> _Claimed:
-    """Take the first job of ``queues`` (in order) without blocking, in one round trip."""
-    keys: list[str] = []
+def claim(worker: Worker, queues: Sequence[Queue]) -> _Claimed:
+    """Take the first job of ``queues`` (in order) without blocking, and start it, in one round trip."""
+    connection = worker.connection
+    keys: list[str] = [worker.key, WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker.name)]
     for queue in queues:
-        keys += [queue.key, queue.intermediate_queue_key]
+        if queue.name not in _queue_keys:
+            _queue_keys[queue.name] = [queue.key, queue.intermediate_queue_key, queue.started_job_registry.key]
+        keys += _queue_keys[queue.name]
     global _claim_script
     if _claim_script is None:
         _claim_script = connection.register_script(_CLAIM)
-    reply = _claim_script(keys=keys, args=[Job.redis_job_namespace_prefix, _MAX_DROPPED], client=connection)
+    execution_id, started = uuid4().hex, now()
+    busy = worker.get_state() != WorkerStatus.BUSY
+    args = [Job.redis_job_namespace_prefix, f"{RQ_KEY_PREFIX}:execution:", ExecutionRegistry.key_template.format(""),
+            execution_id, worker.name, started.timestamp(), int(started.timestamp()), utcformat(started),
+            worker.job_monitoring_interval, int(busy), _MAX_DROPPED]
+    reply = _claim_script(keys=keys, args=args, client=connection)
     if not reply:
         return _Claimed()
     if reply[0] == 0:
         return _Claimed(retry=True)
-    queue = queues[reply[0] - 1]
-    fields = reply[2]
-    raw = dict(zip(fields[::2], fields[1::2]))
-    return _Claimed(restore(job_class, reply[1].decode(), raw, connection, serializer), queue)
+    queue, job_id, fields, ttl = queues[reply[0] - 1], reply[1].decode(), reply[2], reply[3]
+    job = restore(worker.job_class, job_id, dict(zip(fields[::2], fields[1::2])), connection, worker.serializer)
+    if ttl < 0:
+        return _Claimed(job, queue)
+    # What RQ's prepare_execution and prepare_job_execution leave in memory.
+    if busy:
+        worker._state = WorkerStatus.BUSY
+    job.worker_name = worker.name
+    job.started_at = job.last_heartbeat = started
+    job._status = JobStatus.STARTED
+    execution = Execution(execution_id, job_id, connection, worker_name=worker.name)
+    execution.created_at = execution.last_heartbeat = started
+    execution._job = job
+    worker.executions[execution_id] = execution
+    return _Claimed(job, queue, execution=execution)
 
 
 def restore(job_class: type[Job], job_id: str, raw: dict[bytes, bytes], connection: redis.Redis,

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import redis
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
+from rq.registry import BaseRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 import task_def
@@ -70,6 +71,28 @@ class CatalogueJob(Job):
     def _allowed_callback(self, name: Optional[str]) -> None:
         if name and name not in ALLOWED_CALLBACKS:
             raise JobRefused(f"refused: callback {name!r} is not an allowed workqueue callback")
+
+    @property
+    def started_job_registry(self) -> StartedJobRegistry:
+        return self._registry(StartedJobRegistry)
+
+    @property
+    def finished_job_registry(self) -> FinishedJobRegistry:
+        return self._registry(FinishedJobRegistry)
+
+    @property
+    def failed_job_registry(self) -> FailedJobRegistry:
+        return self._registry(FailedJobRegistry)
+
+    def _registry(self, kind: type[BaseRegistry]) -> Any:
+        """The job's registry of ``kind``, built once per job and queue: RQ builds one at every
+        use, and each build checks its serializer against a typing Protocol, which is slow."""
+        cache = self.__dict__.setdefault("_registries", {})
+        key = (kind, self.origin)
+        if key not in cache:
+            cache[key] = kind(self.origin, connection=self.connection, job_class=self.__class__,
+                              serializer=self.serializer)
+        return cache[key]
 
     @property
     def success_callback(self):

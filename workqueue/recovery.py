@@ -136,9 +136,13 @@ def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
             if job is None or job.get_status(refresh=False) != JobStatus.STARTED:
                 continue
             owner = job.worker_name or ""
-            if owner and connection.exists(prefix + owner):
+            # A worker's hash outlives it by a minute when it quits (RQ's register_death marks it
+            # "death"): such a worker is as dead as one whose heartbeat lapsed.
+            quit_ = bool(owner) and bool(connection.hexists(prefix + owner, "death"))
+            if owner and connection.exists(prefix + owner) and not quit_:
                 continue
-            reason = f"worker {owner or '?'} died (its heartbeat expired)"
+            reason = f"worker {owner} quit without finishing it" if quit_ else \
+                f"worker {owner or '?'} died (its heartbeat expired)"
             handed.append(hand_back(connection, job, reason, owner, attempt=True))
         handed += _rescue_intermediate(connection, queue)
     _enqueue_due(connection, queues)

@@ -168,11 +168,14 @@ class CatalogueWorker(Worker):
         self._horse: Optional[Horse] = None
 
     def dequeue_job_and_maintain_ttl(self, timeout: Optional[int], max_idle_time: Optional[int] = None):
-        """The next job in one round trip when one is waiting (``execution.claim``); otherwise RQ's
-        way: mark the worker idle, heartbeat, and block until a job comes."""
+        """The next job, already started, in one round trip when one is waiting (``execution.claim``);
+        otherwise RQ's way: mark the worker idle, heartbeat, and block until a job comes."""
         while not self._stop_requested:
             try:
-                claimed = execution.claim(self.connection, self._ordered_queues, self.job_class, self.serializer)
+                # As RQ's does first; at most once a second (see heartbeat). A new worker's hash
+                # lives worker_ttl + 60 s until then, and a job it died with would wait that long.
+                self.heartbeat()
+                claimed = execution.claim(self, self._ordered_queues)
             except (redis.ConnectionError, redis.TimeoutError):
                 break  # RQ's loop below waits for Redis to come back
             if claimed.retry:
@@ -181,6 +184,7 @@ class CatalogueWorker(Worker):
                 break
             self.reorder_queues(reference_queue=claimed.queue)
             claimed.job.redis_server_version = self.get_redis_server_version()
+            claimed.job.started_execution = claimed.execution  # type: ignore[attr-defined]
             if self.log_job_description:
                 self.log.info("Worker %s: %s: %s (%s)", self.name, claimed.queue.name, claimed.job.description,
                               claimed.job.id)
@@ -199,10 +203,14 @@ class CatalogueWorker(Worker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """RQ's, in the worker's reused horse (see ``workqueue.horse``) instead of a fork per job,
         with the job's start recorded in one round trip (``execution.start``)."""
-        beat = time.monotonic() - self._beaten_at >= HEARTBEAT_MIN_GAP
-        started = execution.start(self, job, queue, heartbeat=beat)
-        if beat:
-            self._beaten_at = time.monotonic()
+        started = getattr(job, "started_execution", None)
+        if started is not None:  # the claim started it
+            self.heartbeat()  # at most once a second (see heartbeat)
+        else:
+            beat = time.monotonic() - self._beaten_at >= HEARTBEAT_MIN_GAP
+            started = execution.start(self, job, queue, heartbeat=beat)
+            if beat:
+                self._beaten_at = time.monotonic()
         try:
             self._run_in_horse(job, queue, started)
         finally:
@@ -215,13 +223,19 @@ class CatalogueWorker(Worker):
         A horse still running HARD_KILL_GRACE after the job's timeout (the task ignored the alarm)
         is killed; RQ's own limit is the timeout plus 60 s.
         """
+        raw = getattr(job, "claimed_hash", None)
+        message = {"job": job.id, "queue": queue.name, "execution": execution.id,
+                   "started_at": (job.started_at or now()).timestamp(),
+                   "hash": {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()} if raw else None}
         if self._horse is None:
             self._horse = Horse(self._serve_as_horse)
+        try:
+            self._horse.send(message)
+        except BrokenPipeError:  # the horse died waiting for this job (killed between jobs): a new one runs it
+            self._horse.reap()
+            self._horse = Horse(self._serve_as_horse)
+            self._horse.send(message)
         horse = self._horse
-        raw = getattr(job, "claimed_hash", None)
-        horse.send({"job": job.id, "queue": queue.name, "execution": execution.id,
-                    "started_at": (job.started_at or now()).timestamp(),
-                    "hash": {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()} if raw else None})
         self._horse_pid = horse.pid
         job.started_at = now()
         timeout = job.timeout or Queue.DEFAULT_TIMEOUT
@@ -379,6 +393,20 @@ class CatalogueWorker(Worker):
         if pipeline is None:
             pipe.execute()
             self._beaten_at = time.monotonic()
+
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        """RQ's heartbeat during a long job, but the worker's registration still lapses HEARTBEAT_TTL
+        after it: RQ gives a worker hash it finds gone a lifetime of a minute, so a worker killed
+        then would keep its job waiting that long (our heartbeat re-registers it instead)."""
+        with self.connection.pipeline() as pipeline:
+            self.heartbeat(HEARTBEAT_TTL, pipeline=pipeline)
+            working = (now() - job.started_at).total_seconds() if job.started_at else 0.0
+            ttl = int(self.get_heartbeat_ttl(job, working_time=working))
+            execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
+            index = len(pipeline)
+            job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
+            if pipeline.execute()[index] == 1:  # the job was deleted meanwhile (rq#1450): as RQ does
+                self.connection.delete(job.key)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ's, without the round trip when the state is already the one written last (RQ sets

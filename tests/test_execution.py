@@ -1,0 +1,127 @@
+"""A job's start and end in one round trip each (``workqueue.execution``) write what RQ's own
+code writes: the same keys, fields, values and lifetimes, so RQ's registries, rq-dashboard, the
+kill scripts and the recovery sweep see a job exactly as RQ would leave it."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import redis
+from rq import Worker
+from rq.executions import prepare_execution
+from rq.utils import now
+
+from workqueue import execution, producer
+from workqueue.worker import CatalogueQueue, CatalogueWorker
+
+QUEUE = "fidelity"
+_TIME = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z|\b1[6-9]\d{8}(\.\d+)?\b")
+_DURATION = re.compile(rb"\d+\.\d+")
+
+
+def new_worker(conn: redis.Redis) -> CatalogueWorker:
+    worker = CatalogueWorker([QUEUE], connection=conn, name="fidelity-worker")
+    worker.register_birth()
+    worker.set_state("idle")
+    return worker
+
+
+def snapshot(conn: redis.Redis, ids: dict[str, str]) -> dict[str, Any]:
+    """Every key, ids replaced by names, times by T and durations by D: its type, TTL and contents
+    (sorted-set scores and TTLs as seconds from now, rounded to 5 s so that two runs a moment apart
+    compare equal; a stream's entries without their ids)."""
+
+    def norm(value: Any) -> Any:
+        if isinstance(value, (bytes, str)):
+            value = value.encode() if isinstance(value, str) else value
+            for real, name in ids.items():
+                value = value.replace(real.encode(), name.encode())
+            value = _TIME.sub(b"T", value)
+            return b"D" if _DURATION.fullmatch(value) else value
+        return value
+
+    clock = time.time()
+    found: dict[str, Any] = {}
+    for key in conn.keys("*"):
+        kind, ttl = conn.type(key).decode(), conn.ttl(key)
+        if kind == "hash":
+            content: Any = sorted((norm(k), norm(v)) for k, v in conn.hgetall(key).items())
+        elif kind == "zset":
+            content = sorted((norm(m), 5 * round((s - clock) / 5)) for m, s in conn.zrange(key, 0, -1, withscores=True))
+        elif kind == "set":
+            content = sorted(norm(m) for m in conn.smembers(key))
+        elif kind == "list":
+            content = [norm(m) for m in conn.lrange(key, 0, -1)]
+        elif kind == "stream":
+            content = [sorted((norm(k), norm(v)) for k, v in fields.items()) for _, fields in conn.xrange(key)]
+        else:
+            content = kind
+        found[norm(key).decode()] = (kind, ttl if ttl < 0 else 5 * round(ttl / 5), content)
+    return found
+
+
+def enqueued(conn: redis.Redis) -> tuple[str, str]:
+    """A fresh database holding one queued job: the job's and its batch's ids."""
+    conn.flushdb()
+    result = producer.enqueue(conn, [producer.TaskCall.build("primes", {"n": 0}, retries=0)], QUEUE)
+    return result.jobs[0].id, result.batch_id
+
+
+def test_the_claim_starts_a_job_as_rq_prepare_execution_and_prepare_job_execution_do(conn) -> None:
+    # RQ's way: dequeue, then the worker's prepare_execution and the horse's prepare_job_execution.
+    job_id, batch_id = enqueued(conn)
+    worker = new_worker(conn)
+    job, queue = CatalogueQueue.dequeue_any(worker.queues, None, connection=conn, job_class=worker.job_class,
+                                            serializer=worker.serializer)
+    rq_execution = prepare_execution(worker, job)
+    Worker.prepare_job_execution(worker, job, remove_from_intermediate_queue=True)
+    by_rq = snapshot(conn, {job_id: "JOB", batch_id: "BATCH", rq_execution.id: "EXECUTION"})
+
+    # Ours: one script, then the worker's heartbeat, as execute_job sends it.
+    job_id, batch_id = enqueued(conn)
+    worker = new_worker(conn)
+    claimed = execution.claim(worker, worker.queues)
+    worker.heartbeat()
+    assert claimed.job.id == job_id and claimed.execution is not None
+    ours = snapshot(conn, {job_id: "JOB", batch_id: "BATCH", claimed.execution.id: "EXECUTION"})
+
+    assert ours == by_rq
+    # And in memory, what the worker goes on with.
+    assert claimed.job.get_status(refresh=False) == "started" and claimed.job.worker_name == worker.name
+    assert worker.executions == {claimed.execution.id: claimed.execution} and worker.get_state() == "busy"
+
+
+def test_the_end_is_recorded_as_rq_handle_job_success_and_the_batch_callback_do(conn) -> None:
+    def run(record) -> dict[str, Any]:
+        job_id, batch_id = enqueued(conn)
+        worker = new_worker(conn)
+        claimed = execution.claim(worker, worker.queues)
+        job = claimed.job
+        job.ended_at = now()
+        job._result = {"n": 0, "primes": 0}
+        record(worker, job, claimed.queue, claimed.execution)
+        return snapshot(conn, {job_id: "JOB", batch_id: "BATCH", claimed.execution.id: "EXECUTION"})
+
+    def rqs(worker: CatalogueWorker, job, queue, started) -> None:
+        job.success_callback(job, conn, job._result)  # batches.task_finished, as RQ calls it
+        Worker.handle_job_success(worker, job, queue, queue.started_job_registry, started)
+
+    def ours(worker: CatalogueWorker, job, queue, started) -> None:
+        execution.finish(worker, job, queue, started, count_in_batch=True)
+
+    by_rq, by_us = run(rqs), run(ours)
+    # RQ rewrites the whole job hash at its end; we write the fields that changed. Same result.
+    assert by_us == by_rq
+
+
+def test_a_job_whose_hash_is_gone_is_dropped_and_the_next_one_claimed(conn) -> None:
+    gone, _ = enqueued(conn)
+    conn.delete(f"rq:job:{gone}")
+    kept = producer.enqueue(conn, [producer.TaskCall.build("primes", {"n": 0}, retries=0)], QUEUE).jobs[0].id
+    worker = new_worker(conn)
+    claimed = execution.claim(worker, worker.queues)
+    assert claimed.job.id == kept
+    assert conn.lrange(f"rq:queue:{QUEUE}:intermediate", 0, -1) == []
+    assert execution.claim(worker, worker.queues).job is None  # and then the queue is empty
