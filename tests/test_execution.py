@@ -9,12 +9,12 @@ import time
 from typing import Any
 
 import redis
-from rq import Worker
+from rq import Queue, Worker
 from rq.executions import prepare_execution
 from rq.utils import now
 
 from workqueue import execution, producer
-from workqueue.worker import CatalogueQueue, CatalogueWorker
+from workqueue.worker import CatalogueWorker
 
 QUEUE = "fidelity"
 _TIME = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z|\b1[6-9]\d{8}(\.\d+)?\b")
@@ -73,7 +73,7 @@ def test_the_claim_starts_a_job_as_rq_prepare_execution_and_prepare_job_executio
     # RQ's way: dequeue, then the worker's prepare_execution and the horse's prepare_job_execution.
     job_id, batch_id = enqueued(conn)
     worker = new_worker(conn)
-    job, queue = CatalogueQueue.dequeue_any(worker.queues, None, connection=conn, job_class=worker.job_class,
+    job, queue = Queue.dequeue_any(worker.queues, None, connection=conn, job_class=worker.job_class,
                                             serializer=worker.serializer)
     rq_execution = prepare_execution(worker, job)
     Worker.prepare_job_execution(worker, job, remove_from_intermediate_queue=True)

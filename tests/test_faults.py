@@ -180,12 +180,11 @@ def test_worker_death_of_a_job_not_safe_to_rerun_fails_it_with_the_reason(conn, 
 def test_worker_killed_between_dequeue_and_start_loses_nothing_on_several_queues(conn, env) -> None:
     """A job moved out of its queue by a worker that died before registering it is requeued."""
     from workqueue import recovery
-    from workqueue.worker import CatalogueQueue
 
     job = enqueue(conn, "sleep", queue="b", seconds=0.1)
-    queues = [CatalogueQueue(n, connection=conn, serializer=SERIALIZER) for n in ("a", "b")]
-    found, queue = CatalogueQueue.dequeue_any(queues, None, connection=conn, serializer=SERIALIZER)
-    assert found.id == job.id and conn.lrange(queue.intermediate_queue_key, 0, -1) == [job.id.encode()]
+    # What a waiting worker's BLMOVE does before it claims the job (CatalogueWorker._wait_and_claim).
+    queue = Queue("b", connection=conn, serializer=SERIALIZER)
+    assert conn.lmove(queue.key, queue.intermediate_queue_key) == job.id.encode()
     # ... and the worker dies here. The sweep requeues it on its second sighting.
     assert recovery.sweep(conn)[1] == []
     rescued = recovery.sweep(conn)[1]

@@ -7,6 +7,7 @@ import os
 import signal
 
 import psutil
+import pytest
 import redis
 from rq.job import Job
 
@@ -75,3 +76,30 @@ def test_a_horse_killed_between_jobs_is_replaced_and_the_next_job_runs(conn, pro
     job = run(conn, "whoami")
     assert horse_of(job) != idle_horse and job.return_value()["pid"] != worker
     assert child_pids(consumer) == {worker}  # the worker stayed: RQ's loop would have quit on the broken pipe
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_stop_signal_arriving_while_the_horse_is_forked_is_not_lost() -> None:
+    """An idle worker forks its horse ahead of its next job, and its stop handler raises: a stop
+    landing in the fork's own handlers would be printed and dropped, and the worker run on."""
+    from workqueue.horse import Horse
+
+    armed: list[bool] = []
+    os.register_at_fork(before=lambda: armed and os.kill(os.getpid(), signal.SIGTERM))
+
+    def stop(signum, frame):
+        raise _Stop()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    before = set(psutil.Process().children())
+    try:
+        armed.append(True)
+        with pytest.raises(_Stop):  # raised once the fork is done, where the worker can act on it
+            Horse(lambda inbox, outbox: os.read(inbox, 1))
+    finally:
+        armed.clear()
+        signal.signal(signal.SIGTERM, previous)
+    assert set(psutil.Process().children()) <= before, "the horse forked for a stopping worker was left running"

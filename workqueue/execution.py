@@ -1,29 +1,29 @@
-"""A job's way through a worker in three Redis round trips, RQ's bookkeeping kept whole.
+"""A job's way through a worker in two Redis round trips, RQ's bookkeeping kept whole.
 
 RQ spends 20 to 25 round trips on each job, most of them single writes: the dequeue and the fetch,
 the execution record, the horse's own fetch and preparation, heartbeats, the end callback, a
 WATCH on the job's dependents and the transaction that records the end. Here the same keys get
 the same values, grouped into one request per step:
 
-1. :func:`claim`: move the first job of the worker's queues into its intermediate list and read
-   its hash (one Lua script; the blocking wait of an idle worker stays RQ's BLMOVE);
-2. :func:`start`: the execution, the started registry, the job's "started" status and its
-   removal from the intermediate list, in one transaction sent by the worker;
-3. :func:`finish`: the result, the finished registry, the worker's counters, the execution's
+1. :func:`claim`: take the first job of the worker's queues and start it: RQ's dequeue, then the
+   execution, the started registry, the job's "started" status, in one Lua script sent by the
+   worker (an idle worker first waits in a BLMOVE, as RQ's does, then sends it);
+2. :func:`finish`: the result, the finished registry, the worker's counters, the execution's
    cleanup, the batch's count and the statistics, in one transaction sent by the horse.
 
-Every step is atomic, and between steps the job is where RQ would have it (the intermediate
-list, then the started registry), so the sweep that recovers dead workers' jobs (``recovery``)
-finds it. A job with dependents is still handed to RQ after its end; repeats and Retry results
-take RQ's own path.
+(:func:`start` is the second half of the claim, in Python, for a job the claim leaves unstarted.)
+Every step is atomic, and between steps the job is where RQ would have it (the intermediate list,
+then the started registry), so the sweep that recovers dead workers' jobs (``recovery``) finds it.
+A job with dependents is still handed to RQ after its end; repeats and Retry results take RQ's
+own path.
 """
 
 from __future__ import annotations
 
 import logging
-from uuid import uuid4
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
+from uuid import uuid4
 
 import redis
 from redis.commands.core import Script
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 # order its list, its intermediate list and its started registry.
 # ARGV: the job, execution and execution-registry key prefixes; the new execution's id; the
 # worker's name; now (epoch seconds as a float, as an int, and as RQ's UTC text); the job
-# monitoring interval; whether to set the worker "busy"; the most dangling ids to drop.
+# monitoring interval; whether to set the worker "busy"; the most dangling ids to drop; the id of a
+# job already moved into the first queue's intermediate list (by the worker's blocking BLMOVE), or ''.
 # Answers false (every queue empty), {0} (dropped ids of jobs whose hash had gone: ask again), or
 # {queue number, job id, the job's hash as read before starting it, the execution's TTL};
 # a job whose timeout is not a plain number is answered with a TTL of -1, left unstarted in the
@@ -62,7 +63,12 @@ local now_float, now_int, now_text, interval = ARGV[6], tonumber(ARGV[7]), ARGV[
 local dropped = 0
 for i = 3, #KEYS, 3 do
   while true do
-    local id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
+    local id = false
+    if i == 3 and ARGV[12] ~= '' then
+      id, ARGV[12] = ARGV[12], ''
+    else
+      id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
+    end
     if not id then break end
     local job_key = job_prefix .. id
     local job = redis.call('HGETALL', job_key)
@@ -116,8 +122,9 @@ class _Claimed:
         self.job, self.queue, self.retry, self.execution = job, queue, retry, execution
 
 
-def claim(worker: Worker, queues: Sequence[Queue]) -> _Claimed:
-    """Take the first job of ``queues`` (in order) without blocking, and start it, in one round trip."""
+def claim(worker: Worker, queues: Sequence[Queue], moved: Optional[bytes] = None) -> _Claimed:
+    """Take the first job of ``queues`` (in order) without blocking, and start it, in one round trip;
+    ``moved``: the id of a job the worker already moved into the first queue's intermediate list."""
     connection = worker.connection
     keys: list[str] = [worker.key, WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker.name)]
     for queue in queues:
@@ -128,11 +135,19 @@ def claim(worker: Worker, queues: Sequence[Queue]) -> _Claimed:
     if _claim_script is None:
         _claim_script = connection.register_script(_CLAIM)
     execution_id, started = uuid4().hex, now()
-    busy = worker.get_state() != WorkerStatus.BUSY
+    state = worker.get_state()
     args = [Job.redis_job_namespace_prefix, f"{RQ_KEY_PREFIX}:execution:", ExecutionRegistry.key_template.format(""),
             execution_id, worker.name, started.timestamp(), int(started.timestamp()), utcformat(started),
-            worker.job_monitoring_interval, int(busy), _MAX_DROPPED]
-    reply = _claim_script(keys=keys, args=args, client=connection)
+            worker.job_monitoring_interval, int(state != WorkerStatus.BUSY), _MAX_DROPPED, moved or ""]
+    # Busy in memory before the job can be started in Redis: a stop signal arriving meanwhile then
+    # lets the job run to its end (RQ's warm shutdown) instead of leaving it started and unrun.
+    worker._state = WorkerStatus.BUSY
+    reply = None
+    try:
+        reply = _claim_script(keys=keys, args=args, client=connection)
+    finally:
+        if not reply or reply[0] == 0 or reply[3] < 0:  # nothing started
+            worker._state = state
     if not reply:
         return _Claimed()
     if reply[0] == 0:
@@ -142,8 +157,6 @@ def claim(worker: Worker, queues: Sequence[Queue]) -> _Claimed:
     if ttl < 0:
         return _Claimed(job, queue)
     # What RQ's prepare_execution and prepare_job_execution leave in memory.
-    if busy:
-        worker._state = WorkerStatus.BUSY
     job.worker_name = worker.name
     job.started_at = job.last_heartbeat = started
     job._status = JobStatus.STARTED

@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional
 HORSE_MAX_JOBS = int(os.environ.get("WORKQUEUE_HORSE_MAX_JOBS") or 1000)
 HORSE_MAX_RSS_MB = int(os.environ.get("WORKQUEUE_HORSE_MAX_RSS_MB") or 512)
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 #: What :meth:`Horse.wait` returns when the horse has not answered yet.
 WAITING = object()
 
@@ -37,12 +39,22 @@ class Horse:
         """Fork a horse that runs ``serve(inbox_fd, outbox_fd)`` (which must never return)."""
         to_horse_r, to_horse_w = os.pipe()
         from_horse_r, from_horse_w = os.pipe()
-        pid = os.fork()
+        # A stop signal is held back over the fork: an idle worker's handler raises, and raised
+        # from the fork's own handlers (logging's) it would be printed and lost, the stop with it.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            raise
         if pid == 0:  # the horse
             os.close(to_horse_w)
             os.close(from_horse_r)
             try:
                 os.setpgrp()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # as RQ's horse: Ctrl-C is for the worker
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 serve(to_horse_r, from_horse_w)
             finally:
                 os._exit(1)
@@ -53,6 +65,11 @@ class Horse:
         self._inbox = to_horse_w
         self._outbox = from_horse_r
         self._pending = b""
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop held back raises here, if at all
+        except BaseException:
+            self.retire()  # the worker is stopping: this horse would run nothing
+            raise
 
     def send(self, message: dict) -> None:
         """Hand the horse its next job (a JSON-ready dict; see the module's docstring)."""

@@ -31,7 +31,6 @@ from workqueue.settings import SWEEP_INTERVAL
 from workqueue.worker import (
     STOPPED_ON_PURPOSE,
     WORKER_CLASSES,
-    CatalogueQueue,
     die_with_parent,
     stopped_on_purpose,
 )
@@ -104,7 +103,6 @@ class ConsumerPool(WorkerPool):
             worker_class=WORKER_CLASSES[order],
             serializer=SERIALIZER,
             job_class=CatalogueJob,
-            queue_class=CatalogueQueue,
         )
         self.name = f"{socket.gethostname()}.{os.getpid()}"
         self._numbers = itertools.count(1)

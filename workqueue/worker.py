@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import random
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -28,7 +27,7 @@ import redis
 from rq import Queue, Retry, Worker, get_current_job, worker_registration
 from rq.callbacks import execute_success_callback
 from rq.command import parse_payload
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
@@ -79,65 +78,6 @@ def stopped_on_purpose() -> bool:
     return _stopped_on_purpose
 
 
-class CatalogueQueue(Queue):
-    """RQ's Queue, whose dequeue never loses a job, whatever the number of queues.
-
-    RQ moves a job atomically into a per-queue intermediate list (BLMOVE) only when a worker has a
-    single queue; with several it pops with BLPOP, and a worker killed between the pop and the
-    job's registration loses the job (rq#2236). Here every dequeue is an LMOVE into the
-    intermediate list, queues taken in order; while all are empty the worker blocks briefly on the
-    first and looks again. The sweep (``recovery.sweep``) requeues what a dead worker left there.
-    """
-
-    @classmethod
-    def dequeue_any(cls, queues: Iterable[Queue], timeout: Optional[int], connection: redis.Redis,
-                    job_class: Any = None, serializer: Any = None, death_penalty_class: Any = None):
-        queues = list(queues)
-        if len(queues) == 1:
-            return super().dequeue_any(queues, timeout, connection, job_class, serializer, death_penalty_class)
-        def take(queue: Queue, job_id: Optional[bytes]):
-            """The job just moved into ``queue``'s intermediate list, or None (and drop it if its hash is gone)."""
-            if job_id is None:
-                return None
-            found = cls._fetch_dequeued_job(connection, queue.key, job_id.decode(), job_class=job_class,
-                                             serializer=serializer, death_penalty_class=death_penalty_class)
-            if found is None:
-                connection.lrem(queue.intermediate_queue_key, 1, job_id)
-            return found
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            for queue in queues:
-                found = take(queue, connection.lmove(queue.key, queue.intermediate_queue_key))
-                if found is not None:
-                    return found
-            if deadline is None:
-                return None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DequeueTimeout(timeout, [q.key for q in queues])
-            first = queues[0]
-            found = take(first, connection.blmove(first.key, first.intermediate_queue_key, min(MULTI_QUEUE_POLL, left)))
-            if found is not None:
-                return found
-
-    @classmethod
-    def _fetch_dequeued_job(cls, connection: redis.Redis, queue_key: str, job_id: str, job_class: Any = None,
-                            serializer: Any = None, death_penalty_class: Any = None):
-        """RQ's, keeping the hash read on the job (``execution.restore``) for the horse."""
-        queue = cls.from_queue_key(queue_key, connection=connection, job_class=job_class, serializer=serializer,
-                                   death_penalty_class=death_penalty_class)
-        raw = connection.hgetall(Job.key_for(job_id))
-        if not raw:
-            return None  # deleted while queued: RQ skips it too
-        try:
-            return execution.restore(job_class or cls.job_class, job_id, raw, connection, serializer), queue
-        except Exception as exc:  # as RQ's: say which job could not be read
-            exc.job_id = job_id  # type: ignore[attr-defined]
-            exc.queue = queue  # type: ignore[attr-defined]
-            raise
-
-
 class _Scheduler(RQScheduler):
     """RQ's scheduler process, which (unlike RQ's) stops when its worker dies."""
 
@@ -150,12 +90,10 @@ class CatalogueWorker(Worker):
     """RQ's forking worker, held to JSON and the catalogue whoever constructs it."""
 
     job_class = CatalogueJob
-    queue_class = CatalogueQueue
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["serializer"] = SERIALIZER
         kwargs["job_class"] = CatalogueJob
-        kwargs["queue_class"] = CatalogueQueue
         kwargs.setdefault("worker_ttl", HEARTBEAT_INTERVAL + 15)  # RQ blocks worker_ttl - 15 s per idle poll
         kwargs.setdefault("job_monitoring_interval", HEARTBEAT_INTERVAL)
         super().__init__(*args, **kwargs)
@@ -168,30 +106,83 @@ class CatalogueWorker(Worker):
         self._horse: Optional[Horse] = None
 
     def dequeue_job_and_maintain_ttl(self, timeout: Optional[int], max_idle_time: Optional[int] = None):
-        """The next job, already started, in one round trip when one is waiting (``execution.claim``);
-        otherwise RQ's way: mark the worker idle, heartbeat, and block until a job comes."""
-        while not self._stop_requested:
+        """RQ's, with every job taken and started in one round trip (``execution.claim``): at once
+        when one is waiting; otherwise the worker goes idle and waits as RQ's does (a BLMOVE, or
+        for several queues a short BLMOVE on the first and a look at all), then claims the job
+        the BLMOVE moved. Redis being away is waited out as RQ does."""
+        try:
+            # As RQ's, a heartbeat first (at most one a second, see heartbeat): a new worker's
+            # hash lives worker_ttl + 60 s until then, and a job it died with would wait as long.
+            self.heartbeat()
+            claimed = self._claim()
+            if claimed is not None:
+                return claimed
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # waited out below
+        if self._horse is None:  # fork it now, not when the next job is already waiting
+            self._horse = Horse(self._serve_as_horse)
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        backoff, idle_since = 1.0, time.monotonic()
+        while True:
             try:
-                # As RQ's does first; at most once a second (see heartbeat). A new worker's hash
-                # lives worker_ttl + 60 s until then, and a job it died with would wait that long.
                 self.heartbeat()
-                claimed = execution.claim(self, self._ordered_queues)
-            except (redis.ConnectionError, redis.TimeoutError):
-                break  # RQ's loop below waits for Redis to come back
-            if claimed.retry:
-                continue
-            if claimed.job is None:
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                wait = timeout
+                if timeout is not None and max_idle_time is not None:
+                    wait = max(1, min(timeout, math.ceil(max_idle_time - (time.monotonic() - idle_since))))
+                return self._wait_and_claim(wait)
+            except DequeueTimeout:
+                if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                    return None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.log.error("Worker %s: could not connect to Redis: %s; retrying in %d seconds...",
+                               self.name, exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * self.exponential_backoff_factor, self.max_connection_wait_time)
+
+    def _claim(self, moved: Optional[bytes] = None):
+        """``execution.claim`` on the worker's queues: the job, started, and its queue; or None."""
+        while True:
+            claimed = execution.claim(self, self._ordered_queues, moved)
+            moved = None
+            if not claimed.retry:
                 break
-            self.reorder_queues(reference_queue=claimed.queue)
-            claimed.job.redis_server_version = self.get_redis_server_version()
-            claimed.job.started_execution = claimed.execution  # type: ignore[attr-defined]
-            if self.log_job_description:
-                self.log.info("Worker %s: %s: %s (%s)", self.name, claimed.queue.name, claimed.job.description,
-                              claimed.job.id)
-            else:
-                self.log.info("Worker %s: %s: %s", self.name, claimed.queue.name, claimed.job.id)
-            return claimed.job, claimed.queue
-        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if claimed.job is None:
+            if self._stop_requested:  # asked while the claim made the worker look busy: stop now
+                raise StopRequested()
+            return None
+        self.reorder_queues(reference_queue=claimed.queue)
+        claimed.job.redis_server_version = self.get_redis_server_version()
+        claimed.job.started_execution = claimed.execution  # type: ignore[attr-defined]
+        if self.log_job_description:
+            self.log.info("Worker %s: %s: %s (%s)", self.name, claimed.queue.name, claimed.job.description,
+                          claimed.job.id)
+        else:
+            self.log.info("Worker %s: %s: %s", self.name, claimed.queue.name, claimed.job.id)
+        return claimed.job, claimed.queue
+
+    def _wait_and_claim(self, timeout: Optional[int]):
+        """Claim a job, waiting up to ``timeout`` seconds for one (None: not at all) in a BLMOVE on
+        the first queue, which moves the job into its intermediate list: an atomic hand-over
+        (RQ's BLPOP on several queues can lose a job, rq#2236). With several queues the wait is
+        cut into MULTI_QUEUE_POLL slices, each followed by a look at every queue."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            claimed = self._claim()
+            if claimed is not None or deadline is None:
+                return claimed
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DequeueTimeout(timeout, self.queue_keys())
+            first = self._ordered_queues[0]
+            slice_ = left if len(self._ordered_queues) == 1 else min(MULTI_QUEUE_POLL, left)
+            moved = self.connection.blmove(first.key, first.intermediate_queue_key, slice_)
+            if moved is not None:
+                claimed = self._claim(moved)
+                if claimed is not None:
+                    return claimed
 
     def check_for_suspension(self, burst: bool) -> None:
         """RQ's, asked at most every SUSPENSION_CHECK_GAP seconds instead of before every job."""
@@ -204,9 +195,7 @@ class CatalogueWorker(Worker):
         """RQ's, in the worker's reused horse (see ``workqueue.horse``) instead of a fork per job,
         with the job's start recorded in one round trip (``execution.start``)."""
         started = getattr(job, "started_execution", None)
-        if started is not None:  # the claim started it
-            self.heartbeat()  # at most once a second (see heartbeat)
-        else:
+        if started is None:  # the claim left it unstarted
             beat = time.monotonic() - self._beaten_at >= HEARTBEAT_MIN_GAP
             started = execution.start(self, job, queue, heartbeat=beat)
             if beat:
@@ -229,15 +218,17 @@ class CatalogueWorker(Worker):
                    "hash": {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()} if raw else None}
         if self._horse is None:
             self._horse = Horse(self._serve_as_horse)
+        self._horse_pid = self._horse.pid  # before it has the job: a cold stop then kills it too
         try:
             self._horse.send(message)
         except BrokenPipeError:  # the horse died waiting for this job (killed between jobs): a new one runs it
             self._horse.reap()
             self._horse = Horse(self._serve_as_horse)
+            self._horse_pid = self._horse.pid
             self._horse.send(message)
         horse = self._horse
-        self._horse_pid = horse.pid
         job.started_at = now()
+        self.heartbeat()  # at most once a second (see heartbeat), and while the horse works
         timeout = job.timeout or Queue.DEFAULT_TIMEOUT
         hard_deadline = time.monotonic() + timeout + HARD_KILL_GRACE if timeout > 0 else None
         while True:
@@ -322,7 +313,7 @@ class CatalogueWorker(Worker):
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """Nothing left to do in the horse for a job the worker started (``execution.start``); RQ's
-        otherwise, always leaving the intermediate list (see CatalogueQueue)."""
+        otherwise, always leaving the intermediate list (a job is always dequeued into it)."""
         if getattr(job, "started_by_worker", False):
             self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
             return
@@ -471,7 +462,8 @@ class CatalogueWorker(Worker):
         group and forwards each signal once, so a quick second Ctrl-C is meant.
         """
         self.log.warning("Worker %s: cold shut down", self.name)
-        job = self.get_current_job() if self.horse_pid else None
+        # The job it claimed, whether or not its horse has it yet: the claim marks it started first.
+        job = self.get_current_job() if self.executions else None
         if self.horse_pid:
             self.kill_horse(signal.SIGKILL)
             self.wait_for_horse()
