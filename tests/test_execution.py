@@ -19,6 +19,7 @@ from workqueue.worker import CatalogueWorker
 QUEUE = "fidelity"
 _TIME = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z|\b1[6-9]\d{8}(\.\d+)?\b")
 _DURATION = re.compile(rb"\d+\.\d+")
+_CLIENT_PORT = re.compile(rb"(?<=127\.0\.0\.1:)\d+")  # a worker's ip_address: which pooled connection asked
 
 
 def new_worker(conn: redis.Redis) -> CatalogueWorker:
@@ -38,7 +39,7 @@ def snapshot(conn: redis.Redis, ids: dict[str, str]) -> dict[str, Any]:
             value = value.encode() if isinstance(value, str) else value
             for real, name in ids.items():
                 value = value.replace(real.encode(), name.encode())
-            value = _TIME.sub(b"T", value)
+            value = _CLIENT_PORT.sub(b"P", _TIME.sub(b"T", value))
             return b"D" if _DURATION.fullmatch(value) else value
         return value
 

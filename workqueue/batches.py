@@ -46,7 +46,7 @@ return 1
 """
 
 # Count a task's end once; the one that brings `remaining` to 0 closes the batch.
-_END = """
+END_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local first = redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
@@ -132,7 +132,7 @@ def record_end(pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any 
     text = json.dumps(detail, default=str)[:2000]
     if job.group_id:
         keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]
-        pipe.eval(_END, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
+        pipe.eval(END_SCRIPT, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
     statistics.record_end(pipe, job.origin, task, outcome, run, wait)
 
 

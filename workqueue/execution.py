@@ -20,7 +20,9 @@ own path.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 from uuid import uuid4
@@ -35,7 +37,7 @@ from rq.results import Result
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from workqueue import batches
+from workqueue import batches, statistics
 
 if TYPE_CHECKING:
     from rq.worker import Worker
@@ -111,6 +113,22 @@ _claim_script: Optional[Script] = None
 _queue_keys: dict[str, list[str]] = {}
 
 
+_direct_clients: dict[tuple[int, int], redis.Redis] = {}
+
+
+def _direct(connection: redis.Redis) -> redis.Redis:
+    """A client of ``connection``'s pool that keeps one connection of its own, for a job's two
+    requests: taking a connection from the pool and giving it back costs more than a no-op job's
+    work (redis-py checks the call's arguments for deprecations each time). One per process (a
+    forked horse must not write on its worker's socket), and per pool."""
+    key = (os.getpid(), id(connection.connection_pool))
+    client = _direct_clients.get(key)
+    if client is None:
+        client = _direct_clients[key] = redis.Redis(connection_pool=connection.connection_pool,
+                                                    single_connection_client=True)
+    return client
+
+
 class _Claimed:
     """What :func:`claim` found: nothing yet (``retry``), or a job and its queue, and the job's
     execution if the claim started it."""
@@ -144,7 +162,7 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: Optional[bytes] = None
     worker._state = WorkerStatus.BUSY
     reply = None
     try:
-        reply = _claim_script(keys=keys, args=args, client=connection)
+        reply = _claim_script(keys=keys, args=args, client=_direct(connection))
     finally:
         if not reply or reply[0] == 0 or reply[3] < 0:  # nothing started
             worker._state = state
@@ -198,6 +216,56 @@ def start(worker: Worker, job: Job, queue: Queue, heartbeat: bool) -> Execution:
     return execution
 
 
+# Runs a transaction's queued commands in one script, in order and atomically as MULTI/EXEC
+# would, a refused command not stopping the rest, and answers their replies: one command for
+# redis-py to pack and one reply to parse, where a transaction has a score of each. The scripts
+# a transaction may EVAL are compiled in as functions, called by their SHA1.
+# ARGV: each command as its number of words, then its words (an EVAL's script by its SHA1).
+_RUN_LOOP = """
+local replies, i, k = {}, 1, 0
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local reply
+  if ARGV[i + 1] == 'EVAL' then
+    local keys = tonumber(ARGV[i + 3])
+    local ok, r = pcall(scripts[ARGV[i + 2]], {unpack(ARGV, i + 4, i + 3 + keys)}, {unpack(ARGV, i + 4 + keys, i + n)})
+    if ok or type(r) == 'table' then reply = r else reply = {err = tostring(r)} end
+  else
+    reply = redis.pcall(unpack(ARGV, i + 1, i + n))
+  end
+  k = k + 1
+  if reply == nil then replies[k] = false else replies[k] = reply end
+  i = i + n + 1
+end
+return replies
+"""
+#: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
+_RUNNABLE = {hashlib.sha1(text.encode()).hexdigest(): text
+             for text in (batches.END_SCRIPT, statistics.RECORD_END_SCRIPT)}
+_RUN = "local scripts = {}\n" + "".join(
+    f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items()) + _RUN_LOOP
+_run_script: Optional[Script] = None
+
+
+def _run_queued(connection: redis.Redis, pipe: redis.client.Pipeline) -> list[Any]:
+    """The replies of the commands queued on the transaction ``pipe``, sent over ``connection``
+    as one script (errors among them as exception objects, as ``execute(raise_on_error=False)``)."""
+    global _run_script
+    words: list[Any] = []
+    for args, _options in pipe.command_stack:
+        if args[0] == "EVAL":
+            sha = hashlib.sha1(args[1].encode()).hexdigest()
+            if sha not in _RUNNABLE:  # a script this one cannot run: the transaction as it is
+                return pipe.execute(raise_on_error=False)
+            args = ("EVAL", sha, *args[2:])
+        words.append(len(args))
+        words.extend(args)
+    pipe.reset()
+    if _run_script is None:
+        _run_script = connection.register_script(_RUN)
+    return _run_script(keys=[], args=words, client=connection)
+
+
 def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, count_in_batch: bool) -> None:
     """Record the success of ``job`` in one transaction: what RQ's ``handle_job_success`` writes,
     the batch's count and the statistics (``count_in_batch``: what the job's success callback,
@@ -224,7 +292,7 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
         if count_in_batch:
             batches.record_end(pipe, job, "finished", detail=job._result)
-        replies = pipe.execute(raise_on_error=False)
+        replies = _run_queued(_direct(worker.connection), pipe)
     failed = [reply for reply in replies if isinstance(reply, Exception)]
     if failed:  # the transaction was applied; a command in it was refused (e.g. a key of the wrong type)
         log.warning("job %s finished, but Redis refused part of its record: %s", job.id, failed[0])

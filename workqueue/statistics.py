@@ -93,7 +93,7 @@ def count_enqueued(pipe: redis.client.Pipeline, queue: str, counts: dict[str, in
 # (``execution.finish``), where every command counts. KEYS: the minute's bucket, the totals, the
 # histogram, the run and the wait samples. ARGV: task:outcome, RETENTION, SAMPLES, the histogram
 # bucket ('' without a run time), the run and the wait ('' when unknown).
-_RECORD_END = """
+RECORD_END_SCRIPT = """
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
@@ -120,7 +120,7 @@ def record_end(pipe: redis.client.Pipeline, queue: str, task: str, outcome: str,
     keys = (bucket_key(queue, minute()), totals_key(queue), histogram_key(queue, task),
             samples_key(queue, task, "run"), samples_key(queue, task, "wait"))
     bound = "" if run is None else next((str(b) for b in BUCKETS if run <= b), "+Inf")
-    pipe.eval(_RECORD_END, len(keys), *keys, f"{task}:{outcome}", RETENTION, SAMPLES, bound,
+    pipe.eval(RECORD_END_SCRIPT, len(keys), *keys, f"{task}:{outcome}", RETENTION, SAMPLES, bound,
               "" if run is None else round(run, 6), "" if wait is None else round(wait, 4))
 
 

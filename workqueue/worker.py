@@ -215,7 +215,7 @@ class CatalogueWorker(Worker):
         raw = getattr(job, "claimed_hash", None)
         message = {"job": job.id, "queue": queue.name, "execution": execution.id,
                    "started_at": (job.started_at or now()).timestamp(),
-                   "hash": {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()} if raw else None}
+                   "hash": raw or None}
         if self._horse is None:
             self._horse = Horse(self._serve_as_horse)
         self._horse_pid = self._horse.pid  # before it has the job: a cold stop then kills it too
@@ -303,8 +303,7 @@ class CatalogueWorker(Worker):
         if message.get("hash") is None:
             job = self.job_class.fetch(message["job"], connection=self.connection, serializer=self.serializer)
         else:
-            raw = {k.encode("latin-1"): v.encode("latin-1") for k, v in message["hash"].items()}
-            job = execution.restore(self.job_class, message["job"], raw, self.connection, self.serializer)
+            job = execution.restore(self.job_class, message["job"], message["hash"], self.connection, self.serializer)
         job.worker_name = self.name
         job.started_at = job.last_heartbeat = datetime.fromtimestamp(message["started_at"], timezone.utc)
         job._status = JobStatus.STARTED
