@@ -129,6 +129,20 @@ def _direct(connection: redis.Redis) -> redis.Redis:
     return client
 
 
+def prepare(connection: redis.Redis) -> None:
+    """Open this process's connection for a job's requests and load their scripts, so that its
+    first job waits for neither (a worker calls it as it starts, a horse as it starts)."""
+    global _claim_script, _run_script
+    client = _direct(connection)
+    try:
+        _claim_script = _claim_script or client.register_script(_CLAIM)
+        _run_script = _run_script or client.register_script(_RUN)
+        for script in (_claim_script, _run_script):
+            client.script_load(script.script)
+    except redis.RedisError:  # Redis is away: the first job loads them itself
+        log.debug("could not load the job scripts", exc_info=True)
+
+
 class _Claimed:
     """What :func:`claim` found: nothing yet (``retry``), or a job and its queue, and the job's
     execution if the claim started it."""

@@ -105,6 +105,10 @@ class CatalogueWorker(Worker):
         self._suspension_checked_at = -SUSPENSION_CHECK_GAP
         self._horse: Optional[Horse] = None
 
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        execution.prepare(self.connection)
+
     def dequeue_job_and_maintain_ttl(self, timeout: Optional[int], max_idle_time: Optional[int] = None):
         """RQ's, with every job taken and started in one round trip (``execution.claim``): at once
         when one is waiting; otherwise the worker goes idle and waits as RQ's does (a BLMOVE, or
@@ -280,6 +284,7 @@ class CatalogueWorker(Worker):
         self.setup_work_horse_signals()
         self._is_horse = True
         self.log = logging.getLogger("rq.worker")
+        execution.prepare(self.connection)
         queues: dict[str, Queue] = {}
 
         def run(message: dict) -> Optional[bool]:
