@@ -22,6 +22,19 @@ _DURATION = re.compile(rb"\d+\.\d+")
 _CLIENT_PORT = re.compile(rb"(?<=127\.0\.0\.1:)\d+")  # a worker's ip_address: which pooled connection asked
 
 
+class _About(float):
+    """Seconds that equal any within 2 s: a TTL or score read a moment later (rounding them to a
+    grid would not do: two readings astride one of its lines differ by a whole step)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (int, float)) and abs(self - other) <= 2
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = float.__hash__
+
+
 def new_worker(conn: redis.Redis) -> CatalogueWorker:
     worker = CatalogueWorker([QUEUE], connection=conn, name="fidelity-worker")
     worker.register_birth()
@@ -31,7 +44,7 @@ def new_worker(conn: redis.Redis) -> CatalogueWorker:
 
 def snapshot(conn: redis.Redis, ids: dict[str, str]) -> dict[str, Any]:
     """Every key, ids replaced by names, times by T and durations by D: its type, TTL and contents
-    (sorted-set scores and TTLs as seconds from now, rounded to 5 s so that two runs a moment apart
+    (sorted-set scores and TTLs as seconds from now, equal within 2 s so that two runs a moment apart
     compare equal; a stream's entries without their ids)."""
 
     def norm(value: Any) -> Any:
@@ -50,7 +63,7 @@ def snapshot(conn: redis.Redis, ids: dict[str, str]) -> dict[str, Any]:
         if kind == "hash":
             content: Any = sorted((norm(k), norm(v)) for k, v in conn.hgetall(key).items())
         elif kind == "zset":
-            content = sorted((norm(m), 5 * round((s - clock) / 5)) for m, s in conn.zrange(key, 0, -1, withscores=True))
+            content = sorted((norm(m), _About(s - clock)) for m, s in conn.zrange(key, 0, -1, withscores=True))
         elif kind == "set":
             content = sorted(norm(m) for m in conn.smembers(key))
         elif kind == "list":
@@ -59,7 +72,7 @@ def snapshot(conn: redis.Redis, ids: dict[str, str]) -> dict[str, Any]:
             content = [sorted((norm(k), norm(v)) for k, v in fields.items()) for _, fields in conn.xrange(key)]
         else:
             content = kind
-        found[norm(key).decode()] = (kind, ttl if ttl < 0 else 5 * round(ttl / 5), content)
+        found[norm(key).decode()] = (kind, ttl if ttl < 0 else _About(ttl), content)
     return found
 
 
