@@ -3,8 +3,9 @@
     make bench            (or: .venv/bin/python bench/run.py [--jobs N])
 
 Prints each figure as ours, RQ's and the ratio (ours / RQ's): drain rate, Redis commands and round trips per
-job, enqueue rates, then on a long-running pool of 10 workers its start-up time, idle memory,
-enqueue-to-start latency and the wall time of 40 half-second sleeps. Bounded: a few thousand
+job, CPU per job in the consumer's processes and in Redis, enqueue rates, then on a long-running pool
+of 10 workers its start-up time, idle memory, enqueue-to-start latency and the wall time of 40
+half-second sleeps. Bounded: a few thousand
 jobs, two or three minutes. The two consumers run one after the other, never at once. The
 figures are what this machine measured in this run; they are not asserted anywhere.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -94,6 +96,13 @@ def counters(conn: redis.Redis) -> tuple[int, int]:
     return int(stats["total_commands_processed"]), int(stats["total_reads_processed"])
 
 
+def cpu_seconds(conn: redis.Redis) -> tuple[float, float]:
+    """CPU seconds used so far by this process's reaped children (a burst pool, its workers and their
+    horses, once it has exited) and by Redis."""
+    children, server = resource.getrusage(resource.RUSAGE_CHILDREN), conn.info("cpu")
+    return children.ru_utime + children.ru_stime, float(server["used_cpu_user"]) + float(server["used_cpu_sys"])
+
+
 def consumers(url: str, workers: int, burst: bool) -> dict[str, list[str]]:
     """Both sides' pool command lines, so every figure runs the two the same way: same queue, JSON, workers."""
     py, flag = sys.executable, ["--burst"] if burst else []
@@ -122,24 +131,26 @@ def enqueue(side: str, conn: redis.Redis, task: str, params: dict[str, Any], cou
     return [job.id for job in q.enqueue_many([Queue.prepare_data(path, kwargs=params) for _ in range(count)])]
 
 
-def drain(conn: redis.Redis, url: str, jobs: int, argv: list[str]) -> tuple[float, float, float, float]:
+def drain(conn: redis.Redis, url: str, jobs: int, argv: list[str]) -> tuple[float, ...]:
     """Enqueue ``jobs`` no-ops, run ``argv`` (a burst pool of 2) to empty the queue: jobs/s from the
     pool's launch to its exit and from the first job's start to the last one's end (as the jobs
-    record them), and commands and round trips per job (the pool's start-up and status line included)."""
+    record them), commands and round trips per job, and CPU microseconds per job spent by the pool's
+    processes and by Redis (the pool's start-up and status line included in all four)."""
     conn.flushall()
     q = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
     ids = enqueue(OURS, conn, "primes", {"n": 0}, jobs)
-    before = counters(conn)
+    before, cpu_before = counters(conn), cpu_seconds(conn)
     started = time.monotonic()
     subprocess.run(argv, **popen_options(url), timeout=900, check=True)
     elapsed = time.monotonic() - started
     done = q.finished_job_registry.get_job_count(cleanup=False)
     if done != jobs:
         raise SystemExit(f"{argv[1]}: only {done} of {jobs} jobs finished")
-    after = counters(conn)
+    after, cpu_after = counters(conn), cpu_seconds(conn)
     ran = [job for job in Job.fetch_many(ids, connection=conn, serializer=JSONSerializer) if job]
     busy = (max(job.ended_at for job in ran) - min(job.started_at for job in ran)).total_seconds()
-    return jobs / elapsed, jobs / busy, (after[0] - before[0]) / jobs, (after[1] - before[1]) / jobs
+    return (jobs / elapsed, jobs / busy, (after[0] - before[0]) / jobs, (after[1] - before[1]) / jobs,
+            1e6 * (cpu_after[0] - cpu_before[0]) / jobs, 1e6 * (cpu_after[1] - cpu_before[1]) / jobs)
 
 
 def enqueue_rates(conn: redis.Redis, jobs: int) -> dict[str, tuple[float, float]]:
@@ -275,7 +286,9 @@ def main() -> None:
         rows = {"drain, 2 workers, launch to exit (jobs/s)": (ours[0], bare[0]),
                 "drain, 2 workers, first start to last end": (ours[1], bare[1]),
                 "Redis commands per job (drain)": (ours[2], bare[2]),
-                "Redis round trips per job (drain)": (ours[3], bare[3])}  # fmt: skip
+                "Redis round trips per job (drain)": (ours[3], bare[3]),
+                "consumer CPU per job (drain, us)": (ours[4], bare[4]),
+                "Redis CPU per job (drain, us)": (ours[5], bare[5])}  # fmt: skip
         rows.update(enqueue_rates(conn, args.jobs))
         samples = max(20, args.jobs // 10)
         ours_pool = pool_figures(OURS, conn, url, samples)
