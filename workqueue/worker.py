@@ -106,6 +106,7 @@ class CatalogueWorker(Worker):
         self._horse: Optional[Horse] = None
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's, then the connection and scripts of a job's two requests, so the first job waits for neither."""
         super().bootstrap(*args, **kwargs)
         execution.prepare(self.connection)
 
