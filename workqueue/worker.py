@@ -172,12 +172,14 @@ class CatalogueWorker(Worker):
         """Claim a job, waiting up to ``timeout`` seconds for one (None: not at all) in a BLMOVE on
         the first queue, which moves the job into its intermediate list: an atomic hand-over
         (RQ's BLPOP on several queues can lose a job, rq#2236). With several queues the wait is
-        cut into MULTI_QUEUE_POLL slices, each followed by a look at every queue."""
+        cut into MULTI_QUEUE_POLL slices, each followed by a look at every queue. A single queue
+        needs no look first: its BLMOVE answers at once if a job is waiting."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            claimed = self._claim()
-            if claimed is not None or deadline is None:
-                return claimed
+            if deadline is None or len(self._ordered_queues) > 1:
+                claimed = self._claim()
+                if claimed is not None or deadline is None:
+                    return claimed
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DequeueTimeout(timeout, self.queue_keys())
