@@ -6,6 +6,7 @@ import click
 
 from workqueue import embedded, services
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK
+from workqueue.cli.demo import demo
 from workqueue.connection import connect, resolve
 from workqueue.settings import Settings
 
@@ -13,6 +14,9 @@ from workqueue.settings import Settings
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """workqueue housekeeping."""
+
+
+main.add_command(demo)
 
 
 @main.group()

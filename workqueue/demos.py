@@ -1,0 +1,429 @@
+"""The four classic producer/consumer scenarios, run on the real system and told as they happen.
+
+Each scenario empties its own demo queues (``demo-...``: never the user's), starts real consumers
+(``consumer_main.py`` processes, each in its own session so a Ctrl-C reaches the demo alone),
+produces through the producer's API from threads (so several producers really run at once), follows
+every batch's stream to say which worker ran which job from which queue, stops the consumers
+gracefully, prints the statistics (``producer_main.py --stats``'s table, from the same counters) and
+checks that what the scenario promises happened. Whatever happens, every consumer it started is
+stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Optional
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.worker_registration import get_keys
+
+from workqueue import batches, producer, statistics
+from workqueue.connection import connect
+from workqueue.errors import WorkqueueError
+from workqueue.policy import SERIALIZER
+
+#: Where ``consumer_main.py`` lives: the repository's root, next to the package.
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Bounds of the waits a scenario makes (seconds): a consumer's workers to register, every batch
+#: to end, and a consumer to stop gracefully before it is stopped at once.
+READY_TIMEOUT, BATCH_TIMEOUT, STOP_TIMEOUT = 30.0, 90.0, 30.0
+
+Say = Callable[[str], None]
+
+
+class ScenarioFailed(WorkqueueError):
+    """Raised when a scenario ran but something it promises did not happen (a job failed, the
+    producer never waited, the queues were not served in turn...)."""
+
+
+@dataclass
+class Run:
+    """One job's end, as a scenario saw it: who produced it, which worker ran it, from which queue."""
+
+    job_id: str
+    producer: str
+    queue: str
+    worker: str
+    consumer: str
+    description: str
+    outcome: str
+    duration: float
+    started_at: str
+
+
+class Consumer:
+    """A ``consumer_main.py`` process started for a scenario, its output kept in temporary files."""
+
+    def __init__(self, label: str, queues: list[str], workers: int, order: Optional[str],
+                 redis_url: Optional[str]) -> None:
+        self.label, self.queues, self.workers = label, queues, workers
+        if not (ROOT / "consumer_main.py").is_file():
+            raise WorkqueueError(f"no consumer_main.py in {ROOT}: the demos run from a checkout of workqueue")
+        args = [sys.executable, str(ROOT / "consumer_main.py"), "--workers", str(workers)]
+        for queue in queues:
+            args += ["--queue", queue]
+        args += ["--order", order] if order else []
+        args += ["--redis-url", redis_url] if redis_url else []
+        self.command = " ".join(["consumer_main.py", *args[2:]])
+        self._out: tuple[IO[str], IO[str]] = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+        self.process = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._out[0],
+                                        stderr=self._out[1], text=True, start_new_session=True)
+        #: The prefix of its workers' names (``<host>.<pid>.w<n>``, see ``pool.ConsumerPool``).
+        self.prefix = f"{socket.gethostname()}.{self.process.pid}."
+
+    def worker_names(self, connection: redis.Redis) -> list[str]:
+        """Its workers registered on its first queue."""
+        keys = get_keys(Queue(self.queues[0], connection=connection))
+        return sorted(k.split(":", 2)[2] for k in keys if k.split(":", 2)[-1].startswith(self.prefix))
+
+    def wait_ready(self, connection: redis.Redis) -> list[str]:
+        """Block until all its workers have registered; raises ScenarioFailed if it exits or takes too long."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ScenarioFailed(f"{self.label} exited at start (code {self.process.returncode}): {self.last_error()}")
+            names = self.worker_names(connection)
+            if len(names) >= self.workers:
+                return names
+            time.sleep(0.05)
+        raise ScenarioFailed(f"{self.label}'s workers did not register within {READY_TIMEOUT:g} s")
+
+    def stop(self, say: Say) -> Optional[int]:
+        """SIGTERM (each worker finishes its job), a second one after STOP_TIMEOUT (at once), then
+        SIGKILL of its process group; its exit code (None if it had to be killed)."""
+        if self.process.poll() is not None:
+            return self.process.returncode
+        say(f"{self.label}: stopping (SIGTERM: each worker finishes its current job, then exits)")
+        for timeout in (STOP_TIMEOUT, 10.0):
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                say(f"{self.label}: still running after {timeout:g} s")
+        os.killpg(self.process.pid, signal.SIGKILL)  # its workers follow their pool (PDEATHSIG)
+        self.process.wait()
+        return None
+
+    def last_error(self) -> str:
+        """The last line it wrote on stderr (or stdout), to say why it failed."""
+        for stream in (self._out[1], self._out[0]):
+            stream.flush()
+            stream.seek(0)
+            lines = [line for line in stream.read().splitlines() if line.strip()]
+            if lines:
+                return lines[-1]
+        return "no output"
+
+    def close(self) -> None:
+        for stream in self._out:
+            stream.close()
+
+
+@dataclass
+class Stage:
+    """One scenario's run: its connection, its consumers, what it saw and what went wrong."""
+
+    connection: redis.Redis
+    redis_url: Optional[str]
+    say_line: Say
+    started: float = field(default_factory=time.monotonic)
+    consumers: list[Consumer] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    summaries: dict[str, batches.BatchSummary] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            self.say_line(f"[{time.monotonic() - self.started:5.2f}s] {text}")
+
+    def problem(self, text: str) -> None:
+        with self._lock:
+            self.problems.append(text)
+
+    # -- consumers --------------------------------------------------------------------------------
+
+    def start_consumers(self, count: int, queues: list[str], *, workers: int = 1,
+                        order: Optional[str] = None) -> list[Consumer]:
+        """Start ``count`` consumers at once, and return when every one's workers have registered."""
+        started = []
+        for _ in range(count):
+            consumer = Consumer(f"consumer-{len(self.consumers) + 1}", queues, workers, order, self.redis_url)
+            self.consumers.append(consumer)
+            started.append(consumer)
+            self.say(f"{consumer.label}: started (pid {consumer.process.pid}): {consumer.command}")
+        for consumer in started:
+            names = consumer.wait_ready(self.connection)
+            self.say(f"{consumer.label}: ready, worker{'s' if len(names) > 1 else ''} {', '.join(names)}")
+        return started
+
+    def stop_consumers(self) -> None:
+        """Stop every consumer still running (gracefully first); one that exited on its own before
+        the end, or did not exit 0, is a problem."""
+        self.stopping.set()
+        for consumer in self.consumers:
+            early = consumer.process.poll()
+            code = consumer.stop(self.say)
+            if early is not None:
+                self.problem(f"{consumer.label} exited on its own (code {early}): {consumer.last_error()}")
+            else:
+                self.say(f"{consumer.label}: stopped (exit {code if code is not None else 'SIGKILL'})")
+                if code != 0:
+                    self.problem(f"{consumer.label} exited with {code}: {consumer.last_error()}")
+            consumer.close()
+
+    def consumer_of(self, worker: str) -> str:
+        for consumer in self.consumers:
+            if worker.startswith(consumer.prefix):
+                return f"{consumer.label}/{worker[len(consumer.prefix):]}"
+        return worker
+
+    # -- producers --------------------------------------------------------------------------------
+
+    def produce(self, label: str, queue: str, task: str, params: dict, count: int, *,
+                max_queued: Optional[int] = None, on_wait: Optional[Callable[[str, int], None]] = None,
+                start: Optional[threading.Barrier] = None) -> threading.Thread:
+        """A producer thread: ``count`` jobs of ``task`` as one batch on ``queue`` through the
+        producer's API (with its own connection), the batch followed from its first end."""
+        batch_id = batches.new_id()
+        self._thread(self._follow, label, batch_id)
+
+        def body() -> None:
+            connection, _ = connect(self.redis_url)
+            call = producer.TaskCall.build(task, params)
+            if start is not None:
+                start.wait(READY_TIMEOUT)
+
+            def waiting(queued: int) -> None:
+                if self.stopping.is_set():
+                    raise InterruptedError("the demo is stopping")
+                if on_wait is not None:
+                    on_wait(batch_id, queued)
+
+            self.say(f"{label}: enqueueing {count} × {call.describe()} on {queue}"
+                     + (f" (--max-queued {max_queued})" if max_queued else ""))
+            submission = producer.enqueue(connection, [call] * count, queue, max_queued=max_queued,
+                                          on_wait=waiting, batch_id=batch_id)
+            self.say(f"{label}: enqueued batch {batch_id}: {len(submission.jobs)} jobs on {queue}")
+
+        return self._thread(body)
+
+    def _follow(self, label: str, batch_id: str) -> None:
+        """Say each of the batch's task ends as it happens: which worker ran it, from which queue."""
+        deadline = time.monotonic() + BATCH_TIMEOUT
+        while not self.connection.exists(batches.key(batch_id)):
+            if time.monotonic() > deadline or self.stopping.is_set():
+                return
+            time.sleep(0.05)
+
+        def on_task(end: batches.TaskEnd) -> None:
+            fields = self.connection.hmget(Job.key_for(end.job_id), "origin", "worker_name", "description",
+                                           "started_at")
+            queue, worker, description, started_at = (v.decode() if v else "?" for v in fields)
+            run = Run(end.job_id, label, queue, worker, self.consumer_of(worker), description, end.outcome,
+                      end.duration, started_at)
+            with self._lock:
+                self.runs.append(run)
+            again = " (a second run, counted once)" if end.redelivery else ""
+            self.say(f"{run.consumer} ran {description} from {queue} (job {end.job_id[:8]}, {label}): "
+                     f"{end.outcome} in {end.duration:.2f}s{again}")
+
+        remaining = max(1.0, deadline - time.monotonic())
+        try:
+            self.summaries[label] = batches.wait(self.connection, batch_id, on_task=on_task, timeout=remaining)
+        except TimeoutError:
+            self.problem(f"{label}'s batch {batch_id} did not end within {BATCH_TIMEOUT:g} s")
+
+    def _thread(self, target: Callable[..., None], *args: object) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                target(*args)
+            except Exception as exc:  # a thread's failure is the scenario's, said in one line
+                if not self.stopping.is_set():
+                    self.problem(f"{type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=guarded, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def join(self, timeout: float = BATCH_TIMEOUT + READY_TIMEOUT) -> None:
+        """Wait for every producer and follower thread (interruptible by Ctrl-C)."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            while thread.is_alive() and time.monotonic() < deadline:
+                thread.join(0.2)
+            if thread.is_alive():
+                self.problem("a producer or follower did not finish in time")
+                return
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    def check_batches(self, expected: dict[str, tuple[str, int]]) -> None:
+        """Every producer's batch ended, all finished, each of its jobs run from its own queue."""
+        for label, (queue, count) in expected.items():
+            summary = self.summaries.get(label)
+            if summary is None:
+                continue  # its problem is already said
+            if (summary.total, summary.finished, summary.failed) != (count, count, 0):
+                failures = "; ".join(f"{f.job_id[:8]}: {f.detail}" for f in summary.failures[:3])
+                self.problem(f"{label}: {summary.finished} of {count} finished, {summary.failed} failed "
+                             f"({failures or 'not all ended'})")
+            wrong = [r.job_id for r in self.runs if r.producer == label and r.queue != queue]
+            if wrong:
+                self.problem(f"{label}: {len(wrong)} jobs ran from another queue than {queue}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    queues: tuple[str, ...]
+    play: Callable[[Stage], str]
+
+
+def _basic(stage: Stage) -> str:
+    (queue,) = SCENARIOS["basic"].queues
+    stage.start_consumers(1, [queue])
+    stage.produce("producer-1", queue, "sleep", {"seconds": 0.3}, 5)
+    stage.join()
+    stage.check_batches({"producer-1": (queue, 5)})
+    return "1 producer enqueued 5 jobs, 1 consumer ran them"
+
+
+def _many(stage: Stage) -> str:
+    (queue,) = SCENARIOS["many"].queues
+    consumers = stage.start_consumers(2, [queue])
+    together = threading.Barrier(3)
+    for n in (1, 2, 3):
+        stage.produce(f"producer-{n}", queue, "sleep", {"seconds": round(0.1 + 0.1 * n, 1)}, 4, start=together)
+    stage.join()
+    stage.check_batches({f"producer-{n}": (queue, 4) for n in (1, 2, 3)})
+    for consumer in consumers:
+        ran = sum(1 for r in stage.runs if r.consumer.startswith(consumer.label + "/"))
+        stage.say(f"{consumer.label} ran {ran} of the {len(stage.runs)} jobs")
+        if not ran:
+            stage.problem(f"{consumer.label} ran no job: the two consumers did not share the queue")
+    return "3 producers enqueued 12 jobs at once on one queue, 2 consumers shared them"
+
+
+def _fast_producer(stage: Stage) -> str:
+    (queue,) = SCENARIOS["fast-producer"].queues
+    bound, count = 3, 10
+    stage.start_consumers(1, [queue])
+    polls, stuck, last = [0], [0], [-1]
+    peak = [0]
+
+    def on_wait(batch_id: str, queued: int) -> None:
+        """Called every poll while the queue is full: say it once each time the producer gets stuck."""
+        polls[0] += 1
+        enqueued = stage.connection.scard(batches.group(stage.connection, batch_id).key)
+        if enqueued != last[0]:
+            last[0], stuck[0] = enqueued, stuck[0] + 1
+            stage.say(f"producer-1: {enqueued} of {count} enqueued; {queue} holds {queued} "
+                      f"(--max-queued {bound}): waiting for the consumer to take one")
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], stage.connection.llen(Queue(queue, connection=stage.connection).key))
+            time.sleep(0.01)
+
+    done = threading.Event()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        stage.produce("producer-1", queue, "sleep", {"seconds": 0.4}, count, max_queued=bound, on_wait=on_wait)
+        stage.join()
+    finally:
+        done.set()
+        watcher.join()
+    stage.check_batches({"producer-1": (queue, count)})
+    stage.say(f"producer-1 waited {stuck[0]} times for room (about {polls[0] * 0.2:.1f} s in all); "
+              f"{queue} held at most {peak[0]} jobs")
+    if not stuck[0]:
+        stage.problem("the producer never waited: the queue never reached --max-queued")
+    if peak[0] > bound:
+        stage.problem(f"{queue} held {peak[0]} jobs, over --max-queued {bound}")
+    return f"a fast producer ({count} jobs) held to {bound} queued by a slow consumer"
+
+
+def _multi_queue(stage: Stage) -> str:
+    queues = list(SCENARIOS["multi-queue"].queues)
+    stage.say("the three producers fill their queues first, so the consumer's turns are plain to see")
+    together = threading.Barrier(3)
+    for n, queue in enumerate(queues, 1):
+        stage.produce(f"producer-{n}", queue, "sleep", {"seconds": 0.2}, 4, start=together)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not all(stage.connection.llen(Queue(q, connection=stage.connection).key) == 4 for q in queues):
+        if stage.problems or time.monotonic() > deadline:
+            if not stage.problems:
+                stage.problem("the producers did not fill their queues in time")
+            return "the producers did not fill their queues"
+        time.sleep(0.05)
+    stage.start_consumers(1, queues, order="round-robin")
+    stage.join()
+    stage.check_batches({f"producer-{n}": (queue, 4) for n, queue in enumerate(queues, 1)})
+    order = [r.queue for r in sorted(stage.runs, key=lambda r: r.started_at)]
+    stage.say("served in this order: " + " ".join(q.rsplit("-", 1)[-1] for q in order))
+    if set(order) != set(queues):
+        stage.problem(f"the consumer served {len(set(order))} of the 3 queues")
+    elif not interleaved(order):
+        stage.problem("the consumer served the queues one after the other, not in turn")
+    return "3 producers on 3 queues, 1 round-robin consumer served them in turn"
+
+
+def interleaved(order: list[str]) -> bool:
+    """Whether no queue's jobs ran as one unbroken block: each queue was left and come back to."""
+    for name in set(order):
+        at = [i for i, queue in enumerate(order) if queue == name]
+        if len(at) > 1 and at[-1] - at[0] + 1 == len(at):
+            return False
+    return True
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "basic": Scenario("basic", ("demo-basic",), _basic),
+    "many": Scenario("many", ("demo-many",), _many),
+    "fast-producer": Scenario("fast-producer", ("demo-fast-producer",), _fast_producer),
+    "multi-queue": Scenario("multi-queue", ("demo-multi-a", "demo-multi-b", "demo-multi-c"), _multi_queue),
+}
+
+
+def run(name: str, say: Say, redis_url: Optional[str] = None) -> str:
+    """Play scenario ``name`` on the resolved Redis, saying what happens; its one-line summary.
+
+    Raises ScenarioFailed when a job failed or the scenario's promise was not kept. The consumers
+    it started are stopped in every case (Ctrl-C included) before it returns or raises.
+    """
+    scenario = SCENARIOS[name]
+    connection, target = connect(redis_url)
+    say(f"demo {name} on {', '.join(scenario.queues)} ({target.display})")
+    for queue in scenario.queues:  # what an interrupted earlier run left
+        Queue(queue, connection=connection, serializer=SERIALIZER).empty()
+    stage = Stage(connection, redis_url, say)
+    try:
+        outcome = scenario.play(stage)
+    finally:
+        stage.stop_consumers()
+    elapsed = time.monotonic() - stage.started
+    say("statistics (what producer_main.py --stats --queue NAME prints; they count the last two hours' runs):")
+    for line in statistics.format_report(statistics.collect(connection, scenario.queues)):
+        say(line)
+    if stage.problems:
+        raise ScenarioFailed(f"demo {name} did not go as promised: " + "; ".join(stage.problems))
+    finished = sum(s.finished for s in stage.summaries.values())
+    return f"demo {name}: ok: {outcome}; {finished} finished, 0 failed, in {elapsed:.1f} s"
