@@ -94,28 +94,37 @@ class Consumer:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ScenarioFailed(f"{self.label} exited at start (code {self.process.returncode}): {self.last_error()}")
+                raise ScenarioFailed(f"{self.label} exited at start ({self.exit_status()}): {self.last_error()}")
             names = self.worker_names(connection)
             if len(names) >= self.workers:
                 return names
             time.sleep(0.05)
         raise ScenarioFailed(f"{self.label}'s workers did not register within {READY_TIMEOUT:g} s")
 
-    def stop(self, say: Say) -> Optional[int]:
-        """SIGTERM (each worker finishes its job), a second one after STOP_TIMEOUT (at once), then
-        SIGKILL of its process group; its exit code (None if it had to be killed)."""
-        if self.process.poll() is not None:
-            return self.process.returncode
-        say(f"{self.label}: stopping (SIGTERM: each worker finishes its current job, then exits)")
-        for timeout in (STOP_TIMEOUT, 10.0):
+    def signal_stop(self) -> None:
+        """SIGTERM: the first asks each worker to finish its job and exit, a second stops at once."""
+        if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                say(f"{self.label}: still running after {timeout:g} s")
-        os.killpg(self.process.pid, signal.SIGKILL)  # its workers follow their pool (PDEATHSIG)
-        self.process.wait()
-        return None
+
+    def wait(self, until: float) -> bool:
+        """Whether it has exited by ``until`` (a monotonic time)."""
+        try:
+            self.process.wait(max(0.0, until - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL its process group, if it still runs (its workers follow their pool: PDEATHSIG)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def exit_status(self) -> str:
+        code = self.process.returncode
+        if code is None:
+            return "running"
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
 
     def last_error(self) -> str:
         """The last line it wrote on stderr (or stdout), to say why it failed."""
@@ -173,18 +182,37 @@ class Stage:
         return started
 
     def stop_consumers(self) -> None:
-        """Stop every consumer still running (gracefully first); one that exited on its own before
-        the end, or did not exit 0, is a problem."""
+        """Stop every consumer, all at once: SIGTERM (each worker finishes its job); a second one
+        after STOP_TIMEOUT or at a second Ctrl-C (at once, running jobs handed back); SIGKILL last,
+        whatever happens. One that exited on its own before the end, or not with 0, is a problem."""
         self.stopping.set()
+        running = [c for c in self.consumers if c.process.poll() is None]
         for consumer in self.consumers:
-            early = consumer.process.poll()
-            code = consumer.stop(self.say)
-            if early is not None:
-                self.problem(f"{consumer.label} exited on its own (code {early}): {consumer.last_error()}")
-            else:
-                self.say(f"{consumer.label}: stopped (exit {code if code is not None else 'SIGKILL'})")
-                if code != 0:
-                    self.problem(f"{consumer.label} exited with {code}: {consumer.last_error()}")
+            if consumer not in running:
+                self.problem(f"{consumer.label} exited on its own ({consumer.exit_status()}): {consumer.last_error()}")
+        try:
+            for consumer in running:
+                self.say(f"{consumer.label}: stopping (SIGTERM: each worker finishes its current job, then exits)")
+                consumer.signal_stop()
+            try:
+                deadline = time.monotonic() + STOP_TIMEOUT
+                late = [c for c in running if not c.wait(deadline)]
+            except KeyboardInterrupt:
+                self.say("Ctrl-C again: stopping the consumers at once")
+                late = running
+            for consumer in late:
+                consumer.signal_stop()
+            deadline = time.monotonic() + 10.0
+            for consumer in late:
+                consumer.wait(deadline)
+        finally:
+            for consumer in running:
+                consumer.kill()
+        for consumer in running:
+            self.say(f"{consumer.label}: stopped ({consumer.exit_status()})")
+            if consumer.process.returncode != 0:
+                self.problem(f"{consumer.label} stopped with {consumer.exit_status()}: {consumer.last_error()}")
+        for consumer in self.consumers:
             consumer.close()
 
     def consumer_of(self, worker: str) -> str:
@@ -263,11 +291,16 @@ class Stage:
         return thread
 
     def join(self, timeout: float = BATCH_TIMEOUT + READY_TIMEOUT) -> None:
-        """Wait for every producer and follower thread (interruptible by Ctrl-C)."""
+        """Wait for every producer and follower thread (interruptible by Ctrl-C); raises
+        ScenarioFailed at once if a consumer dies meanwhile, rather than waiting for its jobs."""
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             while thread.is_alive() and time.monotonic() < deadline:
                 thread.join(0.2)
+                for consumer in self.consumers:
+                    if consumer.process.poll() is not None:
+                        raise ScenarioFailed(f"{consumer.label} exited on its own ({consumer.exit_status()}) "
+                                             f"before its jobs were done: {consumer.last_error()}")
             if thread.is_alive():
                 self.problem("a producer or follower did not finish in time")
                 return

@@ -21,6 +21,8 @@ SCENARIOS = {
                    "serves them in turn (a b c a b c ...), not one after the other.",
 }
 
+_NAMES = "\n".join(textwrap.fill(text, 78, initial_indent=f"  {name:<15}", subsequent_indent=" " * 17)
+                   for name, text in SCENARIOS.items())
 _HELP = "\n\n".join(
     ["Run one of the four classic producer/consumer scenarios on the real system: the embedded Redis "
      "(or --redis-url / REDIS_URL), real consumer_main.py processes and the producer's API, each on its own "
@@ -28,8 +30,7 @@ _HELP = "\n\n".join(
      "which worker ran which job from which queue, then the statistics (as producer_main.py --stats). "
      "It stops every consumer it started, gracefully, also on Ctrl-C or failure.",
      "Exit 0 when it went as promised; 1 if a job failed or the scenario's promise was not kept.",
-     "\b\nNAME is one of:\n" + "\n".join(textwrap.fill(text, 78, initial_indent=f"  {name:<15}", subsequent_indent=" " * 17)
-                                          for name, text in SCENARIOS.items())]
+     "\b\nNAME is one of:\n" + _NAMES]
 )
 
 
