@@ -1,11 +1,12 @@
 # The everyday verbs. `make run` shows workqueue working; `make test` proves it.
+# `make demo` plays the four classic producer/consumer scenarios, each on its own demo-* queues.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 WORKERS ?= 4
 
-.PHONY: install run stop test bench clean
+.PHONY: install run stop test bench clean demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,13 @@ stop:
 	  $(PY) -m workqueue stop-service dashboard; \
 	  $(PY) -m workqueue redis stop; \
 	fi
+
+## demo: the four classic scenarios (python -m workqueue demo NAME), one after the other; stops at the first that fails
+demo: $(STAMP)
+	$(PY) -m workqueue demo basic
+	$(PY) -m workqueue demo many
+	$(PY) -m workqueue demo fast-producer
+	$(PY) -m workqueue demo multi-queue
 
 # Debian packages some tests need, installed when run as root (as CI is); otherwise those tests skip.
 define apt-install
