@@ -229,7 +229,7 @@ class Stage:
         """A producer thread: ``count`` jobs of ``task`` as one batch on ``queue`` through the
         producer's API (with its own connection), the batch followed from its first end."""
         batch_id = batches.new_id()
-        self._thread(self._follow, label, batch_id)
+        self._thread(label, self._follow, label, batch_id)
 
         def body() -> None:
             connection, _ = connect(self.redis_url)
@@ -249,13 +249,16 @@ class Stage:
                                           on_wait=waiting, batch_id=batch_id)
             self.say(f"{label}: enqueued batch {batch_id}: {len(submission.jobs)} jobs on {queue}")
 
-        return self._thread(body)
+        return self._thread(label, body)
 
     def _follow(self, label: str, batch_id: str) -> None:
         """Say each of the batch's task ends as it happens: which worker ran it, from which queue."""
         deadline = time.monotonic() + BATCH_TIMEOUT
         while not self.connection.exists(batches.key(batch_id)):
-            if time.monotonic() > deadline or self.stopping.is_set():
+            if self.stopping.is_set():
+                return
+            if time.monotonic() > deadline:
+                self.problem(f"{label}'s batch {batch_id} was never enqueued")
                 return
             time.sleep(0.05)
 
@@ -277,13 +280,13 @@ class Stage:
         except TimeoutError:
             self.problem(f"{label}'s batch {batch_id} did not end within {BATCH_TIMEOUT:g} s")
 
-    def _thread(self, target: Callable[..., None], *args: object) -> threading.Thread:
+    def _thread(self, who: str, target: Callable[..., None], *args: object) -> threading.Thread:
         def guarded() -> None:
             try:
                 target(*args)
             except Exception as exc:  # a thread's failure is the scenario's, said in one line
                 if not self.stopping.is_set():
-                    self.problem(f"{type(exc).__name__}: {exc}")
+                    self.problem(f"{who}: {type(exc).__name__}: {exc}")
 
         thread = threading.Thread(target=guarded, daemon=True)
         self._threads.append(thread)
