@@ -127,9 +127,12 @@ def secure_folder(settings: Settings) -> Path:
         for entry in os.scandir(folder):
             if entry.name == settings.password_file.name or not entry.is_file(follow_symlinks=False):
                 continue
-            found = entry.stat(follow_symlinks=False)
-            if found.st_uid == os.getuid() and stat.S_IMODE(found.st_mode) & 0o077:
-                os.chmod(entry.path, FILE_MODE)
+            try:
+                found = entry.stat(follow_symlinks=False)
+                if found.st_uid == os.getuid() and stat.S_IMODE(found.st_mode) & 0o077:
+                    os.chmod(entry.path, FILE_MODE)
+            except FileNotFoundError:
+                continue  # removed meanwhile (a password draft, a rewritten log)
     except OSError as exc:
         raise EmbeddedRedisError(f"cannot prepare the embedded Redis's folder {folder}: {exc.strerror}") from None
     return folder
