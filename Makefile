@@ -29,14 +29,30 @@ run: $(STAMP)
 	@echo "HTTP gateway: http://localhost:8000/openapi.json  (e.g. $(PY) producer_main.py --via http://127.0.0.1:8000 --task sleep --count 8 --threads 4 --wait)"
 	@echo "Enqueue more: $(PY) producer_main.py    |    Stop everything: make stop"
 
-## stop: the consumer (gracefully), the dashboard, then the embedded Redis
+## stop: the consumer (gracefully), the gateway, the dashboard, then the embedded Redis, with the first of
+## $(PY) and $(PYTHON) that has workqueue's requirements (installed into your own environment: PYTHON=...);
+## exit 1 if none has them (saying why and what still runs) or anything did not stop
 stop:
-	@if [ -x $(PY) ]; then \
-	  $(PY) -m workqueue stop-service consumer; \
-	  $(PY) -m workqueue stop-service gateway; \
-	  $(PY) -m workqueue stop-service dashboard; \
-	  $(PY) -m workqueue redis stop; \
-	fi
+	@py=; why=; for candidate in "$(PY)" "$(PYTHON)"; do \
+	  if out=$$("$$candidate" -c "import workqueue.cli.admin" 2>&1); then py="$$candidate"; break; fi; \
+	  why="$$why$${why:+; }$$candidate: $$(printf '%s\n' "$$out" | tail -n 1)"; \
+	done; \
+	if [ -z "$$py" ]; then \
+	  running=; \
+	  for pidfile in "$${WORKQUEUE_RUN_DIR:-.run}"/*.pid \
+	      "$${WORKQUEUE_HOME:-$${XDG_DATA_HOME:-$$HOME/.local/share}/workqueue}/redis/redis.pid"; do \
+	    name=$$(basename "$$pidfile" .pid); [ "$$name" = redis ] && name="the embedded Redis"; \
+	    pid=$$(cat "$$pidfile" 2>/dev/null) && kill -0 "$$pid" 2>/dev/null && \
+	      running="$$running$${running:+, }$$name (pid $$pid)"; \
+	  done; \
+	  echo "make stop: stopped nothing, no python with workqueue's requirements ($$why);" \
+	    "still running: $${running:-nothing found}; run: make stop PYTHON=/path/to/your/python" >&2; \
+	  exit 1; \
+	fi; \
+	failed=0; \
+	for service in consumer gateway dashboard; do "$$py" -m workqueue stop-service $$service || failed=1; done; \
+	"$$py" -m workqueue redis stop || failed=1; \
+	exit $$failed
 
 ## demo: the four classic scenarios (python -m workqueue demo NAME), one after the other; stops at the first that fails
 demo: $(STAMP)
@@ -71,5 +87,6 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/gateway.py
 
-clean: stop
+clean:
+	-@$(MAKE) --no-print-directory stop
 	rm -rf $(VENV) .run .pytest_cache

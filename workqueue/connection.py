@@ -55,7 +55,7 @@ def resolve(redis_url: Optional[str] = None, settings: Optional[Settings] = None
     settings = settings or Settings.from_env()
     url = redis_url or os.environ.get("REDIS_URL") or ""
     if not url.strip():
-        return Target(settings.default_url, explicit=False)
+        return Target(settings.default_url_with(embedded.password(settings)), explicit=False)
     if urlsplit(url).scheme not in SCHEMES:
         raise BadInput(f"invalid Redis URL {mask_url(url)!r}: it must start with redis://, rediss:// or unix://")
     return Target(url, explicit=True)
@@ -78,7 +78,11 @@ def connect(
         raise BadInput(f"invalid Redis URL {target.display!r}: {exc}") from None
     try:
         probe.ping()
+        if not target.explicit:
+            embedded.check_guarded(settings)
     except redis.AuthenticationError as exc:
+        if not target.explicit:
+            raise RedisUnavailable(embedded.refusal(settings, no_password=False)) from None
         raise RedisUnavailable(f"Redis at {target.display} refused the credentials: {exc}") from None
     except redis.ResponseError as exc:
         raise RedisUnavailable(f"Redis at {target.display} refused the connection: {exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 #: The URL every command resolves when given neither ``--redis-url`` nor ``REDIS_URL``.
 DEFAULT_HOST = "127.0.0.1"
@@ -55,8 +56,18 @@ class Settings:
 
     @property
     def default_url(self) -> str:
+        """The default URL as shown: the embedded server's password is added by ``connection.resolve``."""
         return f"redis://{DEFAULT_HOST}:{self.port}/0"
+
+    def default_url_with(self, password: str) -> str:
+        """The default URL carrying the embedded server's password: never print it (``connection.mask_url``)."""
+        return f"redis://:{quote(password, safe='')}@{DEFAULT_HOST}:{self.port}/0"
 
     @property
     def redis_dir(self) -> Path:
         return self.home / "redis"
+
+    @property
+    def password_file(self) -> Path:
+        """The embedded server's password (0600, made at first use; nothing for the user to set)."""
+        return self.redis_dir / "password"

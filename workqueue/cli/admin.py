@@ -7,7 +7,7 @@ import click
 from workqueue import embedded, services
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK
 from workqueue.cli.demo import demo
-from workqueue.connection import connect, resolve
+from workqueue.connection import connect
 from workqueue.settings import Settings
 
 
@@ -49,9 +49,10 @@ def status() -> int:
     settings = Settings.from_env()
     pid = embedded.running_pid(settings)
     if pid is None:
-        click.echo(f"not running (data in {settings.redis_dir}); default URL {resolve(None, settings).display}")
+        click.echo(f"not running (data in {settings.redis_dir}); default URL {settings.default_url}")
         return EXIT_FAILED
-    click.echo(f"running, pid {pid}, on {settings.default_url}, data in {settings.redis_dir}")
+    click.echo(f"running, pid {pid}, on {settings.default_url} (password in {settings.password_file}), "
+               f"data in {settings.redis_dir}")  # fmt: skip
     return EXIT_OK
 
 
