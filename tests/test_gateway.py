@@ -47,7 +47,8 @@ def test_catalogue_and_openapi_document(api: FlaskClient) -> None:
                        "default": 5.0, "minimum": 0, "maximum": 3600, "exclusive_minimum": True}
     document = api.get("/openapi.json").json
     assert document["openapi"] == "3.0.3"
-    assert {"/tasks", "/queues", "/jobs", "/batches", "/jobs/{job_id}", "/batches/{batch_id}"} == set(document["paths"])
+    assert {"/health", "/tasks", "/queues", "/jobs", "/batches", "/jobs/{job_id}", "/batches/{batch_id}"} == set(
+        document["paths"])
 
 
 def test_enqueue_read_and_cancel_a_job_and_a_batch(conn: redis.Redis, api: FlaskClient) -> None:
