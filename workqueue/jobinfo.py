@@ -78,4 +78,5 @@ def _latest_result(job: Job) -> tuple[Optional[Result], Optional[str]]:
     try:
         return job.latest_result(), None
     except (ValueError, TypeError, KeyError, zlib.error) as exc:
-        return None, f"the result is not JSON ({type(exc).__name__}): it was not written by workqueue, and is left alone"
+        return None, (f"the result is not JSON ({type(exc).__name__}): it was not written by workqueue, "
+                      "and is left alone")
