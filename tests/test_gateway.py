@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import http.client
 import json
 import pickle
 import threading
@@ -277,6 +278,12 @@ def test_a_signature_header_of_any_characters_is_refused_and_counted(conn: redis
             headers = {delivery.SIGNATURE_HEADER: signature, delivery.TIMESTAMP_HEADER: timestamp}
             assert httpx.post(receiver.url, content=body, headers=headers, timeout=10).status_code == 401
         assert receiver.take(body, stamp, "sha256=\u00e9") == 401
+        raw = http.client.HTTPConnection(*receiver.server.server_address[:2], timeout=10)
+        raw.putrequest("POST", receiver.path)
+        raw.putheader("Content-Length", "x1")
+        raw.endheaders()
+        assert raw.getresponse().status == 413  # not a length: answered, not a dropped connection
+        raw.close()
     assert receiver.tally.refused == 3 and not receiver.tally.tasks
 
 
