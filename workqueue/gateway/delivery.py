@@ -50,6 +50,8 @@ ROUND = 100
 LOCK_MS = 60_000
 #: Tries of a batch whose delivery fails other than by the receiver (a bug, an unusable URL).
 MAX_ERRORS = 5
+#: What makes a callback URL unusable (refused at request time; seen here only in older records).
+_UNUSABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol, network.AddressRefused)
 
 SIGNATURE_HEADER = "X-Workqueue-Signature"
 TIMESTAMP_HEADER = "X-Workqueue-Timestamp"
@@ -204,7 +206,7 @@ class Deliverer:
         try:
             response = self.http.post(state["url"], content=body, headers=headers)
             ok, reason = response.is_success, f"HTTP {response.status_code}"
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol, network.AddressRefused):
+        except _UNUSABLE:
             self.connection.hdel(key, "inflight")  # never sent
             raise
         except httpx.ConnectError as exc:  # never reached the receiver: the next send is not a redelivery
@@ -216,7 +218,7 @@ class Deliverer:
         if ok:
             with self.connection.pipeline() as pipe:
                 pipe.hset(key, "cursor", entry_id)
-                pipe.hdel(key, "inflight", "failures", "next_try")
+                pipe.hdel(key, "inflight", "failures", "next_try", "errors")
                 pipe.execute()
             state.pop("inflight", None)
             state.pop("failures", None)
@@ -235,9 +237,10 @@ class Deliverer:
         """A delivery that failed other than by the receiver: tried MAX_ERRORS times, then given up."""
         key = callback_key(batch_id)
         errors = self.connection.hincrby(key, "errors", 1)
+        trace = None if isinstance(exc, _UNUSABLE) else exc  # a traceback for what was not foreseen
         if errors >= MAX_ERRORS:
             log.error("giving up the callbacks of batch %s after %d errors, the last: %s: %s",
-                      batch_id, errors, type(exc).__name__, exc, exc_info=exc)
+                      batch_id, errors, type(exc).__name__, exc, exc_info=trace)
             with self.connection.pipeline() as pipe:
                 pipe.srem(PENDING, batch_id)
                 pipe.delete(key)
@@ -248,7 +251,7 @@ class Deliverer:
         if self.connection.ttl(key) < 0:  # a record that was not ours: expire it like ours
             self.connection.expire(key, RESULT_TTL)
         log.error("callbacks of batch %s failed (%s: %s; error %d of %d); next try in %.1f s",
-                  batch_id, type(exc).__name__, exc, errors, MAX_ERRORS, wait, exc_info=exc)
+                  batch_id, type(exc).__name__, exc, errors, MAX_ERRORS, wait, exc_info=trace)
 
     def _drop_if_never_enqueued(self, batch_id: str, state: dict[str, str]) -> None:
         """A batch registered but never enqueued (its enqueue failed) is forgotten after GRACE."""
