@@ -1,17 +1,19 @@
 """Fetching a web page and summarising it.
 
 httpx does the HTTP (redirects, timeouts, streaming so the body size stays bounded); selectolax's
-Lexbor engine parses the HTML the way a browser would.
+Lexbor engine parses the HTML the way a browser would. Every connection, redirects included, goes
+through the network policy (``workqueue.network``): a page on a private or link-local address is
+refused (``AddressRefused``: the job fails saying so), unless ``WORKQUEUE_ALLOW_NETWORKS`` allows it.
 """
 
 from __future__ import annotations
 
 import time
 
-import httpx
 from selectolax.lexbor import LexborHTMLParser
 
 from task_def.progress import report_progress
+from workqueue import network
 
 USER_AGENT = "workqueue-scraper/1.0 (+https://github.com/workqueue)"
 
@@ -22,7 +24,7 @@ def scrape(url: str, timeout: float = 20.0, max_bytes: int = 5_000_000) -> dict:
     report_progress(0, 3, f"fetching {url}")
     body = bytearray()
     truncated = False
-    with httpx.Client(
+    with network.client(
         timeout=timeout, follow_redirects=True, max_redirects=10, headers={"User-Agent": USER_AGENT}
     ) as client:
         with client.stream("GET", url) as response:

@@ -4,10 +4,16 @@ gateway → Redis → workers → gateway → producer, with real processes on l
 
 from __future__ import annotations
 
+import base64
+import ctypes
+import http.client
 import json
+import pickle
 import threading
 import time
 from collections.abc import Iterator
+
+import httpx
 
 import pytest
 import redis
@@ -18,7 +24,7 @@ from rq.job import Job
 from tests.conftest import Processes, cli_env, free_port, run_cli, wait_for
 from tests.test_dashboard import answers
 from tests.test_kill import start_consumer
-from workqueue import remote
+from workqueue import batches, producer, remote
 from workqueue.gateway import create_app, delivery
 from workqueue.gateway.app import MAX_BODY
 from workqueue.policy import SERIALIZER
@@ -47,7 +53,8 @@ def test_catalogue_and_openapi_document(api: FlaskClient) -> None:
                        "default": 5.0, "minimum": 0, "maximum": 3600, "exclusive_minimum": True}
     document = api.get("/openapi.json").json
     assert document["openapi"] == "3.0.3"
-    assert {"/tasks", "/queues", "/jobs", "/batches", "/jobs/{job_id}", "/batches/{batch_id}"} == set(document["paths"])
+    assert {"/health", "/tasks", "/queues", "/jobs", "/batches", "/jobs/{job_id}", "/batches/{batch_id}"} == set(
+        document["paths"])
 
 
 def test_enqueue_read_and_cancel_a_job_and_a_batch(conn: redis.Redis, api: FlaskClient) -> None:
@@ -85,6 +92,14 @@ def test_enqueue_read_and_cancel_a_job_and_a_batch(conn: redis.Redis, api: Flask
     ("/jobs", {"task": "sleep", "callback": {"url": "http://x/"}}, "callback", 'callback: expected {"url": URL'),
     ("/jobs", {"task": "sleep", "callback": {"url": "http://x/", "secret": "short"}}, "callback.secret",
      "callback.secret: expected text of 16 to 256 characters"),
+    ("/jobs", {"task": "sleep", "callback": {"url": "http://[1.2.3.4]/", "secret": "s" * 16}}, "callback.url",
+     "callback.url: not a URL the gateway can send to (Invalid IPv6 address: '[1.2.3.4]')"),
+    ("/jobs", {"task": "sleep", "callback": {"url": "http://169.254.169.254/latest", "secret": "s" * 16}},
+     "callback.url", "callback.url: refused: 169.254.169.254 is a cloud metadata address (never allowed)"),
+    ("/jobs", {"task": "sleep", "callback": {"url": "https://10.1.2.3:8443/hook", "secret": "s" * 16}},
+     "callback.url", "callback.url: refused: 10.1.2.3 is a private address (allow it with WORKQUEUE_ALLOW_NETWORKS)"),
+    ("/batches", {"tasks": [{"task": "pi"}], "callback": {"url": "http://[fe80::1]/", "secret": "s" * 16}},
+     "callback.url", "fe80::1 is a link-local address (never allowed)"),
     ("/jobs", [1, 2], None, "expected a JSON object"),
     ("/batches", {"tasks": []}, "tasks", "tasks: expected a list of 1 to 1000 tasks"),
     ("/batches", {"tasks": [{"task": "pi"}, {"task": "scrape", "params": {}}]}, "tasks[1].params.url",
@@ -101,11 +116,37 @@ def test_bad_requests_are_422_naming_the_field_and_enqueue_nothing(conn: redis.R
 
 def test_malformed_oversized_and_unknown_requests_answer_json(api: FlaskClient) -> None:
     assert api.post("/jobs", data=b"{not json", content_type="application/json").status_code == 400
+    nested = [b"[" * 100_000, b'{"task": "pi", "params": {"samples": ' + b"[" * 5000 + b"]" * 5000 + b"}}"]
+    for body in nested:
+        deep = api.post("/jobs", data=body, content_type="application/json")
+        assert deep.status_code == 400
+        assert deep.json == {"error": "the body nests arrays and objects deeper than 32 levels", "field": None}
+    brackets_in_text = {"task": "sleep", "queue": "[" * 100, "params": {"seconds": 1}}
+    assert api.post("/jobs", json=brackets_in_text).json["field"] == "queue"  # text is not nesting
     big = api.post("/jobs", data=b"x" * (MAX_BODY + 1), content_type="application/json")
     assert big.status_code == 413 and big.json["error"] == f"request body over {MAX_BODY:,} bytes"
     assert api.get("/jobs/no-such-job").status_code == 404
     assert api.get("/batches/nope").json == {"error": "no such batch: nope (batches are kept for a day)", "field": None}
     assert api.put("/jobs").status_code == 405 and api.get("/elsewhere").status_code == 404
+
+
+def test_a_result_that_is_not_json_is_shown_as_unreadable_not_a_500(conn: redis.Redis, api: FlaskClient) -> None:
+    """A foreign client wrote a job's result as pickle: the job and its batch are still served."""
+    sent = api.post("/jobs", json={"task": "pi", "params": {"samples": 10}}).json
+    job_id = sent["job_ids"][0]
+    conn.hset(f"rq:job:{job_id}", "status", "finished")
+    conn.xadd(f"rq:results:{job_id}", {"type": 1, "worker_name": "elsewhere",
+                                       "return_value": base64.b64encode(pickle.dumps({"pi": 3.1})).decode()})
+    job = api.get(f"/jobs/{job_id}")
+    assert job.status_code == 200, job.json
+    assert job.json["status"] == "finished" and job.json["result"] is None
+    assert job.json["unreadable"].startswith("the result is not JSON (UnicodeDecodeError)")
+    batch = api.get(f"/batches/{sent['batch_id']}")
+    assert batch.status_code == 200 and batch.json["jobs"] == [{"id": job_id, "status": "finished"}]
+
+
+def test_health_shows_redis_and_the_helper_threads(conn: redis.Redis, api: FlaskClient) -> None:
+    assert api.get("/health").json == {"ok": True, "redis": True, "helpers": []}
 
 
 def test_a_token_is_required_when_set(conn: redis.Redis) -> None:
@@ -118,6 +159,7 @@ def test_a_token_is_required_when_set(conn: redis.Redis) -> None:
 @pytest.mark.parametrize("args, env, message", [
     (["--bind", "0.0.0.0"], {}, "refusing to listen on 0.0.0.0 without credentials"),
     (["--token", "short"], {}, "Invalid value for '--token': use at least 16 characters"),
+    ([], {"WORKQUEUE_ALLOW_NETWORKS": "10.0.0.0/8,nope"}, "WORKQUEUE_ALLOW_NETWORKS: 'nope' is not a network"),
 ])
 def test_gateway_refuses_to_listen_beyond_loopback_without_a_token(redis_url: str, args: list, env: dict,
                                                                   message: str) -> None:
@@ -227,6 +269,57 @@ def test_a_forged_delivery_is_refused(conn: redis.Redis) -> None:
     assert receiver.tally.refused == 2
 
 
+def test_a_signature_header_of_any_characters_is_refused_and_counted(conn: redis.Redis) -> None:
+    with remote.ResultReceiver("127.0.0.1") as receiver:
+        body = json.dumps({"type": "task", "delivery_id": "x:1", "job_id": "j"}).encode()
+        stamp = f"{time.time():.3f}"
+        for signature, timestamp in [("sha256=\u00e9t\u00e9".encode(), stamp.encode()),
+                                     (delivery.sign(receiver.secret, stamp, body).encode(), "１２３".encode())]:
+            headers = {delivery.SIGNATURE_HEADER: signature, delivery.TIMESTAMP_HEADER: timestamp}
+            assert httpx.post(receiver.url, content=body, headers=headers, timeout=10).status_code == 401
+        assert receiver.take(body, stamp, "sha256=\u00e9") == 401
+        raw = http.client.HTTPConnection(*receiver.server.server_address[:2], timeout=10)
+        raw.putrequest("POST", receiver.path)
+        raw.putheader("Content-Length", "x1")
+        raw.endheaders()
+        assert raw.getresponse().status == 413  # not a length: answered, not a dropped connection
+        raw.close()
+    assert receiver.tally.refused == 3 and not receiver.tally.tasks
+
+
+def kill_thread(thread: threading.Thread) -> None:
+    """End ``thread`` from outside with an exception it does not catch (as a bug would)."""
+    class Killed(BaseException):
+        pass
+
+    assert ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(Killed)) == 1
+
+
+def test_a_dead_delivery_thread_is_shown_and_restarted(conn: redis.Redis, processes: Processes) -> None:
+    helpers = delivery.supervised(conn)
+    client = create_app(conn, helpers=helpers).test_client()
+    stop = threading.Event()
+    watcher = helpers.start(stop)
+    try:
+        (callbacks,) = helpers.helpers
+        assert client.get("/health").json["helpers"] == [
+            {"name": "callbacks", "up": True, "restarts": 0, "last_error": None}]
+        kill_thread(callbacks.thread)
+        wait_for(lambda: client.get("/health").status_code == 503, 20, "the dead thread to show")
+        wait_for(lambda: client.get("/health").status_code == 200, 20, "the thread to be restarted")
+        (shown,) = client.get("/health").json["helpers"]
+        assert shown["up"] and shown["restarts"] == 1 and shown["last_error"].startswith("Killed")
+        start_consumer(processes, conn, 1, "queue_one")
+        with remote.ResultReceiver("127.0.0.1") as receiver:
+            enqueue_with_callback(conn, receiver.url, receiver.secret)
+            assert [p["type"] for p in collect(receiver)] == ["task", "task", "batch"]  # delivering again
+    finally:
+        stop.set()
+        watcher.join(10)
+        for helper in helpers.helpers:
+            helper.thread.join(10)
+
+
 # The round trip ----------------------------------------------------------------------------------------
 
 def start_gateway(processes: Processes, redis_url: str, *args: str) -> str:
@@ -235,6 +328,35 @@ def start_gateway(processes: Processes, redis_url: str, *args: str) -> str:
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: answers(base + "/openapi.json"), 20, "the gateway to answer")
     return base
+
+
+def test_bad_callbacks_an_old_gateway_accepted_never_stop_the_others(conn: redis.Redis, processes: Processes,
+                                                                     redis_url: str) -> None:
+    """Batches whose callback URL the sender cannot use (an unparseable one, a metadata address),
+    written straight into Redis as an older gateway accepted them, then a good batch: the good one's
+    results arrive, the bad ones are given up, and the delivery thread never died."""
+    start_consumer(processes, conn, 1, "queue_one")
+    bad = []
+    for url in ("http://[1.2.3.4]/", "http://169.254.169.254/latest/meta-data/"):
+        batch_id = batches.new_id()
+        delivery.register(conn, batch_id, url, "s" * 16)
+        producer.enqueue(conn, [producer.TaskCall.build("pi", {"samples": 10})], "queue_one", batch_id=batch_id)
+        bad.append(batch_id)
+    gateway = start_gateway(processes, redis_url)
+    gateway_process = processes.started[-1]
+    with remote.ResultReceiver("127.0.0.1") as receiver:
+        body = {"tasks": [{"task": "pi", "params": {"samples": 10}}] * 2,
+                "callback": {"url": receiver.url, "secret": receiver.secret}}
+        sent = httpx.post(gateway + "/batches", json=body, timeout=30).json()
+        payloads = collect(receiver)
+    assert [p["type"] for p in payloads] == ["task", "task", "batch"] and payloads[-1]["batch_id"] == sent["batch_id"]
+    wait_for(lambda: not conn.smembers(delivery.PENDING), 60, "the bad batches to be given up")
+    health = httpx.get(gateway + "/health", timeout=30).json()
+    assert health["helpers"] == [{"name": "callbacks", "up": True, "restarts": 0, "last_error": None}]
+    log = gateway_process.output()[1]
+    assert f"giving up the callbacks of batch {bad[0]} after {delivery.MAX_ERRORS} errors, the last: InvalidURL" in log
+    assert (f"giving up the callbacks of batch {bad[1]} after {delivery.MAX_ERRORS} errors, the last: AddressRefused: "
+            "refused: 169.254.169.254 is a cloud metadata address (never allowed)") in log
 
 
 def test_round_trip_producer_threads_gateway_workers_and_back(conn: redis.Redis, processes: Processes,

@@ -1,13 +1,17 @@
 """One job as plain JSON-able data (status, progress, result, error, attempts, what may be done to
-it), for the dashboard's job page and the gateway's job resource alike. Read as JSON only."""
+it), for the dashboard's job page and the gateway's job resource alike. Read as JSON only: a
+result that is not JSON (pickle from a foreign client) is shown as ``None`` with a note in
+``unreadable``, never unpickled and never an error."""
 
 from __future__ import annotations
 
+import zlib
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 import redis
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
+from rq.results import Result
 
 from workqueue.policy import fetch_job
 
@@ -41,7 +45,7 @@ def job_detail(connection: redis.Redis, job_id: str) -> Optional[dict[str, Any]]
     if job is None:
         return None
     status = job.get_status(refresh=False)
-    latest = job.latest_result()
+    latest, unreadable = _latest_result(job)
     at = now()
     return {
         "id": job.id,
@@ -57,10 +61,22 @@ def job_detail(connection: redis.Redis, job_id: str) -> Optional[dict[str, Any]]
         "ended_at": iso(job.ended_at),
         "elapsed": seconds_since(job.started_at, at) if status == JobStatus.STARTED else None,
         "progress": job.meta.get("progress"),
-        "result": job.return_value(refresh=False) if status == JobStatus.FINISHED else None,
+        "result": latest.return_value if latest is not None and latest.type == Result.Type.SUCCESSFUL
+        and status == JobStatus.FINISHED else None,
+        "unreadable": unreadable,
         "error": latest.exc_string if latest is not None and latest.exc_string else None,
         "attempts": job.meta.get("attempts", []),
         "meta": {k: v for k, v in job.meta.items() if k not in ("progress", "attempts")},
         "can_stop": status in STOPPABLE,
         "can_requeue": status in REQUEUEABLE,
     }
+
+
+def _latest_result(job: Job) -> tuple[Optional[Result], Optional[str]]:
+    """The job's latest result, or None and why it cannot be read (RQ decodes it with the job's
+    serializer: a result written as pickle is not JSON, and is left alone)."""
+    try:
+        return job.latest_result(), None
+    except (ValueError, TypeError, KeyError, zlib.error) as exc:
+        return None, (f"the result is not JSON ({type(exc).__name__}): it was not written by workqueue, "
+                      "and is left alone")

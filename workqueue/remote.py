@@ -179,7 +179,8 @@ class ResultReceiver:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                length = int(self.headers.get("Content-Length") or 0)
+                given = self.headers.get("Content-Length") or "0"
+                length = int(given) if given.isascii() and given.isdigit() else 0
                 if self.path != receiver.path or not 0 < length <= MAX_CALLBACK_BODY:
                     self.send_response(404 if self.path != receiver.path else 413)
                     self.end_headers()

@@ -7,6 +7,7 @@ from typing import Optional
 import click
 
 from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve
+from workqueue import network
 from workqueue.connection import connect
 from workqueue.gateway import create_app, delivery
 from workqueue.listening import check_bind, url_host
@@ -24,10 +25,12 @@ def main(port: int, bind: str, token: Optional[str], redis_url: Optional[str]) -
         raise click.BadParameter("use at least 16 characters", param_hint="'--token'")
     check_bind(bind, token is not None, "enqueue and cancel tasks",
                f"set {TOKEN_ENV} (or --token) to a secret of at least 16 characters")
+    policy = network.NetworkPolicy.from_env()
     connection, target = connect(redis_url)
-    app = create_app(connection, token=token)
+    helpers = delivery.supervised(connection, policy)
+    app = create_app(connection, token=token, helpers=helpers, policy=policy)
     notes = ", token required" if token else ""
     click.echo(f"gateway on http://{url_host(bind)}:{port}/ ({target.display}{notes}); "
                f"API at /openapi.json; Ctrl-C stops it")
-    serve(app, bind, port, lambda stop: delivery.start(connection, stop))
+    serve(app, bind, port, helpers.start)
     return EXIT_OK

@@ -17,17 +17,19 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import task_def
-from workqueue import batches, control, jobinfo, producer, statistics
+from workqueue import batches, control, jobinfo, network, producer, statistics
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.policy import check_queue_name
 from workqueue.settings import DEFAULT_QUEUE
+from workqueue.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
 #: Tasks one request may enqueue, and the largest request body (bytes).
 MAX_TASKS = 1000
 MAX_BODY = 8 * 1024 * 1024
+MAX_DEPTH = openapi.MAX_DEPTH
 #: Bounds of a callback's signing secret.
 SECRET_MIN, SECRET_MAX = 16, 256
 
@@ -44,8 +46,12 @@ class Invalid(Exception):
         self.status = status
 
 
-def create_app(connection: redis.Redis, *, token: Optional[str] = None) -> Flask:
-    """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``."""
+def create_app(connection: redis.Redis, *, token: Optional[str] = None, helpers: Optional[Supervisor] = None,
+               policy: Optional[network.NetworkPolicy] = None) -> Flask:
+    """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``;
+    ``GET /health`` shows ``helpers`` (the threads delivering callbacks); callback URLs must pass
+    ``policy`` (default: the environment's ``WORKQUEUE_ALLOW_NETWORKS``)."""
+    policy = policy or network.NetworkPolicy.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False
@@ -98,6 +104,16 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None) -> Flask
     def schema() -> Response:
         return jsonify(document)
 
+    @app.get("/health")
+    def health() -> tuple[Response, int]:
+        threads = helpers.status() if helpers is not None else []
+        try:
+            redis_up = bool(connection.ping())
+        except redis.RedisError:
+            redis_up = False
+        ok = redis_up and all(t["up"] for t in threads)
+        return jsonify({"ok": ok, "redis": redis_up, "helpers": threads}), 200 if ok else 503
+
     @app.get("/tasks")
     def tasks() -> Response:
         return jsonify({"tasks": [openapi.describe_task(t) for t in task_def.CATALOGUE.values()]})
@@ -134,7 +150,7 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None) -> Flask
             raise Invalid(str(exc), "queue") from None
         batch_id = batches.new_id()
         if "callback" in body:
-            delivery.register(connection, batch_id, *_callback(body["callback"]))
+            delivery.register(connection, batch_id, *_callback(body["callback"], policy))
         submission = producer.enqueue(connection, calls, queue, batch_id=batch_id)
         return jsonify({"batch_id": batch_id, "queue": queue, "job_ids": [job.id for job in submission.jobs]}), 201
 
@@ -177,9 +193,12 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None) -> Flask
 
 def _body(allowed: set[str]) -> dict[str, Any]:
     """The request's JSON object, with no field outside ``allowed``."""
+    data = request.get_data(cache=False) or b"null"
+    if _depth(data) > MAX_DEPTH:
+        raise Invalid(f"the body nests arrays and objects deeper than {MAX_DEPTH} levels", None, 400)
     try:
-        body = json.loads(request.get_data(cache=False) or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise Invalid(f"the body is not JSON ({exc})", None, 400) from None
     if not isinstance(body, dict):
         raise Invalid("expected a JSON object", None)
@@ -189,7 +208,24 @@ def _body(allowed: set[str]) -> dict[str, Any]:
     return body
 
 
-def _callback(callback: Any) -> tuple[str, str]:
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _depth(data: bytes) -> int:
+    """How deep ``data``'s arrays and objects nest (read before parsing: the parser recurses),
+    counted up to one past MAX_DEPTH."""
+    depth = deepest = 0
+    for byte in _STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                break
+    return deepest
+
+
+def _callback(callback: Any, policy: network.NetworkPolicy) -> tuple[str, str]:
     """The callback's URL and the secret its deliveries are signed with."""
     if not isinstance(callback, dict) or set(callback) != {"url", "secret"}:
         raise Invalid('callback: expected {"url": URL, "secret": TEXT}', "callback")
@@ -198,7 +234,10 @@ def _callback(callback: Any) -> tuple[str, str]:
         raise Invalid("callback.url: must be an http:// or https:// URL with a host", "callback.url")
     if not isinstance(secret, str) or not SECRET_MIN <= len(secret) <= SECRET_MAX:
         raise Invalid(f"callback.secret: expected text of {SECRET_MIN} to {SECRET_MAX} characters", "callback.secret")
-    return url.rstrip("\n"), secret
+    try:
+        return delivery.check_url(url.rstrip("\n"), policy), secret
+    except BadInput as exc:
+        raise Invalid(str(exc), exc.field) from None
 
 
 def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: Optional[int] = None) -> Optional[int]:

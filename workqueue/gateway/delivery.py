@@ -12,6 +12,12 @@ Redis keys (expiring with the results):
   the entry being sent (``inflight``: if a gateway dies or a send fails after the receiver may have
   got it, the next send of that entry is marked a redelivery), failures and the time of the next try;
 - ``workqueue:gateway:lock:<batch>``: held while one gateway delivers, so several can run.
+
+A failure in one batch's delivery never ends the loop: a receiver that is down or answers an error
+is retried for as long as the results are kept; anything else (a URL the sender cannot use, a
+refused address, a record it cannot read) is logged and retried ``MAX_ERRORS`` times, then that
+batch's callbacks are given up. Every connection goes through the network policy
+(``workqueue.network``), which the gateway also applies to callback URLs when they are given.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from typing import Any, Optional
 import httpx
 import redis
 
-from workqueue import batches
+from workqueue import batches, network
+from workqueue.errors import BadInput
 from workqueue.settings import RESULT_TTL
+from workqueue.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,10 @@ GRACE = 60.0
 #: Entries sent per batch per round, so one busy batch cannot starve the others.
 ROUND = 100
 LOCK_MS = 60_000
+#: Tries of a batch whose delivery fails other than by the receiver (a bug, an unusable URL).
+MAX_ERRORS = 5
+#: What makes a callback URL unusable (refused at request time; seen here only in older records).
+_UNUSABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol, network.AddressRefused)
 
 SIGNATURE_HEADER = "X-Workqueue-Signature"
 TIMESTAMP_HEADER = "X-Workqueue-Timestamp"
@@ -61,12 +73,31 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def verify(secret: str, timestamp: str, body: bytes, signature: str, tolerance: float = 300.0) -> bool:
-    """Whether a delivery came from a gateway holding ``secret`` within ``tolerance`` seconds."""
+    """Whether a delivery came from a gateway holding ``secret`` within ``tolerance`` seconds
+    (headers of any characters are simply not a signature: compared as bytes, never raising)."""
+    if not (timestamp.isascii() and signature.isascii()):
+        return False
     try:
         fresh = abs(time.time() - float(timestamp)) <= tolerance
     except ValueError:
         return False
-    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode())
+
+
+def check_url(url: str, policy: network.NetworkPolicy) -> str:
+    """``url`` if the sender can POST to it: parsed by httpx (the sender's own parser), http or
+    https with a host, not refused by ``policy``; raises BadInput naming ``callback.url``."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise BadInput(f"callback.url: not a URL the gateway can send to ({exc})", "callback.url") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise BadInput("callback.url: must be an http:// or https:// URL with a host", "callback.url")
+    try:
+        policy.check_url(url)
+    except network.AddressRefused as exc:
+        raise BadInput(f"callback.url: {exc}", "callback.url") from None
+    return url
 
 
 def register(connection: redis.Redis, batch_id: str, url: str, secret: str) -> None:
@@ -83,7 +114,10 @@ def _payload(batch_id: str, entry_id: str, fields: dict[str, str], summary: Opti
     if summary is not None:
         return {"type": "batch", "batch_id": batch_id, "total": summary.total, "finished": summary.finished,
                 "failed": summary.failed, "elapsed": summary.elapsed}
-    detail = json.loads(fields["detail"])
+    try:
+        detail = json.loads(fields["detail"])
+    except ValueError:  # cut at the stream's 2,000 characters: sent as the text it is
+        detail = fields["detail"]
     outcome = fields["outcome"]
     return {"type": "task", "batch_id": batch_id, "job_id": fields["job"], "task": fields["task"], "outcome": outcome,
             "result": detail if outcome == "finished" else None, "error": None if outcome == "finished" else detail,
@@ -93,10 +127,11 @@ def _payload(batch_id: str, entry_id: str, fields: dict[str, str], summary: Opti
 class Deliverer:
     """Delivers every registered batch's results; run one in each gateway (see :meth:`run`)."""
 
-    def __init__(self, connection: redis.Redis, *, timeout: float = 5.0, max_backoff: float = 60.0) -> None:
+    def __init__(self, connection: redis.Redis, *, timeout: float = 5.0, max_backoff: float = 60.0,
+                 policy: Optional[network.NetworkPolicy] = None) -> None:
         self.connection = connection
         self.max_backoff = max_backoff
-        self.http = httpx.Client(timeout=timeout, follow_redirects=False)
+        self.http = network.client(policy, timeout=timeout, follow_redirects=False)
         self.owner = uuid.uuid4().hex
 
     def run(self, stop: threading.Event, idle: float = 0.2) -> None:
@@ -114,11 +149,15 @@ class Deliverer:
         """One round over the registered batches: how many deliveries succeeded."""
         sent = 0
         for raw in self.connection.smembers(PENDING):
-            batch_id = raw.decode()
+            batch_id = raw.decode(errors="replace")
             if not self.connection.set(lock_key(batch_id), self.owner, nx=True, px=LOCK_MS):
                 continue  # another gateway is on it
             try:
                 sent += self._deliver(batch_id)
+            except redis.RedisError:
+                raise  # an outage: the whole loop pauses
+            except Exception as exc:  # noqa: BLE001 - one batch's fault never stops the others'
+                self._error(batch_id, exc)
             finally:
                 if self.connection.get(lock_key(batch_id)) == self.owner.encode():
                     self.connection.delete(lock_key(batch_id))
@@ -167,6 +206,9 @@ class Deliverer:
         try:
             response = self.http.post(state["url"], content=body, headers=headers)
             ok, reason = response.is_success, f"HTTP {response.status_code}"
+        except _UNUSABLE:
+            self.connection.hdel(key, "inflight")  # never sent
+            raise
         except httpx.ConnectError as exc:  # never reached the receiver: the next send is not a redelivery
             ok, reason = False, f"cannot connect ({exc})"
             self.connection.hdel(key, "inflight")
@@ -176,17 +218,40 @@ class Deliverer:
         if ok:
             with self.connection.pipeline() as pipe:
                 pipe.hset(key, "cursor", entry_id)
-                pipe.hdel(key, "inflight", "failures", "next_try")
+                pipe.hdel(key, "inflight", "failures", "next_try", "errors")
                 pipe.execute()
             state.pop("inflight", None)
             state.pop("failures", None)
             return True
         failures = int(state.get("failures", 0)) + 1
-        wait = min(self.max_backoff, 0.5 * 2 ** (failures - 1)) * random.uniform(0.5, 1.5)
+        wait = self._backoff(failures)
         self.connection.hset(key, mapping={"failures": failures, "next_try": time.time() + wait})
         log.warning("callback for batch %s to %s failed (%s, attempt %d); next try in %.1f s",
                     batch_id, state["url"], reason, failures, wait)
         return False
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.max_backoff, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+
+    def _error(self, batch_id: str, exc: Exception) -> None:
+        """A delivery that failed other than by the receiver: tried MAX_ERRORS times, then given up."""
+        key = callback_key(batch_id)
+        errors = self.connection.hincrby(key, "errors", 1)
+        trace = None if isinstance(exc, _UNUSABLE) else exc  # a traceback for what was not foreseen
+        if errors >= MAX_ERRORS:
+            log.error("giving up the callbacks of batch %s after %d errors, the last: %s: %s",
+                      batch_id, errors, type(exc).__name__, exc, exc_info=trace)
+            with self.connection.pipeline() as pipe:
+                pipe.srem(PENDING, batch_id)
+                pipe.delete(key)
+                pipe.execute()
+            return
+        wait = self._backoff(errors)
+        self.connection.hset(key, "next_try", time.time() + wait)
+        if self.connection.ttl(key) < 0:  # a record that was not ours: expire it like ours
+            self.connection.expire(key, RESULT_TTL)
+        log.error("callbacks of batch %s failed (%s: %s; error %d of %d); next try in %.1f s",
+                  batch_id, type(exc).__name__, exc, errors, MAX_ERRORS, wait, exc_info=trace)
 
     def _drop_if_never_enqueued(self, batch_id: str, state: dict[str, str]) -> None:
         """A batch registered but never enqueued (its enqueue failed) is forgotten after GRACE."""
@@ -198,9 +263,9 @@ class Deliverer:
                 pipe.execute()
 
 
-def start(connection: redis.Redis, stop: threading.Event) -> threading.Thread:
-    """A daemon thread delivering callbacks until ``stop`` is set."""
-    thread = threading.Thread(target=Deliverer(connection).run, args=(stop,), name="workqueue-callbacks",
-                              daemon=True)
-    thread.start()
-    return thread
+def supervised(connection: redis.Redis, policy: Optional[network.NetworkPolicy] = None) -> Supervisor:
+    """The gateway's helper threads (callback delivery), restarted if one dies: start them with
+    ``.start(stop)``; ``.status()`` is what ``GET /health`` shows."""
+    helpers = Supervisor()
+    helpers.add("callbacks", Deliverer(connection, policy=policy).run)
+    return helpers

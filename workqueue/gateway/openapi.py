@@ -65,9 +65,13 @@ def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
                      "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
 
 
+#: Deepest nesting of arrays and objects a request body may have (a valid request needs 4).
+MAX_DEPTH = 32
+_NOT_JSON = f"The body is not JSON, or nests arrays and objects deeper than {MAX_DEPTH} levels."
 _AUTH = {"401": _error("A bearer token is required and was not given, or is wrong.")}
 _BAD_BODY = {"413": _error("The body is over the size limit."),
-             "422": _error("The body, a task or a parameter is refused: `error` says why, `field` names it."),
+             "422": _error("The body, a task, a parameter or the callback URL is refused: `error` says why, "
+                           "`field` names it."),
              "503": _error("Redis is not answering.")}
 
 
@@ -103,7 +107,11 @@ def document() -> dict[str, Any]:
                      "description": "Each task's end, then the batch's end, is POSTed to `url`, signed: "
                                     "X-Workqueue-Signature is sha256=HMAC-SHA256(secret, timestamp + '.' + body) "
                                     "in hex, the timestamp in X-Workqueue-Timestamp.",
-                     "properties": {"url": {"type": "string", "pattern": CALLBACK_URL, "maxLength": 2000},
+                     "properties": {"url": {"type": "string", "pattern": CALLBACK_URL, "maxLength": 2000,
+                                            "description": "Refused (422, field `callback.url`) if the gateway "
+                                            "cannot send to it, or if its host is or resolves to a link-local, "
+                                            "cloud-metadata, or (unless WORKQUEUE_ALLOW_NETWORKS allows it) "
+                                            "loopback, private or reserved address."},
                                     "secret": {"type": "string", "minLength": 16, "maxLength": 256}}},
         "EnqueueBatch": {"type": "object", "required": ["tasks"], "additionalProperties": False, "properties": {
             "tasks": {"type": "array", "minItems": 1, "maxItems": 1000,
@@ -122,7 +130,10 @@ def document() -> dict[str, Any]:
             "progress": _nullable({"type": "object", "properties": {
                 "done": {"type": "number"}, "total": {"type": "number"}, "percent": {"type": "number"},
                 "message": {"type": "string"}}}),
-            "result": {"description": "The task's return value, once finished (any JSON)."},
+            "result": {"description": "The task's return value, once finished (any JSON); null if it cannot be "
+                                      "read as JSON (see `unreadable`)."},
+            "unreadable": _nullable({"type": "string", "description": "Why the result is null though the job "
+                                     "finished: it is not JSON (written by a foreign client), and is left alone."}),
             "error": nullable_string,
             "attempts": {"type": "array", "items": {"type": "object"}},
             "meta": {"type": "object"}, "can_stop": {"type": "boolean"}, "can_requeue": {"type": "boolean"}}},
@@ -133,6 +144,14 @@ def document() -> dict[str, Any]:
             "elapsed": nullable_number,
             "jobs": {"type": "array", "items": {"type": "object", "required": ["id", "status"], "properties": {
                 "id": {"type": "string"}, "status": {"type": "string"}}}}}},
+        "Health": {"type": "object", "required": ["ok", "redis", "helpers"], "properties": {
+            "ok": {"type": "boolean", "description": "Redis answers and every helper thread runs."},
+            "redis": {"type": "boolean"},
+            "helpers": {"type": "array", "description": "The gateway's helper threads (`callbacks`: the delivery "
+                        "of results); one that dies is logged and restarted, `restarts` counts it.", "items": {
+                "type": "object", "required": ["name", "up", "restarts", "last_error"], "properties": {
+                    "name": {"type": "string"}, "up": {"type": "boolean"}, "restarts": {"type": "integer"},
+                    "last_error": nullable_string}}}}},
         "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
         "Messages": {"type": "object", "required": ["messages"],
                      "properties": {"messages": {"type": "array", "items": {"type": "string"}}}},
@@ -165,6 +184,10 @@ def document() -> dict[str, Any]:
                                                       "description": "Required when the gateway was given a token."}}},
         "security": [{}, {"bearer": []}],
         "paths": {
+            "/health": {"get": {"summary": "Whether Redis answers and the helper threads run", "operationId": "health",
+                                "responses": {**_ok("All is well.", "Health"), **_AUTH,
+                                              **_ok("Redis does not answer, or a helper thread is down (it is "
+                                                    "being restarted).", "Health", "503")}}},
             "/tasks": {"get": {"summary": "The task catalogue", "operationId": "listTasks",
                                "responses": {**_ok("Every task and its parameters.", "Tasks"), **_AUTH}}},
             "/queues": {"get": {"summary": "Queues and their statistics", "operationId": "listQueues",
@@ -173,11 +196,11 @@ def document() -> dict[str, Any]:
             "/jobs": {"post": {"summary": "Enqueue one task (count times), as one batch", "operationId": "enqueueJob",
                                "requestBody": json_body("EnqueueOne"),
                                "responses": {**_ok("Enqueued.", "Enqueued", "201"), **_AUTH,
-                                             "400": _error("The body is not JSON."), **_BAD_BODY}}},
+                                             "400": _error(_NOT_JSON), **_BAD_BODY}}},
             "/batches": {"post": {"summary": "Enqueue several tasks as one batch", "operationId": "enqueueBatch",
                                   "requestBody": json_body("EnqueueBatch"),
                                   "responses": {**_ok("Enqueued.", "Enqueued", "201"), **_AUTH,
-                                                "400": _error("The body is not JSON."), **_BAD_BODY}}},
+                                                "400": _error(_NOT_JSON), **_BAD_BODY}}},
             "/jobs/{job_id}": {
                 "parameters": [job_id],
                 "get": {"summary": "A job: status, progress, result, error", "operationId": "getJob",

@@ -1,0 +1,190 @@
+"""Where tasks and callbacks may connect: one network policy for the scraper and the gateway's
+callbacks, so neither can be pointed at the machine's own services or its cloud's metadata.
+
+Link-local and cloud-metadata addresses are refused always; loopback, private, shared (CGNAT),
+multicast and reserved addresses are refused unless a network in ``WORKQUEUE_ALLOW_NETWORKS``
+(CIDRs, comma-separated, read from the environment of the worker or gateway; default
+``127.0.0.0/8,::1/128``, so a laptop's demo works) holds them.
+
+The check is made where the connection is made: :func:`client` gives an httpx client whose
+transport resolves each host, checks every address it resolves to, and then connects to a
+checked address (never resolving again), on every request and every redirect hop. So a name
+that resolves to a public address when checked and to a private one a moment later (DNS
+rebinding) cannot slip through, and no refused address is ever connected to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import httpcore
+import httpx
+
+from workqueue.errors import BadInput, WorkqueueError
+
+ALLOW_ENV = "WORKQUEUE_ALLOW_NETWORKS"
+DEFAULT_ALLOW = "127.0.0.0/8,::1/128"
+
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+#: Instance-metadata services (AWS, Azure, GCP, Oracle, DigitalOcean: 169.254.169.254; AWS over
+#: IPv6; Alibaba; Oracle's other address): refused whatever the allow list says.
+METADATA = tuple(ipaddress.ip_network(n) for n in (
+    "169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32", "192.0.0.192/32"))
+LINK_LOCAL = tuple(ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10"))
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class AddressRefused(WorkqueueError):
+    """Raised when a URL's host is (or resolves to) an address the network policy refuses."""
+
+
+def _destination(address: Address) -> Address:
+    """Where ``address`` really leads: the IPv4 address an IPv4-mapped, NAT64 or 6to4 one carries."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if address.sixtofour is not None:
+            return address.sixtofour
+    return address
+
+
+def _kind(address: Address) -> Optional[str]:
+    """What makes ``address`` not public (None if it is)."""
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_unspecified:
+        return "an unspecified address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address in _SHARED:
+        return "a shared (carrier-grade NAT) address"
+    if address.is_private:
+        return "a private address"
+    if address.is_reserved or not address.is_global:
+        return "a reserved address"
+    return None
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """Which addresses may be connected to: public ones, and those in ``allowed``."""
+
+    allowed: tuple[Network, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "NetworkPolicy":
+        """A policy from CIDRs, comma-separated (empty: nothing beyond public addresses)."""
+        allowed = []
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            try:
+                allowed.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise BadInput(f"{ALLOW_ENV}: {item!r} is not a network (expected CIDRs such as 10.0.0.0/8, "
+                               "comma-separated)") from None
+        return cls(tuple(allowed))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "NetworkPolicy":
+        """The policy ``WORKQUEUE_ALLOW_NETWORKS`` sets (unset: loopback only; set empty: none)."""
+        return cls.parse(environ.get(ALLOW_ENV, DEFAULT_ALLOW))
+
+    def refusal(self, address: Address) -> Optional[str]:
+        """Why ``address`` may not be connected to (None if it may): ``<address> is ...``."""
+        why = self._why(address)
+        return f"{why[0]} is {why[1]}" if why else None
+
+    def _why(self, address: Address) -> Optional[tuple[str, str]]:
+        target = _destination(address)
+        shown = str(address) if target == address else f"{address} (that is, {target})"
+        if any(target in n for n in METADATA):
+            return shown, "a cloud metadata address (never allowed)"
+        if any(target in n for n in LINK_LOCAL):
+            return shown, "a link-local address (never allowed)"
+        kind = _kind(target)
+        if kind and not any(target.version == n.version and target in n for n in self.allowed):
+            return shown, f"{kind} (allow it with {ALLOW_ENV})"
+        return None
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        """The addresses ``host`` resolves to, every one checked; raises AddressRefused if any is
+        refused, OSError if the host does not resolve."""
+        literal = _literal(host)
+        if literal is not None:
+            found = [literal]
+        else:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        for address in found:
+            why = self._why(address)
+            if why:
+                said = f"{why[0]} is {why[1]}" if literal is not None else f"{host} resolves to {why[0]}, {why[1]}"
+                raise AddressRefused(f"refused: {said}")
+        return [str(a) for a in found]
+
+    def check_url(self, url: str) -> None:
+        """Refuse ``url`` now if its host is or resolves to a refused address (one that does not
+        resolve passes: it is checked again, like every host, when connected to)."""
+        host = httpx.URL(url).host
+        try:
+            self.resolve(host, 0)
+        except OSError:
+            pass
+
+
+def _literal(host: str) -> Optional[Address]:
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+
+
+class _CheckedBackend(httpcore.SyncBackend):
+    """httpcore's network backend, connecting only to addresses the policy allows, and to the
+    very address it checked (the host is resolved once, here)."""
+
+    def __init__(self, policy: NetworkPolicy) -> None:
+        self.policy = policy
+
+    def connect_tcp(self, host: str, port: int, timeout: Optional[float] = None, local_address: Optional[str] = None,
+                    socket_options: Optional[Iterable[Any]] = None) -> httpcore.NetworkStream:
+        try:
+            addresses = self.policy.resolve(host, port)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+        error: Optional[Exception] = None
+        for address in addresses:
+            try:
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+
+class CheckedTransport(httpx.HTTPTransport):
+    """httpx's transport, its connections made through the policy (proxies are not used: a proxy
+    would connect on our behalf to addresses we never checked)."""
+
+    def __init__(self, policy: NetworkPolicy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # httpx 0.28 has no parameter for httpcore's network backend; its pool keeps it here.
+        if not hasattr(self._pool, "_network_backend"):
+            raise RuntimeError("httpcore's ConnectionPool no longer has _network_backend: update workqueue.network")
+        self._pool._network_backend = _CheckedBackend(policy)
+
+
+def client(policy: Optional[NetworkPolicy] = None, **kwargs: Any) -> httpx.Client:
+    """An httpx client that connects only where ``policy`` (default: the environment's) allows."""
+    return httpx.Client(transport=CheckedTransport(policy or NetworkPolicy.from_env()), **kwargs)
