@@ -303,13 +303,14 @@ SUPERSEDED = None
 
 #: Redis errors that mean "not now, nothing written" (a write refused, Redis away): a job's end
 #: that meets one is tried again, never half written.
-_REFUSALS = ("OOM command not allowed", "MISCONF", "READONLY", "LOADING")
+_REFUSALS = ("command not allowed when used memory", "MISCONF", "READONLY", "LOADING")
 
 
 def refused(exc: BaseException) -> bool:
     """Whether ``exc`` is Redis refusing writes for now (OOM, MISCONF, READONLY, LOADING) or being
     away: what a job's end waits out and tries again."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
+                        redis.exceptions.ReadOnlyError)):
         return True
     return isinstance(exc, redis.ResponseError) and any(word in str(exc) for word in _REFUSALS)
 

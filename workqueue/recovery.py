@@ -157,8 +157,8 @@ def _fail_unreadable(connection: redis.Redis, queue: Queue, job_id: str, executi
 
     def build(pipe: redis.client.Pipeline) -> None:
         _forget_executions(pipe, job_id, execution_ids, queue, worker_name)
-        pipe.hset(job.key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
         job.failed_job_registry.add(job, ttl=job.failure_ttl, exc_string=UNREADABLE_REASON, pipeline=pipe)
+        pipe.hset(job.key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
         Result.create_failure(job, job.failure_ttl, exc_string=UNREADABLE_REASON, worker_name=worker_name,
                               pipeline=pipe)
         batches.record_end(pipe, job, "failed", detail=UNREADABLE_REASON, task="?")

@@ -592,7 +592,9 @@ class _ProgressStore:
                 pipe.hset(job.key, "meta", job._serialize_meta())
 
             run_guarded(job.connection, build_progress, Guard.holds(job, execution_id), what="progress", patience=0)
-        except Exception:  # progress is advisory: never fail a job for it
+        except redis.RedisError as exc:  # progress is advisory: never fail a job for it
+            log.warning("could not store progress of job %s: %s", job.id, exc)
+        except Exception:
             log.warning("could not store progress of job %s", job.id, exc_info=True)
 
 
