@@ -92,6 +92,8 @@ def test_eight_clean_workers_at_once_hand_a_dead_job_back_exactly_once(conn, env
         marker.write_text("")
         job_id = enqueue(conn, "mark_then_progress", marker=str(marker))
         start_by_a_dead_worker(conn, 1)
+        # Redis holds every client's commands for a while: the eight start meanwhile, and all sweep at once.
+        conn.execute_command("CLIENT", "PAUSE", 3000)
         cleaners = [subprocess.Popen([sys.executable, str(ROOT / "kill_thread/clean_workers.py")], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
         outputs = [c.communicate(timeout=60) for c in cleaners]
