@@ -107,7 +107,8 @@ def test_eight_clean_workers_at_once_hand_a_dead_job_back_exactly_once(conn, env
 
 def lose_consumer(conn: redis.Redis, consumer: subprocess.Popen) -> str:
     """SIGKILL a consumer and its busy worker together; the worker's name (still registered)."""
-    worker = wait_for(lambda: [w for w in Worker.all(connection=conn) if w.get_state() == "busy"], 30, "a busy worker")[0]
+    busy = wait_for(lambda: [w for w in Worker.all(connection=conn) if w.get_state() == "busy"], 30, "a busy worker")
+    worker = busy[0]
     family = psutil.Process(consumer.pid).children(recursive=True)
     os.kill(consumer.pid, signal.SIGKILL)
     os.kill(worker.pid, signal.SIGKILL)
@@ -140,7 +141,8 @@ def test_clean_workers_just_after_a_kill_removes_a_dead_local_worker_at_once(con
     assert status(conn, job_id) == "queued" and name not in {w.name for w in Worker.all(connection=conn)}
 
 
-def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing(conn, env, processes, tmp_path) -> None:
+def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing(conn, env, processes,
+                                                                                 tmp_path) -> None:
     marker = tmp_path / "runs"
     job_id = enqueue(conn, "mark_then_progress", marker=str(marker), seconds=3)
     first = processes.start("consumer_main.py", "--workers", "1", env=env)

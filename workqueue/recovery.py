@@ -323,7 +323,8 @@ def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack
             continue
         keys = [queue.intermediate_queue_key, queue.key, Job.key_for(job_id), seen_key]
         if connection.eval(_REQUEUE_IF_STILL_THERE, len(keys), *keys, job_id):
-            execution_ids = [e.decode() for e in connection.zrange(ExecutionRegistry.key_template.format(job_id), 0, -1)]
+            runs_key = ExecutionRegistry.key_template.format(job_id)
+            execution_ids = [e.decode() for e in connection.zrange(runs_key, 0, -1)]
             if execution_ids:
                 with connection.pipeline() as pipe:
                     _forget_executions(pipe, job_id, execution_ids, queue, "")
