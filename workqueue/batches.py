@@ -104,6 +104,8 @@ def task_finished(job: Job, connection: redis.Redis, result: Any, *args: Any, **
 def task_failed(job: Job, connection: redis.Redis, exc_type: Any, exc_value: Any, traceback: Any) -> None:
     if job.should_retry:
         return  # not its end: it will run again
+    if getattr(job, "count_failure_in_end", False):
+        return  # our worker counts it in the failure's own transaction, if the run still holds the job
     job_ended(connection, job, "failed", detail=f"{getattr(exc_type, '__name__', 'Error')}: {exc_value}")
 
 
@@ -122,13 +124,15 @@ def job_ended(connection: redis.Redis, job: Job, outcome: str, detail: Any = Non
         log.warning("could not record the end of job %s", job.id, exc_info=True)
 
 
-def record_end(pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any = None) -> None:
+def record_end(pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any = None,
+               task: Optional[str] = None) -> None:
     """Queue on ``pipe`` the commands that count the end of ``job`` in its batch and the statistics,
-    so a worker can record them in the same transaction as the job's own end."""
+    so a worker can record them in the same transaction as the job's own end. ``task``: its name,
+    for a job whose data cannot be read."""
     started = job.started_at
     run = (_utcnow() - started).total_seconds() if started else None
     wait = (started - job.enqueued_at).total_seconds() if started and job.enqueued_at else None
-    task = (job.meta or {}).get("task") or job.func_name or "?"
+    task = task or (job.meta or {}).get("task") or job.func_name or "?"
     text = json.dumps(detail, default=str)[:2000]
     if job.group_id:
         keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]

@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 
 from workqueue import batches, recovery
-from workqueue.errors import BadInput
+from workqueue.errors import BadInput, UnreadableJob
 from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
 from workqueue.worker import SHUTDOWN_NOW
 
@@ -90,7 +90,10 @@ def wait_gone(connection: redis.Redis, names: Iterable[str], timeout: float) -> 
 
 def job_outcome(connection: redis.Redis, job_id: str, worker: str) -> str:
     """Where the job a worker was running ended up after it was stopped at once, in words."""
-    job = fetch_job(connection, job_id)
+    try:
+        job = fetch_job(connection, job_id)
+    except UnreadableJob as exc:
+        return str(exc)
     if job is None:
         return f"job {job_id} no longer exists"
     status = job.get_status(refresh=False)
@@ -118,9 +121,18 @@ class JobStop:
     message: str
 
 
+def _unreadable(job_id: str, exc: UnreadableJob) -> JobStop:
+    """What a queue-wide action reports for a job it cannot read: it goes on with the others."""
+    return JobStop(job_id, False, f"{exc}")
+
+
 def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 10.0) -> JobStop:
-    """Stop a running job (RQ's stop-job command) or cancel a queued, scheduled or deferred one."""
-    job = fetch_job(connection, job_id)
+    """Stop a running job (RQ's stop-job command) or cancel a queued, scheduled or deferred one;
+    a job that is not JSON is reported (found=False) and left alone."""
+    try:
+        job = fetch_job(connection, job_id)
+    except UnreadableJob as exc:
+        return _unreadable(job_id, exc)
     if job is None:
         return JobStop(job_id, False, f"no such job: {job_id}")
     status = job.get_status(refresh=False)
@@ -162,8 +174,12 @@ def clean(connection: redis.Redis) -> tuple[list[str], list[recovery.HandBack]]:
 
 
 def requeue(connection: redis.Redis, job_id: str, *, by: str) -> JobStop:
-    """Put a failed or cancelled job back on its queue (at the back), as a fresh attempt."""
-    job = fetch_job(connection, job_id)
+    """Put a failed or cancelled job back on its queue (at the back), as a fresh attempt; a job
+    that is not JSON is reported (found=False) and left alone."""
+    try:
+        job = fetch_job(connection, job_id)
+    except UnreadableJob as exc:
+        return _unreadable(job_id, exc)
     if job is None:
         return JobStop(job_id, False, f"no such job: {job_id}")
     status = job.get_status(refresh=False)

@@ -21,9 +21,12 @@ own path.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 from uuid import uuid4
 
@@ -231,12 +234,45 @@ def start(worker: Worker, job: Job, queue: Queue, heartbeat: bool) -> Execution:
 
 
 # Runs a transaction's queued commands in one script, in order and atomically as MULTI/EXEC
-# would, a refused command not stopping the rest, and answers their replies: one command for
-# redis-py to pack and one reply to parse, where a transaction has a score of each. The scripts
-# a transaction may EVAL are compiled in as functions, called by their SHA1.
-# ARGV: each command as its number of words, then its words (an EVAL's script by its SHA1).
+# would, and answers their replies: one command for redis-py to pack and one reply to parse, where
+# a transaction has a score of each. The scripts a transaction may EVAL are compiled in as
+# functions, called by their SHA1.
+#
+# Guarded: ARGV starts with a mode, a started registry's key, a count n and n of its members (the
+# job's executions as ``<job id>:<execution id>``). Mode 'holds': the commands run only if one of
+# those executions is still in the registry (the run they record still holds the job: a horse
+# ending its job, or storing its progress). Mode 'claim': only if this call removes one of them
+# (of several sweeps that find the same dead execution, exactly one hands its job back). Otherwise
+# nothing is written and the answer is {'superseded'}. Mode '': no guard.
+#
+# Refused whole or run whole: a command Redis refuses because it cannot write (OOM over maxmemory,
+# MISCONF after a failed save, READONLY on a replica) ends the script with that error. Redis
+# refuses a script's write for OOM only while the script has written nothing yet, and MISCONF and
+# READONLY every write, so such a refusal leaves nothing written, and the caller tries again. Any
+# other refused command (a key of the wrong type, say) does not stop the rest.
+# ARGV after the guard: each command as its number of words, then its words (an EVAL's script by
+# its SHA1).
 _RUN_LOOP = """
-local replies, i, k = {}, 1, 0
+local mode, registry, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if mode == 'holds' then
+  local held = false
+  for j = 4, 3 + n do
+    if redis.call('ZSCORE', registry, ARGV[j]) then held = true end
+  end
+  if not held then return {'superseded'} end
+elseif mode == 'claim' then
+  local removed = 0
+  for j = 4, 3 + n do removed = removed + redis.call('ZREM', registry, ARGV[j]) end
+  if removed == 0 then return {'superseded'} end
+end
+local function refusal(reply)
+  if type(reply) == 'table' and reply.err then
+    local e = tostring(reply.err)
+    if e:find('OOM', 1, true) or e:find('MISCONF', 1, true) or e:find('READONLY', 1, true) then return e end
+  end
+  return nil
+end
+local replies, i, k = {}, 4 + n, 0
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   local reply
@@ -247,6 +283,8 @@ while i <= #ARGV do
   else
     reply = redis.pcall(unpack(ARGV, i + 1, i + n))
   end
+  local refused = refusal(reply)
+  if refused then return redis.error_reply(refused) end
   k = k + 1
   if reply == nil then replies[k] = false else replies[k] = reply end
   i = i + n + 1
@@ -260,37 +298,149 @@ _RUN = "local scripts = {}\n" + "".join(
     f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items()) + _RUN_LOOP
 _run_script: Optional[Script] = None
 
+#: What :func:`run_guarded` answers when its guard did not hold: nothing was written.
+SUPERSEDED = None
 
-def _run_queued(connection: redis.Redis, pipe: redis.client.Pipeline) -> list[Any]:
+#: Redis errors that mean "not now, nothing written" (a write refused, Redis away): a job's end
+#: that meets one is tried again, never half written.
+_REFUSALS = ("command not allowed when used memory", "MISCONF", "READONLY", "LOADING")
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing writes for now (OOM, MISCONF, READONLY, LOADING) or being
+    away: what a job's end waits out and tries again."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
+                        redis.exceptions.ReadOnlyError)):
+        return True
+    return isinstance(exc, redis.ResponseError) and any(word in str(exc) for word in _REFUSALS)
+
+
+class Guard:
+    """Which run a guarded write belongs to: ``mode`` 'holds' (the writes are made only while one
+    of ``members`` is in the started registry ``registry``) or 'claim' (only by the caller whose
+    call removes one of them)."""
+
+    __slots__ = ("mode", "registry", "members")
+
+    def __init__(self, mode: str, registry: str, members: Sequence[str]) -> None:
+        self.mode, self.registry, self.members = mode, registry, list(members)
+
+    @classmethod
+    def holds(cls, job: Job, execution_id: str) -> "Guard":
+        """The run of ``job`` as ``execution_id`` still holds it."""
+        return cls("holds", job.started_job_registry.key, [f"{job.id}:{execution_id}"])
+
+    def words(self) -> list[Any]:
+        return [self.mode, self.registry, len(self.members), *self.members]
+
+
+_NO_GUARD = Guard("", "", [])
+
+
+def _run_queued(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard = _NO_GUARD) -> Optional[list[Any]]:
     """The replies of the commands queued on the transaction ``pipe``, sent over ``connection``
-    as one script (errors among them as exception objects, as ``execute(raise_on_error=False)``)."""
+    as one script (errors among them as exception objects, as ``execute(raise_on_error=False)``);
+    SUPERSEDED (None), with nothing written, if ``guard`` did not hold. A write refused for want of
+    memory (or a failed save) raises, with nothing written."""
     global _run_script
     words: list[Any] = []
     for args, _options in pipe.command_stack:
         if args[0] == "EVAL":
             sha = hashlib.sha1(args[1].encode()).hexdigest()
             if sha not in _RUNNABLE:  # a script this one cannot run: the transaction as it is
-                return pipe.execute(raise_on_error=False)
+                return _run_unknown(connection, pipe, guard)
             args = ("EVAL", sha, *args[2:])
         words.append(len(args))
         words.extend(args)
     pipe.reset()
     if _run_script is None:
         _run_script = connection.register_script(_RUN)
-    return _run_script(keys=[], args=words, client=connection)
+    replies = _run_script(keys=[], args=guard.words() + words, client=connection)
+    if replies == [b"superseded"]:
+        return SUPERSEDED
+    return replies
 
 
-def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, count_in_batch: bool) -> None:
+def _run_unknown(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard) -> Optional[list[Any]]:
+    """A transaction with a script :data:`_RUN` does not know: its guard first, then the
+    transaction (two steps: rare, RQ's own paths only)."""
+    if guard.mode:
+        empty = connection.pipeline()
+        if _run_queued(connection, empty, guard) is SUPERSEDED:
+            pipe.reset()
+            return SUPERSEDED
+    return pipe.execute(raise_on_error=False)
+
+
+def run_guarded(connection: redis.Redis, build: Any, guard: Guard, *, what: str,
+                patience: Optional[float] = None) -> Optional[list[Any]]:
+    """Queue a transaction with ``build(pipe)`` and run it under ``guard``, in one atomic step;
+    while Redis refuses it (out of memory, a failed save, away), wait and build it again, for at
+    most ``patience`` seconds (None: as long as it takes). The replies, or SUPERSEDED."""
+    delay, deadline, warned = 0.2, None if patience is None else time.monotonic() + patience, False
+    client = _direct(connection)
+    while True:
+        with connection.pipeline() as pipe:
+            build(pipe)
+            try:
+                return _run_queued(client, pipe, guard)
+            except redis.RedisError as exc:
+                if not refused(exc) or (deadline is not None and time.monotonic() + delay > deadline):
+                    raise
+                if not warned:
+                    log.warning("Redis refuses %s for now (%s); trying again until it accepts it", what, exc)
+                    warned = True
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def note_superseded(connection: redis.Redis, job_id: str, execution_id: str, worker_name: str, outcome: str) -> None:
+    """Record on the job (``meta["superseded"]``) that a run of it ended after its job had been
+    handed to another run: that end is not the job's outcome. Never raises."""
+    log.warning("job %s: the run %s on %s ended (%s) after the job had been handed back; its end is not recorded",
+                job_id, execution_id, worker_name, outcome)
+    key = Job.key_for(job_id)
+    note = {"execution": execution_id, "worker": worker_name, "outcome": str(outcome)[:500],
+            "at": datetime.now(timezone.utc).isoformat()}
+    try:
+        with connection.pipeline() as pipe:
+            for _ in range(5):
+                try:
+                    pipe.watch(key)
+                    raw = pipe.hget(key, "meta")
+                    if not pipe.exists(key):
+                        return
+                    meta = json.loads(raw) if raw else {}
+                    if not isinstance(meta, dict):
+                        return
+                    meta.setdefault("superseded", []).append(note)
+                    pipe.multi()
+                    pipe.hset(key, "meta", json.dumps(meta))
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+    except (redis.RedisError, ValueError):
+        log.warning("could not note the superseded run of job %s", job_id, exc_info=True)
+
+
+def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, count_in_batch: bool) -> bool:
     """Record the success of ``job`` in one transaction: what RQ's ``handle_job_success`` writes,
     the batch's count and the statistics (``count_in_batch``: what the job's success callback,
     ``batches.task_finished``, would have sent in a request of its own).
+
+    Only while this run still holds the job (its execution is in the started registry): a run
+    whose job was handed back meanwhile (its worker frozen, then taken for dead) writes nothing
+    but a note (``meta["superseded"]``), and False is returned. While Redis refuses writes (out of
+    memory, a failed save) the end waits and is tried again, whole: it is never half written.
 
     RQ WATCHes the job's dependents first; here they are read inside the transaction instead, which
     is as safe: a dependent added before it is seen, and one added after finds the job finished
     and is enqueued by whoever adds it. The rare job that has some is handed to RQ to enqueue them.
     """
     result_ttl = job.get_result_ttl(worker.default_result_ttl)
-    with worker.connection.pipeline() as pipe:
+
+    def build(pipe: redis.client.Pipeline) -> None:
         pipe.smembers(job.dependents_key)
         worker.increment_successful_job_count(pipeline=pipe)
         worker.increment_total_working_time(job.ended_at - job.started_at, pipe)  # type: ignore[operator]
@@ -302,14 +452,19 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
                           execution_ended_at=job.ended_at)
             job.finished_job_registry.add(job, result_ttl, pipe)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-        job._status = JobStatus.FINISHED
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
         if count_in_batch:
             batches.record_end(pipe, job, "finished", detail=job._result)
-        replies = _run_queued(_direct(worker.connection), pipe)
+
+    replies = run_guarded(worker.connection, build, Guard.holds(job, execution.id), what=f"the end of job {job.id}")
+    if replies is SUPERSEDED:
+        note_superseded(worker.connection, job.id, execution.id, worker.name, "finished")
+        return False
+    job._status = JobStatus.FINISHED
     failed = [reply for reply in replies if isinstance(reply, Exception)]
     if failed:  # the transaction was applied; a command in it was refused (e.g. a key of the wrong type)
         log.warning("job %s finished, but Redis refused part of its record: %s", job.id, failed[0])
     if replies[0] and not isinstance(replies[0], Exception):
         worker._enqueue_dependents_safely(queue, job)
     worker._release_slot_safely(job)
+    return True

@@ -9,24 +9,37 @@ Nothing is left "started" with no one running it.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Optional
 
 import redis
 from rq import Queue, Worker
+from rq.defaults import RQ_KEY_PREFIX
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, ExecutionRegistry
 from rq.job import Job, JobStatus
+from rq.results import Result
 from rq.scheduler import RQScheduler
-from rq.utils import current_timestamp
+from rq.utils import current_timestamp, now, utcformat, utcparse
 from rq.worker_registration import clean_worker_registry
 
 import task_def
 from workqueue import batches, statistics
-from workqueue.policy import SERIALIZER, CatalogueJob
+from workqueue.errors import UnreadableJob
+from workqueue.execution import SUPERSEDED, Guard, run_guarded
+from workqueue.policy import SERIALIZER, CatalogueJob, fetch_job
+from workqueue.settings import FAILURE_TTL
 
 log = logging.getLogger(__name__)
 
 REQUEUED, FAILED, ALREADY_ENDED = "requeued", "failed", "already ended"
+
+#: Why a dead run's job that is not JSON is failed instead of handed back.
+UNREADABLE_REASON = "unreadable job: its data is not JSON (not written by workqueue); never run"
 
 # Move a job id from the intermediate list back to the front of its queue, unless a worker took it
 # out first (it registered the job meanwhile): atomic, so a job is neither lost nor doubled.
@@ -56,16 +69,33 @@ class HandBack:
         return f"job {self.job_id} had already ended"
 
 
-def hand_back(connection: redis.Redis, job: Job, reason: str, worker_name: str = "", *, attempt: bool = False) -> HandBack:
+def hand_back(connection: redis.Redis, job: Job | str, reason: str, worker_name: str = "", *, attempt: bool = False,
+              execution_ids: Optional[Iterable[str]] = None) -> HandBack:
     """Requeue ``job`` at the front of its queue, or fail it with ``reason`` if it must not re-run.
 
     ``attempt``: the interruption was a failure (the worker died), so it uses one of the job's
-    retries; a deliberate stop does not.
+    retries; a deliberate stop does not. ``execution_ids``: the runs found dead (default: every
+    run the job has). One atomic step (``execution.run_guarded``, mode 'claim'): only the caller
+    whose removal of such a run from the started registry succeeds hands the job back, so of
+    several sweeps that find the same dead run, one acts and the others find it "already ended".
+    A job that is not JSON is failed with the reason, never run.
     """
-    job = CatalogueJob.fetch(job.id, connection=connection, serializer=SERIALIZER)
-    queue = Queue(job.origin, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
-    if job.get_status(refresh=False) != JobStatus.STARTED:
-        return HandBack(job.id, queue.name, ALREADY_ENDED, reason)
+    job_id = job if isinstance(job, str) else job.id
+    job_key = Job.key_for(job_id)
+    origin = (connection.hget(job_key, "origin") or b"").decode()
+    if execution_ids is None:
+        execution_ids = [e.decode() for e in connection.zrange(ExecutionRegistry.key_template.format(job_id), 0, -1)]
+    execution_ids = list(execution_ids)
+    if not origin or not execution_ids:
+        return HandBack(job_id, origin, ALREADY_ENDED, reason)
+    queue = Queue(origin, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    guard = Guard("claim", queue.started_job_registry.key, [f"{job_id}:{e}" for e in execution_ids])
+    try:
+        job = fetch_job(connection, job_id)
+    except UnreadableJob:
+        return _fail_unreadable(connection, queue, job_id, execution_ids, guard, worker_name)
+    if job is None:
+        return HandBack(job_id, origin, ALREADY_ENDED, reason)
     task = task_def.by_path(job.func_name)
     rerun = task is None or task.rerun_safe  # a foreign job is refused again, harmlessly
     why_not = f"task {task.name if task else job.func_name} is not safe to re-run"
@@ -74,17 +104,15 @@ def hand_back(connection: redis.Redis, job: Job, reason: str, worker_name: str =
             job.retries_left -= 1
         else:
             rerun, why_not = False, "no retries left"
-    executions = job.get_executions()
     job.meta.setdefault("interruptions", []).append(
         {"reason": reason, "worker": worker_name, "at": datetime.now(timezone.utc).isoformat()}
     )
     failure = f"{reason}; not re-run: {why_not}"
     if attempt or not rerun:
         note_attempt(job, reason if rerun else failure, worker_name)
-    with connection.pipeline() as pipe:
-        for execution in executions:
-            execution.delete(job, pipeline=pipe)
-        job.started_job_registry.remove_executions(job, pipeline=pipe)
+
+    def build(pipe: redis.client.Pipeline) -> None:
+        _forget_executions(pipe, job_id, execution_ids, queue, worker_name)
         pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
         if rerun:
             if job.retries_left is not None:
@@ -93,12 +121,52 @@ def hand_back(connection: redis.Redis, job: Job, reason: str, worker_name: str =
         else:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
             job._handle_failure(failure, pipe, worker_name)
-        pipe.execute()
-    if not rerun:
-        batches.job_ended(connection, job, "failed", detail=failure)
+            batches.record_end(pipe, job, "failed", detail=failure)
+
+    if run_guarded(connection, build, guard, what=f"the hand-back of job {job_id}", patience=30) is SUPERSEDED:
+        return HandBack(job_id, queue.name, ALREADY_ENDED, reason)
     outcome = HandBack(job.id, queue.name, REQUEUED if rerun else FAILED, reason)
     log.warning("%s (%s)", outcome.describe(), reason)
     return outcome
+
+
+def _forget_executions(pipe: redis.client.Pipeline, job_id: str, execution_ids: list[str], queue: Queue,
+                       worker_name: str) -> None:
+    """Queue what RQ's Execution.delete writes for each of the job's runs, without reading them
+    first (a concurrent sweep may have deleted them: RQ's get_executions then raises)."""
+    for execution_id in execution_ids:
+        composite = f"{job_id}:{execution_id}"
+        pipe.delete(f"{RQ_KEY_PREFIX}:execution:{composite}")
+        pipe.zrem(queue.started_job_registry.key, composite)
+        pipe.zrem(ExecutionRegistry.key_template.format(job_id), execution_id)
+        if worker_name:
+            pipe.srem(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name), composite)
+
+
+def _fail_unreadable(connection: redis.Redis, queue: Queue, job_id: str, execution_ids: list[str], guard: Guard,
+                     worker_name: str) -> HandBack:
+    """Fail a dead run's job whose data or meta is not JSON (garbage, or a foreign client's
+    pickle), with the reason, its meta left as it is: never run, never counted finished."""
+    raw = connection.hgetall(Job.key_for(job_id))
+    job = CatalogueJob(job_id, connection=connection, serializer=SERIALIZER)
+    try:
+        job.restore(raw)
+    except Exception:  # not even RQ's fields: the bare minimum to fail it
+        job.origin = queue.name
+    job.failure_ttl = job.failure_ttl or FAILURE_TTL
+
+    def build(pipe: redis.client.Pipeline) -> None:
+        _forget_executions(pipe, job_id, execution_ids, queue, worker_name)
+        job.failed_job_registry.add(job, ttl=job.failure_ttl, exc_string=UNREADABLE_REASON, pipeline=pipe)
+        pipe.hset(job.key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
+        Result.create_failure(job, job.failure_ttl, exc_string=UNREADABLE_REASON, worker_name=worker_name,
+                              pipeline=pipe)
+        batches.record_end(pipe, job, "failed", detail=UNREADABLE_REASON, task="?")
+
+    if run_guarded(connection, build, guard, what=f"the failure of job {job_id}", patience=30) is SUPERSEDED:
+        return HandBack(job_id, queue.name, ALREADY_ENDED, UNREADABLE_REASON)
+    log.warning("job %s failed: %s (its worker %s is gone)", job_id, UNREADABLE_REASON, worker_name or "?")
+    return HandBack(job_id, queue.name, FAILED, UNREADABLE_REASON)
 
 
 def note_attempt(job: Job, error: str, worker_name: str) -> None:
@@ -113,40 +181,120 @@ def note_attempt(job: Job, error: str, worker_name: str) -> None:
 
 
 def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
-    """Unregister workers whose heartbeat expired and hand back the jobs no live worker is running.
+    """Unregister dead workers and hand back the jobs no live worker is running.
 
-    Returns the names of the ghosts removed and what became of their jobs.
+    A worker is dead when its registration lapsed (its heartbeat stopped: SIGKILL, a lost
+    machine), when it quit (RQ marks its hash "death"), or at once when it was registered from this
+    host and its process is gone (:func:`local_worker_gone`). Each job is handled on its own: one
+    that cannot be handed back (not JSON, or Redis refusing it) is logged and the sweep goes on.
+    Returns the names of the dead workers removed and what became of their jobs.
     """
+    prefix = Worker.redis_worker_namespace_prefix
     keys = sorted(k.decode() for k in connection.smembers(Worker.redis_workers_keys))
     with connection.pipeline(transaction=False) as pipe:
         for key in keys:
-            pipe.exists(key)
-        exists = pipe.execute()
-    missing = [key for key, there in zip(keys, exists) if not there]
+            pipe.hmget(key, "hostname", "pid", "birth", "death")
+        fields = pipe.execute()
+    missing, gone_here = [], []
+    for key, (host, pid, birth, death) in zip(keys, fields):
+        if host is None and pid is None and birth is None:
+            missing.append(key)
+        elif death is None and local_worker_gone(host, pid, birth):
+            gone_here.append(key)
+    if gone_here:  # as if its registration had lapsed
+        connection.delete(*gone_here)
+    dead = missing + gone_here
     queues = Queue.all(connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
-    if missing:
+    if dead:
         for queue in queues:
             clean_worker_registry(queue)
-        connection.srem(Worker.redis_workers_keys, *missing)
-    prefix = Worker.redis_worker_namespace_prefix
+        connection.srem(Worker.redis_workers_keys, *dead)
     handed: list[HandBack] = []
     for queue in queues:
-        ids = queue.started_job_registry.get_job_ids(cleanup=False)
-        for job in Job.fetch_many(ids, connection=connection, serializer=SERIALIZER):
-            if job is None or job.get_status(refresh=False) != JobStatus.STARTED:
-                continue
-            owner = job.worker_name or ""
-            # A worker's hash outlives it by a minute when it quits (RQ's register_death marks it
-            # "death"): such a worker is as dead as one whose heartbeat lapsed.
-            quit_ = bool(owner) and bool(connection.hexists(prefix + owner, "death"))
-            if owner and connection.exists(prefix + owner) and not quit_:
-                continue
-            reason = f"worker {owner} quit without finishing it" if quit_ else \
-                f"worker {owner or '?'} died (its heartbeat expired)"
-            handed.append(hand_back(connection, job, reason, owner, attempt=True))
-        handed += _rescue_intermediate(connection, queue)
+        try:
+            handed += _sweep_started(connection, queue)
+            handed += _rescue_intermediate(connection, queue)
+        except redis.ConnectionError:
+            raise
+        except Exception:  # one queue's trouble never stops the others'
+            log.exception("sweeping queue %s failed; carrying on", queue.name)
     _enqueue_due(connection, queues)
-    return [key[len(prefix):] for key in missing], handed
+    return [key[len(prefix):] for key in dead], handed
+
+
+def _sweep_started(connection: redis.Redis, queue: Queue) -> list[HandBack]:
+    """Hand back each job of ``queue``'s started registry whose worker is dead, one by one."""
+    prefix = Worker.redis_worker_namespace_prefix
+    members = [m.decode() for m in connection.zrange(queue.started_job_registry.key, 0, -1)]
+    runs: dict[str, list[str]] = {}
+    for member in members:
+        job_id, _, execution_id = member.rpartition(":")
+        if job_id:
+            runs.setdefault(job_id, []).append(execution_id)
+    job_ids = sorted(runs)
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hmget(Job.key_for(job_id), "status", "worker_name")
+        states = pipe.execute()
+    owners = sorted({w.decode() for _, w in states if w})
+    with connection.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.exists(prefix + owner)
+            pipe.hexists(prefix + owner, "death")
+        replies = pipe.execute()
+    alive = {owner for owner, there, quit_ in zip(owners, replies[::2], replies[1::2]) if there and not quit_}
+    quitted = {owner for owner, there, quit_ in zip(owners, replies[::2], replies[1::2]) if quit_}
+    handed = []
+    for job_id, (status, owner_raw) in zip(job_ids, states):
+        owner = owner_raw.decode() if owner_raw else ""
+        if status != JobStatus.STARTED.value.encode() or owner in alive:
+            continue  # a job just ended (its registry entry follows in the same step) or still running
+        # A worker's hash outlives it by a minute when it quits (RQ's register_death marks it
+        # "death"): such a worker is as dead as one whose heartbeat lapsed.
+        reason = f"worker {owner} quit without finishing it" if owner in quitted else \
+            f"worker {owner or '?'} died (its heartbeat expired)"
+        try:
+            handed.append(hand_back(connection, job_id, reason, owner, attempt=True, execution_ids=runs[job_id]))
+        except redis.ConnectionError:
+            raise
+        except Exception:  # logged; the next sweep tries again, the other jobs go on
+            log.exception("could not hand back job %s of dead worker %s; carrying on", job_id, owner or "?")
+    return handed
+
+
+def local_worker_gone(hostname: Optional[bytes], pid: Optional[bytes], birth: Optional[bytes]) -> bool:
+    """Whether a worker registered from this host (RQ keeps its hostname and pid) no longer runs:
+    its process is gone, or the pid now belongs to a process started after the worker's birth
+    (the pid was reused). A worker of another host is left to its registration's lapse."""
+    if not hostname or not pid or hostname.decode(errors="replace") != socket.gethostname():
+        return False
+    try:
+        number = int(pid)
+        os.kill(number, 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError, OverflowError):
+        return False  # someone else's process (alive), or a pid we cannot read
+    started = _process_started_at(number)
+    if started is None or not birth:
+        return False
+    try:
+        born = utcparse(birth.decode()).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return False
+    return started > born + 2  # a worker's process starts before it registers
+
+
+def _process_started_at(pid: int) -> Optional[float]:
+    """When process ``pid`` started (epoch seconds), from /proc (Linux); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack]:
@@ -155,25 +303,32 @@ def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack
     Such a job is still "queued", in the queue's intermediate list, and perhaps already in the
     started registry (RQ registers the execution before forking the horse that starts it). It is
     rescued on the second sweep that finds it so, at least a sweep interval after the first: long
-    enough for a live worker to have started it.
+    enough for a live worker to have started it. Only its status is read: a job that is not JSON
+    is moved back like any other (a worker then fails it with the reason).
     """
     rescued = []
     job_ids = [j.decode() for j in connection.lrange(queue.intermediate_queue_key, 0, -1)]
-    for job_id, job in zip(job_ids, Job.fetch_many(job_ids, connection=connection, serializer=SERIALIZER)):
-        if job is not None and job.get_status(refresh=False) != JobStatus.QUEUED:
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        statuses = pipe.execute()
+    for job_id, status in zip(job_ids, statuses):
+        if status is not None and status != JobStatus.QUEUED.value.encode():
             continue  # started (the started-registry scan covers it) or already ended
         seen_key = f"workqueue:intermediate-seen:{queue.name}:{job_id}"
         if connection.set(seen_key, 1, nx=True, ex=600):
             continue  # first sighting
-        if job is None:
+        if status is None:
             connection.lrem(queue.intermediate_queue_key, 1, job_id)
             continue
-        keys = [queue.intermediate_queue_key, queue.key, job.key, seen_key]
+        keys = [queue.intermediate_queue_key, queue.key, Job.key_for(job_id), seen_key]
         if connection.eval(_REQUEUE_IF_STILL_THERE, len(keys), *keys, job_id):
-            with connection.pipeline() as pipe:
-                for execution in job.get_executions():
-                    execution.delete(job, pipeline=pipe)
-                pipe.execute()
+            runs_key = ExecutionRegistry.key_template.format(job_id)
+            execution_ids = [e.decode() for e in connection.zrange(runs_key, 0, -1)]
+            if execution_ids:
+                with connection.pipeline() as pipe:
+                    _forget_executions(pipe, job_id, execution_ids, queue, "")
+                    pipe.execute()
             log.warning("job %s was dequeued by a worker that died before starting it; requeued", job_id)
             rescued.append(HandBack(job_id, queue.name, REQUEUED, "dequeued by a worker that died before starting it"))
     return rescued
@@ -207,6 +362,8 @@ def start_sweeper(connection: redis.Redis, interval: float, stop: threading.Even
                 statistics.sample_backlog(connection)
             except redis.RedisError as exc:
                 log.warning("sweep for dead workers failed: %s", exc)
+            except Exception:  # a sweeper thread never dies of one bad sweep
+                log.exception("sweep for dead workers failed; trying again in %g s", interval)
 
     thread = threading.Thread(target=loop, name="workqueue-sweeper", daemon=True)
     thread.start()

@@ -20,7 +20,7 @@ import random
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 import redis
@@ -36,8 +36,9 @@ from rq.worker import RandomWorker, RoundRobinWorker, WorkerStatus
 
 from task_def import progress
 from workqueue import batches, execution, recovery
+from workqueue.execution import SUPERSEDED, Guard, note_superseded, refused, run_guarded
 from workqueue.horse import WAITING, Horse, serve
-from workqueue.policy import SERIALIZER, CatalogueJob
+from workqueue.policy import SERIALIZER, UNREADABLE, CatalogueJob
 from workqueue.settings import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,12 @@ class CatalogueWorker(Worker):
                 self.log.warning("Worker %s: job %s overran its timeout; killing its work horse", self.name, job.id)
                 self.kill_horse(signal.SIGKILL)
                 continue
-            self.maintain_heartbeats(job, execution)
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as exc:  # Redis refusing writes (out of memory): the job runs on
+                if not refused(exc):
+                    raise
+                self.log.warning("Worker %s: could not heartbeat (%s); the job runs on", self.name, exc)
         self._horse_pid = 0
         self.executions.pop(execution.id, None)
         if answer is not None:  # the horse ran the job to its end and recorded it
@@ -298,6 +304,7 @@ class CatalogueWorker(Worker):
                 started = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
                 started.created_at = job.started_at
                 os.environ["RQ_JOB_ID"] = job.id
+                _progress.running(job.id, message["execution"])
                 return self.perform_job(job, queue, started)
             except Exception:  # RQ's horse exits 1 here; ours says so, then exits
                 self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
@@ -316,6 +323,7 @@ class CatalogueWorker(Worker):
         job.started_at = job.last_heartbeat = datetime.fromtimestamp(message["started_at"], timezone.utc)
         job._status = JobStatus.STARTED
         job.started_by_worker = True  # type: ignore[attr-defined]
+        job.count_failure_in_end = True  # type: ignore[attr-defined]
         return job
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
@@ -337,7 +345,8 @@ class CatalogueWorker(Worker):
         ours = job._success_callback_name == batches.ON_SUCCESS
         if job._success_callback_name and not ours:
             execute_success_callback(job, self.death_penalty_class, return_value)
-        execution.finish(self, job, queue, execution_, count_in_batch=ours)
+        if not execution.finish(self, job, queue, execution_, count_in_batch=ours):
+            return  # superseded: the job was handed back meanwhile; noted, not recorded
         job.send_webhooks(JobStatus.FINISHED)
         self.log.info("Worker %s: %s: Job OK (%s)", self.name, job.origin, job.id)
 
@@ -355,22 +364,71 @@ class CatalogueWorker(Worker):
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Any = None) -> None:
-        """RQ's, keeping each attempt's error on the job (RQ keeps only the last) and our reasons."""
+        """RQ's, in one atomic step guarded by the job's execution (``execution.run_guarded``): the
+        failure, each attempt's error on the job (RQ keeps only the last), the batch's count. A run
+        whose job was handed back meanwhile writes none of it, only a note that it was superseded;
+        a failure Redis refuses for now (out of memory) is tried again, never half written."""
         if self._hard_killed:
             exc_string = self._hard_killed
         # RQ runs the job's failure (or stopped) callback itself when the task raised in the horse,
         # or was stopped; a horse that crashed or was killed gets none: count its end here.
-        deliberate_stop = self._stopped_job_id == job.id
-        if not self._is_horse and not deliberate_stop and not job.should_retry:
-            lines = exc_string.strip().splitlines()
-            batches.job_ended(self.connection, job, "failed", detail=lines[-1] if lines else "the job failed")
+        stopped = self._stopped_job_id == job.id
+        retry = bool(job.should_retry) and not stopped
+        # In the horse, the batch's failure callback leaves the count to this step (batches.task_failed).
+        ours = job._failure_callback_name == batches.ON_FAILURE and getattr(job, "count_failure_in_end", False)
+        count = (not self._is_horse or ours) and not stopped and not retry
+        lines = exc_string.strip().splitlines()
+        retries_left = job.retries_left
+
+        def build(pipe: Any) -> None:
+            try:
+                job.get_meta(refresh=True)
+                recovery.note_attempt(job, exc_string, self.name)
+                pipe.hset(job.key, "meta", job._serialize_meta())
+            except (redis.RedisError, *UNREADABLE):
+                self.log.warning("Worker %s: could not record the error of job %s", self.name, job.id, exc_info=True)
+            if stopped:
+                job.set_status(JobStatus.STOPPED, pipeline=pipe)
+            elif not retry:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            if not self.disable_default_exception_handler and not retry:
+                job._handle_failure(exc_string, pipeline=pipe, worker_name=self.name,
+                                    execution_id=execution.id if execution else None,
+                                    execution_started_at=execution.created_at if execution else None,
+                                    execution_ended_at=job.ended_at)
+            self.increment_failed_job_count(pipe)
+            if job.started_at and job.ended_at:
+                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            if retry:  # RQ's Job.retry, but its status written in this transaction, not before it
+                job.retries_left = retries_left
+                interval = job.get_retry_interval()
+                job.retries_left = retries_left - 1
+                if interval:
+                    job._status = JobStatus.SCHEDULED
+                    queue.schedule_job(job, now() + timedelta(seconds=interval), pipeline=pipe)
+                else:
+                    queue._enqueue_job(job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
+            if count:
+                batches.record_end(pipe, job, "failed", detail=lines[-1] if lines else "the job failed")
+
+        guard = Guard.holds(job, execution.id) if execution is not None else Guard("", "", [])
         try:
-            job.get_meta(refresh=True)
-            recovery.note_attempt(job, exc_string, self.name)
-            job.save_meta()
-        except redis.RedisError:
-            self.log.warning("Worker %s: could not record the error of job %s", self.name, job.id, exc_info=True)
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+            replies = run_guarded(self.connection, build, guard, what=f"the failure of job {job.id}")
+        except Exception:  # as RQ: log; the job stays started, for a sweep to hand back
+            self.log.exception("Worker %s: failed to persist failure of job %s", self.name, job.id)
+            return
+        finally:
+            if stopped:
+                self._stopped_job_id = None
+        if replies is SUPERSEDED:
+            note_superseded(self.connection, job.id, execution.id, self.name, f"failed: {lines[-1] if lines else ''}")
+            return
+        if not retry and not stopped:
+            job.send_webhooks(JobStatus.FAILED, exc_string=exc_string)
+        if not retry:
+            self._enqueue_dependents_safely(queue, job)
+        self._release_slot_safely(job)
 
     def heartbeat(self, timeout: Optional[int] = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, in one round trip, lapsing HEARTBEAT_TTL seconds after the last one.
@@ -498,10 +556,16 @@ WORKER_CLASSES: dict[str, type[CatalogueWorker]] = {
 
 
 class _ProgressStore:
-    """Stores ``report_progress`` calls on the running job's meta, throttled."""
+    """Stores ``report_progress`` calls on the running job's meta, throttled, and only while the
+    run reporting it still holds the job (a run whose job was handed back writes nothing)."""
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
+        self._execution: tuple[str, str] = ("", "")
+
+    def running(self, job_id: str, execution_id: str) -> None:
+        """In the horse: which execution of which job reports from now on."""
+        self._execution = (job_id, execution_id)
 
     def __call__(self, done: float, total: float, message: str) -> None:
         job = get_current_job()
@@ -514,10 +578,25 @@ class _ProgressStore:
         self._last = {job.id: now}
         percent = round(100.0 * done / total, 1) if total > 0 else None
         job.meta["progress"] = {"done": done, "total": total, "percent": percent, "message": message[:200]}
+        execution_id = self._execution[1] if self._execution[0] == job.id else ""
         try:
-            job.save_meta()
-        except Exception:  # progress is advisory: never fail a job for it
+            if not execution_id:  # not run by one of our horses
+                job.save_meta()
+                return
+
+            progress_now = job.meta["progress"]
+
+            def build_progress(pipe: Any) -> None:  # the meta as stored (notes others added), with the progress
+                job.get_meta(refresh=True)
+                job.meta["progress"] = progress_now
+                pipe.hset(job.key, "meta", job._serialize_meta())
+
+            run_guarded(job.connection, build_progress, Guard.holds(job, execution_id), what="progress", patience=0)
+        except redis.RedisError as exc:  # progress is advisory: never fail a job for it
+            log.warning("could not store progress of job %s: %s", job.id, exc)
+        except Exception:
             log.warning("could not store progress of job %s", job.id, exc_info=True)
 
 
-progress.set_sink(_ProgressStore())
+_progress = _ProgressStore()
+progress.set_sink(_progress)

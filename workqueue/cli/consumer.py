@@ -8,7 +8,7 @@ from typing import Optional
 import click
 import redis
 
-from workqueue import logs, statistics
+from workqueue import logs, recovery, statistics
 from workqueue.cli.common import (
     EXIT_OK,
     QueueList,
@@ -33,6 +33,18 @@ def status_line(status: PoolStatus) -> str:
         f"{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle{stopped} | "
         f"done {status.finished}, failed {status.failed}, queued {status.queued}"
     )
+
+
+def _sweep(connection: redis.Redis) -> bool:
+    """Hand back the jobs of dead workers (``recovery.sweep``); whether any went back to a queue."""
+    try:
+        _ghosts, handed = recovery.sweep(connection)
+    except redis.RedisError as exc:
+        click.echo(f"could not look for dead workers' jobs: {exc}", err=True)
+        return False
+    for outcome in handed:
+        click.echo(outcome.describe())
+    return any(outcome.outcome == recovery.REQUEUED for outcome in handed)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,8 +84,14 @@ def main(workers: Optional[int], queues: tuple[str, ...], order: str, burst: boo
         echo_status(status_line(status), live=live, last=last)
 
     click.echo(f"starting {workers} workers on {', '.join(queues)} ({target.display}); Ctrl-C stops them")
-    pool = ConsumerPool(queues, connection, workers, on_tick=on_tick, order=order)
-    pool.start(burst=burst, logging_level="INFO" if verbose else "WARNING")
+    if burst:
+        _sweep(connection)  # a dead worker's job counts as waiting: hand it back before deciding what is empty
+    while True:
+        pool = ConsumerPool(queues, connection, workers, on_tick=on_tick, order=order)
+        pool.start(burst=burst, logging_level="INFO" if verbose else "WARNING")
+        # A burst pool sweeps again before it exits: if that hands jobs back, it works on.
+        if not burst or getattr(pool, "_signals", 0) or pool.stopped or not _sweep(connection):
+            break
     if live:
         click.echo()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import click
@@ -9,6 +10,7 @@ import click
 from workqueue import control
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK, redis_url_option
 from workqueue.connection import connect
+from workqueue.settings import HEARTBEAT_TTL, SWEEP_INTERVAL
 
 _settings = {"help_option_names": ["-h", "--help"]}
 
@@ -67,12 +69,23 @@ def kill_job(job_ids: tuple[str, ...], batch_id: Optional[str], timeout: float, 
 
 
 @click.command(context_settings=_settings)
+@click.option("--wait", is_flag=True,
+              help=f"Also wait out the registrations of workers on other hosts ({HEARTBEAT_TTL} s after their "
+                   "last heartbeat), to clean those that died just now.")
 @redis_url_option
-def clean_workers(redis_url: Optional[str]) -> int:
-    """Remove workers whose heartbeat expired (SIGKILL, lost machine) and hand back their jobs."""
+def clean_workers(wait: bool, redis_url: Optional[str]) -> int:
+    """Remove dead workers and hand back their jobs: those of this host whose process is gone, at
+    once; those whose heartbeat expired (SIGKILL, lost machine), wherever they ran."""
     connection, _ = connect(redis_url)
     ghosts, handed = control.clean(connection)
-    for name in ghosts:
+    if wait:
+        deadline = time.monotonic() + HEARTBEAT_TTL + SWEEP_INTERVAL
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            more_ghosts, more_handed = control.clean(connection)
+            ghosts += more_ghosts
+            handed += more_handed
+    for name in dict.fromkeys(ghosts):
         click.echo(f"removed dead worker {name}")
     for outcome in handed:
         click.echo(outcome.describe())
