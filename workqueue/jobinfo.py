@@ -9,7 +9,7 @@ from typing import Any, Optional
 import redis
 from rq.job import JobStatus
 
-from workqueue.policy import fetch_job
+from workqueue.policy import UNREADABLE, fetch_job
 
 #: Statuses a job can still be stopped or cancelled in, and those it can be requeued from.
 STOPPABLE = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
@@ -41,8 +41,13 @@ def job_detail(connection: redis.Redis, job_id: str) -> Optional[dict[str, Any]]
     if job is None:
         return None
     status = job.get_status(refresh=False)
-    latest = job.latest_result()
     at = now()
+    try:  # a result written by a foreign client (pickle) is reported, never unpickled
+        latest = job.latest_result()
+        result = job.return_value(refresh=False) if status == JobStatus.FINISHED else None
+        error = latest.exc_string if latest is not None and latest.exc_string else None
+    except UNREADABLE:
+        result, error = None, "unreadable: the job's result is not JSON (not written by workqueue); left alone"
     return {
         "id": job.id,
         "task": job.meta.get("task", job.func_name),
@@ -57,8 +62,8 @@ def job_detail(connection: redis.Redis, job_id: str) -> Optional[dict[str, Any]]
         "ended_at": iso(job.ended_at),
         "elapsed": seconds_since(job.started_at, at) if status == JobStatus.STARTED else None,
         "progress": job.meta.get("progress"),
-        "result": job.return_value(refresh=False) if status == JobStatus.FINISHED else None,
-        "error": latest.exc_string if latest is not None and latest.exc_string else None,
+        "result": result,
+        "error": error,
         "attempts": job.meta.get("attempts", []),
         "meta": {k: v for k, v in job.meta.items() if k not in ("progress", "attempts")},
         "can_stop": status in STOPPABLE,

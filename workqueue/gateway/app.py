@@ -17,7 +17,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import task_def
-from workqueue import batches, control, jobinfo, producer, statistics
+from workqueue import batches, control, jobinfo, producer, statistics, webguard
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.policy import check_queue_name
@@ -44,8 +44,10 @@ class Invalid(Exception):
         self.status = status
 
 
-def create_app(connection: redis.Redis, *, token: Optional[str] = None) -> Flask:
-    """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``."""
+def create_app(connection: redis.Redis, *, token: Optional[str] = None,
+               guard: Optional[webguard.Guard] = None) -> Flask:
+    """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``;
+    ``guard`` (default: a loopback bind's) checks Host, Origin, JSON bodies and failed tokens."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False
@@ -56,15 +58,23 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None) -> Flask
         response.status_code = status
         return response
 
+    guard = guard or webguard.Guard()
+    webguard.install(app, guard, error, json_only=True)
+
     @app.before_request
     def authenticate() -> Optional[Response]:
         if token is None:
             return None
+        throttled = guard.throttled(error)
+        if throttled is not None:
+            return throttled
         given = request.headers.get("Authorization", "")
         if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            guard.failed()
             response = error(401, "a bearer token is required: Authorization: Bearer <token>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="workqueue"'
             return response
+        guard.succeeded()
         return None
 
     @app.errorhandler(HTTPException)
