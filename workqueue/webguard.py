@@ -36,7 +36,7 @@ Refuse = Callable[[int, str], Response]
 
 
 class Backoff:
-    """Failed logins per client address: after ``free`` failures in a row, the client is refused
+    """Failed logins per client address: after ``free`` failures in a row the client is refused
     (429) for ``first`` seconds, twice as long after each further failure, at most ``cap``.
     A success forgets the client. At most ``max_clients`` are remembered (the oldest forgotten
     first), so the memory stays bounded whatever addresses an attacker uses."""
@@ -56,7 +56,7 @@ class Backoff:
     def failed(self, client: str) -> None:
         with self._lock:
             failures = self._clients.pop(client, (0, 0.0))[0] + 1
-            over = failures - self.free
+            over = failures - self.free + 1
             until = self.clock() + min(self.cap, self.first * 2 ** (over - 1)) if over > 0 else 0.0
             self._clients[client] = (failures, until)
             while len(self._clients) > self.max_clients:
@@ -179,8 +179,8 @@ def install(app: Flask, guard: Guard, refuse: Refuse, *, json_only: bool = False
         if not guard.hosts.allows(request.host):
             return refuse(400, f"this server does not answer to the host {host_name(request.host)!r}; "
                                f"start it with --allowed-host NAME (or {ALLOWED_HOSTS_ENV}) to serve that name")
-        if request.method in SAFE_METHODS:
-            return None
+        if request.method in SAFE_METHODS or request.routing_exception is not None:
+            return None  # a 404 or 405 says more than any check below
         origin = request.headers.get("Origin")
         if origin is not None and not same_origin(origin, request.host):
             return refuse(403, f"refused: a state change from another site (Origin {origin[:100]})")
