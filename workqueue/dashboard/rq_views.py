@@ -77,7 +77,8 @@ def empty_queue(queue_name: str, registry_name: str) -> Response:
             return _bad(f"no registry named {registry_name!r}; expected queued or one of {', '.join(_REGISTRIES)}")
         queue = Queue(queue_name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
         registry: BaseRegistry = getattr(queue, f"{registry_name}_job_registry")
-        return _result([control.delete_job(connection, job_id) for job_id in registry.get_job_ids(cleanup=False)])
+        ids = registry.get_job_ids(cleanup=False)
+        return _result(control.each_job(ids, lambda job_id: control.delete_job(connection, job_id)))
     except BadInput as exc:
         return _bad(str(exc))
 
