@@ -173,8 +173,8 @@ def test_state_changes_without_the_csrf_token_are_refused(conn, dashboard, page,
 # Hostile names and fields, from a foreign Redis client ----------------------------------------------
 
 #: Each sets the marker global (or shows a dialog) if it ever runs; each in a different context.
-PAYLOADS = ["x');window.__pwned=1;//", "</script><script>window.__pwned=1</script>", '"><img src=x onerror=window.__pwned=1>',
-            "x');alert(1);//", "</script><script>alert(1)</script>", '"><img src=x onerror=alert(1)>',
+PAYLOADS = ["x');window.__pwned=1;//", "</script><script>window.__pwned=1</script>",
+            '"><img src=x onerror=window.__pwned=1>', "x');alert(1);//", "</script><script>alert(1)</script>", '"><img src=x onerror=alert(1)>',
             "${window.__pwned=1}", "<%= window.__pwned=1 %>", "x');window.__pwned=1;('"]
 
 
@@ -184,8 +184,8 @@ def hostile_job(conn: redis.Redis, job_id: str, queue: str, registry: str, text:
     fields = conn.hgetall(model.key)
     Queue("scratch", connection=conn).empty()
     fields.update({b"origin": queue.encode(), b"description": text.encode(),
-                   b"meta": json.dumps({"task": text, "progress": {"percent": 50, "done": 1, "total": 2, "message": text},
-                                        "note": text}).encode(),
+                   b"meta": json.dumps({"task": text, "note": text,
+                                        "progress": {"percent": 50, "done": 1, "total": 2, "message": text}}).encode(),
                    b"status": {"queued": b"queued", "failed": b"failed", "finished": b"finished"}[registry]})
     conn.hset(f"rq:job:{job_id}", mapping=fields)
     conn.sadd("rq:queues", f"rq:queue:{queue}")

@@ -61,7 +61,8 @@ def test_unreadable_jobs_in_every_registry_never_make_a_500(conn: redis.Redis, c
              "/rq/0/data/queues.json", "/rq/0/view/workers", "/rq/0/data/workers.json", "/rq/", "/rq/0/view/jobs"]
     for registry in REGISTRIES:
         for order in ("asc", "dsc"):
-            paths += [f"/rq/0/view/jobs/{QUEUE}/{registry}/8/{order}/1", f"/rq/0/data/jobs/{QUEUE}/{registry}/8/{order}/1.json"]
+            paths += [f"/rq/0/view/jobs/{QUEUE}/{registry}/8/{order}/1",
+                      f"/rq/0/data/jobs/{QUEUE}/{registry}/8/{order}/1.json"]
     for job_id in planted:
         paths += [f"/jobs/{job_id}", f"/api/jobs/{job_id}", f"/jobs?id={job_id}", f"/rq/0/view/job/{job_id}",
                   f"/rq/0/data/job/{job_id}.json"]
@@ -153,7 +154,8 @@ def test_every_response_carries_the_content_security_policy(conn: redis.Redis, c
                  for path in ("/", "/enqueue", f"/jobs/{job.id}", "/jobs?id=nope", "/api/live", "/metrics",
                               "/rq/0/view/queues", "/rq/0/view/jobs/queue_one/queued/8/asc/1", "/rq/0/data/queues.json",
                               f"/rq/0/view/job/{job.id}", "/static/workqueue.js", "/static/rq_dashboard.js",
-                              "/rq/static/js/jquery-3.5.1.min.js", "/favicon.ico", "/no/such/page", "/rq/1/view/queues")]
+                              "/rq/static/js/jquery-3.5.1.min.js", "/favicon.ico", "/no/such/page",
+                              "/rq/1/view/queues")]
     responses.append(client.post("/jobs/x/stop"))  # refused: no CSRF token
     responses.append(client.get("/", headers={"Host": "evil.example"}))  # refused: not our host
     assert {r.status_code for r in responses} >= {200, 302, 400, 404}

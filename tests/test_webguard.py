@@ -42,7 +42,8 @@ def basic(password: str, user: str = "admin") -> dict:
 
 @pytest.mark.parametrize("script, env", [
     ("dashboard_main.py", {"WORKQUEUE_DASHBOARD_USERNAME": "admin", "WORKQUEUE_DASHBOARD_PASSWORD": "x"}),
-    ("dashboard_main.py", {"WORKQUEUE_DASHBOARD_USERNAME": "admin", "WORKQUEUE_DASHBOARD_PASSWORD": "p" * (SECRET_MIN - 1)}),
+    ("dashboard_main.py", {"WORKQUEUE_DASHBOARD_USERNAME": "admin",
+                           "WORKQUEUE_DASHBOARD_PASSWORD": "p" * (SECRET_MIN - 1)}),
     ("gateway_main.py", {"WORKQUEUE_GATEWAY_TOKEN": "t" * (SECRET_MIN - 1)}),
 ])
 def test_a_short_secret_for_a_public_bind_is_refused_in_one_line(redis_url: str, script: str, env: dict) -> None:

@@ -128,7 +128,10 @@ def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_pag
         registry = getattr(queue, f"{registry_name}_job_registry")
         total = registry.get_job_count(cleanup=False)
     offset = (page_n - 1) * per_page_n
-    low, high = (offset, offset + per_page_n) if order == "asc" else (max(0, total - offset - per_page_n), total - offset)
+    if order == "asc":
+        low, high = offset, offset + per_page_n
+    else:  # counted from the end
+        low, high = max(0, total - offset - per_page_n), total - offset
     ids: list[str] = []
     if high > low:
         if registry is None:

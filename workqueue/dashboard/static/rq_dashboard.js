@@ -98,7 +98,9 @@
       $.getJSON(PREFIX + INSTANCE + "/data/queues.json").done(function (data) {
         queuesBody.textContent = "";
         data.queues.forEach(function (q) { queuesBody.appendChild(queueRow(q)); });
-        if (!data.queues.length) { queuesBody.appendChild(el("tr", {}, [el("td", { colspan: "9", text: "No queues." })])); }
+        if (!data.queues.length) {
+          queuesBody.appendChild(el("tr", {}, [el("td", { colspan: "9", text: "No queues." })]));
+        }
       }).always(done);
     });
   }
@@ -116,7 +118,8 @@
 
     var jobRow = function (job) {
       var first = el("td", {}, [
-        el("span", { "class": "description ellipsify" + (job.unreadable ? " wq-unreadable" : ""), text: text(job.description) }),
+        el("span", { "class": "description ellipsify" + (job.unreadable ? " wq-unreadable" : ""),
+                     text: text(job.description) }),
         el("div", { "class": "job_id" }, [el("a", { href: "/jobs/" + enc(job.id), text: job.id })])
       ]);
       if (job.exc_info) {
@@ -127,12 +130,14 @@
         el("td", {}, [el("span", { "class": "creation_date", text: relative(job.created_at) })])]);
       var actions = el("td", { "class": "actions narrow" });
       if (!READ_ONLY && job.exc_info && !job.unreadable) {
-        var requeue = el("a", { href: "#", "data-role": "requeue-job-btn", "class": "btn btn-outline-warning btn-sm btn-block", text: "Requeue" });
+        var requeue = el("a", { href: "#", "data-role": "requeue-job-btn",
+                                "class": "btn btn-outline-warning btn-sm btn-block", text: "Requeue" });
         $(requeue).click(function (e) { e.preventDefault(); post(PREFIX + "job/" + enc(job.id) + "/requeue", row); });
         actions.appendChild(requeue);
       }
       if (!READ_ONLY && view.enableDelete === "1") {
-        var remove = el("a", { href: "#", "data-role": "delete-job-btn", "class": "btn btn-outline-danger btn-sm", text: "Delete" });
+        var remove = el("a", { href: "#", "data-role": "delete-job-btn", "class": "btn btn-outline-danger btn-sm",
+                               text: "Delete" });
         $(remove).click(function (e) {
           e.preventDefault();
           modalConfirm("delete job", function () { post(PREFIX + "job/" + enc(job.id) + "/delete", row); });
@@ -154,7 +159,9 @@
       var last = p.num_pages;
       pages.appendChild(pageLink("\u00ab", 1, page <= 1 || !last));
       pages.appendChild(pageLink("\u2039", page - 1, page <= 1 || !last));
-      (p.pages_in_window || []).forEach(function (w) { pages.appendChild(pageLink(String(w.number), w.number, false, w.number === page)); });
+      (p.pages_in_window || []).forEach(function (w) {
+        pages.appendChild(pageLink(String(w.number), w.number, false, w.number === page));
+      });
       pages.appendChild(pageLink("\u203a", page + 1, page >= last));
       pages.appendChild(pageLink("\u00bb", last, page >= last || !last));
     };
