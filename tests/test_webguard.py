@@ -174,3 +174,6 @@ def test_cookies_are_httponly_and_secure_when_asked(conn: redis.Redis, processes
     (session,) = cookies(headers)  # the session only: no CSRF cookie for a script to read
     assert session.startswith("session=") and "HttpOnly" in session and "SameSite=Strict" in session
     assert ("Secure" in session) == bool(secure_args or secure_env)
+    for path in ("/", "/api/live", "/rq/0/view/queues", "/static/rq_dashboard.js", "/nowhere"):
+        status, headers, _ = request(port, "GET", path)
+        assert "script-src 'self'" in dict(headers)["Content-Security-Policy"], (path, status)
