@@ -86,7 +86,7 @@ def test_unreadable_jobs_in_every_registry_never_make_a_500(conn: redis.Redis, c
     assert client.get("/api/jobs/bad-result-finished").json["error"].startswith("unreadable: the job's result")
     for kind in ("data", "meta"):
         response = client.get(f"/api/jobs/bad-{kind}-failed")
-        assert response.status_code == 422 and "not JSON" in response.json["error"] or "JSON" in response.json["error"]
+        assert response.status_code == 422 and "JSON" in response.json["error"]
         assert client.get(f"/rq/0/data/job/bad-{kind}-failed.json").status_code == 422
 
 
