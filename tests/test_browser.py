@@ -3,9 +3,13 @@ dashboard process, real workers and jobs. Screenshots go to each test's temporar
 
 from __future__ import annotations
 
+import json
 import shutil
+import zlib
+from base64 import b64encode
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -164,3 +168,105 @@ def test_state_changes_without_the_csrf_token_are_refused(conn, dashboard, page,
     with_token = page.evaluate(
         f"fetch('/jobs/{job.id}/stop', {{method: 'POST', headers: {{'X-CSRFToken': {token!r}}}}}).then(r => r.status)")
     assert with_token == 200 and status(conn, job) == "canceled"
+
+
+# Hostile names and fields, from a foreign Redis client ----------------------------------------------
+
+#: Each sets the marker global (or shows a dialog) if it ever runs; each in a different context.
+PAYLOADS = ["x');window.__pwned=1;//", "</script><script>window.__pwned=1</script>",
+            '"><img src=x onerror=window.__pwned=1>', "x');alert(1);//", "</script><script>alert(1)</script>", '"><img src=x onerror=alert(1)>',
+            "${window.__pwned=1}", "<%= window.__pwned=1 %>", "x');window.__pwned=1;('"]
+
+
+def hostile_job(conn: redis.Redis, job_id: str, queue: str, registry: str, text: str) -> None:
+    """A job of ours copied under ``job_id``, every text field of it ``text``, in ``registry``."""
+    (model,) = enqueue(conn, "primes", queue="scratch", n=10)
+    fields = conn.hgetall(model.key)
+    Queue("scratch", connection=conn).empty()
+    fields.update({b"origin": queue.encode(), b"description": text.encode(),
+                   b"meta": json.dumps({"task": text, "note": text,
+                                        "progress": {"percent": 50, "done": 1, "total": 2, "message": text}}).encode(),
+                   b"status": {"queued": b"queued", "failed": b"failed", "finished": b"finished"}[registry]})
+    conn.hset(f"rq:job:{job_id}", mapping=fields)
+    conn.sadd("rq:queues", f"rq:queue:{queue}")
+    if registry == "queued":
+        conn.rpush(f"rq:queue:{queue}", job_id)
+    else:
+        conn.zadd(f"rq:{registry}:{queue}", {job_id: 9999999999})
+        payload = {"type": 2, "exc_string": b64encode(zlib.compress(text.encode())).decode()} if registry == "failed" \
+            else {"type": 1, "return_value": b64encode(json.dumps(text).encode()).decode()}
+        conn.xadd(f"rq:results:{job_id}", {"worker_name": "", **payload})
+
+
+@pytest.fixture
+def bare_dashboard(conn: redis.Redis, processes: Processes, redis_url: str) -> str:
+    """A dashboard process alone (no worker)."""
+    port = free_port()
+    processes.start("dashboard_main.py", "--port", str(port), env=cli_env(REDIS_URL=redis_url))
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: answers(base + "/"), 20, "the dashboard to answer")
+    return base
+
+
+def test_hostile_queue_names_job_fields_and_url_segments_run_no_script(conn, bare_dashboard, page, tmp_path) -> None:
+    base = bare_dashboard
+    queues = [f"q{i}{p}" for i, p in enumerate(PAYLOADS)]
+    for i, (queue, text) in enumerate(zip(queues, PAYLOADS)):
+        for registry in ("queued", "failed", "finished"):
+            hostile_job(conn, f"job{i}-{registry}", queue, registry, text)
+    hostile_job(conn, 'id"><img src=x onerror=window.__pwned=1>', queues[0], "failed", PAYLOADS[1])
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.add_init_script("window.alert = window.confirm = window.prompt = function () { window.__pwned = 1; };")
+
+    def check(url: str, ready: str | None = None) -> None:
+        page.goto(url)
+        if ready:
+            page.locator(ready).first.wait_for()
+        page.wait_for_timeout(300)  # let the page's scripts and any injected one run
+        assert page.evaluate("window.__pwned") is None, url
+        assert page.dialogs == [] and violations == [], (url, violations)
+
+    check(base + "/rq/0/view/queues", "#queues tr[data-role=queue]")
+    playwright_api.expect(page.locator("#queues tr[data-role=queue]")).to_have_count(len(queues) + 1)
+    for queue in queues:  # shown as text
+        assert page.locator("#queues td", has_text=queue).count() >= 1, queue
+    shot(page, tmp_path, "hostile-queues")
+    page.locator("#queues tr[data-role=queue]", has_text=queues[2]).locator("a").nth(5).click()  # its failed jobs
+    page.locator("#jobs tr[data-role=job]").first.wait_for()
+    assert page.evaluate("window.__pwned") is None and violations == []
+    for queue in queues:
+        # A name with a "/" has no jobs page (the server decodes %2F before routing): no rows to wait for.
+        routable = "/" not in queue
+        for registry, order in (("queued", "asc"), ("failed", "dsc"), ("finished", "asc")):
+            check(f"{base}/rq/0/view/jobs/{quote(queue, safe='')}/{registry}/8/{order}/1",
+                  "#jobs tr[data-role=job]" if routable else None)
+            if routable:
+                assert page.input_value("#select-queue") == queue
+        if not routable:
+            continue
+        page.click("#select-queue")  # emptied; leaving it puts the name back: rq-dashboard wrote it into a script
+        page.mouse.move(0, 0)
+        page.wait_for_timeout(100)
+        assert page.evaluate("window.__pwned") is None
+    check(f"{base}/rq/0/view/jobs/{quote(queues[2], safe='')}/failed/8/asc/1", "#jobs .exc_info")
+    assert page.locator("#jobs .exc_info").first.inner_text() == PAYLOADS[2]  # the text, as text
+    assert page.locator("#jobs .description").first.inner_text() == PAYLOADS[2]
+    shot(page, tmp_path, "hostile-jobs")
+    for i in range(len(PAYLOADS)):
+        check(f"{base}/jobs/job{i}-failed", "#job-page [data-field=error]")
+        assert page.locator("[data-field=description]").inner_text() == PAYLOADS[i]
+        check(f"{base}/jobs/job{i}-finished", "#job-page [data-field=result]")
+    for segment in PAYLOADS:  # hostile URL segments, where rq-dashboard put them into its scripts
+        s = quote(segment, safe="")
+        for url in (f"/rq/0/view/jobs/{s}/queued/8/asc/1", f"/rq/0/view/jobs/q/{s}/8/asc/1",
+                    f"/rq/0/view/jobs/q/queued/8/{s}/1", f"/jobs/{s}", f"/jobs?id={s}", f"/rq/0/view/job/{s}"):
+            check(base + url)
+    check(base + "/", "#live-workers tbody tr")
+    check(base + "/rq/0/view/workers", "#live-workers tbody tr")
+    check(base + "/enqueue", "#enqueue-form")
+    page.fill("#queue", PAYLOADS[2])
+    page.click("#enqueue-submit")
+    page.locator("#enqueue-error").wait_for()
+    assert page.evaluate("window.__pwned") is None and page.input_value("#queue") == PAYLOADS[2]
+    assert page.dialogs == [] and violations == []

@@ -22,7 +22,6 @@ from tests.conftest import Processes, cli_env, free_port, run_cli, wait_for
 from tests.test_kill import start_consumer, workers
 from workqueue import producer, statistics
 from workqueue.dashboard import create_app
-from workqueue.dashboard.security import CSRF_COOKIE
 from workqueue.policy import SERIALIZER
 
 
@@ -54,9 +53,10 @@ def client_for(redis_url: str, **options) -> FlaskClient:
 
 
 def token(client: FlaskClient) -> str:
-    """The CSRF token a page hands the browser (in the cookie rq-dashboard's scripts read)."""
-    assert client.get("/").status_code == 200
-    return client.get_cookie(CSRF_COOKIE).value
+    """The CSRF token a page hands the browser (in the page: no cookie a script could read)."""
+    page = client.get("/")
+    assert page.status_code == 200
+    return re.search(r'data-csrf="([^"]+)"', page.text).group(1)
 
 
 @pytest.fixture
@@ -106,11 +106,11 @@ def test_refuses_to_listen_beyond_loopback_without_credentials(redis_url: str, a
 
 def test_beyond_loopback_with_credentials_every_request_needs_them(conn: redis.Redis, processes: Processes) -> None:
     port = free_port()
-    env = cli_env(WORKQUEUE_DASHBOARD_USERNAME="admin", WORKQUEUE_DASHBOARD_PASSWORD="s3cret")
+    env = cli_env(WORKQUEUE_DASHBOARD_USERNAME="admin", WORKQUEUE_DASHBOARD_PASSWORD="s3cret-of-16-chars")
     processes.start("dashboard_main.py", "--bind", "0.0.0.0", "--port", str(port), env=env)
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: answers(base + "/"), 20, "the dashboard to answer")
-    good = {"Authorization": "Basic " + b64encode(b"admin:s3cret").decode()}
+    good = {"Authorization": "Basic " + b64encode(b"admin:s3cret-of-16-chars").decode()}
     bad = {"Authorization": "Basic " + b64encode(b"admin:wrong").decode()}
     for path in ("/", "/api/live", "/metrics", "/rq/0/data/queues.json", "/static/workqueue.js",
                  "/rq/static/css/main.css"):

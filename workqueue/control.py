@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import redis
 from rq import Queue, Worker
@@ -201,14 +201,26 @@ def requeue_failed(connection: redis.Redis, queue: str, *, by: str) -> list[JobS
     """Requeue every job in a queue's failed registry."""
     check_queue_name(queue)
     registry = FailedJobRegistry(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
-    return [requeue(connection, job_id, by=by) for job_id in registry.get_job_ids(cleanup=False)]
+    return each_job(registry.get_job_ids(cleanup=False), lambda job_id: requeue(connection, job_id, by=by))
 
 
 def cancel_queued(connection: redis.Redis, queue: str, *, by: str) -> list[JobStop]:
     """Cancel every job waiting on a queue (see :func:`stop_job`); running ones are left alone."""
     check_queue_name(queue)
     waiting = Queue(queue, connection=connection, serializer=SERIALIZER).get_job_ids()
-    return [stop_job(connection, job_id, by=by) for job_id in waiting]
+    return each_job(waiting, lambda job_id: stop_job(connection, job_id, by=by))
+
+
+def each_job(job_ids: Iterable[str], act: Callable[[str], JobStop]) -> list[JobStop]:
+    """``act`` on each job in turn; one that is not JSON is reported and left alone, and never
+    stops the action on the others."""
+    stops = []
+    for job_id in job_ids:
+        try:
+            stops.append(act(job_id))
+        except UnreadableJob as exc:
+            stops.append(JobStop(job_id, True, str(exc)))
+    return stops
 
 
 def delete_job(connection: redis.Redis, job_id: str) -> JobStop:

@@ -36,6 +36,12 @@ DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 9181
 GATEWAY_HOST, GATEWAY_PORT = "127.0.0.1", 8000
 #: The gateway's bearer token (the gateway and ``producer_main.py --via`` both read it).
 TOKEN_ENV = "WORKQUEUE_GATEWAY_TOKEN"
+#: The shortest gateway token, and dashboard password for a bind beyond loopback (characters).
+SECRET_MIN = 16
+#: Host names the dashboard and the gateway answer besides their bound address (comma-separated),
+#: and whether their cookies are sent over HTTPS only (behind a TLS proxy).
+ALLOWED_HOSTS_ENV = "WORKQUEUE_ALLOWED_HOSTS"
+SECURE_COOKIES_ENV = "WORKQUEUE_SECURE_COOKIES"
 
 
 @dataclass(frozen=True)

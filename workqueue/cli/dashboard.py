@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from workqueue import recovery
+from workqueue import recovery, webguard
 from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve
 from workqueue.connection import connect
 from workqueue.dashboard import create_app
@@ -17,7 +17,7 @@ from workqueue.dashboard.security import (
     check_bind,
 )
 from workqueue.listening import url_host
-from workqueue.settings import DASHBOARD_HOST, DASHBOARD_PORT, SWEEP_INTERVAL
+from workqueue.settings import ALLOWED_HOSTS_ENV, DASHBOARD_HOST, DASHBOARD_PORT, SECURE_COOKIES_ENV, SWEEP_INTERVAL
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,14 +27,21 @@ from workqueue.settings import DASHBOARD_HOST, DASHBOARD_PORT, SWEEP_INTERVAL
 @click.option("--password", envvar=PASSWORD_ENV, default=None, show_envvar=True,
               help="Prefer the environment variable: a flag shows in the process list.")
 @click.option("--read-only", is_flag=True, help="Show everything, change nothing: no action is offered or accepted.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help=f"A host name browsers use to reach it, besides the bound address (repeatable; "
+                   f"also {ALLOWED_HOSTS_ENV}, comma-separated). Any other Host header is refused.")
+@click.option("--secure-cookies", is_flag=True,
+              help=f"Send cookies over HTTPS only: behind a TLS proxy (also {SECURE_COOKIES_ENV}=1).")
 @redis_url_option
 def main(port: int, bind: str, username: Optional[str], password: Optional[str], read_only: bool,
-         redis_url: Optional[str]) -> int:
+         allowed_hosts: tuple[str, ...], secure_cookies: bool, redis_url: Optional[str]) -> int:
     """Serve the dashboard: rq-dashboard, live work, history, controls and /metrics."""
     credentials = Credentials.resolve(username, password)
     check_bind(bind, credentials)
+    guard = webguard.Guard.for_bind(bind, webguard.hosts_from_env(allowed_hosts),
+                                    webguard.secure_cookies_from_env(secure_cookies))
     connection, target = connect(redis_url)
-    app = create_app(target.url, credentials=credentials, read_only=read_only)
+    app = create_app(target.url, credentials=credentials, read_only=read_only, guard=guard)
     host = url_host(bind)
     notes = ", read-only" * read_only + (", login required" if credentials else "")
     click.echo(f"dashboard on http://{host}:{port}/ ({target.display}{notes}); Ctrl-C stops it")

@@ -9,10 +9,11 @@ import redis
 import rq
 import rq_dashboard
 from flask import Flask, Response, send_from_directory, url_for
+from werkzeug.exceptions import HTTPException
 from rq_dashboard import web as rq_dashboard_web
 from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 
-from workqueue import metrics
+from workqueue import metrics, webguard
 from workqueue.dashboard import rq_views, security, views
 from workqueue.errors import UnreadableJob
 from workqueue.policy import SERIALIZER
@@ -22,9 +23,10 @@ POLL_INTERVAL = 2000
 
 
 def create_app(redis_url: str, *, credentials: Optional[security.Credentials] = None,
-               read_only: bool = False) -> Flask:
+               read_only: bool = False, guard: Optional[webguard.Guard] = None) -> Flask:
     """The whole dashboard for ``redis_url``. Templates of ours named like rq-dashboard's
-    (``rq_dashboard/navbar.html``, ``queues.html``) take precedence over its own."""
+    (``rq_dashboard/base.html``, ``navbar.html``, ``queues.html``, ``jobs.html``) take precedence
+    over its own. ``guard`` defaults to a loopback bind's (see ``webguard``)."""
     app = Flask(__name__)
     app.config.update(
         RQ_DASHBOARD_REDIS_URL=redis_url,
@@ -33,7 +35,7 @@ def create_app(redis_url: str, *, credentials: Optional[security.Credentials] = 
     )
     # rq-dashboard unpickles by default; ours is JSON everywhere.
     rq_dashboard_web.config.serializer = SERIALIZER
-    security.install(app, credentials, read_only)
+    security.install(app, credentials, read_only, guard or webguard.Guard())
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
     rq_dashboard_web.setup_rq_connection(app)
     rq_views.replace_unsafe_views(app)
@@ -64,6 +66,14 @@ def create_app(redis_url: str, *, credentials: Optional[security.Credentials] = 
     @app.errorhandler(UnreadableJob)
     def unreadable(error: UnreadableJob) -> Response:
         return security.refusal(422, str(error))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        """404s and the like in the same shape as our refusals (JSON for scripts, a page otherwise)."""
+        response = security.refusal(error.code or 500, error.description or error.name)
+        if error.code == 405:
+            response.headers["Allow"] = error.get_response().headers.get("Allow", "")
+        return response
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

@@ -1,23 +1,31 @@
 """rq-dashboard's routes that are unsafe as shipped, replaced by ones that keep its URLs.
 
-As shipped, these fetch jobs with RQ's default (pickle) serializer, render job data unescaped, or
-requeue on a GET. Ours read JSON only, go through ``workqueue.control`` (the functions the
-``kill_thread/`` scripts use), and change state on POST only (with the CSRF check every POST gets).
+As shipped, these fetch jobs with RQ's default (pickle) serializer, render job data unescaped,
+requeue on a GET, or answer 500 for a job that is not JSON, an unknown registry, ``per_page`` 0 or
+an instance that does not exist. Ours read JSON only (an unreadable job is listed as such), go
+through ``workqueue.control`` (the functions the ``kill_thread/`` scripts use), change state on POST
+only (with the CSRF check every POST gets), and answer 404 for URLs that name nothing.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, jsonify, redirect, request, url_for
+import math
+from typing import Any, Optional
+
+import redis
+from flask import Flask, Response, abort, current_app, jsonify, redirect, request, url_for
 from rq import Queue
 from rq.registry import BaseRegistry
 
-from workqueue import control
+from workqueue import control, jobinfo
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor
-from workqueue.errors import BadInput
-from workqueue.policy import SERIALIZER, CatalogueJob
+from workqueue.errors import BadInput, UnreadableJob
+from workqueue.policy import SERIALIZER, UNREADABLE, CatalogueJob, fetch_job
 
 _REGISTRIES = ("failed", "deferred", "started", "finished", "canceled", "scheduled")
+#: The most jobs one page of the jobs list shows (rq-dashboard's own input allows 200).
+MAX_PER_PAGE = 200
 
 
 def _result(stops: list[control.JobStop]) -> Response:
@@ -69,9 +77,105 @@ def empty_queue(queue_name: str, registry_name: str) -> Response:
             return _bad(f"no registry named {registry_name!r}; expected queued or one of {', '.join(_REGISTRIES)}")
         queue = Queue(queue_name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
         registry: BaseRegistry = getattr(queue, f"{registry_name}_job_registry")
-        return _result([control.delete_job(connection, job_id) for job_id in registry.get_job_ids(cleanup=False)])
+        ids = registry.get_job_ids(cleanup=False)
+        return _result(control.each_job(ids, lambda job_id: control.delete_job(connection, job_id)))
     except BadInput as exc:
         return _bad(str(exc))
+
+
+def check_arguments() -> None:
+    """404 for an rq-dashboard URL that names nothing: an instance other than 0 (there is one
+    Redis), an unknown registry or sort order, a page or page size out of bounds. rq-dashboard
+    answered these with a 500 (LookupError, UnboundLocalError, ZeroDivisionError)."""
+    if request.blueprint != "rq_dashboard" or not request.view_args:
+        return
+    args = request.view_args
+    if args.get("instance_number", 0) != 0:
+        abort(404, "no such rq-dashboard instance: there is one, number 0")
+    if "registry_name" in args and args["registry_name"] not in ("queued", *_REGISTRIES):
+        abort(404, f"no such registry; expected queued or one of {', '.join(_REGISTRIES)}")
+    if "order" in args and args["order"] not in ("asc", "dsc"):
+        abort(404, "no such order; expected asc or dsc")
+    for name, high in (("per_page", MAX_PER_PAGE), ("page", None)):
+        if name in args and not _in_bounds(args[name], high):
+            abort(404, f"{name} must be a whole number from 1" + (f" to {high}" if high else ""))
+
+
+def _in_bounds(value: Any, high: Optional[int]) -> bool:
+    text = str(value)
+    return text.isdigit() and len(text) <= 9 and 1 <= int(text) <= (high or 10**9)
+
+
+def job_info(instance_number: int, job_id: str) -> Response:
+    """rq-dashboard's job data, read by RQ's Job.fetch (a 500 for anything not JSON): ours."""
+    job = jobinfo.job_detail(current_app.redis_conn, job_id)  # UnreadableJob: a 422 (app.py)
+    if job is None:
+        abort(404, f"no such job: {job_id}")
+    return jsonify(job)
+
+
+def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_page: str, order: str,
+              page: str) -> Response:
+    """One page of a queue's or registry's jobs, each read as JSON on its own: an unreadable one
+    is listed as such (its description says why), never a 500 for the page."""
+    per_page_n, page_n = int(per_page), int(page)  # checked by check_arguments
+    connection = current_app.redis_conn
+    queue = Queue(queue_name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    registry: Optional[BaseRegistry] = None
+    if registry_name == "queued":
+        total = queue.count
+    else:
+        registry = getattr(queue, f"{registry_name}_job_registry")
+        total = registry.get_job_count(cleanup=False)
+    offset = (page_n - 1) * per_page_n
+    if order == "asc":
+        low, high = offset, offset + per_page_n
+    else:  # counted from the end
+        low, high = max(0, total - offset - per_page_n), total - offset
+    ids: list[str] = []
+    if high > low:
+        if registry is None:
+            ids = [i.decode() if isinstance(i, bytes) else i for i in connection.lrange(queue.key, low, high - 1)]
+        else:
+            ids = registry.get_job_ids(low, high - 1, cleanup=False)
+    if order == "dsc":
+        ids.reverse()
+    jobs = [row for row in (_job_row(connection, job_id) for job_id in ids) if row is not None]
+    last = max(1, math.ceil(total / per_page_n))
+
+    def link(number: int) -> dict[str, Any]:
+        return {"number": number, "url": url_for("rq_dashboard.jobs_overview", instance_number=0, queue_name=queue_name,
+                                                 registry_name=registry_name, per_page=per_page_n, order=order,
+                                                 page=number)}
+
+    window = range(max(1, min(page_n - 5, last - 9)), min(last, max(page_n - 5, 1) + 9) + 1)
+    pagination = {"current_page": page_n, "num_pages": math.ceil(total / per_page_n),
+                  "pages_in_window": [link(n) for n in window], "first_page": link(1), "last_page": link(last)}
+    if page_n > 1:
+        pagination["prev_page"] = link(page_n - 1)
+    if page_n < last:
+        pagination["next_page"] = link(page_n + 1)
+    return jsonify(name=queue_name, registry_name=registry_name, jobs=jobs, pagination=pagination)
+
+
+def _job_row(connection: redis.Redis, job_id: str) -> Optional[dict[str, Any]]:
+    """A job as rq-dashboard's list shows it; one that is not JSON, as unreadable; None if gone."""
+    try:
+        job = fetch_job(connection, job_id)
+    except UnreadableJob as exc:
+        return {"id": job_id, "description": f"unreadable: {exc}", "unreadable": True, "exc_info": None,
+                "created_at": None, "started_at": None, "ended_at": None}
+    if job is None:
+        return None
+    unreadable = False
+    try:
+        latest = job.latest_result()
+        exc_info = latest.exc_string if latest is not None else None
+    except UNREADABLE:
+        exc_info, unreadable = "unreadable: the job's result is not JSON (not written by workqueue); left alone", True
+    return {"id": job.id, "description": job.description, "unreadable": unreadable, "exc_info": exc_info,
+            "created_at": jobinfo.iso(job.created_at), "started_at": jobinfo.iso(job.started_at),
+            "ended_at": jobinfo.iso(job.ended_at)}
 
 
 def _bad(message: str) -> Response:
@@ -82,6 +186,8 @@ def _bad(message: str) -> Response:
 
 REPLACED = {
     "job_view": job_view,
+    "job_info": job_info,
+    "list_jobs": list_jobs,
     "workers_overview": workers_overview,
     "list_workers": list_workers,
     "delete_job_view": delete_job_view,
@@ -98,3 +204,4 @@ def replace_unsafe_views(app: Flask) -> None:
         if endpoint not in app.view_functions:
             raise RuntimeError(f"rq-dashboard has no view {endpoint}; its version changed, review rq_views")
         app.view_functions[endpoint] = view
+    app.before_request(check_arguments)

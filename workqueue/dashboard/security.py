@@ -1,5 +1,7 @@
-"""What makes the dashboard safe to expose: loopback unless credentials are set, HTTP Basic auth,
-a CSRF token on every state-changing request (rq-dashboard's own included), and a read-only mode.
+"""What makes the dashboard safe to expose: loopback unless credentials are set, HTTP Basic auth
+(slowed down after failures), a CSRF token on every state-changing request (rq-dashboard's own
+included), a read-only mode, a Content-Security-Policy that runs our static scripts only, and
+``webguard``'s Host and Origin checks.
 
 rq-dashboard ships with none of these; they are applied here to the whole app, so its routes and
 ours are covered alike.
@@ -14,24 +16,28 @@ from dataclasses import dataclass
 from typing import Optional
 
 from flask import Flask, Response, g, jsonify, render_template, request
-from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from workqueue import listening
+from workqueue import listening, webguard
 from workqueue.errors import BadInput
+from workqueue.settings import SECRET_MIN
 
 #: Environment variables that hold the credentials (safer than flags, which ``ps`` shows).
 USERNAME_ENV, PASSWORD_ENV = "WORKQUEUE_DASHBOARD_USERNAME", "WORKQUEUE_DASHBOARD_PASSWORD"
 #: Signs sessions and CSRF tokens; set it to share them across restarts or several dashboards.
 SECRET_ENV = "WORKQUEUE_DASHBOARD_SECRET"
 
-#: The cookie rq-dashboard's own JavaScript reads the CSRF token from (and ours does too).
-CSRF_COOKIE = "_csrf_token"
-
 #: What changes nothing, so needs neither a CSRF token nor write access.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 #: Largest request body accepted (the enqueue form is the biggest thing posted).
 MAX_BODY = 64 * 1024
+
+#: Scripts from our own origin only (static files: no inline script, no eval), nothing framing us.
+#: Styles may be inline: rq-dashboard's markup has style attributes, and a style runs no code.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                           "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                           "form-action 'self'")
 
 
 @dataclass(frozen=True)
@@ -56,30 +62,43 @@ class Credentials:
 
 
 def check_bind(host: str, credentials: Optional[Credentials]) -> None:
-    """Refuse to listen beyond loopback without credentials."""
+    """Refuse to listen beyond loopback without credentials, or with a password the gateway would
+    refuse as a token (shorter than SECRET_MIN)."""
     listening.check_bind(host, credentials is not None, "stop workers and enqueue tasks",
                          f"set {USERNAME_ENV} and {PASSWORD_ENV} (or --username/--password)")
+    if credentials is not None and len(credentials.password) < SECRET_MIN and not listening.is_loopback(host):
+        raise BadInput(f"the password is {len(credentials.password)} characters: use at least {SECRET_MIN} "
+                       f"to listen on {host} ({PASSWORD_ENV})")
 
 
-def install(app: Flask, credentials: Optional[Credentials], read_only: bool) -> None:
-    """Auth, read-only refusal and CSRF for every route of ``app``, in that order."""
+def install(app: Flask, credentials: Optional[Credentials], read_only: bool, guard: webguard.Guard) -> None:
+    """Host and Origin checks, auth, read-only refusal and CSRF for every route of ``app``, in that
+    order, and the security headers on every response."""
     app.config.update(
         SECRET_KEY=os.environ.get(SECRET_ENV) or secrets.token_hex(32),
         MAX_CONTENT_LENGTH=MAX_BODY,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=guard.secure_cookies,
         WTF_CSRF_TIME_LIMIT=None,  # valid for the session: a page left open stays usable
     )
+    webguard.install(app, guard, refusal)
 
     @app.before_request
     def authenticate() -> Optional[Response]:
         g.user = None
         if credentials is None:
             return None
+        throttled = guard.throttled(refusal)
+        if throttled is not None:
+            return throttled
         auth = request.authorization
         if auth is None or auth.type != "basic" or not credentials.match(auth.username or "", auth.password or ""):
+            if auth is not None:  # a browser's first request carries none: not a failure
+                guard.failed()
             challenge = {"WWW-Authenticate": 'Basic realm="workqueue", charset="UTF-8"'}
             return Response("credentials required\n", 401, challenge, mimetype="text/plain")
+        guard.succeeded()
         g.user = credentials.username
         return None
 
@@ -97,14 +116,11 @@ def install(app: Flask, credentials: Optional[Credentials], read_only: bool) -> 
 
     @app.after_request
     def harden(response: Response) -> Response:
-        if response.mimetype == "text/html":
-            # rq-dashboard's scripts send this cookie back as the X-CSRFToken header.
-            response.set_cookie(CSRF_COOKIE, generate_csrf(), samesite="Strict", secure=request.is_secure)
+        # The CSRF token is in each page (#wq-config's data-csrf), never in a cookie a script reads.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("Content-Security-Policy",
-                                    "frame-ancestors 'none'; object-src 'none'; base-uri 'self'")
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         return response
 
 

@@ -17,7 +17,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import task_def
-from workqueue import batches, control, jobinfo, network, producer, statistics
+from workqueue import batches, control, jobinfo, network, producer, statistics, webguard
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.policy import check_queue_name
@@ -47,10 +47,11 @@ class Invalid(Exception):
 
 
 def create_app(connection: redis.Redis, *, token: Optional[str] = None, helpers: Optional[Supervisor] = None,
-               policy: Optional[network.NetworkPolicy] = None) -> Flask:
+               policy: Optional[network.NetworkPolicy] = None, guard: Optional[webguard.Guard] = None) -> Flask:
     """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``;
     ``GET /health`` shows ``helpers`` (the threads delivering callbacks); callback URLs must pass
-    ``policy`` (default: the environment's ``WORKQUEUE_ALLOW_NETWORKS``)."""
+    ``policy`` (default: the environment's ``WORKQUEUE_ALLOW_NETWORKS``); ``guard`` (default: a
+    loopback bind's) checks Host, Origin, JSON bodies and failed tokens."""
     policy = policy or network.NetworkPolicy.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -62,15 +63,23 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None, helpers:
         response.status_code = status
         return response
 
+    guard = guard or webguard.Guard()
+    webguard.install(app, guard, error, json_only=True)
+
     @app.before_request
     def authenticate() -> Optional[Response]:
         if token is None:
             return None
+        throttled = guard.throttled(error)
+        if throttled is not None:
+            return throttled
         given = request.headers.get("Authorization", "")
         if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            guard.failed()
             response = error(401, "a bearer token is required: Authorization: Bearer <token>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="workqueue"'
             return response
+        guard.succeeded()
         return None
 
     @app.errorhandler(HTTPException)
