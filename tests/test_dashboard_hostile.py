@@ -82,7 +82,7 @@ def test_unreadable_jobs_in_every_registry_never_make_a_500(conn: redis.Redis, c
     assert finished["bad-result-finished"]["unreadable"] is True  # rq-dashboard's finished list: was a 500
 
     page = client.get("/jobs/bad-result-finished")  # our job page: was a 500
-    assert page.status_code == 200 and "the job&#39;s result is not JSON" in page.text
+    assert page.status_code == 200 and "the result is not JSON" in page.text
     assert client.get("/api/jobs/bad-result-finished").json["error"].startswith("unreadable: the job's result")
     for kind in ("data", "meta"):
         response = client.get(f"/api/jobs/bad-{kind}-failed")
@@ -142,7 +142,7 @@ def test_queue_wide_actions_act_on_the_readable_jobs_and_report_the_unreadable_o
         reply = client.post(path, headers=csrf)
         assert reply.status_code == 200 and any(bad_failed in m for m in reply.json["messages"]), (path, reply.text)
         if path.startswith("/queues"):
-            assert Queue(QUEUE, connection=conn).get_job_ids()[-2:] == [j.id for j in failed]
+            assert sorted(Queue(QUEUE, connection=conn).get_job_ids()[-2:]) == sorted(j.id for j in failed)
     reply = client.post(f"/rq/queue/{QUEUE}/failed/empty", headers=csrf)
     assert reply.status_code == 200 and any(bad_failed in m for m in reply.json["messages"])
     assert conn.exists(f"rq:job:{bad_failed}")  # left alone

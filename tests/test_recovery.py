@@ -80,10 +80,11 @@ def test_a_dead_workers_unreadable_jobs_are_failed_with_the_reason_and_nothing_s
     waiting = enqueue(conn, "sleep", seconds=0.1)
     conn.hset(Job.key_for(waiting), "data", b"garbage")
     stops = control.cancel_queued(conn, QUEUE, by="test")
-    assert {s.job_id: s.found for s in stops} == {fine: True, waiting: False}
-    assert status(conn, fine) == "canceled" and "not readable as JSON" in next(s for s in stops if not s.found).message
+    unreadable = control.Outcome.UNREADABLE
+    assert {s.job_id: s.outcome for s in stops} == {fine: control.Outcome.DONE, waiting: unreadable}
+    assert status(conn, fine) == "canceled" and "not readable as JSON" in next(s for s in stops if s.failed).message
     requeues = control.requeue_failed(conn, QUEUE, by="test")
-    assert sorted(s.job_id for s in requeues if not s.found) == sorted([garbage, pickled])
+    assert sorted(s.job_id for s in requeues if s.outcome is unreadable) == sorted([garbage, pickled])
 
 
 def test_eight_clean_workers_at_once_hand_a_dead_job_back_exactly_once(conn, env, tmp_path) -> None:

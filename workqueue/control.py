@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable, Optional
 
 import redis
@@ -114,27 +115,46 @@ def _last_error(job: Job) -> str:
     return lines[-1] if lines else "no reason recorded"
 
 
+class Outcome(str, Enum):
+    """What an action on one job came to: callers choose exit codes and HTTP statuses from it."""
+
+    DONE = "done"  # stopped, cancelled, requeued or deleted
+    NOTHING_TO_DO = "nothing to do"  # already ended, or not in a state the action applies to
+    STILL_RUNNING = "still running"  # asked to stop, still running when the wait ran out
+    NOT_FOUND = "not found"
+    UNREADABLE = "unreadable"  # not JSON (a foreign client's): reported and left alone
+
+
 @dataclass
 class JobStop:
     job_id: str
-    found: bool
+    outcome: Outcome
     message: str
+
+    @property
+    def found(self) -> bool:
+        return self.outcome is not Outcome.NOT_FOUND
+
+    @property
+    def failed(self) -> bool:
+        """Whether the action did not do what was asked (a command exits 1 for it)."""
+        return self.outcome in (Outcome.NOT_FOUND, Outcome.UNREADABLE, Outcome.STILL_RUNNING)
 
 
 def _unreadable(job_id: str, exc: UnreadableJob) -> JobStop:
-    """What a queue-wide action reports for a job it cannot read: it goes on with the others."""
-    return JobStop(job_id, False, f"{exc}")
+    """What an action reports for a job it cannot read: left alone, and the others go on."""
+    return JobStop(job_id, Outcome.UNREADABLE, str(exc))
 
 
 def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 10.0) -> JobStop:
     """Stop a running job (RQ's stop-job command) or cancel a queued, scheduled or deferred one;
-    a job that is not JSON is reported (found=False) and left alone."""
+    a job that is not JSON is reported and left alone."""
     try:
         job = fetch_job(connection, job_id)
     except UnreadableJob as exc:
         return _unreadable(job_id, exc)
     if job is None:
-        return JobStop(job_id, False, f"no such job: {job_id}")
+        return JobStop(job_id, Outcome.NOT_FOUND, f"no such job: {job_id}")
     status = job.get_status(refresh=False)
     if status == JobStatus.STARTED:
         job.meta["stopped_by"] = by
@@ -145,16 +165,16 @@ def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 
             time.sleep(0.1)
         status = job.get_status(refresh=False)
         if status == JobStatus.STARTED:
-            return JobStop(job_id, True, f"job {job_id} was asked to stop but is still running after {timeout:g} s")
-        return JobStop(job_id, True, f"job {job_id} stopped ({status.value}, in the failed registry of {job.origin})")
+            return JobStop(job_id, Outcome.STILL_RUNNING, f"job {job_id} was asked to stop but is still running after {timeout:g} s")
+        return JobStop(job_id, Outcome.DONE, f"job {job_id} stopped ({status.value}, in the failed registry of {job.origin})")
     if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
         job.meta["cancelled_by"] = by
         job.save_meta()
         job.cancel()
         batches.job_ended(connection, job, "failed", detail=f"cancelled by {by}")
-        return JobStop(job_id, True,
+        return JobStop(job_id, Outcome.DONE,
                        f"job {job_id} cancelled (was {status.value}; now in the canceled registry of {job.origin})")
-    return JobStop(job_id, True, f"job {job_id} had already ended ({status.value}); nothing to do")
+    return JobStop(job_id, Outcome.NOTHING_TO_DO, f"job {job_id} had already ended ({status.value}); nothing to do")
 
 
 def stop_batch(connection: redis.Redis, batch_id: str, *, by: str, timeout: float = 10.0) -> list[JobStop]:
@@ -175,26 +195,26 @@ def clean(connection: redis.Redis) -> tuple[list[str], list[recovery.HandBack]]:
 
 def requeue(connection: redis.Redis, job_id: str, *, by: str) -> JobStop:
     """Put a failed or cancelled job back on its queue (at the back), as a fresh attempt; a job
-    that is not JSON is reported (found=False) and left alone."""
+    that is not JSON is reported and left alone."""
     try:
         job = fetch_job(connection, job_id)
     except UnreadableJob as exc:
         return _unreadable(job_id, exc)
     if job is None:
-        return JobStop(job_id, False, f"no such job: {job_id}")
+        return JobStop(job_id, Outcome.NOT_FOUND, f"no such job: {job_id}")
     status = job.get_status(refresh=False)
     registries = {JobStatus.FAILED: job.failed_job_registry, JobStatus.STOPPED: job.failed_job_registry,
                   JobStatus.CANCELED: CanceledJobRegistry(job.origin, connection=connection, serializer=SERIALIZER,
                                                           job_class=CatalogueJob)}
     if status not in registries:
-        return JobStop(job_id, True, f"job {job_id} is {status.value}; only failed or cancelled jobs can be requeued")
+        return JobStop(job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is {status.value}; only failed or cancelled jobs can be requeued")
     job.meta.setdefault("requeued_by", []).append(by)
     job.save_meta()
     try:
         registries[status].requeue(job)
     except InvalidJobOperation:
-        return JobStop(job_id, True, f"job {job_id} is no longer in the {status.value} registry of {job.origin}")
-    return JobStop(job_id, True, f"job {job_id} requeued on {job.origin}")
+        return JobStop(job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is no longer in the {status.value} registry of {job.origin}")
+    return JobStop(job_id, Outcome.DONE, f"job {job_id} requeued on {job.origin}")
 
 
 def requeue_failed(connection: redis.Redis, queue: str, *, by: str) -> list[JobStop]:
@@ -219,7 +239,7 @@ def each_job(job_ids: Iterable[str], act: Callable[[str], JobStop]) -> list[JobS
         try:
             stops.append(act(job_id))
         except UnreadableJob as exc:
-            stops.append(JobStop(job_id, True, str(exc)))
+            stops.append(_unreadable(job_id, exc))
     return stops
 
 
@@ -227,8 +247,8 @@ def delete_job(connection: redis.Redis, job_id: str) -> JobStop:
     """Delete a job that is not running, with its results; a running job must be stopped first."""
     job = fetch_job(connection, job_id)
     if job is None:
-        return JobStop(job_id, False, f"no such job: {job_id}")
+        return JobStop(job_id, Outcome.NOT_FOUND, f"no such job: {job_id}")
     if job.get_status(refresh=False) == JobStatus.STARTED:
-        return JobStop(job_id, True, f"job {job_id} is running; stop it before deleting it")
+        return JobStop(job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is running; stop it before deleting it")
     job.delete()
-    return JobStop(job_id, True, f"job {job_id} deleted")
+    return JobStop(job_id, Outcome.DONE, f"job {job_id} deleted")

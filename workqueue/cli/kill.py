@@ -62,8 +62,8 @@ def kill_job(job_ids: tuple[str, ...], batch_id: Optional[str], timeout: float, 
     if batch_id:
         outcomes += control.stop_batch(connection, batch_id, by="kill_job", timeout=timeout)
     for outcome in outcomes:
-        click.echo(outcome.message, err=not outcome.found)
-        if not outcome.found or "still running" in outcome.message:
+        click.echo(outcome.message, err=outcome.failed)
+        if outcome.failed:
             code = EXIT_FAILED
     return code
 

@@ -175,6 +175,8 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None, helpers:
         if not openapi.JOB_ID.fullmatch(job_id):
             return error(404, f"no such job: {job_id}")
         outcome = control.stop_job(connection, job_id, by=f"gateway ({request.remote_addr})", timeout=5.0)
+        if outcome.outcome is control.Outcome.UNREADABLE:
+            return error(422, outcome.message)
         return jsonify({"message": outcome.message}) if outcome.found else error(404, outcome.message)
 
     @app.get("/batches/<batch_id>")
