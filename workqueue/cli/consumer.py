@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Optional
 
 import click
@@ -24,13 +25,18 @@ from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS
 
 
 def status_line(status: PoolStatus) -> str:
+    lost = ""
+    if status.lost_data_at is not None:
+        lost = (f"Redis lost its data at {time.strftime('%H:%M:%S', time.localtime(status.lost_data_at))} "
+                "(restarted without persistence?) | ")
     if status.redis_down_for is not None:
-        return (f"Redis not answering for {status.redis_down_for:.0f} s; {len(status.workers)} workers waiting "
-                "for it (they reconnect with backoff)")
+        what = status.outage or "Redis not answering"
+        return (f"{lost}{what} for {status.redis_down_for:.0f} s; {len(status.workers)} workers waiting "
+                "for it (they carry on, with backoff, when it accepts work again)")
     state = "stopping, " if status.stopping else ""
     stopped = f" ({len(status.stopped)} stopped by kill_workers)" if status.stopped else ""
     return (
-        f"{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle{stopped} | "
+        f"{lost}{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle{stopped} | "
         f"done {status.finished}, failed {status.failed}, queued {status.queued}"
     )
 
