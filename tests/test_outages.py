@@ -139,13 +139,17 @@ def break_persistence(conn: redis.Redis) -> Callable[[], None]:
 
 
 @pytest.mark.parametrize("fault, says", [(fill_memory, "out of memory: maxmemory reached"),
-                                         (break_persistence, "cannot persist to disk (MISCONF)")])
+                                         (break_persistence, "it cannot persist to disk (MISCONF)")])
 def test_pool_and_workers_ride_out_redis_refusing_writes(server, processes, fault, says) -> None:
     conn = redis.Redis(port=server.port)
     jobs = enqueue(conn, "sleep", 6, seconds=0.1)
     repair = fault(conn)
     consumer = processes.start("consumer_main.py", "--workers", "2", env=env_for(server))
-    wait_for(lambda: f"Redis is refusing writes ({says})" in consumer.output()[0], 30, "the status line to say so")
+    try:
+        wait_for(lambda: f"Redis is refusing writes ({says})" in consumer.output()[0], 30, "the status line to say so")
+    except AssertionError:
+        print(consumer.output())
+        raise
     wait_for(lambda: len(worker_pids(consumer)) == 2, 20, "two workers")
     time.sleep(3)  # workers respawned in a loop would show now
     victim = worker_pids(consumer)[0]

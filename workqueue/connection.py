@@ -77,7 +77,13 @@ def connect(
     except ValueError as exc:
         raise BadInput(f"invalid Redis URL {target.display!r}: {exc}") from None
     try:
-        probe.ping()
+        try:
+            probe.ping()
+        except redis.ResponseError as exc:
+            if outage.refusal(exc) is None:
+                raise
+            # It answers but refuses writes for now (MISCONF refuses PING too): an outage that each
+            # command rides out or reports, not a wrong URL.
         outage.check_eviction_policy(probe, f"Redis at {target.display}")
     except redis.AuthenticationError as exc:
         raise RedisUnavailable(f"Redis at {target.display} refused the credentials: {exc}") from None

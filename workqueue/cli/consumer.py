@@ -9,7 +9,7 @@ from typing import Optional
 import click
 import redis
 
-from workqueue import logs, statistics
+from workqueue import logs, outage, statistics
 from workqueue.cli.common import (
     EXIT_OK,
     QueueList,
@@ -84,10 +84,9 @@ def main(workers: Optional[int], queues: tuple[str, ...], order: str, burst: boo
         click.echo()
     try:
         final = pool.snapshot()
-    except redis.RedisError:
-        click.echo("stopped (Redis is not answering, so the totals are unknown)")
-        return EXIT_OK
-    click.echo(f"stopped: done {final.finished}, failed {final.failed}, queued {final.queued}")
-    for line in statistics.format_report(statistics.collect(connection, queues)):
-        click.echo(line)
+        click.echo(f"stopped: done {final.finished}, failed {final.failed}, queued {final.queued}")
+        for line in statistics.format_report(statistics.collect(connection, queues)):
+            click.echo(line)
+    except redis.RedisError as exc:
+        click.echo(f"stopped ({outage.describe(exc)}, so the totals are unknown)")
     return EXIT_OK
