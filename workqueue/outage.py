@@ -191,9 +191,9 @@ class DataMark:
                 raise
             return None, False  # adopted at the first check that Redis answers
 
-    def check(self, connection: redis.Redis) -> None:
+    def check(self, connection: redis.Redis, *, probe_writes: bool = True) -> None:
         """Raise RedisLostData if the mark changed since this process saw it; then adopt the new one.
-        Also a write probe: raises Redis's refusal (OOM, MISCONF...) if it refuses writes."""
+        With ``probe_writes``, raise Redis's refusal (OOM, MISCONF...) if it refuses writes."""
         with connection.pipeline(transaction=False) as pipe:
             pipe.set(MARK_KEY, uuid.uuid4().hex, nx=True)  # a new id: a mark gone is a mark changed
             pipe.get(MARK_KEY)
@@ -205,5 +205,5 @@ class DataMark:
             raise RedisLostData("Redis lost its data (restarted without persistence?): "
                                 "what it held before is gone")
         self.id = current
-        if isinstance(created, Exception):
+        if isinstance(created, Exception) and probe_writes:
             raise created
