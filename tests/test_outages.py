@@ -240,3 +240,86 @@ def test_the_classification_is_one_place() -> None:
     assert not outage.is_outage(redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"))
     assert not outage.is_outage(redis.ResponseError("ERR unknown command 'BUSY'"))
     assert outage.describe(oom) == "Redis is refusing writes (out of memory: maxmemory reached)"
+
+
+# -- item 8: the producer says a refused write in one line, and enqueues all or nothing ------------
+
+
+@pytest.mark.parametrize("fault, says", [(fill_memory, "out of memory: maxmemory reached"),
+                                         (break_persistence, "it cannot persist to disk (MISCONF)")])
+def test_producer_refused_by_redis_says_so_in_one_line(server, fault, says) -> None:
+    conn = redis.Redis(port=server.port)
+    repair = fault(conn)
+    result = run_cli("producer_main.py", "--task", "sleep", "--count", "50", env=env_for(server))
+    repair()
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr == f"error: Redis refused the write ({says}); nothing was enqueued\n"
+    assert not conn.keys("rq:*")
+
+
+# -- item 9: no silent loss --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [[], ["--rename-command", "CONFIG", ""]])
+def test_commands_refuse_a_redis_that_evicts_keys(config) -> None:
+    evicting = RedisServer("--maxmemory-policy", "allkeys-lru", *config)
+    try:
+        evicting.wait_ready()
+        env = cli_env(REDIS_URL=evicting.url)
+        for command in (["producer_main.py", "--task", "sleep"], ["consumer_main.py", "--workers", "1", "--burst"]):
+            result = run_cli(*command, env=env, timeout=60)
+            assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+            assert "maxmemory-policy allkeys-lru" in result.stderr
+            assert "CONFIG SET maxmemory-policy noeviction" in result.stderr
+        assert not redis.Redis(port=evicting.port).keys("rq:*")
+    finally:
+        evicting.stop()
+
+
+def test_redis_restarted_empty_is_told_not_shown_as_empty_queues(server, processes) -> None:
+    env = env_for(server)
+    consumer = processes.start("consumer_main.py", "--workers", "1", "--queue", "elsewhere", env=env)
+    waiting = processes.start("producer_main.py", "--task", "sleep", "--count", "2", "--wait", env=env)
+    wait_for(lambda: "batch " in waiting.output()[0], 30, "the batch to be enqueued")
+    wait_for(lambda: "1 workers: 0 busy, 1 idle" in consumer.output()[0], 30, "the consumer to start")
+    server.restart(signal.SIGKILL)  # no persistence: it comes back empty
+    assert waiting.wait(60) == 1
+    out, err = waiting.output()
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("error: Redis lost its data (restarted without persistence?)")
+    wait_for(lambda: "Redis lost its data at " in consumer.output()[0], 30, "the consumer to say so")
+    assert consumer.poll() is None
+    unknown = run_cli("producer_main.py", "--batch", "abcdef123456", env=env)
+    assert unknown.returncode == 2 and "this Redis holds workqueue data only since " in unknown.stderr
+    assert "lost its data: restarted without persistence?" in unknown.stderr
+
+
+def test_producer_wait_rides_out_an_outage(tmp_path, processes) -> None:
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always")
+    try:
+        server.wait_ready()
+        env = env_for(server)
+        waiting = processes.start("producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--count", "3",
+                                  "--wait", env=env)
+        wait_for(lambda: "batch " in waiting.output()[0], 30, "the batch to be enqueued")
+        server.restart(signal.SIGKILL, down_for=4)  # its append-only log brings every job back
+        wait_for(lambda: "Redis not answering" in waiting.output()[0], 30, "the producer to say so")
+        processes.start("consumer_main.py", "--workers", "1", env=env)
+        assert waiting.wait(60) == 0, waiting.output()
+        out, err = waiting.output()
+        assert "Traceback" not in err and "finished 3, failed 0 of 3" in out
+    finally:
+        processes.stop_all()
+        server.stop()
+
+
+def test_dashboard_answers_503_during_an_outage(server) -> None:
+    from workqueue.dashboard import create_app
+
+    app = create_app(server.url)
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 200
+    server.process.kill()
+    server.process.wait(10)
+    answer = client.get("/metrics")
+    assert answer.status_code == 503 and "Redis not answering" in answer.get_json()["error"]

@@ -158,10 +158,15 @@ def check_eviction_policy(connection: redis.Redis, where: str = "Redis") -> None
             "run: redis-cli CONFIG SET maxmemory-policy noeviction (and set it in redis.conf)")
 
 
+def _new_mark() -> bytes:
+    """A mark's value: a random id, and the time it was set (seconds since the epoch)."""
+    return f"{uuid.uuid4().hex}:{time.time():.0f}".encode()
+
+
 def probe_writes(connection: redis.Redis) -> None:
     """Raise Redis's refusal (OOM, MISCONF, READONLY...) if it refuses writes now; change nothing
     (it sets the data mark only where there is none, as any first use does)."""
-    connection.set(MARK_KEY, uuid.uuid4().hex, nx=True)
+    connection.set(MARK_KEY, _new_mark(), nx=True)
 
 
 class DataMark:
@@ -177,7 +182,7 @@ class DataMark:
 
     @staticmethod
     def _adopt(connection: redis.Redis) -> tuple[Optional[bytes], bool]:
-        mine = uuid.uuid4().hex.encode()
+        mine = _new_mark()
         try:
             try:
                 fresh = bool(connection.set(MARK_KEY, mine, nx=True))
@@ -191,11 +196,19 @@ class DataMark:
                 raise
             return None, False  # adopted at the first check that Redis answers
 
+    @property
+    def since(self) -> Optional[float]:
+        """When the mark this process holds was set: how far back this Redis's data goes."""
+        try:
+            return float(self.id.split(b":")[1]) if self.id else None
+        except (IndexError, ValueError):
+            return None
+
     def check(self, connection: redis.Redis, *, probe_writes: bool = True) -> None:
         """Raise RedisLostData if the mark changed since this process saw it; then adopt the new one.
         With ``probe_writes``, raise Redis's refusal (OOM, MISCONF...) if it refuses writes."""
         with connection.pipeline(transaction=False) as pipe:
-            pipe.set(MARK_KEY, uuid.uuid4().hex, nx=True)  # a new id: a mark gone is a mark changed
+            pipe.set(MARK_KEY, _new_mark(), nx=True)  # a new id: a mark gone is a mark changed
             pipe.get(MARK_KEY)
             created, current = pipe.execute(raise_on_error=False)
         if isinstance(current, Exception):

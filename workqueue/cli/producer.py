@@ -24,7 +24,7 @@ from workqueue.cli.remote import produce_via
 from workqueue.cli.report import echo_summary, echo_task_end
 from workqueue.connection import connect
 from workqueue.errors import RedisLostData, RedisUnavailable
-from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, TOKEN_ENV
+from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, RESULT_TTL, TOKEN_ENV
 
 
 def list_tasks() -> None:
@@ -151,9 +151,10 @@ def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: Opt
     try:
         total = batches.summary(connection, batch_id).total
     except KeyError:
-        if mark is not None and mark.fresh:
-            fail(f"no such batch: {batch_id}; this Redis holds no workqueue data at all (never used, or it lost "
-                 "its data: restarted without persistence?)")
+        if mark is not None and mark.since is not None and time.time() - mark.since < RESULT_TTL:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mark.since))
+            fail(f"no such batch: {batch_id}; this Redis holds workqueue data only since {since} (first used "
+                 "then, or it lost its data: restarted without persistence?)")
         fail(f"no such batch: {batch_id} (batches are kept for a day)")
     live = sys.stdout.isatty()
 
