@@ -186,8 +186,9 @@ def enqueue(
             landed = "nothing was enqueued"
         else:
             landed = _which_landed(connection, jobs)
-        if outage.refusal(exc) is not None:
-            raise RedisUnavailable(f"Redis refused the write ({outage.REFUSALS[outage.refusal(exc)]}); {landed}") from None
+        code = outage.refusal(exc)
+        if code is not None:
+            raise RedisUnavailable(f"Redis refused the write ({outage.REFUSALS[code]}); {landed}") from None
         raise RedisUnavailable(f"Redis went away while enqueueing ({exc}); {landed}") from None
     return Submission(batch_id, queue, jobs)
 
