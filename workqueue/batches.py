@@ -25,7 +25,7 @@ from rq.callbacks import Callback
 from rq.group import Group
 from rq.job import Job
 
-from workqueue import statistics
+from workqueue import outage, statistics
 from workqueue.settings import RESULT_TTL
 
 log = logging.getLogger(__name__)
@@ -195,13 +195,19 @@ def job_statuses(connection: redis.Redis, batch_id: str) -> list[tuple[str, Opti
     return [(job_id, status.decode() if status else None) for job_id, status in zip(ids, statuses)]
 
 
-def follow(connection: redis.Redis, batch_id: str, *, timeout: Optional[float] = None,
-           block_ms: int = 500) -> Iterator[TaskEnd]:
-    """Yield each task's end, from the batch's start, until the batch is done (or ``timeout``)."""
+def follow(connection: redis.Redis, batch_id: str, *, timeout: Optional[float] = None, block_ms: int = 500,
+           on_outage: Optional[Callable[[Optional[str]], Any]] = None,
+           mark: Optional[outage.DataMark] = None) -> Iterator[TaskEnd]:
+    """Yield each task's end, from the batch's start, until the batch is done (or ``timeout``).
+
+    With ``on_outage``, a Redis outage is waited out: ``on_outage(what)`` when one starts (``what``
+    from ``outage.describe``), ``on_outage(None)`` when Redis answers again. With ``mark`` (the
+    data mark this process saw), a batch gone because Redis lost its data raises RedisLostData."""
     deadline = None if timeout is None else time.monotonic() + timeout
     last = "0"
     while True:
-        replies = connection.xread({events_key(batch_id): last}, count=500, block=block_ms)
+        replies = _riding(lambda: connection.xread({events_key(batch_id): last}, count=500, block=block_ms),
+                          connection, on_outage, mark)
         for _stream, entries in replies or []:
             for entry_id, fields in entries:
                 last = entry_id.decode()
@@ -211,22 +217,60 @@ def follow(connection: redis.Redis, batch_id: str, *, timeout: Optional[float] =
                 yield TaskEnd(data["job"], data["task"], data["outcome"], json.loads(data["detail"]),
                               float(data["duration"]), data.get("redelivery") == "1")  # fmt: skip
         if not replies:
-            if summary(connection, batch_id).done:  # the stream expired or was trimmed
-                return
+            if _riding(lambda: _done(connection, batch_id, mark), connection, on_outage, mark):
+                return  # the stream expired or was trimmed
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} did not end within {timeout:g} s")
 
 
+def _done(connection: redis.Redis, batch_id: str, mark: Optional[outage.DataMark]) -> bool:
+    try:
+        return summary(connection, batch_id).done
+    except KeyError:
+        if mark is not None:
+            mark.check(connection)  # RedisLostData if that is why it is gone
+        raise
+
+
+def _riding(read: Callable[[], Any], connection: redis.Redis, on_outage: Optional[Callable[[Optional[str]], Any]],
+            mark: Optional[outage.DataMark]) -> Any:
+    """``read()``, waiting out an outage if ``on_outage`` is given (see :func:`follow`)."""
+    backoff, down = 0.5, False
+    while True:
+        try:
+            result = read()
+        except redis.RedisError as exc:
+            if on_outage is None or not outage.is_outage(exc):
+                raise
+            if not down:
+                on_outage(outage.describe(exc))
+                down = True
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            continue
+        if down:
+            on_outage(None)
+            if mark is not None:
+                try:
+                    mark.check(connection)  # back, but with the data it had?
+                except redis.RedisError:
+                    pass  # refusing writes only: the reads go on
+        return result
+
+
 def wait(connection: redis.Redis, batch_id: str, *, on_task: Optional[Callable[[TaskEnd], Any]] = None,
-         on_done: Optional[Callable[[BatchSummary], Any]] = None, timeout: Optional[float] = None) -> BatchSummary:
-    """Follow a batch to its end, calling ``on_task`` for each task's end and ``on_done`` once."""
+         on_done: Optional[Callable[[BatchSummary], Any]] = None, timeout: Optional[float] = None,
+         on_outage: Optional[Callable[[Optional[str]], Any]] = None,
+         mark: Optional[outage.DataMark] = None) -> BatchSummary:
+    """Follow a batch to its end, calling ``on_task`` for each task's end and ``on_done`` once
+    (``on_outage`` and ``mark``: see :func:`follow`)."""
     failures = []
-    for end in follow(connection, batch_id, timeout=timeout):
+    for end in follow(connection, batch_id, timeout=timeout, on_outage=on_outage, mark=mark):
         if end.outcome != "finished" and not end.redelivery:
             failures.append(end)
         if on_task is not None:
             on_task(end)
-    result = summary(connection, batch_id)
+    result = _riding(lambda: summary(connection, batch_id), connection, on_outage, mark)
     result.failures = failures
     if on_done is not None:
         on_done(result)

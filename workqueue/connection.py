@@ -13,17 +13,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
-from workqueue import embedded
+from workqueue import embedded, outage
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.settings import Settings
 
 SCHEMES = ("redis", "rediss", "unix")
 
 #: Workers ride out a Redis outage of a few minutes: every command is retried with exponential
-#: backoff and jitter (0.5 s doubling to 5 s) for about that long before giving up.
-OUTAGE_RETRY = Retry(ExponentialWithJitterBackoff(cap=5.0, base=0.5), 60)
+#: backoff and jitter (0.5 s doubling to 5 s) for about that long before giving up, unless the
+#: process is stopping (then for ``outage.STOP_GRACE`` seconds at most).
+OUTAGE_RETRY = outage.OutageRetry(ExponentialWithJitterBackoff(cap=5.0, base=0.5), 60)
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,16 @@ def connect(
     except ValueError as exc:
         raise BadInput(f"invalid Redis URL {target.display!r}: {exc}") from None
     try:
-        probe.ping()
+        try:
+            probe.ping()
+        except redis.ResponseError as exc:
+            if outage.refusal(exc) is None:
+                raise
+            # It answers but refuses writes for now (MISCONF refuses PING too): an outage that each
+            # command rides out or reports, not a wrong URL.
         if not target.explicit:
             embedded.check_guarded(settings)
+        outage.check_eviction_policy(probe, f"Redis at {target.display}")
     except redis.AuthenticationError as exc:
         if not target.explicit:
             raise RedisUnavailable(embedded.refusal(settings, no_password=False)) from None
@@ -100,8 +107,11 @@ def _reason(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def without_retries(conn: redis.Redis) -> redis.Redis:
-    """A client for the same server whose commands fail at once: for status lines and probes."""
+def without_retries(conn: redis.Redis, socket_timeout: Optional[float] = None) -> redis.Redis:
+    """A client for the same server whose commands fail at once: for status lines and probes.
+    ``socket_timeout``: give up on a Redis that accepts connections but does not answer sooner."""
     pool = conn.connection_pool
     kwargs = {**pool.connection_kwargs, "retry": embedded.NO_RETRY}
+    if socket_timeout is not None:
+        kwargs["socket_timeout"] = kwargs["socket_connect_timeout"] = socket_timeout
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))

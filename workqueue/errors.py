@@ -36,3 +36,15 @@ class JobRefused(WorkqueueError):
 
 class UnreadableJob(WorkqueueError):
     """Raised for a job whose data is not JSON: not written by workqueue, and never unpickled."""
+
+
+class RedisMisconfigured(WorkqueueError):
+    """Raised when the Redis a command resolved is set up to lose data silently (an evicting policy)."""
+
+
+class RedisLostData(RedisUnavailable):
+    """Raised when Redis no longer holds the data a process saw there: it restarted empty or was flushed."""
+
+
+class PoolFailed(WorkqueueError):
+    """Raised when the consumer's pool met an error it cannot survive (after stopping its workers)."""

@@ -40,7 +40,7 @@ from rq.results import Result
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from workqueue import batches, statistics
+from workqueue import batches, outage, statistics
 
 if TYPE_CHECKING:
     from rq.worker import Worker
@@ -301,20 +301,6 @@ _run_script: Optional[Script] = None
 #: What :func:`run_guarded` answers when its guard did not hold: nothing was written.
 SUPERSEDED = None
 
-#: Redis errors that mean "not now, nothing written" (a write refused, Redis away): a job's end
-#: that meets one is tried again, never half written.
-_REFUSALS = ("command not allowed when used memory", "MISCONF", "READONLY", "LOADING")
-
-
-def refused(exc: BaseException) -> bool:
-    """Whether ``exc`` is Redis refusing writes for now (OOM, MISCONF, READONLY, LOADING) or being
-    away: what a job's end waits out and tries again."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
-                        redis.exceptions.ReadOnlyError)):
-        return True
-    return isinstance(exc, redis.ResponseError) and any(word in str(exc) for word in _REFUSALS)
-
-
 class Guard:
     """Which run a guarded write belongs to: ``mode`` 'holds' (the writes are made only while one
     of ``members`` is in the started registry ``registry``) or 'claim' (only by the caller whose
@@ -385,7 +371,7 @@ def run_guarded(connection: redis.Redis, build: Any, guard: Guard, *, what: str,
             try:
                 return _run_queued(client, pipe, guard)
             except redis.RedisError as exc:
-                if not refused(exc) or (deadline is not None and time.monotonic() + delay > deadline):
+                if not outage.is_outage(exc) or (deadline is not None and time.monotonic() + delay > deadline):
                     raise
                 if not warned:
                     log.warning("Redis refuses %s for now (%s); trying again until it accepts it", what, exc)

@@ -3,6 +3,10 @@
 Each worker runs in its own process group, so a Ctrl-C typed at the terminal reaches the pool
 alone and the pool decides: the first signal asks every worker to finish its job and exit, the
 second stops them at once. A worker also stops if the pool process dies.
+
+The pool rides out every Redis error as an outage (its status line says which); anything else it
+cannot survive stops its workers, reaps them, and ends the consumer with exit code 1, never leaving
+workers without their pool.
 """
 
 from __future__ import annotations
@@ -24,18 +28,27 @@ from rq.queue import Queue
 from rq.worker import Worker
 from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
-from workqueue import recovery, statistics
+from workqueue import outage, recovery, statistics
 from workqueue.connection import without_retries
+from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.policy import SERIALIZER, CatalogueJob
 from workqueue.settings import SWEEP_INTERVAL
 from workqueue.worker import (
     STOPPED_ON_PURPOSE,
     WORKER_CLASSES,
     die_with_parent,
+    serve_pool,
     stopped_on_purpose,
 )
 
 log = logging.getLogger(__name__)
+
+#: The pool's own looks at Redis (sweep, status) give up after this many seconds without an answer,
+#: so that a frozen Redis does not delay replacing a dead worker.
+QUICK_TIMEOUT = 2.0
+
+#: Seconds the workers of a pool that failed get to stop before they are killed.
+ABANDON_GRACE = 10.0
 
 
 def _run_worker_detached(*args: Any, **kwargs: Any) -> None:
@@ -47,6 +60,7 @@ def _run_worker_detached(*args: Any, **kwargs: Any) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # not the pool's handlers: RQ installs its own
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(signal.SIGTERM)
+    serve_pool(os.getppid())
     try:
         run_worker(*args, **kwargs)
     finally:
@@ -73,8 +87,12 @@ class PoolStatus:
     stopping: bool = False
     #: Workers stopped on purpose by a kill script (not replaced).
     stopped: list[str] = field(default_factory=list)
-    #: Seconds Redis has not been answering, if it is not.
+    #: Seconds Redis has not been answering (or refusing writes), if it is.
     redis_down_for: Optional[float] = None
+    #: What the outage is, in one line (``outage.describe``).
+    outage: str = ""
+    #: When (``time.time()``) the pool saw Redis come back without its data, if it did.
+    lost_data_at: Optional[float] = None
 
     @property
     def busy(self) -> int:
@@ -114,8 +132,10 @@ class ConsumerPool(WorkerPool):
         self.stopped: list[str] = []
         self._next_sweep = 0.0
         # The workers' connection rides out outages; the pool's own looks must not hang on one.
-        self._quick = without_retries(connection)
+        self._quick = without_retries(connection, socket_timeout=QUICK_TIMEOUT)
         self.redis_down_since: Optional[float] = None
+        self._outage = ""
+        self._mark = outage.DataMark(self._quick)
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
         process = super().get_worker_process(name, burst, _sleep, logging_level)
@@ -167,41 +187,81 @@ class ConsumerPool(WorkerPool):
         # A worker's exit wakes the loop at once (RQ's looks every half second), so a crashed worker
         # is replaced, and a burst pool ends, as soon as it happens.
         signal.signal(signal.SIGCHLD, lambda signum, frame: self._wake.set())
-        self.start_workers(burst=burst, logging_level=logging_level)
-        while True:
-            if self.status == self.Status.STOPPED:
-                if self.all_workers_have_stopped():
-                    break
-            else:
-                self.check_workers(respawn=not burst)
-                if burst and self.number_of_active_workers == 0:
-                    break
-            self._maintain()
-            self._wake.wait(0.5)
-            self._wake.clear()
-        self._tick()
+        try:
+            self.start_workers(burst=burst, logging_level=logging_level)
+            while True:
+                if self.status == self.Status.STOPPED:
+                    if self.all_workers_have_stopped():
+                        break
+                else:
+                    self.check_workers(respawn=not burst)
+                    if burst and self.number_of_active_workers == 0:
+                        break
+                self._maintain()
+                self._wake.wait(0.5)
+                self._wake.clear()
+            self._tick()
+        except BaseException as exc:
+            self._abandon_workers()
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                raise
+            log.critical("the pool failed; its workers were stopped", exc_info=True)
+            raise PoolFailed(f"the consumer's pool failed ({type(exc).__name__}: {exc}); its workers were stopped, "
+                             "their jobs go back to their queues") from None
+
+    def _abandon_workers(self) -> None:
+        """Stop every worker at once (each hands its job back), wait ABANDON_GRACE seconds for them,
+        then kill what is left: a pool that ends never leaves its workers running, nor hangs in
+        multiprocessing's join at exit."""
+        self.status = self.Status.STOPPED
+        workers = list(self.worker_dict.values())
+        for data in workers:
+            for sig in (signal.SIGINT, signal.SIGTERM):  # the second is a stop at once
+                self.stop_worker(data, sig=sig)
+        deadline = time.monotonic() + ABANDON_GRACE
+        for data in workers:
+            data.process.join(max(0.0, deadline - time.monotonic()))
+            if data.process.is_alive():
+                log.warning("worker %s did not stop; killing it", data.name)
+                data.process.kill()
+                data.process.join(5)
 
     def _maintain(self) -> None:
         """Every SWEEP_INTERVAL, hand back the jobs of dead workers anywhere and sample the queues'
-        backlog; then the status line."""
+        backlog; then the status line. Every Redis error is an outage here: the pool carries on
+        (and keeps its workers' number) until Redis answers again."""
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
             try:
                 recovery.sweep(self._quick)
                 statistics.sample_backlog(self._quick)
-            except redis.ConnectionError:
-                pass  # the status line says Redis is down
+            except redis.RedisError as exc:
+                self._note_outage(exc)
         self._tick()
 
+    def _note_outage(self, exc: redis.RedisError) -> None:
+        if not outage.is_outage(exc):
+            log.warning("Redis error in the pool's sweep or status: %s", exc)
+        self._outage = outage.describe(exc)
+        self.redis_down_since = self.redis_down_since or time.monotonic()
+
     def _tick(self) -> None:
+        """Look at Redis (the data mark, which also tells whether it takes writes, then the pool's
+        snapshot) and show the result through ``on_tick``."""
         try:
+            try:
+                self._mark.check(self._quick)
+            except RedisLostData as exc:
+                log.error("%s; the consumer carries on with what Redis holds now", exc)
             status = self.snapshot()
-            self.redis_down_since = None
-        except (redis.ConnectionError, redis.TimeoutError):
-            self.redis_down_since = self.redis_down_since or time.monotonic()
+            self.redis_down_since, self._outage = None, ""
+        except redis.RedisError as exc:
+            self._note_outage(exc)
             status = PoolStatus(workers=[WorkerView(n, "?", *self._seen.get(n, (0, 0))) for n in self.worker_dict],
                                 stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))
-            status.redis_down_for = time.monotonic() - self.redis_down_since
+            status.redis_down_for = time.monotonic() - (self.redis_down_since or time.monotonic())
+            status.outage = self._outage
+        status.lost_data_at = self._mark.lost_at
         if self._on_tick is not None:
             self._on_tick(status)
 

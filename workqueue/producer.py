@@ -20,7 +20,7 @@ from rq import Queue, Retry
 from rq.job import Job
 
 import task_def
-from workqueue import batches, statistics
+from workqueue import batches, outage, statistics
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name
@@ -177,11 +177,18 @@ def enqueue(
                     batches.open_batch(pipe, batch_id, len(calls), queue)
                 statistics.count_enqueued(pipe, queue, Counter(chunk_names))
                 jobs += group.enqueue_many(q, chunk, pipeline=pipe)  # RQ executes the transaction here
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        if max_queued is None:
-            landed = _which_landed(connection, jobs)
-        else:
+    except redis.RedisError as exc:
+        if not outage.is_outage(exc):
+            raise
+        if max_queued is not None:
             landed = f"{len(jobs)} of {len(calls)} jobs were enqueued before it did (batch {batch_id})"
+        elif outage.refusal(exc) is not None:  # refused before EXEC: the transaction never ran
+            landed = "nothing was enqueued"
+        else:
+            landed = _which_landed(connection, jobs)
+        code = outage.refusal(exc)
+        if code is not None:
+            raise RedisUnavailable(f"Redis refused the write ({outage.REFUSALS[code]}); {landed}") from None
         raise RedisUnavailable(f"Redis went away while enqueueing ({exc}); {landed}") from None
     return Submission(batch_id, queue, jobs)
 

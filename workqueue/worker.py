@@ -7,7 +7,10 @@ Beyond RQ's own behaviour:
 - a stop at once (``kill_workers --now``, or a second signal) hands the running job back instead
   of leaving it "started";
 - a worker stopped on purpose exits with :data:`STOPPED_ON_PURPOSE`, so the pool does not replace it;
-- progress reported by a task is stored on the running job.
+- progress reported by a task is stored on the running job;
+- a Redis outage (not answering, or refusing writes: OOM, MISCONF, READONLY, LOADING) is waited out
+  with backoff, never a reason to quit; a stop signal is still honoured within seconds during one,
+  and a worker whose pool is gone (PDEATHSIG, or its parent changed) stops.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from rq.utils import now
 from rq.worker import RandomWorker, RoundRobinWorker, WorkerStatus
 
 from task_def import progress
-from workqueue import batches, execution, recovery
-from workqueue.execution import SUPERSEDED, Guard, note_superseded, refused, run_guarded
+from workqueue import batches, execution, outage, recovery
+from workqueue.connection import without_retries
+from workqueue.execution import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.horse import WAITING, Horse, serve
 from workqueue.policy import SERIALIZER, UNREADABLE, CatalogueJob
 from workqueue.settings import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
@@ -64,14 +68,34 @@ MULTI_QUEUE_POLL = 0.2
 #: How often (seconds) a busy worker asks whether ``rq suspend`` suspended it (RQ asks before every job).
 SUSPENSION_CHECK_GAP = 1.0
 
+#: Longest wait (seconds) between two tries while Redis is away or refusing writes: the worker
+#: carries on within this long of Redis taking work again.
+OUTAGE_MAX_BACKOFF = 5.0
+
 _PR_SET_PDEATHSIG = 1
 _stopped_on_purpose = False
+_pool_pid: Optional[int] = None
 
 
 def die_with_parent(sig: int) -> None:
     """Have the kernel send ``sig`` to this process when its parent dies (Linux; elsewhere a no-op)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def serve_pool(pid: int) -> None:
+    """This process is a worker of the pool process ``pid``. Should it be re-parented (the pool
+    died), Redis commands are no longer retried and the worker's loops stop it: a second mechanism
+    beside PDEATHSIG. Only this process: its horse and scheduler are not abandoned by the check."""
+    global _pool_pid
+    _pool_pid = pid
+    me = os.getpid()
+    outage.abandon_when(lambda: os.getpid() == me and os.getppid() != pid)
+
+
+def pool_gone() -> bool:
+    """Whether this worker's pool process has died (the worker was re-parented)."""
+    return _pool_pid is not None and os.getppid() != _pool_pid
 
 
 def stopped_on_purpose() -> bool:
@@ -85,6 +109,12 @@ class _Scheduler(RQScheduler):
     def _install_signal_handlers(self) -> None:
         super()._install_signal_handlers()
         die_with_parent(signal.SIGTERM)
+
+    def request_stop(self, signum: Any = None, frame: Any = None) -> None:
+        """RQ's, and Redis commands stop being retried soon (``outage.request_stop``): the loop
+        checks the stop only between commands, which an outage would otherwise stretch to minutes."""
+        outage.request_stop()
+        super().request_stop(signum, frame)
 
 
 class CatalogueWorker(Worker):
@@ -105,9 +135,25 @@ class CatalogueWorker(Worker):
         self._beaten_at = 0.0
         self._suspension_checked_at = -SUSPENSION_CHECK_GAP
         self._horse: Optional[Horse] = None
+        self._worker_pid = os.getpid()
+        self._outage_noted = ""
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        """RQ's, then the connection and scripts of a job's two requests, so the first job waits for neither."""
+        """RQ's, then the connection and scripts of a job's two requests, so the first job waits for neither.
+        A worker started while Redis refuses writes (or is away) waits to register, with backoff."""
+        backoff = 1.0
+        while True:
+            try:
+                outage.probe_writes(self.connection)
+                self._outage_over()
+                break
+            except redis.RedisError as exc:
+                if not outage.is_outage(exc):
+                    raise
+                self._note_outage(exc, backoff)
+                if outage.pause(backoff) or pool_gone():
+                    raise SystemExit(1) from None
+                backoff = min(backoff * 2, OUTAGE_MAX_BACKOFF)
         super().bootstrap(*args, **kwargs)
         execution.prepare(self.connection)
 
@@ -122,15 +168,21 @@ class CatalogueWorker(Worker):
             self.heartbeat()
             claimed = self._claim()
             if claimed is not None:
+                self._outage_over()
                 return claimed
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass  # waited out below
+        except redis.RedisError as exc:
+            if not outage.is_outage(exc):
+                raise
+            # waited out below
         if self._horse is None:  # fork it now, not when the next job is already waiting
             self._horse = Horse(self._serve_as_horse)
         self.set_state(WorkerStatus.IDLE)
         self.procline("Listening on " + ",".join(self.queue_names()))
         backoff, idle_since = 1.0, time.monotonic()
         while True:
+            if pool_gone():
+                self.log.warning("Worker %s: its pool is gone; stopping", self.name)
+                raise StopRequested()
             try:
                 self.heartbeat()
                 if self.should_run_maintenance_tasks:
@@ -138,15 +190,33 @@ class CatalogueWorker(Worker):
                 wait = timeout
                 if timeout is not None and max_idle_time is not None:
                     wait = max(1, min(timeout, math.ceil(max_idle_time - (time.monotonic() - idle_since))))
-                return self._wait_and_claim(wait)
+                claimed = self._wait_and_claim(wait)
+                self._outage_over()
+                return claimed
             except DequeueTimeout:
+                self._outage_over()
                 if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                     return None
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.log.error("Worker %s: could not connect to Redis: %s; retrying in %d seconds...",
-                               self.name, exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * self.exponential_backoff_factor, self.max_connection_wait_time)
+            except redis.RedisError as exc:
+                if not outage.is_outage(exc):
+                    raise
+                self._note_outage(exc, backoff)
+                if outage.pause(backoff):  # stopping, or abandoned by its pool
+                    raise StopRequested() from None
+                backoff = min(backoff * self.exponential_backoff_factor, OUTAGE_MAX_BACKOFF)
+
+    def _note_outage(self, exc: redis.RedisError, backoff: float) -> None:
+        """Log an outage once when it starts (or changes), not at every retry."""
+        what = outage.describe(exc)
+        if what != self._outage_noted:
+            self._outage_noted = what
+            self.log.warning("Worker %s: %s; waiting for it (retrying with backoff, now %.0f s)", self.name, what,
+                             backoff)
+
+    def _outage_over(self) -> None:
+        if self._outage_noted:
+            self.log.warning("Worker %s: Redis accepts work again", self.name)
+            self._outage_noted = ""
 
     def _claim(self, moved: Optional[bytes] = None):
         """``execution.claim`` on the worker's queues: the job, started, and its queue; or None."""
@@ -196,7 +266,12 @@ class CatalogueWorker(Worker):
         """RQ's, asked at most every SUSPENSION_CHECK_GAP seconds instead of before every job."""
         if time.monotonic() - self._suspension_checked_at < SUSPENSION_CHECK_GAP:
             return
-        super().check_for_suspension(burst)
+        try:
+            super().check_for_suspension(burst)
+        except redis.RedisError as exc:
+            if not outage.is_outage(exc):
+                raise
+            return  # the dequeue that follows meets the outage and waits it out
         self._suspension_checked_at = time.monotonic()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -254,7 +329,7 @@ class CatalogueWorker(Worker):
             try:
                 self.maintain_heartbeats(job, execution)
             except redis.RedisError as exc:  # Redis refusing writes (out of memory): the job runs on
-                if not refused(exc):
+                if not outage.is_outage(exc):
                     raise
                 self.log.warning("Worker %s: could not heartbeat (%s); the job runs on", self.name, exc)
         self._horse_pid = 0
@@ -356,9 +431,15 @@ class CatalogueWorker(Worker):
             self._horse = None
 
     def teardown(self) -> None:
-        """RQ's, and the horse goes too."""
+        """RQ's, and the horse goes too. With Redis away, the worker leaves without unregistering:
+        its registration lapses by itself (HEARTBEAT_TTL)."""
         try:
             super().teardown()
+        except redis.RedisError as exc:
+            if not outage.is_outage(exc):
+                raise
+            self.log.warning("Worker %s: %s; leaving without unregistering (its registration lapses in %d s)",
+                             self.name, outage.describe(exc), HEARTBEAT_TTL)
         finally:
             self._retire_horse()
 
@@ -447,13 +528,27 @@ class CatalogueWorker(Worker):
             worker_registration.register(self, pipe)
         super().heartbeat(min(timeout or HEARTBEAT_TTL, HEARTBEAT_TTL), pipe)
         if pipeline is None:
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:  # skipped: the dequeue that follows waits the outage out
+                if not outage.is_outage(exc):
+                    raise
+                self.log.debug("Worker %s: heartbeat skipped: %s", self.name, outage.describe(exc))
+                return
             self._beaten_at = time.monotonic()
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         """RQ's heartbeat during a long job, but the worker's registration still lapses HEARTBEAT_TTL
         after it: RQ gives a worker hash it finds gone a lifetime of a minute, so a worker killed
         then would keep its job waiting that long (our heartbeat re-registers it instead)."""
+        try:
+            self._maintain_heartbeats(job, execution)
+        except redis.RedisError as exc:  # the job runs on; its end is recorded once Redis takes it
+            if not outage.is_outage(exc):
+                raise
+            self.log.warning("Worker %s: heartbeat of job %s skipped: %s", self.name, job.id, outage.describe(exc))
+
+    def _maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         with self.connection.pipeline() as pipeline:
             self.heartbeat(HEARTBEAT_TTL, pipeline=pipeline)
             working = (now() - job.started_at).total_seconds() if job.started_at else 0.0
@@ -497,8 +592,12 @@ class CatalogueWorker(Worker):
             self.scheduler.register_death()
 
     def setup_work_horse_signals(self) -> None:
+        """RQ's, and the horse dies with its worker (PDEATHSIG SIGKILL, set in the horse itself
+        after the fork); a worker that died before that was set is noticed here."""
         super().setup_work_horse_signals()
         die_with_parent(signal.SIGKILL)
+        if os.getppid() != self._worker_pid:
+            os._exit(1)
 
     def handle_payload(self, message: dict) -> None:
         """RQ's pub/sub commands, plus ours; a shutdown marks the worker as stopped on purpose."""
@@ -515,9 +614,29 @@ class CatalogueWorker(Worker):
         os.kill(os.getpid(), signal.SIGTERM if self._cold else signal.SIGINT)
 
     def request_stop(self, signum: int, frame: Any) -> None:
+        """RQ's warm stop, honoured during a Redis outage too: from ``outage.STOP_GRACE`` seconds
+        on, Redis commands fail instead of being retried for minutes. A worker whose pool died while
+        Redis is not answering stops at once (its horse killed, its job handed back if Redis takes
+        it, else by the sweep once Redis is back): nobody is left to wait for."""
+        outage.request_stop()
+        if not self._cold and pool_gone() and not self._redis_answers():
+            self._cold = True
+            self._stop_reason = "its consumer's pool died while Redis was not answering"
         if self._cold:
             return self.request_force_stop(signum, frame)
-        return super().request_stop(signum, frame)
+        try:
+            return super().request_stop(signum, frame)
+        except redis.RedisError as exc:  # a busy worker's note of the stop: it still stops after its job
+            if not outage.is_outage(exc):
+                raise
+            self.log.warning("Worker %s: %s; stopping after the current job", self.name, outage.describe(exc))
+
+    def _redis_answers(self) -> bool:
+        """A quick look (a second at most, no retries): does Redis answer now?"""
+        try:
+            return bool(without_retries(self.connection, socket_timeout=1.0).ping())
+        except redis.RedisError:
+            return False
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
         """Cold shutdown, however soon after the first signal; the running job is handed back.
@@ -528,14 +647,26 @@ class CatalogueWorker(Worker):
         """
         self.log.warning("Worker %s: cold shut down", self.name)
         # The job it claimed, whether or not its horse has it yet: the claim marks it started first.
-        job = self.get_current_job() if self.executions else None
+        outage.request_stop()
+        try:
+            job = self.get_current_job() if self.executions else None
+        except redis.RedisError as exc:
+            if not outage.is_outage(exc):
+                raise
+            job = None  # left started: the sweep hands it back once Redis answers
         if self.horse_pid:
             self.kill_horse(signal.SIGKILL)
             self.wait_for_horse()
             self._horse_pid = 0
         if job is not None:
             reason = self._stop_reason if self._cold else "the consumer was stopped at once"
-            recovery.hand_back(self.connection, job, reason, self.name)
+            try:
+                recovery.hand_back(self.connection, job, reason, self.name)
+            except redis.RedisError as exc:
+                if not outage.is_outage(exc):
+                    raise
+                self.log.warning("Worker %s: %s, so job %s stays started; the sweep hands it back once Redis "
+                                 "answers", self.name, outage.describe(exc), job.id)
         raise SystemExit()
 
 

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any, NoReturn, Optional
 
 import click
+import redis
 from werkzeug.serving import run_simple
 
 import task_def
-from workqueue import logs
+from workqueue import logs, outage
 from workqueue.errors import BadInput, WorkqueueError
 from workqueue.policy import check_queue_name
 
@@ -53,6 +54,8 @@ def run(command: click.Command, args: Optional[list[str]] = None) -> NoReturn:
         fail(str(exc), EXIT_USAGE)
     except WorkqueueError as exc:
         fail(str(exc), exc.exit_code)
+    except redis.RedisError as exc:  # one line, never a traceback: what Redis did, and that it failed
+        fail(f"{outage.describe(exc)}; the command did not complete", EXIT_FAILED)
     except KeyboardInterrupt:
         click.echo("", err=True)
         fail("interrupted", EXIT_INTERRUPTED)

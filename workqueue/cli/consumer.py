@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Optional
 
 import click
 import redis
 
-from workqueue import logs, recovery, statistics
+from workqueue import logs, outage, recovery, statistics
 from workqueue.cli.common import (
     EXIT_OK,
     QueueList,
@@ -24,13 +25,18 @@ from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS
 
 
 def status_line(status: PoolStatus) -> str:
+    lost = ""
+    if status.lost_data_at is not None:
+        lost = (f"Redis lost its data at {time.strftime('%H:%M:%S', time.localtime(status.lost_data_at))} "
+                "(restarted without persistence?) | ")
     if status.redis_down_for is not None:
-        return (f"Redis not answering for {status.redis_down_for:.0f} s; {len(status.workers)} workers waiting "
-                "for it (they reconnect with backoff)")
+        what = status.outage or "Redis not answering"
+        return (f"{lost}{what} for {status.redis_down_for:.0f} s; {len(status.workers)} workers waiting "
+                "for it (they carry on, with backoff, when it accepts work again)")
     state = "stopping, " if status.stopping else ""
     stopped = f" ({len(status.stopped)} stopped by kill_workers)" if status.stopped else ""
     return (
-        f"{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle{stopped} | "
+        f"{lost}{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle{stopped} | "
         f"done {status.finished}, failed {status.failed}, queued {status.queued}"
     )
 
@@ -96,10 +102,9 @@ def main(workers: Optional[int], queues: tuple[str, ...], order: str, burst: boo
         click.echo()
     try:
         final = pool.snapshot()
-    except redis.RedisError:
-        click.echo("stopped (Redis is not answering, so the totals are unknown)")
-        return EXIT_OK
-    click.echo(f"stopped: done {final.finished}, failed {final.failed}, queued {final.queued}")
-    for line in statistics.format_report(statistics.collect(connection, queues)):
-        click.echo(line)
+        click.echo(f"stopped: done {final.finished}, failed {final.failed}, queued {final.queued}")
+        for line in statistics.format_report(statistics.collect(connection, queues)):
+            click.echo(line)
+    except redis.RedisError as exc:
+        click.echo(f"stopped ({outage.describe(exc)}, so the totals are unknown)")
     return EXIT_OK

@@ -10,7 +10,7 @@ from typing import Optional
 import click
 
 import task_def
-from workqueue import batches, producer, statistics
+from workqueue import batches, outage, producer, statistics
 from workqueue.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -23,8 +23,8 @@ from workqueue.cli.common import (
 from workqueue.cli.remote import produce_via
 from workqueue.cli.report import echo_summary, echo_task_end
 from workqueue.connection import connect
-from workqueue.errors import RedisUnavailable
-from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, TOKEN_ENV
+from workqueue.errors import RedisLostData, RedisUnavailable
+from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, RESULT_TTL, TOKEN_ENV
 
 
 def list_tasks() -> None:
@@ -102,7 +102,7 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
             for line in statistics.format_report(statistics.collect(connection, [queue] if queue else None)):
                 click.echo(line)
             return EXIT_OK
-        return follow_batch(connection, batch_id, quiet=quiet)
+        return follow_batch(connection, batch_id, quiet=quiet, mark=outage.DataMark(connection))
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
@@ -122,6 +122,7 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
         connection, target = connect(redis_url)
     except RedisUnavailable as exc:
         raise RedisUnavailable(f"{exc}; nothing was enqueued") from None
+    mark = outage.DataMark(connection)  # before enqueueing: Redis losing the batch later is then told apart
     started = time.monotonic()
     waited = []
 
@@ -140,16 +141,27 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
         click.echo(f"  … and {len(jobs) - 10} more")
     if not wait:
         return EXIT_OK
-    return follow_batch(connection, submission.batch_id, quiet=quiet, started=started)
+    return follow_batch(connection, submission.batch_id, quiet=quiet, started=started, mark=mark)
 
 
-def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: Optional[float] = None) -> int:
-    """A line per task's end above a progress bar, then the batch's summary; exit 1 if any failed."""
+def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: Optional[float] = None,
+                 mark: Optional[outage.DataMark] = None) -> int:
+    """A line per task's end above a progress bar, then the batch's summary; exit 1 if any failed.
+    A Redis outage meanwhile is waited out (a line says so); Redis losing its data ends it, saying so."""
     try:
         total = batches.summary(connection, batch_id).total
     except KeyError:
+        if mark is not None and mark.since is not None and time.time() - mark.since < RESULT_TTL:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mark.since))
+            fail(f"no such batch: {batch_id}; this Redis holds workqueue data only since {since} (first used "
+                 "then, or it lost its data: restarted without persistence?)")
         fail(f"no such batch: {batch_id} (batches are kept for a day)")
     live = sys.stdout.isatty()
+
+    def on_outage(what: Optional[str]) -> None:
+        if live:
+            click.echo()
+        click.echo(f"{what}; waiting for it..." if what else f"Redis answers again; following batch {batch_id}")
     with click.progressbar(length=total, label=f"batch {batch_id}", show_pos=True) as bar:
 
         def on_task(end: batches.TaskEnd) -> None:
@@ -158,7 +170,12 @@ def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: Opt
             if not end.redelivery:
                 bar.update(1)
 
-        result = batches.wait(connection, batch_id, on_task=on_task)
+        try:
+            result = batches.wait(connection, batch_id, on_task=on_task, on_outage=on_outage, mark=mark)
+        except RedisLostData as exc:
+            raise RedisLostData(f"{exc}: batch {batch_id} and its jobs are gone") from None
+        except KeyError:
+            raise RedisUnavailable(f"batch {batch_id} is gone from Redis before its end (expired or deleted)") from None
     elapsed = time.monotonic() - started if started is not None else result.elapsed or 0.0
     echo_summary(batch_id, result.finished, result.failed, result.total, elapsed, result.failures)
     return EXIT_FAILED if result.failed else EXIT_OK

@@ -13,9 +13,9 @@ from werkzeug.exceptions import HTTPException
 from rq_dashboard import web as rq_dashboard_web
 from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 
-from workqueue import metrics, webguard
+from workqueue import metrics, outage, webguard
 from workqueue.dashboard import rq_views, security, views
-from workqueue.errors import UnreadableJob
+from workqueue.errors import RedisLostData, UnreadableJob
 from workqueue.policy import SERIALIZER
 
 #: How often the pages poll for fresh data (milliseconds).
@@ -74,6 +74,20 @@ def create_app(redis_url: str, *, credentials: Optional[security.Credentials] = 
         if error.code == 405:
             response.headers["Allow"] = error.get_response().headers.get("Allow", "")
         return response
+
+    # A Redis outage is a 503 that says what it is, not a 500; Redis back without its data is said
+    # once (503), not shown as empty queues.
+    mark = outage.DataMark(app.extensions["workqueue.redis"])
+
+    @app.before_request
+    def same_data() -> None:
+        mark.check(app.extensions["workqueue.redis"], probe_writes=False)
+
+    @app.errorhandler(redis.RedisError)
+    @app.errorhandler(RedisLostData)
+    def redis_outage(error: Exception) -> Response:
+        what = str(error) if isinstance(error, RedisLostData) else outage.describe(error)
+        return security.refusal(503, f"{what}; the dashboard shows it again once Redis answers")
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

@@ -17,8 +17,8 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import task_def
-from workqueue import batches, control, jobinfo, network, producer, statistics, webguard
-from workqueue.errors import BadInput, UnreadableJob
+from workqueue import batches, control, jobinfo, network, outage, producer, statistics, webguard
+from workqueue.errors import BadInput, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.policy import check_queue_name
 from workqueue.settings import DEFAULT_QUEUE
@@ -102,7 +102,19 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None, helpers:
     @app.errorhandler(redis.RedisError)
     def redis_down(exc: redis.RedisError) -> Response:
         log.warning("Redis error: %s", exc)
-        return error(503, f"Redis is not answering ({type(exc).__name__}); try again")
+        return error(503, f"{outage.describe(exc)}; try again")
+
+    mark = outage.DataMark(connection)
+
+    @app.before_request
+    def same_data() -> None:
+        """Redis that came back empty is said once (503), not shown as empty queues and unknown jobs."""
+        mark.check(connection, probe_writes=False)
+
+    @app.errorhandler(RedisLostData)
+    def lost_data(exc: RedisLostData) -> Response:
+        log.error("%s", exc)
+        return error(503, str(exc))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
