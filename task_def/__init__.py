@@ -11,11 +11,13 @@ from task_def.registry import (
     by_path,
     get_task,
 )
+from workqueue.errors import PermanentError
 
 __all__ = [
     "CATALOGUE",
     "InvalidParams",
     "Param",
+    "PermanentError",
     "Task",
     "TaskDefError",
     "UnknownTask",

@@ -15,6 +15,7 @@ from rq import Queue
 from rq.job import Job
 
 from tests.test_dashboard import client_for, enqueue, token
+from workqueue import recovery
 from workqueue.policy import SERIALIZER
 
 QUEUE = "hostile"
@@ -83,7 +84,7 @@ def test_unreadable_jobs_in_every_registry_never_make_a_500(conn: redis.Redis, c
 
     page = client.get("/jobs/bad-result-finished")  # our job page: was a 500
     assert page.status_code == 200 and "the result is not JSON" in page.text
-    assert client.get("/api/jobs/bad-result-finished").json["error"].startswith("unreadable: the job's result")
+    assert client.get("/api/jobs/bad-result-finished").json["unreadable"].startswith("the result is not JSON")
     for kind in ("data", "meta"):
         response = client.get(f"/api/jobs/bad-{kind}-failed")
         assert response.status_code == 422 and "JSON" in response.json["error"]
@@ -173,3 +174,21 @@ def test_pages_have_no_inline_script(conn: redis.Redis, client: FlaskClient) -> 
         page = client.get(path, follow_redirects=True).text
         scripts = re.findall(r"<script\b[^>]*>", page)
         assert scripts and all(" src=" in s for s in scripts), (path, scripts)
+
+
+def test_a_queue_key_that_is_not_utf8_is_set_aside_and_breaks_no_page_nor_sweep(conn: redis.Redis,
+                                                                                client: FlaskClient) -> None:
+    (job,) = enqueue(conn, "primes", queue=QUEUE, n=10)
+    conn.sadd("rq:queues", b"rq:queue:\xff\xfe")  # what any foreign client can write
+    paths = ["/", "/api/live", "/metrics", "/rq/0/view/queues", "/rq/0/data/queues.json",
+             f"/rq/0/view/jobs/{QUEUE}/queued/8/asc/1", "/rq/0/view/jobs", f"/jobs/{job.id}"]
+    for path in paths:  # the first look sets the key aside; rq-dashboard's own listings work after it
+        response = client.get(path, headers=JSON)
+        assert response.status_code < 500, (path, response.status_code, response.text[:300])
+    assert conn.sismember("rq:queues", b"rq:queue:\xff\xfe") == 0
+    assert conn.sismember("workqueue:foreign-queues", b"rq:queue:\xff\xfe") == 1
+    assert QUEUE in [q["name"] for q in client.get("/rq/0/data/queues.json").json["queues"]]
+    conn.sadd("rq:queues", b"rq:queue:\xff\xfd")
+    conn.sadd("rq:workers", b"rq:worker:\xff")
+    assert recovery.sweep(conn) == ([], [])  # no UnicodeDecodeError, nothing of ours touched
+    assert Queue(QUEUE, connection=conn).get_job_ids() == [job.id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,6 +40,11 @@ def test_metrics_expose_queues_registries_workers_counters_and_durations(conn, p
     url = f"http://127.0.0.1:{port}/metrics"
     wait_for(lambda: answers(url), 20, "the dashboard")
     m = scrape(url)
+    assert m[("workqueue_helper_thread_up", (("name", "sweeper"),))] == 1  # the sweeper, watched
+    assert m[("workqueue_helper_thread_restarts_total", (("name", "sweeper"),))] == 0
+    with urllib.request.urlopen(url.replace("/metrics", "/health"), timeout=5) as response:
+        health = json.load(response)
+    assert health["ok"] and [(h["name"], h["up"]) for h in health["helpers"]] == [("sweeper", True)]
     assert m[("workqueue_queue_jobs", (("queue", "m"),))] == 3
     assert m[("workqueue_registry_jobs", (("queue", "m"), ("registry", "finished")))] == 2
     assert m[("workqueue_registry_jobs", (("queue", "m"), ("registry", "failed")))] == 1

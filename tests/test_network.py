@@ -135,11 +135,11 @@ def test_every_redirect_hop_is_checked(local: Counting, monkeypatch: pytest.Monk
     assert scrape(local.url + "/away")["final_url"] == local.url + "/"
 
 
-def run_scrape_on_a_worker(processes: Processes, conn: redis.Redis, url: str, **env: str) -> Job:
-    """One scrape job (no retries) run by a real consumer whose environment has ``env``."""
+def run_scrape_on_a_worker(processes: Processes, conn: redis.Redis, url: str, retries: int = 0, **env: str) -> Job:
+    """One scrape job (with ``retries``) run by a real consumer whose environment has ``env``."""
     consumer = processes.start("consumer_main.py", "--workers", "1", "--queue", "queue_one", env=cli_env(**env))
     wait_for(lambda: len([w for w in workers(conn) if w.pid in child_pids(consumer)]) == 1, 20, "a worker")
-    call = producer.TaskCall.build("scrape", {"url": url, "timeout": 5}, retries=0)
+    call = producer.TaskCall.build("scrape", {"url": url, "timeout": 5}, retries=retries)
     (job,) = producer.enqueue(conn, [call], "queue_one").jobs
     wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"), 30, "the job to end")
     processes.stop_all()
@@ -149,8 +149,9 @@ def run_scrape_on_a_worker(processes: Processes, conn: redis.Redis, url: str, **
 def test_a_worker_fails_a_refused_scrape_saying_why(conn: redis.Redis, processes: Processes, local: Counting) -> None:
     allowed = run_scrape_on_a_worker(processes, conn, local.url + "/", WORKQUEUE_ALLOW_NETWORKS=None)
     assert allowed.get_status().value == "finished" and allowed.return_value()["title"] == "internal"
-    refused = run_scrape_on_a_worker(processes, conn, local.url + "/", WORKQUEUE_ALLOW_NETWORKS="10.0.0.0/8")
+    refused = run_scrape_on_a_worker(processes, conn, local.url + "/", retries=2, WORKQUEUE_ALLOW_NETWORKS="10.0.0.0/8")
     assert refused.get_status().value == "failed"
+    assert len(refused.meta["attempts"]) == 1  # not retried: the policy would refuse it again
     error = refused.latest_result().exc_string
     assert ("AddressRefused: refused: 127.0.0.1 is a loopback address (allow it with WORKQUEUE_ALLOW_NETWORKS)"
             in error), error

@@ -9,8 +9,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Optional
 
 import psutil
 import pytest
@@ -18,6 +20,7 @@ import redis
 
 from tests import fault_tasks
 from tests.conftest import ROOT, RedisServer, cli_env, run_cli, wait_for
+import workqueue
 from workqueue import outage, producer
 
 FAULTS = {task.name: task for task in fault_tasks.TASKS}
@@ -323,3 +326,24 @@ def test_dashboard_answers_503_during_an_outage(server) -> None:
     server.process.wait(10)
     answer = client.get("/metrics")
     assert answer.status_code == 503 and "Redis not answering" in answer.get_json()["error"]
+
+
+def test_the_python_apis_wait_rides_out_an_outage(processes) -> None:
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always")
+    try:
+        server.wait_ready()
+        batch = workqueue.enqueue("sleep", {"seconds": 0.1}, count=3, queue="api-outage", redis_url=server.url)
+        said: list[Optional[str]] = []
+        ended: list[object] = []
+        waiter = threading.Thread(target=lambda: ended.append(batch.wait(on_outage=said.append, timeout=90)))
+        waiter.start()
+        server.restart(signal.SIGKILL, down_for=4)  # its append-only log brings every job back
+        processes.start("consumer_main.py", "--workers", "1", "--queue", "api-outage", env=env_for(server))
+        waiter.join(120)
+        assert not waiter.is_alive() and ended, "wait() did not return"
+        (summary,) = ended
+        assert (summary.finished, summary.failed) == (3, 0)
+        assert said and said[0].startswith("Redis not answering") and said[-1] is None
+    finally:
+        processes.stop_all()
+        server.stop()

@@ -9,15 +9,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import redis
 
-from workqueue import batches, producer, statistics
+from workqueue import batches, outage, producer, statistics
 from workqueue.connection import connect
 from workqueue.settings import DEFAULT_QUEUE
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,16 +31,23 @@ class Batch:
     queue: str
     job_ids: list[str]
     connection: redis.Redis
+    #: The data mark seen before enqueueing: a Redis that restarted empty is told from a lost batch.
+    mark: Optional[outage.DataMark] = field(default=None, repr=False)
 
     def wait(self, *, on_task: Optional[Callable[[batches.TaskEnd], Any]] = None,
              on_done: Optional[Callable[[batches.BatchSummary], Any]] = None,
-             timeout: Optional[float] = None) -> batches.BatchSummary:
+             timeout: Optional[float] = None,
+             on_outage: Optional[Callable[[Optional[str]], Any]] = None) -> batches.BatchSummary:
         """Block until every task has ended (TimeoutError after ``timeout`` seconds).
 
         ``on_task`` is called with each task's end (job id, task, outcome, result or error,
-        duration) as it happens, ``on_done`` once with the batch's summary.
+        duration) as it happens, ``on_done`` once with the batch's summary. A Redis outage is
+        waited out as the workers do: ``on_outage(what)`` when one starts, ``on_outage(None)``
+        when Redis answers again (by default, a logged warning); a Redis that lost its data
+        raises ``RedisLostData``.
         """
-        return batches.wait(self.connection, self.id, on_task=on_task, on_done=on_done, timeout=timeout)
+        return batches.wait(self.connection, self.id, on_task=on_task, on_done=on_done, timeout=timeout,
+                            on_outage=on_outage or _log_outage, mark=self.mark)
 
     def summary(self) -> batches.BatchSummary:
         return batches.summary(self.connection, self.id)
@@ -65,5 +75,13 @@ def stats(queue: Optional[str] = None, *, redis_url: Optional[str] = None) -> li
 
 def _submit(calls: list[producer.TaskCall], queue: str, max_queued: Optional[int], redis_url: Optional[str]) -> Batch:
     connection, _ = connect(redis_url)
+    mark = outage.DataMark(connection)
     submission = producer.enqueue(connection, calls, queue, max_queued=max_queued)
-    return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection)
+    return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark)
+
+
+def _log_outage(what: Optional[str]) -> None:
+    if what is None:
+        log.info("Redis answers again; still waiting for the batch")
+    else:
+        log.warning("%s; waiting for it", what)

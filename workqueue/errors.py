@@ -11,6 +11,12 @@ class WorkqueueError(Exception):
     exit_code = 1
 
 
+class PermanentError(Exception):
+    """An error that retrying cannot fix (an address the network policy refuses, say): a task
+    raising one fails at once, whatever retries it has left. Tasks raise it as
+    ``task_def.PermanentError``."""
+
+
 class BadInput(WorkqueueError):
     """Raised when what the user asked for is invalid (task, parameter, queue name, count, size);
     ``field`` names what is at fault where one thing is (``queue``, ``params.seconds``), for APIs."""

@@ -4,7 +4,8 @@ histograms per task (kept by the workers, see ``statistics``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -86,8 +87,28 @@ class RedisCollector:
         return histogram
 
 
-def render(connection: redis.Redis) -> bytes:
-    """The exposition text for ``connection``'s Redis."""
+class HelperCollector:
+    """Whether each of a server's helper threads runs, and how often it was restarted: a thread
+    that keeps dying shows here, not only in the log (see ``workqueue.supervision``)."""
+
+    def __init__(self, threads: Sequence[Mapping[str, Any]]) -> None:
+        self.threads = threads
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("workqueue_helper_thread_up", "1 if the helper thread runs.", labels=["name"])
+        restarts = CounterMetricFamily("workqueue_helper_thread_restarts", "Restarts of a helper thread that died.",
+                                       labels=["name"])
+        for thread in self.threads:
+            up.add_metric([thread["name"]], 1 if thread["up"] else 0)
+            restarts.add_metric([thread["name"]], thread["restarts"])
+        yield up
+        yield restarts
+
+
+def render(connection: redis.Redis, threads: Sequence[Mapping[str, Any]] = ()) -> bytes:
+    """The exposition text for ``connection``'s Redis, and for the server's helper ``threads``
+    (``Supervisor.status()``)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(connection))
+    registry.register(HelperCollector(threads))
     return generate_latest(registry)

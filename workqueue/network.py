@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 import httpcore
 import httpx
 
-from workqueue.errors import BadInput, WorkqueueError
+from workqueue.errors import BadInput, PermanentError, WorkqueueError
 
 ALLOW_ENV = "WORKQUEUE_ALLOW_NETWORKS"
 DEFAULT_ALLOW = "127.0.0.0/8,::1/128"
@@ -42,8 +42,9 @@ _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class AddressRefused(WorkqueueError):
-    """Raised when a URL's host is (or resolves to) an address the network policy refuses."""
+class AddressRefused(WorkqueueError, PermanentError):
+    """Raised when a URL's host is (or resolves to) an address the network policy refuses (never
+    retried: the policy will refuse it again)."""
 
 
 def _destination(address: Address) -> Address:

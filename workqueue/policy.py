@@ -113,14 +113,25 @@ class CatalogueJob(Job):
 
     @property
     def func(self) -> Callable[..., Any]:
-        task = self.task
-        for name in (self._success_callback_name, self._failure_callback_name, self._stopped_callback_name):
-            self._allowed_callback(name)
-        if self.instance is not None or self.args:
-            raise JobRefused(f"refused: a {task.name} job takes keyword parameters only")
+        """The task's function, validating its parameters; a failure retrying cannot fix (a job
+        refused, invalid parameters, a task's ``PermanentError``) uses up the job's retries, so it
+        fails at once instead of being tried again for nothing."""
+        try:
+            task = self.task
+            for name in (self._success_callback_name, self._failure_callback_name, self._stopped_callback_name):
+                self._allowed_callback(name)
+            if self.instance is not None or self.args:
+                raise JobRefused(f"refused: a {task.name} job takes keyword parameters only")
+        except JobRefused:
+            self.retries_left = 0
+            raise
 
         def run(**params: Any) -> Any:
-            result = task.func(**task.validate(params))
+            try:
+                result = task.func(**task.validate(params))
+            except (task_def.PermanentError, task_def.TaskDefError):
+                self.retries_left = 0
+                raise
             try:  # RQ would store "Unserializable return value" and call the job finished
                 SERIALIZER.dumps(result)
             except (TypeError, ValueError) as exc:

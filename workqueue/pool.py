@@ -166,6 +166,11 @@ class ConsumerPool(WorkerPool):
         elif self.status != self.Status.STOPPED and not self._burst:
             log.warning("worker %s died (exit code %s); starting a replacement", worker_data.name, code)
 
+    @property
+    def signalled(self) -> bool:
+        """Whether a stop signal (Ctrl-C, SIGTERM) ended the pool, rather than empty queues or kill scripts."""
+        return self._signals > 0
+
     def request_stop(self, signum: Optional[int] = None, frame: Any = None) -> None:
         """First signal: warm shutdown of every worker. Second: cold shutdown, at once."""
         self._signals += 1

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -190,7 +190,8 @@ def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
     Returns the names of the dead workers removed and what became of their jobs.
     """
     prefix = Worker.redis_worker_namespace_prefix
-    keys = sorted(k.decode() for k in connection.smembers(Worker.redis_workers_keys))
+    keys = sorted(k.decode(errors="replace") for k in connection.smembers(Worker.redis_workers_keys))
+    keys = [key for key in keys if "\ufffd" not in key]  # not UTF-8: no worker of ours or RQ's
     with connection.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hmget(key, "hostname", "pid", "birth", "death")
@@ -204,7 +205,8 @@ def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
     if gone_here:  # as if its registration had lapsed
         connection.delete(*gone_here)
     dead = missing + gone_here
-    queues = Queue.all(connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    queues = [Queue(name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+              for name in statistics.rq_queue_names(connection)]
     if dead:
         for queue in queues:
             clean_worker_registry(queue)
@@ -351,20 +353,18 @@ def _enqueue_due(connection: redis.Redis, queues: list[Queue]) -> None:
         finally:
             scheduler.release_locks()
 
-def start_sweeper(connection: redis.Redis, interval: float, stop: threading.Event) -> threading.Thread:
-    """Run :func:`sweep` (and sample the queues' backlog) every ``interval`` seconds in a daemon
-    thread until ``stop`` is set."""
+def sweep_loop(connection: redis.Redis, interval: float) -> Callable[[threading.Event], None]:
+    """A loop that runs :func:`sweep` (and samples the queues' backlog) every ``interval`` seconds
+    until its event is set: what a dashboard runs beside its pages, under a ``Supervisor``."""
 
-    def loop() -> None:
+    def loop(stop: threading.Event) -> None:
         while not stop.wait(interval):
             try:
                 sweep(connection)
                 statistics.sample_backlog(connection)
             except redis.RedisError as exc:
                 log.warning("sweep for dead workers failed: %s", exc)
-            except Exception:  # a sweeper thread never dies of one bad sweep
+            except Exception:  # one bad sweep never ends the loop
                 log.exception("sweep for dead workers failed; trying again in %g s", interval)
 
-    thread = threading.Thread(target=loop, name="workqueue-sweeper", daemon=True)
-    thread.start()
-    return thread
+    return loop

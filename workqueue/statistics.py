@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ SAMPLES = 1000
 
 #: Upper bounds (seconds) of the run-time histogram buckets, for ``/metrics``.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+log = logging.getLogger(__name__)
 
 PREFIX = "workqueue:stats"
 
@@ -58,10 +61,38 @@ def backlog_key(at_minute: int) -> str:
     return f"{PREFIX}:backlog:{at_minute}"
 
 
+#: Where queue keys that are not UTF-8 are moved out of RQ's set of queues (see rq_queue_names).
+FOREIGN_QUEUES_KEY = "workqueue:foreign-queues"
+
+
+def rq_queue_names(connection: redis.Redis) -> list[str]:
+    """The queues in RQ's set of queues, sorted. A key there that is not UTF-8 (only a foreign
+    client writes one; RQ's own ``Queue.all`` raises on it, and with it every page and sweep that
+    lists queues) is moved to FOREIGN_QUEUES_KEY, with a warning, and left otherwise untouched."""
+    names = []
+    prefix = Queue.redis_queue_namespace_prefix
+    for raw in connection.smembers(Queue.redis_queues_keys):
+        try:
+            key = raw.decode()
+        except UnicodeDecodeError:
+            if connection.smove(Queue.redis_queues_keys, FOREIGN_QUEUES_KEY, raw):
+                log.warning("queue key %r is not UTF-8 (a foreign client's); moved out of RQ's queue set into %s",
+                            raw, FOREIGN_QUEUES_KEY)
+            continue
+        if key.startswith(prefix):
+            names.append(key[len(prefix):])
+    return sorted(names)
+
+
 def queue_names(connection: redis.Redis) -> list[str]:
     """Every queue RQ knows of or that has statistics, sorted."""
-    known = {q.name for q in Queue.all(connection=connection, serializer=SERIALIZER)}
-    return sorted(known | {q.decode() for q in connection.smembers(f"{PREFIX}:queues")})
+    ours = set()
+    for raw in connection.smembers(f"{PREFIX}:queues"):
+        try:
+            ours.add(raw.decode())
+        except UnicodeDecodeError:
+            continue  # only a foreign client writes one; statistics are kept for our queues alone
+    return sorted(set(rq_queue_names(connection)) | ours)
 
 
 def sample_backlog(connection: redis.Redis) -> None:

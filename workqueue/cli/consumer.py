@@ -96,7 +96,7 @@ def main(workers: Optional[int], queues: tuple[str, ...], order: str, burst: boo
         pool = ConsumerPool(queues, connection, workers, on_tick=on_tick, order=order)
         pool.start(burst=burst, logging_level="INFO" if verbose else "WARNING")
         # A burst pool sweeps again before it exits: if that hands jobs back, it works on.
-        if not burst or getattr(pool, "_signals", 0) or pool.stopped or not _sweep(connection):
+        if not burst or pool.signalled or pool.stopped or not _sweep(connection):
             break
     if live:
         click.echo()

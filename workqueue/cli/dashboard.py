@@ -17,6 +17,7 @@ from workqueue.dashboard.security import (
     check_bind,
 )
 from workqueue.listening import url_host
+from workqueue.supervision import Supervisor
 from workqueue.settings import ALLOWED_HOSTS_ENV, DASHBOARD_HOST, DASHBOARD_PORT, SECURE_COOKIES_ENV, SWEEP_INTERVAL
 
 
@@ -41,10 +42,12 @@ def main(port: int, bind: str, username: Optional[str], password: Optional[str],
     guard = webguard.Guard.for_bind(bind, webguard.hosts_from_env(allowed_hosts),
                                     webguard.secure_cookies_from_env(secure_cookies))
     connection, target = connect(redis_url)
-    app = create_app(target.url, credentials=credentials, read_only=read_only, guard=guard)
+    # Dead workers' jobs go back (and the backlog is sampled) even with no consumer running.
+    helpers = Supervisor()
+    helpers.add("sweeper", recovery.sweep_loop(connection, SWEEP_INTERVAL))
+    app = create_app(target.url, credentials=credentials, read_only=read_only, guard=guard, helpers=helpers)
     host = url_host(bind)
     notes = ", read-only" * read_only + (", login required" if credentials else "")
     click.echo(f"dashboard on http://{host}:{port}/ ({target.display}{notes}); Ctrl-C stops it")
-    # Dead workers' jobs go back (and the backlog is sampled) even with no consumer running.
-    serve(app, bind, port, lambda stop: recovery.start_sweeper(connection, SWEEP_INTERVAL, stop))
+    serve(app, bind, port, helpers.start)
     return EXIT_OK

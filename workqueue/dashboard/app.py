@@ -8,7 +8,7 @@ from typing import Any, Optional
 import redis
 import rq
 import rq_dashboard
-from flask import Flask, Response, send_from_directory, url_for
+from flask import Flask, Response, jsonify, send_from_directory, url_for
 from werkzeug.exceptions import HTTPException
 from rq_dashboard import web as rq_dashboard_web
 from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
@@ -17,16 +17,19 @@ from workqueue import metrics, outage, webguard
 from workqueue.dashboard import rq_views, security, views
 from workqueue.errors import RedisLostData, UnreadableJob
 from workqueue.policy import SERIALIZER
+from workqueue.supervision import Supervisor
 
 #: How often the pages poll for fresh data (milliseconds).
 POLL_INTERVAL = 2000
 
 
 def create_app(redis_url: str, *, credentials: Optional[security.Credentials] = None,
-               read_only: bool = False, guard: Optional[webguard.Guard] = None) -> Flask:
+               read_only: bool = False, guard: Optional[webguard.Guard] = None,
+               helpers: Optional[Supervisor] = None) -> Flask:
     """The whole dashboard for ``redis_url``. Templates of ours named like rq-dashboard's
     (``rq_dashboard/base.html``, ``navbar.html``, ``queues.html``, ``jobs.html``) take precedence
-    over its own. ``guard`` defaults to a loopback bind's (see ``webguard``)."""
+    over its own. ``guard`` defaults to a loopback bind's (see ``webguard``); ``helpers`` (its
+    sweeper thread) are shown by ``/health`` and ``/metrics``."""
     app = Flask(__name__)
     app.config.update(
         RQ_DASHBOARD_REDIS_URL=redis_url,
@@ -91,6 +94,18 @@ def create_app(redis_url: str, *, credentials: Optional[security.Credentials] = 
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
-        return Response(metrics.render(app.extensions["workqueue.redis"]), mimetype=metrics.CONTENT_TYPE)
+        threads = helpers.status() if helpers is not None else []
+        return Response(metrics.render(app.extensions["workqueue.redis"], threads), mimetype=metrics.CONTENT_TYPE)
+
+    @app.get("/health")
+    def health() -> tuple[Response, int]:
+        """Whether Redis answers and every helper thread runs (503 otherwise), for probes."""
+        threads = helpers.status() if helpers is not None else []
+        try:
+            redis_up = bool(app.extensions["workqueue.redis"].ping())
+        except redis.RedisError:
+            redis_up = False
+        ok = redis_up and all(t["up"] for t in threads)
+        return jsonify({"ok": ok, "redis": redis_up, "helpers": threads}), 200 if ok else 503
 
     return app
