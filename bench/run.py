@@ -284,7 +284,7 @@ def main() -> None:
     with redis_server() as (url, conn):
         burst = consumers(url, 2, burst=True)
         ours_each = [drain(conn, url, args.drain_jobs, burst[OURS]) for _ in range(max(1, args.drains))]
-        ours = tuple(statistics.median(figures) for figures in zip(*ours_each))
+        ours = tuple(statistics.median(figures) for figures in zip(*ours_each, strict=True))
         bare = drain(conn, url, args.jobs, burst[RQ])
         rows = {"drain, 2 workers, launch to exit (jobs/s)": (ours[0], bare[0]),
                 "drain, 2 workers, first start to last end": (ours[1], bare[1]),

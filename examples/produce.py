@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import workqueue  # noqa: E402
+import workqueue
 
 
 def on_task(end):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workqueue.cli.common import run  # noqa: E402
-from workqueue.cli.kill import kill_job  # noqa: E402
+from workqueue.cli.common import run
+from workqueue.cli.kill import kill_job
 
 if __name__ == "__main__":
     run(kill_job)

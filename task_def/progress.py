@@ -7,14 +7,13 @@ installs a sink that stores it on the running job; outside a worker the call doe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional
 
 ProgressSink = Callable[[float, float, str], None]
 
-_sink: Optional[ProgressSink] = None
+_sink: ProgressSink | None = None
 
 
-def set_sink(sink: Optional[ProgressSink]) -> None:
+def set_sink(sink: ProgressSink | None) -> None:
     """Route progress reports to ``sink`` (the worker does this once, before forking)."""
     global _sink
     _sink = sink

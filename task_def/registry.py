@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 from task_def import maths, scrape, sleep
@@ -22,7 +22,7 @@ class TaskDefError(ValueError):
     """A task name or parameters that the catalogue refuses; the message says what to change, and
     ``field`` names the parameter at fault (None for the task name)."""
 
-    def __init__(self, message: str, field: Optional[str] = None) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
 
@@ -58,10 +58,10 @@ class Param:
     type: type
     default: Any
     help: str
-    min: Optional[float] = None
-    max: Optional[float] = None
+    min: float | None = None
+    max: float | None = None
     min_exclusive: bool = False
-    check: Optional[Callable[[Any], Any]] = None
+    check: Callable[[Any], Any] | None = None
     #: A regular expression every valid text value matches, for API documents (``check`` decides).
     pattern: str = r"\S"
 
@@ -132,7 +132,7 @@ class Task:
     #: first wait in seconds: the waits double each time, with jitter.
     retries: int = 3
     backoff: float = 2.0
-    timeout_for: Optional[Callable[[dict], int]] = field(default=None, compare=False)
+    timeout_for: Callable[[dict], int] | None = field(default=None, compare=False)
 
     @property
     def path(self) -> str:
@@ -255,6 +255,6 @@ def get_task(name: str) -> Task:
         raise UnknownTask(f"unknown task {name!r}; the catalogue has: {', '.join(CATALOGUE)}") from None
 
 
-def by_path(path: Optional[str]) -> Optional[Task]:
+def by_path(path: str | None) -> Task | None:
     """The task whose function lives at ``path``, or None: the worker's allow-list check."""
     return _BY_PATH.get(path or "")

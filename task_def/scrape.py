@@ -26,22 +26,21 @@ def scrape(url: str, timeout: float = 20.0, max_bytes: int = 5_000_000) -> dict:
     truncated = False
     with network.client(
         timeout=timeout, follow_redirects=True, max_redirects=10, headers={"User-Agent": USER_AGENT}
-    ) as client:
-        with client.stream("GET", url) as response:
-            report_progress(1, 3, f"HTTP {response.status_code}, reading body")
-            for chunk in response.iter_bytes():
-                if time.monotonic() - start > timeout:
-                    raise TimeoutError(f"reading {url} took longer than {timeout:g} s")
-                room = max_bytes - len(body)
-                if len(chunk) > room:
-                    body += chunk[:room]
-                    truncated = True
-                    break
-                body += chunk
-            status = response.status_code
-            final_url = str(response.url)
-            content_type = response.headers.get("content-type", "")
-            encoding = response.encoding or "utf-8"
+    ) as client, client.stream("GET", url) as response:
+        report_progress(1, 3, f"HTTP {response.status_code}, reading body")
+        for chunk in response.iter_bytes():
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"reading {url} took longer than {timeout:g} s")
+            room = max_bytes - len(body)
+            if len(chunk) > room:
+                body += chunk[:room]
+                truncated = True
+                break
+            body += chunk
+        status = response.status_code
+        final_url = str(response.url)
+        content_type = response.headers.get("content-type", "")
+        encoding = response.encoding or "utf-8"
     report_progress(2, 3, "parsing")
     title, links, words = None, 0, 0
     if "html" in content_type or not content_type:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import redis
 
@@ -32,12 +32,12 @@ class Batch:
     job_ids: list[str]
     connection: redis.Redis
     #: The data mark seen before enqueueing: a Redis that restarted empty is told from a lost batch.
-    mark: Optional[outage.DataMark] = field(default=None, repr=False)
+    mark: outage.DataMark | None = field(default=None, repr=False)
 
-    def wait(self, *, on_task: Optional[Callable[[batches.TaskEnd], Any]] = None,
-             on_done: Optional[Callable[[batches.BatchSummary], Any]] = None,
-             timeout: Optional[float] = None,
-             on_outage: Optional[Callable[[Optional[str]], Any]] = None) -> batches.BatchSummary:
+    def wait(self, *, on_task: Callable[[batches.TaskEnd], Any] | None = None,
+             on_done: Callable[[batches.BatchSummary], Any] | None = None,
+             timeout: float | None = None,
+             on_outage: Callable[[str | None], Any] | None = None) -> batches.BatchSummary:
         """Block until every task has ended (TimeoutError after ``timeout`` seconds).
 
         ``on_task`` is called with each task's end (job id, task, outcome, result or error,
@@ -53,34 +53,34 @@ class Batch:
         return batches.summary(self.connection, self.id)
 
 
-def enqueue(task: str, params: Optional[Mapping[str, Any]] = None, *, count: int = 1, queue: str = DEFAULT_QUEUE,
-            retries: Optional[int] = None, timeout: Optional[int] = None, max_queued: Optional[int] = None,
-            redis_url: Optional[str] = None) -> Batch:
+def enqueue(task: str, params: Mapping[str, Any] | None = None, *, count: int = 1, queue: str = DEFAULT_QUEUE,
+            retries: int | None = None, timeout: int | None = None, max_queued: int | None = None,
+            redis_url: str | None = None) -> Batch:
     """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not)."""
     call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout)
     return _submit([call] * count, queue, max_queued, redis_url)
 
 
 def enqueue_many(tasks: Iterable[tuple[str, Mapping[str, Any]]], *, queue: str = DEFAULT_QUEUE,
-                 max_queued: Optional[int] = None, redis_url: Optional[str] = None) -> Batch:
+                 max_queued: int | None = None, redis_url: str | None = None) -> Batch:
     """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued."""
     return _submit([producer.TaskCall.build(name, params) for name, params in tasks], queue, max_queued, redis_url)
 
 
-def stats(queue: Optional[str] = None, *, redis_url: Optional[str] = None) -> list[statistics.QueueStats]:
+def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[statistics.QueueStats]:
     """Per queue and per task: enqueued, finished, failed, running, throughput, wait and run times."""
     connection, _ = connect(redis_url)
     return statistics.collect(connection, [queue] if queue else None)
 
 
-def _submit(calls: list[producer.TaskCall], queue: str, max_queued: Optional[int], redis_url: Optional[str]) -> Batch:
+def _submit(calls: list[producer.TaskCall], queue: str, max_queued: int | None, redis_url: str | None) -> Batch:
     connection, _ = connect(redis_url)
     mark = outage.DataMark(connection)
     submission = producer.enqueue(connection, calls, queue, max_queued=max_queued)
     return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark)
 
 
-def _log_outage(what: Optional[str]) -> None:
+def _log_outage(what: str | None) -> None:
     if what is None:
         log.info("Redis answers again; still waiting for the batch")
     else:

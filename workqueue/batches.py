@@ -17,8 +17,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from rq.callbacks import Callback
@@ -125,7 +125,7 @@ def job_ended(connection: redis.Redis, job: Job, outcome: str, detail: Any = Non
 
 
 def record_end(pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any = None,
-               task: Optional[str] = None) -> None:
+               task: str | None = None) -> None:
     """Queue on ``pipe`` the commands that count the end of ``job`` in its batch and the statistics,
     so a worker can record them in the same transaction as the job's own end. ``task``: its name,
     for a job whose data cannot be read."""
@@ -141,7 +141,7 @@ def record_end(pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any 
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # -- on the producer ----------------------------------------------------------------------------
@@ -166,7 +166,7 @@ class BatchSummary:
     finished: int
     failed: int
     #: Seconds from the batch's creation to its last task's end, both read from Redis's clock.
-    elapsed: Optional[float]
+    elapsed: float | None
     done: bool
     queue: str = ""
     failures: list[TaskEnd] = field(default_factory=list)
@@ -184,7 +184,7 @@ def summary(connection: redis.Redis, batch_id: str) -> BatchSummary:
     )  # fmt: skip
 
 
-def job_statuses(connection: redis.Redis, batch_id: str) -> list[tuple[str, Optional[str]]]:
+def job_statuses(connection: redis.Redis, batch_id: str) -> list[tuple[str, str | None]]:
     """Each of the batch's job ids with its status (None once the job has expired), in one round
     trip. The group's ids are read directly: RQ's Group.get_jobs fetches with the pickle serializer."""
     ids = sorted(i.decode() for i in connection.smembers(group(connection, batch_id).key))
@@ -192,12 +192,12 @@ def job_statuses(connection: redis.Redis, batch_id: str) -> list[tuple[str, Opti
         for job_id in ids:
             pipe.hget(Job.key_for(job_id), "status")
         statuses = pipe.execute()
-    return [(job_id, status.decode() if status else None) for job_id, status in zip(ids, statuses)]
+    return [(job_id, status.decode() if status else None) for job_id, status in zip(ids, statuses, strict=True)]
 
 
-def follow(connection: redis.Redis, batch_id: str, *, timeout: Optional[float] = None, block_ms: int = 500,
-           on_outage: Optional[Callable[[Optional[str]], Any]] = None,
-           mark: Optional[outage.DataMark] = None) -> Iterator[TaskEnd]:
+def follow(connection: redis.Redis, batch_id: str, *, timeout: float | None = None, block_ms: int = 500,
+           on_outage: Callable[[str | None], Any] | None = None,
+           mark: outage.DataMark | None = None) -> Iterator[TaskEnd]:
     """Yield each task's end, from the batch's start, until the batch is done (or ``timeout``).
 
     With ``on_outage``, a Redis outage is waited out: ``on_outage(what)`` when one starts (``what``
@@ -206,7 +206,7 @@ def follow(connection: redis.Redis, batch_id: str, *, timeout: Optional[float] =
     deadline = None if timeout is None else time.monotonic() + timeout
     last = "0"
     while True:
-        replies = _riding(lambda: connection.xread({events_key(batch_id): last}, count=500, block=block_ms),
+        replies = _riding(lambda last=last: connection.xread({events_key(batch_id): last}, count=500, block=block_ms),
                           connection, on_outage, mark)
         for _stream, entries in replies or []:
             for entry_id, fields in entries:
@@ -223,7 +223,7 @@ def follow(connection: redis.Redis, batch_id: str, *, timeout: Optional[float] =
                 raise TimeoutError(f"batch {batch_id} did not end within {timeout:g} s")
 
 
-def _done(connection: redis.Redis, batch_id: str, mark: Optional[outage.DataMark]) -> bool:
+def _done(connection: redis.Redis, batch_id: str, mark: outage.DataMark | None) -> bool:
     try:
         return summary(connection, batch_id).done
     except KeyError:
@@ -232,8 +232,8 @@ def _done(connection: redis.Redis, batch_id: str, mark: Optional[outage.DataMark
         raise
 
 
-def _riding(read: Callable[[], Any], connection: redis.Redis, on_outage: Optional[Callable[[Optional[str]], Any]],
-            mark: Optional[outage.DataMark]) -> Any:
+def _riding(read: Callable[[], Any], connection: redis.Redis, on_outage: Callable[[str | None], Any] | None,
+            mark: outage.DataMark | None) -> Any:
     """``read()``, waiting out an outage if ``on_outage`` is given (see :func:`follow`)."""
     backoff, down = 0.5, False
     while True:
@@ -258,10 +258,10 @@ def _riding(read: Callable[[], Any], connection: redis.Redis, on_outage: Optiona
         return result
 
 
-def wait(connection: redis.Redis, batch_id: str, *, on_task: Optional[Callable[[TaskEnd], Any]] = None,
-         on_done: Optional[Callable[[BatchSummary], Any]] = None, timeout: Optional[float] = None,
-         on_outage: Optional[Callable[[Optional[str]], Any]] = None,
-         mark: Optional[outage.DataMark] = None) -> BatchSummary:
+def wait(connection: redis.Redis, batch_id: str, *, on_task: Callable[[TaskEnd], Any] | None = None,
+         on_done: Callable[[BatchSummary], Any] | None = None, timeout: float | None = None,
+         on_outage: Callable[[str | None], Any] | None = None,
+         mark: outage.DataMark | None = None) -> BatchSummary:
     """Follow a batch to its end, calling ``on_task`` for each task's end and ``on_done`` once
     (``on_outage`` and ``mark``: see :func:`follow`)."""
     failures = []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -50,7 +49,7 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def resolve(redis_url: Optional[str] = None, settings: Optional[Settings] = None) -> Target:
+def resolve(redis_url: str | None = None, settings: Settings | None = None) -> Target:
     """The URL this command uses: the flag, else ``REDIS_URL``, else the embedded default."""
     settings = settings or Settings.from_env()
     url = redis_url or os.environ.get("REDIS_URL") or ""
@@ -62,7 +61,7 @@ def resolve(redis_url: Optional[str] = None, settings: Optional[Settings] = None
 
 
 def connect(
-    redis_url: Optional[str] = None, settings: Optional[Settings] = None, *, ride_out_outages: bool = False
+    redis_url: str | None = None, settings: Settings | None = None, *, ride_out_outages: bool = False
 ) -> tuple[redis.Redis, Target]:
     """A checked connection to the resolved Redis, starting the embedded server if it is the default.
 
@@ -107,7 +106,7 @@ def _reason(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def without_retries(conn: redis.Redis, socket_timeout: Optional[float] = None) -> redis.Redis:
+def without_retries(conn: redis.Redis, socket_timeout: float | None = None) -> redis.Redis:
     """A client for the same server whose commands fail at once: for status lines and probes.
     ``socket_timeout``: give up on a Redis that accepts connections but does not answer sooner."""
     pool = conn.connection_pool

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 
 import redis
 from rq import Queue
@@ -67,8 +67,8 @@ class Run:
 class Consumer:
     """A ``consumer_main.py`` process started for a scenario, its output kept in temporary files."""
 
-    def __init__(self, label: str, queues: list[str], workers: int, order: Optional[str],
-                 redis_url: Optional[str]) -> None:
+    def __init__(self, label: str, queues: list[str], workers: int, order: str | None,
+                 redis_url: str | None) -> None:
         self.label, self.queues, self.workers = label, queues, workers
         if not (ROOT / "consumer_main.py").is_file():
             raise WorkqueueError(f"no consumer_main.py in {ROOT}: the demos run from a checkout of workqueue")
@@ -78,7 +78,8 @@ class Consumer:
         args += ["--order", order] if order else []
         args += ["--redis-url", redis_url] if redis_url else []
         self.command = " ".join(["consumer_main.py", *args[2:]])
-        self._out: tuple[IO[str], IO[str]] = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+        # Kept open for the consumer's lifetime: read and closed by stop(), so no `with` here.
+        self._out: tuple[IO[str], IO[str]] = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))  # noqa: SIM115
         self.process = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._out[0],
                                         stderr=self._out[1], text=True, start_new_session=True)
         #: The prefix of its workers' names (``<host>.<pid>.w<n>``, see ``pool.ConsumerPool``).
@@ -146,7 +147,7 @@ class Stage:
     """One scenario's run: its connection, its consumers, what it saw and what went wrong."""
 
     connection: redis.Redis
-    redis_url: Optional[str]
+    redis_url: str | None
     say_line: Say
     started: float = field(default_factory=time.monotonic)
     consumers: list[Consumer] = field(default_factory=list)
@@ -168,7 +169,7 @@ class Stage:
     # -- consumers --------------------------------------------------------------------------------
 
     def start_consumers(self, count: int, queues: list[str], *, workers: int = 1,
-                        order: Optional[str] = None) -> list[Consumer]:
+                        order: str | None = None) -> list[Consumer]:
         """Start ``count`` consumers at once, and return when every one's workers have registered."""
         started = []
         for _ in range(count):
@@ -224,8 +225,8 @@ class Stage:
     # -- producers --------------------------------------------------------------------------------
 
     def produce(self, label: str, queue: str, task: str, params: dict, count: int, *,
-                max_queued: Optional[int] = None, on_wait: Optional[Callable[[str, int], None]] = None,
-                start: Optional[threading.Barrier] = None) -> threading.Thread:
+                max_queued: int | None = None, on_wait: Callable[[str, int], None] | None = None,
+                start: threading.Barrier | None = None) -> threading.Thread:
         """A producer thread: ``count`` jobs of ``task`` as one batch on ``queue`` through the
         producer's API (with its own connection), the batch followed from its first end."""
         batch_id = batches.new_id()
@@ -439,7 +440,7 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-def run(name: str, say: Say, redis_url: Optional[str] = None) -> str:
+def run(name: str, say: Say, redis_url: str | None = None) -> str:
     """Play scenario ``name`` on the resolved Redis, saying what happens; its one-line summary.
 
     Raises ScenarioFailed when a job failed or the scenario's promise was not kept. The consumers

@@ -21,9 +21,9 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 import redis
 from redis.backoff import NoBackoff
@@ -61,7 +61,7 @@ def server_binary() -> Path:
     return path
 
 
-def _ping(settings: Settings, secret: Optional[str]) -> bool:
+def _ping(settings: Settings, secret: str | None) -> bool:
     """True if the server on the default port answers (with ``secret``), False if nothing answers."""
     probe = redis.Redis(host=DEFAULT_HOST, port=settings.port, password=secret, socket_connect_timeout=1,
                         socket_timeout=2, retry=NO_RETRY)  # fmt: skip
@@ -172,7 +172,7 @@ def _check_password_file(path: Path, info: os.stat_result, secret: str) -> None:
         raise EmbeddedRedisError(f"{path} is empty; {fix}")
 
 
-def _new_password(path: Path) -> Optional[str]:
+def _new_password(path: Path) -> str | None:
     """Write a fresh password whole under ``path`` (0600); None if another command wrote one first."""
     secret = secrets.token_urlsafe(32)
     draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
@@ -262,7 +262,7 @@ def _tail(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def running_pid(settings: Settings) -> Optional[int]:
+def running_pid(settings: Settings) -> int | None:
     """PID of the embedded server if its pid file names a live process."""
     try:
         pid = int((settings.redis_dir / "redis.pid").read_text().strip())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 
 class WorkqueueError(Exception):
     """Root of every error workqueue raises on purpose. Exit code 1 unless a subclass says."""
@@ -23,7 +21,7 @@ class BadInput(WorkqueueError):
 
     exit_code = 2
 
-    def __init__(self, message: str, field: Optional[str] = None) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
 

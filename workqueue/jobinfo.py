@@ -6,8 +6,8 @@ result that is not JSON (pickle from a foreign client) is shown as ``None`` with
 from __future__ import annotations
 
 import zlib
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from rq.job import Job, JobStatus
@@ -21,24 +21,24 @@ REQUEUEABLE = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-def seconds_since(moment: Optional[datetime], now: datetime) -> Optional[float]:
+def seconds_since(moment: datetime | None, now: datetime) -> float | None:
     if moment is None:
         return None
     if moment.tzinfo is None:  # RQ stores naive UTC
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return round(max(0.0, (now - moment).total_seconds()), 1)
 
 
-def iso(moment: Optional[datetime]) -> Optional[str]:
+def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat(timespec="seconds")
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat(timespec="seconds")
 
 
-def job_detail(connection: redis.Redis, job_id: str) -> Optional[dict[str, Any]]:
+def job_detail(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
     """One job in full (None if there is no such job), with what may be done to it; raises
     UnreadableJob for one that is not JSON."""
     job = fetch_job(connection, job_id)
@@ -72,7 +72,7 @@ def job_detail(connection: redis.Redis, job_id: str) -> Optional[dict[str, Any]]
     }
 
 
-def _latest_result(job: Job) -> tuple[Optional[Result], Optional[str]]:
+def _latest_result(job: Job) -> tuple[Result | None, str | None]:
     """The job's latest result, or None and why it cannot be read (RQ decodes it with the job's
     serializer: a result written as pickle is not JSON, and is left alone)."""
     try:

@@ -34,7 +34,8 @@ class RedisCollector:
     def collect(self) -> Iterator[Metric]:
         names = statistics.queue_names(self.connection)
         length = GaugeMetricFamily("workqueue_queue_jobs", "Jobs waiting in the queue.", labels=["queue"])
-        registry = GaugeMetricFamily("workqueue_registry_jobs", "Jobs in each of RQ's registries.", labels=["queue", "registry"])
+        registry = GaugeMetricFamily("workqueue_registry_jobs", "Jobs in each of RQ's registries.",
+                                     labels=["queue", "registry"])
         with self.connection.pipeline(transaction=False) as pipe:
             for name in names:
                 q = Queue(name, connection=self.connection, serializer=SERIALIZER)
@@ -74,7 +75,7 @@ class RedisCollector:
             for queue, task in pairs:
                 pipe.hgetall(statistics.histogram_key(queue, task))
             replies = pipe.execute()
-        for (queue, task), data in zip(pairs, replies):
+        for (queue, task), data in zip(pairs, replies, strict=True):
             data = {k.decode(): v.decode() for k, v in data.items()}
             if not data:
                 continue

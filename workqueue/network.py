@@ -20,7 +20,7 @@ import os
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 import httpcore
 import httpx
@@ -30,8 +30,8 @@ from workqueue.errors import BadInput, PermanentError, WorkqueueError
 ALLOW_ENV = "WORKQUEUE_ALLOW_NETWORKS"
 DEFAULT_ALLOW = "127.0.0.0/8,::1/128"
 
-Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Instance-metadata services (AWS, Azure, GCP, Oracle, DigitalOcean: 169.254.169.254; AWS over
 #: IPv6; Alibaba; Oracle's other address): refused whatever the allow list says.
@@ -59,7 +59,7 @@ def _destination(address: Address) -> Address:
     return address
 
 
-def _kind(address: Address) -> Optional[str]:
+def _kind(address: Address) -> str | None:
     """What makes ``address`` not public (None if it is)."""
     if address.is_loopback:
         return "a loopback address"
@@ -83,7 +83,7 @@ class NetworkPolicy:
     allowed: tuple[Network, ...]
 
     @classmethod
-    def parse(cls, text: str) -> "NetworkPolicy":
+    def parse(cls, text: str) -> NetworkPolicy:
         """A policy from CIDRs, comma-separated (empty: nothing beyond public addresses)."""
         allowed = []
         for item in (part.strip() for part in text.split(",")):
@@ -97,16 +97,16 @@ class NetworkPolicy:
         return cls(tuple(allowed))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "NetworkPolicy":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> NetworkPolicy:
         """The policy ``WORKQUEUE_ALLOW_NETWORKS`` sets (unset: loopback only; set empty: none)."""
         return cls.parse(environ.get(ALLOW_ENV, DEFAULT_ALLOW))
 
-    def refusal(self, address: Address) -> Optional[str]:
+    def refusal(self, address: Address) -> str | None:
         """Why ``address`` may not be connected to (None if it may): ``<address> is ...``."""
         why = self._why(address)
         return f"{why[0]} is {why[1]}" if why else None
 
-    def _why(self, address: Address) -> Optional[tuple[str, str]]:
+    def _why(self, address: Address) -> tuple[str, str] | None:
         target = _destination(address)
         shown = str(address) if target == address else f"{address} (that is, {target})"
         if any(target in n for n in METADATA):
@@ -144,7 +144,7 @@ class NetworkPolicy:
             pass
 
 
-def _literal(host: str) -> Optional[Address]:
+def _literal(host: str) -> Address | None:
     try:
         return ipaddress.ip_address(host.strip("[]").split("%")[0])
     except ValueError:
@@ -158,13 +158,13 @@ class _CheckedBackend(httpcore.SyncBackend):
     def __init__(self, policy: NetworkPolicy) -> None:
         self.policy = policy
 
-    def connect_tcp(self, host: str, port: int, timeout: Optional[float] = None, local_address: Optional[str] = None,
-                    socket_options: Optional[Iterable[Any]] = None) -> httpcore.NetworkStream:
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
         try:
             addresses = self.policy.resolve(host, port)
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        error: Optional[Exception] = None
+        error: Exception | None = None
         for address in addresses:
             try:
                 return super().connect_tcp(address, port, timeout, local_address, socket_options)
@@ -186,6 +186,6 @@ class CheckedTransport(httpx.HTTPTransport):
         self._pool._network_backend = _CheckedBackend(policy)
 
 
-def client(policy: Optional[NetworkPolicy] = None, **kwargs: Any) -> httpx.Client:
+def client(policy: NetworkPolicy | None = None, **kwargs: Any) -> httpx.Client:
     """An httpx client that connects only where ``policy`` (default: the environment's) allows."""
     return httpx.Client(transport=CheckedTransport(policy or NetworkPolicy.from_env()), **kwargs)

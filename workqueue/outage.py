@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import redis
 from redis.retry import Retry
@@ -44,12 +44,18 @@ STOP_GRACE = 3.0
 #: The key that marks a Redis as holding workqueue's data (see :class:`DataMark`).
 MARK_KEY = "workqueue:mark"
 
-_stop_requested_at: Optional[float] = None
-_abandoned: Callable[[], bool] = lambda: False
-_down_since: Optional[float] = None
+_stop_requested_at: float | None = None
 
 
-def refusal(exc: BaseException) -> Optional[str]:
+def _never() -> bool:
+    return False
+
+
+_abandoned: Callable[[], bool] = _never
+_down_since: float | None = None
+
+
+def refusal(exc: BaseException) -> str | None:
     """The code (``"OOM"``, ``"MISCONF"``...) with which Redis refused a command, or None."""
     for cls, code in _CLASSES:
         if isinstance(exc, cls):
@@ -98,7 +104,7 @@ def giving_up() -> bool:
     return stopped or _abandoned()
 
 
-def down_for() -> Optional[float]:
+def down_for() -> float | None:
     """Seconds since a command of this process last failed to reach Redis, if none succeeded since."""
     return None if _down_since is None else time.monotonic() - _down_since
 
@@ -119,7 +125,7 @@ class OutageRetry(Retry):
     handlers write to Redis, and a worker stuck retrying them would ignore its stop for minutes."""
 
     def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any],
-                        is_retryable: Optional[Callable[[Exception], bool]] = None,
+                        is_retryable: Callable[[Exception], bool] | None = None,
                         with_failure_count: bool = False) -> Any:
         global _down_since
         self._backoff.reset()
@@ -178,10 +184,10 @@ class DataMark:
         """Adopt the mark of ``connection``'s Redis, setting it if it has none (``fresh``)."""
         self.id, self.fresh = self._adopt(connection)
         #: When this process saw the data lost (``time.time()``), if it has.
-        self.lost_at: Optional[float] = None
+        self.lost_at: float | None = None
 
     @staticmethod
-    def _adopt(connection: redis.Redis) -> tuple[Optional[bytes], bool]:
+    def _adopt(connection: redis.Redis) -> tuple[bytes | None, bool]:
         mine = _new_mark()
         try:
             try:
@@ -197,7 +203,7 @@ class DataMark:
             return None, False  # adopted at the first check that Redis answers
 
     @property
-    def since(self) -> Optional[float]:
+    def since(self) -> float | None:
         """When the mark this process holds was set: how far back this Redis's data goes."""
         try:
             return float(self.id.split(b":")[1]) if self.id else None

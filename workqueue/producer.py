@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import redis
 from rq import Queue, Retry
@@ -40,12 +40,12 @@ class TaskCall:
     task: task_def.Task
     params: dict[str, Any]
     #: Per-enqueue overrides of the task's retries and timeout (seconds).
-    retries: Optional[int] = None
-    timeout: Optional[int] = None
+    retries: int | None = None
+    timeout: int | None = None
 
     @classmethod
-    def build(cls, task_name: str, params: Optional[Mapping[str, Any]] = None, *,
-              retries: Optional[int] = None, timeout: Optional[int] = None, strict: bool = False) -> "TaskCall":
+    def build(cls, task_name: str, params: Mapping[str, Any] | None = None, *,
+              retries: int | None = None, timeout: int | None = None, strict: bool = False) -> TaskCall:
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
         numbers must be JSON numbers, not text (for the HTTP API, whose schema says so)."""
         if retries is not None and not 0 <= retries <= MAX_RETRIES:
@@ -67,7 +67,7 @@ class TaskCall:
     def job_timeout(self) -> int:
         return self.timeout or self.task.job_timeout(self.params)
 
-    def retry(self) -> Optional[Retry]:
+    def retry(self) -> Retry | None:
         """RQ's Retry for this call: exponential backoff from the task's first wait, with jitter."""
         count = self.task.retries if self.retries is None else self.retries
         if count <= 0:
@@ -91,7 +91,7 @@ def parse_param_pairs(pairs: Iterable[str]) -> dict[str, str]:
     return params
 
 
-def load_calls(path: Path, *, retries: Optional[int] = None, timeout: Optional[int] = None) -> list[TaskCall]:
+def load_calls(path: Path, *, retries: int | None = None, timeout: int | None = None) -> list[TaskCall]:
     """Every line of a JSON-lines file (``{"task": ..., "params": {...}}``), validated whole."""
     try:
         lines = path.read_text().splitlines()
@@ -132,9 +132,9 @@ def enqueue(
     calls: list[TaskCall],
     queue: str = DEFAULT_QUEUE,
     *,
-    max_queued: Optional[int] = None,
-    on_wait: Optional[Callable[[int], Any]] = None,
-    batch_id: Optional[str] = None,
+    max_queued: int | None = None,
+    on_wait: Callable[[int], Any] | None = None,
+    batch_id: str | None = None,
 ) -> Submission:
     """Enqueue every call on ``queue`` as one batch.
 
@@ -194,7 +194,7 @@ def enqueue(
 
 
 def _wait_for_room(connection: redis.Redis, queue: Queue, max_queued: int,
-                   on_wait: Optional[Callable[[int], Any]], poll: float = 0.2) -> int:
+                   on_wait: Callable[[int], Any] | None, poll: float = 0.2) -> int:
     """Block until ``queue`` holds fewer than ``max_queued`` jobs; how many more it can take."""
     while True:
         queued = connection.llen(queue.key)
@@ -212,5 +212,6 @@ def _which_landed(connection: redis.Redis, jobs: list[Job]) -> str:
     try:
         landed = without_retries(connection).exists(jobs[0].key)
     except redis.RedisError:
-        return f"the {len(jobs)} jobs were sent in one transaction, so all or none were enqueued (check job {jobs[0].id})"
+        return (f"the {len(jobs)} jobs were sent in one transaction, so all or none were enqueued "
+                f"(check job {jobs[0].id})")
     return f"all {len(jobs)} jobs were enqueued" if landed else "nothing was enqueued"

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,7 +45,7 @@ class Sent:
 class GatewayClient:
     """The gateway's API, as the producer uses it (thread-safe: one client for every thread)."""
 
-    def __init__(self, base_url: str, token: Optional[str] = None, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadInput(f"--via {base_url!r}: expected the gateway's URL, e.g. http://127.0.0.1:8000")
@@ -66,8 +66,8 @@ class GatewayClient:
             raise GatewayError(f"the gateway answered {response.status_code}: {response.text[:200]}")
         return response.json()
 
-    def enqueue(self, calls: list[producer.TaskCall], queue_name: str, *, callback_url: Optional[str] = None,
-                callback_secret: Optional[str] = None) -> Sent:
+    def enqueue(self, calls: list[producer.TaskCall], queue_name: str, *, callback_url: str | None = None,
+                callback_secret: str | None = None) -> Sent:
         """One batch of up to MAX_TASKS calls (sharing their retries and timeout overrides)."""
         body: dict[str, Any] = {"tasks": [{"task": c.task.name, "params": c.params} for c in calls],
                                 "queue": queue_name}
@@ -84,7 +84,7 @@ class GatewayClient:
 
 
 def send(client: GatewayClient, calls: list[producer.TaskCall], queue_name: str, threads: int, *,
-         callback_url: Optional[str] = None, callback_secret: Optional[str] = None) -> list[Sent]:
+         callback_url: str | None = None, callback_secret: str | None = None) -> list[Sent]:
     """Every call, as batches of at most MAX_TASKS, sent from ``threads`` threads at once."""
     per_thread = -(-len(calls) // threads)
     chunks = [calls[i:i + min(per_thread, MAX_TASKS)] for i in range(0, len(calls), min(per_thread, MAX_TASKS))]
@@ -116,7 +116,7 @@ class ResultReceiver:
     """An HTTP server on this machine that the gateway POSTs results to. Only deliveries signed
     with this run's secret are taken; each arrives on :meth:`deliveries` in order."""
 
-    def __init__(self, host: str, port: int = 0, *, secret: Optional[str] = None, path: Optional[str] = None) -> None:
+    def __init__(self, host: str, port: int = 0, *, secret: str | None = None, path: str | None = None) -> None:
         """Listen on ``host:port`` (any free port by default) at a new secret path with a new secret,
         or at those given (to take over from an earlier receiver)."""
         self.secret = secret or secrets.token_urlsafe(32)
@@ -134,7 +134,7 @@ class ResultReceiver:
         host, port = self.server.server_address[:2]
         return f"http://{url_host(host)}:{port}{self.path}"
 
-    def __enter__(self) -> "ResultReceiver":
+    def __enter__(self) -> ResultReceiver:
         self._thread.start()
         return self
 
@@ -142,7 +142,7 @@ class ResultReceiver:
         self.server.shutdown()
         self.server.server_close()
 
-    def deliveries(self, timeout: float) -> Iterator[Optional[Delivery]]:
+    def deliveries(self, timeout: float) -> Iterator[Delivery | None]:
         """Each delivery as it arrives; None after ``timeout`` seconds without one."""
         while True:
             try:
@@ -178,7 +178,7 @@ class ResultReceiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 given = self.headers.get("Content-Length") or "0"
                 length = int(given) if given.isascii() and given.isdigit() else 0
                 if self.path != receiver.path or not 0 < length <= MAX_CALLBACK_BODY:
@@ -191,7 +191,7 @@ class ResultReceiver:
                 self.send_response(status)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("callback: " + format, *args)
 
         return Handler

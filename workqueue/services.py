@@ -9,7 +9,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
 
 from workqueue.errors import WorkqueueError
 
@@ -24,7 +23,7 @@ def log_path(name: str) -> Path:
     return RUN_DIR / f"{name}.log"
 
 
-def running(name: str) -> Optional[int]:
+def running(name: str) -> int | None:
     """The pid of the service if it is alive."""
     try:
         pid = int(pid_path(name).read_text())
@@ -44,7 +43,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def start(name: str, command: list[str], wait_url: Optional[str] = None, timeout: float = 20.0) -> int:
+def start(name: str, command: list[str], wait_url: str | None = None, timeout: float = 20.0) -> int:
     """Start ``command`` in its own session unless it runs already; its pid."""
     pid = running(name)
     if pid is None:

@@ -54,7 +54,7 @@ class Settings:
     port: int = DEFAULT_PORT
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         home = Path(os.environ.get("WORKQUEUE_HOME") or Path(xdg) / "workqueue")
         port = int(os.environ.get("WORKQUEUE_REDIS_PORT") or DEFAULT_PORT)

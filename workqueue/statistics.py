@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import redis
 from rq import Queue
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 PREFIX = "workqueue:stats"
 
 
-def minute(now: Optional[float] = None) -> int:
+def minute(now: float | None = None) -> int:
     return int((now if now is not None else time.time()) // 60)
 
 
@@ -106,7 +106,7 @@ def sample_backlog(connection: redis.Redis) -> None:
         lengths = pipe.execute()
     key = backlog_key(minute())
     with connection.pipeline(transaction=False) as pipe:
-        pipe.hset(key, mapping=dict(zip(names, lengths)))
+        pipe.hset(key, mapping=dict(zip(names, lengths, strict=True)))
         pipe.expire(key, RETENTION)
         pipe.execute()
 
@@ -145,8 +145,8 @@ return 1
 """
 
 
-def record_end(pipe: redis.client.Pipeline, queue: str, task: str, outcome: str, run: Optional[float],
-               wait: Optional[float]) -> None:
+def record_end(pipe: redis.client.Pipeline, queue: str, task: str, outcome: str, run: float | None,
+               wait: float | None) -> None:
     """Count a job's end (``finished`` or ``failed``) and keep its run and wait times."""
     keys = (bucket_key(queue, minute()), totals_key(queue), histogram_key(queue, task),
             samples_key(queue, task, "run"), samples_key(queue, task, "wait"))
@@ -155,11 +155,11 @@ def record_end(pipe: redis.client.Pipeline, queue: str, task: str, outcome: str,
               "" if run is None else round(run, 6), "" if wait is None else round(wait, 4))
 
 
-def percentile(values: list[float], p: float) -> Optional[float]:
+def percentile(values: list[float], p: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 @dataclass
@@ -197,7 +197,7 @@ class QueueStats:
     tasks: dict[str, TaskStats]
 
 
-def collect(connection: redis.Redis, queues: Optional[Iterable[str]] = None, window: int = RETENTION) -> list[QueueStats]:
+def collect(connection: redis.Redis, queues: Iterable[str] | None = None, window: int = RETENTION) -> list[QueueStats]:
     """Per queue and per task, over the retention window (the last minute for throughput)."""
     names = sorted(queues) if queues else sorted(q.decode() for q in connection.smembers(f"{PREFIX}:queues"))
     now = minute()
@@ -212,7 +212,7 @@ def collect(connection: redis.Redis, queues: Optional[Iterable[str]] = None, win
             replies = pipe.execute()
         buckets, queued = replies[:-1], replies[-1]
         tasks: dict[str, TaskStats] = {}
-        for m, bucket in zip(minutes, buckets):
+        for m, bucket in zip(minutes, buckets, strict=True):
             for field_name, value in bucket.items():
                 task, _, kind = field_name.decode().rpartition(":")
                 stats = tasks.setdefault(task, TaskStats(name, task))
@@ -273,7 +273,7 @@ def history(connection: redis.Redis, minutes: int = 60) -> dict:
 
 def format_report(report: list[QueueStats]) -> list[str]:
     """The report as lines of a table."""
-    def ms(value: Optional[float]) -> str:
+    def ms(value: float | None) -> str:
         return "-" if value is None else (f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s")
 
     lines = []

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ class Helper:
     def __init__(self, name: str, target: Callable[[threading.Event], Any]) -> None:
         self.name = name
         self.target = target
-        self.thread: Optional[threading.Thread] = None
+        self.thread: threading.Thread | None = None
         self.restarts = 0
-        self.last_error: Optional[str] = None
+        self.last_error: str | None = None
         self.pause = FIRST_PAUSE
         self.restart_at = 0.0
 
@@ -47,7 +47,7 @@ class Helper:
                 return
             self.last_error = "returned while the server runs"
             log.error("helper thread %s returned while the server runs; restarting it", self.name)
-        except BaseException as exc:  # noqa: BLE001 - whatever ends the loop, it is reported and restarted
+        except BaseException as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("helper thread %s died (%s); restarting it", self.name, self.last_error)
         if time.monotonic() - started >= STEADY:

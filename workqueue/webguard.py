@@ -12,9 +12,8 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
@@ -96,7 +95,7 @@ class HostPolicy:
     any_address: bool = False
 
     @classmethod
-    def for_bind(cls, bind: str, extra: Iterable[str] = ()) -> "HostPolicy":
+    def for_bind(cls, bind: str, extra: Iterable[str] = ()) -> HostPolicy:
         """The bound address; loopback names for a loopback bind; for a wildcard bind also this
         machine's own names; plus ``extra`` (``--allowed-host``, ``WORKQUEUE_ALLOWED_HOSTS``)."""
         bound = host_name(bind)
@@ -138,11 +137,11 @@ class Guard:
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
-    def for_bind(cls, bind: str, extra_hosts: Iterable[str] = (), secure_cookies: bool = False) -> "Guard":
+    def for_bind(cls, bind: str, extra_hosts: Iterable[str] = (), secure_cookies: bool = False) -> Guard:
         return cls(HostPolicy.for_bind(bind, extra_hosts), secure_cookies)
 
     # Logins: the app's authentication calls these around its own check.
-    def throttled(self, refuse: Refuse) -> Optional[Response]:
+    def throttled(self, refuse: Refuse) -> Response | None:
         """A 429 (with Retry-After) if this request's client must wait after failed logins."""
         wait = self.backoff.wait(_client())
         if wait <= 0:
@@ -175,7 +174,7 @@ def install(app: Flask, guard: Guard, refuse: Refuse, *, json_only: bool = False
     if guard.secure_cookies:
         app.config["SESSION_COOKIE_SECURE"] = True
 
-    def check() -> Optional[Response]:
+    def check() -> Response | None:
         if not guard.hosts.allows(request.host):
             return refuse(400, f"this server does not answer to the host {host_name(request.host)!r}; "
                                f"start it with --allowed-host NAME (or {ALLOWED_HOSTS_ENV}) to serve that name")

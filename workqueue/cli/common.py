@@ -7,7 +7,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import click
 import redis
@@ -38,7 +38,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
-def run(command: click.Command, args: Optional[list[str]] = None) -> NoReturn:
+def run(command: click.Command, args: list[str] | None = None) -> NoReturn:
     """Run a click command; every error becomes one line on stderr and its exit code."""
     logs.setup(verbose=False)
     try:
@@ -62,14 +62,14 @@ def run(command: click.Command, args: Optional[list[str]] = None) -> NoReturn:
     sys.exit(code or EXIT_OK)
 
 
-def _bad(self: click.ParamType, exc: Exception, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> NoReturn:
+def _bad(self: click.ParamType, exc: Exception, param: click.Parameter | None, ctx: click.Context | None) -> NoReturn:
     self.fail(str(exc), param, ctx)
 
 
 class QueueName(click.ParamType):
     name = "queue"
 
-    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> str:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         try:
             return check_queue_name(value)
         except BadInput as exc:
@@ -81,7 +81,7 @@ class QueueList(click.ParamType):
 
     name = "queues"
 
-    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> list[str]:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
         if isinstance(value, list):
             return value
         names = [n for n in re.split(r"[,\s]+", str(value)) if n]
@@ -100,7 +100,7 @@ class TaskParam(click.ParamType):
         self.param = param
         self.name = param.type.__name__
 
-    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
             return self.param.parse(value)
         except task_def.InvalidParams as exc:

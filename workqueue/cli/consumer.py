@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
 
 import click
 import redis
@@ -63,8 +62,8 @@ def _sweep(connection: redis.Redis) -> bool:
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty; otherwise run until Ctrl-C/SIGTERM.")
 @click.option("--verbose", is_flag=True, help="Log every job the workers run.")
 @redis_url_option
-def main(workers: Optional[int], queues: tuple[str, ...], order: str, burst: bool, verbose: bool,
-         redis_url: Optional[str]) -> int:
+def main(workers: int | None, queues: tuple[str, ...], order: str, burst: bool, verbose: bool,
+         redis_url: str | None) -> int:
     """Run worker processes. Run bare at a terminal, it asks how many and on which queues."""
     if workers is None and not queues and can_prompt():
         workers = click.prompt(f"How many workers ({MIN_WORKERS}-{MAX_WORKERS})", default=2,

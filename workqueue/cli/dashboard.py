@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import click
 
 from workqueue import recovery, webguard
@@ -17,8 +15,8 @@ from workqueue.dashboard.security import (
     check_bind,
 )
 from workqueue.listening import url_host
-from workqueue.supervision import Supervisor
 from workqueue.settings import ALLOWED_HOSTS_ENV, DASHBOARD_HOST, DASHBOARD_PORT, SECURE_COOKIES_ENV, SWEEP_INTERVAL
+from workqueue.supervision import Supervisor
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,8 +32,8 @@ from workqueue.settings import ALLOWED_HOSTS_ENV, DASHBOARD_HOST, DASHBOARD_PORT
 @click.option("--secure-cookies", is_flag=True,
               help=f"Send cookies over HTTPS only: behind a TLS proxy (also {SECURE_COOKIES_ENV}=1).")
 @redis_url_option
-def main(port: int, bind: str, username: Optional[str], password: Optional[str], read_only: bool,
-         allowed_hosts: tuple[str, ...], secure_cookies: bool, redis_url: Optional[str]) -> int:
+def main(port: int, bind: str, username: str | None, password: str | None, read_only: bool,
+         allowed_hosts: tuple[str, ...], secure_cookies: bool, redis_url: str | None) -> int:
     """Serve the dashboard: rq-dashboard, live work, history, controls and /metrics."""
     credentials = Credentials.resolve(username, password)
     check_bind(bind, credentials)

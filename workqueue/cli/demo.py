@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import textwrap
-from typing import Optional
 
 import click
 
@@ -37,7 +36,7 @@ _HELP = "\n\n".join(
 @click.command("demo", help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("name", metavar="NAME", type=click.Choice(list(SCENARIOS)))
 @redis_url_option
-def demo(name: str, redis_url: Optional[str]) -> int:
+def demo(name: str, redis_url: str | None) -> int:
     from workqueue import demos
 
     # A SIGTERM ends the demo as a Ctrl-C does: its consumers are stopped on the way out.

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import click
 
-from workqueue import webguard
+from workqueue import network, webguard
 from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve
-from workqueue import network
 from workqueue.connection import connect
 from workqueue.gateway import create_app, delivery
 from workqueue.listening import check_bind, url_host
@@ -23,7 +20,7 @@ from workqueue.settings import ALLOWED_HOSTS_ENV, GATEWAY_HOST, GATEWAY_PORT, SE
               help=f"A host name clients use to reach it, besides the bound address (repeatable; "
                    f"also {ALLOWED_HOSTS_ENV}, comma-separated). Any other Host header is refused.")
 @redis_url_option
-def main(port: int, bind: str, token: Optional[str], allowed_hosts: tuple[str, ...], redis_url: Optional[str]) -> int:
+def main(port: int, bind: str, token: str | None, allowed_hosts: tuple[str, ...], redis_url: str | None) -> int:
     """Serve the JSON API (OpenAPI at /openapi.json) and deliver results to callback URLs."""
     if token is not None and len(token) < SECRET_MIN:
         raise click.BadParameter(f"use at least {SECRET_MIN} characters", param_hint="'--token'")

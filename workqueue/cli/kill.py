@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import click
 
@@ -23,8 +22,8 @@ _settings = {"help_option_names": ["-h", "--help"]}
 @click.option("--timeout", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
               help="Seconds to wait for the workers to leave.")
 @redis_url_option
-def kill_workers(every: bool, queue: Optional[str], name: Optional[str], now: bool, timeout: float,
-                 redis_url: Optional[str]) -> int:
+def kill_workers(every: bool, queue: str | None, name: str | None, now: bool, timeout: float,
+                 redis_url: str | None) -> int:
     """Stop workers anywhere: gracefully (each finishes its current job) or --now."""
     connection, _ = connect(redis_url)
     workers = control.select_workers(connection, every=every, queue=queue, name=name)
@@ -52,13 +51,14 @@ def kill_workers(every: bool, queue: Optional[str], name: Optional[str], now: bo
 @click.option("--timeout", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
               help="Seconds to wait for a running job to stop.")
 @redis_url_option
-def kill_job(job_ids: tuple[str, ...], batch_id: Optional[str], timeout: float, redis_url: Optional[str]) -> int:
+def kill_job(job_ids: tuple[str, ...], batch_id: str | None, timeout: float, redis_url: str | None) -> int:
     """Stop running jobs and cancel queued or scheduled ones, by id or by batch."""
     if not job_ids and not batch_id:
         raise click.UsageError("give job ids, or --batch ID")
     connection, _ = connect(redis_url)
     code = EXIT_OK
-    outcomes = [control.stop_job(connection, job_id, by="kill_job", timeout=timeout) for job_id in dict.fromkeys(job_ids)]
+    outcomes = [control.stop_job(connection, job_id, by="kill_job", timeout=timeout)
+                for job_id in dict.fromkeys(job_ids)]
     if batch_id:
         outcomes += control.stop_batch(connection, batch_id, by="kill_job", timeout=timeout)
     for outcome in outcomes:
@@ -73,7 +73,7 @@ def kill_job(job_ids: tuple[str, ...], batch_id: Optional[str], timeout: float, 
               help=f"Also wait out the registrations of workers on other hosts ({HEARTBEAT_TTL} s after their "
                    "last heartbeat), to clean those that died just now.")
 @redis_url_option
-def clean_workers(wait: bool, redis_url: Optional[str]) -> int:
+def clean_workers(wait: bool, redis_url: str | None) -> int:
     """Remove dead workers and hand back their jobs: those of this host whose process is gone, at
     once; those whose heartbeat expired (SIGKILL, lost machine), wherever they ran."""
     connection, _ = connect(redis_url)

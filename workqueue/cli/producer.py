@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import click
 
@@ -41,7 +40,9 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
     names = list(task_def.CATALOGUE)
     for number, task in enumerate(task_def.CATALOGUE.values(), 1):
         click.echo(f"  {number}. {task.name:<10} {task.description}")
-    choice = click.prompt("Task (name or number)", default=names[0], type=click.Choice(names + [str(i) for i in range(1, len(names) + 1)]), show_choices=False)
+    numbers = [str(i) for i in range(1, len(names) + 1)]
+    choice = click.prompt("Task (name or number)", default=names[0], type=click.Choice([*names, *numbers]),
+                          show_choices=False)
     task = task_def.CATALOGUE[names[int(choice) - 1]] if choice.isdigit() else task_def.CATALOGUE[choice]
     params = {}
     for p in task.params:
@@ -80,11 +81,11 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
 @click.option("--callback-port", type=click.IntRange(0, 65535), default=0,
               help="With --via --wait: the port results come back to (default: any free one).")
 @redis_url_option
-def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int], queue: Optional[str],
-         from_file: Optional[Path], retries: Optional[int], timeout: Optional[int], max_queued: Optional[int],
-         wait: bool, quiet: bool, batch_id: Optional[str], show_stats: bool, show_catalogue: bool,
-         via: Optional[str], threads: Optional[int], token: Optional[str], callback_host: Optional[str],
-         callback_port: int, redis_url: Optional[str]) -> int:
+def main(task_name: str | None, pairs: tuple[str, ...], count: int | None, queue: str | None,
+         from_file: Path | None, retries: int | None, timeout: int | None, max_queued: int | None,
+         wait: bool, quiet: bool, batch_id: str | None, show_stats: bool, show_catalogue: bool,
+         via: str | None, threads: int | None, token: str | None, callback_host: str | None,
+         callback_port: int, redis_url: str | None) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
     if show_catalogue:
         list_tasks()
@@ -144,8 +145,8 @@ def main(task_name: Optional[str], pairs: tuple[str, ...], count: Optional[int],
     return follow_batch(connection, submission.batch_id, quiet=quiet, started=started, mark=mark)
 
 
-def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: Optional[float] = None,
-                 mark: Optional[outage.DataMark] = None) -> int:
+def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: float | None = None,
+                 mark: outage.DataMark | None = None) -> int:
     """A line per task's end above a progress bar, then the batch's summary; exit 1 if any failed.
     A Redis outage meanwhile is waited out (a line says so); Redis losing its data ends it, saying so."""
     try:
@@ -158,7 +159,7 @@ def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: Opt
         fail(f"no such batch: {batch_id} (batches are kept for a day)")
     live = sys.stdout.isatty()
 
-    def on_outage(what: Optional[str]) -> None:
+    def on_outage(what: str | None) -> None:
         if live:
             click.echo()
         click.echo(f"{what}; waiting for it..." if what else f"Redis answers again; following batch {batch_id}")

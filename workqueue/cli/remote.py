@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
 
 import click
 
@@ -18,8 +17,8 @@ from workqueue.cli.report import echo_summary, echo_task_end
 QUIET_SPELL = 10.0
 
 
-def produce_via(via: str, token: Optional[str], calls: list[producer.TaskCall], queue: str, *, threads: int,
-                wait: bool, quiet: bool, callback_host: Optional[str], callback_port: int) -> int:
+def produce_via(via: str, token: str | None, calls: list[producer.TaskCall], queue: str, *, threads: int,
+                wait: bool, quiet: bool, callback_host: str | None, callback_port: int) -> int:
     client = remote.GatewayClient(via, token)
     started = time.monotonic()
     if not wait:

@@ -3,15 +3,15 @@ pages at ``/``, ``/metrics``, and the safety of ``security`` over all of it."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import redis
 import rq
 import rq_dashboard
 from flask import Flask, Response, jsonify, send_from_directory, url_for
-from werkzeug.exceptions import HTTPException
 from rq_dashboard import web as rq_dashboard_web
 from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
+from werkzeug.exceptions import HTTPException
 
 from workqueue import metrics, outage, webguard
 from workqueue.dashboard import rq_views, security, views
@@ -23,9 +23,9 @@ from workqueue.supervision import Supervisor
 POLL_INTERVAL = 2000
 
 
-def create_app(redis_url: str, *, credentials: Optional[security.Credentials] = None,
-               read_only: bool = False, guard: Optional[webguard.Guard] = None,
-               helpers: Optional[Supervisor] = None) -> Flask:
+def create_app(redis_url: str, *, credentials: security.Credentials | None = None,
+               read_only: bool = False, guard: webguard.Guard | None = None,
+               helpers: Supervisor | None = None) -> Flask:
     """The whole dashboard for ``redis_url``. Templates of ours named like rq-dashboard's
     (``rq_dashboard/base.html``, ``navbar.html``, ``queues.html``, ``jobs.html``) take precedence
     over its own. ``guard`` defaults to a loopback bind's (see ``webguard``); ``helpers`` (its

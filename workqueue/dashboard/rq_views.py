@@ -10,7 +10,7 @@ only (with the CSRF check every POST gets), and answer 404 for URLs that name no
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import redis
 from flask import Flask, Response, abort, current_app, jsonify, redirect, request, url_for
@@ -101,7 +101,7 @@ def check_arguments() -> None:
             abort(404, f"{name} must be a whole number from 1" + (f" to {high}" if high else ""))
 
 
-def _in_bounds(value: Any, high: Optional[int]) -> bool:
+def _in_bounds(value: Any, high: int | None) -> bool:
     text = str(value)
     return text.isdigit() and len(text) <= 9 and 1 <= int(text) <= (high or 10**9)
 
@@ -121,7 +121,7 @@ def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_pag
     per_page_n, page_n = int(per_page), int(page)  # checked by check_arguments
     connection = current_app.redis_conn
     queue = Queue(queue_name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
-    registry: Optional[BaseRegistry] = None
+    registry: BaseRegistry | None = None
     if registry_name == "queued":
         total = queue.count
     else:
@@ -158,7 +158,7 @@ def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_pag
     return jsonify(name=queue_name, registry_name=registry_name, jobs=jobs, pagination=pagination)
 
 
-def _job_row(connection: redis.Redis, job_id: str) -> Optional[dict[str, Any]]:
+def _job_row(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
     """A job as rq-dashboard's list shows it; one that is not JSON, as unreadable; None if gone."""
     try:
         job = fetch_job(connection, job_id)

@@ -13,7 +13,6 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Optional
 
 from flask import Flask, Response, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -46,7 +45,7 @@ class Credentials:
     password: str
 
     @classmethod
-    def resolve(cls, username: Optional[str], password: Optional[str]) -> Optional["Credentials"]:
+    def resolve(cls, username: str | None, password: str | None) -> Credentials | None:
         """Both or neither; BadInput for one without the other or an empty one."""
         if username is None and password is None:
             return None
@@ -61,7 +60,7 @@ class Credentials:
         return same_user and same_password
 
 
-def check_bind(host: str, credentials: Optional[Credentials]) -> None:
+def check_bind(host: str, credentials: Credentials | None) -> None:
     """Refuse to listen beyond loopback without credentials, or with a password the gateway would
     refuse as a token (shorter than SECRET_MIN)."""
     listening.check_bind(host, credentials is not None, "stop workers and enqueue tasks",
@@ -71,7 +70,7 @@ def check_bind(host: str, credentials: Optional[Credentials]) -> None:
                        f"to listen on {host} ({PASSWORD_ENV})")
 
 
-def install(app: Flask, credentials: Optional[Credentials], read_only: bool, guard: webguard.Guard) -> None:
+def install(app: Flask, credentials: Credentials | None, read_only: bool, guard: webguard.Guard) -> None:
     """Host and Origin checks, auth, read-only refusal and CSRF for every route of ``app``, in that
     order, and the security headers on every response."""
     app.config.update(
@@ -85,7 +84,7 @@ def install(app: Flask, credentials: Optional[Credentials], read_only: bool, gua
     webguard.install(app, guard, refusal)
 
     @app.before_request
-    def authenticate() -> Optional[Response]:
+    def authenticate() -> Response | None:
         g.user = None
         if credentials is None:
             return None
@@ -103,7 +102,7 @@ def install(app: Flask, credentials: Optional[Credentials], read_only: bool, gua
         return None
 
     @app.before_request
-    def refuse_writes_when_read_only() -> Optional[Response]:
+    def refuse_writes_when_read_only() -> Response | None:
         if read_only and request.method not in SAFE_METHODS:
             return refusal(403, "the dashboard is read-only (started with --read-only)")
         return None

@@ -4,7 +4,7 @@ the ``kill_thread/`` scripts. Every action is a POST (CSRF-checked by ``security
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -39,7 +39,7 @@ def _redis() -> redis.Redis:
     return current_app.extensions["workqueue.redis"]
 
 
-def _job_id(text: str) -> Optional[str]:
+def _job_id(text: str) -> str | None:
     text = text.strip()
     return text if 0 < len(text) <= 128 and JOB_ID_PATTERN.fullmatch(text) else None
 

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import redis
 from flask import Flask, Response, jsonify, request
@@ -40,14 +40,14 @@ class Invalid(Exception):
     """A request body the API refuses: 422 (400 if it is not even JSON) with the message and the
     field at fault."""
 
-    def __init__(self, message: str, field: Optional[str], status: int = 422) -> None:
+    def __init__(self, message: str, field: str | None, status: int = 422) -> None:
         super().__init__(message)
         self.field = field
         self.status = status
 
 
-def create_app(connection: redis.Redis, *, token: Optional[str] = None, helpers: Optional[Supervisor] = None,
-               policy: Optional[network.NetworkPolicy] = None, guard: Optional[webguard.Guard] = None) -> Flask:
+def create_app(connection: redis.Redis, *, token: str | None = None, helpers: Supervisor | None = None,
+               policy: network.NetworkPolicy | None = None, guard: webguard.Guard | None = None) -> Flask:
     """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``;
     ``GET /health`` shows ``helpers`` (the threads delivering callbacks); callback URLs must pass
     ``policy`` (default: the environment's ``WORKQUEUE_ALLOW_NETWORKS``); ``guard`` (default: a
@@ -58,7 +58,7 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None, helpers:
     app.json.sort_keys = False
     document = openapi.document()
 
-    def error(status: int, message: str, field: Optional[str] = None) -> Response:
+    def error(status: int, message: str, field: str | None = None) -> Response:
         response = jsonify({"error": message, "field": field})
         response.status_code = status
         return response
@@ -67,7 +67,7 @@ def create_app(connection: redis.Redis, *, token: Optional[str] = None, helpers:
     webguard.install(app, guard, error, json_only=True)
 
     @app.before_request
-    def authenticate() -> Optional[Response]:
+    def authenticate() -> Response | None:
         if token is None:
             return None
         throttled = guard.throttled(error)
@@ -263,7 +263,7 @@ def _callback(callback: Any, policy: network.NetworkPolicy) -> tuple[str, str]:
         raise Invalid(str(exc), exc.field) from None
 
 
-def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: Optional[int] = None) -> Optional[int]:
+def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: int | None = None) -> int | None:
     value = body.get(name, default)
     if value is None:
         return None

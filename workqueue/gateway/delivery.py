@@ -30,7 +30,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import redis
@@ -110,7 +110,7 @@ def register(connection: redis.Redis, batch_id: str, url: str, secret: str) -> N
         pipe.execute()
 
 
-def _payload(batch_id: str, entry_id: str, fields: dict[str, str], summary: Optional[batches.BatchSummary]) -> dict:
+def _payload(batch_id: str, entry_id: str, fields: dict[str, str], summary: batches.BatchSummary | None) -> dict:
     if summary is not None:
         return {"type": "batch", "batch_id": batch_id, "total": summary.total, "finished": summary.finished,
                 "failed": summary.failed, "elapsed": summary.elapsed}
@@ -128,7 +128,7 @@ class Deliverer:
     """Delivers every registered batch's results; run one in each gateway (see :meth:`run`)."""
 
     def __init__(self, connection: redis.Redis, *, timeout: float = 5.0, max_backoff: float = 60.0,
-                 policy: Optional[network.NetworkPolicy] = None) -> None:
+                 policy: network.NetworkPolicy | None = None) -> None:
         self.connection = connection
         self.max_backoff = max_backoff
         self.http = network.client(policy, timeout=timeout, follow_redirects=False)
@@ -156,7 +156,7 @@ class Deliverer:
                 sent += self._deliver(batch_id)
             except redis.RedisError:
                 raise  # an outage: the whole loop pauses
-            except Exception as exc:  # noqa: BLE001 - one batch's fault never stops the others'
+            except Exception as exc:
                 self._error(batch_id, exc)
             finally:
                 if self.connection.get(lock_key(batch_id)) == self.owner.encode():
@@ -263,7 +263,7 @@ class Deliverer:
                 pipe.execute()
 
 
-def supervised(connection: redis.Redis, policy: Optional[network.NetworkPolicy] = None) -> Supervisor:
+def supervised(connection: redis.Redis, policy: network.NetworkPolicy | None = None) -> Supervisor:
     """The gateway's helper threads (callback delivery), restarted if one dies: start them with
     ``.start(stop)``; ``.status()`` is what ``GET /health`` shows."""
     helpers = Supervisor()
