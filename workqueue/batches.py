@@ -18,7 +18,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypedDict
 
 import redis
 from rq.callbacks import Callback
@@ -26,6 +27,7 @@ from rq.group import Group
 from rq.job import Job
 
 from workqueue import outage, statistics
+from workqueue.replies import decoded, decoded_map
 from workqueue.settings import RESULT_TTL
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,15 @@ def events_key(batch_id: str) -> str:
     return f"{PREFIX}{batch_id}:events"
 
 
-def callbacks() -> dict[str, Callback]:
+class Callbacks(TypedDict):
+    """RQ's callback arguments, as ``Queue.prepare_data(**callbacks())`` takes them."""
+
+    on_success: Callback
+    on_failure: Callback
+    on_stopped: Callback
+
+
+def callbacks() -> Callbacks:
     return {"on_success": Callback(ON_SUCCESS), "on_failure": Callback(ON_FAILURE), "on_stopped": Callback(ON_STOPPED)}
 
 
@@ -174,7 +184,7 @@ class BatchSummary:
 
 def summary(connection: redis.Redis, batch_id: str) -> BatchSummary:
     """Where a batch stands; raises KeyError for an unknown (or expired) batch."""
-    data = {k.decode(): v.decode() for k, v in connection.hgetall(key(batch_id)).items()}
+    data = decoded_map(connection.hgetall(key(batch_id)))
     if not data:
         raise KeyError(batch_id)
     ended = float(data["ended_at"]) if data.get("ended_at") else None
@@ -187,7 +197,7 @@ def summary(connection: redis.Redis, batch_id: str) -> BatchSummary:
 def job_statuses(connection: redis.Redis, batch_id: str) -> list[tuple[str, str | None]]:
     """Each of the batch's job ids with its status (None once the job has expired), in one round
     trip. The group's ids are read directly: RQ's Group.get_jobs fetches with the pickle serializer."""
-    ids = sorted(i.decode() for i in connection.smembers(group(connection, batch_id).key))
+    ids = sorted(decoded(i) for i in connection.smembers(group(connection, batch_id).key))
     with connection.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hget(Job.key_for(job_id), "status")
@@ -206,8 +216,8 @@ def follow(connection: redis.Redis, batch_id: str, *, timeout: float | None = No
     deadline = None if timeout is None else time.monotonic() + timeout
     last = "0"
     while True:
-        replies = _riding(lambda last=last: connection.xread({events_key(batch_id): last}, count=500, block=block_ms),
-                          connection, on_outage, mark)
+        read = partial(connection.xread, {events_key(batch_id): last}, count=500, block=block_ms)  # this `last`
+        replies = _riding(read, connection, on_outage, mark)
         for _stream, entries in replies or []:
             for entry_id, fields in entries:
                 last = entry_id.decode()
@@ -248,7 +258,7 @@ def _riding(read: Callable[[], Any], connection: redis.Redis, on_outage: Callabl
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
             continue
-        if down:
+        if down and on_outage is not None:  # down only ever with on_outage
             on_outage(None)
             if mark is not None:
                 try:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import redis
 from rq import Queue
@@ -33,6 +33,7 @@ from workqueue import batches, producer, statistics
 from workqueue.connection import connect
 from workqueue.errors import WorkqueueError
 from workqueue.policy import SERIALIZER
+from workqueue.replies import decoded
 
 #: Where ``consumer_main.py`` lives: the repository's root, next to the package.
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +225,7 @@ class Stage:
 
     # -- producers --------------------------------------------------------------------------------
 
-    def produce(self, label: str, queue: str, task: str, params: dict, count: int, *,
+    def produce(self, label: str, queue: str, task: str, params: dict[str, Any], count: int, *,
                 max_queued: int | None = None, on_wait: Callable[[str, int], None] | None = None,
                 start: threading.Barrier | None = None) -> threading.Thread:
         """A producer thread: ``count`` jobs of ``task`` as one batch on ``queue`` through the
@@ -266,7 +267,7 @@ class Stage:
         def on_task(end: batches.TaskEnd) -> None:
             fields = self.connection.hmget(Job.key_for(end.job_id), "origin", "worker_name", "description",
                                            "started_at")
-            queue, worker, description, started_at = (v.decode() if v else "?" for v in fields)
+            queue, worker, description, started_at = (decoded(v) if v else "?" for v in fields)
             run = Run(end.job_id, label, queue, worker, self.consumer_of(worker), description, end.outcome,
                       end.duration, started_at)
             with self._lock:

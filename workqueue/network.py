@@ -126,7 +126,7 @@ class NetworkPolicy:
             found = [literal]
         else:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            found = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+            found = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
         for address in found:
             why = self._why(address)
             if why:

@@ -19,6 +19,7 @@ import redis
 from redis.retry import Retry
 
 from workqueue.errors import RedisLostData, RedisMisconfigured
+from workqueue.replies import as_bytes
 
 #: Error codes with which Redis refuses a command for a while, and what each means.
 REFUSALS = {
@@ -196,7 +197,10 @@ class DataMark:
                 if refusal(exc) is None:
                     raise
                 fresh = False  # refusing writes: read what is there
-            return (mine if fresh else connection.get(MARK_KEY)), fresh
+            if fresh:
+                return mine, True
+            held = connection.get(MARK_KEY)
+            return (None if held is None else as_bytes(held)), False
         except redis.RedisError as exc:
             if not is_outage(exc):
                 raise

@@ -132,7 +132,7 @@ class ResultReceiver:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{url_host(host)}:{port}{self.path}"
+        return f"http://{url_host(str(host))}:{port}{self.path}"
 
     def __enter__(self) -> ResultReceiver:
         self._thread.start()
@@ -178,7 +178,7 @@ class ResultReceiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+            def do_POST(self) -> None:  # http.server's name
                 given = self.headers.get("Content-Length") or "0"
                 length = int(given) if given.isascii() and given.isdigit() else 0
                 if self.path != receiver.path or not 0 < length <= MAX_CALLBACK_BODY:
@@ -191,7 +191,7 @@ class ResultReceiver:
                 self.send_response(status)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:
+            def log_message(self, format: str, *args: Any) -> None:  # http.server's name
                 log.debug("callback: " + format, *args)
 
         return Handler

@@ -15,12 +15,13 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import redis
 from rq import Queue
 from rq.job import Job
 
+from workqueue.replies import decoded
 from workqueue.policy import SERIALIZER
 
 #: How long per-minute counters are kept (seconds), and how many durations per task and queue.
@@ -73,9 +74,10 @@ def rq_queue_names(connection: redis.Redis) -> list[str]:
     prefix = Queue.redis_queue_namespace_prefix
     for raw in connection.smembers(Queue.redis_queues_keys):
         try:
-            key = raw.decode()
+            key = decoded(raw)
         except UnicodeDecodeError:
-            if connection.smove(Queue.redis_queues_keys, FOREIGN_QUEUES_KEY, raw):
+            # redis-py annotates the member as str; here it is the bytes that are not UTF-8
+            if connection.smove(Queue.redis_queues_keys, FOREIGN_QUEUES_KEY, raw):  # type: ignore[arg-type]
                 log.warning("queue key %r is not UTF-8 (a foreign client's); moved out of RQ's queue set into %s",
                             raw, FOREIGN_QUEUES_KEY)
             continue
@@ -89,7 +91,7 @@ def queue_names(connection: redis.Redis) -> list[str]:
     ours = set()
     for raw in connection.smembers(f"{PREFIX}:queues"):
         try:
-            ours.add(raw.decode())
+            ours.add(decoded(raw))
         except UnicodeDecodeError:
             continue  # only a foreign client writes one; statistics are kept for our queues alone
     return sorted(set(rq_queue_names(connection)) | ours)
@@ -199,7 +201,7 @@ class QueueStats:
 
 def collect(connection: redis.Redis, queues: Iterable[str] | None = None, window: int = RETENTION) -> list[QueueStats]:
     """Per queue and per task, over the retention window (the last minute for throughput)."""
-    names = sorted(queues) if queues else sorted(q.decode() for q in connection.smembers(f"{PREFIX}:queues"))
+    names = sorted(queues) if queues else sorted(decoded(q) for q in connection.smembers(f"{PREFIX}:queues"))
     now = minute()
     minutes = list(range(now - window // 60, now + 1))
     report = []
@@ -238,7 +240,13 @@ def collect(connection: redis.Redis, queues: Iterable[str] | None = None, window
     return report
 
 
-def history(connection: redis.Redis, minutes: int = 60) -> dict:
+class _Series(TypedDict):
+    finished: list[int]
+    failed: list[int]
+    backlog: list[int | None]
+
+
+def history(connection: redis.Redis, minutes: int = 60) -> dict[str, Any]:
     """The last ``minutes`` minutes, oldest first: jobs finished and failed per minute (all
     queues, and per queue) and each queue's sampled backlog (None where no sample was taken)."""
     names = queue_names(connection)
@@ -250,13 +258,13 @@ def history(connection: redis.Redis, minutes: int = 60) -> dict:
             for name in names:
                 pipe.hgetall(bucket_key(name, m))
         replies = iter(pipe.execute())
-    by_queue = {name: {"finished": [], "failed": [], "backlog": []} for name in names}
+    by_queue: dict[str, _Series] = {name: {"finished": [], "failed": [], "backlog": []} for name in names}
     for _ in span:
-        backlog = {k.decode(): int(v) for k, v in next(replies).items()}
+        backlog = {decoded(k): int(v) for k, v in next(replies).items()}
         for name in names:
             ended = {"finished": 0, "failed": 0}
             for field_name, value in next(replies).items():
-                kind = field_name.decode().rpartition(":")[2]
+                kind = decoded(field_name).rpartition(":")[2]
                 if kind in ended:
                     ended[kind] += int(value)
             series = by_queue[name]

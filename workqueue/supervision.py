@@ -47,7 +47,7 @@ class Helper:
                 return
             self.last_error = "returned while the server runs"
             log.error("helper thread %s returned while the server runs; restarting it", self.name)
-        except BaseException as exc:
+        except BaseException as exc:  # whatever ends the loop, it is reported and restarted
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("helper thread %s died (%s); restarting it", self.name, self.last_error)
         if time.monotonic() - started >= STEADY:

@@ -99,7 +99,7 @@ def main(task_name: str | None, pairs: tuple[str, ...], count: int | None, queue
         if described or max_queued or wait or (show_stats and batch_id):
             fail("--stats and --batch each stand alone (--stats takes --queue; --batch takes --quiet)")
         connection, _ = connect(redis_url)
-        if show_stats:
+        if show_stats or not batch_id:
             for line in statistics.format_report(statistics.collect(connection, [queue] if queue else None)):
                 click.echo(line)
             return EXIT_OK
@@ -125,7 +125,7 @@ def main(task_name: str | None, pairs: tuple[str, ...], count: int | None, queue
         raise RedisUnavailable(f"{exc}; nothing was enqueued") from None
     mark = outage.DataMark(connection)  # before enqueueing: Redis losing the batch later is then told apart
     started = time.monotonic()
-    waited = []
+    waited: list[int] = []
 
     def on_wait(queued: int) -> None:
         if not waited:

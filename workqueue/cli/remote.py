@@ -22,7 +22,8 @@ def produce_via(via: str, token: str | None, calls: list[producer.TaskCall], que
     client = remote.GatewayClient(via, token)
     started = time.monotonic()
     if not wait:
-        return _report(remote.send(client, calls, queue, threads), calls, via, quiet) or EXIT_OK
+        _report(remote.send(client, calls, queue, threads), calls, via, quiet)
+        return EXIT_OK
     host = callback_host or remote.address_towards(via)
     with remote.ResultReceiver(host, callback_port) as receiver:
         sent = remote.send(client, calls, queue, threads, callback_url=receiver.url, callback_secret=receiver.secret)

@@ -53,7 +53,7 @@ def create_app(redis_url: str, *, credentials: security.Credentials | None = Non
             "current_instance": 0,
             "poll_interval": POLL_INTERVAL,
             "rq_dashboard_version": RQ_DASHBOARD_VERSION,
-            "rq_version": rq.VERSION,
+            "rq_version": rq.__version__,
             "read_only": read_only,
             "user": credentials.username if credentials else None,
         }

@@ -14,8 +14,10 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, abort, current_app, jsonify, redirect, request, url_for
+from flask.typing import RouteCallable
 from rq import Queue
 from rq.registry import BaseRegistry
+from werkzeug.wrappers import Response as BaseResponse
 
 from workqueue import control, jobinfo
 from workqueue.dashboard import live
@@ -28,31 +30,37 @@ _REGISTRIES = ("failed", "deferred", "started", "finished", "canceled", "schedul
 MAX_PER_PAGE = 200
 
 
+def _connection() -> redis.Redis:
+    """The Redis of the instance the URL names, which rq-dashboard's ``before_request`` puts on the app."""
+    connection: redis.Redis = current_app.redis_conn  # type: ignore[attr-defined]  # set by rq-dashboard
+    return connection
+
+
 def _result(stops: list[control.JobStop]) -> Response:
     return jsonify(status="OK" if all(s.found for s in stops) else "ERROR", count=len(stops),
                    messages=[s.message for s in stops])
 
 
-def job_view(instance_number: int, job_id: str) -> Response:
+def job_view(instance_number: int, job_id: str) -> BaseResponse:
     """rq-dashboard's job page rendered job data unescaped: ours shows the same job, escaped."""
     return redirect(url_for("workqueue.job_page", job_id=job_id))
 
 
-def workers_overview(instance_number: int) -> Response:
+def workers_overview(instance_number: int) -> BaseResponse:
     """Its workers page rendered call strings unescaped and unpickled current jobs: ours has both."""
     return redirect(url_for("workqueue.live_page"))
 
 
 def list_workers(instance_number: int) -> Response:
-    return jsonify(workers=live.workers(current_app.redis_conn, live.running_jobs(current_app.redis_conn)))
+    return jsonify(workers=live.workers(_connection(), live.running_jobs(_connection())))
 
 
 def delete_job_view(job_id: str) -> Response:
-    return _result([control.delete_job(current_app.redis_conn, job_id)])
+    return _result([control.delete_job(_connection(), job_id)])
 
 
 def requeue_job_view(job_id: str) -> Response:
-    return _result([control.requeue(current_app.redis_conn, job_id, by=actor())])
+    return _result([control.requeue(_connection(), job_id, by=actor())])
 
 
 def requeue_all(queue_name: str) -> Response:
@@ -62,14 +70,14 @@ def requeue_all(queue_name: str) -> Response:
         response.status_code, response.headers["Allow"] = 405, "POST"
         return response
     try:
-        return _result(control.requeue_failed(current_app.redis_conn, queue_name, by=actor()))
+        return _result(control.requeue_failed(_connection(), queue_name, by=actor()))
     except BadInput as exc:
         return _bad(str(exc))
 
 
 def empty_queue(queue_name: str, registry_name: str) -> Response:
     """Empty a queue (cancelling its jobs) or delete a registry's jobs, fetched as JSON."""
-    connection = current_app.redis_conn
+    connection = _connection()
     try:
         if registry_name == "queued":
             return _result(control.cancel_queued(connection, queue_name, by=actor()))
@@ -108,7 +116,7 @@ def _in_bounds(value: Any, high: int | None) -> bool:
 
 def job_info(instance_number: int, job_id: str) -> Response:
     """rq-dashboard's job data, read by RQ's Job.fetch (a 500 for anything not JSON): ours."""
-    job = jobinfo.job_detail(current_app.redis_conn, job_id)  # UnreadableJob: a 422 (app.py)
+    job = jobinfo.job_detail(_connection(), job_id)  # UnreadableJob: a 422 (app.py)
     if job is None:
         abort(404, f"no such job: {job_id}")
     return jsonify(job)
@@ -119,7 +127,7 @@ def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_pag
     """One page of a queue's or registry's jobs, each read as JSON on its own: an unreadable one
     is listed as such (its description says why), never a 500 for the page."""
     per_page_n, page_n = int(per_page), int(page)  # checked by check_arguments
-    connection = current_app.redis_conn
+    connection = _connection()
     queue = Queue(queue_name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
     registry: BaseRegistry | None = None
     if registry_name == "queued":
@@ -184,7 +192,7 @@ def _bad(message: str) -> Response:
     return response
 
 
-REPLACED = {
+REPLACED: dict[str, RouteCallable] = {
     "job_view": job_view,
     "job_info": job_info,
     "list_jobs": list_jobs,

@@ -20,6 +20,7 @@ from flask import (
     url_for,
 )
 from rq.job import JOB_ID_PATTERN, Job
+from werkzeug.wrappers import Response as BaseResponse
 
 import task_def
 from workqueue import control, jobinfo, producer, statistics
@@ -36,7 +37,8 @@ MAX_MINUTES = statistics.RETENTION // 60
 
 
 def _redis() -> redis.Redis:
-    return current_app.extensions["workqueue.redis"]
+    connection: redis.Redis = current_app.extensions["workqueue.redis"]
+    return connection
 
 
 def _job_id(text: str) -> str | None:
@@ -52,7 +54,7 @@ def live_page() -> str:
 
 
 @blueprint.get("/jobs")
-def find_job() -> Response:
+def find_job() -> BaseResponse:
     """The search box: a job by id, from every page."""
     wanted = request.args.get("id", "")
     job_id = _job_id(wanted)
@@ -102,7 +104,7 @@ def job_data(job_id: str) -> Response:
 
 # Actions -----------------------------------------------------------------------------------------
 
-def _done(stops: list[control.JobStop] | list[str], ok: bool = True) -> Response:
+def _done(stops: list[control.JobStop] | list[str], ok: bool = True) -> BaseResponse:
     """Flash the outcome and go back to the page the form was on, or answer a script in JSON."""
     messages = [s if isinstance(s, str) else s.message for s in stops]
     ok = ok and all(getattr(s, "found", True) for s in stops)
@@ -124,7 +126,7 @@ def _back() -> str:
 
 
 @blueprint.post("/workers/<name>/stop")
-def stop_worker(name: str) -> Response:
+def stop_worker(name: str) -> BaseResponse:
     now = request.form.get("now") == "1"
     workers = control.select_workers(_redis(), name=name)
     (stop,) = control.request_worker_stop(_redis(), workers, now=now, by=actor())
@@ -137,27 +139,27 @@ def stop_worker(name: str) -> Response:
 
 
 @blueprint.post("/jobs/<job_id>/stop")
-def stop_job(job_id: str) -> Response:
+def stop_job(job_id: str) -> BaseResponse:
     return _done([control.stop_job(_redis(), job_id, by=actor(), timeout=5.0)])
 
 
 @blueprint.post("/jobs/<job_id>/requeue")
-def requeue_job(job_id: str) -> Response:
+def requeue_job(job_id: str) -> BaseResponse:
     return _done([control.requeue(_redis(), job_id, by=actor())])
 
 
 @blueprint.post("/queues/<name>/cancel")
-def cancel_queue(name: str) -> Response:
+def cancel_queue(name: str) -> BaseResponse:
     return _done(control.cancel_queued(_redis(), name, by=actor()))
 
 
 @blueprint.post("/queues/<name>/requeue-failed")
-def requeue_failed(name: str) -> Response:
+def requeue_failed(name: str) -> BaseResponse:
     return _done(control.requeue_failed(_redis(), name, by=actor()))
 
 
 @blueprint.errorhandler(BadInput)
-def refused_action(exc: BadInput) -> Response:
+def refused_action(exc: BadInput) -> BaseResponse:
     """An action the control functions refuse (no such worker, a bad queue name): say why."""
     return _done([str(exc)], ok=False)
 

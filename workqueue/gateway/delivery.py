@@ -37,6 +37,7 @@ import redis
 
 from workqueue import batches, network
 from workqueue.errors import BadInput
+from workqueue.replies import decoded, decoded_map
 from workqueue.settings import RESULT_TTL
 from workqueue.supervision import Supervisor
 
@@ -149,14 +150,14 @@ class Deliverer:
         """One round over the registered batches: how many deliveries succeeded."""
         sent = 0
         for raw in self.connection.smembers(PENDING):
-            batch_id = raw.decode(errors="replace")
+            batch_id = decoded(raw, errors="replace")
             if not self.connection.set(lock_key(batch_id), self.owner, nx=True, px=LOCK_MS):
                 continue  # another gateway is on it
             try:
                 sent += self._deliver(batch_id)
             except redis.RedisError:
                 raise  # an outage: the whole loop pauses
-            except Exception as exc:
+            except Exception as exc:  # one batch's fault never stops the others'
                 self._error(batch_id, exc)
             finally:
                 if self.connection.get(lock_key(batch_id)) == self.owner.encode():
@@ -164,7 +165,7 @@ class Deliverer:
         return sent
 
     def _deliver(self, batch_id: str) -> int:
-        state = {k.decode(): v.decode() for k, v in self.connection.hgetall(callback_key(batch_id)).items()}
+        state = decoded_map(self.connection.hgetall(callback_key(batch_id)))
         if not state:
             self.connection.srem(PENDING, batch_id)  # expired
             return 0
@@ -176,8 +177,10 @@ class Deliverer:
             return 0
         sent = 0
         for raw_id, raw_fields in entries:
-            entry_id = raw_id.decode()
-            fields = {k.decode(): v.decode() for k, v in raw_fields.items()}
+            if raw_id is None or raw_fields is None:
+                continue  # never from XRANGE: redis-py's type also covers XCLAIM's deleted entries
+            entry_id = decoded(raw_id)
+            fields = decoded_map(raw_fields)
             done = fields.get("batch") == "done"
             payload = _payload(batch_id, entry_id, fields, batches.summary(self.connection, batch_id) if done else None)
             if not self._send(batch_id, entry_id, payload, state):
