@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 WORKERS ?= 4
 
-.PHONY: install run stop test bench clean demo
+.PHONY: install run stop test lint bench clean demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,12 @@ $(CHROMIUM):
 
 test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM)
 	$(PY) -m pytest
+
+## lint: ruff (lint, then the format check) and mypy over workqueue/ and task_def/, as pyproject.toml configures them
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --python-executable $(PY)
 
 bench: $(STAMP)
 	$(PY) bench/run.py

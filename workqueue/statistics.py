@@ -21,8 +21,8 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from workqueue.replies import decoded
 from workqueue.policy import SERIALIZER
+from workqueue.replies import decoded
 
 #: How long per-minute counters are kept (seconds), and how many durations per task and queue.
 RETENTION = 2 * 3600
