@@ -433,9 +433,9 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         if result_ttl != 0:  # RQ's Job._handle_success, writing the fields that changed, not the whole job
             pipe.hset(job.key, mapping={"status": JobStatus.FINISHED, "started_at": utcformat(job.started_at),
                                         "ended_at": utcformat(job.ended_at)})
-            Result.create(job, Result.Type.SUCCESSFUL, result_ttl, return_value=rq_compat.job_result(job), worker_name=worker.name,
-                          pipeline=pipe, execution_id=execution.id, execution_started_at=execution.created_at,
-                          execution_ended_at=job.ended_at)
+            Result.create(job, Result.Type.SUCCESSFUL, result_ttl, return_value=rq_compat.job_result(job),
+                          worker_name=worker.name, pipeline=pipe, execution_id=execution.id,
+                          execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
             job.finished_job_registry.add(job, result_ttl, pipe)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)

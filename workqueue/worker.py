@@ -459,7 +459,8 @@ class CatalogueWorker(Worker):
         stopped = rq_compat.stopped_job_id(self) == job.id
         retry = bool(job.should_retry) and not stopped
         # In the horse, the batch's failure callback leaves the count to this step (batches.task_failed).
-        ours = rq_compat.failure_callback_name(job) == batches.ON_FAILURE and getattr(job, "count_failure_in_end", False)
+        ours = (rq_compat.failure_callback_name(job) == batches.ON_FAILURE
+                and getattr(job, "count_failure_in_end", False))
         count = (not rq_compat.is_horse(self) or ours) and not stopped and not retry
         lines = exc_string.strip().splitlines()
         retries_left = job.retries_left
