@@ -20,7 +20,9 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from workqueue import batches, recovery
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
-from workqueue.worker import SHUTDOWN_NOW
+
+#: The pub/sub command for a stop at once that hands the running job back (RQ's own: "shutdown").
+SHUTDOWN_NOW = "shutdown-now"
 
 
 def live_workers(connection: redis.Redis) -> list[Worker]:

@@ -40,7 +40,7 @@ from rq.results import Result
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from workqueue import batches, outage, statistics
+from workqueue import batches, outage, rq_compat, statistics
 
 if TYPE_CHECKING:
     from rq.worker import Worker
@@ -176,13 +176,13 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: Optional[bytes] = None
             worker.job_monitoring_interval, int(state != WorkerStatus.BUSY), _MAX_DROPPED, moved or ""]
     # Busy in memory before the job can be started in Redis: a stop signal arriving meanwhile then
     # lets the job run to its end (RQ's warm shutdown) instead of leaving it started and unrun.
-    worker._state = WorkerStatus.BUSY
+    rq_compat.set_worker_state(worker, WorkerStatus.BUSY)
     reply = None
     try:
         reply = _claim_script(keys=keys, args=args, client=_direct(connection))
     finally:
         if not reply or reply[0] == 0 or reply[3] < 0:  # nothing started
-            worker._state = state
+            rq_compat.set_worker_state(worker, state)
     if not reply:
         return _Claimed()
     if reply[0] == 0:
@@ -194,10 +194,10 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: Optional[bytes] = None
     # What RQ's prepare_execution and prepare_job_execution leave in memory.
     job.worker_name = worker.name
     job.started_at = job.last_heartbeat = started
-    job._status = JobStatus.STARTED
+    rq_compat.set_job_status(job, JobStatus.STARTED)
     execution = Execution(execution_id, job_id, connection, worker_name=worker.name)
     execution.created_at = execution.last_heartbeat = started
-    execution._job = job
+    rq_compat.set_execution_job(execution, job)
     worker.executions[execution_id] = execution
     return _Claimed(job, queue, execution=execution)
 
@@ -228,7 +228,7 @@ def start(worker: Worker, job: Job, queue: Queue, heartbeat: bool) -> Execution:
         pipe.persist(job.key)
         pipe.lrem(queue.intermediate_queue_key, 1, job.id)
         pipe.execute()
-    execution._job = job
+    rq_compat.set_execution_job(execution, job)
     worker.executions[execution.id] = execution
     return execution
 
@@ -433,24 +433,24 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         if result_ttl != 0:  # RQ's Job._handle_success, writing the fields that changed, not the whole job
             pipe.hset(job.key, mapping={"status": JobStatus.FINISHED, "started_at": utcformat(job.started_at),
                                         "ended_at": utcformat(job.ended_at)})
-            Result.create(job, Result.Type.SUCCESSFUL, result_ttl, return_value=job._result, worker_name=worker.name,
-                          pipeline=pipe, execution_id=execution.id, execution_started_at=execution.created_at,
-                          execution_ended_at=job.ended_at)
+            Result.create(job, Result.Type.SUCCESSFUL, result_ttl, return_value=rq_compat.job_result(job),
+                          worker_name=worker.name, pipeline=pipe, execution_id=execution.id,
+                          execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
             job.finished_job_registry.add(job, result_ttl, pipe)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
         if count_in_batch:
-            batches.record_end(pipe, job, "finished", detail=job._result)
+            batches.record_end(pipe, job, "finished", detail=rq_compat.job_result(job))
 
     replies = run_guarded(worker.connection, build, Guard.holds(job, execution.id), what=f"the end of job {job.id}")
     if replies is SUPERSEDED:
         note_superseded(worker.connection, job.id, execution.id, worker.name, "finished")
         return False
-    job._status = JobStatus.FINISHED
+    rq_compat.set_job_status(job, JobStatus.FINISHED)
     failed = [reply for reply in replies if isinstance(reply, Exception)]
     if failed:  # the transaction was applied; a command in it was refused (e.g. a key of the wrong type)
         log.warning("job %s finished, but Redis refused part of its record: %s", job.id, failed[0])
     if replies[0] and not isinstance(replies[0], Exception):
-        worker._enqueue_dependents_safely(queue, job)
-    worker._release_slot_safely(job)
+        rq_compat.enqueue_dependents_safely(worker, queue, job)
+    rq_compat.release_slot_safely(worker, job)
     return True

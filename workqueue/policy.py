@@ -12,11 +12,6 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 import redis
-import rq.job
-import rq.queue
-import rq.registry
-import rq.results
-from rq import serializers
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.registry import BaseRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -24,6 +19,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import str_to_date
 
 import task_def
+from workqueue import rq_compat
 from workqueue.errors import BadInput, JobRefused, UnreadableJob
 
 SERIALIZER = JSONSerializer
@@ -48,29 +44,6 @@ def check_queue_name(name: str) -> str:
             "queue",
         )
     return name
-
-
-def _resolve_each_serializer_once() -> None:
-    """RQ checks the serializer against a typing Protocol each time it builds a Job, a Result, a
-    Queue or a registry, several times per job; on Python 3.11 each check costs more than a no-op
-    job's own work. The answer for a given serializer never changes, so it is kept."""
-    resolve = serializers.resolve_serializer
-    known: dict[Any, Any] = {}
-
-    def resolve_once(serializer: Any = None) -> Any:
-        try:
-            return known[serializer]
-        except KeyError:
-            known[serializer] = found = resolve(serializer)
-            return found
-        except TypeError:  # unhashable: not kept
-            return resolve(serializer)
-
-    for module in (rq.job, rq.queue, rq.registry, rq.results):
-        module.resolve_serializer = resolve_once  # type: ignore[attr-defined]
-
-
-_resolve_each_serializer_once()
 
 
 def _timestamp(value: bytes | str) -> datetime:
@@ -118,7 +91,8 @@ class CatalogueJob(Job):
         fails at once instead of being tried again for nothing."""
         try:
             task = self.task
-            for name in (self._success_callback_name, self._failure_callback_name, self._stopped_callback_name):
+            for name in (rq_compat.success_callback_name(self), rq_compat.failure_callback_name(self),
+                         rq_compat.stopped_callback_name(self)):
                 self._allowed_callback(name)
             if self.instance is not None or self.args:
                 raise JobRefused(f"refused: a {task.name} job takes keyword parameters only")
@@ -168,17 +142,17 @@ class CatalogueJob(Job):
 
     @property
     def success_callback(self):
-        self._allowed_callback(self._success_callback_name)
+        self._allowed_callback(rq_compat.success_callback_name(self))
         return super().success_callback
 
     @property
     def failure_callback(self):
-        self._allowed_callback(self._failure_callback_name)
+        self._allowed_callback(rq_compat.failure_callback_name(self))
         return super().failure_callback
 
     @property
     def stopped_callback(self):
-        self._allowed_callback(self._stopped_callback_name)
+        self._allowed_callback(rq_compat.stopped_callback_name(self))
         return super().stopped_callback
 
 

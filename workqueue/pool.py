@@ -28,7 +28,7 @@ from rq.queue import Queue
 from rq.worker import Worker
 from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
-from workqueue import outage, recovery, statistics
+from workqueue import outage, recovery, rq_compat, statistics
 from workqueue.connection import without_retries
 from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.policy import SERIALIZER, CatalogueJob
@@ -139,9 +139,8 @@ class ConsumerPool(WorkerPool):
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
         process = super().get_worker_process(name, burst, _sleep, logging_level)
-        return ForkProcess(
-            target=_run_worker_detached, args=process._args, kwargs=process._kwargs, name=process.name
-        )
+        args, kwargs = rq_compat.process_arguments(process)
+        return ForkProcess(target=_run_worker_detached, args=args, kwargs=kwargs, name=process.name)
 
     def start_worker(self, count: Optional[int] = None, burst: bool = True, _sleep: float = 0, logging_level: str = "INFO"):
         if self.status == self.Status.STOPPED:  # a signal arrived while the pool was starting
@@ -163,7 +162,7 @@ class ConsumerPool(WorkerPool):
             log.warning("worker %s was stopped on purpose; %d left", worker_data.name, self.num_workers)
             if self.num_workers <= 0:
                 self.status = self.Status.STOPPED
-        elif self.status != self.Status.STOPPED and not self._burst:
+        elif self.status != self.Status.STOPPED and not rq_compat.pool_burst(self):
             log.warning("worker %s died (exit code %s); starting a replacement", worker_data.name, code)
 
     @property
@@ -186,9 +185,9 @@ class ConsumerPool(WorkerPool):
 
     def start(self, burst: bool = False, logging_level: str = "WARNING") -> None:
         """Run the pool until it is stopped (or, with ``burst``, until the queues are empty)."""
-        self._burst = burst
+        rq_compat.set_pool_burst(self, burst)
         self.status = self.Status.STARTED
-        self._install_signal_handlers()
+        rq_compat.install_pool_signal_handlers(self)
         # A worker's exit wakes the loop at once (RQ's looks every half second), so a crashed worker
         # is replaced, and a burst pool ends, as soon as it happens.
         signal.signal(signal.SIGCHLD, lambda signum, frame: self._wake.set())
@@ -276,7 +275,7 @@ class ConsumerPool(WorkerPool):
         with self._quick.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hmget(Worker.redis_worker_namespace_prefix + name, "state", "successful_job_count", "failed_job_count")
-            for queue in self._queue_names:
+            for queue in rq_compat.pool_queue_names(self):
                 pipe.llen(Queue(queue, connection=self._quick).key)
             replies = pipe.execute()
         status = PoolStatus(stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))

@@ -28,7 +28,7 @@ from rq.utils import current_timestamp, now, utcformat, utcparse
 from rq.worker_registration import clean_worker_registry
 
 import task_def
-from workqueue import batches, statistics
+from workqueue import batches, rq_compat, statistics
 from workqueue.errors import UnreadableJob
 from workqueue.execution import SUPERSEDED, Guard, run_guarded
 from workqueue.policy import SERIALIZER, CatalogueJob, fetch_job
@@ -117,10 +117,10 @@ def hand_back(connection: redis.Redis, job: Job | str, reason: str, worker_name:
         if rerun:
             if job.retries_left is not None:
                 pipe.hset(job.key, "retries_left", job.retries_left)
-            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            rq_compat.enqueue_job(queue, job, pipeline=pipe, at_front=True)
         else:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
-            job._handle_failure(failure, pipe, worker_name)
+            rq_compat.handle_job_failure(job, failure, pipe, worker_name)
             batches.record_end(pipe, job, "failed", detail=failure)
 
     if run_guarded(connection, build, guard, what=f"the hand-back of job {job_id}", patience=30) is SUPERSEDED:

@@ -38,8 +38,9 @@ from rq.utils import now
 from rq.worker import RandomWorker, RoundRobinWorker, WorkerStatus
 
 from task_def import progress
-from workqueue import batches, execution, outage, recovery
+from workqueue import batches, execution, outage, recovery, rq_compat
 from workqueue.connection import without_retries
+from workqueue.control import SHUTDOWN_NOW
 from workqueue.execution import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.horse import WAITING, Horse, serve
 from workqueue.policy import SERIALIZER, UNREADABLE, CatalogueJob
@@ -49,9 +50,6 @@ log = logging.getLogger(__name__)
 
 #: Exit code of a worker process stopped on purpose (by a kill script), as opposed to one that died.
 STOPPED_ON_PURPOSE = 3
-
-#: The pub/sub command for a stop at once that hands the running job back (RQ's own: "shutdown").
-SHUTDOWN_NOW = "shutdown-now"
 
 #: Progress is written to Redis at most this often per job (and always at 100 %).
 PROGRESS_INTERVAL = 0.5
@@ -107,7 +105,7 @@ class _Scheduler(RQScheduler):
     """RQ's scheduler process, which (unlike RQ's) stops when its worker dies."""
 
     def _install_signal_handlers(self) -> None:
-        super()._install_signal_handlers()
+        rq_compat.scheduler_signal_handlers(self)
         die_with_parent(signal.SIGTERM)
 
     def request_stop(self, signum: Any = None, frame: Any = None) -> None:
@@ -140,7 +138,11 @@ class CatalogueWorker(Worker):
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         """RQ's, then the connection and scripts of a job's two requests, so the first job waits for neither.
-        A worker started while Redis refuses writes (or is away) waits to register, with backoff."""
+        A worker started while Redis refuses writes (or is away) waits to register, with backoff.
+        Here, not at import, what the worker installs: RQ's serializer lookup kept (``rq_compat.install``)
+        and the progress store behind ``report_progress``, which the horse inherits."""
+        rq_compat.install()
+        progress.set_sink(_progress)
         backoff = 1.0
         while True:
             try:
@@ -221,12 +223,12 @@ class CatalogueWorker(Worker):
     def _claim(self, moved: Optional[bytes] = None):
         """``execution.claim`` on the worker's queues: the job, started, and its queue; or None."""
         while True:
-            claimed = execution.claim(self, self._ordered_queues, moved)
+            claimed = execution.claim(self, rq_compat.ordered_queues(self), moved)
             moved = None
             if not claimed.retry:
                 break
         if claimed.job is None:
-            if self._stop_requested:  # asked while the claim made the worker look busy: stop now
+            if rq_compat.stop_requested(self):  # asked while the claim made the worker look busy: stop now
                 raise StopRequested()
             return None
         self.reorder_queues(reference_queue=claimed.queue)
@@ -247,15 +249,15 @@ class CatalogueWorker(Worker):
         needs no look first: its BLMOVE answers at once if a job is waiting."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if deadline is None or len(self._ordered_queues) > 1:
+            if deadline is None or len(rq_compat.ordered_queues(self)) > 1:
                 claimed = self._claim()
                 if claimed is not None or deadline is None:
                     return claimed
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DequeueTimeout(timeout, self.queue_keys())
-            first = self._ordered_queues[0]
-            slice_ = left if len(self._ordered_queues) == 1 else min(MULTI_QUEUE_POLL, left)
+            first = rq_compat.ordered_queues(self)[0]
+            slice_ = left if len(rq_compat.ordered_queues(self)) == 1 else min(MULTI_QUEUE_POLL, left)
             moved = self.connection.blmove(first.key, first.intermediate_queue_key, slice_)
             if moved is not None:
                 claimed = self._claim(moved)
@@ -301,13 +303,13 @@ class CatalogueWorker(Worker):
                    "hash": raw or None}
         if self._horse is None:
             self._horse = Horse(self._serve_as_horse)
-        self._horse_pid = self._horse.pid  # before it has the job: a cold stop then kills it too
+        rq_compat.set_horse_pid(self, self._horse.pid)  # before it has the job: a cold stop then kills it too
         try:
             self._horse.send(message)
         except BrokenPipeError:  # the horse died waiting for this job (killed between jobs): a new one runs it
             self._horse.reap()
             self._horse = Horse(self._serve_as_horse)
-            self._horse_pid = self._horse.pid
+            rq_compat.set_horse_pid(self, self._horse.pid)
             self._horse.send(message)
         horse = self._horse
         job.started_at = now()
@@ -332,7 +334,7 @@ class CatalogueWorker(Worker):
                 if not outage.is_outage(exc):
                     raise
                 self.log.warning("Worker %s: could not heartbeat (%s); the job runs on", self.name, exc)
-        self._horse_pid = 0
+        rq_compat.set_horse_pid(self, 0)
         self.executions.pop(execution.id, None)
         if answer is not None:  # the horse ran the job to its end and recorded it
             if not answer["ok"] or horse.worn_out(answer):
@@ -342,8 +344,8 @@ class CatalogueWorker(Worker):
             return
         self._horse = None
         retpid, ret_val, rusage = horse.reap()
-        if self._stopped_job_id == job.id:
-            self._handle_stopped_job(job, queue, execution)
+        if rq_compat.stopped_job_id(self) == job.id:
+            rq_compat.handle_stopped_job(self, job, queue, execution)
             return
         if ret_val == os.EX_OK:
             self._fail_if_unrecorded(job, queue, execution, "the work horse exited without recording a result "
@@ -366,7 +368,7 @@ class CatalogueWorker(Worker):
         """In the horse: set up as RQ's horse does, then run each job the worker sends."""
         random.seed()
         self.setup_work_horse_signals()
-        self._is_horse = True
+        rq_compat.mark_horse(self)
         self.log = logging.getLogger("rq.worker")
         execution.prepare(self.connection)
         queues: dict[str, Queue] = {}
@@ -396,7 +398,7 @@ class CatalogueWorker(Worker):
             job = execution.restore(self.job_class, message["job"], message["hash"], self.connection, self.serializer)
         job.worker_name = self.name
         job.started_at = job.last_heartbeat = datetime.fromtimestamp(message["started_at"], timezone.utc)
-        job._status = JobStatus.STARTED
+        rq_compat.set_job_status(job, JobStatus.STARTED)
         job.started_by_worker = True  # type: ignore[attr-defined]
         job.count_failure_in_end = True  # type: ignore[attr-defined]
         return job
@@ -413,12 +415,13 @@ class CatalogueWorker(Worker):
         """RQ's, with the job's end, its batch's count and the statistics in one transaction
         (``execution.finish``). Retry results and repeats take RQ's way."""
         if isinstance(return_value, Retry) or job.repeats_left:
-            return super()._finalize_success(job, queue, execution_, return_value)
+            return rq_compat.finalize_success(self, job, queue, execution_, return_value)
         job.ended_at = now()
-        job._result = return_value
-        job._status = JobStatus.FINISHED
-        ours = job._success_callback_name == batches.ON_SUCCESS
-        if job._success_callback_name and not ours:
+        rq_compat.set_job_result(job, return_value)
+        rq_compat.set_job_status(job, JobStatus.FINISHED)
+        callback = rq_compat.success_callback_name(job)
+        ours = callback == batches.ON_SUCCESS
+        if callback and not ours:
             execute_success_callback(job, self.death_penalty_class, return_value)
         if not execution.finish(self, job, queue, execution_, count_in_batch=ours):
             return  # superseded: the job was handed back meanwhile; noted, not recorded
@@ -453,11 +456,12 @@ class CatalogueWorker(Worker):
             exc_string = self._hard_killed
         # RQ runs the job's failure (or stopped) callback itself when the task raised in the horse,
         # or was stopped; a horse that crashed or was killed gets none: count its end here.
-        stopped = self._stopped_job_id == job.id
+        stopped = rq_compat.stopped_job_id(self) == job.id
         retry = bool(job.should_retry) and not stopped
         # In the horse, the batch's failure callback leaves the count to this step (batches.task_failed).
-        ours = job._failure_callback_name == batches.ON_FAILURE and getattr(job, "count_failure_in_end", False)
-        count = (not self._is_horse or ours) and not stopped and not retry
+        ours = (rq_compat.failure_callback_name(job) == batches.ON_FAILURE
+                and getattr(job, "count_failure_in_end", False))
+        count = (not rq_compat.is_horse(self) or ours) and not stopped and not retry
         lines = exc_string.strip().splitlines()
         retries_left = job.retries_left
 
@@ -465,7 +469,7 @@ class CatalogueWorker(Worker):
             try:
                 job.get_meta(refresh=True)
                 recovery.note_attempt(job, exc_string, self.name)
-                pipe.hset(job.key, "meta", job._serialize_meta())
+                pipe.hset(job.key, "meta", rq_compat.serialized_meta(job))
             except (redis.RedisError, *UNREADABLE):
                 self.log.warning("Worker %s: could not record the error of job %s", self.name, job.id, exc_info=True)
             if stopped:
@@ -474,10 +478,10 @@ class CatalogueWorker(Worker):
                 job.set_status(JobStatus.FAILED, pipeline=pipe)
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             if not self.disable_default_exception_handler and not retry:
-                job._handle_failure(exc_string, pipeline=pipe, worker_name=self.name,
-                                    execution_id=execution.id if execution else None,
-                                    execution_started_at=execution.created_at if execution else None,
-                                    execution_ended_at=job.ended_at)
+                rq_compat.handle_job_failure(job, exc_string, pipe, worker_name=self.name,
+                                             execution_id=execution.id if execution else None,
+                                             execution_started_at=execution.created_at if execution else None,
+                                             execution_ended_at=job.ended_at)
             self.increment_failed_job_count(pipe)
             if job.started_at and job.ended_at:
                 self.increment_total_working_time(job.ended_at - job.started_at, pipe)
@@ -486,10 +490,10 @@ class CatalogueWorker(Worker):
                 interval = job.get_retry_interval()
                 job.retries_left = retries_left - 1
                 if interval:
-                    job._status = JobStatus.SCHEDULED
+                    rq_compat.set_job_status(job, JobStatus.SCHEDULED)
                     queue.schedule_job(job, now() + timedelta(seconds=interval), pipeline=pipe)
                 else:
-                    queue._enqueue_job(job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
+                    rq_compat.enqueue_job(queue, job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
             if count:
                 batches.record_end(pipe, job, "failed", detail=lines[-1] if lines else "the job failed")
 
@@ -501,15 +505,15 @@ class CatalogueWorker(Worker):
             return
         finally:
             if stopped:
-                self._stopped_job_id = None
+                rq_compat.clear_stopped_job(self)
         if replies is SUPERSEDED:
             note_superseded(self.connection, job.id, execution.id, self.name, f"failed: {lines[-1] if lines else ''}")
             return
         if not retry and not stopped:
             job.send_webhooks(JobStatus.FAILED, exc_string=exc_string)
         if not retry:
-            self._enqueue_dependents_safely(queue, job)
-        self._release_slot_safely(job)
+            rq_compat.enqueue_dependents_safely(self, queue, job)
+        rq_compat.release_slot_safely(self, job)
 
     def heartbeat(self, timeout: Optional[int] = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, in one round trip, lapsing HEARTBEAT_TTL seconds after the last one.
@@ -524,7 +528,7 @@ class CatalogueWorker(Worker):
         # At most once per interval, not on every job's heartbeats: it only matters after an outage.
         if self.birth_date is not None and time.monotonic() - self._registered_at >= HEARTBEAT_INTERVAL:
             self._registered_at = time.monotonic()
-            pipe.hset(self.key, mapping={**self.serialize(), "state": self._state})
+            pipe.hset(self.key, mapping={**self.serialize(), "state": rq_compat.worker_state(self)})
             worker_registration.register(self, pipe)
         super().heartbeat(min(timeout or HEARTBEAT_TTL, HEARTBEAT_TTL), pipe)
         if pipeline is None:
@@ -562,7 +566,7 @@ class CatalogueWorker(Worker):
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ's, without the round trip when the state is already the one written last (RQ sets
         "idle" twice per job)."""
-        if pipeline is None and state == self._state:
+        if pipeline is None and state == rq_compat.worker_state(self):
             return
         super().set_state(state, pipeline)
 
@@ -657,7 +661,7 @@ class CatalogueWorker(Worker):
         if self.horse_pid:
             self.kill_horse(signal.SIGKILL)
             self.wait_for_horse()
-            self._horse_pid = 0
+            rq_compat.set_horse_pid(self, 0)
         if job is not None:
             reason = self._stop_reason if self._cold else "the consumer was stopped at once"
             try:
@@ -720,7 +724,7 @@ class _ProgressStore:
             def build_progress(pipe: Any) -> None:  # the meta as stored (notes others added), with the progress
                 job.get_meta(refresh=True)
                 job.meta["progress"] = progress_now
-                pipe.hset(job.key, "meta", job._serialize_meta())
+                pipe.hset(job.key, "meta", rq_compat.serialized_meta(job))
 
             run_guarded(job.connection, build_progress, Guard.holds(job, execution_id), what="progress", patience=0)
         except redis.RedisError as exc:  # progress is advisory: never fail a job for it
@@ -729,5 +733,5 @@ class _ProgressStore:
             log.warning("could not store progress of job %s", job.id, exc_info=True)
 
 
+#: The worker's progress store, installed as ``task_def.progress``'s sink by ``CatalogueWorker.bootstrap``.
 _progress = _ProgressStore()
-progress.set_sink(_progress)

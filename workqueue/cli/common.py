@@ -14,7 +14,7 @@ import redis
 from werkzeug.serving import run_simple
 
 import task_def
-from workqueue import logs, outage
+from workqueue import logs, outage, rq_compat
 from workqueue.errors import BadInput, WorkqueueError
 from workqueue.policy import check_queue_name
 
@@ -39,8 +39,10 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def run(command: click.Command, args: list[str] | None = None) -> NoReturn:
-    """Run a click command; every error becomes one line on stderr and its exit code."""
+    """Run a click command; every error becomes one line on stderr and its exit code. Every command
+    reads jobs through RQ: what workqueue installs into RQ (``rq_compat.install``) is installed here."""
     logs.setup(verbose=False)
+    rq_compat.install()
     try:
         code = command.main(args=args, standalone_mode=False)
     except click.exceptions.Abort:

@@ -1,0 +1,252 @@
+"""The one place that touches RQ's private names, checked against the RQ release it was written for.
+
+workqueue reaches into RQ where RQ offers no public way: a job's in-memory status and result, its
+callback names, its failure and meta writers, a queue's enqueue without dependency checks, a
+worker's queue order and stop flags, a pool's worker process arguments. Every such use goes
+through a function here, and the methods our subclasses override are listed in
+:data:`OVERRIDDEN`; ``tests/test_rq_compat.py`` exercises each against the pinned RQ. Importing
+this module on another RQ release fails at once, with one line saying which release to install,
+instead of failing later, mid-job, on a renamed attribute.
+
+It also holds :func:`install`, the one change workqueue makes inside RQ (a serializer lookup kept
+per serializer), which the entry points that read jobs call explicitly: importing does nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+import rq
+import rq.job
+import rq.queue
+import rq.registry
+import rq.results
+from rq import serializers
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+from rq.worker import Worker
+from rq.worker_pool import WorkerPool
+
+#: The RQ releases this module was written for (and tested against): ``major.minor``.
+SUPPORTED = "3.0"
+
+
+def check_version(version: str) -> None:
+    """Raise ImportError, in one line saying what to install, if ``version`` is not a supported RQ."""
+    if version != SUPPORTED and not version.startswith(SUPPORTED + "."):
+        major_minor = ".".join(version.split(".")[:2])
+        raise ImportError(f"workqueue supports RQ {SUPPORTED}.x; this is RQ {major_minor} ({version}): "
+                          f"pip install 'rq=={SUPPORTED}.*'")
+
+
+check_version(str(getattr(rq, "__version__", getattr(rq, "VERSION", "unknown"))))
+
+#: Private RQ methods our subclasses override (class, method, the leading parameters we rely on).
+#: Checked by tests/test_rq_compat.py: each must still exist on RQ's class with those parameters.
+OVERRIDDEN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("rq.worker.Worker", "_finalize_success", ("self", "job", "queue", "execution", "return_value")),
+    ("rq.worker.Worker", "_start_scheduler", ("self", "burst", "logging_level")),
+    ("rq.scheduler.RQScheduler", "_install_signal_handlers", ("self",)),
+)
+
+#: Every private RQ name used through this module or overridden; no other module of workqueue may
+#: name them (tests/test_rq_compat.py greps for them).
+PRIVATE_NAMES: tuple[str, ...] = (
+    "_status", "_result", "_success_callback_name", "_failure_callback_name", "_stopped_callback_name",
+    "_serialize_meta", "_handle_failure", "_enqueue_job", "_job", "_state", "_ordered_queues",
+    "_stop_requested", "_stopped_job_id", "_horse_pid", "_is_horse", "_handle_stopped_job",
+    "_enqueue_dependents_safely", "_release_slot_safely", "_burst", "_queue_names", "_args", "_kwargs",
+    "_install_signal_handlers", "_finalize_success", "_start_scheduler",
+)
+
+
+# --- serializer lookup -------------------------------------------------------------------------
+
+_PATCHED_MODULES = (rq.job, rq.queue, rq.registry, rq.results)
+_installed = False
+
+
+def install() -> None:
+    """Have RQ resolve each serializer once (idempotent); called by the entry points that read jobs.
+
+    RQ checks the serializer against a typing Protocol each time it builds a Job, a Result, a Queue
+    or a registry, several times per job; on Python 3.11 each check costs more than a no-op job's
+    own work. The answer for a given serializer never changes, so it is kept.
+    """
+    global _installed
+    if _installed:
+        return
+    resolve = serializers.resolve_serializer
+    known: dict[Any, Any] = {}
+
+    def resolve_once(serializer: Any = None) -> Any:
+        try:
+            return known[serializer]
+        except KeyError:
+            known[serializer] = found = resolve(serializer)
+            return found
+        except TypeError:  # unhashable: not kept
+            return resolve(serializer)
+
+    for module in _PATCHED_MODULES:
+        module.resolve_serializer = resolve_once  # type: ignore[attr-defined]
+    _installed = True
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+def set_job_status(job: Job, status: str) -> None:
+    """The job's status in memory only (RQ's ``set_status`` also writes it to Redis)."""
+    job._status = status  # type: ignore[assignment]
+
+
+def set_job_result(job: Job, value: Any) -> None:
+    """The job's return value in memory, as RQ's worker keeps it before writing the result."""
+    job._result = value
+
+
+def job_result(job: Job) -> Any:
+    """The return value kept in memory (see :func:`set_job_result`), without reading Redis."""
+    return job._result
+
+
+def success_callback_name(job: Job) -> Optional[str]:
+    """The dotted path of the job's success callback, unresolved (None if it has none)."""
+    return job._success_callback_name
+
+
+def failure_callback_name(job: Job) -> Optional[str]:
+    """The dotted path of the job's failure callback, unresolved (None if it has none)."""
+    return job._failure_callback_name
+
+
+def stopped_callback_name(job: Job) -> Optional[str]:
+    """The dotted path of the job's stopped callback, unresolved (None if it has none)."""
+    return job._stopped_callback_name
+
+
+def serialized_meta(job: Job) -> bytes:
+    """The job's meta as RQ writes it to its hash's ``meta`` field."""
+    return job._serialize_meta()
+
+
+def handle_job_failure(job: Job, exc_string: str, pipeline: Any, worker_name: str = "",
+                       execution_id: Optional[str] = None, execution_started_at: Optional[datetime] = None,
+                       execution_ended_at: Optional[datetime] = None) -> None:
+    """RQ's record of a failed job (failed registry, failure result) into ``pipeline``."""
+    job._handle_failure(exc_string, pipeline, worker_name=worker_name, execution_id=execution_id,
+                        execution_started_at=execution_started_at, execution_ended_at=execution_ended_at)
+
+
+def enqueue_job(queue: Queue, job: Job, pipeline: Any = None, at_front: bool = False) -> Job:
+    """RQ's enqueue of an existing job, without its dependency checks, into ``pipeline``."""
+    return queue._enqueue_job(job, pipeline=pipeline, at_front=at_front)
+
+
+def set_execution_job(execution: Execution, job: Job) -> None:
+    """Give an execution its job, so RQ does not fetch it again from Redis."""
+    execution._job = job
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+def worker_state(worker: Worker) -> str:
+    """The state the worker last set, in memory (``get_state`` is the same, by name)."""
+    return worker._state
+
+
+def set_worker_state(worker: Worker, state: str) -> None:
+    """The worker's state in memory only (RQ's ``set_state`` also writes it to Redis)."""
+    worker._state = state
+
+
+def ordered_queues(worker: Worker) -> list[Queue]:
+    """The worker's queues in the order it serves them now (RoundRobinWorker rotates it)."""
+    return worker._ordered_queues
+
+
+def stop_requested(worker: Worker) -> bool:
+    """Whether a warm stop was asked of the worker."""
+    return worker._stop_requested
+
+
+def stopped_job_id(worker: Worker) -> Optional[str]:
+    """The job a ``stop-job`` command asked this worker to stop (None if none)."""
+    return worker._stopped_job_id
+
+
+def clear_stopped_job(worker: Worker) -> None:
+    """Forget the job a ``stop-job`` command named, once its stop is recorded."""
+    worker._stopped_job_id = None
+
+
+def set_horse_pid(worker: Worker, pid: int) -> None:
+    """The pid RQ's worker kills and waits for as its horse (0: none)."""
+    worker._horse_pid = pid
+
+
+def is_horse(worker: Worker) -> bool:
+    """Whether this process is the worker's horse."""
+    return worker._is_horse
+
+
+def mark_horse(worker: Worker) -> None:
+    """This process is the worker's horse from now on (as RQ's fork does)."""
+    worker._is_horse = True
+
+
+def handle_stopped_job(worker: Worker, job: Job, queue: Queue, execution: Execution) -> None:
+    """RQ's record of a job ended by a ``stop-job`` command."""
+    worker._handle_stopped_job(job, queue, execution)
+
+
+def enqueue_dependents_safely(worker: Worker, queue: Queue, job: Job) -> None:
+    """RQ's enqueue of the job's dependents, logging instead of raising."""
+    worker._enqueue_dependents_safely(queue, job)
+
+
+def release_slot_safely(worker: Worker, job: Job) -> None:
+    """RQ's release of the job's rate-limit slot, logging instead of raising."""
+    worker._release_slot_safely(job)
+
+
+def finalize_success(worker: Worker, job: Job, queue: Queue, execution: Execution, return_value: Any) -> None:
+    """RQ's own end of a job that returned (``Worker._finalize_success``), bypassing our override."""
+    Worker._finalize_success(worker, job, queue, execution, return_value)
+
+
+def scheduler_signal_handlers(scheduler: Any) -> None:
+    """RQ's scheduler's signal handlers (``RQScheduler._install_signal_handlers``)."""
+    from rq.scheduler import RQScheduler
+
+    RQScheduler._install_signal_handlers(scheduler)
+
+
+# --- the pool ----------------------------------------------------------------------------------
+
+def process_arguments(process: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The target's arguments of a process RQ's pool built but has not started."""
+    return process._args, process._kwargs
+
+
+def pool_burst(pool: WorkerPool) -> bool:
+    """Whether the pool runs in burst mode (ends once its queues are empty)."""
+    return pool._burst
+
+
+def set_pool_burst(pool: WorkerPool, burst: bool) -> None:
+    """Set the pool's burst mode before its workers start, as RQ's ``start`` does."""
+    pool._burst = burst
+
+
+def pool_queue_names(pool: WorkerPool) -> list[str]:
+    """The names of the queues the pool's workers serve."""
+    return pool._queue_names
+
+
+def install_pool_signal_handlers(pool: WorkerPool) -> None:
+    """RQ's pool signal handlers (SIGINT, SIGTERM to ``request_stop``)."""
+    pool._install_signal_handlers()
+
