@@ -65,13 +65,16 @@ def main() -> None:
             rows = {
                 "one job per request, 1 thread (jobs/s)": (
                     rate(args.jobs, lambda: producer.enqueue(conn, [call], "bench")),
-                    rate(args.jobs, lambda: post("/jobs", one))),
+                    rate(args.jobs, lambda: post("/jobs", one)),
+                ),
                 f"one job per request, {args.threads} threads (jobs/s)": (
                     rate(args.jobs, lambda: producer.enqueue(conn, [call], "bench"), args.threads),
-                    rate(args.jobs, lambda: post("/jobs", one), args.threads)),
+                    rate(args.jobs, lambda: post("/jobs", one), args.threads),
+                ),
                 f"{BATCH}-job batches (jobs/s)": (
                     BATCH * rate(max(1, args.jobs // BATCH), lambda: producer.enqueue(conn, [call] * BATCH, "bench")),
-                    BATCH * rate(max(1, args.jobs // BATCH), lambda: post("/batches", batch))),
+                    BATCH * rate(max(1, args.jobs // BATCH), lambda: post("/batches", batch)),
+                ),
             }
         finally:
             http.close()

@@ -87,6 +87,7 @@ def _answers(conn: redis.Redis) -> Callable[[], bool]:
             return bool(conn.ping())
         except redis.ConnectionError:
             return False
+
     return ping
 
 
@@ -149,8 +150,14 @@ def drain(conn: redis.Redis, url: str, jobs: int, argv: list[str]) -> tuple[floa
     after, cpu_after = counters(conn), cpu_seconds(conn)
     ran = [job for job in Job.fetch_many(ids, connection=conn, serializer=JSONSerializer) if job]
     busy = (max(job.ended_at for job in ran) - min(job.started_at for job in ran)).total_seconds()
-    return (jobs / elapsed, jobs / busy, (after[0] - before[0]) / jobs, (after[1] - before[1]) / jobs,
-            1e6 * (cpu_after[0] - cpu_before[0]) / jobs, 1e6 * (cpu_after[1] - cpu_before[1]) / jobs)
+    return (
+        jobs / elapsed,
+        jobs / busy,
+        (after[0] - before[0]) / jobs,
+        (after[1] - before[1]) / jobs,
+        1e6 * (cpu_after[0] - cpu_before[0]) / jobs,
+        1e6 * (cpu_after[1] - cpu_before[1]) / jobs,
+    )
 
 
 def enqueue_rates(conn: redis.Redis, jobs: int) -> dict[str, tuple[float, float]]:
@@ -276,10 +283,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000,
                         help="no-op jobs per enqueue figure and per drain by RQ; the latency figures send a "
                         f"fifth (at least 20), {GAP} s apart")  # fmt: skip
-    parser.add_argument("--drain-jobs", type=int, default=10_000,
-                        help="no-op jobs our pool drains (RQ's forking pool, at some 20 jobs/s, drains --jobs)")
-    parser.add_argument("--drains", type=int, default=3,
-                        help="drains by our pool, of which each drain figure is the median (RQ's drains once)")
+    parser.add_argument(
+        "--drain-jobs",
+        type=int,
+        default=10_000,
+        help="no-op jobs our pool drains (RQ's forking pool, at some 20 jobs/s, drains --jobs)",
+    )
+    parser.add_argument(
+        "--drains",
+        type=int,
+        default=3,
+        help="drains by our pool, of which each drain figure is the median (RQ's drains once)",
+    )
     args = parser.parse_args()
     with redis_server() as (url, conn):
         burst = consumers(url, 2, burst=True)
@@ -297,15 +312,20 @@ def main() -> None:
         ours_pool = pool_figures(OURS, conn, url, samples)
         bare_pool = pool_figures(RQ, conn, url, samples)
         rows.update({name: (ours_pool[name], bare_pool[name]) for name in ours_pool})
-    print(f"workqueue vs bare RQ {rq.__version__} worker-pool, one Redis, {os.cpu_count()} cores; drains of "
-          f"{args.drain_jobs} jobs (ours) and {args.jobs} (RQ's), enqueue figures of {args.jobs} jobs")
+    print(
+        f"workqueue vs bare RQ {rq.__version__} worker-pool, one Redis, {os.cpu_count()} cores; drains of "
+        f"{args.drain_jobs} jobs (ours) and {args.jobs} (RQ's), enqueue figures of {args.jobs} jobs"
+    )
     print(f"{'figure':<46}{'workqueue':>12}{'RQ':>12}{'ratio':>8}")
     for name, (a, b) in rows.items():
         digits = 2 if max(abs(a), abs(b)) < 10 else 1
         print(f"{name:<46}{a:>12.{digits}f}{b:>12.{digits}f}{a / b:>8.2f}")
     print("ratio = workqueue / RQ: above 1 is better for rates, worse for commands, times and memory")
-    print(f"our {len(ours_each)} drains, launch to exit (jobs/s): "
-          + ", ".join(f"{figures[0]:.1f}" for figures in ours_each) + " (the median above)")
+    print(
+        f"our {len(ours_each)} drains, launch to exit (jobs/s): "
+        + ", ".join(f"{figures[0]:.1f}" for figures in ours_each)
+        + " (the median above)"
+    )
 
 
 if __name__ == "__main__":

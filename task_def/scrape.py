@@ -24,9 +24,12 @@ def scrape(url: str, timeout: float = 20.0, max_bytes: int = 5_000_000) -> dict:
     report_progress(0, 3, f"fetching {url}")
     body = bytearray()
     truncated = False
-    with network.client(
-        timeout=timeout, follow_redirects=True, max_redirects=10, headers={"User-Agent": USER_AGENT}
-    ) as client, client.stream("GET", url) as response:
+    with (
+        network.client(
+            timeout=timeout, follow_redirects=True, max_redirects=10, headers={"User-Agent": USER_AGENT}
+        ) as client,
+        client.stream("GET", url) as response,
+    ):
         report_progress(1, 3, f"HTTP {response.status_code}, reading body")
         for chunk in response.iter_bytes():
             if time.monotonic() - start > timeout:

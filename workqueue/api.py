@@ -1,10 +1,10 @@
 """The Python API, for programs that produce work themselves.
 
-    import workqueue
+import workqueue
 
-    batch = workqueue.enqueue("sleep", {"seconds": 2}, count=10)
-    summary = batch.wait(on_task=print, timeout=60)
-    print(workqueue.stats())
+batch = workqueue.enqueue("sleep", {"seconds": 2}, count=10)
+summary = batch.wait(on_task=print, timeout=60)
+print(workqueue.stats())
 """
 
 from __future__ import annotations
@@ -34,10 +34,14 @@ class Batch:
     #: The data mark seen before enqueueing: a Redis that restarted empty is told from a lost batch.
     mark: outage.DataMark | None = field(default=None, repr=False)
 
-    def wait(self, *, on_task: Callable[[batches.TaskEnd], Any] | None = None,
-             on_done: Callable[[batches.BatchSummary], Any] | None = None,
-             timeout: float | None = None,
-             on_outage: Callable[[str | None], Any] | None = None) -> batches.BatchSummary:
+    def wait(
+        self,
+        *,
+        on_task: Callable[[batches.TaskEnd], Any] | None = None,
+        on_done: Callable[[batches.BatchSummary], Any] | None = None,
+        timeout: float | None = None,
+        on_outage: Callable[[str | None], Any] | None = None,
+    ) -> batches.BatchSummary:
         """Block until every task has ended (TimeoutError after ``timeout`` seconds).
 
         ``on_task`` is called with each task's end (job id, task, outcome, result or error,
@@ -46,23 +50,43 @@ class Batch:
         when Redis answers again (by default, a logged warning); a Redis that lost its data
         raises ``RedisLostData``.
         """
-        return batches.wait(self.connection, self.id, on_task=on_task, on_done=on_done, timeout=timeout,
-                            on_outage=on_outage or _log_outage, mark=self.mark)
+        return batches.wait(
+            self.connection,
+            self.id,
+            on_task=on_task,
+            on_done=on_done,
+            timeout=timeout,
+            on_outage=on_outage or _log_outage,
+            mark=self.mark,
+        )
 
     def summary(self) -> batches.BatchSummary:
         return batches.summary(self.connection, self.id)
 
 
-def enqueue(task: str, params: Mapping[str, Any] | None = None, *, count: int = 1, queue: str = DEFAULT_QUEUE,
-            retries: int | None = None, timeout: int | None = None, max_queued: int | None = None,
-            redis_url: str | None = None) -> Batch:
+def enqueue(
+    task: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    count: int = 1,
+    queue: str = DEFAULT_QUEUE,
+    retries: int | None = None,
+    timeout: int | None = None,
+    max_queued: int | None = None,
+    redis_url: str | None = None,
+) -> Batch:
     """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not)."""
     call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout)
     return _submit([call] * count, queue, max_queued, redis_url)
 
 
-def enqueue_many(tasks: Iterable[tuple[str, Mapping[str, Any]]], *, queue: str = DEFAULT_QUEUE,
-                 max_queued: int | None = None, redis_url: str | None = None) -> Batch:
+def enqueue_many(
+    tasks: Iterable[tuple[str, Mapping[str, Any]]],
+    *,
+    queue: str = DEFAULT_QUEUE,
+    max_queued: int | None = None,
+    redis_url: str | None = None,
+) -> Batch:
     """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued."""
     return _submit([producer.TaskCall.build(name, params) for name, params in tasks], queue, max_queued, redis_url)
 

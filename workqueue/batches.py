@@ -134,8 +134,9 @@ def job_ended(connection: redis.Redis, job: Job, outcome: str, detail: Any = Non
         log.warning("could not record the end of job %s", job.id, exc_info=True)
 
 
-def record_end(pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any = None,
-               task: str | None = None) -> None:
+def record_end(
+    pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any = None, task: str | None = None
+) -> None:
     """Queue on ``pipe`` the commands that count the end of ``job`` in its batch and the statistics,
     so a worker can record them in the same transaction as the job's own end. ``task``: its name,
     for a job whose data cannot be read."""
@@ -205,9 +206,15 @@ def job_statuses(connection: redis.Redis, batch_id: str) -> list[tuple[str, str 
     return [(job_id, status.decode() if status else None) for job_id, status in zip(ids, statuses, strict=True)]
 
 
-def follow(connection: redis.Redis, batch_id: str, *, timeout: float | None = None, block_ms: int = 500,
-           on_outage: Callable[[str | None], Any] | None = None,
-           mark: outage.DataMark | None = None) -> Iterator[TaskEnd]:
+def follow(
+    connection: redis.Redis,
+    batch_id: str,
+    *,
+    timeout: float | None = None,
+    block_ms: int = 500,
+    on_outage: Callable[[str | None], Any] | None = None,
+    mark: outage.DataMark | None = None,
+) -> Iterator[TaskEnd]:
     """Yield each task's end, from the batch's start, until the batch is done (or ``timeout``).
 
     With ``on_outage``, a Redis outage is waited out: ``on_outage(what)`` when one starts (``what``
@@ -242,8 +249,12 @@ def _done(connection: redis.Redis, batch_id: str, mark: outage.DataMark | None) 
         raise
 
 
-def _riding(read: Callable[[], Any], connection: redis.Redis, on_outage: Callable[[str | None], Any] | None,
-            mark: outage.DataMark | None) -> Any:
+def _riding(
+    read: Callable[[], Any],
+    connection: redis.Redis,
+    on_outage: Callable[[str | None], Any] | None,
+    mark: outage.DataMark | None,
+) -> Any:
     """``read()``, waiting out an outage if ``on_outage`` is given (see :func:`follow`)."""
     backoff, down = 0.5, False
     while True:
@@ -268,10 +279,16 @@ def _riding(read: Callable[[], Any], connection: redis.Redis, on_outage: Callabl
         return result
 
 
-def wait(connection: redis.Redis, batch_id: str, *, on_task: Callable[[TaskEnd], Any] | None = None,
-         on_done: Callable[[BatchSummary], Any] | None = None, timeout: float | None = None,
-         on_outage: Callable[[str | None], Any] | None = None,
-         mark: outage.DataMark | None = None) -> BatchSummary:
+def wait(
+    connection: redis.Redis,
+    batch_id: str,
+    *,
+    on_task: Callable[[TaskEnd], Any] | None = None,
+    on_done: Callable[[BatchSummary], Any] | None = None,
+    timeout: float | None = None,
+    on_outage: Callable[[str | None], Any] | None = None,
+    mark: outage.DataMark | None = None,
+) -> BatchSummary:
     """Follow a batch to its end, calling ``on_task`` for each task's end and ``on_done`` once
     (``on_outage`` and ``mark``: see :func:`follow`)."""
     failures = []

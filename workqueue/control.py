@@ -5,10 +5,9 @@ the dashboard alike."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Optional
 
 import redis
 from rq import Queue, Worker
@@ -16,6 +15,7 @@ from rq.command import send_command, send_stop_job_command
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
+from rq.worker import BaseWorker
 
 from workqueue import batches, recovery
 from workqueue.errors import BadInput, UnreadableJob
@@ -25,14 +25,14 @@ from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name, fetch_j
 SHUTDOWN_NOW = "shutdown-now"
 
 
-def live_workers(connection: redis.Redis) -> list[Worker]:
+def live_workers(connection: redis.Redis) -> list[BaseWorker]:
     """Every registered worker whose registration has not lapsed, sorted by name."""
     return sorted(Worker.all(connection=connection, serializer=SERIALIZER), key=lambda w: w.name)
 
 
 def select_workers(
-    connection: redis.Redis, *, every: bool = False, queue: Optional[str] = None, name: Optional[str] = None
-) -> list[Worker]:
+    connection: redis.Redis, *, every: bool = False, queue: str | None = None, name: str | None = None
+) -> list[BaseWorker]:
     """The workers a kill command means; BadInput (naming what exists) when it means none."""
     if sum((every, queue is not None, name is not None)) != 1:
         raise BadInput("choose exactly one of --all, --queue NAME, --worker NAME")
@@ -58,10 +58,12 @@ def select_workers(
 @dataclass
 class StopRequest:
     worker: str
-    job_id: Optional[str]
+    job_id: str | None
 
 
-def request_worker_stop(connection: redis.Redis, workers: Iterable[Worker], *, now: bool, by: str) -> list[StopRequest]:
+def request_worker_stop(
+    connection: redis.Redis, workers: Iterable[BaseWorker], *, now: bool, by: str
+) -> list[StopRequest]:
     """Ask each worker to stop: after its current job (default) or at once, handing its job back."""
     requests = []
     for worker in workers:
@@ -80,7 +82,7 @@ def wait_gone(connection: redis.Redis, names: Iterable[str], timeout: float) -> 
                 pipe.hexists(Worker.redis_worker_namespace_prefix + name, "death")
                 pipe.exists(Worker.redis_worker_namespace_prefix + name)
             replies = pipe.execute()
-        for name, dead, exists in zip(sorted(pending), replies[::2], replies[1::2]):
+        for name, dead, exists in zip(sorted(pending), replies[::2], replies[1::2], strict=True):
             if dead or not exists:
                 pending.discard(name)
                 yield name, True
@@ -167,15 +169,24 @@ def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 
             time.sleep(0.1)
         status = job.get_status(refresh=False)
         if status == JobStatus.STARTED:
-            return JobStop(job_id, Outcome.STILL_RUNNING, f"job {job_id} was asked to stop but is still running after {timeout:g} s")
-        return JobStop(job_id, Outcome.DONE, f"job {job_id} stopped ({status.value}, in the failed registry of {job.origin})")
+            return JobStop(
+                job_id,
+                Outcome.STILL_RUNNING,
+                f"job {job_id} was asked to stop but is still running after {timeout:g} s",
+            )
+        return JobStop(
+            job_id, Outcome.DONE, f"job {job_id} stopped ({status.value}, in the failed registry of {job.origin})"
+        )
     if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
         job.meta["cancelled_by"] = by
         job.save_meta()
         job.cancel()
         batches.job_ended(connection, job, "failed", detail=f"cancelled by {by}")
-        return JobStop(job_id, Outcome.DONE,
-                       f"job {job_id} cancelled (was {status.value}; now in the canceled registry of {job.origin})")
+        return JobStop(
+            job_id,
+            Outcome.DONE,
+            f"job {job_id} cancelled (was {status.value}; now in the canceled registry of {job.origin})",
+        )
     return JobStop(job_id, Outcome.NOTHING_TO_DO, f"job {job_id} had already ended ({status.value}); nothing to do")
 
 
@@ -205,17 +216,27 @@ def requeue(connection: redis.Redis, job_id: str, *, by: str) -> JobStop:
     if job is None:
         return JobStop(job_id, Outcome.NOT_FOUND, f"no such job: {job_id}")
     status = job.get_status(refresh=False)
-    registries = {JobStatus.FAILED: job.failed_job_registry, JobStatus.STOPPED: job.failed_job_registry,
-                  JobStatus.CANCELED: CanceledJobRegistry(job.origin, connection=connection, serializer=SERIALIZER,
-                                                          job_class=CatalogueJob)}
+    registries = {
+        JobStatus.FAILED: job.failed_job_registry,
+        JobStatus.STOPPED: job.failed_job_registry,
+        JobStatus.CANCELED: CanceledJobRegistry(
+            job.origin, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob
+        ),
+    }
     if status not in registries:
-        return JobStop(job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is {status.value}; only failed or cancelled jobs can be requeued")
+        return JobStop(
+            job_id,
+            Outcome.NOTHING_TO_DO,
+            f"job {job_id} is {status.value}; only failed or cancelled jobs can be requeued",
+        )
     job.meta.setdefault("requeued_by", []).append(by)
     job.save_meta()
     try:
         registries[status].requeue(job)
     except InvalidJobOperation:
-        return JobStop(job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is no longer in the {status.value} registry of {job.origin}")
+        return JobStop(
+            job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is no longer in the {status.value} registry of {job.origin}"
+        )
     return JobStop(job_id, Outcome.DONE, f"job {job_id} requeued on {job.origin}")
 
 

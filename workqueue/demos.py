@@ -68,8 +68,7 @@ class Run:
 class Consumer:
     """A ``consumer_main.py`` process started for a scenario, its output kept in temporary files."""
 
-    def __init__(self, label: str, queues: list[str], workers: int, order: str | None,
-                 redis_url: str | None) -> None:
+    def __init__(self, label: str, queues: list[str], workers: int, order: str | None, redis_url: str | None) -> None:
         self.label, self.queues, self.workers = label, queues, workers
         if not (ROOT / "consumer_main.py").is_file():
             raise WorkqueueError(f"no consumer_main.py in {ROOT}: the demos run from a checkout of workqueue")
@@ -81,8 +80,15 @@ class Consumer:
         self.command = " ".join(["consumer_main.py", *args[2:]])
         # Kept open for the consumer's lifetime: read and closed by stop(), so no `with` here.
         self._out: tuple[IO[str], IO[str]] = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))  # noqa: SIM115
-        self.process = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._out[0],
-                                        stderr=self._out[1], text=True, start_new_session=True)
+        self.process = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out[0],
+            stderr=self._out[1],
+            text=True,
+            start_new_session=True,
+        )
         #: The prefix of its workers' names (``<host>.<pid>.w<n>``, see ``pool.ConsumerPool``).
         self.prefix = f"{socket.gethostname()}.{self.process.pid}."
 
@@ -169,8 +175,9 @@ class Stage:
 
     # -- consumers --------------------------------------------------------------------------------
 
-    def start_consumers(self, count: int, queues: list[str], *, workers: int = 1,
-                        order: str | None = None) -> list[Consumer]:
+    def start_consumers(
+        self, count: int, queues: list[str], *, workers: int = 1, order: str | None = None
+    ) -> list[Consumer]:
         """Start ``count`` consumers at once, and return when every one's workers have registered."""
         started = []
         for _ in range(count):
@@ -220,14 +227,23 @@ class Stage:
     def consumer_of(self, worker: str) -> str:
         for consumer in self.consumers:
             if worker.startswith(consumer.prefix):
-                return f"{consumer.label}/{worker[len(consumer.prefix):]}"
+                return f"{consumer.label}/{worker[len(consumer.prefix) :]}"
         return worker
 
     # -- producers --------------------------------------------------------------------------------
 
-    def produce(self, label: str, queue: str, task: str, params: dict[str, Any], count: int, *,
-                max_queued: int | None = None, on_wait: Callable[[str, int], None] | None = None,
-                start: threading.Barrier | None = None) -> threading.Thread:
+    def produce(
+        self,
+        label: str,
+        queue: str,
+        task: str,
+        params: dict[str, Any],
+        count: int,
+        *,
+        max_queued: int | None = None,
+        on_wait: Callable[[str, int], None] | None = None,
+        start: threading.Barrier | None = None,
+    ) -> threading.Thread:
         """A producer thread: ``count`` jobs of ``task`` as one batch on ``queue`` through the
         producer's API (with its own connection), the batch followed from its first end."""
         batch_id = batches.new_id()
@@ -245,10 +261,13 @@ class Stage:
                 if on_wait is not None:
                     on_wait(batch_id, queued)
 
-            self.say(f"{label}: enqueueing {count} × {call.describe()} on {queue}"
-                     + (f" (--max-queued {max_queued})" if max_queued else ""))
-            submission = producer.enqueue(connection, [call] * count, queue, max_queued=max_queued,
-                                          on_wait=waiting, batch_id=batch_id)
+            self.say(
+                f"{label}: enqueueing {count} × {call.describe()} on {queue}"
+                + (f" (--max-queued {max_queued})" if max_queued else "")
+            )
+            submission = producer.enqueue(
+                connection, [call] * count, queue, max_queued=max_queued, on_wait=waiting, batch_id=batch_id
+            )
             self.say(f"{label}: enqueued batch {batch_id}: {len(submission.jobs)} jobs on {queue}")
 
         return self._thread(label, body)
@@ -265,16 +284,28 @@ class Stage:
             time.sleep(0.05)
 
         def on_task(end: batches.TaskEnd) -> None:
-            fields = self.connection.hmget(Job.key_for(end.job_id), "origin", "worker_name", "description",
-                                           "started_at")
+            fields = self.connection.hmget(
+                Job.key_for(end.job_id), "origin", "worker_name", "description", "started_at"
+            )
             queue, worker, description, started_at = (decoded(v) if v else "?" for v in fields)
-            run = Run(end.job_id, label, queue, worker, self.consumer_of(worker), description, end.outcome,
-                      end.duration, started_at)
+            run = Run(
+                end.job_id,
+                label,
+                queue,
+                worker,
+                self.consumer_of(worker),
+                description,
+                end.outcome,
+                end.duration,
+                started_at,
+            )
             with self._lock:
                 self.runs.append(run)
             again = " (a second run, counted once)" if end.redelivery else ""
-            self.say(f"{run.consumer} ran {description} from {queue} (job {end.job_id[:8]}, {label}): "
-                     f"{end.outcome} in {end.duration:.2f}s{again}")
+            self.say(
+                f"{run.consumer} ran {description} from {queue} (job {end.job_id[:8]}, {label}): "
+                f"{end.outcome} in {end.duration:.2f}s{again}"
+            )
 
         remaining = max(1.0, deadline - time.monotonic())
         try:
@@ -304,8 +335,10 @@ class Stage:
                 thread.join(0.2)
                 for consumer in self.consumers:
                     if consumer.process.poll() is not None:
-                        raise ScenarioFailed(f"{consumer.label} exited on its own ({consumer.exit_status()}) "
-                                             f"before its jobs were done: {consumer.last_error()}")
+                        raise ScenarioFailed(
+                            f"{consumer.label} exited on its own ({consumer.exit_status()}) "
+                            f"before its jobs were done: {consumer.last_error()}"
+                        )
             if thread.is_alive():
                 self.problem("a producer or follower did not finish in time")
                 return
@@ -320,8 +353,10 @@ class Stage:
                 continue  # its problem is already said
             if (summary.total, summary.finished, summary.failed) != (count, count, 0):
                 failures = "; ".join(f"{f.job_id[:8]}: {f.detail}" for f in summary.failures[:3])
-                self.problem(f"{label}: {summary.finished} of {count} finished, {summary.failed} failed "
-                             f"({failures or 'not all ended'})")
+                self.problem(
+                    f"{label}: {summary.finished} of {count} finished, {summary.failed} failed "
+                    f"({failures or 'not all ended'})"
+                )
             wrong = [r.job_id for r in self.runs if r.producer == label and r.queue != queue]
             if wrong:
                 self.problem(f"{label}: {len(wrong)} jobs ran from another queue than {queue}")
@@ -372,8 +407,10 @@ def _fast_producer(stage: Stage) -> str:
         enqueued = stage.connection.scard(batches.group(stage.connection, batch_id).key)
         if enqueued != last[0]:
             last[0], stuck[0] = enqueued, stuck[0] + 1
-            stage.say(f"producer-1: {enqueued} of {count} enqueued; {queue} holds {queued} "
-                      f"(--max-queued {bound}): waiting for the consumer to take one")
+            stage.say(
+                f"producer-1: {enqueued} of {count} enqueued; {queue} holds {queued} "
+                f"(--max-queued {bound}): waiting for the consumer to take one"
+            )
 
     def watch() -> None:
         while not done.is_set():
@@ -390,8 +427,10 @@ def _fast_producer(stage: Stage) -> str:
         done.set()
         watcher.join()
     stage.check_batches({"producer-1": (queue, count)})
-    stage.say(f"producer-1 waited {stuck[0]} times for room (about {polls[0] * 0.2:.1f} s in all); "
-              f"{queue} held at most {peak[0]} jobs")
+    stage.say(
+        f"producer-1 waited {stuck[0]} times for room (about {polls[0] * 0.2:.1f} s in all); "
+        f"{queue} held at most {peak[0]} jobs"
+    )
     if not stuck[0]:
         stage.problem("the producer never waited: the queue never reached --max-queued")
     if peak[0] > bound:

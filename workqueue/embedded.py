@@ -93,10 +93,14 @@ def refusal(settings: Settings, *, no_password: bool) -> str:
     where = f"{DEFAULT_HOST}:{settings.port}"
     if running_pid(settings) is not None:
         if no_password:
-            return (f"the embedded Redis on {where} runs without a password (started by an older workqueue); "
-                    "restart it: python -m workqueue redis stop (the next command starts it with one)")
-        return (f"the embedded Redis on {where} refused the password in {settings.password_file} "
-                "(it was started with another one); restart it: python -m workqueue redis stop")
+            return (
+                f"the embedded Redis on {where} runs without a password (started by an older workqueue); "
+                "restart it: python -m workqueue redis stop (the next command starts it with one)"
+            )
+        return (
+            f"the embedded Redis on {where} refused the password in {settings.password_file} "
+            "(it was started with another one); restart it: python -m workqueue redis stop"
+        )
     why = "it has no password" if no_password else "it refused the embedded password"
     return (f"the Redis on {where} is not the embedded one ({why}): use it with REDIS_URL=redis://{where}/0, "
             "or move the embedded one with WORKQUEUE_REDIS_PORT")  # fmt: skip

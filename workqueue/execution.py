@@ -26,8 +26,8 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Optional
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import redis
@@ -111,7 +111,7 @@ return false
 #: Jobs whose hash has gone (deleted while queued) one claim drops before it answers "try again".
 _MAX_DROPPED = 100
 
-_claim_script: Optional[Script] = None
+_claim_script: Script | None = None
 #: Each queue's keys as the claim needs them (building a registry to learn its key is not free).
 _queue_keys: dict[str, list[str]] = {}
 
@@ -127,8 +127,9 @@ def _direct(connection: redis.Redis) -> redis.Redis:
     key = (os.getpid(), id(connection.connection_pool))
     client = _direct_clients.get(key)
     if client is None:
-        client = _direct_clients[key] = redis.Redis(connection_pool=connection.connection_pool,
-                                                    single_connection_client=True)
+        client = _direct_clients[key] = redis.Redis(
+            connection_pool=connection.connection_pool, single_connection_client=True
+        )
     return client
 
 
@@ -150,14 +151,19 @@ class _Claimed:
     """What :func:`claim` found: nothing yet (``retry``), or a job and its queue, and the job's
     execution if the claim started it."""
 
-    __slots__ = ("job", "queue", "retry", "execution")
+    __slots__ = ("execution", "job", "queue", "retry")
 
-    def __init__(self, job: Optional[Job] = None, queue: Optional[Queue] = None, retry: bool = False,
-                 execution: Optional[Execution] = None) -> None:
+    def __init__(
+        self,
+        job: Job | None = None,
+        queue: Queue | None = None,
+        retry: bool = False,
+        execution: Execution | None = None,
+    ) -> None:
         self.job, self.queue, self.retry, self.execution = job, queue, retry, execution
 
 
-def claim(worker: Worker, queues: Sequence[Queue], moved: Optional[bytes] = None) -> _Claimed:
+def claim(worker: Worker, queues: Sequence[Queue], moved: bytes | None = None) -> _Claimed:
     """Take the first job of ``queues`` (in order) without blocking, and start it, in one round trip;
     ``moved``: the id of a job the worker already moved into the first queue's intermediate list."""
     connection = worker.connection
@@ -171,9 +177,20 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: Optional[bytes] = None
         _claim_script = connection.register_script(_CLAIM)
     execution_id, started = uuid4().hex, now()
     state = worker.get_state()
-    args = [Job.redis_job_namespace_prefix, f"{RQ_KEY_PREFIX}:execution:", ExecutionRegistry.key_template.format(""),
-            execution_id, worker.name, started.timestamp(), int(started.timestamp()), utcformat(started),
-            worker.job_monitoring_interval, int(state != WorkerStatus.BUSY), _MAX_DROPPED, moved or ""]
+    args = [
+        Job.redis_job_namespace_prefix,
+        f"{RQ_KEY_PREFIX}:execution:",
+        ExecutionRegistry.key_template.format(""),
+        execution_id,
+        worker.name,
+        started.timestamp(),
+        int(started.timestamp()),
+        utcformat(started),
+        worker.job_monitoring_interval,
+        int(state != WorkerStatus.BUSY),
+        _MAX_DROPPED,
+        moved or "",
+    ]
     # Busy in memory before the job can be started in Redis: a stop signal arriving meanwhile then
     # lets the job run to its end (RQ's warm shutdown) instead of leaving it started and unrun.
     rq_compat.set_worker_state(worker, WorkerStatus.BUSY)
@@ -188,7 +205,9 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: Optional[bytes] = None
     if reply[0] == 0:
         return _Claimed(retry=True)
     queue, job_id, fields, ttl = queues[reply[0] - 1], reply[1].decode(), reply[2], reply[3]
-    job = restore(worker.job_class, job_id, dict(zip(fields[::2], fields[1::2])), connection, worker.serializer)
+    job = restore(
+        worker.job_class, job_id, dict(zip(fields[::2], fields[1::2], strict=True)), connection, worker.serializer
+    )
     if ttl < 0:
         return _Claimed(job, queue)
     # What RQ's prepare_execution and prepare_job_execution leave in memory.
@@ -202,8 +221,9 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: Optional[bytes] = None
     return _Claimed(job, queue, execution=execution)
 
 
-def restore(job_class: type[Job], job_id: str, raw: dict[bytes, bytes], connection: redis.Redis,
-            serializer: Any) -> Job:
+def restore(
+    job_class: type[Job], job_id: str, raw: dict[bytes, bytes], connection: redis.Redis, serializer: Any
+) -> Job:
     """A job built from its hash as read from Redis, which it keeps (``claimed_hash``) so the horse
     can build it again without reading it a second time."""
     job = job_class(job_id, connection=connection, serializer=serializer)
@@ -292,27 +312,32 @@ end
 return replies
 """
 #: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
-_RUNNABLE = {hashlib.sha1(text.encode()).hexdigest(): text
-             for text in (batches.END_SCRIPT, statistics.RECORD_END_SCRIPT)}
-_RUN = "local scripts = {}\n" + "".join(
-    f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items()) + _RUN_LOOP
-_run_script: Optional[Script] = None
+_RUNNABLE = {
+    hashlib.sha1(text.encode()).hexdigest(): text for text in (batches.END_SCRIPT, statistics.RECORD_END_SCRIPT)
+}
+_RUN = (
+    "local scripts = {}\n"
+    + "".join(f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items())
+    + _RUN_LOOP
+)
+_run_script: Script | None = None
 
 #: What :func:`run_guarded` answers when its guard did not hold: nothing was written.
 SUPERSEDED = None
+
 
 class Guard:
     """Which run a guarded write belongs to: ``mode`` 'holds' (the writes are made only while one
     of ``members`` is in the started registry ``registry``) or 'claim' (only by the caller whose
     call removes one of them)."""
 
-    __slots__ = ("mode", "registry", "members")
+    __slots__ = ("members", "mode", "registry")
 
     def __init__(self, mode: str, registry: str, members: Sequence[str]) -> None:
         self.mode, self.registry, self.members = mode, registry, list(members)
 
     @classmethod
-    def holds(cls, job: Job, execution_id: str) -> "Guard":
+    def holds(cls, job: Job, execution_id: str) -> Guard:
         """The run of ``job`` as ``execution_id`` still holds it."""
         return cls("holds", job.started_job_registry.key, [f"{job.id}:{execution_id}"])
 
@@ -323,7 +348,7 @@ class Guard:
 _NO_GUARD = Guard("", "", [])
 
 
-def _run_queued(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard = _NO_GUARD) -> Optional[list[Any]]:
+def _run_queued(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard = _NO_GUARD) -> list[Any] | None:
     """The replies of the commands queued on the transaction ``pipe``, sent over ``connection``
     as one script (errors among them as exception objects, as ``execute(raise_on_error=False)``);
     SUPERSEDED (None), with nothing written, if ``guard`` did not hold. A write refused for want of
@@ -347,7 +372,7 @@ def _run_queued(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Gua
     return replies
 
 
-def _run_unknown(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard) -> Optional[list[Any]]:
+def _run_unknown(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard) -> list[Any] | None:
     """A transaction with a script :data:`_RUN` does not know: its guard first, then the
     transaction (two steps: rare, RQ's own paths only)."""
     if guard.mode:
@@ -358,8 +383,9 @@ def _run_unknown(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Gu
     return pipe.execute(raise_on_error=False)
 
 
-def run_guarded(connection: redis.Redis, build: Any, guard: Guard, *, what: str,
-                patience: Optional[float] = None) -> Optional[list[Any]]:
+def run_guarded(
+    connection: redis.Redis, build: Any, guard: Guard, *, what: str, patience: float | None = None
+) -> list[Any] | None:
     """Queue a transaction with ``build(pipe)`` and run it under ``guard``, in one atomic step;
     while Redis refuses it (out of memory, a failed save, away), wait and build it again, for at
     most ``patience`` seconds (None: as long as it takes). The replies, or SUPERSEDED."""
@@ -383,11 +409,20 @@ def run_guarded(connection: redis.Redis, build: Any, guard: Guard, *, what: str,
 def note_superseded(connection: redis.Redis, job_id: str, execution_id: str, worker_name: str, outcome: str) -> None:
     """Record on the job (``meta["superseded"]``) that a run of it ended after its job had been
     handed to another run: that end is not the job's outcome. Never raises."""
-    log.warning("job %s: the run %s on %s ended (%s) after the job had been handed back; its end is not recorded",
-                job_id, execution_id, worker_name, outcome)
+    log.warning(
+        "job %s: the run %s on %s ended (%s) after the job had been handed back; its end is not recorded",
+        job_id,
+        execution_id,
+        worker_name,
+        outcome,
+    )
     key = Job.key_for(job_id)
-    note = {"execution": execution_id, "worker": worker_name, "outcome": str(outcome)[:500],
-            "at": datetime.now(timezone.utc).isoformat()}
+    note = {
+        "execution": execution_id,
+        "worker": worker_name,
+        "outcome": str(outcome)[:500],
+        "at": datetime.now(UTC).isoformat(),
+    }
     try:
         with connection.pipeline() as pipe:
             for _ in range(5):
@@ -431,11 +466,26 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         worker.increment_successful_job_count(pipeline=pipe)
         worker.increment_total_working_time(job.ended_at - job.started_at, pipe)  # type: ignore[operator]
         if result_ttl != 0:  # RQ's Job._handle_success, writing the fields that changed, not the whole job
-            pipe.hset(job.key, mapping={"status": JobStatus.FINISHED, "started_at": utcformat(job.started_at),
-                                        "ended_at": utcformat(job.ended_at)})
-            Result.create(job, Result.Type.SUCCESSFUL, result_ttl, return_value=rq_compat.job_result(job),
-                          worker_name=worker.name, pipeline=pipe, execution_id=execution.id,
-                          execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+            assert job.started_at is not None and job.ended_at is not None  # set when the job started and ended
+            pipe.hset(
+                job.key,
+                mapping={
+                    "status": JobStatus.FINISHED,
+                    "started_at": utcformat(job.started_at),
+                    "ended_at": utcformat(job.ended_at),
+                },
+            )
+            Result.create(
+                job,
+                Result.Type.SUCCESSFUL,
+                result_ttl,
+                return_value=rq_compat.job_result(job),
+                worker_name=worker.name,
+                pipeline=pipe,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=job.ended_at,
+            )
             job.finished_job_registry.add(job, result_ttl, pipe)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)

@@ -21,7 +21,8 @@ import os
 import resource
 import select
 import signal
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 #: Jobs one horse runs before it is replaced, and the resident memory (MB) that replaces it sooner
 #: (``WORKQUEUE_HORSE_MAX_JOBS`` and ``WORKQUEUE_HORSE_MAX_RSS_MB`` in the worker's environment).
@@ -77,7 +78,7 @@ class Horse:
         """Hand the horse its next job (a dict of plain data; see the module's docstring)."""
         data = _frame(message)
         while data:
-            data = data[os.write(self._inbox, data):]
+            data = data[os.write(self._inbox, data) :]
         self.jobs += 1
 
     def wait(self, timeout: float) -> Any:
@@ -91,7 +92,7 @@ class Horse:
             if not chunk:
                 return None
             self._pending += chunk
-        message, self._pending = self._pending[4:4 + length], self._pending[4 + length:]
+        message, self._pending = self._pending[4 : 4 + length], self._pending[4 + length :]
         return marshal.loads(message)
 
     def worn_out(self, answer: dict) -> bool:
@@ -128,7 +129,7 @@ class Horse:
                 pass
 
 
-def serve(inbox: int, outbox: int, run: Callable[[dict], Optional[bool]]) -> None:
+def serve(inbox: int, outbox: int, run: Callable[[dict], bool | None]) -> None:
     """The horse's loop: run each job the worker sends, answer once it has ended; exit when the
     worker closes the pipe (or dies)."""
     with os.fdopen(inbox, "rb") as messages:
@@ -146,7 +147,7 @@ def _frame(message: dict) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-def _length(data: bytes) -> Optional[int]:
+def _length(data: bytes) -> int | None:
     """The length of the message that ``data`` starts with, if its 4-byte header is there."""
     return int.from_bytes(data[:4], "big") if len(data) >= 4 else None
 

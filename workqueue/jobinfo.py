@@ -61,8 +61,9 @@ def job_detail(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
         "ended_at": iso(job.ended_at),
         "elapsed": seconds_since(job.started_at, at) if status == JobStatus.STARTED else None,
         "progress": job.meta.get("progress"),
-        "result": latest.return_value if latest is not None and latest.type == Result.Type.SUCCESSFUL
-        and status == JobStatus.FINISHED else None,
+        "result": latest.return_value
+        if latest is not None and latest.type == Result.Type.SUCCESSFUL and status == JobStatus.FINISHED
+        else None,
         "unreadable": unreadable,
         "error": latest.exc_string if latest is not None and latest.exc_string else None,
         "attempts": job.meta.get("attempts", []),
@@ -78,5 +79,6 @@ def _latest_result(job: Job) -> tuple[Result | None, str | None]:
     try:
         return job.latest_result(), None
     except (ValueError, TypeError, KeyError, zlib.error) as exc:
-        return None, (f"the result is not JSON ({type(exc).__name__}): it was not written by workqueue, "
-                      "and is left alone")
+        return None, (
+            f"the result is not JSON ({type(exc).__name__}): it was not written by workqueue, and is left alone"
+        )

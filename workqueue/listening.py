@@ -25,8 +25,9 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, protected: bool, what: str, remedy: str) -> None:
     """Refuse to listen beyond loopback unprotected: anyone who reached the port could ``what``."""
     if not protected and not is_loopback(host):
-        raise BadInput(f"refusing to listen on {host} without credentials: anyone who reaches it could {what}; "
-                       f"{remedy}")
+        raise BadInput(
+            f"refusing to listen on {host} without credentials: anyone who reaches it could {what}; {remedy}"
+        )
 
 
 def url_host(host: str) -> str:

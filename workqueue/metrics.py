@@ -34,8 +34,9 @@ class RedisCollector:
     def collect(self) -> Iterator[Metric]:
         names = statistics.queue_names(self.connection)
         length = GaugeMetricFamily("workqueue_queue_jobs", "Jobs waiting in the queue.", labels=["queue"])
-        registry = GaugeMetricFamily("workqueue_registry_jobs", "Jobs in each of RQ's registries.",
-                                     labels=["queue", "registry"])
+        registry = GaugeMetricFamily(
+            "workqueue_registry_jobs", "Jobs in each of RQ's registries.", labels=["queue", "registry"]
+        )
         with self.connection.pipeline(transaction=False) as pipe:
             for name in names:
                 q = Queue(name, connection=self.connection, serializer=SERIALIZER)
@@ -97,8 +98,9 @@ class HelperCollector:
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("workqueue_helper_thread_up", "1 if the helper thread runs.", labels=["name"])
-        restarts = CounterMetricFamily("workqueue_helper_thread_restarts", "Restarts of a helper thread that died.",
-                                       labels=["name"])
+        restarts = CounterMetricFamily(
+            "workqueue_helper_thread_restarts", "Restarts of a helper thread that died.", labels=["name"]
+        )
         for thread in self.threads:
             up.add_metric([thread["name"]], 1 if thread["up"] else 0)
             restarts.add_metric([thread["name"]], thread["restarts"])

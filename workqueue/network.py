@@ -35,8 +35,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Instance-metadata services (AWS, Azure, GCP, Oracle, DigitalOcean: 169.254.169.254; AWS over
 #: IPv6; Alibaba; Oracle's other address): refused whatever the allow list says.
-METADATA = tuple(ipaddress.ip_network(n) for n in (
-    "169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32", "192.0.0.192/32"))
+METADATA = tuple(
+    ipaddress.ip_network(n) for n in ("169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32", "192.0.0.192/32")
+)
 LINK_LOCAL = tuple(ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10"))
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -92,8 +93,9 @@ class NetworkPolicy:
             try:
                 allowed.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
-                raise BadInput(f"{ALLOW_ENV}: {item!r} is not a network (expected CIDRs such as 10.0.0.0/8, "
-                               "comma-separated)") from None
+                raise BadInput(
+                    f"{ALLOW_ENV}: {item!r} is not a network (expected CIDRs such as 10.0.0.0/8, comma-separated)"
+                ) from None
         return cls(tuple(allowed))
 
     @classmethod
@@ -158,8 +160,14 @@ class _CheckedBackend(httpcore.SyncBackend):
     def __init__(self, policy: NetworkPolicy) -> None:
         self.policy = policy
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
         try:
             addresses = self.policy.resolve(host, port)
         except OSError as exc:

@@ -125,9 +125,13 @@ class OutageRetry(Retry):
     the process is stopping (:func:`request_stop`) or abandoned (:func:`abandon_when`): RQ's stop
     handlers write to Redis, and a worker stuck retrying them would ignore its stop for minutes."""
 
-    def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any],
-                        is_retryable: Callable[[Exception], bool] | None = None,
-                        with_failure_count: bool = False) -> Any:
+    def call_with_retry(
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
         global _down_since
         self._backoff.reset()
         failures = 0
@@ -162,7 +166,8 @@ def check_eviction_policy(connection: redis.Redis, where: str = "Redis") -> None
     if policy and policy != "noeviction":
         raise RedisMisconfigured(
             f"{where} may evict keys (maxmemory-policy {policy}), so jobs could vanish without a word; "
-            "run: redis-cli CONFIG SET maxmemory-policy noeviction (and set it in redis.conf)")
+            "run: redis-cli CONFIG SET maxmemory-policy noeviction (and set it in redis.conf)"
+        )
 
 
 def _new_mark() -> bytes:
@@ -225,8 +230,7 @@ class DataMark:
             raise current
         if self.id is not None and current != self.id:
             self.id, self.lost_at = current, time.time()
-            raise RedisLostData("Redis lost its data (restarted without persistence?): "
-                                "what it held before is gone")
+            raise RedisLostData("Redis lost its data (restarted without persistence?): what it held before is gone")
         self.id = current
         if isinstance(created, Exception) and probe_writes:
             raise created

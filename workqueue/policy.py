@@ -8,8 +8,9 @@ task catalogue alone: a job naming anything else fails with a reason, its path n
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from rq.exceptions import DeserializationError, NoSuchJobError
@@ -51,7 +52,7 @@ def _timestamp(value: bytes | str) -> datetime:
     text = value.decode() if isinstance(value, bytes) else value
     if text.endswith("Z"):
         try:
-            return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+            return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
         except ValueError:
             pass
     return str_to_date(value)
@@ -91,8 +92,11 @@ class CatalogueJob(Job):
         fails at once instead of being tried again for nothing."""
         try:
             task = self.task
-            for name in (rq_compat.success_callback_name(self), rq_compat.failure_callback_name(self),
-                         rq_compat.stopped_callback_name(self)):
+            for name in (
+                rq_compat.success_callback_name(self),
+                rq_compat.failure_callback_name(self),
+                rq_compat.stopped_callback_name(self),
+            ):
                 self._allowed_callback(name)
             if self.instance is not None or self.args:
                 raise JobRefused(f"refused: a {task.name} job takes keyword parameters only")
@@ -114,7 +118,7 @@ class CatalogueJob(Job):
 
         return run
 
-    def _allowed_callback(self, name: Optional[str]) -> None:
+    def _allowed_callback(self, name: str | None) -> None:
         if name and name not in ALLOWED_CALLBACKS:
             raise JobRefused(f"refused: callback {name!r} is not an allowed workqueue callback")
 
@@ -136,8 +140,9 @@ class CatalogueJob(Job):
         cache = self.__dict__.setdefault("_registries", {})
         key = (kind, self.origin)
         if key not in cache:
-            cache[key] = kind(self.origin, connection=self.connection, job_class=self.__class__,
-                              serializer=self.serializer)
+            cache[key] = kind(
+                self.origin, connection=self.connection, job_class=self.__class__, serializer=self.serializer
+            )
         return cache[key]
 
     @property
@@ -160,7 +165,7 @@ class CatalogueJob(Job):
 UNREADABLE = (ValueError, DeserializationError)
 
 
-def fetch_job(connection: redis.Redis, job_id: str) -> Optional[CatalogueJob]:
+def fetch_job(connection: redis.Redis, job_id: str) -> CatalogueJob | None:
     """The job (None if there is none), read as JSON in full; raises UnreadableJob for one that is
     not JSON (RQ would otherwise only find out later, or keep its metadata as raw bytes)."""
     try:
@@ -169,9 +174,13 @@ def fetch_job(connection: redis.Redis, job_id: str) -> Optional[CatalogueJob]:
     except NoSuchJobError:
         return None
     except UNREADABLE as exc:
-        raise UnreadableJob(f"job {job_id} is not readable as JSON ({type(exc).__name__}): it was not "
-                            "written by workqueue, and is left alone") from None
+        raise UnreadableJob(
+            f"job {job_id} is not readable as JSON ({type(exc).__name__}): it was not "
+            "written by workqueue, and is left alone"
+        ) from None
     if "unserialized" in job.meta:
-        raise UnreadableJob(f"job {job_id} has metadata that is not JSON: it was not written by workqueue, "
-                            "and is left alone")
+        raise UnreadableJob(
+            f"job {job_id} has metadata that is not JSON: it was not written by workqueue, and is left alone"
+        )
+    assert isinstance(job, CatalogueJob)  # RQ's fetch builds the class it is called on
     return job

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import redis
 from rq.queue import Queue
@@ -88,11 +88,11 @@ class PoolStatus:
     #: Workers stopped on purpose by a kill script (not replaced).
     stopped: list[str] = field(default_factory=list)
     #: Seconds Redis has not been answering (or refusing writes), if it is.
-    redis_down_for: Optional[float] = None
+    redis_down_for: float | None = None
     #: What the outage is, in one line (``outage.describe``).
     outage: str = ""
     #: When (``time.time()``) the pool saw Redis come back without its data, if it did.
-    lost_data_at: Optional[float] = None
+    lost_data_at: float | None = None
 
     @property
     def busy(self) -> int:
@@ -111,7 +111,7 @@ class ConsumerPool(WorkerPool):
         queues: Iterable[str],
         connection: redis.Redis,
         num_workers: int,
-        on_tick: Optional[Callable[[PoolStatus], None]] = None,
+        on_tick: Callable[[PoolStatus], None] | None = None,
         order: str = "priority",
     ) -> None:
         super().__init__(
@@ -133,7 +133,7 @@ class ConsumerPool(WorkerPool):
         self._next_sweep = 0.0
         # The workers' connection rides out outages; the pool's own looks must not hang on one.
         self._quick = without_retries(connection, socket_timeout=QUICK_TIMEOUT)
-        self.redis_down_since: Optional[float] = None
+        self.redis_down_since: float | None = None
         self._outage = ""
         self._mark = outage.DataMark(self._quick)
 
@@ -142,7 +142,9 @@ class ConsumerPool(WorkerPool):
         args, kwargs = rq_compat.process_arguments(process)
         return ForkProcess(target=_run_worker_detached, args=args, kwargs=kwargs, name=process.name)
 
-    def start_worker(self, count: Optional[int] = None, burst: bool = True, _sleep: float = 0, logging_level: str = "INFO"):
+    def start_worker(
+        self, count: int | None = None, burst: bool = True, _sleep: float = 0, logging_level: str = "INFO"
+    ):
         if self.status == self.Status.STOPPED:  # a signal arrived while the pool was starting
             return
         name = f"{self.name}.w{next(self._numbers)}"
@@ -170,7 +172,7 @@ class ConsumerPool(WorkerPool):
         """Whether a stop signal (Ctrl-C, SIGTERM) ended the pool, rather than empty queues or kill scripts."""
         return self._signals > 0
 
-    def request_stop(self, signum: Optional[int] = None, frame: Any = None) -> None:
+    def request_stop(self, signum: int | None = None, frame: Any = None) -> None:
         """First signal: warm shutdown of every worker. Second: cold shutdown, at once."""
         self._signals += 1
         self.status = self.Status.STOPPED
@@ -210,8 +212,10 @@ class ConsumerPool(WorkerPool):
             if isinstance(exc, (SystemExit, KeyboardInterrupt)):
                 raise
             log.critical("the pool failed; its workers were stopped", exc_info=True)
-            raise PoolFailed(f"the consumer's pool failed ({type(exc).__name__}: {exc}); its workers were stopped, "
-                             "their jobs go back to their queues") from None
+            raise PoolFailed(
+                f"the consumer's pool failed ({type(exc).__name__}: {exc}); its workers were stopped, "
+                "their jobs go back to their queues"
+            ) from None
 
     def _abandon_workers(self) -> None:
         """Stop every worker at once (each hands its job back), wait ABANDON_GRACE seconds for them,
@@ -261,8 +265,11 @@ class ConsumerPool(WorkerPool):
             self.redis_down_since, self._outage = None, ""
         except redis.RedisError as exc:
             self._note_outage(exc)
-            status = PoolStatus(workers=[WorkerView(n, "?", *self._seen.get(n, (0, 0))) for n in self.worker_dict],
-                                stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))
+            status = PoolStatus(
+                workers=[WorkerView(n, "?", *self._seen.get(n, (0, 0))) for n in self.worker_dict],
+                stopping=self.status == self.Status.STOPPED,
+                stopped=list(self.stopped),
+            )
             status.redis_down_for = time.monotonic() - (self.redis_down_since or time.monotonic())
             status.outage = self._outage
         status.lost_data_at = self._mark.lost_at
@@ -274,12 +281,14 @@ class ConsumerPool(WorkerPool):
         names = list(self._seen)
         with self._quick.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.hmget(Worker.redis_worker_namespace_prefix + name, "state", "successful_job_count", "failed_job_count")
+                pipe.hmget(
+                    Worker.redis_worker_namespace_prefix + name, "state", "successful_job_count", "failed_job_count"
+                )
             for queue in rq_compat.pool_queue_names(self):
                 pipe.llen(Queue(queue, connection=self._quick).key)
             replies = pipe.execute()
         status = PoolStatus(stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))
-        for name, (state, done, failed) in zip(names, replies):
+        for name, (state, done, failed) in zip(names, replies, strict=False):  # the queues' lengths follow
             if state is not None:  # a dead worker's hash expires a minute after it exits
                 self._seen[name] = (int(done or 0), int(failed or 0))
             if name in self.worker_dict:
@@ -287,5 +296,5 @@ class ConsumerPool(WorkerPool):
                 status.workers.append(WorkerView(name, (state or b"starting").decode(), *counts))
         status.finished = sum(done for done, _ in self._seen.values())
         status.failed = sum(failed for _, failed in self._seen.values())
-        status.queued = sum(replies[len(names):])
+        status.queued = sum(replies[len(names) :])
         return status

@@ -44,15 +44,23 @@ class TaskCall:
     timeout: int | None = None
 
     @classmethod
-    def build(cls, task_name: str, params: Mapping[str, Any] | None = None, *,
-              retries: int | None = None, timeout: int | None = None, strict: bool = False) -> TaskCall:
+    def build(
+        cls,
+        task_name: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        retries: int | None = None,
+        timeout: int | None = None,
+        strict: bool = False,
+    ) -> TaskCall:
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
         numbers must be JSON numbers, not text (for the HTTP API, whose schema says so)."""
         if retries is not None and not 0 <= retries <= MAX_RETRIES:
             raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}", "retries")
         if timeout is not None and not 1 <= timeout <= MAX_TIMEOUT:
-            raise BadInput(f"timeout: {timeout} is out of bounds, expected 1 <= timeout <= {MAX_TIMEOUT:,} seconds",
-                           "timeout")
+            raise BadInput(
+                f"timeout: {timeout} is out of bounds, expected 1 <= timeout <= {MAX_TIMEOUT:,} seconds", "timeout"
+            )
         try:
             task = task_def.get_task(task_name)
             values = task.validate(params or {}, strict)
@@ -60,8 +68,9 @@ class TaskCall:
             raise BadInput(str(exc), f"params.{exc.field}" if exc.field else "task") from None
         size = len(json.dumps(values))
         if size > MAX_PARAMS_BYTES:
-            raise BadInput(f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit",
-                           "params")
+            raise BadInput(
+                f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit", "params"
+            )
         return cls(task, values, retries, timeout)
 
     def job_timeout(self) -> int:
@@ -193,8 +202,9 @@ def enqueue(
     return Submission(batch_id, queue, jobs)
 
 
-def _wait_for_room(connection: redis.Redis, queue: Queue, max_queued: int,
-                   on_wait: Callable[[int], Any] | None, poll: float = 0.2) -> int:
+def _wait_for_room(
+    connection: redis.Redis, queue: Queue, max_queued: int, on_wait: Callable[[int], Any] | None, poll: float = 0.2
+) -> int:
     """Block until ``queue`` holds fewer than ``max_queued`` jobs; how many more it can take."""
     while True:
         queued = connection.llen(queue.key)
@@ -212,6 +222,7 @@ def _which_landed(connection: redis.Redis, jobs: list[Job]) -> str:
     try:
         landed = without_retries(connection).exists(jobs[0].key)
     except redis.RedisError:
-        return (f"the {len(jobs)} jobs were sent in one transaction, so all or none were enqueued "
-                f"(check job {jobs[0].id})")
+        return (
+            f"the {len(jobs)} jobs were sent in one transaction, so all or none were enqueued (check job {jobs[0].id})"
+        )
     return f"all {len(jobs)} jobs were enqueued" if landed else "nothing was enqueued"

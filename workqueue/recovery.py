@@ -14,8 +14,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Optional
+from datetime import UTC, datetime
 
 import redis
 from rq import Queue, Worker
@@ -32,6 +31,7 @@ from workqueue import batches, rq_compat, statistics
 from workqueue.errors import UnreadableJob
 from workqueue.execution import SUPERSEDED, Guard, run_guarded
 from workqueue.policy import SERIALIZER, CatalogueJob, fetch_job
+from workqueue.replies import decoded, decoded_members
 from workqueue.settings import FAILURE_TTL
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,15 @@ class HandBack:
         return f"job {self.job_id} had already ended"
 
 
-def hand_back(connection: redis.Redis, job: Job | str, reason: str, worker_name: str = "", *, attempt: bool = False,
-              execution_ids: Optional[Iterable[str]] = None) -> HandBack:
+def hand_back(
+    connection: redis.Redis,
+    job_or_id: Job | str,
+    reason: str,
+    worker_name: str = "",
+    *,
+    attempt: bool = False,
+    execution_ids: Iterable[str] | None = None,
+) -> HandBack:
     """Requeue ``job`` at the front of its queue, or fail it with ``reason`` if it must not re-run.
 
     ``attempt``: the interruption was a failure (the worker died), so it uses one of the job's
@@ -80,11 +87,11 @@ def hand_back(connection: redis.Redis, job: Job | str, reason: str, worker_name:
     several sweeps that find the same dead run, one acts and the others find it "already ended".
     A job that is not JSON is failed with the reason, never run.
     """
-    job_id = job if isinstance(job, str) else job.id
+    job_id = job_or_id if isinstance(job_or_id, str) else job_or_id.id
     job_key = Job.key_for(job_id)
-    origin = (connection.hget(job_key, "origin") or b"").decode()
+    origin = decoded(connection.hget(job_key, "origin") or b"")
     if execution_ids is None:
-        execution_ids = [e.decode() for e in connection.zrange(ExecutionRegistry.key_template.format(job_id), 0, -1)]
+        execution_ids = decoded_members(connection.zrange(ExecutionRegistry.key_template.format(job_id), 0, -1))
     execution_ids = list(execution_ids)
     if not origin or not execution_ids:
         return HandBack(job_id, origin, ALREADY_ENDED, reason)
@@ -105,7 +112,7 @@ def hand_back(connection: redis.Redis, job: Job | str, reason: str, worker_name:
         else:
             rerun, why_not = False, "no retries left"
     job.meta.setdefault("interruptions", []).append(
-        {"reason": reason, "worker": worker_name, "at": datetime.now(timezone.utc).isoformat()}
+        {"reason": reason, "worker": worker_name, "at": datetime.now(UTC).isoformat()}
     )
     failure = f"{reason}; not re-run: {why_not}"
     if attempt or not rerun:
@@ -130,8 +137,9 @@ def hand_back(connection: redis.Redis, job: Job | str, reason: str, worker_name:
     return outcome
 
 
-def _forget_executions(pipe: redis.client.Pipeline, job_id: str, execution_ids: list[str], queue: Queue,
-                       worker_name: str) -> None:
+def _forget_executions(
+    pipe: redis.client.Pipeline, job_id: str, execution_ids: list[str], queue: Queue, worker_name: str
+) -> None:
     """Queue what RQ's Execution.delete writes for each of the job's runs, without reading them
     first (a concurrent sweep may have deleted them: RQ's get_executions then raises)."""
     for execution_id in execution_ids:
@@ -143,8 +151,9 @@ def _forget_executions(pipe: redis.client.Pipeline, job_id: str, execution_ids: 
             pipe.srem(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name), composite)
 
 
-def _fail_unreadable(connection: redis.Redis, queue: Queue, job_id: str, execution_ids: list[str], guard: Guard,
-                     worker_name: str) -> HandBack:
+def _fail_unreadable(
+    connection: redis.Redis, queue: Queue, job_id: str, execution_ids: list[str], guard: Guard, worker_name: str
+) -> HandBack:
     """Fail a dead run's job whose data or meta is not JSON (garbage, or a foreign client's
     pickle), with the reason, its meta left as it is: never run, never counted finished."""
     raw = connection.hgetall(Job.key_for(job_id))
@@ -159,8 +168,9 @@ def _fail_unreadable(connection: redis.Redis, queue: Queue, job_id: str, executi
         _forget_executions(pipe, job_id, execution_ids, queue, worker_name)
         job.failed_job_registry.add(job, ttl=job.failure_ttl, exc_string=UNREADABLE_REASON, pipeline=pipe)
         pipe.hset(job.key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
-        Result.create_failure(job, job.failure_ttl, exc_string=UNREADABLE_REASON, worker_name=worker_name,
-                              pipeline=pipe)
+        Result.create_failure(
+            job, job.failure_ttl, exc_string=UNREADABLE_REASON, worker_name=worker_name, pipeline=pipe
+        )
         batches.record_end(pipe, job, "failed", detail=UNREADABLE_REASON, task="?")
 
     if run_guarded(connection, build, guard, what=f"the failure of job {job_id}", patience=30) is SUPERSEDED:
@@ -176,7 +186,7 @@ def note_attempt(job: Job, error: str, worker_name: str) -> None:
     """
     lines = [line for line in (error or "").strip().splitlines() if line.strip()]
     job.meta.setdefault("attempts", []).append(
-        {"error": "\n".join(lines[-3:])[:2000], "worker": worker_name, "at": datetime.now(timezone.utc).isoformat()}
+        {"error": "\n".join(lines[-3:])[:2000], "worker": worker_name, "at": datetime.now(UTC).isoformat()}
     )
 
 
@@ -190,14 +200,14 @@ def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
     Returns the names of the dead workers removed and what became of their jobs.
     """
     prefix = Worker.redis_worker_namespace_prefix
-    keys = sorted(k.decode(errors="replace") for k in connection.smembers(Worker.redis_workers_keys))
+    keys = sorted(decoded(k, errors="replace") for k in connection.smembers(Worker.redis_workers_keys))
     keys = [key for key in keys if "\ufffd" not in key]  # not UTF-8: no worker of ours or RQ's
     with connection.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hmget(key, "hostname", "pid", "birth", "death")
         fields = pipe.execute()
     missing, gone_here = [], []
-    for key, (host, pid, birth, death) in zip(keys, fields):
+    for key, (host, pid, birth, death) in zip(keys, fields, strict=True):
         if host is None and pid is None and birth is None:
             missing.append(key)
         elif death is None and local_worker_gone(host, pid, birth):
@@ -205,8 +215,10 @@ def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
     if gone_here:  # as if its registration had lapsed
         connection.delete(*gone_here)
     dead = missing + gone_here
-    queues = [Queue(name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
-              for name in statistics.rq_queue_names(connection)]
+    queues = [
+        Queue(name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+        for name in statistics.rq_queue_names(connection)
+    ]
     if dead:
         for queue in queues:
             clean_worker_registry(queue)
@@ -221,13 +233,13 @@ def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
         except Exception:  # one queue's trouble never stops the others'
             log.exception("sweeping queue %s failed; carrying on", queue.name)
     _enqueue_due(connection, queues)
-    return [key[len(prefix):] for key in dead], handed
+    return [key[len(prefix) :] for key in dead], handed
 
 
 def _sweep_started(connection: redis.Redis, queue: Queue) -> list[HandBack]:
     """Hand back each job of ``queue``'s started registry whose worker is dead, one by one."""
     prefix = Worker.redis_worker_namespace_prefix
-    members = [m.decode() for m in connection.zrange(queue.started_job_registry.key, 0, -1)]
+    members = decoded_members(connection.zrange(queue.started_job_registry.key, 0, -1))
     runs: dict[str, list[str]] = {}
     for member in members:
         job_id, _, execution_id = member.rpartition(":")
@@ -244,17 +256,22 @@ def _sweep_started(connection: redis.Redis, queue: Queue) -> list[HandBack]:
             pipe.exists(prefix + owner)
             pipe.hexists(prefix + owner, "death")
         replies = pipe.execute()
-    alive = {owner for owner, there, quit_ in zip(owners, replies[::2], replies[1::2]) if there and not quit_}
-    quitted = {owner for owner, there, quit_ in zip(owners, replies[::2], replies[1::2]) if quit_}
+    alive = {
+        owner for owner, there, quit_ in zip(owners, replies[::2], replies[1::2], strict=True) if there and not quit_
+    }
+    quitted = {owner for owner, there, quit_ in zip(owners, replies[::2], replies[1::2], strict=True) if quit_}
     handed = []
-    for job_id, (status, owner_raw) in zip(job_ids, states):
+    for job_id, (status, owner_raw) in zip(job_ids, states, strict=True):
         owner = owner_raw.decode() if owner_raw else ""
         if status != JobStatus.STARTED.value.encode() or owner in alive:
             continue  # a job just ended (its registry entry follows in the same step) or still running
         # A worker's hash outlives it by a minute when it quits (RQ's register_death marks it
         # "death"): such a worker is as dead as one whose heartbeat lapsed.
-        reason = f"worker {owner} quit without finishing it" if owner in quitted else \
-            f"worker {owner or '?'} died (its heartbeat expired)"
+        reason = (
+            f"worker {owner} quit without finishing it"
+            if owner in quitted
+            else f"worker {owner or '?'} died (its heartbeat expired)"
+        )
         try:
             handed.append(hand_back(connection, job_id, reason, owner, attempt=True, execution_ids=runs[job_id]))
         except redis.ConnectionError:
@@ -264,7 +281,7 @@ def _sweep_started(connection: redis.Redis, queue: Queue) -> list[HandBack]:
     return handed
 
 
-def local_worker_gone(hostname: Optional[bytes], pid: Optional[bytes], birth: Optional[bytes]) -> bool:
+def local_worker_gone(hostname: bytes | None, pid: bytes | None, birth: bytes | None) -> bool:
     """Whether a worker registered from this host (RQ keeps its hostname and pid) no longer runs:
     its process is gone, or the pid now belongs to a process started after the worker's birth
     (the pid was reused). A worker of another host is left to its registration's lapse."""
@@ -281,13 +298,13 @@ def local_worker_gone(hostname: Optional[bytes], pid: Optional[bytes], birth: Op
     if started is None or not birth:
         return False
     try:
-        born = utcparse(birth.decode()).replace(tzinfo=timezone.utc).timestamp()
+        born = utcparse(birth.decode()).replace(tzinfo=UTC).timestamp()
     except ValueError:
         return False
     return started > born + 2  # a worker's process starts before it registers
 
 
-def _process_started_at(pid: int) -> Optional[float]:
+def _process_started_at(pid: int) -> float | None:
     """When process ``pid`` started (epoch seconds), from /proc (Linux); None elsewhere."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -309,12 +326,12 @@ def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack
     is moved back like any other (a worker then fails it with the reason).
     """
     rescued = []
-    job_ids = [j.decode() for j in connection.lrange(queue.intermediate_queue_key, 0, -1)]
+    job_ids = [decoded(j) for j in connection.lrange(queue.intermediate_queue_key, 0, -1)]
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.hget(Job.key_for(job_id), "status")
         statuses = pipe.execute()
-    for job_id, status in zip(job_ids, statuses):
+    for job_id, status in zip(job_ids, statuses, strict=True):
         if status is not None and status != JobStatus.QUEUED.value.encode():
             continue  # started (the started-registry scan covers it) or already ended
         seen_key = f"workqueue:intermediate-seen:{queue.name}:{job_id}"
@@ -326,7 +343,7 @@ def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack
         keys = [queue.intermediate_queue_key, queue.key, Job.key_for(job_id), seen_key]
         if connection.eval(_REQUEUE_IF_STILL_THERE, len(keys), *keys, job_id):
             runs_key = ExecutionRegistry.key_template.format(job_id)
-            execution_ids = [e.decode() for e in connection.zrange(runs_key, 0, -1)]
+            execution_ids = decoded_members(connection.zrange(runs_key, 0, -1))
             if execution_ids:
                 with connection.pipeline() as pipe:
                     _forget_executions(pipe, job_id, execution_ids, queue, "")
@@ -352,6 +369,7 @@ def _enqueue_due(connection: redis.Redis, queues: list[Queue]) -> None:
             scheduler.enqueue_scheduled_jobs()
         finally:
             scheduler.release_locks()
+
 
 def sweep_loop(connection: redis.Redis, interval: float) -> Callable[[threading.Event], None]:
     """A loop that runs :func:`sweep` (and samples the queues' backlog) every ``interval`` seconds

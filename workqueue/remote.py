@@ -66,11 +66,19 @@ class GatewayClient:
             raise GatewayError(f"the gateway answered {response.status_code}: {response.text[:200]}")
         return response.json()
 
-    def enqueue(self, calls: list[producer.TaskCall], queue_name: str, *, callback_url: str | None = None,
-                callback_secret: str | None = None) -> Sent:
+    def enqueue(
+        self,
+        calls: list[producer.TaskCall],
+        queue_name: str,
+        *,
+        callback_url: str | None = None,
+        callback_secret: str | None = None,
+    ) -> Sent:
         """One batch of up to MAX_TASKS calls (sharing their retries and timeout overrides)."""
-        body: dict[str, Any] = {"tasks": [{"task": c.task.name, "params": c.params} for c in calls],
-                                "queue": queue_name}
+        body: dict[str, Any] = {
+            "tasks": [{"task": c.task.name, "params": c.params} for c in calls],
+            "queue": queue_name,
+        }
         for name in ("retries", "timeout"):
             if getattr(calls[0], name) is not None:
                 body[name] = getattr(calls[0], name)
@@ -83,14 +91,23 @@ class GatewayClient:
         return self.request("GET", f"/batches/{batch_id}")
 
 
-def send(client: GatewayClient, calls: list[producer.TaskCall], queue_name: str, threads: int, *,
-         callback_url: str | None = None, callback_secret: str | None = None) -> list[Sent]:
+def send(
+    client: GatewayClient,
+    calls: list[producer.TaskCall],
+    queue_name: str,
+    threads: int,
+    *,
+    callback_url: str | None = None,
+    callback_secret: str | None = None,
+) -> list[Sent]:
     """Every call, as batches of at most MAX_TASKS, sent from ``threads`` threads at once."""
     per_thread = -(-len(calls) // threads)
-    chunks = [calls[i:i + min(per_thread, MAX_TASKS)] for i in range(0, len(calls), min(per_thread, MAX_TASKS))]
+    chunks = [calls[i : i + min(per_thread, MAX_TASKS)] for i in range(0, len(calls), min(per_thread, MAX_TASKS))]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="producer") as pool:
-        futures = [pool.submit(client.enqueue, chunk, queue_name, callback_url=callback_url,
-                               callback_secret=callback_secret) for chunk in chunks]
+        futures = [
+            pool.submit(client.enqueue, chunk, queue_name, callback_url=callback_url, callback_secret=callback_secret)
+            for chunk in chunks
+        ]
         return [f.result() for f in futures]
 
 
@@ -186,8 +203,11 @@ class ResultReceiver:
                     self.end_headers()
                     return
                 body = self.rfile.read(length)
-                status = receiver.take(body, self.headers.get(delivery.TIMESTAMP_HEADER, ""),
-                                       self.headers.get(delivery.SIGNATURE_HEADER, ""))
+                status = receiver.take(
+                    body,
+                    self.headers.get(delivery.TIMESTAMP_HEADER, ""),
+                    self.headers.get(delivery.SIGNATURE_HEADER, ""),
+                )
                 self.send_response(status)
                 self.end_headers()
 

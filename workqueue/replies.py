@@ -7,7 +7,7 @@ narrow a reply once, where a bare ``.decode()`` would leave the type checker gue
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 
 def decoded(reply: bytes | str, errors: str = "strict") -> str:
@@ -29,3 +29,9 @@ def as_bytes(reply: bytes | str) -> bytes:
 def decoded_map(reply: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     """A hash (HGETALL, a stream entry's fields) as text keys and values."""
     return {decoded(k): decoded(v) for k, v in reply.items()}
+
+
+def decoded_members(reply: Iterable[object]) -> list[str]:
+    """A list of members (LRANGE, SMEMBERS, a ZRANGE without scores) as text; redis-py types a
+    ZRANGE's reply with its WITHSCORES shape too, which is never asked for here."""
+    return [decoded(member) for member in reply if isinstance(member, (bytes, str))]

@@ -15,7 +15,7 @@ per serializer), which the entry points that read jobs call explicitly: importin
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any
 
 import rq
 import rq.job
@@ -37,8 +37,10 @@ def check_version(version: str) -> None:
     """Raise ImportError, in one line saying what to install, if ``version`` is not a supported RQ."""
     if version != SUPPORTED and not version.startswith(SUPPORTED + "."):
         major_minor = ".".join(version.split(".")[:2])
-        raise ImportError(f"workqueue supports RQ {SUPPORTED}.x; this is RQ {major_minor} ({version}): "
-                          f"pip install 'rq=={SUPPORTED}.*'")
+        raise ImportError(
+            f"workqueue supports RQ {SUPPORTED}.x; this is RQ {major_minor} ({version}): "
+            f"pip install 'rq=={SUPPORTED}.*'"
+        )
 
 
 check_version(str(getattr(rq, "__version__", getattr(rq, "VERSION", "unknown"))))
@@ -54,11 +56,31 @@ OVERRIDDEN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 #: Every private RQ name used through this module or overridden; no other module of workqueue may
 #: name them (tests/test_rq_compat.py greps for them).
 PRIVATE_NAMES: tuple[str, ...] = (
-    "_status", "_result", "_success_callback_name", "_failure_callback_name", "_stopped_callback_name",
-    "_serialize_meta", "_handle_failure", "_enqueue_job", "_job", "_state", "_ordered_queues",
-    "_stop_requested", "_stopped_job_id", "_horse_pid", "_is_horse", "_handle_stopped_job",
-    "_enqueue_dependents_safely", "_release_slot_safely", "_burst", "_queue_names", "_args", "_kwargs",
-    "_install_signal_handlers", "_finalize_success", "_start_scheduler",
+    "_status",
+    "_result",
+    "_success_callback_name",
+    "_failure_callback_name",
+    "_stopped_callback_name",
+    "_serialize_meta",
+    "_handle_failure",
+    "_enqueue_job",
+    "_job",
+    "_state",
+    "_ordered_queues",
+    "_stop_requested",
+    "_stopped_job_id",
+    "_horse_pid",
+    "_is_horse",
+    "_handle_stopped_job",
+    "_enqueue_dependents_safely",
+    "_release_slot_safely",
+    "_burst",
+    "_queue_names",
+    "_args",
+    "_kwargs",
+    "_install_signal_handlers",
+    "_finalize_success",
+    "_start_scheduler",
 )
 
 
@@ -97,6 +119,7 @@ def install() -> None:
 
 # --- jobs --------------------------------------------------------------------------------------
 
+
 def set_job_status(job: Job, status: str) -> None:
     """The job's status in memory only (RQ's ``set_status`` also writes it to Redis)."""
     job._status = status  # type: ignore[assignment]
@@ -112,17 +135,17 @@ def job_result(job: Job) -> Any:
     return job._result
 
 
-def success_callback_name(job: Job) -> Optional[str]:
+def success_callback_name(job: Job) -> str | None:
     """The dotted path of the job's success callback, unresolved (None if it has none)."""
     return job._success_callback_name
 
 
-def failure_callback_name(job: Job) -> Optional[str]:
+def failure_callback_name(job: Job) -> str | None:
     """The dotted path of the job's failure callback, unresolved (None if it has none)."""
     return job._failure_callback_name
 
 
-def stopped_callback_name(job: Job) -> Optional[str]:
+def stopped_callback_name(job: Job) -> str | None:
     """The dotted path of the job's stopped callback, unresolved (None if it has none)."""
     return job._stopped_callback_name
 
@@ -132,12 +155,24 @@ def serialized_meta(job: Job) -> bytes:
     return job._serialize_meta()
 
 
-def handle_job_failure(job: Job, exc_string: str, pipeline: Any, worker_name: str = "",
-                       execution_id: Optional[str] = None, execution_started_at: Optional[datetime] = None,
-                       execution_ended_at: Optional[datetime] = None) -> None:
+def handle_job_failure(
+    job: Job,
+    exc_string: str,
+    pipeline: Any,
+    worker_name: str = "",
+    execution_id: str | None = None,
+    execution_started_at: datetime | None = None,
+    execution_ended_at: datetime | None = None,
+) -> None:
     """RQ's record of a failed job (failed registry, failure result) into ``pipeline``."""
-    job._handle_failure(exc_string, pipeline, worker_name=worker_name, execution_id=execution_id,
-                        execution_started_at=execution_started_at, execution_ended_at=execution_ended_at)
+    job._handle_failure(
+        exc_string,
+        pipeline,
+        worker_name=worker_name,
+        execution_id=execution_id,
+        execution_started_at=execution_started_at,
+        execution_ended_at=execution_ended_at,
+    )
 
 
 def enqueue_job(queue: Queue, job: Job, pipeline: Any = None, at_front: bool = False) -> Job:
@@ -151,6 +186,7 @@ def set_execution_job(execution: Execution, job: Job) -> None:
 
 
 # --- workers -----------------------------------------------------------------------------------
+
 
 def worker_state(worker: Worker) -> str:
     """The state the worker last set, in memory (``get_state`` is the same, by name)."""
@@ -172,7 +208,7 @@ def stop_requested(worker: Worker) -> bool:
     return worker._stop_requested
 
 
-def stopped_job_id(worker: Worker) -> Optional[str]:
+def stopped_job_id(worker: Worker) -> str | None:
     """The job a ``stop-job`` command asked this worker to stop (None if none)."""
     return worker._stopped_job_id
 
@@ -226,6 +262,7 @@ def scheduler_signal_handlers(scheduler: Any) -> None:
 
 # --- the pool ----------------------------------------------------------------------------------
 
+
 def process_arguments(process: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The target's arguments of a process RQ's pool built but has not started."""
     return process._args, process._kwargs
@@ -249,4 +286,3 @@ def pool_queue_names(pool: WorkerPool) -> list[str]:
 def install_pool_signal_handlers(pool: WorkerPool) -> None:
     """RQ's pool signal handlers (SIGINT, SIGTERM to ``request_stop``)."""
     pool._install_signal_handlers()
-

@@ -78,11 +78,14 @@ def rq_queue_names(connection: redis.Redis) -> list[str]:
         except UnicodeDecodeError:
             # redis-py annotates the member as str; here it is the bytes that are not UTF-8
             if connection.smove(Queue.redis_queues_keys, FOREIGN_QUEUES_KEY, raw):  # type: ignore[arg-type]
-                log.warning("queue key %r is not UTF-8 (a foreign client's); moved out of RQ's queue set into %s",
-                            raw, FOREIGN_QUEUES_KEY)
+                log.warning(
+                    "queue key %r is not UTF-8 (a foreign client's); moved out of RQ's queue set into %s",
+                    raw,
+                    FOREIGN_QUEUES_KEY,
+                )
             continue
         if key.startswith(prefix):
-            names.append(key[len(prefix):])
+            names.append(key[len(prefix) :])
     return sorted(names)
 
 
@@ -147,14 +150,29 @@ return 1
 """
 
 
-def record_end(pipe: redis.client.Pipeline, queue: str, task: str, outcome: str, run: float | None,
-               wait: float | None) -> None:
+def record_end(
+    pipe: redis.client.Pipeline, queue: str, task: str, outcome: str, run: float | None, wait: float | None
+) -> None:
     """Count a job's end (``finished`` or ``failed``) and keep its run and wait times."""
-    keys = (bucket_key(queue, minute()), totals_key(queue), histogram_key(queue, task),
-            samples_key(queue, task, "run"), samples_key(queue, task, "wait"))
+    keys = (
+        bucket_key(queue, minute()),
+        totals_key(queue),
+        histogram_key(queue, task),
+        samples_key(queue, task, "run"),
+        samples_key(queue, task, "wait"),
+    )
     bound = "" if run is None else next((str(b) for b in BUCKETS if run <= b), "+Inf")
-    pipe.eval(RECORD_END_SCRIPT, len(keys), *keys, f"{task}:{outcome}", RETENTION, SAMPLES, bound,
-              "" if run is None else round(run, 6), "" if wait is None else round(wait, 4))
+    pipe.eval(
+        RECORD_END_SCRIPT,
+        len(keys),
+        *keys,
+        f"{task}:{outcome}",
+        RETENTION,
+        SAMPLES,
+        bound,
+        "" if run is None else round(run, 6),
+        "" if wait is None else round(wait, 4),
+    )
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -185,10 +203,19 @@ class TaskStats:
 
     def as_dict(self) -> dict[str, Any]:
         """The figures as JSON-able data, percentiles in seconds (None without samples)."""
-        return {"queue": self.queue, "task": self.task, "enqueued": self.enqueued, "finished": self.finished,
-                "failed": self.failed, "running": self.running, "throughput": round(self.throughput, 3),
-                "run_p50": percentile(self.run, 50), "run_p95": percentile(self.run, 95),
-                "wait_p50": percentile(self.wait, 50), "wait_p95": percentile(self.wait, 95)}
+        return {
+            "queue": self.queue,
+            "task": self.task,
+            "enqueued": self.enqueued,
+            "finished": self.finished,
+            "failed": self.failed,
+            "running": self.running,
+            "throughput": round(self.throughput, 3),
+            "run_p50": percentile(self.run, 50),
+            "run_p95": percentile(self.run, 95),
+            "wait_p50": percentile(self.wait, 50),
+            "wait_p95": percentile(self.wait, 95),
+        }
 
 
 @dataclass
@@ -281,6 +308,7 @@ def history(connection: redis.Redis, minutes: int = 60) -> dict[str, Any]:
 
 def format_report(report: list[QueueStats]) -> list[str]:
     """The report as lines of a table."""
+
     def ms(value: float | None) -> str:
         return "-" if value is None else (f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s")
 
@@ -289,8 +317,10 @@ def format_report(report: list[QueueStats]) -> list[str]:
         lines.append(f"queue {q.queue}: {q.queued} queued, {q.running} running")
         if not q.tasks:
             continue
-        lines.append(f"  {'task':<12}{'enqueued':>9}{'finished':>9}{'failed':>8}{'running':>8}{'jobs/s':>8}"
-                     f"{'wait p50':>10}{'p95':>8}{'run p50':>9}{'p95':>8}")
+        lines.append(
+            f"  {'task':<12}{'enqueued':>9}{'finished':>9}{'failed':>8}{'running':>8}{'jobs/s':>8}"
+            f"{'wait p50':>10}{'p95':>8}{'run p50':>9}{'p95':>8}"
+        )
         for t in q.tasks.values():
             lines.append(
                 f"  {t.task:<12}{t.enqueued:>9}{t.finished:>9}{t.failed:>8}{t.running:>8}{t.throughput:>8.2f}"

@@ -40,8 +40,14 @@ class Backoff:
     A success forgets the client. At most ``max_clients`` are remembered (the oldest forgotten
     first), so the memory stays bounded whatever addresses an attacker uses."""
 
-    def __init__(self, free: int = 5, first: float = 1.0, cap: float = 300.0, max_clients: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        free: int = 5,
+        first: float = 1.0,
+        cap: float = 300.0,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.free, self.first, self.cap, self.max_clients, self.clock = free, first, cap, max_clients, clock
         self._clients: OrderedDict[str, tuple[int, float]] = OrderedDict()  # failures, refused until
         self._lock = threading.Lock()
@@ -71,7 +77,7 @@ def host_name(host: str) -> str:
     """A Host header (or bind address) without its port and brackets, lower case."""
     host = host.strip().lower().rstrip(".")
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host[1:]
+        return host[1 : host.find("]")] if "]" in host else host[1:]
     if host.count(":") == 1:
         return host.split(":")[0]
     return host
@@ -176,8 +182,11 @@ def install(app: Flask, guard: Guard, refuse: Refuse, *, json_only: bool = False
 
     def check() -> Response | None:
         if not guard.hosts.allows(request.host):
-            return refuse(400, f"this server does not answer to the host {host_name(request.host)!r}; "
-                               f"start it with --allowed-host NAME (or {ALLOWED_HOSTS_ENV}) to serve that name")
+            return refuse(
+                400,
+                f"this server does not answer to the host {host_name(request.host)!r}; "
+                f"start it with --allowed-host NAME (or {ALLOWED_HOSTS_ENV}) to serve that name",
+            )
         if request.method in SAFE_METHODS or request.routing_exception is not None:
             return None  # a 404 or 405 says more than any check below
         origin = request.headers.get("Origin")

@@ -23,8 +23,8 @@ import random
 import signal
 import sys
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 from rq import Queue, Retry, Worker, get_current_job, worker_registration
@@ -44,6 +44,7 @@ from workqueue.control import SHUTDOWN_NOW
 from workqueue.execution import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.horse import WAITING, Horse, serve
 from workqueue.policy import SERIALIZER, UNREADABLE, CatalogueJob
+from workqueue.replies import as_bytes
 from workqueue.settings import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ OUTAGE_MAX_BACKOFF = 5.0
 
 _PR_SET_PDEATHSIG = 1
 _stopped_on_purpose = False
-_pool_pid: Optional[int] = None
+_pool_pid: int | None = None
 
 
 def die_with_parent(sig: int) -> None:
@@ -128,11 +129,11 @@ class CatalogueWorker(Worker):
         super().__init__(*args, **kwargs)
         self._cold = False
         self._stop_reason = "the worker was stopped at once"
-        self._hard_killed: Optional[str] = None
+        self._hard_killed: str | None = None
         self._registered_at = 0.0
         self._beaten_at = 0.0
         self._suspension_checked_at = -SUSPENSION_CHECK_GAP
-        self._horse: Optional[Horse] = None
+        self._horse: Horse | None = None
         self._worker_pid = os.getpid()
         self._outage_noted = ""
 
@@ -159,7 +160,7 @@ class CatalogueWorker(Worker):
         super().bootstrap(*args, **kwargs)
         execution.prepare(self.connection)
 
-    def dequeue_job_and_maintain_ttl(self, timeout: Optional[int], max_idle_time: Optional[int] = None):
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
         """RQ's, with every job taken and started in one round trip (``execution.claim``): at once
         when one is waiting; otherwise the worker goes idle and waits as RQ's does (a BLMOVE, or
         for several queues a short BLMOVE on the first and a look at all), then claims the job
@@ -212,22 +213,23 @@ class CatalogueWorker(Worker):
         what = outage.describe(exc)
         if what != self._outage_noted:
             self._outage_noted = what
-            self.log.warning("Worker %s: %s; waiting for it (retrying with backoff, now %.0f s)", self.name, what,
-                             backoff)
+            self.log.warning(
+                "Worker %s: %s; waiting for it (retrying with backoff, now %.0f s)", self.name, what, backoff
+            )
 
     def _outage_over(self) -> None:
         if self._outage_noted:
             self.log.warning("Worker %s: Redis accepts work again", self.name)
             self._outage_noted = ""
 
-    def _claim(self, moved: Optional[bytes] = None):
+    def _claim(self, moved: bytes | None = None):
         """``execution.claim`` on the worker's queues: the job, started, and its queue; or None."""
         while True:
             claimed = execution.claim(self, rq_compat.ordered_queues(self), moved)
             moved = None
             if not claimed.retry:
                 break
-        if claimed.job is None:
+        if claimed.job is None or claimed.queue is None:
             if rq_compat.stop_requested(self):  # asked while the claim made the worker look busy: stop now
                 raise StopRequested()
             return None
@@ -235,13 +237,14 @@ class CatalogueWorker(Worker):
         claimed.job.redis_server_version = self.get_redis_server_version()
         claimed.job.started_execution = claimed.execution  # type: ignore[attr-defined]
         if self.log_job_description:
-            self.log.info("Worker %s: %s: %s (%s)", self.name, claimed.queue.name, claimed.job.description,
-                          claimed.job.id)
+            self.log.info(
+                "Worker %s: %s: %s (%s)", self.name, claimed.queue.name, claimed.job.description, claimed.job.id
+            )
         else:
             self.log.info("Worker %s: %s: %s", self.name, claimed.queue.name, claimed.job.id)
         return claimed.job, claimed.queue
 
-    def _wait_and_claim(self, timeout: Optional[int]):
+    def _wait_and_claim(self, timeout: int | None):
         """Claim a job, waiting up to ``timeout`` seconds for one (None: not at all) in a BLMOVE on
         the first queue, which moves the job into its intermediate list: an atomic hand-over
         (RQ's BLPOP on several queues can lose a job, rq#2236). With several queues the wait is
@@ -258,9 +261,10 @@ class CatalogueWorker(Worker):
                 raise DequeueTimeout(timeout, self.queue_keys())
             first = rq_compat.ordered_queues(self)[0]
             slice_ = left if len(rq_compat.ordered_queues(self)) == 1 else min(MULTI_QUEUE_POLL, left)
-            moved = self.connection.blmove(first.key, first.intermediate_queue_key, slice_)
+            # redis-py annotates BLMOVE's timeout as int; Redis takes seconds with decimals (6.0+).
+            moved = self.connection.blmove(first.key, first.intermediate_queue_key, slice_)  # type: ignore[arg-type]
             if moved is not None:
-                claimed = self._claim(moved)
+                claimed = self._claim(as_bytes(moved))
                 if claimed is not None:
                     return claimed
 
@@ -298,9 +302,13 @@ class CatalogueWorker(Worker):
         is killed; RQ's own limit is the timeout plus 60 s.
         """
         raw = getattr(job, "claimed_hash", None)
-        message = {"job": job.id, "queue": queue.name, "execution": execution.id,
-                   "started_at": (job.started_at or now()).timestamp(),
-                   "hash": raw or None}
+        message = {
+            "job": job.id,
+            "queue": queue.name,
+            "execution": execution.id,
+            "started_at": (job.started_at or now()).timestamp(),
+            "hash": raw or None,
+        }
         if self._horse is None:
             self._horse = Horse(self._serve_as_horse)
         rq_compat.set_horse_pid(self, self._horse.pid)  # before it has the job: a cold stop then kills it too
@@ -324,7 +332,9 @@ class CatalogueWorker(Worker):
             if answer is not WAITING:
                 break
             if hard_deadline is not None and time.monotonic() >= hard_deadline and not self._hard_killed:
-                self._hard_killed = f"JobTimeoutException: job exceeded its {timeout} s timeout and ignored the alarm; killed"
+                self._hard_killed = (
+                    f"JobTimeoutException: job exceeded its {timeout} s timeout and ignored the alarm; killed"
+                )
                 self.log.warning("Worker %s: job %s overran its timeout; killing its work horse", self.name, job.id)
                 self.kill_horse(signal.SIGKILL)
                 continue
@@ -348,8 +358,12 @@ class CatalogueWorker(Worker):
             rq_compat.handle_stopped_job(self, job, queue, execution)
             return
         if ret_val == os.EX_OK:
-            self._fail_if_unrecorded(job, queue, execution, "the work horse exited without recording a result "
-                                     "(the task ended its process, e.g. with os._exit)")
+            self._fail_if_unrecorded(
+                job,
+                queue,
+                execution,
+                "the work horse exited without recording a result (the task ended its process, e.g. with os._exit)",
+            )
             return
         signal_msg = f" (signal {os.WTERMSIG(ret_val)})" if os.WIFSIGNALED(ret_val) else ""
         exc_string = f"Work-horse terminated unexpectedly; waitpid returned {ret_val}{signal_msg}; "
@@ -373,13 +387,20 @@ class CatalogueWorker(Worker):
         execution.prepare(self.connection)
         queues: dict[str, Queue] = {}
 
-        def run(message: dict) -> Optional[bool]:
+        def run(message: dict) -> bool | None:
             try:
                 job = self._job_from(message)
-                queue = queues.get(message["queue"]) or queues.setdefault(message["queue"], self.queue_class(
-                    message["queue"], connection=self.connection, serializer=self.serializer, job_class=self.job_class))
+                queue = queues.get(message["queue"]) or queues.setdefault(
+                    message["queue"],
+                    self.queue_class(
+                        message["queue"],
+                        connection=self.connection,
+                        serializer=self.serializer,
+                        job_class=self.job_class,
+                    ),
+                )
                 started = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
-                started.created_at = job.started_at
+                started.created_at = job.started_at or now()
                 os.environ["RQ_JOB_ID"] = job.id
                 _progress.running(job.id, message["execution"])
                 return self.perform_job(job, queue, started)
@@ -397,7 +418,7 @@ class CatalogueWorker(Worker):
         else:
             job = execution.restore(self.job_class, message["job"], message["hash"], self.connection, self.serializer)
         job.worker_name = self.name
-        job.started_at = job.last_heartbeat = datetime.fromtimestamp(message["started_at"], timezone.utc)
+        job.started_at = job.last_heartbeat = datetime.fromtimestamp(message["started_at"], UTC)
         rq_compat.set_job_status(job, JobStatus.STARTED)
         job.started_by_worker = True  # type: ignore[attr-defined]
         job.count_failure_in_end = True  # type: ignore[attr-defined]
@@ -441,13 +462,18 @@ class CatalogueWorker(Worker):
         except redis.RedisError as exc:
             if not outage.is_outage(exc):
                 raise
-            self.log.warning("Worker %s: %s; leaving without unregistering (its registration lapses in %d s)",
-                             self.name, outage.describe(exc), HEARTBEAT_TTL)
+            self.log.warning(
+                "Worker %s: %s; leaving without unregistering (its registration lapses in %d s)",
+                self.name,
+                outage.describe(exc),
+                HEARTBEAT_TTL,
+            )
         finally:
             self._retire_horse()
 
-    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
-                           execution: Any = None) -> None:
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
+    ) -> None:
         """RQ's, in one atomic step guarded by the job's execution (``execution.run_guarded``): the
         failure, each attempt's error on the job (RQ keeps only the last), the batch's count. A run
         whose job was handed back meanwhile writes none of it, only a note that it was superseded;
@@ -459,8 +485,9 @@ class CatalogueWorker(Worker):
         stopped = rq_compat.stopped_job_id(self) == job.id
         retry = bool(job.should_retry) and not stopped
         # In the horse, the batch's failure callback leaves the count to this step (batches.task_failed).
-        ours = (rq_compat.failure_callback_name(job) == batches.ON_FAILURE
-                and getattr(job, "count_failure_in_end", False))
+        ours = rq_compat.failure_callback_name(job) == batches.ON_FAILURE and getattr(
+            job, "count_failure_in_end", False
+        )
         count = (not rq_compat.is_horse(self) or ours) and not stopped and not retry
         lines = exc_string.strip().splitlines()
         retries_left = job.retries_left
@@ -478,14 +505,19 @@ class CatalogueWorker(Worker):
                 job.set_status(JobStatus.FAILED, pipeline=pipe)
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             if not self.disable_default_exception_handler and not retry:
-                rq_compat.handle_job_failure(job, exc_string, pipe, worker_name=self.name,
-                                             execution_id=execution.id if execution else None,
-                                             execution_started_at=execution.created_at if execution else None,
-                                             execution_ended_at=job.ended_at)
+                rq_compat.handle_job_failure(
+                    job,
+                    exc_string,
+                    pipe,
+                    worker_name=self.name,
+                    execution_id=execution.id if execution else None,
+                    execution_started_at=execution.created_at if execution else None,
+                    execution_ended_at=job.ended_at,
+                )
             self.increment_failed_job_count(pipe)
             if job.started_at and job.ended_at:
                 self.increment_total_working_time(job.ended_at - job.started_at, pipe)
-            if retry:  # RQ's Job.retry, but its status written in this transaction, not before it
+            if retry and retries_left is not None:  # RQ's Job.retry, its status written in this transaction
                 job.retries_left = retries_left
                 interval = job.get_retry_interval()
                 job.retries_left = retries_left - 1
@@ -515,7 +547,7 @@ class CatalogueWorker(Worker):
             rq_compat.enqueue_dependents_safely(self, queue, job)
         rq_compat.release_slot_safely(self, job)
 
-    def heartbeat(self, timeout: Optional[int] = None, pipeline: Any = None) -> None:
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, in one round trip, lapsing HEARTBEAT_TTL seconds after the last one.
 
         It also re-registers the worker: if Redis was away longer than the TTL, a sweep may have
@@ -578,10 +610,14 @@ class CatalogueWorker(Worker):
             self.pubsub_thread.stop()
         super().unsubscribe()
 
-    def _start_scheduler(self, burst: bool = False, logging_level: Optional[str] = "INFO", *args: Any, **kwargs: Any) -> None:
+    def _start_scheduler(
+        self, burst: bool = False, logging_level: str | None = "INFO", *args: Any, **kwargs: Any
+    ) -> None:
         """RQ's, with a scheduler that dies with this worker instead of running on as an orphan."""
         level = logging_level if logging_level is not None else self.log.level
-        self.scheduler = _Scheduler(self.queues, connection=self.connection, logging_level=level, serializer=self.serializer)
+        self.scheduler = _Scheduler(
+            self.queues, connection=self.connection, logging_level=level, serializer=self.serializer
+        )
         self.scheduler.acquire_locks()
         if not self.scheduler.acquired_locks:
             return
@@ -669,8 +705,12 @@ class CatalogueWorker(Worker):
             except redis.RedisError as exc:
                 if not outage.is_outage(exc):
                     raise
-                self.log.warning("Worker %s: %s, so job %s stays started; the sweep hands it back once Redis "
-                                 "answers", self.name, outage.describe(exc), job.id)
+                self.log.warning(
+                    "Worker %s: %s, so job %s stays started; the sweep hands it back once Redis answers",
+                    self.name,
+                    outage.describe(exc),
+                    job.id,
+                )
         raise SystemExit()
 
 

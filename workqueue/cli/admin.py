@@ -70,8 +70,13 @@ def start_service(name: str, command: tuple[str, ...], wait_url: str | None, tim
 
 @main.command("stop-service")
 @click.argument("name")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for a graceful stop before stopping at once.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a graceful stop before stopping at once.",
+)
 def stop_service(name: str, timeout: float) -> int:
     """Stop a service started by start-service: SIGTERM, then a second one after --timeout."""
     click.echo(f"{name}: {services.stop(name, timeout=timeout)}")

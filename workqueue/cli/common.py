@@ -118,14 +118,19 @@ def echo_status(line: str, *, live: bool, last: list[str]) -> None:
     last[:] = [line]
 
 
-
 def listen_options(port: int, host: str, protected_by: str) -> Callable[[Callable], Callable]:
     """A server command's ``--port`` and ``--bind`` (loopback by default; beyond it only with
     ``protected_by``)."""
+
     def decorate(command: Callable) -> Callable:
-        command = click.option("--bind", default=host, show_default=True,
-                               help=f"Address to listen on; beyond loopback only with {protected_by}.")(command)
+        command = click.option(
+            "--bind",
+            default=host,
+            show_default=True,
+            help=f"Address to listen on; beyond loopback only with {protected_by}.",
+        )(command)
         return click.option("--port", type=click.IntRange(1, 65535), default=port, show_default=True)(command)
+
     return decorate
 
 

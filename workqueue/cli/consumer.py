@@ -26,12 +26,16 @@ from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS
 def status_line(status: PoolStatus) -> str:
     lost = ""
     if status.lost_data_at is not None:
-        lost = (f"Redis lost its data at {time.strftime('%H:%M:%S', time.localtime(status.lost_data_at))} "
-                "(restarted without persistence?) | ")
+        lost = (
+            f"Redis lost its data at {time.strftime('%H:%M:%S', time.localtime(status.lost_data_at))} "
+            "(restarted without persistence?) | "
+        )
     if status.redis_down_for is not None:
         what = status.outage or "Redis not answering"
-        return (f"{lost}{what} for {status.redis_down_for:.0f} s; {len(status.workers)} workers waiting "
-                "for it (they carry on, with backoff, when it accepts work again)")
+        return (
+            f"{lost}{what} for {status.redis_down_for:.0f} s; {len(status.workers)} workers waiting "
+            "for it (they carry on, with backoff, when it accepts work again)"
+        )
     state = "stopping, " if status.stopping else ""
     stopped = f" ({len(status.stopped)} stopped by kill_workers)" if status.stopped else ""
     return (
@@ -53,21 +57,37 @@ def _sweep(connection: redis.Redis) -> bool:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--workers", type=click.IntRange(MIN_WORKERS, MAX_WORKERS), default=None,
-              help=f"How many worker processes ({MIN_WORKERS} to {MAX_WORKERS}).")
-@click.option("--queue", "queues", type=QueueName(), multiple=True,
-              help=f"Queue to work on; repeat for several (default {DEFAULT_QUEUE}).")
-@click.option("--order", type=click.Choice(["priority", "round-robin", "random"]), default="priority",
-              show_default=True, help="With several queues: drain them in the order given, in turn, or at random.")
+@click.option(
+    "--workers",
+    type=click.IntRange(MIN_WORKERS, MAX_WORKERS),
+    default=None,
+    help=f"How many worker processes ({MIN_WORKERS} to {MAX_WORKERS}).",
+)
+@click.option(
+    "--queue",
+    "queues",
+    type=QueueName(),
+    multiple=True,
+    help=f"Queue to work on; repeat for several (default {DEFAULT_QUEUE}).",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["priority", "round-robin", "random"]),
+    default="priority",
+    show_default=True,
+    help="With several queues: drain them in the order given, in turn, or at random.",
+)
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty; otherwise run until Ctrl-C/SIGTERM.")
 @click.option("--verbose", is_flag=True, help="Log every job the workers run.")
 @redis_url_option
-def main(workers: int | None, queues: tuple[str, ...], order: str, burst: bool, verbose: bool,
-         redis_url: str | None) -> int:
+def main(
+    workers: int | None, queues: tuple[str, ...], order: str, burst: bool, verbose: bool, redis_url: str | None
+) -> int:
     """Run worker processes. Run bare at a terminal, it asks how many and on which queues."""
     if workers is None and not queues and can_prompt():
-        workers = click.prompt(f"How many workers ({MIN_WORKERS}-{MAX_WORKERS})", default=2,
-                               type=click.IntRange(MIN_WORKERS, MAX_WORKERS))
+        workers = click.prompt(
+            f"How many workers ({MIN_WORKERS}-{MAX_WORKERS})", default=2, type=click.IntRange(MIN_WORKERS, MAX_WORKERS)
+        )
         queues = tuple(click.prompt("Queue(s), separated by commas", default=DEFAULT_QUEUE, type=QueueList()))
     elif workers is None:
         fail(f"missing --workers N ({MIN_WORKERS} to {MAX_WORKERS}); with no terminal there is nothing to prompt on")

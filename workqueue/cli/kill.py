@@ -19,11 +19,17 @@ _settings = {"help_option_names": ["-h", "--help"]}
 @click.option("--queue", default=None, metavar="NAME", help="Stop the workers listening on this queue.")
 @click.option("--worker", "name", default=None, metavar="NAME", help="Stop one worker, by name.")
 @click.option("--now", is_flag=True, help="Stop at once; the running job goes back to the front of its queue.")
-@click.option("--timeout", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
-              help="Seconds to wait for the workers to leave.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the workers to leave.",
+)
 @redis_url_option
-def kill_workers(every: bool, queue: str | None, name: str | None, now: bool, timeout: float,
-                 redis_url: str | None) -> int:
+def kill_workers(
+    every: bool, queue: str | None, name: str | None, now: bool, timeout: float, redis_url: str | None
+) -> int:
     """Stop workers anywhere: gracefully (each finishes its current job) or --now."""
     connection, _ = connect(redis_url)
     workers = control.select_workers(connection, every=every, queue=queue, name=name)
@@ -46,10 +52,16 @@ def kill_workers(every: bool, queue: str | None, name: str | None, now: bool, ti
 
 @click.command(context_settings=_settings)
 @click.argument("job_ids", nargs=-1)
-@click.option("--batch", "batch_id", metavar="ID", default=None,
-              help="Every job of a batch: cancel the queued, stop the running.")
-@click.option("--timeout", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
-              help="Seconds to wait for a running job to stop.")
+@click.option(
+    "--batch", "batch_id", metavar="ID", default=None, help="Every job of a batch: cancel the queued, stop the running."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for a running job to stop.",
+)
 @redis_url_option
 def kill_job(job_ids: tuple[str, ...], batch_id: str | None, timeout: float, redis_url: str | None) -> int:
     """Stop running jobs and cancel queued or scheduled ones, by id or by batch."""
@@ -57,8 +69,9 @@ def kill_job(job_ids: tuple[str, ...], batch_id: str | None, timeout: float, red
         raise click.UsageError("give job ids, or --batch ID")
     connection, _ = connect(redis_url)
     code = EXIT_OK
-    outcomes = [control.stop_job(connection, job_id, by="kill_job", timeout=timeout)
-                for job_id in dict.fromkeys(job_ids)]
+    outcomes = [
+        control.stop_job(connection, job_id, by="kill_job", timeout=timeout) for job_id in dict.fromkeys(job_ids)
+    ]
     if batch_id:
         outcomes += control.stop_batch(connection, batch_id, by="kill_job", timeout=timeout)
     for outcome in outcomes:
@@ -69,9 +82,12 @@ def kill_job(job_ids: tuple[str, ...], batch_id: str | None, timeout: float, red
 
 
 @click.command(context_settings=_settings)
-@click.option("--wait", is_flag=True,
-              help=f"Also wait out the registrations of workers on other hosts ({HEARTBEAT_TTL} s after their "
-                   "last heartbeat), to clean those that died just now.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help=f"Also wait out the registrations of workers on other hosts ({HEARTBEAT_TTL} s after their "
+    "last heartbeat), to clean those that died just now.",
+)
 @redis_url_option
 def clean_workers(wait: bool, redis_url: str | None) -> int:
     """Remove dead workers and hand back their jobs: those of this host whose process is gone, at

@@ -41,8 +41,9 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
     for number, task in enumerate(task_def.CATALOGUE.values(), 1):
         click.echo(f"  {number}. {task.name:<10} {task.description}")
     numbers = [str(i) for i in range(1, len(names) + 1)]
-    choice = click.prompt("Task (name or number)", default=names[0], type=click.Choice([*names, *numbers]),
-                          show_choices=False)
+    choice = click.prompt(
+        "Task (name or number)", default=names[0], type=click.Choice([*names, *numbers]), show_choices=False
+    )
     task = task_def.CATALOGUE[names[int(choice) - 1]] if choice.isdigit() else task_def.CATALOGUE[choice]
     params = {}
     for p in task.params:
@@ -58,34 +59,78 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
 @click.option("--param", "pairs", metavar="KEY=VALUE", multiple=True, help="A task parameter; repeatable.")
 @click.option("--count", type=click.IntRange(1, MAX_COUNT), default=None, help="How many jobs (default 1).")
 @click.option("--queue", type=QueueName(), default=None, help=f"Queue to enqueue on (default {DEFAULT_QUEUE}).")
-@click.option("--from-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help='JSON lines of {"task": ..., "params": {...}}, validated whole, enqueued together.')
-@click.option("--retries", type=click.IntRange(0, producer.MAX_RETRIES), default=None,
-              help="Retries for a failed job (default: the task's), waits doubling with jitter.")
-@click.option("--timeout", type=click.IntRange(1, producer.MAX_TIMEOUT), default=None,
-              help="Seconds a job may run (default: the task's).")
-@click.option("--max-queued", type=click.IntRange(1, MAX_COUNT), default=None,
-              help="Backpressure: wait while the queue holds this many jobs, enqueue as it drains.")
+@click.option(
+    "--from-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help='JSON lines of {"task": ..., "params": {...}}, validated whole, enqueued together.',
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, producer.MAX_RETRIES),
+    default=None,
+    help="Retries for a failed job (default: the task's), waits doubling with jitter.",
+)
+@click.option(
+    "--timeout",
+    type=click.IntRange(1, producer.MAX_TIMEOUT),
+    default=None,
+    help="Seconds a job may run (default: the task's).",
+)
+@click.option(
+    "--max-queued",
+    type=click.IntRange(1, MAX_COUNT),
+    default=None,
+    help="Backpressure: wait while the queue holds this many jobs, enqueue as it drains.",
+)
 @click.option("--wait", is_flag=True, help="Follow the batch: a line per task, a progress bar; exit 1 if any failed.")
 @click.option("--quiet", is_flag=True, help="With --wait or --batch: the progress bar and summary only.")
 @click.option("--batch", "batch_id", metavar="ID", default=None, help="Follow a batch already enqueued, to its end.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print statistics per queue and task (--queue: one queue).")
 @click.option("--list-tasks", "show_catalogue", is_flag=True, help="List the catalogue with each task's parameters.")
-@click.option("--via", metavar="URL", default=None,
-              help="Produce through the HTTP gateway at URL (no Redis needed); --wait gets results by callback.")
+@click.option(
+    "--via",
+    metavar="URL",
+    default=None,
+    help="Produce through the HTTP gateway at URL (no Redis needed); --wait gets results by callback.",
+)
 @click.option("--threads", type=click.IntRange(1, 32), default=None, help="With --via: send from N threads at once.")
 @click.option("--token", envvar=TOKEN_ENV, default=None, show_envvar=True, help="With --via: the gateway's token.")
-@click.option("--callback-host", metavar="HOST", default=None,
-              help="With --via --wait: the address the gateway reaches this machine on (default: the one "
-                   "that reaches the gateway).")
-@click.option("--callback-port", type=click.IntRange(0, 65535), default=0,
-              help="With --via --wait: the port results come back to (default: any free one).")
+@click.option(
+    "--callback-host",
+    metavar="HOST",
+    default=None,
+    help="With --via --wait: the address the gateway reaches this machine on (default: the one "
+    "that reaches the gateway).",
+)
+@click.option(
+    "--callback-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="With --via --wait: the port results come back to (default: any free one).",
+)
 @redis_url_option
-def main(task_name: str | None, pairs: tuple[str, ...], count: int | None, queue: str | None,
-         from_file: Path | None, retries: int | None, timeout: int | None, max_queued: int | None,
-         wait: bool, quiet: bool, batch_id: str | None, show_stats: bool, show_catalogue: bool,
-         via: str | None, threads: int | None, token: str | None, callback_host: str | None,
-         callback_port: int, redis_url: str | None) -> int:
+def main(
+    task_name: str | None,
+    pairs: tuple[str, ...],
+    count: int | None,
+    queue: str | None,
+    from_file: Path | None,
+    retries: int | None,
+    timeout: int | None,
+    max_queued: int | None,
+    wait: bool,
+    quiet: bool,
+    batch_id: str | None,
+    show_stats: bool,
+    show_catalogue: bool,
+    via: str | None,
+    threads: int | None,
+    token: str | None,
+    callback_host: str | None,
+    callback_port: int,
+    redis_url: str | None,
+) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
     if show_catalogue:
         list_tasks()
@@ -117,8 +162,17 @@ def main(task_name: str | None, pairs: tuple[str, ...], count: int | None, queue
         calls, queue = prompt_calls()
     queue = queue or DEFAULT_QUEUE
     if via is not None:
-        return produce_via(via, token, calls, queue, threads=threads or 1, wait=wait, quiet=quiet,
-                           callback_host=callback_host, callback_port=callback_port)
+        return produce_via(
+            via,
+            token,
+            calls,
+            queue,
+            threads=threads or 1,
+            wait=wait,
+            quiet=quiet,
+            callback_host=callback_host,
+            callback_port=callback_port,
+        )
     try:
         connection, target = connect(redis_url)
     except RedisUnavailable as exc:
@@ -145,8 +199,9 @@ def main(task_name: str | None, pairs: tuple[str, ...], count: int | None, queue
     return follow_batch(connection, submission.batch_id, quiet=quiet, started=started, mark=mark)
 
 
-def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: float | None = None,
-                 mark: outage.DataMark | None = None) -> int:
+def follow_batch(
+    connection, batch_id: str, *, quiet: bool = False, started: float | None = None, mark: outage.DataMark | None = None
+) -> int:
     """A line per task's end above a progress bar, then the batch's summary; exit 1 if any failed.
     A Redis outage meanwhile is waited out (a line says so); Redis losing its data ends it, saying so."""
     try:
@@ -154,8 +209,10 @@ def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: flo
     except KeyError:
         if mark is not None and mark.since is not None and time.time() - mark.since < RESULT_TTL:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mark.since))
-            fail(f"no such batch: {batch_id}; this Redis holds workqueue data only since {since} (first used "
-                 "then, or it lost its data: restarted without persistence?)")
+            fail(
+                f"no such batch: {batch_id}; this Redis holds workqueue data only since {since} (first used "
+                "then, or it lost its data: restarted without persistence?)"
+            )
         fail(f"no such batch: {batch_id} (batches are kept for a day)")
     live = sys.stdout.isatty()
 
@@ -163,6 +220,7 @@ def follow_batch(connection, batch_id: str, *, quiet: bool = False, started: flo
         if live:
             click.echo()
         click.echo(f"{what}; waiting for it..." if what else f"Redis answers again; following batch {batch_id}")
+
     with click.progressbar(length=total, label=f"batch {batch_id}", show_pos=True) as bar:
 
         def on_task(end: batches.TaskEnd) -> None:

@@ -17,8 +17,18 @@ from workqueue.cli.report import echo_summary, echo_task_end
 QUIET_SPELL = 10.0
 
 
-def produce_via(via: str, token: str | None, calls: list[producer.TaskCall], queue: str, *, threads: int,
-                wait: bool, quiet: bool, callback_host: str | None, callback_port: int) -> int:
+def produce_via(
+    via: str,
+    token: str | None,
+    calls: list[producer.TaskCall],
+    queue: str,
+    *,
+    threads: int,
+    wait: bool,
+    quiet: bool,
+    callback_host: str | None,
+    callback_port: int,
+) -> int:
     client = remote.GatewayClient(via, token)
     started = time.monotonic()
     if not wait:
@@ -37,14 +47,19 @@ def produce_via(via: str, token: str | None, calls: list[producer.TaskCall], que
         ends = [_end(tally.tasks[j]) for j in s.job_ids if j in tally.tasks]
         failed = [e for e in ends if e.outcome != "finished"]
         failures += failed
-        echo_summary(s.batch_id, summary["finished"], summary["failed"], summary["total"],
-                     summary["elapsed"] or 0.0, failed)
+        echo_summary(
+            s.batch_id, summary["finished"], summary["failed"], summary["total"], summary["elapsed"] or 0.0, failed
+        )
     total = sum(len(s.job_ids) for s in sent)
     if len(sent) > 1:
-        click.echo(f"all {len(sent)} batches: finished {total - len(failures)}, failed {len(failures)} of {total} "
-                   f"in {time.monotonic() - started:.2f} s")
-    click.echo(f"results received by callback: {len(tally.tasks)} of {total}, {tally.redeliveries} marked "
-               f"redeliveries, {tally.unmarked_duplicates} unmarked duplicates, {tally.refused} refused signatures")
+        click.echo(
+            f"all {len(sent)} batches: finished {total - len(failures)}, failed {len(failures)} of {total} "
+            f"in {time.monotonic() - started:.2f} s"
+        )
+    click.echo(
+        f"results received by callback: {len(tally.tasks)} of {total}, {tally.redeliveries} marked "
+        f"redeliveries, {tally.unmarked_duplicates} unmarked duplicates, {tally.refused} refused signatures"
+    )
     return EXIT_FAILED if failures or len(tally.tasks) < total else EXIT_OK
 
 
@@ -61,12 +76,19 @@ def _report(sent: list[remote.Sent], calls: list[producer.TaskCall], via: str, q
 
 def _end(payload: dict) -> batches.TaskEnd:
     detail = payload["result"] if payload["outcome"] == "finished" else payload["error"]
-    return batches.TaskEnd(payload["job_id"], payload["task"], payload["outcome"], detail, payload["duration"],
-                           bool(payload.get("redelivery")))
+    return batches.TaskEnd(
+        payload["job_id"],
+        payload["task"],
+        payload["outcome"],
+        detail,
+        payload["duration"],
+        bool(payload.get("redelivery")),
+    )
 
 
-def _follow(client: remote.GatewayClient, receiver: remote.ResultReceiver, sent: list[remote.Sent],
-            quiet: bool) -> None:
+def _follow(
+    client: remote.GatewayClient, receiver: remote.ResultReceiver, sent: list[remote.Sent], quiet: bool
+) -> None:
     """Print each result as it arrives, under a progress bar, until every batch's end has."""
     pending = {s.batch_id for s in sent}
     warned: set[str] = set()
@@ -89,11 +111,15 @@ def _follow(client: remote.GatewayClient, receiver: remote.ResultReceiver, sent:
                 bar.update(1)
 
 
-def _check_stalled(client: remote.GatewayClient, receiver: remote.ResultReceiver, pending: set[str],
-                   warned: set[str]) -> None:
+def _check_stalled(
+    client: remote.GatewayClient, receiver: remote.ResultReceiver, pending: set[str], warned: set[str]
+) -> None:
     """Say so, once per batch, when the gateway has a batch done whose results have not arrived."""
     for batch_id in sorted(pending - warned):
         if client.batch(batch_id)["done"]:
             warned.add(batch_id)
-            click.echo(f"note: batch {batch_id} is done but its results have not all arrived; can the gateway "
-                       f"reach {receiver.url}? (--callback-host sets the address it is given)", err=True)
+            click.echo(
+                f"note: batch {batch_id} is done but its results have not all arrived; can the gateway "
+                f"reach {receiver.url}? (--callback-host sets the address it is given)",
+                err=True,
+            )

@@ -17,8 +17,9 @@ def echo_task_end(end: batches.TaskEnd, live: bool) -> None:
     click.echo(f"\r\x1b[K{line}" if live else line)
 
 
-def echo_summary(batch_id: str, finished: int, failed: int, total: int, elapsed: float,
-                 failures: list[batches.TaskEnd]) -> None:
+def echo_summary(
+    batch_id: str, finished: int, failed: int, total: int, elapsed: float, failures: list[batches.TaskEnd]
+) -> None:
     click.echo(f"batch {batch_id}: finished {finished}, failed {failed} of {total} in {elapsed:.2f} s")
     for end in failures[:20]:
         click.echo(f"  failed {end.job_id} ({end.task}): {end.detail}")

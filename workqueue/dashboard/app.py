@@ -23,9 +23,14 @@ from workqueue.supervision import Supervisor
 POLL_INTERVAL = 2000
 
 
-def create_app(redis_url: str, *, credentials: security.Credentials | None = None,
-               read_only: bool = False, guard: webguard.Guard | None = None,
-               helpers: Supervisor | None = None) -> Flask:
+def create_app(
+    redis_url: str,
+    *,
+    credentials: security.Credentials | None = None,
+    read_only: bool = False,
+    guard: webguard.Guard | None = None,
+    helpers: Supervisor | None = None,
+) -> Flask:
     """The whole dashboard for ``redis_url``. Templates of ours named like rq-dashboard's
     (``rq_dashboard/base.html``, ``navbar.html``, ``queues.html``, ``jobs.html``) take precedence
     over its own. ``guard`` defaults to a loopback bind's (see ``webguard``); ``helpers`` (its

@@ -18,6 +18,7 @@ from workqueue.policy import SERIALIZER, UNREADABLE, fetch_job
 
 log = logging.getLogger(__name__)
 
+
 def _fetch_many(connection: redis.Redis, ids: Iterable[str]) -> list[Job]:
     """The jobs that exist and read as JSON (in one round trip unless one does not; those are
     skipped, and logged)."""
@@ -74,17 +75,19 @@ def workers(connection: redis.Redis, running: list[dict[str, Any]]) -> list[dict
         current = worker.get_current_job_id()
         age = jobinfo.seconds_since(worker.birth_date, now) or 0.0
         working = worker.total_working_time + (elapsed.get(worker.name, 0.0) if current else 0.0)
-        rows.append({
-            "name": worker.name,
-            "queues": worker.queue_names(),
-            "state": "busy" if current else str(getattr(worker.get_state(), "value", worker.get_state())),
-            "current_job": current,
-            "finished": worker.successful_job_count,
-            "failed": worker.failed_job_count,
-            "age": age,
-            "utilisation": round(min(1.0, working / age), 3) if age > 0 else 0.0,
-            "last_heartbeat": jobinfo.iso(worker.last_heartbeat),
-        })
+        rows.append(
+            {
+                "name": worker.name,
+                "queues": worker.queue_names(),
+                "state": "busy" if current else str(getattr(worker.get_state(), "value", worker.get_state())),
+                "current_job": current,
+                "finished": worker.successful_job_count,
+                "failed": worker.failed_job_count,
+                "age": age,
+                "utilisation": round(min(1.0, working / age), 3) if age > 0 else 0.0,
+                "last_heartbeat": jobinfo.iso(worker.last_heartbeat),
+            }
+        )
     return rows
 
 

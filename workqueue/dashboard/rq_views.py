@@ -37,8 +37,9 @@ def _connection() -> redis.Redis:
 
 
 def _result(stops: list[control.JobStop]) -> Response:
-    return jsonify(status="OK" if all(s.found for s in stops) else "ERROR", count=len(stops),
-                   messages=[s.message for s in stops])
+    return jsonify(
+        status="OK" if all(s.found for s in stops) else "ERROR", count=len(stops), messages=[s.message for s in stops]
+    )
 
 
 def job_view(instance_number: int, job_id: str) -> BaseResponse:
@@ -122,8 +123,9 @@ def job_info(instance_number: int, job_id: str) -> Response:
     return jsonify(job)
 
 
-def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_page: str, order: str,
-              page: str) -> Response:
+def list_jobs(
+    instance_number: int, queue_name: str, registry_name: str, per_page: str, order: str, page: str
+) -> Response:
     """One page of a queue's or registry's jobs, each read as JSON on its own: an unreadable one
     is listed as such (its description says why), never a 500 for the page."""
     per_page_n, page_n = int(per_page), int(page)  # checked by check_arguments
@@ -152,13 +154,27 @@ def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_pag
     last = max(1, math.ceil(total / per_page_n))
 
     def link(number: int) -> dict[str, Any]:
-        return {"number": number, "url": url_for("rq_dashboard.jobs_overview", instance_number=0, queue_name=queue_name,
-                                                 registry_name=registry_name, per_page=per_page_n, order=order,
-                                                 page=number)}
+        return {
+            "number": number,
+            "url": url_for(
+                "rq_dashboard.jobs_overview",
+                instance_number=0,
+                queue_name=queue_name,
+                registry_name=registry_name,
+                per_page=per_page_n,
+                order=order,
+                page=number,
+            ),
+        }
 
     window = range(max(1, min(page_n - 5, last - 9)), min(last, max(page_n - 5, 1) + 9) + 1)
-    pagination = {"current_page": page_n, "num_pages": math.ceil(total / per_page_n),
-                  "pages_in_window": [link(n) for n in window], "first_page": link(1), "last_page": link(last)}
+    pagination = {
+        "current_page": page_n,
+        "num_pages": math.ceil(total / per_page_n),
+        "pages_in_window": [link(n) for n in window],
+        "first_page": link(1),
+        "last_page": link(last),
+    }
     if page_n > 1:
         pagination["prev_page"] = link(page_n - 1)
     if page_n < last:
@@ -171,8 +187,15 @@ def _job_row(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
     try:
         job = fetch_job(connection, job_id)
     except UnreadableJob as exc:
-        return {"id": job_id, "description": f"unreadable: {exc}", "unreadable": True, "exc_info": None,
-                "created_at": None, "started_at": None, "ended_at": None}
+        return {
+            "id": job_id,
+            "description": f"unreadable: {exc}",
+            "unreadable": True,
+            "exc_info": None,
+            "created_at": None,
+            "started_at": None,
+            "ended_at": None,
+        }
     if job is None:
         return None
     unreadable = False
@@ -181,9 +204,15 @@ def _job_row(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
         exc_info = latest.exc_string if latest is not None else None
     except UNREADABLE:
         exc_info, unreadable = "unreadable: the job's result is not JSON (not written by workqueue); left alone", True
-    return {"id": job.id, "description": job.description, "unreadable": unreadable, "exc_info": exc_info,
-            "created_at": jobinfo.iso(job.created_at), "started_at": jobinfo.iso(job.started_at),
-            "ended_at": jobinfo.iso(job.ended_at)}
+    return {
+        "id": job.id,
+        "description": job.description,
+        "unreadable": unreadable,
+        "exc_info": exc_info,
+        "created_at": jobinfo.iso(job.created_at),
+        "started_at": jobinfo.iso(job.started_at),
+        "ended_at": jobinfo.iso(job.ended_at),
+    }
 
 
 def _bad(message: str) -> Response:

@@ -34,9 +34,11 @@ MAX_BODY = 64 * 1024
 
 #: Scripts from our own origin only (static files: no inline script, no eval), nothing framing us.
 #: Styles may be inline: rq-dashboard's markup has style attributes, and a style runs no code.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                           "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-                           "form-action 'self'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class Credentials:
         if username is None and password is None:
             return None
         if not username or not password:
-            raise BadInput("give both a username and a password "
-                           f"(--username/--password or {USERNAME_ENV}/{PASSWORD_ENV})")
+            raise BadInput(
+                f"give both a username and a password (--username/--password or {USERNAME_ENV}/{PASSWORD_ENV})"
+            )
         return cls(username, password)
 
     def match(self, username: str, password: str) -> bool:
@@ -63,11 +66,17 @@ class Credentials:
 def check_bind(host: str, credentials: Credentials | None) -> None:
     """Refuse to listen beyond loopback without credentials, or with a password the gateway would
     refuse as a token (shorter than SECRET_MIN)."""
-    listening.check_bind(host, credentials is not None, "stop workers and enqueue tasks",
-                         f"set {USERNAME_ENV} and {PASSWORD_ENV} (or --username/--password)")
+    listening.check_bind(
+        host,
+        credentials is not None,
+        "stop workers and enqueue tasks",
+        f"set {USERNAME_ENV} and {PASSWORD_ENV} (or --username/--password)",
+    )
     if credentials is not None and len(credentials.password) < SECRET_MIN and not listening.is_loopback(host):
-        raise BadInput(f"the password is {len(credentials.password)} characters: use at least {SECRET_MIN} "
-                       f"to listen on {host} ({PASSWORD_ENV})")
+        raise BadInput(
+            f"the password is {len(credentials.password)} characters: use at least {SECRET_MIN} "
+            f"to listen on {host} ({PASSWORD_ENV})"
+        )
 
 
 def install(app: Flask, credentials: Credentials | None, read_only: bool, guard: webguard.Guard) -> None:

@@ -48,6 +48,7 @@ def _job_id(text: str) -> str | None:
 
 # Pages -------------------------------------------------------------------------------------------
 
+
 @blueprint.get("/")
 def live_page() -> str:
     return render_template("workqueue/live.html", active_tab="live")
@@ -79,6 +80,7 @@ def enqueue_page() -> str:
 
 # Data for the pages' scripts ---------------------------------------------------------------------
 
+
 @blueprint.get("/api/live")
 def live_data() -> Response:
     return jsonify(live.snapshot(_redis()))
@@ -103,6 +105,7 @@ def job_data(job_id: str) -> Response:
 
 
 # Actions -----------------------------------------------------------------------------------------
+
 
 def _done(stops: list[control.JobStop] | list[str], ok: bool = True) -> BaseResponse:
     """Flash the outcome and go back to the page the form was on, or answer a script in JSON."""
@@ -132,7 +135,8 @@ def stop_worker(name: str) -> BaseResponse:
     (stop,) = control.request_worker_stop(_redis(), workers, now=now, by=actor())
     if now:
         message = f"worker {name} asked to stop at once" + (
-            f"; its job {stop.job_id} goes back to the front of its queue" if stop.job_id else "")
+            f"; its job {stop.job_id} goes back to the front of its queue" if stop.job_id else ""
+        )
     else:
         message = f"worker {name} asked to stop" + (" after its current job" if stop.job_id else "")
     return _done([message])
@@ -174,8 +178,9 @@ def enqueue() -> Any:
     except BadInput as exc:
         return Response(render_template("workqueue/enqueue.html", error=str(exc), **_form_context(form)), 422)
     first = submission.jobs[0].id
-    flash(f"enqueued {count} × {call.describe()} on {queue} (batch {submission.batch_id}, first job {first})",
-          "success")
+    flash(
+        f"enqueued {count} × {call.describe()} on {queue} (batch {submission.batch_id}, first job {first})", "success"
+    )
     return redirect(url_for(".enqueue_page", task=call.task.name), 303)
 
 
@@ -204,13 +209,26 @@ def _form_context(form: Any) -> dict[str, Any]:
         fields = []
         for p in task.params:
             key = f"{task.name}.{p.name}"
-            fields.append({
-                "key": key, "name": p.name, "help": p.help, "bounds": p.describe_bounds(),
-                "type": "number" if p.type in (int, float) else "text",
-                "step": "1" if p.type is int else "any",
-                "min": p.min, "max": p.max, "required": p.default is None,
-                "value": form.get(key, "" if p.default is None else p.default),
-            })
+            fields.append(
+                {
+                    "key": key,
+                    "name": p.name,
+                    "help": p.help,
+                    "bounds": p.describe_bounds(),
+                    "type": "number" if p.type in (int, float) else "text",
+                    "step": "1" if p.type is int else "any",
+                    "min": p.min,
+                    "max": p.max,
+                    "required": p.default is None,
+                    "value": form.get(key, "" if p.default is None else p.default),
+                }
+            )
         tasks.append({"name": task.name, "description": task.description, "fields": fields})
-    return {"tasks": tasks, "selected": selected, "count": form.get("count", 1),
-            "queue": form.get("queue", DEFAULT_QUEUE), "max_count": MAX_COUNT, "active_tab": "enqueue"}
+    return {
+        "tasks": tasks,
+        "selected": selected,
+        "count": form.get("count", 1),
+        "queue": form.get("queue", DEFAULT_QUEUE),
+        "max_count": MAX_COUNT,
+        "active_tab": "enqueue",
+    }

@@ -47,8 +47,14 @@ class Invalid(Exception):
         self.status = status
 
 
-def create_app(connection: redis.Redis, *, token: str | None = None, helpers: Supervisor | None = None,
-               policy: network.NetworkPolicy | None = None, guard: webguard.Guard | None = None) -> Flask:
+def create_app(
+    connection: redis.Redis,
+    *,
+    token: str | None = None,
+    helpers: Supervisor | None = None,
+    policy: network.NetworkPolicy | None = None,
+    guard: webguard.Guard | None = None,
+) -> Flask:
     """The API over ``connection``. With ``token``, every request needs ``Authorization: Bearer``;
     ``GET /health`` shows ``helpers`` (the threads delivering callbacks); callback URLs must pass
     ``policy`` (default: the environment's ``WORKQUEUE_ALLOW_NETWORKS``); ``guard`` (default: a
@@ -85,8 +91,11 @@ def create_app(connection: redis.Redis, *, token: str | None = None, helpers: Su
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        messages = {404: "no such resource", 405: f"{request.method} is not allowed here",
-                    413: f"request body over {MAX_BODY:,} bytes"}
+        messages = {
+            404: "no such resource",
+            405: f"{request.method} is not allowed here",
+            413: f"request body over {MAX_BODY:,} bytes",
+        }
         code = exc.code or 500
         response = error(code, messages.get(code, exc.description or exc.name))
         if exc.code == 405 and exc.get_response().headers.get("Allow"):
@@ -199,11 +208,18 @@ def create_app(connection: redis.Redis, *, token: str | None = None, helpers: Su
             summary = batches.summary(connection, batch_id)
         except KeyError:
             return error(404, f"no such batch: {batch_id} (batches are kept for a day)")
-        return jsonify({
-            "batch_id": batch_id, "queue": summary.queue, "total": summary.total, "finished": summary.finished,
-            "failed": summary.failed, "done": summary.done, "elapsed": summary.elapsed,
-            "jobs": [{"id": i, "status": s or "expired"} for i, s in batches.job_statuses(connection, batch_id)],
-        })
+        return jsonify(
+            {
+                "batch_id": batch_id,
+                "queue": summary.queue,
+                "total": summary.total,
+                "finished": summary.finished,
+                "failed": summary.failed,
+                "done": summary.done,
+                "elapsed": summary.elapsed,
+                "jobs": [{"id": i, "status": s or "expired"} for i, s in batches.job_statuses(connection, batch_id)],
+            }
+        )
 
     @app.delete("/batches/<batch_id>")
     def cancel_batch(batch_id: str) -> Response:

@@ -104,8 +104,10 @@ def check_url(url: str, policy: network.NetworkPolicy) -> str:
 def register(connection: redis.Redis, batch_id: str, url: str, secret: str) -> None:
     """Ask for ``batch_id``'s results at ``url`` (before the batch is enqueued: nothing is missed)."""
     with connection.pipeline() as pipe:
-        pipe.hset(callback_key(batch_id), mapping={"url": url, "secret": secret, "cursor": "0-0",
-                                                   "registered_at": time.time()})
+        pipe.hset(
+            callback_key(batch_id),
+            mapping={"url": url, "secret": secret, "cursor": "0-0", "registered_at": time.time()},
+        )
         pipe.expire(callback_key(batch_id), RESULT_TTL)
         pipe.sadd(PENDING, batch_id)
         pipe.execute()
@@ -113,23 +115,43 @@ def register(connection: redis.Redis, batch_id: str, url: str, secret: str) -> N
 
 def _payload(batch_id: str, entry_id: str, fields: dict[str, str], summary: batches.BatchSummary | None) -> dict:
     if summary is not None:
-        return {"type": "batch", "batch_id": batch_id, "total": summary.total, "finished": summary.finished,
-                "failed": summary.failed, "elapsed": summary.elapsed}
+        return {
+            "type": "batch",
+            "batch_id": batch_id,
+            "total": summary.total,
+            "finished": summary.finished,
+            "failed": summary.failed,
+            "elapsed": summary.elapsed,
+        }
     try:
         detail = json.loads(fields["detail"])
     except ValueError:  # cut at the stream's 2,000 characters: sent as the text it is
         detail = fields["detail"]
     outcome = fields["outcome"]
-    return {"type": "task", "batch_id": batch_id, "job_id": fields["job"], "task": fields["task"], "outcome": outcome,
-            "result": detail if outcome == "finished" else None, "error": None if outcome == "finished" else detail,
-            "duration": float(fields["duration"]), "ran_again": fields.get("redelivery") == "1"}
+    return {
+        "type": "task",
+        "batch_id": batch_id,
+        "job_id": fields["job"],
+        "task": fields["task"],
+        "outcome": outcome,
+        "result": detail if outcome == "finished" else None,
+        "error": None if outcome == "finished" else detail,
+        "duration": float(fields["duration"]),
+        "ran_again": fields.get("redelivery") == "1",
+    }
 
 
 class Deliverer:
     """Delivers every registered batch's results; run one in each gateway (see :meth:`run`)."""
 
-    def __init__(self, connection: redis.Redis, *, timeout: float = 5.0, max_backoff: float = 60.0,
-                 policy: network.NetworkPolicy | None = None) -> None:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        *,
+        timeout: float = 5.0,
+        max_backoff: float = 60.0,
+        policy: network.NetworkPolicy | None = None,
+    ) -> None:
         self.connection = connection
         self.max_backoff = max_backoff
         self.http = network.client(policy, timeout=timeout, follow_redirects=False)
@@ -204,8 +226,12 @@ class Deliverer:
         state["inflight"] = entry_id
         body = json.dumps(payload).encode()
         timestamp = f"{time.time():.3f}"
-        headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
-                   SIGNATURE_HEADER: sign(state["secret"], timestamp, body), DELIVERY_HEADER: payload["delivery_id"]}
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(state["secret"], timestamp, body),
+            DELIVERY_HEADER: payload["delivery_id"],
+        }
         try:
             response = self.http.post(state["url"], content=body, headers=headers)
             ok, reason = response.is_success, f"HTTP {response.status_code}"
@@ -229,8 +255,14 @@ class Deliverer:
         failures = int(state.get("failures", 0)) + 1
         wait = self._backoff(failures)
         self.connection.hset(key, mapping={"failures": failures, "next_try": time.time() + wait})
-        log.warning("callback for batch %s to %s failed (%s, attempt %d); next try in %.1f s",
-                    batch_id, state["url"], reason, failures, wait)
+        log.warning(
+            "callback for batch %s to %s failed (%s, attempt %d); next try in %.1f s",
+            batch_id,
+            state["url"],
+            reason,
+            failures,
+            wait,
+        )
         return False
 
     def _backoff(self, attempt: int) -> float:
@@ -242,8 +274,14 @@ class Deliverer:
         errors = self.connection.hincrby(key, "errors", 1)
         trace = None if isinstance(exc, _UNUSABLE) else exc  # a traceback for what was not foreseen
         if errors >= MAX_ERRORS:
-            log.error("giving up the callbacks of batch %s after %d errors, the last: %s: %s",
-                      batch_id, errors, type(exc).__name__, exc, exc_info=trace)
+            log.error(
+                "giving up the callbacks of batch %s after %d errors, the last: %s: %s",
+                batch_id,
+                errors,
+                type(exc).__name__,
+                exc,
+                exc_info=trace,
+            )
             with self.connection.pipeline() as pipe:
                 pipe.srem(PENDING, batch_id)
                 pipe.delete(key)
@@ -253,8 +291,16 @@ class Deliverer:
         self.connection.hset(key, "next_try", time.time() + wait)
         if self.connection.ttl(key) < 0:  # a record that was not ours: expire it like ours
             self.connection.expire(key, RESULT_TTL)
-        log.error("callbacks of batch %s failed (%s: %s; error %d of %d); next try in %.1f s",
-                  batch_id, type(exc).__name__, exc, errors, MAX_ERRORS, wait, exc_info=trace)
+        log.error(
+            "callbacks of batch %s failed (%s: %s; error %d of %d); next try in %.1f s",
+            batch_id,
+            type(exc).__name__,
+            exc,
+            errors,
+            MAX_ERRORS,
+            wait,
+            exc_info=trace,
+        )
 
     def _drop_if_never_enqueued(self, batch_id: str, state: dict[str, str]) -> None:
         """A batch registered but never enqueued (its enqueue failed) is forgotten after GRACE."""

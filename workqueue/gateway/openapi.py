@@ -12,8 +12,10 @@ from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: What a callback URL must match (the app checks the same pattern the document states).
-CALLBACK_URL = (r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?"
-                r"([/?#][!-~]*)?$")
+CALLBACK_URL = (
+    r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?"
+    r"([/?#][!-~]*)?$"
+)
 
 _TYPES = {int: "integer", float: "number", str: "string"}
 
@@ -26,8 +28,16 @@ def describe_task(task: task_def.Task) -> dict[str, Any]:
         "timeout": task.timeout,
         "retries": task.retries,
         "params": [
-            {"name": p.name, "type": _TYPES[p.type], "help": p.help, "required": p.default is None,
-             "default": p.default, "minimum": p.min, "maximum": p.max, "exclusive_minimum": p.min_exclusive}
+            {
+                "name": p.name,
+                "type": _TYPES[p.type],
+                "help": p.help,
+                "required": p.default is None,
+                "default": p.default,
+                "minimum": p.min,
+                "maximum": p.max,
+                "exclusive_minimum": p.min_exclusive,
+            }
             for p in task.params
         ],
     }
@@ -51,174 +61,426 @@ def _params_schema(task: task_def.Task) -> dict[str, Any]:
             prop["default"] = p.default
         properties[p.name] = prop
     required = [p.name for p in task.params if p.default is None]
-    return {"type": "object", "properties": properties, "additionalProperties": False,
-            **({"required": required} if required else {})}
+    return {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+        **({"required": required} if required else {}),
+    }
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
-    return {status: {"description": description,
-                     "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+    return {
+        status: {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
 
 
 #: Deepest nesting of arrays and objects a request body may have (a valid request needs 4).
 MAX_DEPTH = 32
 _NOT_JSON = f"The body is not JSON, or nests arrays and objects deeper than {MAX_DEPTH} levels."
 _AUTH = {"401": _error("A bearer token is required and was not given, or is wrong.")}
-_BAD_BODY = {"413": _error("The body is over the size limit."),
-             "422": _error("The body, a task, a parameter or the callback URL is refused: `error` says why, "
-                           "`field` names it."),
-             "503": _error("Redis is not answering.")}
+_BAD_BODY = {
+    "413": _error("The body is over the size limit."),
+    "422": _error("The body, a task, a parameter or the callback URL is refused: `error` says why, `field` names it."),
+    "503": _error("Redis is not answering."),
+}
 
 
 def document() -> dict[str, Any]:
     tasks = list(task_def.CATALOGUE.values())
     common = {
         "queue": {"type": "string", "default": DEFAULT_QUEUE, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"},
-        "retries": {"type": "integer", "minimum": 0, "maximum": 20,
-                    "description": "Override of the task's retries."},
-        "timeout": {"type": "integer", "minimum": 1, "maximum": 604800,
-                    "description": "Override of the task's timeout, in seconds."},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 20, "description": "Override of the task's retries."},
+        "timeout": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 604800,
+            "description": "Override of the task's timeout, in seconds.",
+        },
         "callback": {"$ref": "#/components/schemas/Callback"},
     }
 
     def variant(task: task_def.Task, **extra: Any) -> dict[str, Any]:
         """One task's request shape: its name, its own parameters, and ``extra`` fields."""
         required = ["task"] + (["params"] if any(p.default is None for p in task.params) else [])
-        return {"type": "object", "title": task.name, "required": required, "additionalProperties": False,
-                "properties": {"task": {"type": "string", "enum": [task.name]}, "params": _params_schema(task),
-                               **extra}}
+        return {
+            "type": "object",
+            "title": task.name,
+            "required": required,
+            "additionalProperties": False,
+            "properties": {"task": {"type": "string", "enum": [task.name]}, "params": _params_schema(task), **extra},
+        }
 
     task_entry = {"oneOf": [variant(t) for t in tasks]}
-    enqueue_one = {"oneOf": [variant(t, count={"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
-                                     **common) for t in tasks]}
+    enqueue_one = {
+        "oneOf": [
+            variant(t, count={"type": "integer", "minimum": 1, "maximum": 1000, "default": 1}, **common) for t in tasks
+        ]
+    }
     nullable_string = _nullable({"type": "string"})
     nullable_number = _nullable({"type": "number"})
     schemas = {
-        "Error": {"type": "object", "required": ["error", "field"],
-                  "properties": {"error": {"type": "string"}, "field": nullable_string}},
+        "Error": {
+            "type": "object",
+            "required": ["error", "field"],
+            "properties": {"error": {"type": "string"}, "field": nullable_string},
+        },
         "TaskEntry": task_entry,
         "EnqueueOne": enqueue_one,
-        "Callback": {"type": "object", "required": ["url", "secret"], "additionalProperties": False,
-                     "description": "Each task's end, then the batch's end, is POSTed to `url`, signed: "
-                                    "X-Workqueue-Signature is sha256=HMAC-SHA256(secret, timestamp + '.' + body) "
-                                    "in hex, the timestamp in X-Workqueue-Timestamp.",
-                     "properties": {"url": {"type": "string", "pattern": CALLBACK_URL, "maxLength": 2000,
-                                            "description": "Refused (422, field `callback.url`) if the gateway "
-                                            "cannot send to it, or if its host is or resolves to a link-local, "
-                                            "cloud-metadata, or (unless WORKQUEUE_ALLOW_NETWORKS allows it) "
-                                            "loopback, private or reserved address."},
-                                    "secret": {"type": "string", "minLength": 16, "maxLength": 256}}},
-        "EnqueueBatch": {"type": "object", "required": ["tasks"], "additionalProperties": False, "properties": {
-            "tasks": {"type": "array", "minItems": 1, "maxItems": 1000,
-                      "items": {"$ref": "#/components/schemas/TaskEntry"}},
-            **common}},
-        "Enqueued": {"type": "object", "required": ["batch_id", "queue", "job_ids"], "properties": {
-            "batch_id": {"type": "string"}, "queue": {"type": "string"},
-            "job_ids": {"type": "array", "items": {"type": "string"}}}},
-        "Job": {"type": "object", "required": ["id", "task", "queue", "status"], "properties": {
-            "id": {"type": "string"}, "task": {"type": "string"}, "queue": {"type": "string"},
-            "status": {"type": "string", "enum": ["queued", "finished", "failed", "started", "deferred", "scheduled",
-                                                  "stopped", "canceled", "created"]},
-            "worker": nullable_string, "batch": nullable_string, "description": nullable_string,
-            "created_at": nullable_string, "enqueued_at": nullable_string, "started_at": nullable_string,
-            "ended_at": nullable_string, "elapsed": nullable_number,
-            "progress": _nullable({"type": "object", "properties": {
-                "done": {"type": "number"}, "total": {"type": "number"}, "percent": {"type": "number"},
-                "message": {"type": "string"}}}),
-            "result": {"description": "The task's return value, once finished (any JSON); null if it cannot be "
-                                      "read as JSON (see `unreadable`)."},
-            "unreadable": _nullable({"type": "string", "description": "Why the result is null though the job "
-                                     "finished: it is not JSON (written by a foreign client), and is left alone."}),
-            "error": nullable_string,
-            "attempts": {"type": "array", "items": {"type": "object"}},
-            "meta": {"type": "object"}, "can_stop": {"type": "boolean"}, "can_requeue": {"type": "boolean"}}},
-        "Batch": {"type": "object", "required": ["batch_id", "total", "finished", "failed", "done", "jobs"],
-                  "properties": {
-            "batch_id": {"type": "string"}, "queue": {"type": "string"}, "total": {"type": "integer"},
-            "finished": {"type": "integer"}, "failed": {"type": "integer"}, "done": {"type": "boolean"},
-            "elapsed": nullable_number,
-            "jobs": {"type": "array", "items": {"type": "object", "required": ["id", "status"], "properties": {
-                "id": {"type": "string"}, "status": {"type": "string"}}}}}},
-        "Health": {"type": "object", "required": ["ok", "redis", "helpers"], "properties": {
-            "ok": {"type": "boolean", "description": "Redis answers and every helper thread runs."},
-            "redis": {"type": "boolean"},
-            "helpers": {"type": "array", "description": "The gateway's helper threads (`callbacks`: the delivery "
-                        "of results); one that dies is logged and restarted, `restarts` counts it.", "items": {
-                "type": "object", "required": ["name", "up", "restarts", "last_error"], "properties": {
-                    "name": {"type": "string"}, "up": {"type": "boolean"}, "restarts": {"type": "integer"},
-                    "last_error": nullable_string}}}}},
+        "Callback": {
+            "type": "object",
+            "required": ["url", "secret"],
+            "additionalProperties": False,
+            "description": "Each task's end, then the batch's end, is POSTed to `url`, signed: "
+            "X-Workqueue-Signature is sha256=HMAC-SHA256(secret, timestamp + '.' + body) "
+            "in hex, the timestamp in X-Workqueue-Timestamp.",
+            "properties": {
+                "url": {
+                    "type": "string",
+                    "pattern": CALLBACK_URL,
+                    "maxLength": 2000,
+                    "description": "Refused (422, field `callback.url`) if the gateway "
+                    "cannot send to it, or if its host is or resolves to a link-local, "
+                    "cloud-metadata, or (unless WORKQUEUE_ALLOW_NETWORKS allows it) "
+                    "loopback, private or reserved address.",
+                },
+                "secret": {"type": "string", "minLength": 16, "maxLength": 256},
+            },
+        },
+        "EnqueueBatch": {
+            "type": "object",
+            "required": ["tasks"],
+            "additionalProperties": False,
+            "properties": {
+                "tasks": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1000,
+                    "items": {"$ref": "#/components/schemas/TaskEntry"},
+                },
+                **common,
+            },
+        },
+        "Enqueued": {
+            "type": "object",
+            "required": ["batch_id", "queue", "job_ids"],
+            "properties": {
+                "batch_id": {"type": "string"},
+                "queue": {"type": "string"},
+                "job_ids": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "Job": {
+            "type": "object",
+            "required": ["id", "task", "queue", "status"],
+            "properties": {
+                "id": {"type": "string"},
+                "task": {"type": "string"},
+                "queue": {"type": "string"},
+                "status": {
+                    "type": "string",
+                    "enum": [
+                        "queued",
+                        "finished",
+                        "failed",
+                        "started",
+                        "deferred",
+                        "scheduled",
+                        "stopped",
+                        "canceled",
+                        "created",
+                    ],
+                },
+                "worker": nullable_string,
+                "batch": nullable_string,
+                "description": nullable_string,
+                "created_at": nullable_string,
+                "enqueued_at": nullable_string,
+                "started_at": nullable_string,
+                "ended_at": nullable_string,
+                "elapsed": nullable_number,
+                "progress": _nullable(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "done": {"type": "number"},
+                            "total": {"type": "number"},
+                            "percent": {"type": "number"},
+                            "message": {"type": "string"},
+                        },
+                    }
+                ),
+                "result": {
+                    "description": "The task's return value, once finished (any JSON); null if it cannot be "
+                    "read as JSON (see `unreadable`)."
+                },
+                "unreadable": _nullable(
+                    {
+                        "type": "string",
+                        "description": "Why the result is null though the job "
+                        "finished: it is not JSON (written by a foreign client), and is left alone.",
+                    }
+                ),
+                "error": nullable_string,
+                "attempts": {"type": "array", "items": {"type": "object"}},
+                "meta": {"type": "object"},
+                "can_stop": {"type": "boolean"},
+                "can_requeue": {"type": "boolean"},
+            },
+        },
+        "Batch": {
+            "type": "object",
+            "required": ["batch_id", "total", "finished", "failed", "done", "jobs"],
+            "properties": {
+                "batch_id": {"type": "string"},
+                "queue": {"type": "string"},
+                "total": {"type": "integer"},
+                "finished": {"type": "integer"},
+                "failed": {"type": "integer"},
+                "done": {"type": "boolean"},
+                "elapsed": nullable_number,
+                "jobs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "status"],
+                        "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
+                    },
+                },
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["ok", "redis", "helpers"],
+            "properties": {
+                "ok": {"type": "boolean", "description": "Redis answers and every helper thread runs."},
+                "redis": {"type": "boolean"},
+                "helpers": {
+                    "type": "array",
+                    "description": "The gateway's helper threads (`callbacks`: the delivery "
+                    "of results); one that dies is logged and restarted, `restarts` counts it.",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "up", "restarts", "last_error"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "up": {"type": "boolean"},
+                            "restarts": {"type": "integer"},
+                            "last_error": nullable_string,
+                        },
+                    },
+                },
+            },
+        },
         "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
-        "Messages": {"type": "object", "required": ["messages"],
-                     "properties": {"messages": {"type": "array", "items": {"type": "string"}}}},
-        "Queues": {"type": "object", "required": ["queues"], "properties": {"queues": {"type": "array", "items": {
-            "type": "object", "required": ["name", "queued", "running", "tasks"], "properties": {
-                "name": {"type": "string"}, "queued": {"type": "integer"}, "running": {"type": "integer"},
-                "tasks": {"type": "array", "items": {"type": "object", "properties": {
-                    "queue": {"type": "string"}, "task": {"type": "string"}, "enqueued": {"type": "integer"},
-                    "finished": {"type": "integer"}, "failed": {"type": "integer"}, "running": {"type": "integer"},
-                    "throughput": {"type": "number"}, "run_p50": nullable_number, "run_p95": nullable_number,
-                    "wait_p50": nullable_number, "wait_p95": nullable_number}}}}}}}},
-        "Tasks": {"type": "object", "required": ["tasks"], "properties": {"tasks": {"type": "array", "items": {
-            "type": "object", "required": ["name", "params"], "properties": {
-                "name": {"type": "string"}, "description": {"type": "string"}, "timeout": {"type": "integer"},
-                "retries": {"type": "integer"}, "params": {"type": "array", "items": {"type": "object"}}}}}}},
+        "Messages": {
+            "type": "object",
+            "required": ["messages"],
+            "properties": {"messages": {"type": "array", "items": {"type": "string"}}},
+        },
+        "Queues": {
+            "type": "object",
+            "required": ["queues"],
+            "properties": {
+                "queues": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "queued", "running", "tasks"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "queued": {"type": "integer"},
+                            "running": {"type": "integer"},
+                            "tasks": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "queue": {"type": "string"},
+                                        "task": {"type": "string"},
+                                        "enqueued": {"type": "integer"},
+                                        "finished": {"type": "integer"},
+                                        "failed": {"type": "integer"},
+                                        "running": {"type": "integer"},
+                                        "throughput": {"type": "number"},
+                                        "run_p50": nullable_number,
+                                        "run_p95": nullable_number,
+                                        "wait_p50": nullable_number,
+                                        "wait_p95": nullable_number,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+        "Tasks": {
+            "type": "object",
+            "required": ["tasks"],
+            "properties": {
+                "tasks": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "params"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "description": {"type": "string"},
+                            "timeout": {"type": "integer"},
+                            "retries": {"type": "integer"},
+                            "params": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
+                }
+            },
+        },
     }
-    job_id = {"name": "job_id", "in": "path", "required": True,
-              "schema": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"}}
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
+    }
     batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
-    json_body = lambda name: {"required": True, "content": {"application/json": {  # noqa: E731
-        "schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+    def json_body(name: str) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
     return {
         "openapi": "3.0.3",
-        "info": {"title": "workqueue gateway", "version": "1.0.0",
-                 "description": "Enqueue catalogue tasks, follow and cancel them, over HTTP; results come back "
-                                f"by signed callback. One request enqueues at most 1,000 tasks ({MAX_COUNT:,} "
-                                "per producer run from the command line)."},
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                      "description": "Required when the gateway was given a token."}}},
+        "info": {
+            "title": "workqueue gateway",
+            "version": "1.0.0",
+            "description": "Enqueue catalogue tasks, follow and cancel them, over HTTP; results come back "
+            f"by signed callback. One request enqueues at most 1,000 tasks ({MAX_COUNT:,} "
+            "per producer run from the command line).",
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Required when the gateway was given a token.",
+                }
+            },
+        },
         "security": [{}, {"bearer": []}],
         "paths": {
-            "/health": {"get": {"summary": "Whether Redis answers and the helper threads run", "operationId": "health",
-                                "responses": {**_ok("All is well.", "Health"), **_AUTH,
-                                              **_ok("Redis does not answer, or a helper thread is down (it is "
-                                                    "being restarted).", "Health", "503")}}},
-            "/tasks": {"get": {"summary": "The task catalogue", "operationId": "listTasks",
-                               "responses": {**_ok("Every task and its parameters.", "Tasks"), **_AUTH}}},
-            "/queues": {"get": {"summary": "Queues and their statistics", "operationId": "listQueues",
-                                "responses": {**_ok("Per queue and task.", "Queues"), **_AUTH,
-                                              "503": _BAD_BODY["503"]}}},
-            "/jobs": {"post": {"summary": "Enqueue one task (count times), as one batch", "operationId": "enqueueJob",
-                               "requestBody": json_body("EnqueueOne"),
-                               "responses": {**_ok("Enqueued.", "Enqueued", "201"), **_AUTH,
-                                             "400": _error(_NOT_JSON), **_BAD_BODY}}},
-            "/batches": {"post": {"summary": "Enqueue several tasks as one batch", "operationId": "enqueueBatch",
-                                  "requestBody": json_body("EnqueueBatch"),
-                                  "responses": {**_ok("Enqueued.", "Enqueued", "201"), **_AUTH,
-                                                "400": _error(_NOT_JSON), **_BAD_BODY}}},
+            "/health": {
+                "get": {
+                    "summary": "Whether Redis answers and the helper threads run",
+                    "operationId": "health",
+                    "responses": {
+                        **_ok("All is well.", "Health"),
+                        **_AUTH,
+                        **_ok(
+                            "Redis does not answer, or a helper thread is down (it is being restarted).",
+                            "Health",
+                            "503",
+                        ),
+                    },
+                }
+            },
+            "/tasks": {
+                "get": {
+                    "summary": "The task catalogue",
+                    "operationId": "listTasks",
+                    "responses": {**_ok("Every task and its parameters.", "Tasks"), **_AUTH},
+                }
+            },
+            "/queues": {
+                "get": {
+                    "summary": "Queues and their statistics",
+                    "operationId": "listQueues",
+                    "responses": {**_ok("Per queue and task.", "Queues"), **_AUTH, "503": _BAD_BODY["503"]},
+                }
+            },
+            "/jobs": {
+                "post": {
+                    "summary": "Enqueue one task (count times), as one batch",
+                    "operationId": "enqueueJob",
+                    "requestBody": json_body("EnqueueOne"),
+                    "responses": {
+                        **_ok("Enqueued.", "Enqueued", "201"),
+                        **_AUTH,
+                        "400": _error(_NOT_JSON),
+                        **_BAD_BODY,
+                    },
+                }
+            },
+            "/batches": {
+                "post": {
+                    "summary": "Enqueue several tasks as one batch",
+                    "operationId": "enqueueBatch",
+                    "requestBody": json_body("EnqueueBatch"),
+                    "responses": {
+                        **_ok("Enqueued.", "Enqueued", "201"),
+                        **_AUTH,
+                        "400": _error(_NOT_JSON),
+                        **_BAD_BODY,
+                    },
+                }
+            },
             "/jobs/{job_id}": {
                 "parameters": [job_id],
-                "get": {"summary": "A job: status, progress, result, error", "operationId": "getJob",
-                        "responses": {**_ok("The job.", "Job"), **_AUTH, "404": _error("No such job."),
-                                      "422": _error("The job is not readable as JSON."), "503": _BAD_BODY["503"]}},
-                "delete": {"summary": "Stop a running job or cancel a waiting one", "operationId": "cancelJob",
-                           "responses": {**_ok("What was done.", "Message"), **_AUTH, "404": _error("No such job."),
-                                         "422": _error("The job is not readable as JSON."),
-                                         "503": _BAD_BODY["503"]}}},
+                "get": {
+                    "summary": "A job: status, progress, result, error",
+                    "operationId": "getJob",
+                    "responses": {
+                        **_ok("The job.", "Job"),
+                        **_AUTH,
+                        "404": _error("No such job."),
+                        "422": _error("The job is not readable as JSON."),
+                        "503": _BAD_BODY["503"],
+                    },
+                },
+                "delete": {
+                    "summary": "Stop a running job or cancel a waiting one",
+                    "operationId": "cancelJob",
+                    "responses": {
+                        **_ok("What was done.", "Message"),
+                        **_AUTH,
+                        "404": _error("No such job."),
+                        "422": _error("The job is not readable as JSON."),
+                        "503": _BAD_BODY["503"],
+                    },
+                },
+            },
             "/batches/{batch_id}": {
                 "parameters": [batch_id],
-                "get": {"summary": "A batch: counts and each job's status", "operationId": "getBatch",
-                        "responses": {**_ok("The batch.", "Batch"), **_AUTH, "404": _error("No such batch."),
-                                      "503": _BAD_BODY["503"]}},
-                "delete": {"summary": "Cancel a batch's waiting jobs and stop its running ones",
-                           "operationId": "cancelBatch",
-                           "responses": {**_ok("What was done, per job.", "Messages"), **_AUTH,
-                                         "404": _error("No such batch."), "422": _error("A job is not readable."),
-                                         "503": _BAD_BODY["503"]}}},
+                "get": {
+                    "summary": "A batch: counts and each job's status",
+                    "operationId": "getBatch",
+                    "responses": {
+                        **_ok("The batch.", "Batch"),
+                        **_AUTH,
+                        "404": _error("No such batch."),
+                        "503": _BAD_BODY["503"],
+                    },
+                },
+                "delete": {
+                    "summary": "Cancel a batch's waiting jobs and stop its running ones",
+                    "operationId": "cancelBatch",
+                    "responses": {
+                        **_ok("What was done, per job.", "Messages"),
+                        **_AUTH,
+                        "404": _error("No such batch."),
+                        "422": _error("A job is not readable."),
+                        "503": _BAD_BODY["503"],
+                    },
+                },
+            },
         },
     }
