@@ -12,7 +12,7 @@ from rq import Queue
 from rq.job import Job
 
 import workqueue
-from tests.conftest import ROOT, Processes, run_cli, wait_for
+from tests.helpers import ROOT, Processes, run_cli, wait_for
 from workqueue import batches, statistics
 from workqueue.policy import SERIALIZER
 

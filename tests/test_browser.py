@@ -16,10 +16,9 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, free_port, wait_for
-from tests.test_dashboard import answers, enqueue
-from tests.test_faults import enqueue as enqueue_fault
-from tests.test_kill import child_pids, workers
+from tests.helpers import (
+    Processes, answers, child_pids, cli_env, enqueue_fault, enqueue_jobs, free_port, status, wait_for, workers,
+)
 from workqueue.policy import SERIALIZER
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -73,14 +72,10 @@ def shot(page, tmp_path: Path, name: str) -> None:
     assert path.stat().st_size > 0
 
 
-def status(conn: redis.Redis, job: Job) -> str:
-    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_status().value
-
-
 def test_live_page_shows_progress_and_charts_and_stops_a_worker(conn, dashboard, page, tmp_path) -> None:
-    for job in enqueue(conn, "pi", count=4, samples=1000):
+    for job in enqueue_jobs(conn, "pi", count=4, samples=1000):
         wait_for(lambda job=job: status(conn, job) == "finished", 20, "the quick jobs to finish")
-    (long_job,) = enqueue(conn, seconds=30)
+    (long_job,) = enqueue_jobs(conn, seconds=30)
     page.goto(dashboard + "/")
     row = page.locator(f"#running-jobs tr[data-job-id='{long_job.id}']")
     row.locator(".wq-progress-label").filter(has_text="% sleeping").wait_for()
@@ -153,7 +148,7 @@ def test_job_text_with_html_renders_as_text(conn, dashboard, page, tmp_path) -> 
 
 
 def test_state_changes_without_the_csrf_token_are_refused(conn, dashboard, page, tmp_path) -> None:
-    (job,) = enqueue(conn, "sleep", queue="queue_two", seconds=5)  # no worker listens on queue_two
+    (job,) = enqueue_jobs(conn, "sleep", queue="queue_two", seconds=5)  # no worker listens on queue_two
     page.goto(dashboard + "/")
     without = page.evaluate(f"fetch('/jobs/{job.id}/stop', {{method: 'POST'}}).then(r => r.status)")
     assert without == 400 and status(conn, job) == "queued"
@@ -180,7 +175,7 @@ PAYLOADS = ["x');window.__pwned=1;//", "</script><script>window.__pwned=1</scrip
 
 def hostile_job(conn: redis.Redis, job_id: str, queue: str, registry: str, text: str) -> None:
     """A job of ours copied under ``job_id``, every text field of it ``text``, in ``registry``."""
-    (model,) = enqueue(conn, "primes", queue="scratch", n=10)
+    (model,) = enqueue_jobs(conn, "primes", queue="scratch", n=10)
     fields = conn.hgetall(model.key)
     Queue("scratch", connection=conn).empty()
     fields.update({b"origin": queue.encode(), b"description": text.encode(),

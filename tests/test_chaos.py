@@ -16,7 +16,7 @@ import redis
 from rq import Queue, Worker
 
 from tests import fault_tasks
-from tests.conftest import Processes, RedisServer, cli_env, wait_for
+from tests.helpers import Processes, RedisServer, cli_env, wait_for
 from workqueue import producer
 from workqueue.policy import SERIALIZER
 

@@ -15,17 +15,13 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import Processes, run_cli, wait_for
+from tests.helpers import Processes, run_cli, status, wait_for
 from workqueue import producer
 from workqueue.policy import SERIALIZER
 
 
 def enqueue(conn: redis.Redis, task: str, count: int = 1, queue: str = "queue_one", **params) -> list[Job]:
     return producer.enqueue(conn, [producer.TaskCall.build(task, params)] * count, queue).jobs
-
-
-def status(conn: redis.Redis, job: Job) -> str:
-    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_status().value
 
 
 def error_of(conn: redis.Redis, job: Job) -> str:

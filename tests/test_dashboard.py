@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import urllib.error
-import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
@@ -18,45 +16,12 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, free_port, run_cli, wait_for
-from tests.test_kill import start_consumer, workers
+from tests.helpers import (
+    Processes, answers, cli_env, client_for, enqueue_jobs, free_port, get, run_cli, start_consumer, token, wait_for,
+    workers,
+)
 from workqueue import producer, statistics
-from workqueue.dashboard import create_app
 from workqueue.policy import SERIALIZER
-
-
-def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def answers(url: str) -> bool:
-    try:
-        return get(url)[0] in (200, 401)
-    except OSError:
-        return False
-
-
-def enqueue(conn: redis.Redis, task: str = "sleep", queue: str = "queue_one", count: int = 1, **params) -> list[Job]:
-    params = params or {"seconds": 30}
-    return producer.enqueue(conn, [producer.TaskCall.build(task, params)] * count, queue).jobs
-
-
-def client_for(redis_url: str, **options) -> FlaskClient:
-    app = create_app(redis_url, **options)
-    app.testing = True
-    return app.test_client()
-
-
-def token(client: FlaskClient) -> str:
-    """The CSRF token a page hands the browser (in the page: no cookie a script could read)."""
-    page = client.get("/")
-    assert page.status_code == 200
-    return re.search(r'data-csrf="([^"]+)"', page.text).group(1)
 
 
 @pytest.fixture
@@ -67,7 +32,7 @@ def client(redis_url: str) -> FlaskClient:
 # The command ---------------------------------------------------------------------------------------
 
 def test_dashboard_serves_rq_dashboard_with_our_json_jobs(conn: redis.Redis, processes: Processes) -> None:
-    (job,) = enqueue(conn, seconds=1)
+    (job,) = enqueue_jobs(conn, seconds=1)
     port = free_port()
     processes.start("dashboard_main.py", "--port", str(port))
     base = f"http://127.0.0.1:{port}"
@@ -122,7 +87,7 @@ def test_beyond_loopback_with_credentials_every_request_needs_them(conn: redis.R
 # CSRF, read-only, the methods rq-dashboard got wrong -------------------------------------------------
 
 def test_every_state_change_needs_the_csrf_token_rq_dashboards_included(conn: redis.Redis, client: FlaskClient) -> None:
-    jobs = enqueue(conn, count=2)
+    jobs = enqueue_jobs(conn, count=2)
     for path in (f"/jobs/{jobs[0].id}/stop", "/queues/queue_one/cancel", "/enqueue", "/workers/x/stop",
                  f"/rq/job/{jobs[0].id}/delete", "/rq/requeue/queue_one", "/rq/queue/queue_one/queued/empty"):
         response = client.post(path, headers={"Accept": "application/json"})
@@ -142,7 +107,7 @@ def test_rq_dashboards_get_requeue_is_refused(conn: redis.Redis, client: FlaskCl
 
 
 def test_read_only_hides_and_refuses_every_action(conn: redis.Redis, redis_url: str) -> None:
-    (job,) = enqueue(conn)
+    (job,) = enqueue_jobs(conn)
     client = client_for(redis_url, read_only=True)
     csrf = token(client)
     for path in (f"/jobs/{job.id}/stop", "/enqueue", "/rq/requeue/queue_one", f"/rq/job/{job.id}/delete"):
@@ -203,7 +168,7 @@ def test_scraped_and_failed_job_text_is_served_escaped(conn: redis.Redis, client
 def test_live_work_shows_progress_workers_and_utilisation(conn: redis.Redis, client: FlaskClient,
                                                           processes: Processes) -> None:
     start_consumer(processes, conn, 2, "queue_one")
-    (job,) = enqueue(conn, seconds=5)
+    (job,) = enqueue_jobs(conn, seconds=5)
 
     def progressing() -> dict:
         data = client.get("/api/live").json
@@ -224,7 +189,7 @@ def test_live_work_shows_progress_workers_and_utilisation(conn: redis.Redis, cli
 
 def test_history_counts_ended_jobs_per_minute_and_samples_backlog(conn: redis.Redis, client: FlaskClient,
                                                                   processes: Processes) -> None:
-    enqueue(conn, "pi", count=6, samples=1000)
+    enqueue_jobs(conn, "pi", count=6, samples=1000)
     statistics.sample_backlog(conn)  # what the consumer and the dashboard do each sweep
     assert client.get("/api/history?minutes=5").json["queues"]["queue_one"]["backlog"][-1] == 6
     start_consumer(processes, conn, 2, "queue_one")
@@ -244,7 +209,7 @@ def test_history_counts_ended_jobs_per_minute_and_samples_backlog(conn: redis.Re
 def test_stop_a_worker_gracefully_and_at_once_from_the_page(conn: redis.Redis, client: FlaskClient,
                                                             processes: Processes) -> None:
     start_consumer(processes, conn, 2, "queue_one")
-    (job,) = enqueue(conn, seconds=30)
+    (job,) = enqueue_jobs(conn, seconds=30)
     busy = wait_for(lambda: next((w.name for w in workers(conn) if w.get_current_job_id() == job.id), None), 20)
     idle = next(w.name for w in workers(conn) if w.name != busy)
     csrf = token(client)
@@ -267,7 +232,7 @@ def test_stop_a_worker_gracefully_and_at_once_from_the_page(conn: redis.Redis, c
 def test_stop_a_running_job_cancel_queued_ones_and_requeue(conn: redis.Redis, client: FlaskClient,
                                                            processes: Processes) -> None:
     start_consumer(processes, conn, 1, "queue_one")
-    first, *waiting = enqueue(conn, count=3)
+    first, *waiting = enqueue_jobs(conn, count=3)
     wait_for(lambda: Job.fetch(first.id, connection=conn, serializer=SERIALIZER).get_status().value == "started", 20)
     headers = {"X-CSRFToken": token(client), "Accept": "application/json"}
     cancelled = client.post("/queues/queue_one/cancel", headers=headers).json

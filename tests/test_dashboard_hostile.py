@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from tests.test_dashboard import client_for, enqueue, token
+from tests.helpers import client_for, enqueue_jobs, token
 from workqueue import recovery
 from workqueue.policy import SERIALIZER
 
@@ -32,7 +32,7 @@ def client(redis_url: str) -> FlaskClient:
 def plant(conn: redis.Redis, kind: str, registry: str, queue: str = QUEUE) -> str:
     """A job of ours copied under a new id, then spoilt as a foreign client would: its data
     garbage, its metadata pickled, or a pickled result; and put in ``registry`` of ``queue``."""
-    (model,) = enqueue(conn, "primes", queue="scratch", n=10)
+    (model,) = enqueue_jobs(conn, "primes", queue="scratch", n=10)
     fields = conn.hgetall(model.key)
     Queue("scratch", connection=conn).empty()
     job_id = f"bad-{kind}-{registry}"
@@ -107,7 +107,7 @@ def test_urls_that_name_nothing_are_404(conn: redis.Redis, client: FlaskClient, 
 
 
 def test_pages_of_a_list_and_their_order(conn: redis.Redis, client: FlaskClient) -> None:
-    jobs = enqueue(conn, "primes", queue="paged", count=5, n=10)
+    jobs = enqueue_jobs(conn, "primes", queue="paged", count=5, n=10)
     first = client.get("/rq/0/data/jobs/paged/queued/2/asc/1.json").json
     assert [j["id"] for j in first["jobs"]] == [jobs[0].id, jobs[1].id] and first["pagination"]["num_pages"] == 3
     last = client.get("/rq/0/data/jobs/paged/queued/2/dsc/3.json").json
@@ -126,7 +126,7 @@ def fail(conn: redis.Redis, job: Job) -> None:
 
 def test_queue_wide_actions_act_on_the_readable_jobs_and_report_the_unreadable_one(conn: redis.Redis,
                                                                                  client: FlaskClient) -> None:
-    readable = enqueue(conn, "primes", queue=QUEUE, count=2, n=10)
+    readable = enqueue_jobs(conn, "primes", queue=QUEUE, count=2, n=10)
     bad_queued = plant(conn, "data", "queued")
     csrf = {"X-CSRFToken": token(client), **JSON}
     reply = client.post(f"/queues/{QUEUE}/cancel", headers=csrf)
@@ -135,7 +135,7 @@ def test_queue_wide_actions_act_on_the_readable_jobs_and_report_the_unreadable_o
         ["canceled", "canceled"]
     assert any(bad_queued in m and "left alone" in m for m in reply.json["messages"])
 
-    failed = enqueue(conn, "primes", queue=QUEUE, count=2, n=10)
+    failed = enqueue_jobs(conn, "primes", queue=QUEUE, count=2, n=10)
     for job in failed:
         fail(conn, job)
     bad_failed = plant(conn, "meta", "failed")
@@ -150,7 +150,7 @@ def test_queue_wide_actions_act_on_the_readable_jobs_and_report_the_unreadable_o
 
 
 def test_every_response_carries_the_content_security_policy(conn: redis.Redis, client: FlaskClient) -> None:
-    (job,) = enqueue(conn, "primes", n=10)
+    (job,) = enqueue_jobs(conn, "primes", n=10)
     responses = [client.get(path, headers={"Accept": accept}) for accept in ("text/html", "application/json")
                  for path in ("/", "/enqueue", f"/jobs/{job.id}", "/jobs?id=nope", "/api/live", "/metrics",
                               "/rq/0/view/queues", "/rq/0/view/jobs/queue_one/queued/8/asc/1", "/rq/0/data/queues.json",
@@ -169,7 +169,7 @@ def test_every_response_carries_the_content_security_policy(conn: redis.Redis, c
 
 
 def test_pages_have_no_inline_script(conn: redis.Redis, client: FlaskClient) -> None:
-    (job,) = enqueue(conn, "primes", n=10)
+    (job,) = enqueue_jobs(conn, "primes", n=10)
     for path in ("/", "/enqueue", f"/jobs/{job.id}", "/rq/0/view/queues", "/rq/0/view/jobs/queue_one/queued/8/asc/1"):
         page = client.get(path, follow_redirects=True).text
         scripts = re.findall(r"<script\b[^>]*>", page)
@@ -178,7 +178,7 @@ def test_pages_have_no_inline_script(conn: redis.Redis, client: FlaskClient) -> 
 
 def test_a_queue_key_that_is_not_utf8_is_set_aside_and_breaks_no_page_nor_sweep(conn: redis.Redis,
                                                                                 client: FlaskClient) -> None:
-    (job,) = enqueue(conn, "primes", queue=QUEUE, n=10)
+    (job,) = enqueue_jobs(conn, "primes", queue=QUEUE, n=10)
     conn.sadd("rq:queues", b"rq:queue:\xff\xfe")  # what any foreign client can write
     paths = ["/", "/api/live", "/metrics", "/rq/0/view/queues", "/rq/0/data/queues.json",
              f"/rq/0/view/jobs/{QUEUE}/queued/8/asc/1", "/rq/0/view/jobs", f"/jobs/{job.id}"]

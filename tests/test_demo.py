@@ -15,7 +15,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import ROOT, Command, cli_env, run_cli, wait_for
+from tests.helpers import ROOT, Command, cli_env, run_cli, wait_for
 from workqueue import batches, demos
 from workqueue.cli import demo as demo_cli
 from workqueue.policy import SERIALIZER

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import ROOT, RedisServer, cli_env, free_port, run_cli
+from tests.helpers import ROOT, RedisServer, cli_env, free_port, run_cli
 from workqueue import embedded
 from workqueue.connection import mask_url, resolve
 from workqueue.errors import BadInput, EmbeddedRedisError

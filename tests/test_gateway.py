@@ -21,9 +21,7 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, free_port, run_cli, wait_for
-from tests.test_dashboard import answers
-from tests.test_kill import start_consumer
+from tests.helpers import Processes, answers, cli_env, free_port, run_cli, start_consumer, wait_for
 from workqueue import batches, producer, remote
 from workqueue.gateway import create_app, delivery
 from workqueue.gateway.app import MAX_BODY

@@ -11,9 +11,7 @@ import pytest
 import redis
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, wait_for
-from tests.test_faults import enqueue
-from tests.test_kill import child_pids
+from tests.helpers import Processes, child_pids, cli_env, enqueue_fault, wait_for
 from workqueue.policy import SERIALIZER
 
 
@@ -26,7 +24,7 @@ def start(processes: Processes, redis_url: str, **env: str):
 
 def run(conn: redis.Redis, task: str, **params) -> Job:
     """Enqueue one job and wait for its end."""
-    job = enqueue(conn, task, **params)
+    job = enqueue_fault(conn, task, **params)
 
     def ended() -> Job | None:
         found = Job.fetch(job.id, connection=conn, serializer=SERIALIZER)

@@ -14,40 +14,13 @@ import redis
 from rq import Queue, Worker
 from rq.job import Job
 
-from tests.conftest import Processes, run_cli, wait_for
+from tests.helpers import child_pids, fetch, free_port, run_cli, start_consumer, status, wait_for, workers
 from workqueue import producer, recovery
 from workqueue.policy import SERIALIZER, CatalogueJob
 
 
 def enqueue(conn: redis.Redis, task: str, queue: str = "queue_one", **params) -> Job:
     return producer.enqueue(conn, [producer.TaskCall.build(task, params)], queue).jobs[0]
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER)
-
-
-def status(conn: redis.Redis, job: Job) -> str:
-    return fetch(conn, job).get_status().value
-
-
-def workers(conn: redis.Redis, queue: str | None = None) -> list[Worker]:
-    found = Worker.all(connection=conn)
-    return [w for w in found if queue is None or queue in w.queue_names()]
-
-
-def start_consumer(processes: Processes, conn: redis.Redis, n: int, *queues: str):
-    args = [arg for q in queues for arg in ("--queue", q)]
-    consumer = processes.start("consumer_main.py", "--workers", str(n), *args)
-    wait_for(lambda: len([w for w in workers(conn) if w.pid in child_pids(consumer)]) == n, 20, f"{n} workers")
-    return consumer
-
-
-def child_pids(process) -> set[int]:
-    try:
-        return {c.pid for c in psutil.Process(process.pid).children()}
-    except psutil.NoSuchProcess:
-        return set()
 
 
 def lose_machine(conn: redis.Redis, consumer, worker_name: str) -> None:
@@ -224,8 +197,6 @@ def test_no_workers_at_all_is_exit_2(conn) -> None:
 
 
 def test_dashboard_sweeps_dead_workers_too(conn, processes) -> None:
-    from tests.conftest import free_port
-
     job = enqueue(conn, "sleep", seconds=1)
     lost = start_consumer(processes, conn, 1)
     name = busy_worker(conn, job)

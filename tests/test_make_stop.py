@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli_env, free_port, wait_for
+from tests.helpers import ROOT, cli_env, free_port, wait_for
 from workqueue import embedded
 from workqueue.settings import Settings
 

@@ -13,8 +13,7 @@ import pytest
 import redis
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, wait_for
-from tests.test_kill import child_pids, workers
+from tests.helpers import Processes, child_pids, cli_env, wait_for, workers
 from workqueue import network, producer
 from workqueue.policy import SERIALIZER
 from task_def.scrape import scrape

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from tests import fault_tasks
-from tests.conftest import ROOT, RedisServer, cli_env, run_cli, wait_for
+from tests.helpers import ROOT, RedisServer, cli_env, run_cli, wait_for
 import workqueue
 from workqueue import outage, producer
 

@@ -10,7 +10,7 @@ import redis
 from click.testing import CliRunner
 from rq import Queue
 
-from tests.conftest import run_cli
+from tests.helpers import RedisServer, run_cli
 from workqueue import producer
 from workqueue.cli import producer as producer_cli
 from workqueue.policy import SERIALIZER
@@ -108,8 +108,6 @@ def test_unreachable_explicit_redis_is_exit_1_naming_the_url_with_password_maske
 
 
 def test_wrong_password_is_exit_1() -> None:
-    from tests.conftest import RedisServer
-
     server = RedisServer("--requirepass", "s3cret")
     try:
         server.wait_ready(password="s3cret")

@@ -19,7 +19,7 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from tests import recovery_tasks
-from tests.conftest import ROOT, Processes, RedisServer, cli_env, run_cli, wait_for
+from tests.helpers import ROOT, Processes, RedisServer, cli_env, run_cli, wait_for
 from workqueue import control, execution, producer, recovery, statistics
 from workqueue.policy import SERIALIZER
 from workqueue.worker import CatalogueWorker

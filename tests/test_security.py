@@ -12,7 +12,7 @@ import pytest
 import redis
 import trustme
 
-from tests.conftest import free_port, run_cli, wait_for
+from tests.helpers import free_port, run_cli, wait_for
 
 SYSTEM_REDIS = shutil.which("redis-server", path="/usr/bin:/usr/local/bin")
 

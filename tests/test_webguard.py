@@ -12,8 +12,7 @@ from base64 import b64encode
 import pytest
 import redis
 
-from tests.conftest import Processes, cli_env, free_port, run_cli, wait_for
-from tests.test_dashboard import answers, client_for, enqueue, token
+from tests.helpers import Processes, answers, cli_env, client_for, enqueue_jobs, free_port, run_cli, token, wait_for
 from workqueue import webguard
 from workqueue.dashboard.security import Credentials
 from workqueue.gateway import create_app as create_gateway
@@ -148,7 +147,7 @@ def test_gateway_takes_json_bodies_only_and_no_state_change_from_another_origin(
 
 def test_dashboard_refuses_a_state_change_from_another_origin_even_with_the_token(conn: redis.Redis,
                                                                                    redis_url: str) -> None:
-    (job,) = enqueue(conn, queue="queue_two")
+    (job,) = enqueue_jobs(conn, queue="queue_two")
     client = client_for(redis_url)
     headers = {"X-CSRFToken": token(client), "Accept": "application/json"}
     refused = client.post(f"/jobs/{job.id}/stop", headers={**headers, "Origin": "http://evil.example"})
