@@ -95,8 +95,9 @@ def queue_names(connection: redis.Redis) -> list[str]:
     return sorted(set(rq_queue_names(connection)) | ours)
 
 
-def sample_backlog(connection: redis.Redis) -> None:
-    """Note every queue's length in this minute's backlog sample, for the dashboard's chart."""
+def sample_backlog(connection: redis.Redis, now: Optional[float] = None) -> None:
+    """Note every queue's length in this minute's backlog sample, for the dashboard's chart
+    (``now``: the clock, epoch seconds, default the time now)."""
     names = queue_names(connection)
     if not names:
         return
@@ -104,7 +105,7 @@ def sample_backlog(connection: redis.Redis) -> None:
         for name in names:
             pipe.llen(Queue(name, connection=connection).key)
         lengths = pipe.execute()
-    key = backlog_key(minute())
+    key = backlog_key(minute(now))
     with connection.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping=dict(zip(names, lengths)))
         pipe.expire(key, RETENTION)
@@ -146,9 +147,10 @@ return 1
 
 
 def record_end(pipe: redis.client.Pipeline, queue: str, task: str, outcome: str, run: Optional[float],
-               wait: Optional[float]) -> None:
-    """Count a job's end (``finished`` or ``failed``) and keep its run and wait times."""
-    keys = (bucket_key(queue, minute()), totals_key(queue), histogram_key(queue, task),
+               wait: Optional[float], now: Optional[float] = None) -> None:
+    """Count a job's end (``finished`` or ``failed``) and keep its run and wait times (``now``:
+    the clock, epoch seconds, default the time now)."""
+    keys = (bucket_key(queue, minute(now)), totals_key(queue), histogram_key(queue, task),
             samples_key(queue, task, "run"), samples_key(queue, task, "wait"))
     bound = "" if run is None else next((str(b) for b in BUCKETS if run <= b), "+Inf")
     pipe.eval(RECORD_END_SCRIPT, len(keys), *keys, f"{task}:{outcome}", RETENTION, SAMPLES, bound,
@@ -197,11 +199,14 @@ class QueueStats:
     tasks: dict[str, TaskStats]
 
 
-def collect(connection: redis.Redis, queues: Optional[Iterable[str]] = None, window: int = RETENTION) -> list[QueueStats]:
-    """Per queue and per task, over the retention window (the last minute for throughput)."""
+def collect(connection: redis.Redis, queues: Optional[Iterable[str]] = None, window: int = RETENTION,
+            now: Optional[float] = None) -> list[QueueStats]:
+    """Per queue and per task, over the retention window (the last minute for throughput), as of
+    ``now`` (the clock, epoch seconds, default the time now)."""
     names = sorted(queues) if queues else sorted(q.decode() for q in connection.smembers(f"{PREFIX}:queues"))
-    now = minute()
-    minutes = list(range(now - window // 60, now + 1))
+    clock = time.time() if now is None else now
+    current = minute(clock)
+    minutes = list(range(current - window // 60, current + 1))
     report = []
     for name in names:
         q = Queue(name, connection=connection, serializer=SERIALIZER)
@@ -217,10 +222,10 @@ def collect(connection: redis.Redis, queues: Optional[Iterable[str]] = None, win
                 task, _, kind = field_name.decode().rpartition(":")
                 stats = tasks.setdefault(task, TaskStats(name, task))
                 setattr(stats, kind, getattr(stats, kind) + int(value))
-                if kind in ("finished", "failed") and m >= now - 1:
+                if kind in ("finished", "failed") and m >= current - 1:
                     stats.recent_ended += int(value)
         for stats in tasks.values():
-            stats.recent_seconds = 60.0 + time.time() % 60
+            stats.recent_seconds = 60.0 + clock % 60
         started = q.started_job_registry.get_job_ids(cleanup=False)
         for job in Job.fetch_many(started, connection=connection, serializer=SERIALIZER):
             if job is not None:
@@ -238,12 +243,13 @@ def collect(connection: redis.Redis, queues: Optional[Iterable[str]] = None, win
     return report
 
 
-def history(connection: redis.Redis, minutes: int = 60) -> dict:
+def history(connection: redis.Redis, minutes: int = 60, now: Optional[float] = None) -> dict:
     """The last ``minutes`` minutes, oldest first: jobs finished and failed per minute (all
-    queues, and per queue) and each queue's sampled backlog (None where no sample was taken)."""
+    queues, and per queue) and each queue's sampled backlog (None where no sample was taken);
+    ``now``: the clock, epoch seconds, default the time now."""
     names = queue_names(connection)
-    now = minute()
-    span = list(range(now - minutes + 1, now + 1))
+    current = minute(now)
+    span = list(range(current - minutes + 1, current + 1))
     with connection.pipeline(transaction=False) as pipe:
         for m in span:
             pipe.hgetall(backlog_key(m))
