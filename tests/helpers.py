@@ -17,19 +17,21 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import redis
 from flask.testing import FlaskClient
-from rq import Worker
+from rq import Queue, Worker
 from rq.job import Job
 
 from tests import fault_tasks
-from workqueue import embedded, producer
+from workqueue import embedded, execution, producer
 from workqueue.dashboard import create_app
 from workqueue.policy import SERIALIZER
+from workqueue.worker import CatalogueWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -260,6 +262,18 @@ def start_consumer(processes: Processes, conn: redis.Redis, n: int, *queues: str
     consumer = processes.start("consumer_main.py", "--workers", str(n), *args)
     wait_for(lambda: len([w for w in workers(conn) if w.pid in child_pids(consumer)]) == n, 20, f"{n} workers")
     return consumer
+
+
+def start_by_a_dead_worker(conn: redis.Redis, count: int, queue: str = "queue_one") -> str:
+    """Start the first ``count`` jobs of ``queue`` as a worker does, then lose that worker (its
+    registration gone, as after its lapse). Its name."""
+    worker = CatalogueWorker([queue], connection=conn, name=f"gone.{uuid.uuid4().hex[:8]}")
+    worker.register_birth()
+    for _ in range(count):
+        assert execution.claim(worker, [Queue(queue, connection=conn, serializer=SERIALIZER)]).execution is not None
+    conn.delete(worker.key)
+    conn.srem(Worker.redis_workers_keys, worker.key)
+    return worker.name
 
 
 # --- the dashboard -----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import psutil
 import pytest
@@ -19,10 +18,9 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from tests import recovery_tasks
-from tests.helpers import ROOT, Processes, RedisServer, cli_env, run_cli, wait_for
-from workqueue import control, execution, producer, recovery, statistics
+from tests.helpers import ROOT, Processes, RedisServer, cli_env, run_cli, start_by_a_dead_worker, wait_for
+from workqueue import control, producer, recovery, statistics
 from workqueue.policy import SERIALIZER
-from workqueue.worker import CatalogueWorker
 
 TASKS = {task.name: task for task in recovery_tasks.TASKS}
 QUEUE = "queue_one"
@@ -40,18 +38,6 @@ def enqueue(conn: redis.Redis, name: str, queue: str = QUEUE, **params) -> str:
 
 def status(conn: redis.Redis, job_id: str) -> str:
     return (conn.hget(Job.key_for(job_id), "status") or b"").decode()
-
-
-def start_by_a_dead_worker(conn: redis.Redis, count: int, queue: str = QUEUE) -> str:
-    """Start the first ``count`` jobs of ``queue`` as a worker does, then lose that worker (its
-    registration gone, as after its lapse). Its name."""
-    worker = CatalogueWorker([queue], connection=conn, name=f"gone.{uuid.uuid4().hex[:8]}")
-    worker.register_birth()
-    for _ in range(count):
-        assert execution.claim(worker, [Queue(queue, connection=conn, serializer=SERIALIZER)]).execution is not None
-    conn.delete(worker.key)
-    conn.srem(Worker.redis_workers_keys, worker.key)
-    return worker.name
 
 
 def in_started(conn: redis.Redis, job_id: str, queue: str = QUEUE) -> bool:
