@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 WORKERS ?= 4
 
-.PHONY: install run stop test bench clean demo
+.PHONY: install run stop test test-quick bench clean demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,10 @@ $(CHROMIUM):
 
 test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM)
 	$(PY) -m pytest
+
+## test-quick: the suite without the tests marked slow (chaos, outages, browser, demos, ...), for the edit-test loop
+test-quick: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) bench/run.py
