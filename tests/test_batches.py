@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import pytest
 from rq import Queue
 from rq.job import Job
 
@@ -33,6 +34,7 @@ def test_wait_prints_a_line_per_task_then_the_batch_summary(conn, processes: Pro
     assert quiet.returncode == 0 and " sleep finished in " not in quiet.stdout and "finished 2, failed 0" in quiet.stdout
 
 
+@pytest.mark.slow
 def test_batch_callbacks_count_each_task_once_with_result_and_duration(conn, processes: Processes) -> None:
     ends, done = [], []
     batch = workqueue.enqueue_many([("primes", {"n": 1000}), ("scrape", {"url": "http://127.0.0.1:1/"})])

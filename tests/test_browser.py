@@ -21,6 +21,8 @@ from tests.helpers import (
 )
 from workqueue.policy import SERIALIZER
 
+pytestmark = pytest.mark.slow
+
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -12,6 +12,7 @@ import threading
 import time
 
 import psutil
+import pytest
 import redis
 from rq import Queue, Worker
 
@@ -19,6 +20,8 @@ from tests import fault_tasks
 from tests.helpers import Processes, RedisServer, cli_env, wait_for
 from workqueue import producer
 from workqueue.policy import SERIALIZER
+
+pytestmark = pytest.mark.slow
 
 JOBS, WORKERS, BUDGET = 2000, 6, 110.0
 

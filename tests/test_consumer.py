@@ -62,6 +62,7 @@ def test_job_naming_a_function_outside_the_catalogue_is_refused_and_never_run(co
     assert {status(conn, j) for j in (foreign, callback, positional, too_long)} == {"failed"}
 
 
+@pytest.mark.slow
 def test_running_job_stores_its_progress_for_the_producer_and_dashboard(conn: redis.Redis, processes: Processes) -> None:
     (job,) = enqueue(conn, "sleep", seconds=3)
     processes.start("consumer_main.py", "--workers", "1")
@@ -154,6 +155,7 @@ def test_prompts_at_a_terminal_reask_until_valid(conn: redis.Redis, processes: P
     os.close(master)
 
 
+@pytest.mark.slow
 def test_producer_wait_shows_summary_and_exit_code(conn: redis.Redis, processes: Processes) -> None:
     processes.start("consumer_main.py", "--workers", "2")
     ok = run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=0.3", "--count", "4", "--wait")

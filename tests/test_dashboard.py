@@ -165,6 +165,7 @@ def test_scraped_and_failed_job_text_is_served_escaped(conn: redis.Redis, client
 
 # Live work and history ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_live_work_shows_progress_workers_and_utilisation(conn: redis.Redis, client: FlaskClient,
                                                           processes: Processes) -> None:
     start_consumer(processes, conn, 2, "queue_one")

@@ -20,6 +20,8 @@ from workqueue import batches, demos
 from workqueue.cli import demo as demo_cli
 from workqueue.policy import SERIALIZER
 
+pytestmark = pytest.mark.slow
+
 
 def run_demo(name: str, redis_url: str) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "workqueue", "demo", name], cwd=ROOT, capture_output=True,

@@ -52,6 +52,7 @@ def test_raise_fails_with_the_error(conn, env) -> None:
     assert status(conn, job) == "failed" and errors(conn, job) == ["RuntimeError: disk full"]
 
 
+@pytest.mark.slow
 def test_retries_back_off_and_keep_every_attempts_error(conn, env, processes) -> None:
     job = enqueue_fault(conn, "raise_with_retries", message="flaky")
     assert fetch(conn, job).retries_left == 2 and len(fetch(conn, job).retry_intervals) == 2
@@ -77,6 +78,7 @@ def test_timeout_fails_the_job(conn, env) -> None:
     assert status(conn, job) == "failed" and "JobTimeoutException" in errors(conn, job)[-1]
 
 
+@pytest.mark.slow
 def test_job_ignoring_the_alarm_is_killed_within_seconds_of_its_timeout(conn, env) -> None:
     job = enqueue_fault(conn, "ignore_alarm", seconds=60)  # its task's timeout is 2 s
     started = time.monotonic()
@@ -117,6 +119,7 @@ def worker_pid(conn: redis.Redis) -> int:
     return wait_for(lambda: [w.pid for w in Worker.all(connection=conn)], 20, "a worker")[0]
 
 
+@pytest.mark.slow
 def test_horse_sigkill_fails_the_attempt_and_the_retry_finishes(conn, env, processes, tmp_path) -> None:
     marker = tmp_path / "runs"
     job = enqueue_fault(conn, "count_runs", marker=str(marker), seconds=3)
@@ -194,6 +197,7 @@ def test_redis_kill_9_and_restart_loses_no_queued_job(tmp_path) -> None:
         server.stop()
 
 
+@pytest.mark.slow
 def test_workers_ride_out_a_minute_of_redis_outage_across_a_jobs_end(tmp_path, processes) -> None:
     server = aof_server()
     try:

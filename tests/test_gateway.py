@@ -328,6 +328,7 @@ def start_gateway(processes: Processes, redis_url: str, *args: str) -> str:
     return base
 
 
+@pytest.mark.slow
 def test_bad_callbacks_an_old_gateway_accepted_never_stop_the_others(conn: redis.Redis, processes: Processes,
                                                                      redis_url: str) -> None:
     """Batches whose callback URL the sender cannot use (an unparseable one, a metadata address),
@@ -375,6 +376,7 @@ def test_round_trip_producer_threads_gateway_workers_and_back(conn: redis.Redis,
     assert Queue("queue_one", connection=conn).finished_job_registry.count == 300
 
 
+@pytest.mark.slow
 def test_producer_via_a_failing_task_exits_1_and_bad_uses_exit_2(conn: redis.Redis, processes: Processes,
                                                                  redis_url: str) -> None:
     start_consumer(processes, conn, 1, "queue_one")

@@ -41,6 +41,7 @@ CASES = [(label, GenerationMode.POSITIVE) for label in LABELS] + [
     (label, GenerationMode.NEGATIVE) for label in LABELS if label.startswith("POST") or "{" in label]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label, mode", CASES)
 def test_no_server_errors_and_every_response_matches_the_schema(conn: redis.Redis, label: str,
                                                                 mode: GenerationMode) -> None:

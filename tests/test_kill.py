@@ -95,6 +95,7 @@ def test_now_fails_a_job_whose_task_is_not_safe_to_rerun(conn, monkeypatch) -> N
     assert job.id not in Queue("queue_one", connection=conn).started_job_registry
 
 
+@pytest.mark.slow
 def test_stopping_one_queues_workers_leaves_another_queues_running(conn, processes) -> None:
     a = start_consumer(processes, conn, 1, "qa")
     start_consumer(processes, conn, 1, "qb")
@@ -106,6 +107,7 @@ def test_stopping_one_queues_workers_leaves_another_queues_running(conn, process
     wait_for(lambda: status(conn, job) == "finished", 20, "qb's worker to run a job")
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_is_cleaned_and_its_job_finished_by_another(conn, processes) -> None:
     job = enqueue(conn, "sleep", seconds=2)
     lost = start_consumer(processes, conn, 1)
@@ -123,6 +125,7 @@ def test_sigkilled_worker_is_cleaned_and_its_job_finished_by_another(conn, proce
     assert result.returncode == 0 and status(conn, job) == "finished"
 
 
+@pytest.mark.slow
 def test_consumer_sweeps_dead_workers_of_other_consumers(conn, processes) -> None:
     job = enqueue(conn, "sleep", seconds=1)
     lost = start_consumer(processes, conn, 1)
@@ -196,6 +199,7 @@ def test_no_workers_at_all_is_exit_2(conn) -> None:
     assert result.returncode == 2 and "no workers are running" in result.stderr
 
 
+@pytest.mark.slow
 def test_dashboard_sweeps_dead_workers_too(conn, processes) -> None:
     job = enqueue(conn, "sleep", seconds=1)
     lost = start_consumer(processes, conn, 1)

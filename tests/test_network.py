@@ -145,6 +145,7 @@ def run_scrape_on_a_worker(processes: Processes, conn: redis.Redis, url: str, re
     return Job.fetch(job.id, connection=conn, serializer=SERIALIZER)
 
 
+@pytest.mark.slow
 def test_a_worker_fails_a_refused_scrape_saying_why(conn: redis.Redis, processes: Processes, local: Counting) -> None:
     allowed = run_scrape_on_a_worker(processes, conn, local.url + "/", WORKQUEUE_ALLOW_NETWORKS=None)
     assert allowed.get_status().value == "finished" and allowed.return_value()["title"] == "internal"

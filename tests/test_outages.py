@@ -23,6 +23,8 @@ from tests.helpers import ROOT, RedisServer, cli_env, run_cli, wait_for
 import workqueue
 from workqueue import outage, producer
 
+pytestmark = pytest.mark.slow
+
 FAULTS = {task.name: task for task in fault_tasks.TASKS}
 
 

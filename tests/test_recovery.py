@@ -73,6 +73,7 @@ def test_a_dead_workers_unreadable_jobs_are_failed_with_the_reason_and_nothing_s
     assert sorted(s.job_id for s in requeues if s.outcome is unreadable) == sorted([garbage, pickled])
 
 
+@pytest.mark.slow
 def test_eight_clean_workers_at_once_hand_a_dead_job_back_exactly_once(conn, env, tmp_path) -> None:
     marker = tmp_path / "runs"
     for round_ in range(4):
@@ -104,6 +105,7 @@ def lose_consumer(conn: redis.Redis, consumer: subprocess.Popen) -> str:
     return worker.name
 
 
+@pytest.mark.slow
 def test_a_burst_consumer_right_after_a_crash_runs_the_job_the_crash_left(conn, env, processes, tmp_path) -> None:
     marker = tmp_path / "runs"
     job_id = enqueue(conn, "mark_then_progress", marker=str(marker), seconds=30)
@@ -128,6 +130,7 @@ def test_clean_workers_just_after_a_kill_removes_a_dead_local_worker_at_once(con
     assert status(conn, job_id) == "queued" and name not in {w.name for w in Worker.all(connection=conn)}
 
 
+@pytest.mark.slow
 def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing(conn, env, processes,
                                                                                  tmp_path) -> None:
     marker = tmp_path / "runs"
@@ -157,6 +160,7 @@ def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing
     assert stats.tasks["mark_then_progress"].finished == 1 and stats.tasks["mark_then_progress"].enqueued == 1
 
 
+@pytest.mark.slow
 def test_no_jobs_end_is_half_written_while_redis_is_out_of_memory(tmp_path) -> None:
     """Jobs end while Redis refuses writes (maxmemory, noeviction): each end is refused whole, never
     half written, and is recorded once Redis has room again."""
