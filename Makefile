@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 WORKERS ?= 4
 
-.PHONY: install run stop test lint bench clean demo
+.PHONY: install run stop test test-quick lint bench clean demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -80,7 +80,7 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	$(call apt-install,chromium,the browser tests)
 
-test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM)
+test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM) lint
 	$(PY) -m pytest
 
 ## lint: ruff (lint, then the format check) and mypy over workqueue/ and task_def/, as pyproject.toml configures them
@@ -88,6 +88,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --python-executable $(PY)
+
+## test-quick: the suite without the tests marked slow (chaos, outages, browser, demos, ...), for the edit-test loop
+test-quick: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) bench/run.py

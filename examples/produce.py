@@ -1,6 +1,6 @@
 """A program that produces work itself: a batch with per-task and per-batch callbacks.
 
-    python examples/produce.py            (with a consumer running: python consumer_main.py --workers 2)
+python examples/produce.py            (with a consumer running: python consumer_main.py --workers 2)
 """
 
 import sys
@@ -21,8 +21,13 @@ def on_done(summary):
 
 if __name__ == "__main__":
     batch = workqueue.enqueue_many(
-        [("primes", {"n": 2_000_000}), ("pi", {"samples": 500_000, "seed": 1}), ("fibonacci", {"n": 10_000}),
-         ("factorise", {"n": 600851475143}), ("sleep", {"seconds": 1})],
+        [
+            ("primes", {"n": 2_000_000}),
+            ("pi", {"samples": 500_000, "seed": 1}),
+            ("fibonacci", {"n": 10_000}),
+            ("factorise", {"n": 600851475143}),
+            ("sleep", {"seconds": 1}),
+        ],
         queue="queue_one",
     )
     print(f"enqueued batch {batch.id} ({len(batch.job_ids)} jobs); waiting for them")

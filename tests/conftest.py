@@ -1,86 +1,17 @@
 """Fixtures: a real redis-server (the bundled binary) on a free loopback port, local HTTP pages,
-and helpers that run the real commands as processes and always stop what they start."""
+and the long-running commands a test starts, always stopped at its end. The plain helpers they
+are built from (and that tests import) are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import http.server
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
-import psutil
 import pytest
 import redis
 
-from workqueue import embedded
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
-    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class RedisServer:
-    """A redis-server process of our own, from the same binary the embedded default uses."""
-
-    def __init__(self, *extra: str) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="wq-redis-"))
-        self.process = subprocess.Popen(
-            [str(embedded.server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.dir), "--save", "", "--appendonly", "no", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def wait_ready(self, password: str | None = None) -> None:
-        def ping() -> bool:
-            try:
-                return redis.Redis(port=self.port, password=password, socket_connect_timeout=0.5).ping()
-            except redis.ConnectionError:
-                return False
-
-        wait_for(ping, 10, "redis-server to answer")
-
-    def restart(self, sig: int = signal.SIGTERM, down_for: float = 0.0) -> None:
-        """Stop the server with ``sig`` (SIGKILL: a crash), wait ``down_for`` seconds, start it again."""
-        self.process.send_signal(sig)
-        self.process.wait(10)
-        time.sleep(down_for)
-        self.process = subprocess.Popen(self.process.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_ready()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+from tests.helpers import PageHandler, Processes, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -105,87 +36,6 @@ def conn(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
 
 
-def cli_env(**overrides: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
-def run_cli(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
-            input: str | None = None) -> subprocess.CompletedProcess:
-    """Run one of the repository's commands to completion, with no terminal on standard input."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env or dict(os.environ),
-        input=input if input is not None else "", capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-
-
-class Command(subprocess.Popen):
-    """A command whose output goes to files, so a chatty process never blocks on a full pipe
-    (a pipe nobody reads fills at 64 KiB and then stops the writer, its workers with it)."""
-
-    def __init__(self, args: list[str], **kwargs) -> None:
-        self._files = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
-        super().__init__(args, stdout=self._files[0], stderr=self._files[1], **kwargs)
-
-    def output(self) -> tuple[str, str]:
-        """Everything written to stdout and stderr so far."""
-        texts = []
-        for f in self._files:
-            f.flush()
-            f.seek(0)
-            texts.append(f.read())
-        return texts[0], texts[1]
-
-    def communicate(self, input=None, timeout=None):  # noqa: A002 - Popen's signature
-        self.wait(timeout)
-        return self.output()
-
-
-class Processes:
-    """Long-running commands a test starts; every one is stopped (and its group killed) at the end."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, script: str, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-        """Start a command, its output to files (or where ``stdout``/``stderr`` say, e.g. a terminal)."""
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        popen = subprocess.Popen if "stdout" in kwargs else Command
-        process = popen(
-            [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env or dict(os.environ),
-            text=True, start_new_session=True, **kwargs,
-        )  # fmt: skip
-        self.started.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        """SIGTERM each command, wait, then make sure none of its descendants outlived it."""
-        descendants: list[psutil.Process] = []
-        started, self.started = self.started, []
-        for process in started:
-            if process.poll() is None:
-                try:
-                    descendants += psutil.Process(process.pid).children(recursive=True)
-                except psutil.NoSuchProcess:
-                    pass
-                process.send_signal(signal.SIGTERM)
-        for process in started:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        _gone, alive = psutil.wait_procs(descendants, timeout=20)
-        for leftover in alive:
-            leftover.kill()
-        assert not alive, f"processes outlived their command: {alive}"
-
-
 @pytest.fixture
 def processes() -> Iterator[Processes]:
     procs = Processes()
@@ -193,41 +43,9 @@ def processes() -> Iterator[Processes]:
     procs.stop_all()
 
 
-PAGES = {
-    "/": (200, "text/html; charset=utf-8",
-          "<html><head><title>  Test &amp; page </title><style>p {}</style></head>"
-          "<body><h1>Hello world</h1><p>one two three</p><script>var hidden = 1;</script>"
-          "<a href='/a'>first</a> <a href='/b'>second</a> <a>no href</a></body></html>"),
-    "/big": (200, "text/html", "<html><body>" + "word " * 50_000 + "</body></html>"),
-    "/plain": (200, "text/plain", "just text"),
-    "/missing": (404, "text/html", "<html><head><title>Not found</title></head><body>nope</body></html>"),
-}  # fmt: skip
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", "/")
-            self.end_headers()
-            return
-        if self.path == "/slow":
-            time.sleep(3)
-        status, ctype, body = PAGES.get(self.path, PAGES["/missing"])
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="session")
 def http_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"

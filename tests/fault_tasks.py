@@ -73,15 +73,25 @@ def _quick(name, func, params=(), timeout=30, **kw) -> Task:
 TASKS = (
     _quick("raise_error", raise_error, (Param("message", str, "boom", "error text"),), retries=0),
     _quick("raise_with_retries", raise_with_retries, (Param("message", str, "boom", "error text"),), retries=2),
-    _quick("ignore_alarm", ignore_alarm, (Param("seconds", float, 30.0, "how long", min=0, max=300),), timeout=2, retries=0),
+    _quick(
+        "ignore_alarm", ignore_alarm, (Param("seconds", float, 30.0, "how long", min=0, max=300),), timeout=2, retries=0
+    ),
     _quick("exit_process", exit_process, (Param("code", int, 0, "exit code", min=0, max=255),), retries=0),
     _quick("segfault", segfault, retries=0),
     _quick("unserializable", unserializable, retries=0),
-    _quick("count_runs", count_runs, (Param("marker", str, None, "file to append to"),
-                                       Param("seconds", float, 0.0, "sleep", min=0, max=60)), retries=3),
-    _quick("count_runs_unsafe", count_runs_unsafe, (Param("marker", str, None, "file to append to"),
-                                              Param("seconds", float, 0.0, "sleep", min=0, max=60)),
-           rerun_safe=False, retries=0),
+    _quick(
+        "count_runs",
+        count_runs,
+        (Param("marker", str, None, "file to append to"), Param("seconds", float, 0.0, "sleep", min=0, max=60)),
+        retries=3,
+    ),
+    _quick(
+        "count_runs_unsafe",
+        count_runs_unsafe,
+        (Param("marker", str, None, "file to append to"), Param("seconds", float, 0.0, "sleep", min=0, max=60)),
+        rerun_safe=False,
+        retries=0,
+    ),
     _quick("whoami", whoami, retries=0),
     _quick("leak", leak, (Param("megabytes", int, 50, "how much to keep", min=1, max=500),), retries=0),
 )
@@ -100,8 +110,14 @@ def chaos_mark(log: str, tag: int, seconds: float = 0.0) -> int:
 
 
 TASKS += (
-    _quick("chaos_mark", chaos_mark, (Param("log", str, None, "shared log"),
-                                      Param("tag", int, None, "job tag", min=0, max=10**6),
-                                      Param("seconds", float, 0.0, "work time", min=0, max=10)),
-           retries=8),
+    _quick(
+        "chaos_mark",
+        chaos_mark,
+        (
+            Param("log", str, None, "shared log"),
+            Param("tag", int, None, "job tag", min=0, max=10**6),
+            Param("seconds", float, 0.0, "work time", min=0, max=10),
+        ),
+        retries=8,
+    ),
 )

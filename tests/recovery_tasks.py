@@ -20,7 +20,13 @@ def mark_then_progress(marker: str, seconds: float = 0.0) -> int:
 
 
 TASKS = (
-    Task("mark_then_progress", mark_then_progress, "test: mark, work, report progress",
-         (Param("marker", str, None, "file to append to"), Param("seconds", float, 0.0, "work", min=0, max=60)),
-         timeout=120, retries=3, backoff=1.0),
+    Task(
+        "mark_then_progress",
+        mark_then_progress,
+        "test: mark, work, report progress",
+        (Param("marker", str, None, "file to append to"), Param("seconds", float, 0.0, "work", min=0, max=60)),
+        timeout=120,
+        retries=3,
+        backoff=1.0,
+    ),
 )

@@ -8,11 +8,12 @@ import sys
 import threading
 import time
 
+import pytest
 from rq import Queue
 from rq.job import Job
 
 import workqueue
-from tests.conftest import ROOT, Processes, run_cli, wait_for
+from tests.helpers import ROOT, Processes, run_cli, wait_for
 from workqueue import batches, statistics
 from workqueue.policy import SERIALIZER
 
@@ -29,10 +30,15 @@ def test_wait_prints_a_line_per_task_then_the_batch_summary(conn, processes: Pro
     assert len(lines) == 3 and all('{"slept": 0.2' in line for line in lines)
     batch = batch_id_of(result.stdout)
     assert re.search(rf"batch {batch}: finished 3, failed 0 of 3 in \d+\.\d\d s", result.stdout)
-    quiet = run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--count", "2", "--wait", "--quiet")
-    assert quiet.returncode == 0 and " sleep finished in " not in quiet.stdout and "finished 2, failed 0" in quiet.stdout
+    quiet = run_cli(
+        "producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--count", "2", "--wait", "--quiet"
+    )
+    assert (
+        quiet.returncode == 0 and " sleep finished in " not in quiet.stdout and "finished 2, failed 0" in quiet.stdout
+    )
 
 
+@pytest.mark.slow
 def test_batch_callbacks_count_each_task_once_with_result_and_duration(conn, processes: Processes) -> None:
     ends, done = [], []
     batch = workqueue.enqueue_many([("primes", {"n": 1000}), ("scrape", {"url": "http://127.0.0.1:1/"})])
@@ -54,7 +60,10 @@ def test_producer_follows_a_batch_already_running(conn, processes: Processes) ->
     processes.start("consumer_main.py", "--workers", "2")
     followed = run_cli("producer_main.py", "--batch", batch)
     assert followed.returncode == 0, followed.stderr
-    assert followed.stdout.count(" sleep finished in ") == 4 and f"batch {batch}: finished 4, failed 0 of 4" in followed.stdout
+    assert (
+        followed.stdout.count(" sleep finished in ") == 4
+        and f"batch {batch}: finished 4, failed 0 of 4" in followed.stdout
+    )
     unknown = run_cli("producer_main.py", "--batch", "nope")
     assert unknown.returncode == 2 and "no such batch: nope" in unknown.stderr
 
@@ -119,7 +128,11 @@ def test_stats_count_per_queue_and_task_the_same_for_producer_consumer_and_api(c
     consumer = run_cli("consumer_main.py", "--workers", "2", "--queue", "s1", "--burst")
     produced = run_cli("producer_main.py", "--stats", "--queue", "s1")
     assert produced.returncode == 0
-    rows = {line.split()[0]: line.split() for line in produced.stdout.splitlines() if line.startswith("  ") and "task" not in line}
+    rows = {
+        line.split()[0]: line.split()
+        for line in produced.stdout.splitlines()
+        if line.startswith("  ") and "task" not in line
+    }
     assert rows["sleep"][1:5] == ["3", "3", "0", "0"] and rows["scrape"][1:5] == ["1", "0", "1", "0"]
     assert produced.stdout.strip() in consumer.stdout  # the consumer prints the same table at exit
     (q,) = workqueue.stats("s1")

@@ -16,18 +16,36 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, free_port, wait_for
-from tests.test_dashboard import answers, enqueue
-from tests.test_faults import enqueue as enqueue_fault
-from tests.test_kill import child_pids, workers
+from tests.helpers import (
+    Processes,
+    answers,
+    child_pids,
+    cli_env,
+    enqueue_fault,
+    enqueue_jobs,
+    free_port,
+    status,
+    wait_for,
+    workers,
+)
 from workqueue.policy import SERIALIZER
+
+pytestmark = pytest.mark.slow
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: No sandbox (root in a container), and none of Chromium's calls home: the network is closed.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-dev-shm-usage",
+]
 
 XSS = "<script>alert(1)</script>"
 
@@ -73,21 +91,18 @@ def shot(page, tmp_path: Path, name: str) -> None:
     assert path.stat().st_size > 0
 
 
-def status(conn: redis.Redis, job: Job) -> str:
-    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_status().value
-
-
 def test_live_page_shows_progress_and_charts_and_stops_a_worker(conn, dashboard, page, tmp_path) -> None:
-    for job in enqueue(conn, "pi", count=4, samples=1000):
+    for job in enqueue_jobs(conn, "pi", count=4, samples=1000):
         wait_for(lambda job=job: status(conn, job) == "finished", 20, "the quick jobs to finish")
-    (long_job,) = enqueue(conn, seconds=30)
+    (long_job,) = enqueue_jobs(conn, seconds=30)
     page.goto(dashboard + "/")
     row = page.locator(f"#running-jobs tr[data-job-id='{long_job.id}']")
     row.locator(".wq-progress-label").filter(has_text="% sleeping").wait_for()
     page.locator("#chart-ended rect.wq-finished-bar").nth(59).wait_for(state="attached")  # /api/history answered
     assert page.locator("#chart-ended rect.wq-finished-bar").count() == 60
-    heights = page.eval_on_selector_all("#chart-ended rect.wq-finished-bar",
-                                        "bars => bars.map(b => +b.getAttribute('height'))")
+    heights = page.eval_on_selector_all(
+        "#chart-ended rect.wq-finished-bar", "bars => bars.map(b => +b.getAttribute('height'))"
+    )
     assert max(heights) > 0  # the 4 finished jobs, drawn
     page.locator("#task-stats tbody tr", has_text="pi").wait_for()
     shot(page, tmp_path, "live")
@@ -142,8 +157,11 @@ def test_job_text_with_html_renders_as_text(conn, dashboard, page, tmp_path) -> 
     shot(page, tmp_path, "rq-dashboard-failed-jobs")
     # Its own requeue button posts by XHR, with the token from our cookie: accepted.
     page.locator(f"tr[data-job-id='{job.id}'] [data-role=requeue-job-btn]").click()
-    wait_for(lambda: Job.fetch(job.id, connection=conn, serializer=SERIALIZER).meta.get("requeued_by"), 10,
-             "rq-dashboard's requeue to go through")
+    wait_for(
+        lambda: Job.fetch(job.id, connection=conn, serializer=SERIALIZER).meta.get("requeued_by"),
+        10,
+        "rq-dashboard's requeue to go through",
+    )
     assert Job.fetch(job.id, connection=conn, serializer=SERIALIZER).meta["requeued_by"] == ["dashboard (127.0.0.1)"]
     page.fill("#job-search input[name=id]", job.id)
     page.press("#job-search input[name=id]", "Enter")
@@ -153,7 +171,7 @@ def test_job_text_with_html_renders_as_text(conn, dashboard, page, tmp_path) -> 
 
 
 def test_state_changes_without_the_csrf_token_are_refused(conn, dashboard, page, tmp_path) -> None:
-    (job,) = enqueue(conn, "sleep", queue="queue_two", seconds=5)  # no worker listens on queue_two
+    (job,) = enqueue_jobs(conn, "sleep", queue="queue_two", seconds=5)  # no worker listens on queue_two
     page.goto(dashboard + "/")
     without = page.evaluate(f"fetch('/jobs/{job.id}/stop', {{method: 'POST'}}).then(r => r.status)")
     assert without == 400 and status(conn, job) == "queued"
@@ -166,35 +184,53 @@ def test_state_changes_without_the_csrf_token_are_refused(conn, dashboard, page,
     page.goto(dashboard + "/")
     token = page.get_attribute("#wq-config", "data-csrf")
     with_token = page.evaluate(
-        f"fetch('/jobs/{job.id}/stop', {{method: 'POST', headers: {{'X-CSRFToken': {token!r}}}}}).then(r => r.status)")
+        f"fetch('/jobs/{job.id}/stop', {{method: 'POST', headers: {{'X-CSRFToken': {token!r}}}}}).then(r => r.status)"
+    )
     assert with_token == 200 and status(conn, job) == "canceled"
 
 
 # Hostile names and fields, from a foreign Redis client ----------------------------------------------
 
 #: Each sets the marker global (or shows a dialog) if it ever runs; each in a different context.
-PAYLOADS = ["x');window.__pwned=1;//", "</script><script>window.__pwned=1</script>",
-            '"><img src=x onerror=window.__pwned=1>', "x');alert(1);//", "</script><script>alert(1)</script>", '"><img src=x onerror=alert(1)>',
-            "${window.__pwned=1}", "<%= window.__pwned=1 %>", "x');window.__pwned=1;('"]
+PAYLOADS = [
+    "x');window.__pwned=1;//",
+    "</script><script>window.__pwned=1</script>",
+    '"><img src=x onerror=window.__pwned=1>',
+    "x');alert(1);//",
+    "</script><script>alert(1)</script>",
+    '"><img src=x onerror=alert(1)>',
+    "${window.__pwned=1}",
+    "<%= window.__pwned=1 %>",
+    "x');window.__pwned=1;('",
+]
 
 
 def hostile_job(conn: redis.Redis, job_id: str, queue: str, registry: str, text: str) -> None:
     """A job of ours copied under ``job_id``, every text field of it ``text``, in ``registry``."""
-    (model,) = enqueue(conn, "primes", queue="scratch", n=10)
+    (model,) = enqueue_jobs(conn, "primes", queue="scratch", n=10)
     fields = conn.hgetall(model.key)
     Queue("scratch", connection=conn).empty()
-    fields.update({b"origin": queue.encode(), b"description": text.encode(),
-                   b"meta": json.dumps({"task": text, "note": text,
-                                        "progress": {"percent": 50, "done": 1, "total": 2, "message": text}}).encode(),
-                   b"status": {"queued": b"queued", "failed": b"failed", "finished": b"finished"}[registry]})
+    fields.update(
+        {
+            b"origin": queue.encode(),
+            b"description": text.encode(),
+            b"meta": json.dumps(
+                {"task": text, "note": text, "progress": {"percent": 50, "done": 1, "total": 2, "message": text}}
+            ).encode(),
+            b"status": {"queued": b"queued", "failed": b"failed", "finished": b"finished"}[registry],
+        }
+    )
     conn.hset(f"rq:job:{job_id}", mapping=fields)
     conn.sadd("rq:queues", f"rq:queue:{queue}")
     if registry == "queued":
         conn.rpush(f"rq:queue:{queue}", job_id)
     else:
         conn.zadd(f"rq:{registry}:{queue}", {job_id: 9999999999})
-        payload = {"type": 2, "exc_string": b64encode(zlib.compress(text.encode())).decode()} if registry == "failed" \
+        payload = (
+            {"type": 2, "exc_string": b64encode(zlib.compress(text.encode())).decode()}
+            if registry == "failed"
             else {"type": 1, "return_value": b64encode(json.dumps(text).encode()).decode()}
+        )
         conn.xadd(f"rq:results:{job_id}", {"worker_name": "", **payload})
 
 
@@ -239,8 +275,10 @@ def test_hostile_queue_names_job_fields_and_url_segments_run_no_script(conn, bar
         # A name with a "/" has no jobs page (the server decodes %2F before routing): no rows to wait for.
         routable = "/" not in queue
         for registry, order in (("queued", "asc"), ("failed", "dsc"), ("finished", "asc")):
-            check(f"{base}/rq/0/view/jobs/{quote(queue, safe='')}/{registry}/8/{order}/1",
-                  "#jobs tr[data-role=job]" if routable else None)
+            check(
+                f"{base}/rq/0/view/jobs/{quote(queue, safe='')}/{registry}/8/{order}/1",
+                "#jobs tr[data-role=job]" if routable else None,
+            )
             if routable:
                 assert page.input_value("#select-queue") == queue
         if not routable:
@@ -259,8 +297,14 @@ def test_hostile_queue_names_job_fields_and_url_segments_run_no_script(conn, bar
         check(f"{base}/jobs/job{i}-finished", "#job-page [data-field=result]")
     for segment in PAYLOADS:  # hostile URL segments, where rq-dashboard put them into its scripts
         s = quote(segment, safe="")
-        for url in (f"/rq/0/view/jobs/{s}/queued/8/asc/1", f"/rq/0/view/jobs/q/{s}/8/asc/1",
-                    f"/rq/0/view/jobs/q/queued/8/{s}/1", f"/jobs/{s}", f"/jobs?id={s}", f"/rq/0/view/job/{s}"):
+        for url in (
+            f"/rq/0/view/jobs/{s}/queued/8/asc/1",
+            f"/rq/0/view/jobs/q/{s}/8/asc/1",
+            f"/rq/0/view/jobs/q/queued/8/{s}/1",
+            f"/jobs/{s}",
+            f"/jobs?id={s}",
+            f"/rq/0/view/job/{s}",
+        ):
             check(base + url)
     check(base + "/", "#live-workers tbody tr")
     check(base + "/rq/0/view/workers", "#live-workers tbody tr")

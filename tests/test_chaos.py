@@ -12,13 +12,16 @@ import threading
 import time
 
 import psutil
+import pytest
 import redis
 from rq import Queue, Worker
 
 from tests import fault_tasks
-from tests.conftest import Processes, RedisServer, cli_env, wait_for
+from tests.helpers import Processes, RedisServer, cli_env, wait_for
 from workqueue import producer
 from workqueue.policy import SERIALIZER
+
+pytestmark = pytest.mark.slow
 
 JOBS, WORKERS, BUDGET = 2000, 6, 110.0
 
@@ -90,11 +93,22 @@ def run_chaos(server: RedisServer, processes: Processes, tmp_path, capsys) -> No
             wait_for(all_finished, BUDGET - (time.monotonic() - started), "every job to finish")
         except AssertionError:
             with capsys.disabled():
-                print("\nstate:", collections.Counter(job.get_status(refresh=True).value for job in jobs),
-                      "queue", len(q), "started", q.started_job_registry.get_job_ids(cleanup=False)[:5],
-                      "intermediate", conn.llen(q.intermediate_queue_key), "kills", dict(kills),
-                      "workers", [(w.name, w.get_state()) for w in Worker.all(connection=conn)],
-                      "consumer alive", consumer.poll() is None)
+                print(
+                    "\nstate:",
+                    collections.Counter(job.get_status(refresh=True).value for job in jobs),
+                    "queue",
+                    len(q),
+                    "started",
+                    q.started_job_registry.get_job_ids(cleanup=False)[:5],
+                    "intermediate",
+                    conn.llen(q.intermediate_queue_key),
+                    "kills",
+                    dict(kills),
+                    "workers",
+                    [(w.name, w.get_state()) for w in Worker.all(connection=conn)],
+                    "consumer alive",
+                    consumer.poll() is None,
+                )
                 print(consumer.output()[1][-3000:])
             raise
     finally:
@@ -105,8 +119,10 @@ def run_chaos(server: RedisServer, processes: Processes, tmp_path, capsys) -> No
     missing = [i for i in range(JOBS) if i not in runs]
     twice = sum(1 for n in runs.values() if n > 1)
     with capsys.disabled():
-        print(f"\nchaos: {JOBS} jobs, {WORKERS} workers, {dict(kills)} in {elapsed:.1f} s; "
-              f"statuses {dict(statuses)}; ran twice or more: {twice}; missing: {len(missing)}")
+        print(
+            f"\nchaos: {JOBS} jobs, {WORKERS} workers, {dict(kills)} in {elapsed:.1f} s; "
+            f"statuses {dict(statuses)}; ran twice or more: {twice}; missing: {len(missing)}"
+        )
     assert statuses == {"finished": JOBS} and not missing
     assert kills["worker"] + kills["work horse"] >= 3 and kills["redis restart"] == 1
     wait_for(lambda: len(Worker.all(connection=conn)) == WORKERS, 20, "the pool to be back to its size")

@@ -11,13 +11,13 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -56,11 +56,9 @@ def published_ports(service: dict) -> list:
     return list(service.get("ports") or [])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def help_text(script: str) -> str:
-    result = subprocess.run(
-        [sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, f"{script} --help failed: {result.stderr}"
     return result.stdout
 
@@ -84,12 +82,10 @@ def test_service_command_passes_only_flags_its_script_accepts(name):
     if script not in ENTRY_POINTS:
         pytest.skip(f"{script} is not a known entry point")
     text = help_text(script)
-    flags = [arg.split("=", 1)[0] for arg in args[args.index(script) + 1:] if arg.startswith("--")]
+    flags = [arg.split("=", 1)[0] for arg in args[args.index(script) + 1 :] if arg.startswith("--")]
     assert flags, f"{name}: expected flags in {args!r}"
     for flag in flags:
-        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), (
-            f"{name}: {script} does not accept {flag}"
-        )
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), f"{name}: {script} does not accept {flag}"
 
 
 def test_every_service_but_redis_uses_the_same_redis_url():
@@ -148,10 +144,13 @@ def test_server_ports_are_published_on_loopback_only(name):
             assert str(port).startswith("127.0.0.1:"), port
 
 
-@pytest.mark.parametrize("name, credentials", [
-    ("dashboard", {"WORKQUEUE_DASHBOARD_USERNAME", "WORKQUEUE_DASHBOARD_PASSWORD"}),
-    ("gateway", {"WORKQUEUE_GATEWAY_TOKEN"}),
-])
+@pytest.mark.parametrize(
+    "name, credentials",
+    [
+        ("dashboard", {"WORKQUEUE_DASHBOARD_USERNAME", "WORKQUEUE_DASHBOARD_PASSWORD"}),
+        ("gateway", {"WORKQUEUE_GATEWAY_TOKEN"}),
+    ],
+)
 def test_servers_listening_beyond_loopback_are_given_credentials(name, credentials):
     args = command_args(SERVICES[name])
     assert args[args.index("--bind") + 1] == "0.0.0.0"  # a container's port must be reachable

@@ -15,17 +15,13 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import Processes, run_cli, wait_for
+from tests.helpers import Processes, run_cli, status, wait_for
 from workqueue import producer
 from workqueue.policy import SERIALIZER
 
 
 def enqueue(conn: redis.Redis, task: str, count: int = 1, queue: str = "queue_one", **params) -> list[Job]:
     return producer.enqueue(conn, [producer.TaskCall.build(task, params)] * count, queue).jobs
-
-
-def status(conn: redis.Redis, job: Job) -> str:
-    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_status().value
 
 
 def error_of(conn: redis.Redis, job: Job) -> str:
@@ -40,7 +36,10 @@ def test_burst_drains_the_queue_with_named_workers_and_exits_0(conn: redis.Redis
     names = re.search(r"workers: (.*)", result.stdout).group(1).split(", ")
     assert len(names) == 3 and all(re.fullmatch(r".+\.\d+\.w[123]", n) for n in names)
     assert "stopped: done 7, failed 0, queued 0" in result.stdout
-    assert Job.fetch(jobs[-1].id, connection=conn, serializer=SERIALIZER).return_value() == {"n": 100_000, "primes": 9592}
+    assert Job.fetch(jobs[-1].id, connection=conn, serializer=SERIALIZER).return_value() == {
+        "n": 100_000,
+        "primes": 9592,
+    }
 
 
 def test_consumer_serves_several_queues(conn: redis.Redis) -> None:
@@ -49,7 +48,9 @@ def test_consumer_serves_several_queues(conn: redis.Redis) -> None:
     assert result.returncode == 0 and status(conn, a[0]) == status(conn, b[0]) == "finished"
 
 
-def test_job_naming_a_function_outside_the_catalogue_is_refused_and_never_run(conn: redis.Redis, tmp_path: Path) -> None:
+def test_job_naming_a_function_outside_the_catalogue_is_refused_and_never_run(
+    conn: redis.Redis, tmp_path: Path
+) -> None:
     marker = tmp_path / "pwned"
     q = Queue("queue_one", connection=conn, serializer=SERIALIZER)
     foreign = q.enqueue("os.system", f"touch {marker}")
@@ -66,7 +67,10 @@ def test_job_naming_a_function_outside_the_catalogue_is_refused_and_never_run(co
     assert {status(conn, j) for j in (foreign, callback, positional, too_long)} == {"failed"}
 
 
-def test_running_job_stores_its_progress_for_the_producer_and_dashboard(conn: redis.Redis, processes: Processes) -> None:
+@pytest.mark.slow
+def test_running_job_stores_its_progress_for_the_producer_and_dashboard(
+    conn: redis.Redis, processes: Processes
+) -> None:
     (job,) = enqueue(conn, "sleep", seconds=3)
     processes.start("consumer_main.py", "--workers", "1")
 
@@ -158,6 +162,7 @@ def test_prompts_at_a_terminal_reask_until_valid(conn: redis.Redis, processes: P
     os.close(master)
 
 
+@pytest.mark.slow
 def test_producer_wait_shows_summary_and_exit_code(conn: redis.Redis, processes: Processes) -> None:
     processes.start("consumer_main.py", "--workers", "2")
     ok = run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=0.3", "--count", "4", "--wait")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import urllib.error
-import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
@@ -18,45 +16,22 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, free_port, run_cli, wait_for
-from tests.test_kill import start_consumer, workers
+from tests.helpers import (
+    Processes,
+    answers,
+    cli_env,
+    client_for,
+    enqueue_jobs,
+    free_port,
+    get,
+    run_cli,
+    start_consumer,
+    token,
+    wait_for,
+    workers,
+)
 from workqueue import producer, statistics
-from workqueue.dashboard import create_app
 from workqueue.policy import SERIALIZER
-
-
-def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def answers(url: str) -> bool:
-    try:
-        return get(url)[0] in (200, 401)
-    except OSError:
-        return False
-
-
-def enqueue(conn: redis.Redis, task: str = "sleep", queue: str = "queue_one", count: int = 1, **params) -> list[Job]:
-    params = params or {"seconds": 30}
-    return producer.enqueue(conn, [producer.TaskCall.build(task, params)] * count, queue).jobs
-
-
-def client_for(redis_url: str, **options) -> FlaskClient:
-    app = create_app(redis_url, **options)
-    app.testing = True
-    return app.test_client()
-
-
-def token(client: FlaskClient) -> str:
-    """The CSRF token a page hands the browser (in the page: no cookie a script could read)."""
-    page = client.get("/")
-    assert page.status_code == 200
-    return re.search(r'data-csrf="([^"]+)"', page.text).group(1)
 
 
 @pytest.fixture
@@ -66,8 +41,9 @@ def client(redis_url: str) -> FlaskClient:
 
 # The command ---------------------------------------------------------------------------------------
 
+
 def test_dashboard_serves_rq_dashboard_with_our_json_jobs(conn: redis.Redis, processes: Processes) -> None:
-    (job,) = enqueue(conn, seconds=1)
+    (job,) = enqueue_jobs(conn, seconds=1)
     port = free_port()
     processes.start("dashboard_main.py", "--port", str(port))
     base = f"http://127.0.0.1:{port}"
@@ -90,15 +66,19 @@ def test_dashboard_listens_on_loopback_by_default(conn: redis.Redis, processes: 
     assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", port)]
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["--bind", "0.0.0.0"], {}, "refusing to listen on 0.0.0.0 without credentials"),
-    (["--bind", "::"], {}, "refusing to listen on :: without credentials"),
-    (["--bind", "0.0.0.0", "--username", "admin"], {}, "give both a username and a password"),
-    (["--bind", "0.0.0.0"], {"WORKQUEUE_DASHBOARD_PASSWORD": "secret"}, "give both a username and a password"),
-    (["--port", "0"], {}, "Invalid value for '--port'"),
-])
-def test_refuses_to_listen_beyond_loopback_without_credentials(redis_url: str, args: list, env: dict,
-                                                                message: str) -> None:
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--bind", "0.0.0.0"], {}, "refusing to listen on 0.0.0.0 without credentials"),
+        (["--bind", "::"], {}, "refusing to listen on :: without credentials"),
+        (["--bind", "0.0.0.0", "--username", "admin"], {}, "give both a username and a password"),
+        (["--bind", "0.0.0.0"], {"WORKQUEUE_DASHBOARD_PASSWORD": "secret"}, "give both a username and a password"),
+        (["--port", "0"], {}, "Invalid value for '--port'"),
+    ],
+)
+def test_refuses_to_listen_beyond_loopback_without_credentials(
+    redis_url: str, args: list, env: dict, message: str
+) -> None:
     result = run_cli("dashboard_main.py", *args, env=cli_env(REDIS_URL=redis_url, **env), timeout=30)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -112,8 +92,14 @@ def test_beyond_loopback_with_credentials_every_request_needs_them(conn: redis.R
     wait_for(lambda: answers(base + "/"), 20, "the dashboard to answer")
     good = {"Authorization": "Basic " + b64encode(b"admin:s3cret-of-16-chars").decode()}
     bad = {"Authorization": "Basic " + b64encode(b"admin:wrong").decode()}
-    for path in ("/", "/api/live", "/metrics", "/rq/0/data/queues.json", "/static/workqueue.js",
-                 "/rq/static/css/main.css"):
+    for path in (
+        "/",
+        "/api/live",
+        "/metrics",
+        "/rq/0/data/queues.json",
+        "/static/workqueue.js",
+        "/rq/static/css/main.css",
+    ):
         assert get(base + path)[0] == 401, path
         assert get(base + path, bad)[0] == 401, path
         assert get(base + path, good)[0] == 200, path
@@ -121,10 +107,18 @@ def test_beyond_loopback_with_credentials_every_request_needs_them(conn: redis.R
 
 # CSRF, read-only, the methods rq-dashboard got wrong -------------------------------------------------
 
+
 def test_every_state_change_needs_the_csrf_token_rq_dashboards_included(conn: redis.Redis, client: FlaskClient) -> None:
-    jobs = enqueue(conn, count=2)
-    for path in (f"/jobs/{jobs[0].id}/stop", "/queues/queue_one/cancel", "/enqueue", "/workers/x/stop",
-                 f"/rq/job/{jobs[0].id}/delete", "/rq/requeue/queue_one", "/rq/queue/queue_one/queued/empty"):
+    jobs = enqueue_jobs(conn, count=2)
+    for path in (
+        f"/jobs/{jobs[0].id}/stop",
+        "/queues/queue_one/cancel",
+        "/enqueue",
+        "/workers/x/stop",
+        f"/rq/job/{jobs[0].id}/delete",
+        "/rq/requeue/queue_one",
+        "/rq/queue/queue_one/queued/empty",
+    ):
         response = client.post(path, headers={"Accept": "application/json"})
         assert response.status_code == 400, path
         assert "CSRF token is missing" in response.json["error"], path
@@ -133,7 +127,8 @@ def test_every_state_change_needs_the_csrf_token_rq_dashboards_included(conn: re
     headers = {"X-CSRFToken": token(client), "Accept": "application/json"}
     response = client.post(f"/jobs/{jobs[0].id}/stop", headers=headers)
     assert response.status_code == 200 and response.json["messages"] == [
-        f"job {jobs[0].id} cancelled (was queued; now in the canceled registry of queue_one)"]
+        f"job {jobs[0].id} cancelled (was queued; now in the canceled registry of queue_one)"
+    ]
 
 
 def test_rq_dashboards_get_requeue_is_refused(conn: redis.Redis, client: FlaskClient) -> None:
@@ -142,7 +137,7 @@ def test_rq_dashboards_get_requeue_is_refused(conn: redis.Redis, client: FlaskCl
 
 
 def test_read_only_hides_and_refuses_every_action(conn: redis.Redis, redis_url: str) -> None:
-    (job,) = enqueue(conn)
+    (job,) = enqueue_jobs(conn)
     client = client_for(redis_url, read_only=True)
     csrf = token(client)
     for path in (f"/jobs/{job.id}/stop", "/enqueue", "/rq/requeue/queue_one", f"/rq/job/{job.id}/delete"):
@@ -152,11 +147,13 @@ def test_read_only_hides_and_refuses_every_action(conn: redis.Redis, redis_url: 
     assert Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_status().value == "queued"
     page = client.get(f"/jobs/{job.id}").text
     assert "read-only" in page and ".wq-action { display: none !important; }" in page.replace("\n", " ").replace(
-        "  [data-role=requeue-job-btn], [data-role=delete-job-btn], ", "")
+        "  [data-role=requeue-job-btn], [data-role=delete-job-btn], ", ""
+    )
     assert 'id="enqueue-form"' not in client.get("/enqueue").text
 
 
 # JSON only, escaped ----------------------------------------------------------------------------------
+
 
 class _Trap:
     """Unpickling this writes a file: proof that something unpickled job data."""
@@ -171,14 +168,33 @@ class _Trap:
 def test_job_data_is_never_unpickled(conn: redis.Redis, client: FlaskClient, tmp_path: Path) -> None:
     marker = tmp_path / "unpickled"
     payload = pickle.dumps(_Trap(marker))
-    conn.hset("rq:job:trap", mapping={"data": payload, "meta": payload, "status": "started", "origin": "queue_one",
-                                       "created_at": "2026-01-01T00:00:00.000000Z", "description": "trap"})
+    conn.hset(
+        "rq:job:trap",
+        mapping={
+            "data": payload,
+            "meta": payload,
+            "status": "started",
+            "origin": "queue_one",
+            "created_at": "2026-01-01T00:00:00.000000Z",
+            "description": "trap",
+        },
+    )
     conn.sadd("rq:queues", "rq:queue:queue_one")
     conn.zadd("rq:wip:queue_one", {"trap:execution1": 9999999999})
     csrf = token(client)
-    responses = {path: client.get(path) for path in (
-        "/jobs/trap", "/api/jobs/trap", "/api/live", "/rq/0/view/job/trap", "/rq/0/data/workers.json",
-        "/rq/0/view/queues", "/rq/0/data/queues.json", "/metrics")}
+    responses = {
+        path: client.get(path)
+        for path in (
+            "/jobs/trap",
+            "/api/jobs/trap",
+            "/api/live",
+            "/rq/0/view/job/trap",
+            "/rq/0/data/workers.json",
+            "/rq/0/view/queues",
+            "/rq/0/data/queues.json",
+            "/metrics",
+        )
+    }
     for path in ("/rq/job/trap/requeue", "/rq/job/trap/delete", "/jobs/trap/stop", "/jobs/trap/requeue"):
         responses[path] = client.post(path, headers={"X-CSRFToken": csrf, "Accept": "application/json"})
     assert not marker.exists()
@@ -187,8 +203,9 @@ def test_job_data_is_never_unpickled(conn: redis.Redis, client: FlaskClient, tmp
     assert responses["/api/live"].status_code == 200 and responses["/api/live"].json["jobs"] == []
 
 
-def test_scraped_and_failed_job_text_is_served_escaped(conn: redis.Redis, client: FlaskClient, processes: Processes,
-                                                       redis_url: str) -> None:
+def test_scraped_and_failed_job_text_is_served_escaped(
+    conn: redis.Redis, client: FlaskClient, processes: Processes, redis_url: str
+) -> None:
     script = "<script>alert(1)</script>"
     job = producer.enqueue(conn, [producer.TaskCall.build("scrape", {"url": f"http://127.0.0.1:1/{script}"})]).jobs[0]
     page = client.get(f"/jobs/{job.id}").text
@@ -200,10 +217,13 @@ def test_scraped_and_failed_job_text_is_served_escaped(conn: redis.Redis, client
 
 # Live work and history ---------------------------------------------------------------------------------
 
-def test_live_work_shows_progress_workers_and_utilisation(conn: redis.Redis, client: FlaskClient,
-                                                          processes: Processes) -> None:
+
+@pytest.mark.slow
+def test_live_work_shows_progress_workers_and_utilisation(
+    conn: redis.Redis, client: FlaskClient, processes: Processes
+) -> None:
     start_consumer(processes, conn, 2, "queue_one")
-    (job,) = enqueue(conn, seconds=5)
+    (job,) = enqueue_jobs(conn, seconds=5)
 
     def progressing() -> dict:
         data = client.get("/api/live").json
@@ -222,15 +242,19 @@ def test_live_work_shows_progress_workers_and_utilisation(conn: redis.Redis, cli
     assert missing.status_code == 404 and "no such job: no-such-job" in missing.text
 
 
-def test_history_counts_ended_jobs_per_minute_and_samples_backlog(conn: redis.Redis, client: FlaskClient,
-                                                                  processes: Processes) -> None:
-    enqueue(conn, "pi", count=6, samples=1000)
+def test_history_counts_ended_jobs_per_minute_and_samples_backlog(
+    conn: redis.Redis, client: FlaskClient, processes: Processes
+) -> None:
+    enqueue_jobs(conn, "pi", count=6, samples=1000)
     statistics.sample_backlog(conn)  # what the consumer and the dashboard do each sweep
     assert client.get("/api/history?minutes=5").json["queues"]["queue_one"]["backlog"][-1] == 6
     start_consumer(processes, conn, 2, "queue_one")
     wait_for(lambda: client.get("/api/history?minutes=5").json["finished"][-1] >= 6, 30, "6 jobs finished")
-    wait_for(lambda: client.get("/api/history?minutes=5").json["queues"]["queue_one"]["backlog"][-1] == 0, 10,
-             "the consumer to sample the emptied queue")
+    wait_for(
+        lambda: client.get("/api/history?minutes=5").json["queues"]["queue_one"]["backlog"][-1] == 0,
+        10,
+        "the consumer to sample the emptied queue",
+    )
     data = client.get("/api/history?minutes=5").json
     assert len(data["minutes"]) == 5 and data["failed"] == [0] * 5
     (pi,) = [t for t in data["tasks"] if t["task"] == "pi"]
@@ -241,22 +265,29 @@ def test_history_counts_ended_jobs_per_minute_and_samples_backlog(conn: redis.Re
 
 # Controls ---------------------------------------------------------------------------------------------
 
-def test_stop_a_worker_gracefully_and_at_once_from_the_page(conn: redis.Redis, client: FlaskClient,
-                                                            processes: Processes) -> None:
+
+def test_stop_a_worker_gracefully_and_at_once_from_the_page(
+    conn: redis.Redis, client: FlaskClient, processes: Processes
+) -> None:
     start_consumer(processes, conn, 2, "queue_one")
-    (job,) = enqueue(conn, seconds=30)
+    (job,) = enqueue_jobs(conn, seconds=30)
     busy = wait_for(lambda: next((w.name for w in workers(conn) if w.get_current_job_id() == job.id), None), 20)
     idle = next(w.name for w in workers(conn) if w.name != busy)
     csrf = token(client)
-    response = client.post(f"/workers/{idle}/stop", data={"csrf_token": csrf}, headers={"Accept": "text/html",
-                                                                                        "Referer": "http://localhost/"})
+    response = client.post(
+        f"/workers/{idle}/stop",
+        data={"csrf_token": csrf},
+        headers={"Accept": "text/html", "Referer": "http://localhost/"},
+    )
     assert response.status_code == 303 and response.headers["Location"] == "/"
     assert f"worker {idle} asked to stop" in client.get("/").text  # the flashed outcome
     wait_for(lambda: idle not in [w.name for w in workers(conn)], 20, "the idle worker to leave")
-    response = client.post(f"/workers/{busy}/stop", data={"csrf_token": csrf, "now": "1"},
-                           headers={"Accept": "application/json"})
+    response = client.post(
+        f"/workers/{busy}/stop", data={"csrf_token": csrf, "now": "1"}, headers={"Accept": "application/json"}
+    )
     assert response.json["messages"] == [
-        f"worker {busy} asked to stop at once; its job {job.id} goes back to the front of its queue"]
+        f"worker {busy} asked to stop at once; its job {job.id} goes back to the front of its queue"
+    ]
     wait_for(lambda: not workers(conn), 20, "the busy worker to leave")
     assert Job.fetch(job.id, connection=conn, serializer=SERIALIZER).get_status().value == "queued"
     unknown = client.post("/workers/nobody/stop", data={"csrf_token": csrf}, headers={"Accept": "application/json"})
@@ -264,10 +295,11 @@ def test_stop_a_worker_gracefully_and_at_once_from_the_page(conn: redis.Redis, c
     assert unknown.json["messages"] == ["no worker named 'nobody'; running workers: none"]
 
 
-def test_stop_a_running_job_cancel_queued_ones_and_requeue(conn: redis.Redis, client: FlaskClient,
-                                                           processes: Processes) -> None:
+def test_stop_a_running_job_cancel_queued_ones_and_requeue(
+    conn: redis.Redis, client: FlaskClient, processes: Processes
+) -> None:
     start_consumer(processes, conn, 1, "queue_one")
-    first, *waiting = enqueue(conn, count=3)
+    first, *waiting = enqueue_jobs(conn, count=3)
     wait_for(lambda: Job.fetch(first.id, connection=conn, serializer=SERIALIZER).get_status().value == "started", 20)
     headers = {"X-CSRFToken": token(client), "Accept": "application/json"}
     cancelled = client.post("/queues/queue_one/cancel", headers=headers).json
@@ -276,8 +308,11 @@ def test_stop_a_running_job_cancel_queued_ones_and_requeue(conn: redis.Redis, cl
     assert stopped["messages"] == [f"job {first.id} stopped (stopped, in the failed registry of queue_one)"]
     assert client.get(f"/api/jobs/{first.id}").json["can_requeue"] is True
     assert client.post(f"/jobs/{first.id}/requeue", headers=headers).json["ok"]
-    wait_for(lambda: Job.fetch(first.id, connection=conn, serializer=SERIALIZER).get_status().value == "started", 20,
-             "the requeued job to run again")
+    wait_for(
+        lambda: Job.fetch(first.id, connection=conn, serializer=SERIALIZER).get_status().value == "started",
+        20,
+        "the requeued job to run again",
+    )
     again = client.post(f"/jobs/{first.id}/requeue", headers=headers).json
     assert again["messages"] == [f"job {first.id} is started; only failed or cancelled jobs can be requeued"]
     requeued = client.post(f"/jobs/{waiting[0].id}/requeue", headers=headers).json  # a cancelled one
@@ -290,6 +325,7 @@ def test_stop_a_running_job_cancel_queued_ones_and_requeue(conn: redis.Redis, cl
 
 # The enqueue form --------------------------------------------------------------------------------------
 
+
 def test_enqueue_form_is_generated_from_the_catalogue(client: FlaskClient) -> None:
     page = client.get("/enqueue").text
     for field in ('name="sleep.seconds"', 'name="scrape.url"', 'name="primes.n"', 'name="pi.samples"'):
@@ -298,19 +334,27 @@ def test_enqueue_form_is_generated_from_the_catalogue(client: FlaskClient) -> No
     assert 'type="number"' in seconds and 'max="3600' in seconds and 'value="5.0"' in seconds
 
 
-@pytest.mark.parametrize("form, message", [
-    ({"task": "sleep", "sleep.seconds": "0"},
-     "seconds: &#39;0&#39; is out of bounds, expected 0 &lt; seconds &lt;= 3,600"),
-    ({"task": "sleep", "sleep.seconds": "soon"}, "seconds: expected a number, got &#39;soon&#39;"),
-    ({"task": "nope"}, "unknown task &#39;nope&#39;; the catalogue has: sleep, scrape"),
-    ({"task": "scrape", "scrape.url": "ftp://x"},
-     "url: &#39;ftp://x&#39; must be an http:// or https:// URL with a host"),
-    ({"task": "scrape"}, "missing required parameter &#39;url&#39;"),
-    ({"task": "sleep", "count": "0"}, "count: &#39;0&#39; is out of bounds, expected 1 &lt;= count &lt;= 100,000"),
-    ({"task": "sleep", "queue": "bad name"}, "invalid queue name &#39;bad name&#39;"),
-])
-def test_enqueue_form_refuses_bad_input_with_the_producers_messages(conn: redis.Redis, client: FlaskClient,
-                                                                     form: dict, message: str) -> None:
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        (
+            {"task": "sleep", "sleep.seconds": "0"},
+            "seconds: &#39;0&#39; is out of bounds, expected 0 &lt; seconds &lt;= 3,600",
+        ),
+        ({"task": "sleep", "sleep.seconds": "soon"}, "seconds: expected a number, got &#39;soon&#39;"),
+        ({"task": "nope"}, "unknown task &#39;nope&#39;; the catalogue has: sleep, scrape"),
+        (
+            {"task": "scrape", "scrape.url": "ftp://x"},
+            "url: &#39;ftp://x&#39; must be an http:// or https:// URL with a host",
+        ),
+        ({"task": "scrape"}, "missing required parameter &#39;url&#39;"),
+        ({"task": "sleep", "count": "0"}, "count: &#39;0&#39; is out of bounds, expected 1 &lt;= count &lt;= 100,000"),
+        ({"task": "sleep", "queue": "bad name"}, "invalid queue name &#39;bad name&#39;"),
+    ],
+)
+def test_enqueue_form_refuses_bad_input_with_the_producers_messages(
+    conn: redis.Redis, client: FlaskClient, form: dict, message: str
+) -> None:
     response = client.post("/enqueue", data={"csrf_token": token(client), **form})
     assert response.status_code == 422 and message in response.text
     assert not conn.keys("rq:job:*")  # nothing half-written

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from tests.test_dashboard import client_for, enqueue, token
+from tests.helpers import client_for, enqueue_jobs, token
 from workqueue import recovery
 from workqueue.policy import SERIALIZER
 
@@ -32,7 +32,7 @@ def client(redis_url: str) -> FlaskClient:
 def plant(conn: redis.Redis, kind: str, registry: str, queue: str = QUEUE) -> str:
     """A job of ours copied under a new id, then spoilt as a foreign client would: its data
     garbage, its metadata pickled, or a pickled result; and put in ``registry`` of ``queue``."""
-    (model,) = enqueue(conn, "primes", queue="scratch", n=10)
+    (model,) = enqueue_jobs(conn, "primes", queue="scratch", n=10)
     fields = conn.hgetall(model.key)
     Queue("scratch", connection=conn).empty()
     job_id = f"bad-{kind}-{registry}"
@@ -43,8 +43,14 @@ def plant(conn: redis.Redis, kind: str, registry: str, queue: str = QUEUE) -> st
         fields[b"meta"] = pickle.dumps({"progress": 1})
     else:
         fields[b"status"] = b"finished" if registry in ("queued", "finished") else fields[b"status"]
-        conn.xadd(f"rq:results:{job_id}", {"type": 1, "worker_name": "", "return_value":
-                                            __import__("base64").b64encode(pickle.dumps({"x": 1})).decode()})
+        conn.xadd(
+            f"rq:results:{job_id}",
+            {
+                "type": 1,
+                "worker_name": "",
+                "return_value": __import__("base64").b64encode(pickle.dumps({"x": 1})).decode(),
+            },
+        )
     conn.hset(f"rq:job:{job_id}", mapping=fields)
     conn.sadd("rq:queues", f"rq:queue:{queue}")
     if registry == "queued":
@@ -58,15 +64,33 @@ def plant(conn: redis.Redis, kind: str, registry: str, queue: str = QUEUE) -> st
 
 def test_unreadable_jobs_in_every_registry_never_make_a_500(conn: redis.Redis, client: FlaskClient) -> None:
     planted = [plant(conn, kind, registry) for kind in KINDS for registry in REGISTRIES]
-    paths = ["/", "/api/live", "/api/history?minutes=60", "/metrics", "/enqueue", "/rq/0/view/queues",
-             "/rq/0/data/queues.json", "/rq/0/view/workers", "/rq/0/data/workers.json", "/rq/", "/rq/0/view/jobs"]
+    paths = [
+        "/",
+        "/api/live",
+        "/api/history?minutes=60",
+        "/metrics",
+        "/enqueue",
+        "/rq/0/view/queues",
+        "/rq/0/data/queues.json",
+        "/rq/0/view/workers",
+        "/rq/0/data/workers.json",
+        "/rq/",
+        "/rq/0/view/jobs",
+    ]
     for registry in REGISTRIES:
         for order in ("asc", "dsc"):
-            paths += [f"/rq/0/view/jobs/{QUEUE}/{registry}/8/{order}/1",
-                      f"/rq/0/data/jobs/{QUEUE}/{registry}/8/{order}/1.json"]
+            paths += [
+                f"/rq/0/view/jobs/{QUEUE}/{registry}/8/{order}/1",
+                f"/rq/0/data/jobs/{QUEUE}/{registry}/8/{order}/1.json",
+            ]
     for job_id in planted:
-        paths += [f"/jobs/{job_id}", f"/api/jobs/{job_id}", f"/jobs?id={job_id}", f"/rq/0/view/job/{job_id}",
-                  f"/rq/0/data/job/{job_id}.json"]
+        paths += [
+            f"/jobs/{job_id}",
+            f"/api/jobs/{job_id}",
+            f"/jobs?id={job_id}",
+            f"/rq/0/view/job/{job_id}",
+            f"/rq/0/data/job/{job_id}.json",
+        ]
     for path in paths:
         for accept in ("text/html", "application/json"):
             response = client.get(path, headers={"Accept": accept})
@@ -77,8 +101,10 @@ def test_unreadable_jobs_in_every_registry_never_make_a_500(conn: redis.Redis, c
         listed = {job["id"]: job for job in jobs}
         for kind in ("data", "meta"):
             assert listed[f"bad-{kind}-{registry}"]["unreadable"] is True
-            assert "not readable as JSON" in listed[f"bad-{kind}-{registry}"]["description"] or \
-                "metadata that is not JSON" in listed[f"bad-{kind}-{registry}"]["description"]
+            assert (
+                "not readable as JSON" in listed[f"bad-{kind}-{registry}"]["description"]
+                or "metadata that is not JSON" in listed[f"bad-{kind}-{registry}"]["description"]
+            )
     finished = {job["id"]: job for job in client.get(f"/rq/0/data/jobs/{QUEUE}/finished/8/asc/1.json").json["jobs"]}
     assert finished["bad-result-finished"]["unreadable"] is True  # rq-dashboard's finished list: was a 500
 
@@ -91,15 +117,29 @@ def test_unreadable_jobs_in_every_registry_never_make_a_500(conn: redis.Redis, c
         assert client.get(f"/rq/0/data/job/bad-{kind}-failed.json").status_code == 422
 
 
-@pytest.mark.parametrize("path", [
-    "/rq/0/data/jobs/q/queued/0/asc/1.json", "/rq/0/data/jobs/q/queued/-1/asc/1.json",
-    "/rq/0/data/jobs/q/queued/1000000000000/asc/1.json", "/rq/0/data/jobs/q/queued/abc/asc/1.json",
-    "/rq/0/data/jobs/q/queued/8/asc/0.json", "/rq/0/data/jobs/q/queued/8/sideways/1.json",
-    "/rq/0/data/jobs/q/nosuch/8/asc/1.json", "/rq/0/view/jobs/q/nosuch/8/asc/1", "/rq/0/view/jobs/q/queued/0/asc/1",
-    "/rq/0/view/jobs/q/queued/1000000000000/asc/1", "/rq/1/view/queues", "/rq/1/data/queues.json",
-    "/rq/1/view/jobs", "/rq/1/data/workers.json", "/rq/1/data/job/x.json", "/rq/1/view/job/x",
-    "/rq/1/data/jobs/q/queued/8/asc/1.json", "/rq/0/data/job/no-such-job.json",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/rq/0/data/jobs/q/queued/0/asc/1.json",
+        "/rq/0/data/jobs/q/queued/-1/asc/1.json",
+        "/rq/0/data/jobs/q/queued/1000000000000/asc/1.json",
+        "/rq/0/data/jobs/q/queued/abc/asc/1.json",
+        "/rq/0/data/jobs/q/queued/8/asc/0.json",
+        "/rq/0/data/jobs/q/queued/8/sideways/1.json",
+        "/rq/0/data/jobs/q/nosuch/8/asc/1.json",
+        "/rq/0/view/jobs/q/nosuch/8/asc/1",
+        "/rq/0/view/jobs/q/queued/0/asc/1",
+        "/rq/0/view/jobs/q/queued/1000000000000/asc/1",
+        "/rq/1/view/queues",
+        "/rq/1/data/queues.json",
+        "/rq/1/view/jobs",
+        "/rq/1/data/workers.json",
+        "/rq/1/data/job/x.json",
+        "/rq/1/view/job/x",
+        "/rq/1/data/jobs/q/queued/8/asc/1.json",
+        "/rq/0/data/job/no-such-job.json",
+    ],
+)
 def test_urls_that_name_nothing_are_404(conn: redis.Redis, client: FlaskClient, path: str) -> None:
     response = client.get(path, headers=JSON)
     assert response.status_code == 404, response.text[:300]
@@ -107,13 +147,14 @@ def test_urls_that_name_nothing_are_404(conn: redis.Redis, client: FlaskClient, 
 
 
 def test_pages_of_a_list_and_their_order(conn: redis.Redis, client: FlaskClient) -> None:
-    jobs = enqueue(conn, "primes", queue="paged", count=5, n=10)
+    jobs = enqueue_jobs(conn, "primes", queue="paged", count=5, n=10)
     first = client.get("/rq/0/data/jobs/paged/queued/2/asc/1.json").json
     assert [j["id"] for j in first["jobs"]] == [jobs[0].id, jobs[1].id] and first["pagination"]["num_pages"] == 3
     last = client.get("/rq/0/data/jobs/paged/queued/2/dsc/3.json").json
     assert [j["id"] for j in last["jobs"]] == [jobs[0].id]
-    assert [j["id"] for j in client.get("/rq/0/data/jobs/paged/queued/200/dsc/1.json").json["jobs"]] == \
-        [j.id for j in reversed(jobs)]
+    assert [j["id"] for j in client.get("/rq/0/data/jobs/paged/queued/200/dsc/1.json").json["jobs"]] == [
+        j.id for j in reversed(jobs)
+    ]
     assert client.get("/rq/0/data/jobs/paged/queued/2/asc/9.json").json["jobs"] == []
 
 
@@ -124,18 +165,21 @@ def fail(conn: redis.Redis, job: Job) -> None:
     queue.failed_job_registry.add(job, ttl=3600, exc_string="boom")
 
 
-def test_queue_wide_actions_act_on_the_readable_jobs_and_report_the_unreadable_one(conn: redis.Redis,
-                                                                                 client: FlaskClient) -> None:
-    readable = enqueue(conn, "primes", queue=QUEUE, count=2, n=10)
+def test_queue_wide_actions_act_on_the_readable_jobs_and_report_the_unreadable_one(
+    conn: redis.Redis, client: FlaskClient
+) -> None:
+    readable = enqueue_jobs(conn, "primes", queue=QUEUE, count=2, n=10)
     bad_queued = plant(conn, "data", "queued")
     csrf = {"X-CSRFToken": token(client), **JSON}
     reply = client.post(f"/queues/{QUEUE}/cancel", headers=csrf)
     assert reply.status_code == 200, reply.text
-    assert [Job.fetch(j.id, connection=conn, serializer=SERIALIZER).get_status().value for j in readable] == \
-        ["canceled", "canceled"]
+    assert [Job.fetch(j.id, connection=conn, serializer=SERIALIZER).get_status().value for j in readable] == [
+        "canceled",
+        "canceled",
+    ]
     assert any(bad_queued in m and "left alone" in m for m in reply.json["messages"])
 
-    failed = enqueue(conn, "primes", queue=QUEUE, count=2, n=10)
+    failed = enqueue_jobs(conn, "primes", queue=QUEUE, count=2, n=10)
     for job in failed:
         fail(conn, job)
     bad_failed = plant(conn, "meta", "failed")
@@ -150,13 +194,29 @@ def test_queue_wide_actions_act_on_the_readable_jobs_and_report_the_unreadable_o
 
 
 def test_every_response_carries_the_content_security_policy(conn: redis.Redis, client: FlaskClient) -> None:
-    (job,) = enqueue(conn, "primes", n=10)
-    responses = [client.get(path, headers={"Accept": accept}) for accept in ("text/html", "application/json")
-                 for path in ("/", "/enqueue", f"/jobs/{job.id}", "/jobs?id=nope", "/api/live", "/metrics",
-                              "/rq/0/view/queues", "/rq/0/view/jobs/queue_one/queued/8/asc/1", "/rq/0/data/queues.json",
-                              f"/rq/0/view/job/{job.id}", "/static/workqueue.js", "/static/rq_dashboard.js",
-                              "/rq/static/js/jquery-3.5.1.min.js", "/favicon.ico", "/no/such/page",
-                              "/rq/1/view/queues")]
+    (job,) = enqueue_jobs(conn, "primes", n=10)
+    responses = [
+        client.get(path, headers={"Accept": accept})
+        for accept in ("text/html", "application/json")
+        for path in (
+            "/",
+            "/enqueue",
+            f"/jobs/{job.id}",
+            "/jobs?id=nope",
+            "/api/live",
+            "/metrics",
+            "/rq/0/view/queues",
+            "/rq/0/view/jobs/queue_one/queued/8/asc/1",
+            "/rq/0/data/queues.json",
+            f"/rq/0/view/job/{job.id}",
+            "/static/workqueue.js",
+            "/static/rq_dashboard.js",
+            "/rq/static/js/jquery-3.5.1.min.js",
+            "/favicon.ico",
+            "/no/such/page",
+            "/rq/1/view/queues",
+        )
+    ]
     responses.append(client.post("/jobs/x/stop"))  # refused: no CSRF token
     responses.append(client.get("/", headers={"Host": "evil.example"}))  # refused: not our host
     assert {r.status_code for r in responses} >= {200, 302, 400, 404}
@@ -169,19 +229,28 @@ def test_every_response_carries_the_content_security_policy(conn: redis.Redis, c
 
 
 def test_pages_have_no_inline_script(conn: redis.Redis, client: FlaskClient) -> None:
-    (job,) = enqueue(conn, "primes", n=10)
+    (job,) = enqueue_jobs(conn, "primes", n=10)
     for path in ("/", "/enqueue", f"/jobs/{job.id}", "/rq/0/view/queues", "/rq/0/view/jobs/queue_one/queued/8/asc/1"):
         page = client.get(path, follow_redirects=True).text
         scripts = re.findall(r"<script\b[^>]*>", page)
         assert scripts and all(" src=" in s for s in scripts), (path, scripts)
 
 
-def test_a_queue_key_that_is_not_utf8_is_set_aside_and_breaks_no_page_nor_sweep(conn: redis.Redis,
-                                                                                client: FlaskClient) -> None:
-    (job,) = enqueue(conn, "primes", queue=QUEUE, n=10)
+def test_a_queue_key_that_is_not_utf8_is_set_aside_and_breaks_no_page_nor_sweep(
+    conn: redis.Redis, client: FlaskClient
+) -> None:
+    (job,) = enqueue_jobs(conn, "primes", queue=QUEUE, n=10)
     conn.sadd("rq:queues", b"rq:queue:\xff\xfe")  # what any foreign client can write
-    paths = ["/", "/api/live", "/metrics", "/rq/0/view/queues", "/rq/0/data/queues.json",
-             f"/rq/0/view/jobs/{QUEUE}/queued/8/asc/1", "/rq/0/view/jobs", f"/jobs/{job.id}"]
+    paths = [
+        "/",
+        "/api/live",
+        "/metrics",
+        "/rq/0/view/queues",
+        "/rq/0/data/queues.json",
+        f"/rq/0/view/jobs/{QUEUE}/queued/8/asc/1",
+        "/rq/0/view/jobs",
+        f"/jobs/{job.id}",
+    ]
     for path in paths:  # the first look sets the key aside; rq-dashboard's own listings work after it
         response = client.get(path, headers=JSON)
         assert response.status_code < 500, (path, response.status_code, response.text[:300])

@@ -15,10 +15,12 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import ROOT, Command, cli_env, run_cli, wait_for
+from tests.helpers import ROOT, Command, cli_env, run_cli, wait_for
 from workqueue import batches, demos
 from workqueue.cli import demo as demo_cli
 from workqueue.policy import SERIALIZER
+
+pytestmark = pytest.mark.slow
 
 
 def run_demo(name: str, redis_url: str) -> subprocess.CompletedProcess:
@@ -63,8 +65,9 @@ def assert_clean_end(conn: redis.Redis, queues: list[str], jobs: int) -> None:
 def test_basic_one_producer_one_consumer(conn, redis_url: str) -> None:
     result = run_demo("basic", redis_url)
     assert result.returncode == 0, result.stdout + result.stderr
-    ran = re.findall(r"consumer-1/w1 ran sleep\(seconds=0\.3\) from demo-basic \(job \w+, producer-1\): finished",
-                     result.stdout)
+    ran = re.findall(
+        r"consumer-1/w1 ran sleep\(seconds=0\.3\) from demo-basic \(job \w+, producer-1\): finished", result.stdout
+    )
     assert len(ran) == 5
     assert "producer-1: enqueued batch" in result.stdout and "consumer-1: stopped (exit 0)" in result.stdout
     assert re.search(r"^  sleep\s+5\s+5\s+0\s+0\s", result.stdout, re.M)  # the statistics table

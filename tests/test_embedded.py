@@ -14,10 +14,10 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import ROOT, RedisServer, cli_env, free_port, run_cli
+from tests.helpers import ROOT, RedisServer, cli_env, free_port, run_cli
 from workqueue import embedded
 from workqueue.connection import mask_url, resolve
-from workqueue.errors import BadInput, EmbeddedRedisError
+from workqueue.errors import BadInput
 from workqueue.settings import Settings
 
 
@@ -48,6 +48,7 @@ def raw(port: int, command: bytes) -> bytes:
         return sock.recv(4096).split(b"\r\n")[0]
 
 
+@pytest.mark.slow
 def test_first_command_starts_the_embedded_server_and_later_ones_share_it(embedded_env) -> None:
     env, port, data = embedded_env
     first = run_cli("producer_main.py", "--task", "sleep", "--count", "3", env=env)
@@ -71,6 +72,7 @@ def test_server_configuration_is_loopback_append_only_and_passworded(tmp_path: P
     assert {'rename-command CONFIG ""', 'rename-command MODULE ""', 'rename-command SHUTDOWN ""'} <= set(lines)
 
 
+@pytest.mark.slow
 def test_stop_keeps_queued_jobs_in_the_append_only_log(embedded_env) -> None:
     env, port, data = embedded_env
     assert run_cli("producer_main.py", "--task", "sleep", "--count", "5", env=env).returncode == 0
@@ -104,6 +106,7 @@ def test_only_its_owner_can_use_the_embedded_server(embedded_env) -> None:
     assert conn.info("memory")["maxmemory_policy"] and conn.ping()  # INFO stays: status and checks use it
 
 
+@pytest.mark.slow
 def test_commands_work_with_nothing_set_and_never_show_the_password(embedded_env) -> None:
     env, port, data = embedded_env
     outputs = [run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--count", "3", env=env)]
@@ -136,6 +139,7 @@ def test_an_older_open_data_folder_is_closed_at_the_next_start(embedded_env) -> 
     assert stat.S_IMODE((data / "appendonly.aof").stat().st_mode) == 0o600
 
 
+@pytest.mark.slow
 def test_a_password_file_others_could_read_or_write_is_refused(embedded_env) -> None:
     env, port, data = embedded_env
     assert admin("redis", "start", env=env).returncode == 0

@@ -87,8 +87,9 @@ def test_the_claim_starts_a_job_as_rq_prepare_execution_and_prepare_job_executio
     # RQ's way: dequeue, then the worker's prepare_execution and the horse's prepare_job_execution.
     job_id, batch_id = enqueued(conn)
     worker = new_worker(conn)
-    job, queue = Queue.dequeue_any(worker.queues, None, connection=conn, job_class=worker.job_class,
-                                            serializer=worker.serializer)
+    job, queue = Queue.dequeue_any(
+        worker.queues, None, connection=conn, job_class=worker.job_class, serializer=worker.serializer
+    )
     rq_execution = prepare_execution(worker, job)
     Worker.prepare_job_execution(worker, job, remove_from_intermediate_queue=True)
     by_rq = snapshot(conn, {job_id: "JOB", batch_id: "BATCH", rq_execution.id: "EXECUTION"})

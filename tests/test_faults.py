@@ -16,33 +16,15 @@ import redis
 from rq import Queue, Worker
 from rq.job import Job
 
-from tests import fault_tasks
-from tests.conftest import RedisServer, cli_env, run_cli, wait_for
+from tests.helpers import RedisServer, cli_env, enqueue_fault, fetch, run_cli, status, wait_for
 from workqueue import producer
 from workqueue.errors import BadInput
 from workqueue.policy import SERIALIZER
-
-FAULTS = {task.name: task for task in fault_tasks.TASKS}
 
 
 @pytest.fixture
 def env(redis_url: str) -> dict:
     return cli_env(WORKQUEUE_EXTRA_TASKS="tests.fault_tasks", REDIS_URL=redis_url)
-
-
-def enqueue(conn: redis.Redis, name: str, queue: str = "queue_one", **params) -> Job:
-    task = FAULTS[name] if name in FAULTS else __import__("task_def").get_task(name)
-    timeout, retries = params.pop("_timeout", None), params.pop("_retries", None)
-    call = producer.TaskCall(task, task.validate(params), retries=retries, timeout=timeout)
-    return producer.enqueue(conn, [call], queue).jobs[0]
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER)
-
-
-def status(conn: redis.Redis, job: Job) -> str:
-    return fetch(conn, job).get_status().value
 
 
 def errors(conn: redis.Redis, job: Job) -> list[str]:
@@ -56,7 +38,9 @@ def errors(conn: redis.Redis, job: Job) -> list[str]:
 
 
 def ended(conn: redis.Redis, job: Job, timeout: float = 30) -> str:
-    wait_for(lambda: status(conn, job) in ("finished", "failed", "stopped", "canceled"), timeout, f"job {job.id} to end")
+    wait_for(
+        lambda: status(conn, job) in ("finished", "failed", "stopped", "canceled"), timeout, f"job {job.id} to end"
+    )
     return status(conn, job)
 
 
@@ -66,13 +50,14 @@ def run_burst(env: dict, workers: int = 1) -> None:
 
 
 def test_raise_fails_with_the_error(conn, env) -> None:
-    job = enqueue(conn, "raise_error", message="disk full")
+    job = enqueue_fault(conn, "raise_error", message="disk full")
     run_burst(env)
     assert status(conn, job) == "failed" and errors(conn, job) == ["RuntimeError: disk full"]
 
 
+@pytest.mark.slow
 def test_retries_back_off_and_keep_every_attempts_error(conn, env, processes) -> None:
-    job = enqueue(conn, "raise_with_retries", message="flaky")
+    job = enqueue_fault(conn, "raise_with_retries", message="flaky")
     assert fetch(conn, job).retries_left == 2 and len(fetch(conn, job).retry_intervals) == 2
     processes.start("consumer_main.py", "--workers", "1", env=env)
     assert ended(conn, job, 40) == "failed"
@@ -89,15 +74,16 @@ def test_retry_intervals_double_with_jitter() -> None:
 
 
 def test_timeout_fails_the_job(conn, env) -> None:
-    job = enqueue(conn, "sleep", seconds=10, _timeout=1, _retries=0)
+    job = enqueue_fault(conn, "sleep", seconds=10, _timeout=1, _retries=0)
     started = time.monotonic()
     run_burst(env)
     assert time.monotonic() - started < 8
     assert status(conn, job) == "failed" and "JobTimeoutException" in errors(conn, job)[-1]
 
 
+@pytest.mark.slow
 def test_job_ignoring_the_alarm_is_killed_within_seconds_of_its_timeout(conn, env) -> None:
-    job = enqueue(conn, "ignore_alarm", seconds=60)  # its task's timeout is 2 s
+    job = enqueue_fault(conn, "ignore_alarm", seconds=60)  # its task's timeout is 2 s
     started = time.monotonic()
     run_burst(env)
     assert time.monotonic() - started < 2 + 10
@@ -115,7 +101,7 @@ def test_job_ignoring_the_alarm_is_killed_within_seconds_of_its_timeout(conn, en
     ],
 )
 def test_jobs_that_crash_their_process_end_failed_with_a_reason(conn, env, task, params, reason) -> None:
-    job = enqueue(conn, task, **params)
+    job = enqueue_fault(conn, task, **params)
     run_burst(env)
     assert status(conn, job) == "failed" and reason in errors(conn, job)[-1]
 
@@ -136,9 +122,10 @@ def worker_pid(conn: redis.Redis) -> int:
     return wait_for(lambda: [w.pid for w in Worker.all(connection=conn)], 20, "a worker")[0]
 
 
+@pytest.mark.slow
 def test_horse_sigkill_fails_the_attempt_and_the_retry_finishes(conn, env, processes, tmp_path) -> None:
     marker = tmp_path / "runs"
-    job = enqueue(conn, "count_runs", marker=str(marker), seconds=3)
+    job = enqueue_fault(conn, "count_runs", marker=str(marker), seconds=3)
     processes.start("consumer_main.py", "--workers", "1", env=env)
     os.kill(horse_pid(marker), signal.SIGKILL)
     assert ended(conn, job, 30) == "finished"
@@ -149,7 +136,7 @@ def test_horse_sigkill_fails_the_attempt_and_the_retry_finishes(conn, env, proce
 @pytest.mark.parametrize("victims", ["worker", "worker and horse"])
 def test_worker_sigkill_is_noticed_within_15_s_and_the_job_runs_again(conn, env, processes, tmp_path, victims) -> None:
     marker = tmp_path / "runs"
-    job = enqueue(conn, "count_runs", marker=str(marker), seconds=2)
+    job = enqueue_fault(conn, "count_runs", marker=str(marker), seconds=2)
     consumer = processes.start("consumer_main.py", "--workers", "1", env=env)
     horse = horse_pid(marker)
     worker = worker_pid(conn)
@@ -168,12 +155,15 @@ def test_worker_sigkill_is_noticed_within_15_s_and_the_job_runs_again(conn, env,
 
 def test_worker_death_of_a_job_not_safe_to_rerun_fails_it_with_the_reason(conn, env, processes, tmp_path) -> None:
     marker = tmp_path / "runs"
-    job = enqueue(conn, "count_runs_unsafe", marker=str(marker), seconds=30)
+    job = enqueue_fault(conn, "count_runs_unsafe", marker=str(marker), seconds=30)
     processes.start("consumer_main.py", "--workers", "1", env=env)
     horse_pid(marker)
     os.kill(worker_pid(conn), signal.SIGKILL)
     assert ended(conn, job, 25) == "failed"
-    assert "died (its heartbeat expired); not re-run: task count_runs_unsafe is not safe to re-run" in errors(conn, job)[-1]
+    assert (
+        "died (its heartbeat expired); not re-run: task count_runs_unsafe is not safe to re-run"
+        in errors(conn, job)[-1]
+    )
     assert len(marker.read_text().split()) == 1
 
 
@@ -181,7 +171,7 @@ def test_worker_killed_between_dequeue_and_start_loses_nothing_on_several_queues
     """A job moved out of its queue by a worker that died before registering it is requeued."""
     from workqueue import recovery
 
-    job = enqueue(conn, "sleep", queue="b", seconds=0.1)
+    job = enqueue_fault(conn, "sleep", queue="b", seconds=0.1)
     # What a waiting worker's BLMOVE does before it claims the job (CatalogueWorker._wait_and_claim).
     queue = Queue("b", connection=conn, serializer=SERIALIZER)
     assert conn.lmove(queue.key, queue.intermediate_queue_key) == job.id.encode()
@@ -213,13 +203,14 @@ def test_redis_kill_9_and_restart_loses_no_queued_job(tmp_path) -> None:
         server.stop()
 
 
+@pytest.mark.slow
 def test_workers_ride_out_a_minute_of_redis_outage_across_a_jobs_end(tmp_path, processes) -> None:
     server = aof_server()
     try:
         env = cli_env(WORKQUEUE_EXTRA_TASKS="tests.fault_tasks", REDIS_URL=server.url)
         conn = redis.Redis(port=server.port)
         marker = tmp_path / "runs"
-        job = enqueue(conn, "count_runs", marker=str(marker), seconds=2)
+        job = enqueue_fault(conn, "count_runs", marker=str(marker), seconds=2)
         consumer = processes.start("consumer_main.py", "--workers", "2", env=env)
         horse_pid(marker)
         time.sleep(1.2)  # let the start reach the append-only log
@@ -228,7 +219,7 @@ def test_workers_ride_out_a_minute_of_redis_outage_across_a_jobs_end(tmp_path, p
         assert ended(conn, job, 40) == "finished"
         assert consumer.poll() is None
         wait_for(lambda: len(Worker.all(connection=conn)) == 2, 20, "both workers to be registered again")
-        again = enqueue(conn, "sleep", seconds=0.1)
+        again = enqueue_fault(conn, "sleep", seconds=0.1)
         assert ended(conn, again, 20) == "finished"
         consumer.send_signal(signal.SIGTERM)
         out, _ = consumer.communicate(timeout=30)

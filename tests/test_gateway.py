@@ -14,16 +14,13 @@ import time
 from collections.abc import Iterator
 
 import httpx
-
 import pytest
 import redis
 from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, free_port, run_cli, wait_for
-from tests.test_dashboard import answers
-from tests.test_kill import start_consumer
+from tests.helpers import Processes, answers, cli_env, free_port, run_cli, start_consumer, wait_for
 from workqueue import batches, producer, remote
 from workqueue.gateway import create_app, delivery
 from workqueue.gateway.app import MAX_BODY
@@ -45,16 +42,26 @@ def status(conn: redis.Redis, job_id: str) -> str:
 
 # The API -----------------------------------------------------------------------------------------------
 
+
 def test_catalogue_and_openapi_document(api: FlaskClient) -> None:
     tasks = {t["name"]: t for t in api.get("/tasks").json["tasks"]}
     assert list(tasks) == ["sleep", "scrape", "primes", "pi", "fibonacci", "factorise"]
     (seconds,) = tasks["sleep"]["params"]
-    assert seconds == {"name": "seconds", "type": "number", "help": "how long to sleep", "required": False,
-                       "default": 5.0, "minimum": 0, "maximum": 3600, "exclusive_minimum": True}
+    assert seconds == {
+        "name": "seconds",
+        "type": "number",
+        "help": "how long to sleep",
+        "required": False,
+        "default": 5.0,
+        "minimum": 0,
+        "maximum": 3600,
+        "exclusive_minimum": True,
+    }
     document = api.get("/openapi.json").json
     assert document["openapi"] == "3.0.3"
     assert {"/health", "/tasks", "/queues", "/jobs", "/batches", "/jobs/{job_id}", "/batches/{batch_id}"} == set(
-        document["paths"])
+        document["paths"]
+    )
 
 
 def test_enqueue_read_and_cancel_a_job_and_a_batch(conn: redis.Redis, api: FlaskClient) -> None:
@@ -63,7 +70,11 @@ def test_enqueue_read_and_cancel_a_job_and_a_batch(conn: redis.Redis, api: Flask
     assert Queue("queue_two", connection=conn).count == 2
     job = api.get(f"/jobs/{one.json['job_ids'][0]}").json
     assert (job["task"], job["status"], job["batch"], job["description"]) == (
-        "sleep", "queued", one.json["batch_id"], "sleep(seconds=2.0)")
+        "sleep",
+        "queued",
+        one.json["batch_id"],
+        "sleep(seconds=2.0)",
+    )
     batch = api.get(f"/batches/{one.json['batch_id']}").json
     assert (batch["total"], batch["done"], [j["status"] for j in batch["jobs"]]) == (2, False, ["queued"] * 2)
     cancelled = api.delete(f"/jobs/{one.json['job_ids'][0]}").json["message"]
@@ -77,37 +88,73 @@ def test_enqueue_read_and_cancel_a_job_and_a_batch(conn: redis.Redis, api: Flask
     assert {t["task"]: t["enqueued"] for t in queues["queue_one"]["tasks"]} == {"pi": 1, "primes": 1}
 
 
-@pytest.mark.parametrize("path, body, field, message", [
-    ("/jobs", {"task": "sleep", "params": {"seconds": 0}}, "params.seconds",
-     "seconds: 0 is out of bounds, expected 0 < seconds <= 3,600"),
-    ("/jobs", {"task": "nope"}, "task", "unknown task 'nope'; the catalogue has: sleep, scrape"),
-    ("/jobs", {"task": "sleep", "params": {"minutes": 1}}, "params.minutes", "sleep: unknown parameter 'minutes'"),
-    ("/jobs", {"task": "sleep", "count": 0}, "count", "count: expected an integer, 1 <= count <= 1,000, got 0"),
-    ("/jobs", {"task": "sleep", "count": True}, "count", "count: expected an integer"),
-    ("/jobs", {"task": "sleep", "queue": "bad name"}, "queue", "invalid queue name 'bad name'"),
-    ("/jobs", {"task": "sleep", "retries": 99}, "retries", "retries: 99 is out of bounds"),
-    ("/jobs", {"task": "sleep", "colour": "red"}, "colour", "colour: unknown field"),
-    ("/jobs", {"task": "sleep", "callback": {"url": "ftp://x", "secret": "s" * 16}}, "callback.url",
-     "callback.url: must be an http:// or https:// URL with a host"),
-    ("/jobs", {"task": "sleep", "callback": {"url": "http://x/"}}, "callback", 'callback: expected {"url": URL'),
-    ("/jobs", {"task": "sleep", "callback": {"url": "http://x/", "secret": "short"}}, "callback.secret",
-     "callback.secret: expected text of 16 to 256 characters"),
-    ("/jobs", {"task": "sleep", "callback": {"url": "http://[1.2.3.4]/", "secret": "s" * 16}}, "callback.url",
-     "callback.url: not a URL the gateway can send to (Invalid IPv6 address: '[1.2.3.4]')"),
-    ("/jobs", {"task": "sleep", "callback": {"url": "http://169.254.169.254/latest", "secret": "s" * 16}},
-     "callback.url", "callback.url: refused: 169.254.169.254 is a cloud metadata address (never allowed)"),
-    ("/jobs", {"task": "sleep", "callback": {"url": "https://10.1.2.3:8443/hook", "secret": "s" * 16}},
-     "callback.url", "callback.url: refused: 10.1.2.3 is a private address (allow it with WORKQUEUE_ALLOW_NETWORKS)"),
-    ("/batches", {"tasks": [{"task": "pi"}], "callback": {"url": "http://[fe80::1]/", "secret": "s" * 16}},
-     "callback.url", "fe80::1 is a link-local address (never allowed)"),
-    ("/jobs", [1, 2], None, "expected a JSON object"),
-    ("/batches", {"tasks": []}, "tasks", "tasks: expected a list of 1 to 1000 tasks"),
-    ("/batches", {"tasks": [{"task": "pi"}, {"task": "scrape", "params": {}}]}, "tasks[1].params.url",
-     "tasks[1]: scrape: missing required parameter 'url'"),
-    ("/batches", {"tasks": [{"task": "pi"}, "pi"]}, "tasks[1]", 'tasks[1]: expected {"task": NAME'),
-])
-def test_bad_requests_are_422_naming_the_field_and_enqueue_nothing(conn: redis.Redis, api: FlaskClient, path: str,
-                                                                    body: object, field: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "path, body, field, message",
+    [
+        (
+            "/jobs",
+            {"task": "sleep", "params": {"seconds": 0}},
+            "params.seconds",
+            "seconds: 0 is out of bounds, expected 0 < seconds <= 3,600",
+        ),
+        ("/jobs", {"task": "nope"}, "task", "unknown task 'nope'; the catalogue has: sleep, scrape"),
+        ("/jobs", {"task": "sleep", "params": {"minutes": 1}}, "params.minutes", "sleep: unknown parameter 'minutes'"),
+        ("/jobs", {"task": "sleep", "count": 0}, "count", "count: expected an integer, 1 <= count <= 1,000, got 0"),
+        ("/jobs", {"task": "sleep", "count": True}, "count", "count: expected an integer"),
+        ("/jobs", {"task": "sleep", "queue": "bad name"}, "queue", "invalid queue name 'bad name'"),
+        ("/jobs", {"task": "sleep", "retries": 99}, "retries", "retries: 99 is out of bounds"),
+        ("/jobs", {"task": "sleep", "colour": "red"}, "colour", "colour: unknown field"),
+        (
+            "/jobs",
+            {"task": "sleep", "callback": {"url": "ftp://x", "secret": "s" * 16}},
+            "callback.url",
+            "callback.url: must be an http:// or https:// URL with a host",
+        ),
+        ("/jobs", {"task": "sleep", "callback": {"url": "http://x/"}}, "callback", 'callback: expected {"url": URL'),
+        (
+            "/jobs",
+            {"task": "sleep", "callback": {"url": "http://x/", "secret": "short"}},
+            "callback.secret",
+            "callback.secret: expected text of 16 to 256 characters",
+        ),
+        (
+            "/jobs",
+            {"task": "sleep", "callback": {"url": "http://[1.2.3.4]/", "secret": "s" * 16}},
+            "callback.url",
+            "callback.url: not a URL the gateway can send to (Invalid IPv6 address: '[1.2.3.4]')",
+        ),
+        (
+            "/jobs",
+            {"task": "sleep", "callback": {"url": "http://169.254.169.254/latest", "secret": "s" * 16}},
+            "callback.url",
+            "callback.url: refused: 169.254.169.254 is a cloud metadata address (never allowed)",
+        ),
+        (
+            "/jobs",
+            {"task": "sleep", "callback": {"url": "https://10.1.2.3:8443/hook", "secret": "s" * 16}},
+            "callback.url",
+            "callback.url: refused: 10.1.2.3 is a private address (allow it with WORKQUEUE_ALLOW_NETWORKS)",
+        ),
+        (
+            "/batches",
+            {"tasks": [{"task": "pi"}], "callback": {"url": "http://[fe80::1]/", "secret": "s" * 16}},
+            "callback.url",
+            "fe80::1 is a link-local address (never allowed)",
+        ),
+        ("/jobs", [1, 2], None, "expected a JSON object"),
+        ("/batches", {"tasks": []}, "tasks", "tasks: expected a list of 1 to 1000 tasks"),
+        (
+            "/batches",
+            {"tasks": [{"task": "pi"}, {"task": "scrape", "params": {}}]},
+            "tasks[1].params.url",
+            "tasks[1]: scrape: missing required parameter 'url'",
+        ),
+        ("/batches", {"tasks": [{"task": "pi"}, "pi"]}, "tasks[1]", 'tasks[1]: expected {"task": NAME'),
+    ],
+)
+def test_bad_requests_are_422_naming_the_field_and_enqueue_nothing(
+    conn: redis.Redis, api: FlaskClient, path: str, body: object, field: str, message: str
+) -> None:
     response = api.post(path, json=body)
     assert response.status_code == 422
     assert response.json["field"] == field and message in response.json["error"]
@@ -135,8 +182,10 @@ def test_a_result_that_is_not_json_is_shown_as_unreadable_not_a_500(conn: redis.
     sent = api.post("/jobs", json={"task": "pi", "params": {"samples": 10}}).json
     job_id = sent["job_ids"][0]
     conn.hset(f"rq:job:{job_id}", "status", "finished")
-    conn.xadd(f"rq:results:{job_id}", {"type": 1, "worker_name": "elsewhere",
-                                       "return_value": base64.b64encode(pickle.dumps({"pi": 3.1})).decode()})
+    conn.xadd(
+        f"rq:results:{job_id}",
+        {"type": 1, "worker_name": "elsewhere", "return_value": base64.b64encode(pickle.dumps({"pi": 3.1})).decode()},
+    )
     job = api.get(f"/jobs/{job_id}")
     assert job.status_code == 200, job.json
     assert job.json["status"] == "finished" and job.json["result"] is None
@@ -156,18 +205,23 @@ def test_a_token_is_required_when_set(conn: redis.Redis) -> None:
     assert client.get("/tasks", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["--bind", "0.0.0.0"], {}, "refusing to listen on 0.0.0.0 without credentials"),
-    (["--token", "short"], {}, "Invalid value for '--token': use at least 16 characters"),
-    ([], {"WORKQUEUE_ALLOW_NETWORKS": "10.0.0.0/8,nope"}, "WORKQUEUE_ALLOW_NETWORKS: 'nope' is not a network"),
-])
-def test_gateway_refuses_to_listen_beyond_loopback_without_a_token(redis_url: str, args: list, env: dict,
-                                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--bind", "0.0.0.0"], {}, "refusing to listen on 0.0.0.0 without credentials"),
+        (["--token", "short"], {}, "Invalid value for '--token': use at least 16 characters"),
+        ([], {"WORKQUEUE_ALLOW_NETWORKS": "10.0.0.0/8,nope"}, "WORKQUEUE_ALLOW_NETWORKS: 'nope' is not a network"),
+    ],
+)
+def test_gateway_refuses_to_listen_beyond_loopback_without_a_token(
+    redis_url: str, args: list, env: dict, message: str
+) -> None:
     result = run_cli("gateway_main.py", *args, env=cli_env(REDIS_URL=redis_url, **env), timeout=30)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 # Callbacks ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def deliverer(conn: redis.Redis) -> Iterator[delivery.Deliverer]:
@@ -183,15 +237,24 @@ def deliverer(conn: redis.Redis) -> Iterator[delivery.Deliverer]:
 
 def enqueue_with_callback(conn: redis.Redis, url: str, secret: str) -> dict:
     """Two quick tasks through the API, their results to ``url``: the API's reply."""
-    reply = create_app(conn).test_client().post("/batches", json={
-        "tasks": [{"task": "primes", "params": {"n": 100}}, {"task": "pi", "params": {"samples": 10}}],
-        "callback": {"url": url, "secret": secret}})
+    reply = (
+        create_app(conn)
+        .test_client()
+        .post(
+            "/batches",
+            json={
+                "tasks": [{"task": "primes", "params": {"n": 100}}, {"task": "pi", "params": {"samples": 10}}],
+                "callback": {"url": url, "secret": secret},
+            },
+        )
+    )
     assert reply.status_code == 201
     return reply.json
 
 
-def test_results_are_signed_and_delivered_in_order_then_the_batch(conn: redis.Redis, processes: Processes,
-                                                                   deliverer) -> None:
+def test_results_are_signed_and_delivered_in_order_then_the_batch(
+    conn: redis.Redis, processes: Processes, deliverer
+) -> None:
     start_consumer(processes, conn, 1, "queue_one")
     with remote.ResultReceiver("127.0.0.1") as receiver:
         sent = enqueue_with_callback(conn, receiver.url, receiver.secret)
@@ -215,16 +278,20 @@ def collect(receiver: remote.ResultReceiver, timeout: float = 20) -> list[dict]:
     return payloads
 
 
-def test_a_receiver_that_is_down_gets_everything_once_it_is_up(conn: redis.Redis, processes: Processes,
-                                                                deliverer) -> None:
+def test_a_receiver_that_is_down_gets_everything_once_it_is_up(
+    conn: redis.Redis, processes: Processes, deliverer
+) -> None:
     start_consumer(processes, conn, 1, "queue_one")
     port, path, secret = free_port(), "/results/here", "a-secret-of-some-length"
     url = f"http://127.0.0.1:{port}{path}"  # nothing listens there yet: connections are refused
     sent = enqueue_with_callback(conn, url, secret)
     for job_id in sent["job_ids"]:
         wait_for(lambda job_id=job_id: status(conn, job_id) == "finished", 20, "the jobs to finish regardless")
-    wait_for(lambda: int(conn.hget(delivery.callback_key(sent["batch_id"]), "failures") or 0) >= 2, 10,
-             "the gateway to retry")
+    wait_for(
+        lambda: int(conn.hget(delivery.callback_key(sent["batch_id"]), "failures") or 0) >= 2,
+        10,
+        "the gateway to retry",
+    )
     with remote.ResultReceiver("127.0.0.1", port, secret=secret, path=path) as receiver:
         payloads = collect(receiver)
     assert [p["type"] for p in payloads] == ["task", "task", "batch"]
@@ -247,8 +314,9 @@ class Flaky:
         inner.take = take
 
 
-def test_a_failed_delivery_is_retried_and_marked_a_redelivery(conn: redis.Redis, processes: Processes,
-                                                               deliverer) -> None:
+def test_a_failed_delivery_is_retried_and_marked_a_redelivery(
+    conn: redis.Redis, processes: Processes, deliverer
+) -> None:
     start_consumer(processes, conn, 1, "queue_one")
     with remote.ResultReceiver("127.0.0.1") as receiver:
         Flaky(receiver, failures=2)
@@ -273,8 +341,10 @@ def test_a_signature_header_of_any_characters_is_refused_and_counted(conn: redis
     with remote.ResultReceiver("127.0.0.1") as receiver:
         body = json.dumps({"type": "task", "delivery_id": "x:1", "job_id": "j"}).encode()
         stamp = f"{time.time():.3f}"
-        for signature, timestamp in [("sha256=\u00e9t\u00e9".encode(), stamp.encode()),
-                                     (delivery.sign(receiver.secret, stamp, body).encode(), "１２３".encode())]:
+        for signature, timestamp in [
+            ("sha256=\u00e9t\u00e9".encode(), stamp.encode()),
+            (delivery.sign(receiver.secret, stamp, body).encode(), "１２３".encode()),
+        ]:
             headers = {delivery.SIGNATURE_HEADER: signature, delivery.TIMESTAMP_HEADER: timestamp}
             assert httpx.post(receiver.url, content=body, headers=headers, timeout=10).status_code == 401
         assert receiver.take(body, stamp, "sha256=\u00e9") == 401
@@ -289,6 +359,7 @@ def test_a_signature_header_of_any_characters_is_refused_and_counted(conn: redis
 
 def kill_thread(thread: threading.Thread) -> None:
     """End ``thread`` from outside with an exception it does not catch (as a bug would)."""
+
     class Killed(BaseException):
         pass
 
@@ -303,7 +374,8 @@ def test_a_dead_delivery_thread_is_shown_and_restarted(conn: redis.Redis, proces
     try:
         (callbacks,) = helpers.helpers
         assert client.get("/health").json["helpers"] == [
-            {"name": "callbacks", "up": True, "restarts": 0, "last_error": None}]
+            {"name": "callbacks", "up": True, "restarts": 0, "last_error": None}
+        ]
         kill_thread(callbacks.thread)
         wait_for(lambda: client.get("/health").status_code == 503, 20, "the dead thread to show")
         wait_for(lambda: client.get("/health").status_code == 200, 20, "the thread to be restarted")
@@ -322,6 +394,7 @@ def test_a_dead_delivery_thread_is_shown_and_restarted(conn: redis.Redis, proces
 
 # The round trip ----------------------------------------------------------------------------------------
 
+
 def start_gateway(processes: Processes, redis_url: str, *args: str) -> str:
     port = free_port()
     processes.start("gateway_main.py", "--port", str(port), *args, env=cli_env(REDIS_URL=redis_url))
@@ -330,8 +403,10 @@ def start_gateway(processes: Processes, redis_url: str, *args: str) -> str:
     return base
 
 
-def test_bad_callbacks_an_old_gateway_accepted_never_stop_the_others(conn: redis.Redis, processes: Processes,
-                                                                     redis_url: str) -> None:
+@pytest.mark.slow
+def test_bad_callbacks_an_old_gateway_accepted_never_stop_the_others(
+    conn: redis.Redis, processes: Processes, redis_url: str
+) -> None:
     """Batches whose callback URL the sender cannot use (an unparseable one, a metadata address),
     written straight into Redis as an older gateway accepted them, then a good batch: the good one's
     results arrive, the bad ones are given up, and the delivery thread never died."""
@@ -345,8 +420,10 @@ def test_bad_callbacks_an_old_gateway_accepted_never_stop_the_others(conn: redis
     gateway = start_gateway(processes, redis_url)
     gateway_process = processes.started[-1]
     with remote.ResultReceiver("127.0.0.1") as receiver:
-        body = {"tasks": [{"task": "pi", "params": {"samples": 10}}] * 2,
-                "callback": {"url": receiver.url, "secret": receiver.secret}}
+        body = {
+            "tasks": [{"task": "pi", "params": {"samples": 10}}] * 2,
+            "callback": {"url": receiver.url, "secret": receiver.secret},
+        }
         sent = httpx.post(gateway + "/batches", json=body, timeout=30).json()
         payloads = collect(receiver)
     assert [p["type"] for p in payloads] == ["task", "task", "batch"] and payloads[-1]["batch_id"] == sent["batch_id"]
@@ -355,35 +432,70 @@ def test_bad_callbacks_an_old_gateway_accepted_never_stop_the_others(conn: redis
     assert health["helpers"] == [{"name": "callbacks", "up": True, "restarts": 0, "last_error": None}]
     log = gateway_process.output()[1]
     assert f"giving up the callbacks of batch {bad[0]} after {delivery.MAX_ERRORS} errors, the last: InvalidURL" in log
-    assert (f"giving up the callbacks of batch {bad[1]} after {delivery.MAX_ERRORS} errors, the last: AddressRefused: "
-            "refused: 169.254.169.254 is a cloud metadata address (never allowed)") in log
+    assert (
+        f"giving up the callbacks of batch {bad[1]} after {delivery.MAX_ERRORS} errors, the last: AddressRefused: "
+        "refused: 169.254.169.254 is a cloud metadata address (never allowed)"
+    ) in log
 
 
-def test_round_trip_producer_threads_gateway_workers_and_back(conn: redis.Redis, processes: Processes,
-                                                              redis_url: str) -> None:
+def test_round_trip_producer_threads_gateway_workers_and_back(
+    conn: redis.Redis, processes: Processes, redis_url: str
+) -> None:
     start_consumer(processes, conn, 2, "queue_one")
     gateway = start_gateway(processes, redis_url, "--token", TOKEN)
     # The producer has no way to Redis: its URL points nowhere.
     env = cli_env(REDIS_URL="redis://127.0.0.1:1/0", WORKQUEUE_GATEWAY_TOKEN=TOKEN)
-    result = run_cli("producer_main.py", "--via", gateway, "--task", "pi", "--param", "samples=2000",
-                     "--count", "300", "--threads", "4", "--wait", env=env, timeout=120)
+    result = run_cli(
+        "producer_main.py",
+        "--via",
+        gateway,
+        "--task",
+        "pi",
+        "--param",
+        "samples=2000",
+        "--count",
+        "300",
+        "--threads",
+        "4",
+        "--wait",
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert sum(" pi finished in " in line for line in lines) == 300
     assert len([line for line in lines if line.startswith("batch ") and ": finished" in line]) == 4
     assert "all 4 batches: finished 300, failed 0 of 300" in result.stdout
-    assert ("results received by callback: 300 of 300, 0 marked redeliveries, 0 unmarked duplicates, "
-            "0 refused signatures") in result.stdout
+    assert (
+        "results received by callback: 300 of 300, 0 marked redeliveries, 0 unmarked duplicates, 0 refused signatures"
+    ) in result.stdout
     assert Queue("queue_one", connection=conn).finished_job_registry.count == 300
 
 
-def test_producer_via_a_failing_task_exits_1_and_bad_uses_exit_2(conn: redis.Redis, processes: Processes,
-                                                                 redis_url: str) -> None:
+@pytest.mark.slow
+def test_producer_via_a_failing_task_exits_1_and_bad_uses_exit_2(
+    conn: redis.Redis, processes: Processes, redis_url: str
+) -> None:
     start_consumer(processes, conn, 1, "queue_one")
     gateway = start_gateway(processes, redis_url)
     env = cli_env(REDIS_URL="redis://127.0.0.1:1/0")
-    failed = run_cli("producer_main.py", "--via", gateway, "--task", "scrape", "--param", "url=http://127.0.0.1:1/",
-                     "--param", "timeout=1", "--retries", "0", "--wait", "--quiet", env=env, timeout=60)
+    failed = run_cli(
+        "producer_main.py",
+        "--via",
+        gateway,
+        "--task",
+        "scrape",
+        "--param",
+        "url=http://127.0.0.1:1/",
+        "--param",
+        "timeout=1",
+        "--retries",
+        "0",
+        "--wait",
+        "--quiet",
+        env=env,
+        timeout=60,
+    )
     assert failed.returncode == 1 and "finished 0, failed 1 of 1" in failed.stdout
     for args, message in [
         (["--via", "ftp://x", "--task", "pi"], "--via 'ftp://x': expected the gateway's URL"),

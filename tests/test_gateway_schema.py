@@ -38,18 +38,26 @@ def _has_callback(case) -> bool:
 LABELS = sorted(operations(schemathesis.openapi.from_dict(openapi.document())))
 #: Negative cases need something to get wrong: a body or a path parameter.
 CASES = [(label, GenerationMode.POSITIVE) for label in LABELS] + [
-    (label, GenerationMode.NEGATIVE) for label in LABELS if label.startswith("POST") or "{" in label]
+    (label, GenerationMode.NEGATIVE) for label in LABELS if label.startswith("POST") or "{" in label
+]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label, mode", CASES)
-def test_no_server_errors_and_every_response_matches_the_schema(conn: redis.Redis, label: str,
-                                                                mode: GenerationMode) -> None:
+def test_no_server_errors_and_every_response_matches_the_schema(
+    conn: redis.Redis, label: str, mode: GenerationMode
+) -> None:
     """Positive: requests the document allows must be served; negative: ones it forbids refused."""
     operation = operations(schemathesis.openapi.from_wsgi("/openapi.json", create_app(conn)))[label]
 
     @hypothesis.given(case=operation.as_strategy(mode))
-    @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     def fuzz(case) -> None:
         case.call_and_validate(excluded_checks=[positive_data_acceptance] if _has_callback(case) else [])
 
@@ -59,15 +67,19 @@ def test_no_server_errors_and_every_response_matches_the_schema(conn: redis.Redi
 def test_responses_about_existing_jobs_and_batches_match_the_schema(conn: redis.Redis) -> None:
     """The fuzzer cannot guess ids that exist: these cases name real ones (queued, then ended)."""
     ops = operations(schemathesis.openapi.from_wsgi("/openapi.json", create_app(conn)))
-    created = ops["POST /batches"].Case(body={"tasks": [{"task": "pi", "params": {"samples": 10}},
-                                                        {"task": "sleep", "params": {"seconds": 1}}]})
+    created = ops["POST /batches"].Case(
+        body={"tasks": [{"task": "pi", "params": {"samples": 10}}, {"task": "sleep", "params": {"seconds": 1}}]}
+    )
     sent = created.call_and_validate().json()
     job_id, batch_id = sent["job_ids"][0], sent["batch_id"]
-    for label, params in [("GET /jobs/{job_id}", {"job_id": job_id}),
-                          ("GET /batches/{batch_id}", {"batch_id": batch_id}),
-                          ("DELETE /jobs/{job_id}", {"job_id": job_id}),
-                          ("GET /jobs/{job_id}", {"job_id": job_id}),
-                          ("DELETE /batches/{batch_id}", {"batch_id": batch_id}), ("GET /queues", {})]:
+    for label, params in [
+        ("GET /jobs/{job_id}", {"job_id": job_id}),
+        ("GET /batches/{batch_id}", {"batch_id": batch_id}),
+        ("DELETE /jobs/{job_id}", {"job_id": job_id}),
+        ("GET /jobs/{job_id}", {"job_id": job_id}),
+        ("DELETE /batches/{batch_id}", {"batch_id": batch_id}),
+        ("GET /queues", {}),
+    ]:
         response = ops[label].Case(path_parameters=params).call_and_validate()
         assert response.status_code == 200, label
 

@@ -11,22 +11,26 @@ import pytest
 import redis
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, wait_for
-from tests.test_faults import enqueue
-from tests.test_kill import child_pids
+from tests.helpers import Processes, child_pids, cli_env, enqueue_fault, wait_for
 from workqueue.policy import SERIALIZER
 
 
 def start(processes: Processes, redis_url: str, **env: str):
-    consumer = processes.start("consumer_main.py", "--workers", "1", "--queue", "queue_one",
-                               env=cli_env(WORKQUEUE_EXTRA_TASKS="tests.fault_tasks", REDIS_URL=redis_url, **env))
+    consumer = processes.start(
+        "consumer_main.py",
+        "--workers",
+        "1",
+        "--queue",
+        "queue_one",
+        env=cli_env(WORKQUEUE_EXTRA_TASKS="tests.fault_tasks", REDIS_URL=redis_url, **env),
+    )
     wait_for(lambda: len(child_pids(consumer)) == 1, 20, "the worker to start")
     return consumer
 
 
 def run(conn: redis.Redis, task: str, **params) -> Job:
     """Enqueue one job and wait for its end."""
-    job = enqueue(conn, task, **params)
+    job = enqueue_fault(conn, task, **params)
 
     def ended() -> Job | None:
         found = Job.fetch(job.id, connection=conn, serializer=SERIALIZER)
@@ -71,8 +75,11 @@ def test_a_horse_killed_between_jobs_is_replaced_and_the_next_job_runs(conn, pro
     (worker,) = child_pids(consumer)
     idle_horse = horse_of(run(conn, "whoami"))
     os.kill(idle_horse, signal.SIGKILL)  # while it waits for work: the worker learns of it when it sends the next job
-    wait_for(lambda: not psutil.pid_exists(idle_horse) or psutil.Process(idle_horse).status() == "zombie", 10,
-             "the horse to die")
+    wait_for(
+        lambda: not psutil.pid_exists(idle_horse) or psutil.Process(idle_horse).status() == "zombie",
+        10,
+        "the horse to die",
+    )
     job = run(conn, "whoami")
     assert horse_of(job) != idle_horse and job.return_value()["pid"] != worker
     assert child_pids(consumer) == {worker}  # the worker stayed: RQ's loop would have quit on the broken pipe

@@ -65,8 +65,15 @@ def _probe() -> dict:
 
 def test_importing_every_module_leaves_rq_as_rq_made_it_and_starts_nothing() -> None:
     found = _probe()
-    assert {"workqueue.worker", "workqueue.policy", "workqueue.control", "workqueue.rq_compat",
-            "workqueue.dashboard.app", "workqueue.gateway.app", "task_def.progress"} <= set(found["imported"])
+    assert {
+        "workqueue.worker",
+        "workqueue.policy",
+        "workqueue.control",
+        "workqueue.rq_compat",
+        "workqueue.dashboard.app",
+        "workqueue.gateway.app",
+        "task_def.progress",
+    } <= set(found["imported"])
     assert found["changed"] == []
     assert found["own_resolver"] is True
     assert found["sink"] == "None"

@@ -14,40 +14,13 @@ import redis
 from rq import Queue, Worker
 from rq.job import Job
 
-from tests.conftest import Processes, run_cli, wait_for
+from tests.helpers import child_pids, fetch, free_port, run_cli, start_consumer, status, wait_for, workers
 from workqueue import producer, recovery
 from workqueue.policy import SERIALIZER, CatalogueJob
 
 
 def enqueue(conn: redis.Redis, task: str, queue: str = "queue_one", **params) -> Job:
     return producer.enqueue(conn, [producer.TaskCall.build(task, params)], queue).jobs[0]
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER)
-
-
-def status(conn: redis.Redis, job: Job) -> str:
-    return fetch(conn, job).get_status().value
-
-
-def workers(conn: redis.Redis, queue: str | None = None) -> list[Worker]:
-    found = Worker.all(connection=conn)
-    return [w for w in found if queue is None or queue in w.queue_names()]
-
-
-def start_consumer(processes: Processes, conn: redis.Redis, n: int, *queues: str):
-    args = [arg for q in queues for arg in ("--queue", q)]
-    consumer = processes.start("consumer_main.py", "--workers", str(n), *args)
-    wait_for(lambda: len([w for w in workers(conn) if w.pid in child_pids(consumer)]) == n, 20, f"{n} workers")
-    return consumer
-
-
-def child_pids(process) -> set[int]:
-    try:
-        return {c.pid for c in psutil.Process(process.pid).children()}
-    except psutil.NoSuchProcess:
-        return set()
 
 
 def lose_machine(conn: redis.Redis, consumer, worker_name: str) -> None:
@@ -122,6 +95,7 @@ def test_now_fails_a_job_whose_task_is_not_safe_to_rerun(conn, monkeypatch) -> N
     assert job.id not in Queue("queue_one", connection=conn).started_job_registry
 
 
+@pytest.mark.slow
 def test_stopping_one_queues_workers_leaves_another_queues_running(conn, processes) -> None:
     a = start_consumer(processes, conn, 1, "qa")
     start_consumer(processes, conn, 1, "qb")
@@ -133,6 +107,7 @@ def test_stopping_one_queues_workers_leaves_another_queues_running(conn, process
     wait_for(lambda: status(conn, job) == "finished", 20, "qb's worker to run a job")
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_is_cleaned_and_its_job_finished_by_another(conn, processes) -> None:
     job = enqueue(conn, "sleep", seconds=2)
     lost = start_consumer(processes, conn, 1)
@@ -150,6 +125,7 @@ def test_sigkilled_worker_is_cleaned_and_its_job_finished_by_another(conn, proce
     assert result.returncode == 0 and status(conn, job) == "finished"
 
 
+@pytest.mark.slow
 def test_consumer_sweeps_dead_workers_of_other_consumers(conn, processes) -> None:
     job = enqueue(conn, "sleep", seconds=1)
     lost = start_consumer(processes, conn, 1)
@@ -223,9 +199,8 @@ def test_no_workers_at_all_is_exit_2(conn) -> None:
     assert result.returncode == 2 and "no workers are running" in result.stderr
 
 
+@pytest.mark.slow
 def test_dashboard_sweeps_dead_workers_too(conn, processes) -> None:
-    from tests.conftest import free_port
-
     job = enqueue(conn, "sleep", seconds=1)
     lost = start_consumer(processes, conn, 1)
     name = busy_worker(conn, job)

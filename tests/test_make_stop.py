@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli_env, free_port, wait_for
+from tests.helpers import ROOT, cli_env, free_port, wait_for
 from workqueue import embedded
 from workqueue.settings import Settings
 
@@ -54,6 +54,7 @@ def make_stop(env: dict, **variables: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_make_stop_without_a_venv_uses_the_python_that_has_the_requirements(running, tmp_path: Path) -> None:
     env, settings = running
     assert service_pid(env) is not None and embedded.running_pid(settings) is not None

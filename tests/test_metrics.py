@@ -8,7 +8,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 import workqueue
-from tests.conftest import Processes, free_port, run_cli, wait_for
+from tests.helpers import Processes, free_port, run_cli, wait_for
 
 
 def scrape(url: str) -> dict[tuple, float]:

@@ -13,28 +13,42 @@ import pytest
 import redis
 from rq.job import Job
 
-from tests.conftest import Processes, cli_env, wait_for
-from tests.test_kill import child_pids, workers
+from task_def.scrape import scrape
+from tests.helpers import Processes, child_pids, cli_env, wait_for, workers
 from workqueue import network, producer
 from workqueue.policy import SERIALIZER
-from task_def.scrape import scrape
 
 DEFAULT = network.NetworkPolicy.parse(network.DEFAULT_ALLOW)
 
 
-@pytest.mark.parametrize("address, refused", [
-    ("8.8.8.8", None), ("2606:4700::1111", None), ("127.0.0.1", None), ("::1", None), ("::ffff:127.0.0.1", None),
-    ("10.0.0.5", "10.0.0.5 is a private address (allow it with WORKQUEUE_ALLOW_NETWORKS)"),
-    ("172.16.3.4", "a private address"), ("192.168.1.1", "a private address"), ("fd12::1", "a private address"),
-    ("100.64.0.1", "a shared (carrier-grade NAT) address"), ("0.0.0.0", "an unspecified address"),
-    ("::", "an unspecified address"), ("224.0.0.1", "a multicast address"), ("240.0.0.1", "a private address"),
-    ("::ffff:10.1.2.3", "(that is, 10.1.2.3) is a private address"),
-    ("169.254.169.254", "169.254.169.254 is a cloud metadata address (never allowed)"),
-    ("169.254.1.1", "169.254.1.1 is a link-local address (never allowed)"),
-    ("fe80::1", "a link-local address (never allowed)"), ("fd00:ec2::254", "a cloud metadata address"),
-    ("100.100.100.200", "a cloud metadata address"), ("::ffff:169.254.169.254", "a cloud metadata address"),
-    ("64:ff9b::a9fe:a9fe", "a cloud metadata address"), ("2002:a9fe:a9fe::", "a cloud metadata address"),
-])
+@pytest.mark.parametrize(
+    "address, refused",
+    [
+        ("8.8.8.8", None),
+        ("2606:4700::1111", None),
+        ("127.0.0.1", None),
+        ("::1", None),
+        ("::ffff:127.0.0.1", None),
+        ("10.0.0.5", "10.0.0.5 is a private address (allow it with WORKQUEUE_ALLOW_NETWORKS)"),
+        ("172.16.3.4", "a private address"),
+        ("192.168.1.1", "a private address"),
+        ("fd12::1", "a private address"),
+        ("100.64.0.1", "a shared (carrier-grade NAT) address"),
+        ("0.0.0.0", "an unspecified address"),
+        ("::", "an unspecified address"),
+        ("224.0.0.1", "a multicast address"),
+        ("240.0.0.1", "a private address"),
+        ("::ffff:10.1.2.3", "(that is, 10.1.2.3) is a private address"),
+        ("169.254.169.254", "169.254.169.254 is a cloud metadata address (never allowed)"),
+        ("169.254.1.1", "169.254.1.1 is a link-local address (never allowed)"),
+        ("fe80::1", "a link-local address (never allowed)"),
+        ("fd00:ec2::254", "a cloud metadata address"),
+        ("100.100.100.200", "a cloud metadata address"),
+        ("::ffff:169.254.169.254", "a cloud metadata address"),
+        ("64:ff9b::a9fe:a9fe", "a cloud metadata address"),
+        ("2002:a9fe:a9fe::", "a cloud metadata address"),
+    ],
+)
 def test_the_default_policy_allows_public_and_loopback_addresses_only(address: str, refused: str | None) -> None:
     why = DEFAULT.refusal(ipaddress.ip_address(address))
     assert (why is None) if refused is None else (why is not None and refused in why)
@@ -45,7 +59,7 @@ def test_link_local_and_metadata_are_refused_whatever_is_allowed() -> None:
     assert everything.refusal(ipaddress.ip_address("10.0.0.5")) is None
     for address in ("169.254.169.254", "169.254.7.7", "fe80::1", "fd00:ec2::254", "100.100.100.200"):
         assert "never allowed" in everything.refusal(ipaddress.ip_address(address))
-    with pytest.raises(network.AddressRefused, match="refused: 169.254.169.254 is a cloud metadata address"):
+    with pytest.raises(network.AddressRefused, match=r"refused: 169\.254\.169\.254 is a cloud metadata address"):
         with network.client(everything, timeout=30) as client:
             client.get("http://169.254.169.254/latest/meta-data/")
 
@@ -65,7 +79,7 @@ class Counting(http.server.ThreadingHTTPServer):
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path == "/away":
                     self.send_response(302)
                     self.send_header("Location", server.target)
@@ -84,7 +98,7 @@ class Counting(http.server.ThreadingHTTPServer):
 
         super().__init__((host, 0), Handler)
 
-    def get_request(self):  # noqa: ANN201 - socketserver's
+    def get_request(self):
         self.connections += 1
         return super().get_request()
 
@@ -104,16 +118,22 @@ def local() -> Iterator[Counting]:
 
 
 def test_scrape_of_loopback_works_by_default_and_is_refused_before_connecting_otherwise(
-        local: Counting, monkeypatch: pytest.MonkeyPatch) -> None:
+    local: Counting, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(network.ALLOW_ENV, raising=False)
     assert scrape(local.url + "/")["title"] == "internal"
     before = local.connections
     monkeypatch.setenv(network.ALLOW_ENV, "10.0.0.0/8")
-    with pytest.raises(network.AddressRefused, match=r"refused: 127\.0\.0\.1 is a loopback address \(allow it with "
-                                                     r"WORKQUEUE_ALLOW_NETWORKS\)"):
+    with pytest.raises(
+        network.AddressRefused,
+        match=r"refused: 127\.0\.0\.1 is a loopback address \(allow it with "
+        r"WORKQUEUE_ALLOW_NETWORKS\)",
+    ):
         scrape(local.url + "/")
     monkeypatch.setenv(network.ALLOW_ENV, "")  # set empty: nothing but public addresses
-    with pytest.raises(network.AddressRefused, match="refused: localhost resolves to 127.0.0.1, a loopback address"):
+    with pytest.raises(
+        network.AddressRefused, match=r"refused: localhost resolves to 127\.0\.0\.1, a loopback address"
+    ):
         scrape(local.url.replace("127.0.0.1", "localhost") + "/")
     assert local.connections == before  # refused before connecting
 
@@ -146,6 +166,7 @@ def run_scrape_on_a_worker(processes: Processes, conn: redis.Redis, url: str, re
     return Job.fetch(job.id, connection=conn, serializer=SERIALIZER)
 
 
+@pytest.mark.slow
 def test_a_worker_fails_a_refused_scrape_saying_why(conn: redis.Redis, processes: Processes, local: Counting) -> None:
     allowed = run_scrape_on_a_worker(processes, conn, local.url + "/", WORKQUEUE_ALLOW_NETWORKS=None)
     assert allowed.get_status().value == "finished" and allowed.return_value()["title"] == "internal"
@@ -153,5 +174,6 @@ def test_a_worker_fails_a_refused_scrape_saying_why(conn: redis.Redis, processes
     assert refused.get_status().value == "failed"
     assert len(refused.meta["attempts"]) == 1  # not retried: the policy would refuse it again
     error = refused.latest_result().exc_string
-    assert ("AddressRefused: refused: 127.0.0.1 is a loopback address (allow it with WORKQUEUE_ALLOW_NETWORKS)"
-            in error), error
+    assert (
+        "AddressRefused: refused: 127.0.0.1 is a loopback address (allow it with WORKQUEUE_ALLOW_NETWORKS)" in error
+    ), error

@@ -12,16 +12,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Optional
 
 import psutil
 import pytest
 import redis
 
-from tests import fault_tasks
-from tests.conftest import ROOT, RedisServer, cli_env, run_cli, wait_for
 import workqueue
+from tests import fault_tasks
+from tests.helpers import ROOT, RedisServer, cli_env, run_cli, wait_for
 from workqueue import outage, producer
+
+pytestmark = pytest.mark.slow
 
 FAULTS = {task.name: task for task in fault_tasks.TASKS}
 
@@ -141,8 +142,10 @@ def break_persistence(conn: redis.Redis) -> Callable[[], None]:
     return repair
 
 
-@pytest.mark.parametrize("fault, says", [(fill_memory, "out of memory: maxmemory reached"),
-                                         (break_persistence, "it cannot persist to disk (MISCONF)")])
+@pytest.mark.parametrize(
+    "fault, says",
+    [(fill_memory, "out of memory: maxmemory reached"), (break_persistence, "it cannot persist to disk (MISCONF)")],
+)
 def test_pool_and_workers_ride_out_redis_refusing_writes(server, processes, fault, says) -> None:
     conn = redis.Redis(port=server.port)
     jobs = enqueue(conn, "sleep", 6, seconds=0.1)
@@ -157,8 +160,11 @@ def test_pool_and_workers_ride_out_redis_refusing_writes(server, processes, faul
     time.sleep(3)  # workers respawned in a loop would show now
     victim = worker_pids(consumer)[0]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: len(worker_pids(consumer)) == 2 and victim not in worker_pids(consumer), 20,
-             "the killed worker to be replaced")
+    wait_for(
+        lambda: len(worker_pids(consumer)) == 2 and victim not in worker_pids(consumer),
+        20,
+        "the killed worker to be replaced",
+    )
     time.sleep(SWEEP_WAIT)  # its registration lapses: the sweep meets the refusal
     assert consumer.poll() is None, consumer.output()
     assert statuses(conn, jobs) == ["queued"] * len(jobs)
@@ -182,8 +188,11 @@ def test_pool_rides_out_a_frozen_redis(server, processes) -> None:
         wait_for(lambda: "Redis not answering (Timeout" in consumer.output()[0], 30, "the status line to say so")
         victim = worker_pids(consumer)[0]
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(worker_pids(consumer)) == 2 and victim not in worker_pids(consumer), 20,
-                 "the killed worker to be replaced")
+        wait_for(
+            lambda: len(worker_pids(consumer)) == 2 and victim not in worker_pids(consumer),
+            20,
+            "the killed worker to be replaced",
+        )
         time.sleep(8)  # longer than redis-py's 5 s socket timeout
         assert consumer.poll() is None, consumer.output()
     finally:
@@ -209,9 +218,16 @@ def test_a_pool_that_fails_stops_its_workers_and_exits_1(server, tmp_path) -> No
         "@click.command()\n"
         "def main():\n"
         f"    ConsumerPool(['queue_one'], redis.Redis(port={server.port}), 2, on_tick=on_tick).start()\n"
-        "run(main)\n")
-    process = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        "run(main)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     seen: list[psutil.Process] = []
 
     def workers() -> bool:
@@ -236,8 +252,12 @@ def test_the_classification_is_one_place() -> None:
     oom = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
     script = redis.ResponseError("Error running script (call to f_1): @user_script:1: @user_script: 1: -MISCONF Redis")
     piped = redis.ResponseError("Command # 1 (SET x BUSY) of pipeline caused error: READONLY You can't write")
-    for exc, code in [(oom, "OOM"), (script, "MISCONF"), (piped, "READONLY"),
-                      (redis.exceptions.BusyLoadingError("Redis is loading"), "LOADING")]:
+    for exc, code in [
+        (oom, "OOM"),
+        (script, "MISCONF"),
+        (piped, "READONLY"),
+        (redis.exceptions.BusyLoadingError("Redis is loading"), "LOADING"),
+    ]:
         assert outage.refusal(exc) == code and outage.is_outage(exc)
     assert outage.is_outage(redis.TimeoutError("Timeout reading from socket"))
     assert not outage.is_outage(redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"))
@@ -248,8 +268,10 @@ def test_the_classification_is_one_place() -> None:
 # -- item 8: the producer says a refused write in one line, and enqueues all or nothing ------------
 
 
-@pytest.mark.parametrize("fault, says", [(fill_memory, "out of memory: maxmemory reached"),
-                                         (break_persistence, "it cannot persist to disk (MISCONF)")])
+@pytest.mark.parametrize(
+    "fault, says",
+    [(fill_memory, "out of memory: maxmemory reached"), (break_persistence, "it cannot persist to disk (MISCONF)")],
+)
 def test_producer_refused_by_redis_says_so_in_one_line(server, fault, says) -> None:
     conn = redis.Redis(port=server.port)
     repair = fault(conn)
@@ -302,8 +324,9 @@ def test_producer_wait_rides_out_an_outage(tmp_path, processes) -> None:
     try:
         server.wait_ready()
         env = env_for(server)
-        waiting = processes.start("producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--count", "3",
-                                  "--wait", env=env)
+        waiting = processes.start(
+            "producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--count", "3", "--wait", env=env
+        )
         wait_for(lambda: "batch " in waiting.output()[0], 30, "the batch to be enqueued")
         server.restart(signal.SIGKILL, down_for=4)  # its append-only log brings every job back
         wait_for(lambda: "Redis not answering" in waiting.output()[0], 30, "the producer to say so")
@@ -333,7 +356,7 @@ def test_the_python_apis_wait_rides_out_an_outage(processes) -> None:
     try:
         server.wait_ready()
         batch = workqueue.enqueue("sleep", {"seconds": 0.1}, count=3, queue="api-outage", redis_url=server.url)
-        said: list[Optional[str]] = []
+        said: list[str | None] = []
         ended: list[object] = []
         waiter = threading.Thread(target=lambda: ended.append(batch.wait(on_outage=said.append, timeout=90)))
         waiter.start()

@@ -10,7 +10,7 @@ import redis
 from click.testing import CliRunner
 from rq import Queue
 
-from tests.conftest import run_cli
+from tests.helpers import RedisServer, run_cli
 from workqueue import producer
 from workqueue.cli import producer as producer_cli
 from workqueue.policy import SERIALIZER
@@ -108,12 +108,12 @@ def test_unreachable_explicit_redis_is_exit_1_naming_the_url_with_password_maske
 
 
 def test_wrong_password_is_exit_1() -> None:
-    from tests.conftest import RedisServer
-
     server = RedisServer("--requirepass", "s3cret")
     try:
         server.wait_ready(password="s3cret")
-        good = run_cli("producer_main.py", "--task", "sleep", "--redis-url", f"redis://:s3cret@127.0.0.1:{server.port}/0")
+        good = run_cli(
+            "producer_main.py", "--task", "sleep", "--redis-url", f"redis://:s3cret@127.0.0.1:{server.port}/0"
+        )
         assert good.returncode == 0, good.stderr
         bad = run_cli("producer_main.py", "--task", "sleep", "--redis-url", f"redis://:wrong@127.0.0.1:{server.port}/0")
         assert bad.returncode == 1 and "refused the credentials" in bad.stderr and "wrong" not in bad.stderr
@@ -176,4 +176,3 @@ def test_prompt_defaults_are_offered(prompting: CliRunner, conn: redis.Redis) ->
     assert result.exit_code == 0, result.output
     q = Queue("queue_one", connection=conn, serializer=SERIALIZER)
     assert len(q) == 1 and q.jobs[0].func_name == "task_def.sleep.sleep" and q.jobs[0].kwargs == {"seconds": 5.0}
-

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import psutil
 import pytest
@@ -19,10 +18,9 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from tests import recovery_tasks
-from tests.conftest import ROOT, Processes, RedisServer, cli_env, run_cli, wait_for
-from workqueue import control, execution, producer, recovery, statistics
+from tests.helpers import ROOT, Processes, RedisServer, cli_env, run_cli, start_by_a_dead_worker, wait_for
+from workqueue import control, producer, recovery, statistics
 from workqueue.policy import SERIALIZER
-from workqueue.worker import CatalogueWorker
 
 TASKS = {task.name: task for task in recovery_tasks.TASKS}
 QUEUE = "queue_one"
@@ -40,18 +38,6 @@ def enqueue(conn: redis.Redis, name: str, queue: str = QUEUE, **params) -> str:
 
 def status(conn: redis.Redis, job_id: str) -> str:
     return (conn.hget(Job.key_for(job_id), "status") or b"").decode()
-
-
-def start_by_a_dead_worker(conn: redis.Redis, count: int, queue: str = QUEUE) -> str:
-    """Start the first ``count`` jobs of ``queue`` as a worker does, then lose that worker (its
-    registration gone, as after its lapse). Its name."""
-    worker = CatalogueWorker([queue], connection=conn, name=f"gone.{uuid.uuid4().hex[:8]}")
-    worker.register_birth()
-    for _ in range(count):
-        assert execution.claim(worker, [Queue(queue, connection=conn, serializer=SERIALIZER)]).execution is not None
-    conn.delete(worker.key)
-    conn.srem(Worker.redis_workers_keys, worker.key)
-    return worker.name
 
 
 def in_started(conn: redis.Redis, job_id: str, queue: str = QUEUE) -> bool:
@@ -87,6 +73,7 @@ def test_a_dead_workers_unreadable_jobs_are_failed_with_the_reason_and_nothing_s
     assert sorted(s.job_id for s in requeues if s.outcome is unreadable) == sorted([garbage, pickled])
 
 
+@pytest.mark.slow
 def test_eight_clean_workers_at_once_hand_a_dead_job_back_exactly_once(conn, env, tmp_path) -> None:
     marker = tmp_path / "runs"
     for round_ in range(4):
@@ -95,8 +82,17 @@ def test_eight_clean_workers_at_once_hand_a_dead_job_back_exactly_once(conn, env
         start_by_a_dead_worker(conn, 1)
         # Redis holds every client's commands for a while: the eight start meanwhile, and all sweep at once.
         conn.execute_command("CLIENT", "PAUSE", 3000)
-        cleaners = [subprocess.Popen([sys.executable, str(ROOT / "kill_thread/clean_workers.py")], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+        cleaners = [
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "kill_thread/clean_workers.py")],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
         outputs = [c.communicate(timeout=60) for c in cleaners]
         assert all(c.returncode == 0 for c in cleaners), [err for _, err in outputs]
         assert sum(f"job {job_id} put back" in out for out, _ in outputs) == 1, outputs
@@ -118,6 +114,7 @@ def lose_consumer(conn: redis.Redis, consumer: subprocess.Popen) -> str:
     return worker.name
 
 
+@pytest.mark.slow
 def test_a_burst_consumer_right_after_a_crash_runs_the_job_the_crash_left(conn, env, processes, tmp_path) -> None:
     marker = tmp_path / "runs"
     job_id = enqueue(conn, "mark_then_progress", marker=str(marker), seconds=30)
@@ -142,8 +139,10 @@ def test_clean_workers_just_after_a_kill_removes_a_dead_local_worker_at_once(con
     assert status(conn, job_id) == "queued" and name not in {w.name for w in Worker.all(connection=conn)}
 
 
-def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing(conn, env, processes,
-                                                                                 tmp_path) -> None:
+@pytest.mark.slow
+def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing(
+    conn, env, processes, tmp_path
+) -> None:
     marker = tmp_path / "runs"
     job_id = enqueue(conn, "mark_then_progress", marker=str(marker), seconds=3)
     first = processes.start("consumer_main.py", "--workers", "1", env=env)
@@ -160,8 +159,11 @@ def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing
     rerun = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
     second = rerun.meta["progress"]["message"]
     assert second != f"pid {horse}"
-    wait_for(lambda: Job.fetch(job_id, connection=conn, serializer=SERIALIZER).meta.get("superseded"), 30,
-             "the resumed horse to end, superseded")
+    wait_for(
+        lambda: Job.fetch(job_id, connection=conn, serializer=SERIALIZER).meta.get("superseded"),
+        30,
+        "the resumed horse to end, superseded",
+    )
     job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
     assert job.get_status() == "finished" and job.meta["progress"]["message"] == second
     assert len(job.results()) == 1 and job.return_value() != horse
@@ -171,6 +173,7 @@ def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing
     assert stats.tasks["mark_then_progress"].finished == 1 and stats.tasks["mark_then_progress"].enqueued == 1
 
 
+@pytest.mark.slow
 def test_no_jobs_end_is_half_written_while_redis_is_out_of_memory(tmp_path) -> None:
     """Jobs end while Redis refuses writes (maxmemory, noeviction): each end is refused whole, never
     half written, and is recorded once Redis has room again."""
@@ -183,13 +186,22 @@ def test_no_jobs_end_is_half_written_while_redis_is_out_of_memory(tmp_path) -> N
         marker = tmp_path / "runs"
         jobs = [enqueue(conn, "mark_then_progress", marker=str(marker), seconds=2) for _ in range(3)]
         # One worker process per job (the pool's own outage handling is not what is tested here).
-        code = ("import sys; from workqueue.connection import connect; from workqueue.worker import CatalogueWorker; "
-                "c, _ = connect(None, ride_out_outages=True); "
-                "CatalogueWorker(['queue_one'], connection=c, name=sys.argv[1]).work(logging_level='WARNING')")
+        code = (
+            "import sys; from workqueue.connection import connect; from workqueue.worker import CatalogueWorker; "
+            "c, _ = connect(None, ride_out_outages=True); "
+            "CatalogueWorker(['queue_one'], connection=c, name=sys.argv[1]).work(logging_level='WARNING')"
+        )
         for n in range(3):
-            procs.started.append(subprocess.Popen([sys.executable, "-c", code, f"oom.w{n}"], cwd=ROOT, env=env,
-                                                  start_new_session=True, stdout=subprocess.DEVNULL,
-                                                  stderr=open(tmp_path / f"w{n}.log", "w")))
+            procs.started.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code, f"oom.w{n}"],
+                    cwd=ROOT,
+                    env=env,
+                    start_new_session=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(tmp_path / f"w{n}.log", "w"),
+                )
+            )
         wait_for(lambda: marker.exists() and len(marker.read_text().split()) == 3, 30, "the three jobs to start")
         filler = 0
         while True:  # fill Redis up to its maxmemory

@@ -45,10 +45,18 @@ def signals():
 def test_the_job_names_read_and_write_what_rq_reads_and_writes(conn) -> None:
     conn.flushdb()
     queue = _queue(conn)
-    job = _job(conn, queue, on_success=Callback(batches.ON_SUCCESS), on_failure=Callback(batches.ON_FAILURE),
-               on_stopped=Callback(batches.ON_STOPPED))
-    assert (rq_compat.success_callback_name(job), rq_compat.failure_callback_name(job),
-            rq_compat.stopped_callback_name(job)) == (batches.ON_SUCCESS, batches.ON_FAILURE, batches.ON_STOPPED)
+    job = _job(
+        conn,
+        queue,
+        on_success=Callback(batches.ON_SUCCESS),
+        on_failure=Callback(batches.ON_FAILURE),
+        on_stopped=Callback(batches.ON_STOPPED),
+    )
+    assert (
+        rq_compat.success_callback_name(job),
+        rq_compat.failure_callback_name(job),
+        rq_compat.stopped_callback_name(job),
+    ) == (batches.ON_SUCCESS, batches.ON_FAILURE, batches.ON_STOPPED)
     rq_compat.set_job_status(job, JobStatus.STARTED)
     assert job.get_status(refresh=False) == JobStatus.STARTED
     assert job.get_status(refresh=True) == JobStatus.QUEUED  # memory only
@@ -148,11 +156,13 @@ def test_the_pool_and_scheduler_names(conn, signals) -> None:
 
 
 def test_install_keeps_each_serializer_lookup_and_is_idempotent() -> None:
-    code = ("import rq.job, rq.queue, rq.registry, rq.results, rq.serializers as s\n"
-            "from workqueue import rq_compat\n"
-            "rq_compat.install(); first = rq.job.resolve_serializer; rq_compat.install()\n"
-            "assert all(m.resolve_serializer is first for m in (rq.job, rq.queue, rq.registry, rq.results))\n"
-            "assert first is not s.resolve_serializer and first(s.JSONSerializer) is first(s.JSONSerializer)\n")
+    code = (
+        "import rq.job, rq.queue, rq.registry, rq.results, rq.serializers as s\n"
+        "from workqueue import rq_compat\n"
+        "rq_compat.install(); first = rq.job.resolve_serializer; rq_compat.install()\n"
+        "assert all(m.resolve_serializer is first for m in (rq.job, rq.queue, rq.registry, rq.results))\n"
+        "assert first is not s.resolve_serializer and first(s.JSONSerializer) is first(s.JSONSerializer)\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
@@ -161,7 +171,7 @@ def test_install_keeps_each_serializer_lookup_and_is_idempotent() -> None:
 def test_every_private_method_we_override_still_exists_with_the_parameters_we_rely_on(cls_path, name, params) -> None:
     module, _, cls_name = cls_path.rpartition(".")
     method = getattr(getattr(importlib.import_module(module), cls_name), name)
-    assert tuple(inspect.signature(method).parameters)[:len(params)] == params
+    assert tuple(inspect.signature(method).parameters)[: len(params)] == params
 
 
 @pytest.mark.parametrize("version", ["9.9.9", "2.10.0"])
@@ -171,7 +181,8 @@ def test_another_rq_release_is_refused_in_one_line(version) -> None:
     assert done.returncode != 0
     major_minor = ".".join(version.split(".")[:2])
     assert done.stderr.strip().splitlines()[-1] == (
-        f"ImportError: workqueue supports RQ 3.0.x; this is RQ {major_minor} ({version}): pip install 'rq==3.0.*'")
+        f"ImportError: workqueue supports RQ 3.0.x; this is RQ {major_minor} ({version}): pip install 'rq==3.0.*'"
+    )
 
 
 def test_no_other_module_names_a_private_rq_name() -> None:

@@ -12,7 +12,7 @@ import pytest
 import redis
 import trustme
 
-from tests.conftest import free_port, run_cli, wait_for
+from tests.helpers import free_port, run_cli, wait_for
 
 SYSTEM_REDIS = shutil.which("redis-server", path="/usr/bin:/usr/local/bin")
 
@@ -25,7 +25,9 @@ def tls_supported() -> bool:
     return "not supported" not in (probe.stdout + probe.stderr).lower()
 
 
-pytestmark = pytest.mark.skipif(not tls_supported(), reason="needs a redis-server built with TLS (apt-get install redis-server)")
+pytestmark = pytest.mark.skipif(
+    not tls_supported(), reason="needs a redis-server built with TLS (apt-get install redis-server)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,9 @@ def tls_redis():
 
     def ready() -> bool:
         try:
-            return redis.Redis(port=port, ssl=True, ssl_ca_certs=str(ca_path), username="alice", password="s3cret-pw").ping()
+            return redis.Redis(
+                port=port, ssl=True, ssl_ca_certs=str(ca_path), username="alice", password="s3cret-pw"
+            ).ping()
         except redis.ConnectionError:
             return False
 

@@ -64,7 +64,9 @@ def test_unknown_task_names_the_catalogue() -> None:
         task_def.get_task("nope")
 
 
-@pytest.mark.parametrize("n, expected", [(0, 0), (2, 0), (3, 1), (10, 4), (100, 25), (10**6, 78498), (2**21 + 7, 155611)])
+@pytest.mark.parametrize(
+    "n, expected", [(0, 0), (2, 0), (3, 1), (10, 4), (100, 25), (10**6, 78498), (2**21 + 7, 155611)]
+)
 def test_count_primes_matches_known_counts(n: int, expected: int) -> None:
     assert maths.count_primes(n)["primes"] == expected
 

@@ -12,8 +12,7 @@ from base64 import b64encode
 import pytest
 import redis
 
-from tests.conftest import Processes, cli_env, free_port, run_cli, wait_for
-from tests.test_dashboard import answers, client_for, enqueue, token
+from tests.helpers import Processes, answers, cli_env, client_for, enqueue_jobs, free_port, run_cli, token, wait_for
 from workqueue import webguard
 from workqueue.dashboard.security import Credentials
 from workqueue.gateway import create_app as create_gateway
@@ -40,20 +39,28 @@ def basic(password: str, user: str = "admin") -> dict:
 
 # (a) One minimum for both secrets -----------------------------------------------------------------
 
-@pytest.mark.parametrize("script, env", [
-    ("dashboard_main.py", {"WORKQUEUE_DASHBOARD_USERNAME": "admin", "WORKQUEUE_DASHBOARD_PASSWORD": "x"}),
-    ("dashboard_main.py", {"WORKQUEUE_DASHBOARD_USERNAME": "admin",
-                           "WORKQUEUE_DASHBOARD_PASSWORD": "p" * (SECRET_MIN - 1)}),
-    ("gateway_main.py", {"WORKQUEUE_GATEWAY_TOKEN": "t" * (SECRET_MIN - 1)}),
-])
+
+@pytest.mark.parametrize(
+    "script, env",
+    [
+        ("dashboard_main.py", {"WORKQUEUE_DASHBOARD_USERNAME": "admin", "WORKQUEUE_DASHBOARD_PASSWORD": "x"}),
+        (
+            "dashboard_main.py",
+            {"WORKQUEUE_DASHBOARD_USERNAME": "admin", "WORKQUEUE_DASHBOARD_PASSWORD": "p" * (SECRET_MIN - 1)},
+        ),
+        ("gateway_main.py", {"WORKQUEUE_GATEWAY_TOKEN": "t" * (SECRET_MIN - 1)}),
+    ],
+)
 def test_a_short_secret_for_a_public_bind_is_refused_in_one_line(redis_url: str, script: str, env: dict) -> None:
-    result = run_cli(script, "--bind", "0.0.0.0", "--port", str(free_port()), env=cli_env(REDIS_URL=redis_url, **env),
-                     timeout=30)
+    result = run_cli(
+        script, "--bind", "0.0.0.0", "--port", str(free_port()), env=cli_env(REDIS_URL=redis_url, **env), timeout=30
+    )
     assert result.returncode == 2, result.stderr
     assert f"at least {SECRET_MIN}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 # (b) Backoff on failed logins ----------------------------------------------------------------------
+
 
 def test_backoff_doubles_is_bounded_and_forgets_on_success() -> None:
     now = [0.0]
@@ -93,6 +100,7 @@ def test_gateway_slows_down_failed_tokens(conn: redis.Redis) -> None:
 
 # (c) Allowed hosts ---------------------------------------------------------------------------------
 
+
 def test_host_policy_for_each_kind_of_bind() -> None:
     loopback = webguard.HostPolicy.for_bind("127.0.0.1")
     assert all(loopback.allows(h) for h in ("127.0.0.1:9181", "localhost:9181", "[::1]:9181", "LOCALHOST"))
@@ -112,15 +120,17 @@ def test_dashboard_answers_only_its_hosts(conn: redis.Redis, processes: Processe
     wait_for(lambda: answers(f"http://127.0.0.1:{port}/"), 20, "the dashboard to answer")
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "flag.example", f"env.example:{port}", "other.example"):
         assert request(port, "GET", "/api/live", {"Host": host})[0] == 200, host
-    status, _, body = request(port, "GET", "/api/live", {"Host": f"rebound.evil.example:{port}",
-                                                         "Accept": "application/json"})
+    status, _, body = request(
+        port, "GET", "/api/live", {"Host": f"rebound.evil.example:{port}", "Accept": "application/json"}
+    )
     assert status == 400 and b"does not answer to the host 'rebound.evil.example'" in body
 
 
 def test_gateway_answers_only_its_hosts(conn: redis.Redis, processes: Processes, redis_url: str) -> None:
     port = free_port()
-    processes.start("gateway_main.py", "--port", str(port), "--allowed-host", "api.example",
-                    env=cli_env(REDIS_URL=redis_url))
+    processes.start(
+        "gateway_main.py", "--port", str(port), "--allowed-host", "api.example", env=cli_env(REDIS_URL=redis_url)
+    )
     wait_for(lambda: answers(f"http://127.0.0.1:{port}/tasks"), 20, "the gateway to answer")
     assert request(port, "GET", "/tasks", {"Host": "api.example"})[0] == 200
     status, _, body = request(port, "GET", "/tasks", {"Host": "evil.example"})
@@ -128,6 +138,7 @@ def test_gateway_answers_only_its_hosts(conn: redis.Redis, processes: Processes,
 
 
 # (d) JSON bodies only, (e) Origin ---------------------------------------------------------------
+
 
 def test_gateway_takes_json_bodies_only_and_no_state_change_from_another_origin(conn: redis.Redis) -> None:
     api = create_gateway(conn).test_client()
@@ -141,14 +152,19 @@ def test_gateway_takes_json_bodies_only_and_no_state_change_from_another_origin(
     assert api.post("/jobs", data=body, content_type="application/json", headers={"Origin": "null"}).status_code == 403
     assert api.delete("/jobs/x", headers={"Origin": "http://evil.example"}).status_code == 403
     assert not conn.keys("rq:job:*")
-    assert api.post("/jobs", data=body, content_type="application/json",
-                    headers={"Origin": "http://localhost"}).status_code == 201  # its own origin
+    assert (
+        api.post(
+            "/jobs", data=body, content_type="application/json", headers={"Origin": "http://localhost"}
+        ).status_code
+        == 201
+    )  # its own origin
     assert api.post("/jobs", json={"task": "primes", "params": {"n": 100}}).status_code == 201  # no Origin: a script
 
 
-def test_dashboard_refuses_a_state_change_from_another_origin_even_with_the_token(conn: redis.Redis,
-                                                                                   redis_url: str) -> None:
-    (job,) = enqueue(conn, queue="queue_two")
+def test_dashboard_refuses_a_state_change_from_another_origin_even_with_the_token(
+    conn: redis.Redis, redis_url: str
+) -> None:
+    (job,) = enqueue_jobs(conn, queue="queue_two")
     client = client_for(redis_url)
     headers = {"X-CSRFToken": token(client), "Accept": "application/json"}
     refused = client.post(f"/jobs/{job.id}/stop", headers={**headers, "Origin": "http://evil.example"})
@@ -158,13 +174,15 @@ def test_dashboard_refuses_a_state_change_from_another_origin_even_with_the_toke
 
 # (f) Cookies -------------------------------------------------------------------------------------
 
+
 def cookies(headers: list[tuple[str, str]]) -> list[str]:
     return [value for name, value in headers if name.lower() == "set-cookie"]
 
 
 @pytest.mark.parametrize("secure_args, secure_env", [([], None), (["--secure-cookies"], None), ([], "1")])
-def test_cookies_are_httponly_and_secure_when_asked(conn: redis.Redis, processes: Processes, redis_url: str,
-                                                    secure_args: list, secure_env: str | None) -> None:
+def test_cookies_are_httponly_and_secure_when_asked(
+    conn: redis.Redis, processes: Processes, redis_url: str, secure_args: list, secure_env: str | None
+) -> None:
     port = free_port()
     env = cli_env(REDIS_URL=redis_url, WORKQUEUE_SECURE_COOKIES=secure_env)
     processes.start("dashboard_main.py", "--port", str(port), *secure_args, env=env)

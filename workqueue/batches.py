@@ -134,6 +134,10 @@ def job_ended(connection: redis.Redis, job: Job, outcome: str, detail: Any = Non
         log.warning("could not record the end of job %s", job.id, exc_info=True)
 
 
+#: The longest detail (result or error, as JSON) a task's end carries in its batch's event stream.
+DETAIL_MAX = 2000
+
+
 def record_end(
     pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any = None, task: str | None = None
 ) -> None:
@@ -144,7 +148,9 @@ def record_end(
     run = (_utcnow() - started).total_seconds() if started else None
     wait = (started - job.enqueued_at).total_seconds() if started and job.enqueued_at else None
     task = task or (job.meta or {}).get("task") or job.func_name or "?"
-    text = json.dumps(detail, default=str)[:2000]
+    text = json.dumps(detail, default=str)
+    if len(text) > DETAIL_MAX:  # cut, and still JSON: a string of its start (escaping at most doubles it)
+        text = json.dumps(text[: DETAIL_MAX // 2 - 5] + "...", ensure_ascii=False)
     if job.group_id:
         keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]
         pipe.eval(END_SCRIPT, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)

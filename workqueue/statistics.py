@@ -100,8 +100,9 @@ def queue_names(connection: redis.Redis) -> list[str]:
     return sorted(set(rq_queue_names(connection)) | ours)
 
 
-def sample_backlog(connection: redis.Redis) -> None:
-    """Note every queue's length in this minute's backlog sample, for the dashboard's chart."""
+def sample_backlog(connection: redis.Redis, now: float | None = None) -> None:
+    """Note every queue's length in this minute's backlog sample, for the dashboard's chart
+    (``now``: the clock, epoch seconds, default the time now)."""
     names = queue_names(connection)
     if not names:
         return
@@ -109,7 +110,7 @@ def sample_backlog(connection: redis.Redis) -> None:
         for name in names:
             pipe.llen(Queue(name, connection=connection).key)
         lengths = pipe.execute()
-    key = backlog_key(minute())
+    key = backlog_key(minute(now))
     with connection.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping=dict(zip(names, lengths, strict=True)))
         pipe.expire(key, RETENTION)
@@ -151,11 +152,18 @@ return 1
 
 
 def record_end(
-    pipe: redis.client.Pipeline, queue: str, task: str, outcome: str, run: float | None, wait: float | None
+    pipe: redis.client.Pipeline,
+    queue: str,
+    task: str,
+    outcome: str,
+    run: float | None,
+    wait: float | None,
+    now: float | None = None,
 ) -> None:
-    """Count a job's end (``finished`` or ``failed``) and keep its run and wait times."""
+    """Count a job's end (``finished`` or ``failed``) and keep its run and wait times (``now``:
+    the clock, epoch seconds, default the time now)."""
     keys = (
-        bucket_key(queue, minute()),
+        bucket_key(queue, minute(now)),
         totals_key(queue),
         histogram_key(queue, task),
         samples_key(queue, task, "run"),
@@ -226,11 +234,15 @@ class QueueStats:
     tasks: dict[str, TaskStats]
 
 
-def collect(connection: redis.Redis, queues: Iterable[str] | None = None, window: int = RETENTION) -> list[QueueStats]:
-    """Per queue and per task, over the retention window (the last minute for throughput)."""
+def collect(
+    connection: redis.Redis, queues: Iterable[str] | None = None, window: int = RETENTION, now: float | None = None
+) -> list[QueueStats]:
+    """Per queue and per task, over the retention window (the last minute for throughput), as of
+    ``now`` (the clock, epoch seconds, default the time now)."""
     names = sorted(queues) if queues else sorted(decoded(q) for q in connection.smembers(f"{PREFIX}:queues"))
-    now = minute()
-    minutes = list(range(now - window // 60, now + 1))
+    clock = time.time() if now is None else now
+    current = minute(clock)
+    minutes = list(range(current - window // 60, current + 1))
     report = []
     for name in names:
         q = Queue(name, connection=connection, serializer=SERIALIZER)
@@ -246,10 +258,10 @@ def collect(connection: redis.Redis, queues: Iterable[str] | None = None, window
                 task, _, kind = field_name.decode().rpartition(":")
                 stats = tasks.setdefault(task, TaskStats(name, task))
                 setattr(stats, kind, getattr(stats, kind) + int(value))
-                if kind in ("finished", "failed") and m >= now - 1:
+                if kind in ("finished", "failed") and m >= current - 1:
                     stats.recent_ended += int(value)
         for stats in tasks.values():
-            stats.recent_seconds = 60.0 + time.time() % 60
+            stats.recent_seconds = 60.0 + clock % 60
         started = q.started_job_registry.get_job_ids(cleanup=False)
         for job in Job.fetch_many(started, connection=connection, serializer=SERIALIZER):
             if job is not None:
@@ -273,12 +285,13 @@ class _Series(TypedDict):
     backlog: list[int | None]
 
 
-def history(connection: redis.Redis, minutes: int = 60) -> dict[str, Any]:
+def history(connection: redis.Redis, minutes: int = 60, now: float | None = None) -> dict[str, Any]:
     """The last ``minutes`` minutes, oldest first: jobs finished and failed per minute (all
-    queues, and per queue) and each queue's sampled backlog (None where no sample was taken)."""
+    queues, and per queue) and each queue's sampled backlog (None where no sample was taken);
+    ``now``: the clock, epoch seconds, default the time now."""
     names = queue_names(connection)
-    now = minute()
-    span = list(range(now - minutes + 1, now + 1))
+    current = minute(now)
+    span = list(range(current - minutes + 1, current + 1))
     with connection.pipeline(transaction=False) as pipe:
         for m in span:
             pipe.hgetall(backlog_key(m))
