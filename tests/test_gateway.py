@@ -142,6 +142,9 @@ def test_enqueue_read_and_cancel_a_job_and_a_batch(conn: redis.Redis, api: Flask
             "fe80::1 is a link-local address (never allowed)",
         ),
         ("/jobs", [1, 2], None, "expected a JSON object"),
+        ("/jobs", {"task": "pi", "count": None}, "count", "count: null is not a value"),
+        ("/jobs", {"task": "pi", "retries": None, "timeout": None}, "retries", "retries: null is not a value"),
+        ("/batches", {"tasks": [{"task": "pi"}], "queue": None}, "queue", "queue: null is not a value"),
         ("/batches", {"tasks": []}, "tasks", "tasks: expected a list of 1 to 1000 tasks"),
         (
             "/batches",

@@ -233,7 +233,7 @@ def create_app(
 
 
 def _body(allowed: set[str]) -> dict[str, Any]:
-    """The request's JSON object, with no field outside ``allowed``."""
+    """The request's JSON object, with no field outside ``allowed`` and none null."""
     data = request.get_data(cache=False) or b"null"
     if _depth(data) > MAX_DEPTH:
         raise Invalid(f"the body nests arrays and objects deeper than {MAX_DEPTH} levels", None, 400)
@@ -246,6 +246,9 @@ def _body(allowed: set[str]) -> dict[str, Any]:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise Invalid(f"{unknown[0]}: unknown field (expected some of: {', '.join(sorted(allowed))})", unknown[0])
+    nulls = sorted(name for name, value in body.items() if value is None)
+    if nulls:  # the document types every field; its default is had by leaving it out
+        raise Invalid(f"{nulls[0]}: null is not a value (leave the field out for its default)", nulls[0])
     return body
 
 
