@@ -49,6 +49,17 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def kill_a_worker_and_see_it_replaced(consumer: subprocess.Popen) -> None:
+    """SIGKILL one of the consumer's two workers; the pool starts another."""
+    victim = worker_pids(consumer)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(worker_pids(consumer)) == 2 and victim not in worker_pids(consumer),
+        20,
+        "the killed worker to be replaced",
+    )
+
+
 def worker_pids(consumer: subprocess.Popen) -> list[int]:
     """The consumer's worker processes: its direct children."""
     try:
@@ -151,20 +162,10 @@ def test_pool_and_workers_ride_out_redis_refusing_writes(server, processes, faul
     jobs = enqueue(conn, "sleep", 6, seconds=0.1)
     repair = fault(conn)
     consumer = processes.start("consumer_main.py", "--workers", "2", env=env_for(server))
-    try:
-        wait_for(lambda: f"Redis is refusing writes ({says})" in consumer.output()[0], 30, "the status line to say so")
-    except AssertionError:
-        print(consumer.output())
-        raise
+    wait_for(lambda: f"Redis is refusing writes ({says})" in consumer.output()[0], 30, "the status line to say so")
     wait_for(lambda: len(worker_pids(consumer)) == 2, 20, "two workers")
     time.sleep(3)  # workers respawned in a loop would show now
-    victim = worker_pids(consumer)[0]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(
-        lambda: len(worker_pids(consumer)) == 2 and victim not in worker_pids(consumer),
-        20,
-        "the killed worker to be replaced",
-    )
+    kill_a_worker_and_see_it_replaced(consumer)
     time.sleep(SWEEP_WAIT)  # its registration lapses: the sweep meets the refusal
     assert consumer.poll() is None, consumer.output()
     assert statuses(conn, jobs) == ["queued"] * len(jobs)
@@ -186,13 +187,7 @@ def test_pool_rides_out_a_frozen_redis(server, processes) -> None:
     os.kill(server.process.pid, signal.SIGSTOP)  # accepts connections, answers nothing: timeouts
     try:
         wait_for(lambda: "Redis not answering (Timeout" in consumer.output()[0], 30, "the status line to say so")
-        victim = worker_pids(consumer)[0]
-        os.kill(victim, signal.SIGKILL)
-        wait_for(
-            lambda: len(worker_pids(consumer)) == 2 and victim not in worker_pids(consumer),
-            20,
-            "the killed worker to be replaced",
-        )
+        kill_a_worker_and_see_it_replaced(consumer)
         time.sleep(8)  # longer than redis-py's 5 s socket timeout
         assert consumer.poll() is None, consumer.output()
     finally:

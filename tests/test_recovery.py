@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -114,13 +115,18 @@ def lose_consumer(conn: redis.Redis, consumer: subprocess.Popen) -> str:
     return worker.name
 
 
-@pytest.mark.slow
-def test_a_burst_consumer_right_after_a_crash_runs_the_job_the_crash_left(conn, env, processes, tmp_path) -> None:
-    marker = tmp_path / "runs"
+def a_job_left_by_a_lost_consumer(conn, env, processes, marker: Path) -> tuple[str, str]:
+    """A 30 s job, started, then its consumer and worker SIGKILLed: the job's id and the dead worker's name."""
     job_id = enqueue(conn, "mark_then_progress", marker=str(marker), seconds=30)
     lost = processes.start("consumer_main.py", "--workers", "1", env=env)
     wait_for(lambda: marker.exists() and marker.read_text(), 30, "the job to start")
-    name = lose_consumer(conn, lost)
+    return job_id, lose_consumer(conn, lost)
+
+
+@pytest.mark.slow
+def test_a_burst_consumer_right_after_a_crash_runs_the_job_the_crash_left(conn, env, processes, tmp_path) -> None:
+    marker = tmp_path / "runs"
+    job_id, name = a_job_left_by_a_lost_consumer(conn, env, processes, marker)
     assert name in {w.name for w in Worker.all(connection=conn)}  # its registration has not lapsed yet
     result = run_cli("consumer_main.py", "--workers", "1", "--burst", env=env)
     assert result.returncode == 0, result.stderr
@@ -128,11 +134,7 @@ def test_a_burst_consumer_right_after_a_crash_runs_the_job_the_crash_left(conn, 
 
 
 def test_clean_workers_just_after_a_kill_removes_a_dead_local_worker_at_once(conn, env, processes, tmp_path) -> None:
-    marker = tmp_path / "runs"
-    job_id = enqueue(conn, "mark_then_progress", marker=str(marker), seconds=30)
-    lost = processes.start("consumer_main.py", "--workers", "1", env=env)
-    wait_for(lambda: marker.exists() and marker.read_text(), 30, "the job to start")
-    name = lose_consumer(conn, lost)
+    job_id, name = a_job_left_by_a_lost_consumer(conn, env, processes, tmp_path / "runs")
     result = run_cli("kill_thread/clean_workers.py", env=env)
     assert result.returncode == 0, result.stderr
     assert f"removed dead worker {name}" in result.stdout and f"job {job_id} put back" in result.stdout
