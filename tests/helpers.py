@@ -30,7 +30,7 @@ from rq.job import Job
 from tests import fault_tasks
 from workqueue import embedded, execution, producer
 from workqueue.dashboard import create_app
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 from workqueue.worker import CatalogueWorker
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ from rq.job import Job
 
 import workqueue
 from tests.helpers import ROOT, Processes, run_cli, wait_for
-from workqueue import batches, statistics
-from workqueue.policy import SERIALIZER
+from workqueue import batches, jobstats
+from workqueue.jobs import SERIALIZER
 
 
 def batch_id_of(output: str) -> str:
@@ -138,7 +138,7 @@ def test_stats_count_per_queue_and_task_the_same_for_producer_consumer_and_api(c
     (q,) = workqueue.stats("s1")
     sleep = q.tasks["sleep"]
     assert (sleep.enqueued, sleep.finished, q.queued) == (3, 3, 0)
-    assert 0.09 <= statistics.percentile(sleep.run, 50) < 1 and statistics.percentile(sleep.wait, 95) >= 0
+    assert 0.09 <= jobstats.percentile(sleep.run, 50) < 1 and jobstats.percentile(sleep.wait, 95) >= 0
 
 
 def test_api_example_runs(conn, processes: Processes) -> None:

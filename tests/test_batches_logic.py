@@ -10,7 +10,7 @@ import pytest
 import redis
 from rq.job import Job
 
-from workqueue import batches, producer, statistics
+from workqueue import batches, jobstats, producer
 
 
 def submit(conn: redis.Redis, count: int = 2, task: str = "sleep", **params) -> producer.Submission:
@@ -77,7 +77,7 @@ def test_an_end_after_the_batch_expired_counts_in_the_statistics_not_in_a_new_ba
     with pytest.raises(KeyError):
         batches.summary(conn, batch.batch_id)
     assert events(conn, batch.batch_id) == [] and not conn.exists(batches.key(batch.batch_id))
-    assert conn.hget(statistics.totals_key("queue_one"), "sleep:finished") == b"1"
+    assert conn.hget(jobstats.totals_key("queue_one"), "sleep:finished") == b"1"
 
 
 def test_a_failure_that_will_be_retried_is_not_an_end(conn) -> None:

@@ -28,7 +28,7 @@ from tests.helpers import (
     wait_for,
     workers,
 )
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from rq import Queue, Worker
 from tests import fault_tasks
 from tests.helpers import Processes, RedisServer, cli_env, wait_for
 from workqueue import producer
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from rq.job import Job
 
 from tests.helpers import Processes, run_cli, status, wait_for
 from workqueue import producer
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 
 def enqueue(conn: redis.Redis, task: str, count: int = 1, queue: str = "queue_one", **params) -> list[Job]:

@@ -30,8 +30,8 @@ from tests.helpers import (
     wait_for,
     workers,
 )
-from workqueue import producer, statistics
-from workqueue.policy import SERIALIZER
+from workqueue import jobstats, producer
+from workqueue.jobs import SERIALIZER
 
 
 @pytest.fixture
@@ -246,7 +246,7 @@ def test_history_counts_ended_jobs_per_minute_and_samples_backlog(
     conn: redis.Redis, client: FlaskClient, processes: Processes
 ) -> None:
     enqueue_jobs(conn, "pi", count=6, samples=1000)
-    statistics.sample_backlog(conn)  # what the consumer and the dashboard do each sweep
+    jobstats.sample_backlog(conn)  # what the consumer and the dashboard do each sweep
     assert client.get("/api/history?minutes=5").json["queues"]["queue_one"]["backlog"][-1] == 6
     start_consumer(processes, conn, 2, "queue_one")
     wait_for(lambda: client.get("/api/history?minutes=5").json["finished"][-1] >= 6, 30, "6 jobs finished")

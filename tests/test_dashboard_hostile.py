@@ -16,7 +16,7 @@ from rq.job import Job
 
 from tests.helpers import client_for, enqueue_jobs, token
 from workqueue import recovery
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 QUEUE = "hostile"
 REGISTRIES = ("queued", "started", "finished", "failed", "canceled", "deferred", "scheduled")

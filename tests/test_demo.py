@@ -18,7 +18,7 @@ from rq.job import Job
 from tests.helpers import ROOT, Command, cli_env, run_cli, wait_for
 from workqueue import batches, demos
 from workqueue.cli import demo as demo_cli
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 pytestmark = pytest.mark.slow
 

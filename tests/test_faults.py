@@ -19,7 +19,7 @@ from rq.job import Job
 from tests.helpers import RedisServer, cli_env, enqueue_fault, fetch, run_cli, status, wait_for
 from workqueue import producer
 from workqueue.errors import BadInput
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 
 @pytest.fixture

@@ -21,10 +21,11 @@ from rq import Queue
 from rq.job import Job
 
 from tests.helpers import Processes, answers, cli_env, free_port, run_cli, start_consumer, wait_for
-from workqueue import batches, producer, remote
+from workqueue import batches, producer
+from workqueue.gateway import client as remote
 from workqueue.gateway import create_app, delivery
 from workqueue.gateway.app import MAX_BODY
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 TOKEN = "t0ken-of-at-least-16-chars"
 

@@ -12,7 +12,7 @@ import redis
 from rq.job import Job
 
 from tests.helpers import Processes, child_pids, cli_env, enqueue_fault, wait_for
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 
 def start(processes: Processes, redis_url: str, **env: str):

@@ -67,7 +67,7 @@ def test_importing_every_module_leaves_rq_as_rq_made_it_and_starts_nothing() -> 
     found = _probe()
     assert {
         "workqueue.worker",
-        "workqueue.policy",
+        "workqueue.jobs",
         "workqueue.control",
         "workqueue.rq_compat",
         "workqueue.dashboard.app",

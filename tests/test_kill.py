@@ -16,7 +16,7 @@ from rq.job import Job
 
 from tests.helpers import child_pids, fetch, free_port, run_cli, start_consumer, status, wait_for, workers
 from workqueue import producer, recovery
-from workqueue.policy import SERIALIZER, CatalogueJob
+from workqueue.jobs import SERIALIZER, CatalogueJob
 
 
 def enqueue(conn: redis.Redis, task: str, queue: str = "queue_one", **params) -> Job:

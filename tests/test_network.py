@@ -16,7 +16,7 @@ from rq.job import Job
 from task_def.scrape import scrape
 from tests.helpers import Processes, child_pids, cli_env, wait_for, workers
 from workqueue import network, producer
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 DEFAULT = network.NetworkPolicy.parse(network.DEFAULT_ALLOW)
 

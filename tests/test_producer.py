@@ -13,7 +13,7 @@ from rq import Queue
 from tests.helpers import RedisServer, run_cli
 from workqueue import producer
 from workqueue.cli import producer as producer_cli
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 
 def queued(conn: redis.Redis, name: str = "queue_one") -> int:

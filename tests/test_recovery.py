@@ -20,8 +20,8 @@ from rq.job import Job
 
 from tests import recovery_tasks
 from tests.helpers import ROOT, Processes, RedisServer, cli_env, run_cli, start_by_a_dead_worker, wait_for
-from workqueue import control, producer, recovery, statistics
-from workqueue.policy import SERIALIZER
+from workqueue import control, jobstats, producer, recovery
+from workqueue.jobs import SERIALIZER
 
 TASKS = {task.name: task for task in recovery_tasks.TASKS}
 QUEUE = "queue_one"
@@ -61,7 +61,7 @@ def test_a_dead_workers_unreadable_jobs_are_failed_with_the_reason_and_nothing_s
     assert conn.hget(Job.key_for(pickled), "meta") == pickle.dumps({"by": "a foreign client"})  # left as it was
     assert q.job_ids == [fine] and status(conn, fine) == "queued"
     assert recovery.sweep(conn)[1] == []  # nothing left to hand back
-    (stats,) = statistics.collect(conn, [QUEUE])
+    (stats,) = jobstats.collect(conn, [QUEUE])
     assert sum(t.finished for t in stats.tasks.values()) == 0  # never counted finished
     # Queue-wide actions act on the readable jobs and report the others.
     waiting = enqueue(conn, "sleep", seconds=0.1)
@@ -171,7 +171,7 @@ def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing
     assert len(job.results()) == 1 and job.return_value() != horse
     assert [s["outcome"] for s in job.meta["superseded"]] == ["finished"]
     assert len(job.meta["interruptions"]) == 1 and len(marker.read_text().split()) == 2
-    (stats,) = statistics.collect(conn, [QUEUE])
+    (stats,) = jobstats.collect(conn, [QUEUE])
     assert stats.tasks["mark_then_progress"].finished == 1 and stats.tasks["mark_then_progress"].enqueued == 1
 
 

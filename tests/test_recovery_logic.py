@@ -19,7 +19,7 @@ from rq.job import Job
 
 from tests.helpers import start_by_a_dead_worker
 from workqueue import producer, recovery
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 
 HERE = socket.gethostname().encode()
 #: When this test process started (epoch seconds): a worker with this pid was born after it, or,

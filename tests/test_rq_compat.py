@@ -20,7 +20,7 @@ from rq.registry import FailedJobRegistry
 from rq.worker_pool import WorkerPool
 
 from workqueue import batches, rq_compat
-from workqueue.policy import SERIALIZER, CatalogueJob
+from workqueue.jobs import SERIALIZER, CatalogueJob
 
 ROOT = Path(__file__).resolve().parent.parent
 

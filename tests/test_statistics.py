@@ -10,7 +10,7 @@ import random
 
 import redis
 
-from workqueue import statistics
+from workqueue import jobstats
 
 #: A fixed clock: half a minute into minute M.
 M = 28_000_000
@@ -28,14 +28,14 @@ def end(
 ) -> None:
     """Record one job's end at clock ``at``, as a worker does."""
     with conn.pipeline(transaction=False) as pipe:
-        statistics.record_end(pipe, queue, task, outcome, run, wait, now=at)
+        jobstats.record_end(pipe, queue, task, outcome, run, wait, now=at)
         pipe.execute()
 
 
 def task_stats(
-    conn: redis.Redis, at: float, window: int = statistics.RETENTION, queue: str = "qa", task: str = "sleep"
-) -> statistics.TaskStats:
-    (report,) = statistics.collect(conn, [queue], window=window, now=at)
+    conn: redis.Redis, at: float, window: int = jobstats.RETENTION, queue: str = "qa", task: str = "sleep"
+) -> jobstats.TaskStats:
+    (report,) = jobstats.collect(conn, [queue], window=window, now=at)
     return report.tasks[task]
 
 
@@ -46,57 +46,57 @@ def counts(conn: redis.Redis, key: str) -> dict[str, str]:
 def test_a_jobs_end_is_counted_in_its_minute_in_the_totals_and_in_its_run_time_bucket(conn) -> None:
     end(conn, T, run=0.3, wait=1.5)
     end(conn, T + 1, outcome="failed", run=0.004, wait=None)
-    assert counts(conn, statistics.bucket_key("qa", M)) == {"sleep:finished": "1", "sleep:failed": "1"}
-    assert counts(conn, statistics.totals_key("qa")) == {"sleep:finished": "1", "sleep:failed": "1"}
-    histogram = counts(conn, statistics.histogram_key("qa", "sleep"))
+    assert counts(conn, jobstats.bucket_key("qa", M)) == {"sleep:finished": "1", "sleep:failed": "1"}
+    assert counts(conn, jobstats.totals_key("qa")) == {"sleep:finished": "1", "sleep:failed": "1"}
+    histogram = counts(conn, jobstats.histogram_key("qa", "sleep"))
     assert histogram.pop("le:0.5") == "1" and histogram.pop("le:0.005") == "1" and histogram.pop("count") == "2"
     assert float(histogram.pop("sum")) == 0.304 and histogram == {}
-    assert conn.lrange(statistics.samples_key("qa", "sleep", "wait"), 0, -1) == [b"1.5"]
+    assert conn.lrange(jobstats.samples_key("qa", "sleep", "wait"), 0, -1) == [b"1.5"]
 
 
 def test_a_run_beyond_the_last_bucket_counts_as_inf_and_an_unknown_run_is_neither_bucketed_nor_sampled(conn) -> None:
-    end(conn, T, run=statistics.BUCKETS[-1] + 1)
+    end(conn, T, run=jobstats.BUCKETS[-1] + 1)
     end(conn, T, run=None, wait=None)
-    histogram = counts(conn, statistics.histogram_key("qa", "sleep"))
+    histogram = counts(conn, jobstats.histogram_key("qa", "sleep"))
     assert histogram["le:+Inf"] == "1" and histogram["count"] == "1"
-    assert len(conn.lrange(statistics.samples_key("qa", "sleep", "run"), 0, -1)) == 1
-    assert counts(conn, statistics.totals_key("qa")) == {"sleep:finished": "2"}
+    assert len(conn.lrange(jobstats.samples_key("qa", "sleep", "run"), 0, -1)) == 1
+    assert counts(conn, jobstats.totals_key("qa")) == {"sleep:finished": "2"}
 
 
 def test_each_task_keeps_only_its_last_samples_durations_newest_first(conn) -> None:
     with conn.pipeline(transaction=False) as pipe:
-        for i in range(statistics.SAMPLES + 5):
-            statistics.record_end(pipe, "qa", "sleep", "finished", run=float(i), wait=None, now=T)
+        for i in range(jobstats.SAMPLES + 5):
+            jobstats.record_end(pipe, "qa", "sleep", "finished", run=float(i), wait=None, now=T)
         pipe.execute()
-    kept = [float(v) for v in conn.lrange(statistics.samples_key("qa", "sleep", "run"), 0, -1)]
-    assert len(kept) == statistics.SAMPLES
-    assert kept[0] == statistics.SAMPLES + 4 and kept[-1] == 5.0
+    kept = [float(v) for v in conn.lrange(jobstats.samples_key("qa", "sleep", "run"), 0, -1)]
+    assert len(kept) == jobstats.SAMPLES
+    assert kept[0] == jobstats.SAMPLES + 4 and kept[-1] == 5.0
 
 
 def test_minute_counters_and_samples_expire_with_the_retention_totals_and_histograms_never(conn) -> None:
     end(conn, T)
     for key in (
-        statistics.bucket_key("qa", M),
-        statistics.samples_key("qa", "sleep", "run"),
-        statistics.samples_key("qa", "sleep", "wait"),
+        jobstats.bucket_key("qa", M),
+        jobstats.samples_key("qa", "sleep", "run"),
+        jobstats.samples_key("qa", "sleep", "wait"),
     ):
-        assert 0 < conn.ttl(key) <= statistics.RETENTION, key
-    assert conn.ttl(statistics.totals_key("qa")) == -1
-    assert conn.ttl(statistics.histogram_key("qa", "sleep")) == -1
+        assert 0 < conn.ttl(key) <= jobstats.RETENTION, key
+    assert conn.ttl(jobstats.totals_key("qa")) == -1
+    assert conn.ttl(jobstats.histogram_key("qa", "sleep")) == -1
 
 
 def test_the_minute_is_the_clocks_seconds_over_60_rounded_down() -> None:
-    assert statistics.minute(T) == M and statistics.minute(M * 60) == M and statistics.minute(M * 60 - 0.001) == M - 1
+    assert jobstats.minute(T) == M and jobstats.minute(M * 60) == M and jobstats.minute(M * 60 - 0.001) == M - 1
 
 
 def test_percentiles_take_the_nearest_rank_whatever_the_order() -> None:
     values = [float(v) for v in range(1, 12)]
     random.Random(7).shuffle(values)
-    assert statistics.percentile(values, 50) == 6.0
-    assert statistics.percentile(values, 95) == 11.0
-    assert statistics.percentile(values, 0) == 1.0 and statistics.percentile(values, 100) == 11.0
-    assert statistics.percentile([0.25], 95) == 0.25
-    assert statistics.percentile([], 50) is None
+    assert jobstats.percentile(values, 50) == 6.0
+    assert jobstats.percentile(values, 95) == 11.0
+    assert jobstats.percentile(values, 0) == 1.0 and jobstats.percentile(values, 100) == 11.0
+    assert jobstats.percentile([0.25], 95) == 0.25
+    assert jobstats.percentile([], 50) is None
 
 
 def test_throughput_counts_this_minutes_and_the_last_minutes_ends_over_the_seconds_they_cover(conn) -> None:
@@ -129,32 +129,32 @@ def test_collect_reports_percentiles_of_the_kept_samples(conn) -> None:
 
 
 def test_history_lists_each_minute_oldest_first_with_its_ends_and_backlog_sample(conn) -> None:
-    conn.sadd(f"{statistics.PREFIX}:queues", "qa")
+    conn.sadd(f"{jobstats.PREFIX}:queues", "qa")
     conn.rpush("rq:queue:qa", "j1", "j2")
-    statistics.sample_backlog(conn, now=T - 60)
+    jobstats.sample_backlog(conn, now=T - 60)
     end(conn, T - 120, outcome="failed")
     end(conn, T)
     end(conn, T + 5)
-    history = statistics.history(conn, minutes=3, now=T)
+    history = jobstats.history(conn, minutes=3, now=T)
     assert history["minutes"] == [(M - 2) * 60, (M - 1) * 60, M * 60]
     assert history["finished"] == [0, 0, 2] and history["failed"] == [1, 0, 0]
     assert history["queues"] == {"qa": {"finished": [0, 0, 2], "failed": [1, 0, 0], "backlog": [None, 2, None]}}
 
 
 def test_the_last_backlog_sample_of_a_minute_wins(conn) -> None:
-    conn.sadd(f"{statistics.PREFIX}:queues", "qa")
+    conn.sadd(f"{jobstats.PREFIX}:queues", "qa")
     conn.rpush("rq:queue:qa", "j1", "j2", "j3")
-    statistics.sample_backlog(conn, now=T)
+    jobstats.sample_backlog(conn, now=T)
     conn.lpop("rq:queue:qa")
-    statistics.sample_backlog(conn, now=T + 20)
-    assert statistics.history(conn, minutes=1, now=T)["queues"]["qa"]["backlog"] == [2]
-    assert 0 < conn.ttl(statistics.backlog_key(M)) <= statistics.RETENTION
+    jobstats.sample_backlog(conn, now=T + 20)
+    assert jobstats.history(conn, minutes=1, now=T)["queues"]["qa"]["backlog"] == [2]
+    assert 0 < conn.ttl(jobstats.backlog_key(M)) <= jobstats.RETENTION
 
 
 def test_the_report_shows_a_dash_without_samples_and_milliseconds_below_a_second(conn) -> None:
     end(conn, T, run=0.25, wait=None)
     end(conn, T, run=2.5, wait=None)
-    lines = statistics.format_report(statistics.collect(conn, ["qa"], now=T))
+    lines = jobstats.format_report(jobstats.collect(conn, ["qa"], now=T))
     assert lines[0] == "queue qa: 0 queued, 0 running"
     row = lines[2].split()
     assert row[:5] == ["sleep", "0", "2", "0", "0"]

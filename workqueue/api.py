@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from workqueue import batches, outage, producer, statistics
+from workqueue import batches, jobstats, outage, producer
 from workqueue.connection import connect
 from workqueue.settings import DEFAULT_QUEUE
 
@@ -91,10 +91,10 @@ def enqueue_many(
     return _submit([producer.TaskCall.build(name, params) for name, params in tasks], queue, max_queued, redis_url)
 
 
-def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[statistics.QueueStats]:
+def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[jobstats.QueueStats]:
     """Per queue and per task: enqueued, finished, failed, running, throughput, wait and run times."""
     connection, _ = connect(redis_url)
-    return statistics.collect(connection, [queue] if queue else None)
+    return jobstats.collect(connection, [queue] if queue else None)
 
 
 def _submit(calls: list[producer.TaskCall], queue: str, max_queued: int | None, redis_url: str | None) -> Batch:

@@ -26,7 +26,7 @@ from rq.callbacks import Callback
 from rq.group import Group
 from rq.job import Job
 
-from workqueue import outage, statistics
+from workqueue import jobstats, outage
 from workqueue.replies import decoded, decoded_map
 from workqueue.settings import RESULT_TTL
 
@@ -154,7 +154,7 @@ def record_end(
     if job.group_id:
         keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]
         pipe.eval(END_SCRIPT, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
-    statistics.record_end(pipe, job.origin, task, outcome, run, wait)
+    jobstats.record_end(pipe, job.origin, task, outcome, run, wait)
 
 
 def _utcnow() -> datetime:

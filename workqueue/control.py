@@ -19,7 +19,7 @@ from rq.worker import BaseWorker
 
 from workqueue import batches, recovery
 from workqueue.errors import BadInput, UnreadableJob
-from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
+from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
 
 #: The pub/sub command for a stop at once that hands the running job back (RQ's own: "shutdown").
 SHUTDOWN_NOW = "shutdown-now"

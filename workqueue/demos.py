@@ -29,10 +29,10 @@ from rq import Queue
 from rq.job import Job
 from rq.worker_registration import get_keys
 
-from workqueue import batches, producer, statistics
+from workqueue import batches, jobstats, producer
 from workqueue.connection import connect
 from workqueue.errors import WorkqueueError
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 from workqueue.replies import decoded
 
 #: Where ``consumer_main.py`` lives: the repository's root, next to the package.
@@ -498,7 +498,7 @@ def run(name: str, say: Say, redis_url: str | None = None) -> str:
         stage.stop_consumers()
     elapsed = time.monotonic() - stage.started
     say("statistics (what producer_main.py --stats --queue NAME prints; they count the last two hours' runs):")
-    for line in statistics.format_report(statistics.collect(connection, scenario.queues)):
+    for line in jobstats.format_report(jobstats.collect(connection, scenario.queues)):
         say(line)
     if stage.problems:
         raise ScenarioFailed(f"demo {name} did not go as promised: " + "; ".join(stage.problems))

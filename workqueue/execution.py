@@ -40,7 +40,7 @@ from rq.results import Result
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from workqueue import batches, outage, rq_compat, statistics
+from workqueue import batches, jobstats, outage, rq_compat
 
 if TYPE_CHECKING:
     from rq.worker import Worker
@@ -312,9 +312,7 @@ end
 return replies
 """
 #: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
-_RUNNABLE = {
-    hashlib.sha1(text.encode()).hexdigest(): text for text in (batches.END_SCRIPT, statistics.RECORD_END_SCRIPT)
-}
+_RUNNABLE = {hashlib.sha1(text.encode()).hexdigest(): text for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT)}
 _RUN = (
     "local scripts = {}\n"
     + "".join(f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items())

@@ -28,10 +28,10 @@ from rq.queue import Queue
 from rq.worker import Worker
 from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
-from workqueue import outage, recovery, rq_compat, statistics
+from workqueue import jobstats, outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.errors import PoolFailed, RedisLostData
-from workqueue.policy import SERIALIZER, CatalogueJob
+from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import SWEEP_INTERVAL
 from workqueue.worker import (
     STOPPED_ON_PURPOSE,
@@ -242,7 +242,7 @@ class ConsumerPool(WorkerPool):
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
             try:
                 recovery.sweep(self._quick)
-                statistics.sample_backlog(self._quick)
+                jobstats.sample_backlog(self._quick)
             except redis.RedisError as exc:
                 self._note_outage(exc)
         self._tick()

@@ -20,10 +20,10 @@ from rq import Queue, Retry
 from rq.job import Job
 
 import task_def
-from workqueue import batches, outage, statistics
+from workqueue import batches, jobstats, outage
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
-from workqueue.policy import SERIALIZER, CatalogueJob, check_queue_name
+from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
 from workqueue.settings import DEFAULT_QUEUE, FAILURE_TTL, MAX_COUNT, RESULT_TTL
 
 #: Largest JSON size of one job's parameters, in bytes.
@@ -184,7 +184,7 @@ def enqueue(
             with connection.pipeline(transaction=True) as pipe:
                 if not jobs:
                     batches.open_batch(pipe, batch_id, len(calls), queue)
-                statistics.count_enqueued(pipe, queue, Counter(chunk_names))
+                jobstats.count_enqueued(pipe, queue, Counter(chunk_names))
                 jobs += group.enqueue_many(q, chunk, pipeline=pipe)  # RQ executes the transaction here
     except redis.RedisError as exc:
         if not outage.is_outage(exc):

@@ -27,10 +27,10 @@ from rq.utils import current_timestamp, now, utcformat, utcparse
 from rq.worker_registration import clean_worker_registry
 
 import task_def
-from workqueue import batches, rq_compat, statistics
+from workqueue import batches, jobstats, rq_compat
 from workqueue.errors import UnreadableJob
 from workqueue.execution import SUPERSEDED, Guard, run_guarded
-from workqueue.policy import SERIALIZER, CatalogueJob, fetch_job
+from workqueue.jobs import SERIALIZER, CatalogueJob, fetch_job
 from workqueue.replies import decoded, decoded_members
 from workqueue.settings import FAILURE_TTL
 
@@ -217,7 +217,7 @@ def sweep(connection: redis.Redis) -> tuple[list[str], list[HandBack]]:
     dead = missing + gone_here
     queues = [
         Queue(name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
-        for name in statistics.rq_queue_names(connection)
+        for name in jobstats.rq_queue_names(connection)
     ]
     if dead:
         for queue in queues:
@@ -379,7 +379,7 @@ def sweep_loop(connection: redis.Redis, interval: float) -> Callable[[threading.
         while not stop.wait(interval):
             try:
                 sweep(connection)
-                statistics.sample_backlog(connection)
+                jobstats.sample_backlog(connection)
             except redis.RedisError as exc:
                 log.warning("sweep for dead workers failed: %s", exc)
             except Exception:  # one bad sweep never ends the loop

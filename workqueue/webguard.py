@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
 
+from workqueue.bind_address import is_loopback
 from workqueue.errors import BadInput
-from workqueue.listening import is_loopback
 from workqueue.settings import ALLOWED_HOSTS_ENV, SECURE_COOKIES_ENV
 
 #: What changes nothing: no Origin check, no body check.

@@ -43,7 +43,7 @@ from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
 from workqueue.execution import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.horse import WAITING, Horse, serve
-from workqueue.policy import SERIALIZER, UNREADABLE, CatalogueJob
+from workqueue.jobs import SERIALIZER, UNREADABLE, CatalogueJob
 from workqueue.replies import as_bytes
 from workqueue.settings import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from workqueue import embedded, services
+from workqueue import embedded
+from workqueue.cli import services
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK
 from workqueue.cli.demo import demo
 from workqueue.connection import connect

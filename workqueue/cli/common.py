@@ -16,7 +16,7 @@ from werkzeug.serving import run_simple
 import task_def
 from workqueue import logs, outage, rq_compat
 from workqueue.errors import BadInput, WorkqueueError
-from workqueue.policy import check_queue_name
+from workqueue.jobs import check_queue_name
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -8,7 +8,7 @@ import time
 import click
 import redis
 
-from workqueue import logs, outage, recovery, statistics
+from workqueue import jobstats, logs, outage, recovery
 from workqueue.cli.common import (
     EXIT_OK,
     QueueList,
@@ -122,7 +122,7 @@ def main(
     try:
         final = pool.snapshot()
         click.echo(f"stopped: done {final.finished}, failed {final.failed}, queued {final.queued}")
-        for line in statistics.format_report(statistics.collect(connection, queues)):
+        for line in jobstats.format_report(jobstats.collect(connection, queues)):
             click.echo(line)
     except redis.RedisError as exc:
         click.echo(f"stopped ({outage.describe(exc)}, so the totals are unknown)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from workqueue import recovery, webguard
+from workqueue.bind_address import url_host
 from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve
 from workqueue.connection import connect
 from workqueue.dashboard import create_app
@@ -14,7 +15,6 @@ from workqueue.dashboard.security import (
     Credentials,
     check_bind,
 )
-from workqueue.listening import url_host
 from workqueue.settings import ALLOWED_HOSTS_ENV, DASHBOARD_HOST, DASHBOARD_PORT, SECURE_COOKIES_ENV, SWEEP_INTERVAL
 from workqueue.supervision import Supervisor
 

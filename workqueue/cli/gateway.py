@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from workqueue import network, webguard
+from workqueue.bind_address import check_bind, url_host
 from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve
 from workqueue.connection import connect
 from workqueue.gateway import create_app, delivery
-from workqueue.listening import check_bind, url_host
 from workqueue.settings import ALLOWED_HOSTS_ENV, GATEWAY_HOST, GATEWAY_PORT, SECRET_MIN, TOKEN_ENV
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 import task_def
-from workqueue import batches, outage, producer, statistics
+from workqueue import batches, jobstats, outage, producer
 from workqueue.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -145,7 +145,7 @@ def main(
             fail("--stats and --batch each stand alone (--stats takes --queue; --batch takes --quiet)")
         connection, _ = connect(redis_url)
         if show_stats or not batch_id:
-            for line in statistics.format_report(statistics.collect(connection, [queue] if queue else None)):
+            for line in jobstats.format_report(jobstats.collect(connection, [queue] if queue else None)):
                 click.echo(line)
             return EXIT_OK
         return follow_batch(connection, batch_id, quiet=quiet, mark=outage.DataMark(connection))

@@ -9,9 +9,10 @@ import time
 
 import click
 
-from workqueue import batches, producer, remote
+from workqueue import batches, producer
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK
 from workqueue.cli.report import echo_summary, echo_task_end
+from workqueue.gateway import client as remote
 
 #: Seconds without a callback after which the producer asks the gateway how its batches stand.
 QUIET_SPELL = 10.0

@@ -13,10 +13,10 @@ from rq_dashboard import web as rq_dashboard_web
 from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 from werkzeug.exceptions import HTTPException
 
-from workqueue import metrics, outage, webguard
-from workqueue.dashboard import rq_views, security, views
+from workqueue import outage, webguard
+from workqueue.dashboard import metrics, rq_views, security, views
 from workqueue.errors import RedisLostData, UnreadableJob
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 from workqueue.supervision import Supervisor
 
 #: How often the pages poll for fresh data (milliseconds).

@@ -12,9 +12,9 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from workqueue import control, jobinfo, statistics
+from workqueue import control, job_json, jobstats
 from workqueue.errors import UnreadableJob
-from workqueue.policy import SERIALIZER, UNREADABLE, fetch_job
+from workqueue.jobs import SERIALIZER, UNREADABLE, fetch_job
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def _fetch_many(connection: redis.Redis, ids: Iterable[str]) -> list[Job]:
 def running_jobs(connection: redis.Redis) -> list[dict[str, Any]]:
     """Every job in a started registry, longest-running first."""
     ids: list[str] = []
-    for name in statistics.queue_names(connection):
+    for name in jobstats.queue_names(connection):
         ids += Queue(name, connection=connection, serializer=SERIALIZER).started_job_registry.get_job_ids(cleanup=False)
-    now = jobinfo.now()
+    now = job_json.now()
     jobs = _fetch_many(connection, ids)
     rows = [
         {
@@ -55,8 +55,8 @@ def running_jobs(connection: redis.Redis) -> list[dict[str, Any]]:
             "queue": job.origin,
             "worker": job.worker_name,
             "description": job.description,
-            "started_at": jobinfo.iso(job.started_at),
-            "elapsed": jobinfo.seconds_since(job.started_at, now),
+            "started_at": job_json.iso(job.started_at),
+            "elapsed": job_json.seconds_since(job.started_at, now),
             "progress": job.meta.get("progress"),
         }
         for job in jobs
@@ -68,12 +68,12 @@ def running_jobs(connection: redis.Redis) -> list[dict[str, Any]]:
 def workers(connection: redis.Redis, running: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every live worker: busy or idle, its current job, its counts, and the share of its life
     spent working (its ended jobs' run time plus its running job's elapsed time, over its age)."""
-    now = jobinfo.now()
+    now = job_json.now()
     elapsed = {job["worker"]: job["elapsed"] or 0.0 for job in running if job["worker"]}
     rows = []
     for worker in control.live_workers(connection):
         current = worker.get_current_job_id()
-        age = jobinfo.seconds_since(worker.birth_date, now) or 0.0
+        age = job_json.seconds_since(worker.birth_date, now) or 0.0
         working = worker.total_working_time + (elapsed.get(worker.name, 0.0) if current else 0.0)
         rows.append(
             {
@@ -85,7 +85,7 @@ def workers(connection: redis.Redis, running: list[dict[str, Any]]) -> list[dict
                 "failed": worker.failed_job_count,
                 "age": age,
                 "utilisation": round(min(1.0, working / age), 3) if age > 0 else 0.0,
-                "last_heartbeat": jobinfo.iso(worker.last_heartbeat),
+                "last_heartbeat": job_json.iso(worker.last_heartbeat),
             }
         )
     return rows

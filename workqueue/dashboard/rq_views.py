@@ -19,11 +19,11 @@ from rq import Queue
 from rq.registry import BaseRegistry
 from werkzeug.wrappers import Response as BaseResponse
 
-from workqueue import control, jobinfo
+from workqueue import control, job_json
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor
 from workqueue.errors import BadInput, UnreadableJob
-from workqueue.policy import SERIALIZER, UNREADABLE, CatalogueJob, fetch_job
+from workqueue.jobs import SERIALIZER, UNREADABLE, CatalogueJob, fetch_job
 
 _REGISTRIES = ("failed", "deferred", "started", "finished", "canceled", "scheduled")
 #: The most jobs one page of the jobs list shows (rq-dashboard's own input allows 200).
@@ -117,7 +117,7 @@ def _in_bounds(value: Any, high: int | None) -> bool:
 
 def job_info(instance_number: int, job_id: str) -> Response:
     """rq-dashboard's job data, read by RQ's Job.fetch (a 500 for anything not JSON): ours."""
-    job = jobinfo.job_detail(_connection(), job_id)  # UnreadableJob: a 422 (app.py)
+    job = job_json.job_detail(_connection(), job_id)  # UnreadableJob: a 422 (app.py)
     if job is None:
         abort(404, f"no such job: {job_id}")
     return jsonify(job)
@@ -209,9 +209,9 @@ def _job_row(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
         "description": job.description,
         "unreadable": unreadable,
         "exc_info": exc_info,
-        "created_at": jobinfo.iso(job.created_at),
-        "started_at": jobinfo.iso(job.started_at),
-        "ended_at": jobinfo.iso(job.ended_at),
+        "created_at": job_json.iso(job.created_at),
+        "started_at": job_json.iso(job.started_at),
+        "ended_at": job_json.iso(job.ended_at),
     }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from flask import Flask, Response, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from workqueue import listening, webguard
+from workqueue import bind_address, webguard
 from workqueue.errors import BadInput
 from workqueue.settings import SECRET_MIN
 
@@ -66,13 +66,13 @@ class Credentials:
 def check_bind(host: str, credentials: Credentials | None) -> None:
     """Refuse to listen beyond loopback without credentials, or with a password the gateway would
     refuse as a token (shorter than SECRET_MIN)."""
-    listening.check_bind(
+    bind_address.check_bind(
         host,
         credentials is not None,
         "stop workers and enqueue tasks",
         f"set {USERNAME_ENV} and {PASSWORD_ENV} (or --username/--password)",
     )
-    if credentials is not None and len(credentials.password) < SECRET_MIN and not listening.is_loopback(host):
+    if credentials is not None and len(credentials.password) < SECRET_MIN and not bind_address.is_loopback(host):
         raise BadInput(
             f"the password is {len(credentials.password)} characters: use at least {SECRET_MIN} "
             f"to listen on {host} ({PASSWORD_ENV})"

@@ -23,17 +23,17 @@ from rq.job import JOB_ID_PATTERN, Job
 from werkzeug.wrappers import Response as BaseResponse
 
 import task_def
-from workqueue import control, jobinfo, producer, statistics
+from workqueue import control, job_json, jobstats, producer
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor, refusal, wants_html
 from workqueue.errors import BadInput
-from workqueue.policy import check_queue_name
+from workqueue.jobs import check_queue_name
 from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT
 
 blueprint = Blueprint("workqueue", __name__)
 
 #: The longest history the charts may ask for (the counters' retention).
-MAX_MINUTES = statistics.RETENTION // 60
+MAX_MINUTES = jobstats.RETENTION // 60
 
 
 def _redis() -> redis.Redis:
@@ -67,7 +67,7 @@ def find_job() -> BaseResponse:
 
 @blueprint.get("/jobs/<job_id>")
 def job_page(job_id: str) -> Any:
-    job = jobinfo.job_detail(_redis(), job_id) if _job_id(job_id) else None
+    job = job_json.job_detail(_redis(), job_id) if _job_id(job_id) else None
     if job is None:
         return Response(render_template("workqueue/message.html", title="Job", message=f"no such job: {job_id}"), 404)
     return render_template("workqueue/job.html", job=job, active_tab="live")
@@ -92,13 +92,13 @@ def history_data() -> Response:
     if not 1 <= minutes <= MAX_MINUTES:
         return refusal(400, f"minutes: {minutes} is out of bounds, expected 1 <= minutes <= {MAX_MINUTES}")
     connection = _redis()
-    tasks = [t.as_dict() for q in statistics.collect(connection, window=minutes * 60) for t in q.tasks.values()]
-    return jsonify({**statistics.history(connection, minutes), "tasks": tasks})
+    tasks = [t.as_dict() for q in jobstats.collect(connection, window=minutes * 60) for t in q.tasks.values()]
+    return jsonify({**jobstats.history(connection, minutes), "tasks": tasks})
 
 
 @blueprint.get("/api/jobs/<job_id>")
 def job_data(job_id: str) -> Response:
-    job = jobinfo.job_detail(_redis(), job_id) if _job_id(job_id) else None
+    job = job_json.job_detail(_redis(), job_id) if _job_id(job_id) else None
     if job is None:
         return refusal(404, f"no such job: {job_id}")
     return jsonify(job)

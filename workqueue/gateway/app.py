@@ -18,10 +18,10 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 import task_def
-from workqueue import batches, control, jobinfo, network, outage, producer, statistics, webguard
+from workqueue import batches, control, job_json, jobstats, network, outage, producer, webguard
 from workqueue.errors import BadInput, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, openapi
-from workqueue.policy import check_queue_name
+from workqueue.jobs import check_queue_name
 from workqueue.settings import DEFAULT_QUEUE
 from workqueue.supervision import Supervisor
 
@@ -152,7 +152,7 @@ def create_app(
 
     @app.get("/queues")
     def queues() -> Response:
-        return jsonify({"queues": [_queue_stats(q) for q in statistics.collect(connection)]})
+        return jsonify({"queues": [_queue_stats(q) for q in jobstats.collect(connection)]})
 
     @app.post("/jobs")
     def enqueue_one() -> tuple[Response, int]:
@@ -188,7 +188,7 @@ def create_app(
 
     @app.get("/jobs/<job_id>")
     def job(job_id: str) -> Response:
-        found = jobinfo.job_detail(connection, job_id) if openapi.JOB_ID.fullmatch(job_id) else None
+        found = job_json.job_detail(connection, job_id) if openapi.JOB_ID.fullmatch(job_id) else None
         if found is None:
             return error(404, f"no such job: {job_id}")
         return jsonify(found)
@@ -324,5 +324,5 @@ def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str) -> p
         raise Invalid(f"{where[:-1]}: {exc}" if where else str(exc), field) from None
 
 
-def _queue_stats(q: statistics.QueueStats) -> dict[str, Any]:
+def _queue_stats(q: jobstats.QueueStats) -> dict[str, Any]:
     return {"name": q.queue, "queued": q.queued, "running": q.running, "tasks": [t.as_dict() for t in q.tasks.values()]}

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from workqueue import producer
+from workqueue.bind_address import url_host
 from workqueue.errors import BadInput, WorkqueueError
 from workqueue.gateway import delivery
 from workqueue.gateway.app import MAX_TASKS
-from workqueue.listening import url_host
 
 log = logging.getLogger(__name__)
 

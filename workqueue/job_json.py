@@ -13,7 +13,7 @@ import redis
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from workqueue.policy import fetch_job
+from workqueue.jobs import fetch_job
 
 #: Statuses a job can still be stopped or cancelled in, and those it can be requeued from.
 STOPPABLE = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED})

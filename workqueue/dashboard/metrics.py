@@ -17,8 +17,8 @@ from prometheus_client.core import (
 )
 from rq import Queue, Worker
 
-from workqueue import statistics
-from workqueue.policy import SERIALIZER
+from workqueue import jobstats
+from workqueue.jobs import SERIALIZER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,7 +32,7 @@ class RedisCollector:
         self.connection = connection
 
     def collect(self) -> Iterator[Metric]:
-        names = statistics.queue_names(self.connection)
+        names = jobstats.queue_names(self.connection)
         length = GaugeMetricFamily("workqueue_queue_jobs", "Jobs waiting in the queue.", labels=["queue"])
         registry = GaugeMetricFamily(
             "workqueue_registry_jobs", "Jobs in each of RQ's registries.", labels=["queue", "registry"]
@@ -43,7 +43,7 @@ class RedisCollector:
                 pipe.llen(q.key)
                 for reg in _REGISTRIES:
                     pipe.zcard(getattr(q, f"{reg}_job_registry").key)
-                pipe.hgetall(statistics.totals_key(name))
+                pipe.hgetall(jobstats.totals_key(name))
             replies = iter(pipe.execute())
         jobs = CounterMetricFamily("workqueue_jobs", "Jobs ended, by outcome.", labels=["queue", "task", "outcome"])
         tasks: dict[str, set[str]] = {}
@@ -74,14 +74,14 @@ class RedisCollector:
         pairs = [(queue, task) for queue in sorted(tasks) for task in sorted(tasks[queue])]
         with self.connection.pipeline(transaction=False) as pipe:
             for queue, task in pairs:
-                pipe.hgetall(statistics.histogram_key(queue, task))
+                pipe.hgetall(jobstats.histogram_key(queue, task))
             replies = pipe.execute()
         for (queue, task), data in zip(pairs, replies, strict=True):
             data = {k.decode(): v.decode() for k, v in data.items()}
             if not data:
                 continue
             cumulative, buckets = 0, []
-            for bound in statistics.BUCKETS:
+            for bound in jobstats.BUCKETS:
                 cumulative += int(data.get(f"le:{bound}", 0))
                 buckets.append((str(bound), cumulative))
             buckets.append(("+Inf", int(data.get("count", 0))))

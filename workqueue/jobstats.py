@@ -21,7 +21,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from workqueue.policy import SERIALIZER
+from workqueue.jobs import SERIALIZER
 from workqueue.replies import decoded
 
 #: How long per-minute counters are kept (seconds), and how many durations per task and queue.
