@@ -28,10 +28,11 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from tests import fault_tasks
-from workqueue import embedded, execution, producer
+from workqueue import embedded, producer
 from workqueue.dashboard import create_app
 from workqueue.jobs import SERIALIZER
-from workqueue.worker import CatalogueWorker
+from workqueue.worker import job_steps
+from workqueue.worker.catalogue_worker import CatalogueWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -272,7 +273,7 @@ def start_by_a_dead_worker(conn: redis.Redis, count: int, queue: str = "queue_on
     worker = CatalogueWorker([queue], connection=conn, name=f"gone.{uuid.uuid4().hex[:8]}")
     worker.register_birth()
     for _ in range(count):
-        assert execution.claim(worker, [Queue(queue, connection=conn, serializer=SERIALIZER)]).execution is not None
+        assert job_steps.claim(worker, [Queue(queue, connection=conn, serializer=SERIALIZER)]).execution is not None
     conn.delete(worker.key)
     conn.srem(Worker.redis_workers_keys, worker.key)
     return worker.name

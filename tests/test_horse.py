@@ -92,7 +92,7 @@ class _Stop(Exception):
 def test_a_stop_signal_arriving_while_the_horse_is_forked_is_not_lost() -> None:
     """An idle worker forks its horse ahead of its next job, and its stop handler raises: a stop
     landing in the fork's own handlers would be printed and dropped, and the worker run on."""
-    from workqueue.horse import Horse
+    from workqueue.worker.horse import Horse
 
     armed: list[bool] = []
     os.register_at_fork(before=lambda: armed and os.kill(os.getpid(), signal.SIGTERM))

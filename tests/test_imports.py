@@ -66,7 +66,7 @@ def _probe() -> dict:
 def test_importing_every_module_leaves_rq_as_rq_made_it_and_starts_nothing() -> None:
     found = _probe()
     assert {
-        "workqueue.worker",
+        "workqueue.worker.catalogue_worker",
         "workqueue.jobs",
         "workqueue.control",
         "workqueue.rq_compat",
@@ -81,7 +81,9 @@ def test_importing_every_module_leaves_rq_as_rq_made_it_and_starts_nothing() -> 
 
 
 def test_the_kill_scripts_module_does_not_load_the_worker() -> None:
-    code = "import sys, workqueue.control, workqueue.cli.kill; print('workqueue.worker' in sys.modules)"
+    code = (
+        "import sys, workqueue.control, workqueue.cli.kill; print('workqueue.worker.catalogue_worker' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

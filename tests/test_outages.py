@@ -204,7 +204,7 @@ def test_a_pool_that_fails_stops_its_workers_and_exits_1(server, tmp_path) -> No
         "import sys, redis\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from workqueue.cli.common import run\n"
-        "from workqueue.pool import ConsumerPool\n"
+        "from workqueue.worker.pool import ConsumerPool\n"
         "import click\n"
         "ticks = []\n"
         "def on_tick(status):\n"

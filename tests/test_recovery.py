@@ -189,7 +189,8 @@ def test_no_jobs_end_is_half_written_while_redis_is_out_of_memory(tmp_path) -> N
         jobs = [enqueue(conn, "mark_then_progress", marker=str(marker), seconds=2) for _ in range(3)]
         # One worker process per job (the pool's own outage handling is not what is tested here).
         code = (
-            "import sys; from workqueue.connection import connect; from workqueue.worker import CatalogueWorker; "
+            "import sys; from workqueue.connection import connect; "
+            "from workqueue.worker.catalogue_worker import CatalogueWorker; "
             "c, _ = connect(None, ride_out_outages=True); "
             "CatalogueWorker(['queue_one'], connection=c, name=sys.argv[1]).work(logging_level='WARNING')"
         )

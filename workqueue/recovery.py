@@ -29,7 +29,7 @@ from rq.worker_registration import clean_worker_registry
 import task_def
 from workqueue import batches, jobstats, rq_compat
 from workqueue.errors import UnreadableJob
-from workqueue.execution import SUPERSEDED, Guard, run_guarded
+from workqueue.guarded import SUPERSEDED, Guard, run_guarded
 from workqueue.jobs import SERIALIZER, CatalogueJob, fetch_job
 from workqueue.replies import decoded, decoded_members
 from workqueue.settings import FAILURE_TTL
@@ -82,7 +82,7 @@ def hand_back(
 
     ``attempt``: the interruption was a failure (the worker died), so it uses one of the job's
     retries; a deliberate stop does not. ``execution_ids``: the runs found dead (default: every
-    run the job has). One atomic step (``execution.run_guarded``, mode 'claim'): only the caller
+    run the job has). One atomic step (``guarded.run_guarded``, mode 'claim'): only the caller
     whose removal of such a run from the started registry succeeds hands the job back, so of
     several sweeps that find the same dead run, one acts and the others find it "already ended".
     A job that is not JSON is failed with the reason, never run.

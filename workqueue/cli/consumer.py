@@ -19,8 +19,8 @@ from workqueue.cli.common import (
     redis_url_option,
 )
 from workqueue.connection import connect
-from workqueue.pool import ConsumerPool, PoolStatus
 from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS
+from workqueue.worker.pool import ConsumerPool, PoolStatus
 
 
 def status_line(status: PoolStatus) -> str:

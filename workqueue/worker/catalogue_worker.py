@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from rq import Queue, Retry, Worker, get_current_job, worker_registration
+from rq import Queue, Retry, Worker, worker_registration
 from rq.callbacks import execute_success_callback
 from rq.command import parse_payload
 from rq.exceptions import DequeueTimeout, StopRequested
@@ -37,23 +37,21 @@ from rq.scheduler import RQScheduler
 from rq.utils import now
 from rq.worker import RandomWorker, RoundRobinWorker, WorkerStatus
 
-from task_def import progress
-from workqueue import batches, execution, outage, recovery, rq_compat
+from task_def import progress as task_progress
+from workqueue import batches, outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
-from workqueue.execution import SUPERSEDED, Guard, note_superseded, run_guarded
-from workqueue.horse import WAITING, Horse, serve
+from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import SERIALIZER, UNREADABLE, CatalogueJob
 from workqueue.replies import as_bytes
 from workqueue.settings import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
+from workqueue.worker import job_steps, progress
+from workqueue.worker.horse import WAITING, Horse, serve
 
 log = logging.getLogger(__name__)
 
 #: Exit code of a worker process stopped on purpose (by a kill script), as opposed to one that died.
 STOPPED_ON_PURPOSE = 3
-
-#: Progress is written to Redis at most this often per job (and always at 100 %).
-PROGRESS_INTERVAL = 0.5
 
 #: A job still running this long after its timeout (it ignored the alarm) has its horse killed.
 HARD_KILL_GRACE = 3.0
@@ -143,7 +141,7 @@ class CatalogueWorker(Worker):
         Here, not at import, what the worker installs: RQ's serializer lookup kept (``rq_compat.install``)
         and the progress store behind ``report_progress``, which the horse inherits."""
         rq_compat.install()
-        progress.set_sink(_progress)
+        task_progress.set_sink(progress.store)
         backoff = 1.0
         while True:
             try:
@@ -158,10 +156,10 @@ class CatalogueWorker(Worker):
                     raise SystemExit(1) from None
                 backoff = min(backoff * 2, OUTAGE_MAX_BACKOFF)
         super().bootstrap(*args, **kwargs)
-        execution.prepare(self.connection)
+        job_steps.prepare(self.connection)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
-        """RQ's, with every job taken and started in one round trip (``execution.claim``): at once
+        """RQ's, with every job taken and started in one round trip (``job_steps.claim``): at once
         when one is waiting; otherwise the worker goes idle and waits as RQ's does (a BLMOVE, or
         for several queues a short BLMOVE on the first and a look at all), then claims the job
         the BLMOVE moved. Redis being away is waited out as RQ does."""
@@ -223,9 +221,9 @@ class CatalogueWorker(Worker):
             self._outage_noted = ""
 
     def _claim(self, moved: bytes | None = None):
-        """``execution.claim`` on the worker's queues: the job, started, and its queue; or None."""
+        """``job_steps.claim`` on the worker's queues: the job, started, and its queue; or None."""
         while True:
-            claimed = execution.claim(self, rq_compat.ordered_queues(self), moved)
+            claimed = job_steps.claim(self, rq_compat.ordered_queues(self), moved)
             moved = None
             if not claimed.retry:
                 break
@@ -281,12 +279,12 @@ class CatalogueWorker(Worker):
         self._suspension_checked_at = time.monotonic()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """RQ's, in the worker's reused horse (see ``workqueue.horse``) instead of a fork per job,
-        with the job's start recorded in one round trip (``execution.start``)."""
+        """RQ's, in the worker's reused horse (see ``workqueue.worker.horse``) instead of a fork per job,
+        with the job's start recorded in one round trip (``job_steps.start``)."""
         started = getattr(job, "started_execution", None)
         if started is None:  # the claim left it unstarted
             beat = time.monotonic() - self._beaten_at >= HEARTBEAT_MIN_GAP
-            started = execution.start(self, job, queue, heartbeat=beat)
+            started = job_steps.start(self, job, queue, heartbeat=beat)
             if beat:
                 self._beaten_at = time.monotonic()
         try:
@@ -384,7 +382,7 @@ class CatalogueWorker(Worker):
         self.setup_work_horse_signals()
         rq_compat.mark_horse(self)
         self.log = logging.getLogger("rq.worker")
-        execution.prepare(self.connection)
+        job_steps.prepare(self.connection)
         queues: dict[str, Queue] = {}
 
         def run(message: dict) -> bool | None:
@@ -402,7 +400,7 @@ class CatalogueWorker(Worker):
                 started = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
                 started.created_at = job.started_at or now()
                 os.environ["RQ_JOB_ID"] = job.id
-                _progress.running(job.id, message["execution"])
+                progress.store.running(job.id, message["execution"])
                 return self.perform_job(job, queue, started)
             except Exception:  # RQ's horse exits 1 here; ours says so, then exits
                 self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
@@ -411,12 +409,12 @@ class CatalogueWorker(Worker):
         serve(inbox, outbox, run)
 
     def _job_from(self, message: dict) -> Job:
-        """The job the worker sent, as the worker started it (``execution.start``), built from the
+        """The job the worker sent, as the worker started it (``job_steps.start``), built from the
         hash the worker read (or read again, if it sent none)."""
         if message.get("hash") is None:
             job = self.job_class.fetch(message["job"], connection=self.connection, serializer=self.serializer)
         else:
-            job = execution.restore(self.job_class, message["job"], message["hash"], self.connection, self.serializer)
+            job = job_steps.restore(self.job_class, message["job"], message["hash"], self.connection, self.serializer)
         job.worker_name = self.name
         job.started_at = job.last_heartbeat = datetime.fromtimestamp(message["started_at"], UTC)
         rq_compat.set_job_status(job, JobStatus.STARTED)
@@ -425,7 +423,7 @@ class CatalogueWorker(Worker):
         return job
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        """Nothing left to do in the horse for a job the worker started (``execution.start``); RQ's
+        """Nothing left to do in the horse for a job the worker started (``job_steps.start``); RQ's
         otherwise, always leaving the intermediate list (a job is always dequeued into it)."""
         if getattr(job, "started_by_worker", False):
             self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
@@ -434,7 +432,7 @@ class CatalogueWorker(Worker):
 
     def _finalize_success(self, job: Job, queue: Queue, execution_: Execution, return_value: Any) -> None:
         """RQ's, with the job's end, its batch's count and the statistics in one transaction
-        (``execution.finish``). Retry results and repeats take RQ's way."""
+        (``job_steps.finish``). Retry results and repeats take RQ's way."""
         if isinstance(return_value, Retry) or job.repeats_left:
             return rq_compat.finalize_success(self, job, queue, execution_, return_value)
         job.ended_at = now()
@@ -444,7 +442,7 @@ class CatalogueWorker(Worker):
         ours = callback == batches.ON_SUCCESS
         if callback and not ours:
             execute_success_callback(job, self.death_penalty_class, return_value)
-        if not execution.finish(self, job, queue, execution_, count_in_batch=ours):
+        if not job_steps.finish(self, job, queue, execution_, count_in_batch=ours):
             return  # superseded: the job was handed back meanwhile; noted, not recorded
         job.send_webhooks(JobStatus.FINISHED)
         self.log.info("Worker %s: %s: Job OK (%s)", self.name, job.origin, job.id)
@@ -474,7 +472,7 @@ class CatalogueWorker(Worker):
     def handle_job_failure(
         self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
     ) -> None:
-        """RQ's, in one atomic step guarded by the job's execution (``execution.run_guarded``): the
+        """RQ's, in one atomic step guarded by the job's execution (``guarded.run_guarded``): the
         failure, each attempt's error on the job (RQ keeps only the last), the batch's count. A run
         whose job was handed back meanwhile writes none of it, only a note that it was superseded;
         a failure Redis refuses for now (out of memory) is tried again, never half written."""
@@ -728,50 +726,3 @@ WORKER_CLASSES: dict[str, type[CatalogueWorker]] = {
     "round-robin": RoundRobinCatalogueWorker,
     "random": RandomCatalogueWorker,
 }
-
-
-class _ProgressStore:
-    """Stores ``report_progress`` calls on the running job's meta, throttled, and only while the
-    run reporting it still holds the job (a run whose job was handed back writes nothing)."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._execution: tuple[str, str] = ("", "")
-
-    def running(self, job_id: str, execution_id: str) -> None:
-        """In the horse: which execution of which job reports from now on."""
-        self._execution = (job_id, execution_id)
-
-    def __call__(self, done: float, total: float, message: str) -> None:
-        job = get_current_job()
-        if job is None:
-            return
-        now = time.monotonic()
-        finished = total > 0 and done >= total
-        if not finished and now - self._last.get(job.id, 0.0) < PROGRESS_INTERVAL:
-            return
-        self._last = {job.id: now}
-        percent = round(100.0 * done / total, 1) if total > 0 else None
-        job.meta["progress"] = {"done": done, "total": total, "percent": percent, "message": message[:200]}
-        execution_id = self._execution[1] if self._execution[0] == job.id else ""
-        try:
-            if not execution_id:  # not run by one of our horses
-                job.save_meta()
-                return
-
-            progress_now = job.meta["progress"]
-
-            def build_progress(pipe: Any) -> None:  # the meta as stored (notes others added), with the progress
-                job.get_meta(refresh=True)
-                job.meta["progress"] = progress_now
-                pipe.hset(job.key, "meta", rq_compat.serialized_meta(job))
-
-            run_guarded(job.connection, build_progress, Guard.holds(job, execution_id), what="progress", patience=0)
-        except redis.RedisError as exc:  # progress is advisory: never fail a job for it
-            log.warning("could not store progress of job %s: %s", job.id, exc)
-        except Exception:
-            log.warning("could not store progress of job %s", job.id, exc_info=True)
-
-
-#: The worker's progress store, installed as ``task_def.progress``'s sink by ``CatalogueWorker.bootstrap``.
-_progress = _ProgressStore()

@@ -33,7 +33,7 @@ from workqueue.connection import without_retries
 from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import SWEEP_INTERVAL
-from workqueue.worker import (
+from workqueue.worker.catalogue_worker import (
     STOPPED_ON_PURPOSE,
     WORKER_CLASSES,
     die_with_parent,

@@ -1,4 +1,4 @@
-"""A job's start and end in one round trip each (``workqueue.execution``) write what RQ's own
+"""A job's start and end in one round trip each (``workqueue.worker.job_steps``) write what RQ's own
 code writes: the same keys, fields, values and lifetimes, so RQ's registries, rq-dashboard, the
 kill scripts and the recovery sweep see a job exactly as RQ would leave it."""
 
@@ -13,8 +13,9 @@ from rq import Queue, Worker
 from rq.executions import prepare_execution
 from rq.utils import now
 
-from workqueue import execution, producer
-from workqueue.worker import CatalogueWorker
+from workqueue import producer
+from workqueue.worker import job_steps
+from workqueue.worker.catalogue_worker import CatalogueWorker
 
 QUEUE = "fidelity"
 _TIME = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z|\b1[6-9]\d{8}(\.\d+)?\b")
@@ -97,7 +98,7 @@ def test_the_claim_starts_a_job_as_rq_prepare_execution_and_prepare_job_executio
     # Ours: one script, then the worker's heartbeat, as execute_job sends it.
     job_id, batch_id = enqueued(conn)
     worker = new_worker(conn)
-    claimed = execution.claim(worker, worker.queues)
+    claimed = job_steps.claim(worker, worker.queues)
     worker.heartbeat()
     assert claimed.job.id == job_id and claimed.execution is not None
     ours = snapshot(conn, {job_id: "JOB", batch_id: "BATCH", claimed.execution.id: "EXECUTION"})
@@ -112,7 +113,7 @@ def test_the_end_is_recorded_as_rq_handle_job_success_and_the_batch_callback_do(
     def run(record) -> dict[str, Any]:
         job_id, batch_id = enqueued(conn)
         worker = new_worker(conn)
-        claimed = execution.claim(worker, worker.queues)
+        claimed = job_steps.claim(worker, worker.queues)
         job = claimed.job
         job.ended_at = now()
         job._result = {"n": 0, "primes": 0}
@@ -124,7 +125,7 @@ def test_the_end_is_recorded_as_rq_handle_job_success_and_the_batch_callback_do(
         Worker.handle_job_success(worker, job, queue, queue.started_job_registry, started)
 
     def ours(worker: CatalogueWorker, job, queue, started) -> None:
-        execution.finish(worker, job, queue, started, count_in_batch=True)
+        job_steps.finish(worker, job, queue, started, count_in_batch=True)
 
     by_rq, by_us = run(rqs), run(ours)
     # RQ rewrites the whole job hash at its end; we write the fields that changed. Same result.
@@ -136,7 +137,7 @@ def test_a_job_whose_hash_is_gone_is_dropped_and_the_next_one_claimed(conn) -> N
     conn.delete(f"rq:job:{gone}")
     kept = producer.enqueue(conn, [producer.TaskCall.build("primes", {"n": 0}, retries=0)], QUEUE).jobs[0].id
     worker = new_worker(conn)
-    claimed = execution.claim(worker, worker.queues)
+    claimed = job_steps.claim(worker, worker.queues)
     assert claimed.job.id == kept
     assert conn.lrange(f"rq:queue:{QUEUE}:intermediate", 0, -1) == []
-    assert execution.claim(worker, worker.queues).job is None  # and then the queue is empty
+    assert job_steps.claim(worker, worker.queues).job is None  # and then the queue is empty

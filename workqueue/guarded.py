@@ -1,0 +1,242 @@
+"""Writes made only while a run still holds its job, whole or not at all.
+
+A job's end, its failure, its progress and a dead worker's hand-back are each one transaction,
+sent as one Lua script that first checks a guard (:class:`Guard`): "this run still holds the job"
+(its execution is in the started registry) or "this caller claims the dead run" (its removal of
+the execution succeeds). A run whose job was handed back meanwhile, or a second sweep of the same
+dead run, then writes nothing. A write Redis refuses for now (out of memory, a failed save, a
+replica) ends the script before anything is written, and :func:`run_guarded` tries it again.
+Used by the worker (``worker.job_steps``) and by the recovery sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+from rq.job import Job
+
+from workqueue import batches, jobstats, outage
+
+log = logging.getLogger(__name__)
+
+_direct_clients: dict[tuple[int, int], redis.Redis] = {}
+
+
+def direct_client(connection: redis.Redis) -> redis.Redis:
+    """A client of ``connection``'s pool that keeps one connection of its own, for a job's two
+    requests: taking a connection from the pool and giving it back costs more than a no-op job's
+    work (redis-py checks the call's arguments for deprecations each time). One per process (a
+    forked horse must not write on its worker's socket), and per pool."""
+    key = (os.getpid(), id(connection.connection_pool))
+    client = _direct_clients.get(key)
+    if client is None:
+        client = _direct_clients[key] = redis.Redis(
+            connection_pool=connection.connection_pool, single_connection_client=True
+        )
+    return client
+
+
+# Runs a transaction's queued commands in one script, in order and atomically as MULTI/EXEC
+# would, and answers their replies: one command for redis-py to pack and one reply to parse, where
+# a transaction has a score of each. The scripts a transaction may EVAL are compiled in as
+# functions, called by their SHA1.
+#
+# Guarded: ARGV starts with a mode, a started registry's key, a count n and n of its members (the
+# job's executions as ``<job id>:<execution id>``). Mode 'holds': the commands run only if one of
+# those executions is still in the registry (the run they record still holds the job: a horse
+# ending its job, or storing its progress). Mode 'claim': only if this call removes one of them
+# (of several sweeps that find the same dead execution, exactly one hands its job back). Otherwise
+# nothing is written and the answer is {'superseded'}. Mode '': no guard.
+#
+# Refused whole or run whole: a command Redis refuses because it cannot write (OOM over maxmemory,
+# MISCONF after a failed save, READONLY on a replica) ends the script with that error. Redis
+# refuses a script's write for OOM only while the script has written nothing yet, and MISCONF and
+# READONLY every write, so such a refusal leaves nothing written, and the caller tries again. Any
+# other refused command (a key of the wrong type, say) does not stop the rest.
+# ARGV after the guard: each command as its number of words, then its words (an EVAL's script by
+# its SHA1).
+_RUN_LOOP = """
+local mode, registry, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if mode == 'holds' then
+  local held = false
+  for j = 4, 3 + n do
+    if redis.call('ZSCORE', registry, ARGV[j]) then held = true end
+  end
+  if not held then return {'superseded'} end
+elseif mode == 'claim' then
+  local removed = 0
+  for j = 4, 3 + n do removed = removed + redis.call('ZREM', registry, ARGV[j]) end
+  if removed == 0 then return {'superseded'} end
+end
+local function refusal(reply)
+  if type(reply) == 'table' and reply.err then
+    local e = tostring(reply.err)
+    if e:find('OOM', 1, true) or e:find('MISCONF', 1, true) or e:find('READONLY', 1, true) then return e end
+  end
+  return nil
+end
+local replies, i, k = {}, 4 + n, 0
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local reply
+  if ARGV[i + 1] == 'EVAL' then
+    local keys = tonumber(ARGV[i + 3])
+    local ok, r = pcall(scripts[ARGV[i + 2]], {unpack(ARGV, i + 4, i + 3 + keys)}, {unpack(ARGV, i + 4 + keys, i + n)})
+    if ok or type(r) == 'table' then reply = r else reply = {err = tostring(r)} end
+  else
+    reply = redis.pcall(unpack(ARGV, i + 1, i + n))
+  end
+  local refused = refusal(reply)
+  if refused then return redis.error_reply(refused) end
+  k = k + 1
+  if reply == nil then replies[k] = false else replies[k] = reply end
+  i = i + n + 1
+end
+return replies
+"""
+#: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
+_RUNNABLE = {hashlib.sha1(text.encode()).hexdigest(): text for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT)}
+_RUN = (
+    "local scripts = {}\n"
+    + "".join(f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items())
+    + _RUN_LOOP
+)
+_run_script: Script | None = None
+
+#: What :func:`run_guarded` answers when its guard did not hold: nothing was written.
+SUPERSEDED = None
+
+
+class Guard:
+    """Which run a guarded write belongs to: ``mode`` 'holds' (the writes are made only while one
+    of ``members`` is in the started registry ``registry``) or 'claim' (only by the caller whose
+    call removes one of them)."""
+
+    __slots__ = ("members", "mode", "registry")
+
+    def __init__(self, mode: str, registry: str, members: Sequence[str]) -> None:
+        self.mode, self.registry, self.members = mode, registry, list(members)
+
+    @classmethod
+    def holds(cls, job: Job, execution_id: str) -> Guard:
+        """The run of ``job`` as ``execution_id`` still holds it."""
+        return cls("holds", job.started_job_registry.key, [f"{job.id}:{execution_id}"])
+
+    def words(self) -> list[Any]:
+        return [self.mode, self.registry, len(self.members), *self.members]
+
+
+_NO_GUARD = Guard("", "", [])
+
+
+def _run_queued(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard = _NO_GUARD) -> list[Any] | None:
+    """The replies of the commands queued on the transaction ``pipe``, sent over ``connection``
+    as one script (errors among them as exception objects, as ``execute(raise_on_error=False)``);
+    SUPERSEDED (None), with nothing written, if ``guard`` did not hold. A write refused for want of
+    memory (or a failed save) raises, with nothing written."""
+    global _run_script
+    words: list[Any] = []
+    for args, _options in pipe.command_stack:
+        if args[0] == "EVAL":
+            sha = hashlib.sha1(args[1].encode()).hexdigest()
+            if sha not in _RUNNABLE:  # a script this one cannot run: the transaction as it is
+                return _run_unknown(connection, pipe, guard)
+            args = ("EVAL", sha, *args[2:])
+        words.append(len(args))
+        words.extend(args)
+    pipe.reset()
+    if _run_script is None:
+        _run_script = connection.register_script(_RUN)
+    replies = _run_script(keys=[], args=guard.words() + words, client=connection)
+    if replies == [b"superseded"]:
+        return SUPERSEDED
+    return replies
+
+
+def _run_unknown(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard) -> list[Any] | None:
+    """A transaction with a script :data:`_RUN` does not know: its guard first, then the
+    transaction (two steps: rare, RQ's own paths only)."""
+    if guard.mode:
+        empty = connection.pipeline()
+        if _run_queued(connection, empty, guard) is SUPERSEDED:
+            pipe.reset()
+            return SUPERSEDED
+    return pipe.execute(raise_on_error=False)
+
+
+def run_guarded(
+    connection: redis.Redis, build: Any, guard: Guard, *, what: str, patience: float | None = None
+) -> list[Any] | None:
+    """Queue a transaction with ``build(pipe)`` and run it under ``guard``, in one atomic step;
+    while Redis refuses it (out of memory, a failed save, away), wait and build it again, for at
+    most ``patience`` seconds (None: as long as it takes). The replies, or SUPERSEDED."""
+    delay, deadline, warned = 0.2, None if patience is None else time.monotonic() + patience, False
+    client = direct_client(connection)
+    while True:
+        with connection.pipeline() as pipe:
+            build(pipe)
+            try:
+                return _run_queued(client, pipe, guard)
+            except redis.RedisError as exc:
+                if not outage.is_outage(exc) or (deadline is not None and time.monotonic() + delay > deadline):
+                    raise
+                if not warned:
+                    log.warning("Redis refuses %s for now (%s); trying again until it accepts it", what, exc)
+                    warned = True
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def note_superseded(connection: redis.Redis, job_id: str, execution_id: str, worker_name: str, outcome: str) -> None:
+    """Record on the job (``meta["superseded"]``) that a run of it ended after its job had been
+    handed to another run: that end is not the job's outcome. Never raises."""
+    log.warning(
+        "job %s: the run %s on %s ended (%s) after the job had been handed back; its end is not recorded",
+        job_id,
+        execution_id,
+        worker_name,
+        outcome,
+    )
+    key = Job.key_for(job_id)
+    note = {
+        "execution": execution_id,
+        "worker": worker_name,
+        "outcome": str(outcome)[:500],
+        "at": datetime.now(UTC).isoformat(),
+    }
+    try:
+        with connection.pipeline() as pipe:
+            for _ in range(5):
+                try:
+                    pipe.watch(key)
+                    raw = pipe.hget(key, "meta")
+                    if not pipe.exists(key):
+                        return
+                    meta = json.loads(raw) if raw else {}
+                    if not isinstance(meta, dict):
+                        return
+                    meta.setdefault("superseded", []).append(note)
+                    pipe.multi()
+                    pipe.hset(key, "meta", json.dumps(meta))
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+    except (redis.RedisError, ValueError):
+        log.warning("could not note the superseded run of job %s", job_id, exc_info=True)
+
+
+def prepare(client: redis.Redis) -> None:
+    """Load the guarded-run script on ``client``'s server (a job's first end then waits for nothing)."""
+    global _run_script
+    _run_script = _run_script or client.register_script(_RUN)
+    client.script_load(_run_script.script)
