@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
+import redis
 
 import task_def
 from workqueue import batches, jobstats, outage, producer
@@ -19,20 +21,62 @@ from workqueue.cli.common import (
     fail,
     redis_url_option,
 )
-from workqueue.cli.remote import produce_via
+from workqueue.cli.remote import Gateway, enqueue_via_gateway
 from workqueue.cli.report import echo_summary, echo_task_end
 from workqueue.connection import connect
 from workqueue.errors import RedisLostData, RedisUnavailable
 from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, RESULT_TTL, TOKEN_ENV
 
 
+@dataclass(frozen=True)
+class Enqueueing:
+    """What every way of enqueueing shares, wherever the calls come from and wherever they go: the queue,
+    each job's retries and timeout, backpressure, and whether (and how verbosely) to follow the batch."""
+
+    queue: str = DEFAULT_QUEUE
+    retries: int | None = None
+    timeout: int | None = None
+    max_queued: int | None = None
+    wait: bool = False
+    quiet: bool = False
+
+
 def list_tasks() -> None:
+    """``--list-tasks``: each task of the catalogue, with its parameters' types, defaults and bounds."""
     for task in task_def.CATALOGUE.values():
         click.echo(f"{task.name:<10} {task.description}")
         for p in task.params:
             default = "required" if p.default is None else f"default {p.default!r}"
             bounds = f", {p.describe_bounds()}" if p.describe_bounds() else ""
             click.echo(f"    {p.name:<14} {p.type.__name__:<6} {p.help} ({default}{bounds})")
+
+
+def print_stats(redis_url: str | None, queue: str | None) -> int:
+    """``--stats``: statistics per queue and task, of one queue if given."""
+    connection, _ = connect(redis_url)
+    for line in jobstats.format_report(jobstats.collect(connection, [queue] if queue else None)):
+        click.echo(line)
+    return EXIT_OK
+
+
+def follow(redis_url: str | None, batch_id: str, quiet: bool) -> int:
+    """``--batch ID``: follow a batch enqueued earlier, by this or another producer, to its end."""
+    connection, _ = connect(redis_url)
+    return follow_batch(connection, batch_id, quiet=quiet, mark=outage.DataMark(connection))
+
+
+def calls_from_file(path: Path, options: Enqueueing) -> list[producer.TaskCall]:
+    """``--from-file``: the file's calls, validated whole before any is enqueued."""
+    return producer.load_calls(path, retries=options.retries, timeout=options.timeout)
+
+
+def calls_from_flags(
+    task_name: str, pairs: tuple[str, ...], count: int | None, options: Enqueueing
+) -> list[producer.TaskCall]:
+    """``--task NAME --param K=V --count N``: one call, N times."""
+    params = producer.parse_param_pairs(pairs)
+    call = producer.TaskCall.build(task_name, params, retries=options.retries, timeout=options.timeout)
+    return [call] * (count or 1)
 
 
 def prompt_calls() -> tuple[list[producer.TaskCall], str]:
@@ -143,36 +187,32 @@ def main(
     if show_stats or batch_id:
         if described or max_queued or wait or (show_stats and batch_id):
             fail("--stats and --batch each stand alone (--stats takes --queue; --batch takes --quiet)")
-        connection, _ = connect(redis_url)
-        if show_stats or not batch_id:
-            for line in jobstats.format_report(jobstats.collect(connection, [queue] if queue else None)):
-                click.echo(line)
-            return EXIT_OK
-        return follow_batch(connection, batch_id, quiet=quiet, mark=outage.DataMark(connection))
+        if not batch_id:
+            return print_stats(redis_url, queue)
+        return follow(redis_url, batch_id, quiet)
+    options = Enqueueing(
+        queue=queue or DEFAULT_QUEUE, retries=retries, timeout=timeout, max_queued=max_queued, wait=wait, quiet=quiet
+    )
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
-        calls = producer.load_calls(from_file, retries=retries, timeout=timeout)
+        calls = calls_from_file(from_file, options)
     elif task_name:
-        call = producer.TaskCall.build(task_name, producer.parse_param_pairs(pairs), retries=retries, timeout=timeout)
-        calls = [call] * (count or 1)
+        calls = calls_from_flags(task_name, pairs, count, options)
     elif described or queue or not can_prompt():
         fail("missing --task NAME (or --from-file); with no terminal there is nothing to prompt on")
     else:
-        calls, queue = prompt_calls()
-    queue = queue or DEFAULT_QUEUE
+        calls, prompted_queue = prompt_calls()
+        options = replace(options, queue=prompted_queue)
     if via is not None:
-        return produce_via(
-            via,
-            token,
-            calls,
-            queue,
-            threads=threads or 1,
-            wait=wait,
-            quiet=quiet,
-            callback_host=callback_host,
-            callback_port=callback_port,
-        )
+        gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
+        return enqueue_via_gateway(gateway, calls, options.queue, wait=options.wait, quiet=options.quiet)
+    return enqueue_on_redis(calls, options, redis_url)
+
+
+def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_url: str | None) -> int:
+    """Enqueue the calls as one batch straight on Redis (waiting while the queue is full, with
+    ``--max-queued``), list the jobs, and follow the batch with ``--wait``."""
     try:
         connection, target = connect(redis_url)
     except RedisUnavailable as exc:
@@ -183,24 +223,32 @@ def main(
 
     def on_wait(queued: int) -> None:
         if not waited:
-            click.echo(f"waiting: {queue} holds {queued} jobs (--max-queued {max_queued}); enqueueing as it drains")
+            click.echo(
+                f"waiting: {options.queue} holds {queued} jobs (--max-queued {options.max_queued}); "
+                "enqueueing as it drains"
+            )
         waited.append(queued)
 
-    submission = producer.enqueue(connection, calls, queue, max_queued=max_queued, on_wait=on_wait)
+    submission = producer.enqueue(connection, calls, options.queue, max_queued=options.max_queued, on_wait=on_wait)
     jobs = submission.jobs
     what = calls[0].describe() if len({c.describe() for c in calls}) == 1 else "mixed tasks"
-    click.echo(f"batch {submission.batch_id}: enqueued {len(jobs)} × {what} on {queue} ({target.display})")
-    for job in jobs[:10] if not quiet else []:
+    click.echo(f"batch {submission.batch_id}: enqueued {len(jobs)} × {what} on {options.queue} ({target.display})")
+    for job in jobs[:10] if not options.quiet else []:
         click.echo(f"  {job.id}")
-    if len(jobs) > 10 and not quiet:
+    if len(jobs) > 10 and not options.quiet:
         click.echo(f"  … and {len(jobs) - 10} more")
-    if not wait:
+    if not options.wait:
         return EXIT_OK
-    return follow_batch(connection, submission.batch_id, quiet=quiet, started=started, mark=mark)
+    return follow_batch(connection, submission.batch_id, quiet=options.quiet, started=started, mark=mark)
 
 
 def follow_batch(
-    connection, batch_id: str, *, quiet: bool = False, started: float | None = None, mark: outage.DataMark | None = None
+    connection: redis.Redis,
+    batch_id: str,
+    *,
+    quiet: bool = False,
+    started: float | None = None,
+    mark: outage.DataMark | None = None,
 ) -> int:
     """A line per task's end above a progress bar, then the batch's summary; exit 1 if any failed.
     A Redis outage meanwhile is waited out (a line says so); Redis losing its data ends it, saying so."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 import click
 
@@ -18,30 +19,42 @@ from workqueue.gateway import client as remote
 QUIET_SPELL = 10.0
 
 
-def produce_via(
-    via: str,
-    token: str | None,
-    calls: list[producer.TaskCall],
-    queue: str,
-    *,
-    threads: int,
-    wait: bool,
-    quiet: bool,
-    callback_host: str | None,
-    callback_port: int,
+@dataclass(frozen=True)
+class Gateway:
+    """Where ``--via`` sends and how: the gateway, its token, the sending threads, and the address and
+    port the gateway's result callbacks come back to with ``--wait``."""
+
+    url: str
+    token: str | None = None
+    threads: int = 1
+    callback_host: str | None = None
+    callback_port: int = 0
+
+
+def enqueue_via_gateway(
+    gateway: Gateway, calls: list[producer.TaskCall], queue: str, *, wait: bool, quiet: bool
 ) -> int:
-    client = remote.GatewayClient(via, token)
+    """Send the calls through the gateway (as batches, from ``threads`` threads); with ``wait``, follow their
+    results by callback and print the same lines and summary as a producer on Redis."""
+    client = remote.GatewayClient(gateway.url, gateway.token)
     started = time.monotonic()
     if not wait:
-        _report(remote.send(client, calls, queue, threads), calls, via, quiet)
+        _report(remote.send(client, calls, queue, gateway.threads), calls, gateway.url, quiet)
         return EXIT_OK
-    host = callback_host or remote.address_towards(via)
-    with remote.ResultReceiver(host, callback_port) as receiver:
-        sent = remote.send(client, calls, queue, threads, callback_url=receiver.url, callback_secret=receiver.secret)
-        _report(sent, calls, via, quiet)
+    host = gateway.callback_host or remote.address_towards(gateway.url)
+    with remote.ResultReceiver(host, gateway.callback_port) as receiver:
+        sent = remote.send(
+            client, calls, queue, gateway.threads, callback_url=receiver.url, callback_secret=receiver.secret
+        )
+        _report(sent, calls, gateway.url, quiet)
         click.echo(f"results come back to {receiver.url}")
         _follow(client, receiver, sent, quiet)
-    tally = receiver.tally
+    return _summarise(sent, receiver.tally, started)
+
+
+def _summarise(sent: list[remote.Sent], tally: remote.Tally, started: float) -> int:
+    """Each batch's summary, one over all batches if several, and what the callbacks brought; exit 1
+    if any task failed or its result never came."""
     failures = []
     for s in sent:
         summary = tally.batches[s.batch_id]
