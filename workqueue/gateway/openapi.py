@@ -61,6 +61,11 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "nullable": True}
 
 
+def _fields(schema: dict[str, Any], *names: str) -> dict[str, Any]:
+    """Properties ``names``, each typed by (a copy of) ``schema``."""
+    return {name: dict(schema) for name in names}
+
+
 def _params_schema(task: task_def.Task) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for p in task.params:
@@ -248,25 +253,16 @@ def _job_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["id", "task", "queue", "status"],
         "properties": {
-            "id": {"type": "string"},
-            "task": {"type": "string"},
-            "queue": {"type": "string"},
+            **_fields({"type": "string"}, "id", "task", "queue"),
             "status": {"type": "string", "enum": list(_JOB_STATUSES)},
-            "worker": nullable_string,
-            "batch": nullable_string,
-            "description": nullable_string,
-            "created_at": nullable_string,
-            "enqueued_at": nullable_string,
-            "started_at": nullable_string,
-            "ended_at": nullable_string,
+            **_fields(nullable_string, "worker", "batch", "description"),
+            **_fields(nullable_string, "created_at", "enqueued_at", "started_at", "ended_at"),
             "elapsed": _nullable({"type": "number"}),
             "progress": _nullable(
                 {
                     "type": "object",
                     "properties": {
-                        "done": {"type": "number"},
-                        "total": {"type": "number"},
-                        "percent": {"type": "number"},
+                        **_fields({"type": "number"}, "done", "total", "percent"),
                         "message": {"type": "string"},
                     },
                 }
@@ -298,11 +294,8 @@ def _batch_and_health_schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["batch_id", "total", "finished", "failed", "done", "jobs"],
             "properties": {
-                "batch_id": {"type": "string"},
-                "queue": {"type": "string"},
-                "total": {"type": "integer"},
-                "finished": {"type": "integer"},
-                "failed": {"type": "integer"},
+                **_fields({"type": "string"}, "batch_id", "queue"),
+                **_fields({"type": "integer"}, "total", "finished", "failed"),
                 "done": {"type": "boolean"},
                 "elapsed": _nullable({"type": "number"}),
                 "jobs": {
@@ -343,21 +336,13 @@ def _batch_and_health_schemas() -> dict[str, Any]:
 
 def _queues_schema() -> dict[str, Any]:
     """``GET /queues``'s answer: each queue's counts and its per-task statistics."""
-    nullable_number = _nullable({"type": "number"})
     task_stats = {
         "type": "object",
         "properties": {
-            "queue": {"type": "string"},
-            "task": {"type": "string"},
-            "enqueued": {"type": "integer"},
-            "finished": {"type": "integer"},
-            "failed": {"type": "integer"},
-            "running": {"type": "integer"},
+            **_fields({"type": "string"}, "queue", "task"),
+            **_fields({"type": "integer"}, "enqueued", "finished", "failed", "running"),
             "throughput": {"type": "number"},
-            "run_p50": nullable_number,
-            "run_p95": nullable_number,
-            "wait_p50": nullable_number,
-            "wait_p95": nullable_number,
+            **_fields(_nullable({"type": "number"}), "run_p50", "run_p95", "wait_p50", "wait_p95"),
         },
     }
     queue = {
@@ -365,8 +350,7 @@ def _queues_schema() -> dict[str, Any]:
         "required": ["name", "queued", "running", "tasks"],
         "properties": {
             "name": {"type": "string"},
-            "queued": {"type": "integer"},
-            "running": {"type": "integer"},
+            **_fields({"type": "integer"}, "queued", "running"),
             "tasks": {"type": "array", "items": task_stats},
         },
     }
@@ -397,109 +381,81 @@ def _tasks_schema() -> dict[str, Any]:
     }
 
 
-def _json_body(name: str) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+def _operation(summary: str, operation_id: str, responses: dict[str, Any], body: str | None = None) -> dict[str, Any]:
+    """One route's operation; ``body`` names the schema of its JSON request body, if it takes one."""
+    request_body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+    }
+    return {
+        "summary": summary,
+        "operationId": operation_id,
+        **({"requestBody": request_body} if body else {}),
+        "responses": responses,
+    }
 
 
 def _collection_paths() -> dict[str, Any]:
     """The routes without a path parameter: health, the catalogue, queues, and the two enqueues."""
+    down = "Redis does not answer, or a helper thread is down (it is being restarted)."
+    health = {**_ok("All is well.", "Health"), **_AUTH, **_ok(down, "Health", "503")}
+    queues = {**_ok("Per queue and task.", "Queues"), **_AUTH, "503": _BAD_BODY["503"]}
     enqueued = {**_ok("Enqueued.", "Enqueued", "201"), **_AUTH, "400": _error(_NOT_JSON), **_BAD_BODY}
     return {
-        "/health": {
-            "get": {
-                "summary": "Whether Redis answers and the helper threads run",
-                "operationId": "health",
-                "responses": {
-                    **_ok("All is well.", "Health"),
-                    **_AUTH,
-                    **_ok(
-                        "Redis does not answer, or a helper thread is down (it is being restarted).", "Health", "503"
-                    ),
-                },
-            }
-        },
+        "/health": {"get": _operation("Whether Redis answers and the helper threads run", "health", health)},
         "/tasks": {
-            "get": {
-                "summary": "The task catalogue",
-                "operationId": "listTasks",
-                "responses": {**_ok("Every task and its parameters.", "Tasks"), **_AUTH},
-            }
+            "get": _operation(
+                "The task catalogue", "listTasks", {**_ok("Every task and its parameters.", "Tasks"), **_AUTH}
+            )
         },
-        "/queues": {
-            "get": {
-                "summary": "Queues and their statistics",
-                "operationId": "listQueues",
-                "responses": {**_ok("Per queue and task.", "Queues"), **_AUTH, "503": _BAD_BODY["503"]},
-            }
-        },
+        "/queues": {"get": _operation("Queues and their statistics", "listQueues", queues)},
         "/jobs": {
-            "post": {
-                "summary": "Enqueue one task (count times), as one batch",
-                "operationId": "enqueueJob",
-                "requestBody": _json_body("EnqueueOne"),
-                "responses": dict(enqueued),
-            }
+            "post": _operation(
+                "Enqueue one task (count times), as one batch", "enqueueJob", dict(enqueued), "EnqueueOne"
+            )
         },
         "/batches": {
-            "post": {
-                "summary": "Enqueue several tasks as one batch",
-                "operationId": "enqueueBatch",
-                "requestBody": _json_body("EnqueueBatch"),
-                "responses": dict(enqueued),
-            }
+            "post": _operation("Enqueue several tasks as one batch", "enqueueBatch", dict(enqueued), "EnqueueBatch")
         },
     }
 
 
 def _item_paths() -> dict[str, Any]:
     """The routes on one job or one batch: read it, or cancel it."""
-    job_id = {
-        "name": "job_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
-    }
-    batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+    job_id = {"type": "string", "pattern": f"^{JOB_ID.pattern}$"}
+    batch_id = {"type": "string", "maxLength": 64}
 
     def responses(ok: dict[str, Any], missing: str, unreadable: str | None) -> dict[str, Any]:
         """An item route's answers: ``ok``, 401, 404 (``missing``), 422 (``unreadable``) and 503."""
-        return {
-            **ok,
-            **_AUTH,
-            "404": _error(missing),
-            **({"422": _error(unreadable)} if unreadable else {}),
-            "503": _BAD_BODY["503"],
-        }
+        refused = {"422": _error(unreadable)} if unreadable else {}
+        return {**ok, **_AUTH, "404": _error(missing), **refused, "503": _BAD_BODY["503"]}
 
+    no_job, unreadable_job = "No such job.", "The job is not readable as JSON."
     return {
         "/jobs/{job_id}": {
-            "parameters": [job_id],
-            "get": {
-                "summary": "A job: status, progress, result, error",
-                "operationId": "getJob",
-                "responses": responses(_ok("The job.", "Job"), "No such job.", "The job is not readable as JSON."),
-            },
-            "delete": {
-                "summary": "Stop a running job or cancel a waiting one",
-                "operationId": "cancelJob",
-                "responses": responses(
-                    _ok("What was done.", "Message"), "No such job.", "The job is not readable as JSON."
-                ),
-            },
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": job_id}],
+            "get": _operation(
+                "A job: status, progress, result, error",
+                "getJob",
+                responses(_ok("The job.", "Job"), no_job, unreadable_job),
+            ),
+            "delete": _operation(
+                "Stop a running job or cancel a waiting one",
+                "cancelJob",
+                responses(_ok("What was done.", "Message"), no_job, unreadable_job),
+            ),
         },
         "/batches/{batch_id}": {
-            "parameters": [batch_id],
-            "get": {
-                "summary": "A batch: counts and each job's status",
-                "operationId": "getBatch",
-                "responses": responses(_ok("The batch.", "Batch"), "No such batch.", None),
-            },
-            "delete": {
-                "summary": "Cancel a batch's waiting jobs and stop its running ones",
-                "operationId": "cancelBatch",
-                "responses": responses(
-                    _ok("What was done, per job.", "Messages"), "No such batch.", "A job is not readable."
-                ),
-            },
+            "parameters": [{"name": "batch_id", "in": "path", "required": True, "schema": batch_id}],
+            "get": _operation(
+                "A batch: counts and each job's status",
+                "getBatch",
+                responses(_ok("The batch.", "Batch"), "No such batch.", None),
+            ),
+            "delete": _operation(
+                "Cancel a batch's waiting jobs and stop its running ones",
+                "cancelBatch",
+                responses(_ok("What was done, per job.", "Messages"), "No such batch.", "A job is not readable."),
+            ),
         },
     }
