@@ -66,6 +66,11 @@ def _fields(schema: dict[str, Any], *names: str) -> dict[str, Any]:
     return {name: dict(schema) for name in names}
 
 
+def _list_of(name: str, item: dict[str, Any]) -> dict[str, Any]:
+    """An answer holding one list, ``name``, of ``item``."""
+    return {"type": "object", "required": [name], "properties": {name: {"type": "array", "items": item}}}
+
+
 def _params_schema(task: task_def.Task) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for p in task.params:
@@ -160,11 +165,7 @@ def _schemas() -> dict[str, Any]:
         "Job": _job_schema(),
         **_batch_and_health_schemas(),
         "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
-        "Messages": {
-            "type": "object",
-            "required": ["messages"],
-            "properties": {"messages": {"type": "array", "items": {"type": "string"}}},
-        },
+        "Messages": _list_of("messages", {"type": "string"}),
         "Queues": _queues_schema(),
         "Tasks": _tasks_schema(),
     }
@@ -354,31 +355,21 @@ def _queues_schema() -> dict[str, Any]:
             "tasks": {"type": "array", "items": task_stats},
         },
     }
-    return {"type": "object", "required": ["queues"], "properties": {"queues": {"type": "array", "items": queue}}}
+    return _list_of("queues", queue)
 
 
 def _tasks_schema() -> dict[str, Any]:
     """``GET /tasks``'s answer (``describe_task`` of each catalogue entry)."""
-    return {
+    task = {
         "type": "object",
-        "required": ["tasks"],
+        "required": ["name", "params"],
         "properties": {
-            "tasks": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "params"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "description": {"type": "string"},
-                        "timeout": {"type": "integer"},
-                        "retries": {"type": "integer"},
-                        "params": {"type": "array", "items": {"type": "object"}},
-                    },
-                },
-            }
+            **_fields({"type": "string"}, "name", "description"),
+            **_fields({"type": "integer"}, "timeout", "retries"),
+            "params": {"type": "array", "items": {"type": "object"}},
         },
     }
+    return _list_of("tasks", task)
 
 
 def _operation(summary: str, operation_id: str, responses: dict[str, Any], body: str | None = None) -> dict[str, Any]:
