@@ -33,12 +33,12 @@ ALLOWED_CALLBACKS: frozenset[str] = frozenset(
 #: The job hash's timestamps, which :meth:`CatalogueJob.restore` reads itself.
 _DATES = ("created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat")
 
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 
 def check_queue_name(name: str) -> str:
     """``name`` if it is a valid queue name; raises BadInput saying what is allowed."""
-    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
+    if not isinstance(name, str) or not QUEUE_NAME.fullmatch(name):
         raise BadInput(
             f"invalid queue name {name!r}: use 1 to 64 letters, digits, '_', '-', '.' or ':', "
             "starting with a letter or digit",

@@ -8,7 +8,19 @@ import re
 from typing import Any
 
 import task_def
+from workqueue.jobs import QUEUE_NAME
+from workqueue.producer import MAX_RETRIES, MAX_TIMEOUT
 from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT
+
+#: Limits the routes enforce and this document states (one place for both).
+#: Tasks one request may enqueue, and the largest request body (bytes).
+MAX_TASKS = 1000
+MAX_BODY = 8 * 1024 * 1024
+#: Deepest nesting of arrays and objects a request body may have (a valid request needs 4).
+MAX_DEPTH = 32
+#: Bounds of a callback's signing secret, and the longest callback URL (characters).
+SECRET_MIN, SECRET_MAX = 16, 256
+CALLBACK_URL_MAX = 2000
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: What a callback URL must match (the app checks the same pattern the document states).
@@ -18,6 +30,8 @@ CALLBACK_URL = (
 )
 
 _TYPES = {int: "integer", float: "number", str: "string"}
+#: A job's statuses as the document lists them.
+_JOB_STATUSES = ("queued", "finished", "failed", "started", "deferred", "scheduled", "stopped", "canceled", "created")
 
 
 def describe_task(task: task_def.Task) -> dict[str, Any]:
@@ -45,6 +59,16 @@ def describe_task(task: task_def.Task) -> dict[str, Any]:
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "nullable": True}
+
+
+def _fields(schema: dict[str, Any], *names: str) -> dict[str, Any]:
+    """Properties ``names``, each typed by (a copy of) ``schema``."""
+    return {name: dict(schema) for name in names}
+
+
+def _list_of(name: str, item: dict[str, Any]) -> dict[str, Any]:
+    """An answer holding one list, ``name``, of ``item``."""
+    return {"type": "object", "required": [name], "properties": {name: {"type": "array", "items": item}}}
 
 
 def _params_schema(task: task_def.Task) -> dict[str, Any]:
@@ -85,8 +109,6 @@ def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
     }
 
 
-#: Deepest nesting of arrays and objects a request body may have (a valid request needs 4).
-MAX_DEPTH = 32
 _NOT_JSON = f"The body is not JSON, or nests arrays and objects deeper than {MAX_DEPTH} levels."
 _AUTH = {"401": _error("A bearer token is required and was not given, or is wrong.")}
 _BAD_BODY = {
@@ -97,46 +119,97 @@ _BAD_BODY = {
 
 
 def document() -> dict[str, Any]:
-    tasks = list(task_def.CATALOGUE.values())
-    common = {
-        "queue": {"type": "string", "default": DEFAULT_QUEUE, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"},
-        "retries": {"type": "integer", "minimum": 0, "maximum": 20, "description": "Override of the task's retries."},
+    """The whole document, built afresh (the catalogue is read at each call)."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "workqueue gateway",
+            "version": "1.0.0",
+            "description": "Enqueue catalogue tasks, follow and cancel them, over HTTP; results come back "
+            f"by signed callback. One request enqueues at most {MAX_TASKS:,} tasks ({MAX_COUNT:,} "
+            "per producer run from the command line).",
+        },
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Required when the gateway was given a token.",
+                }
+            },
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": {**_collection_paths(), **_item_paths()},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    """Every named schema, requests' then responses'."""
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error", "field"],
+            "properties": {"error": {"type": "string"}, "field": _nullable({"type": "string"})},
+        },
+        **_request_schemas(),
+        "Enqueued": {
+            "type": "object",
+            "required": ["batch_id", "queue", "job_ids"],
+            "properties": {
+                "batch_id": {"type": "string"},
+                "queue": {"type": "string"},
+                "job_ids": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "Job": _job_schema(),
+        **_batch_and_health_schemas(),
+        "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+        "Messages": _list_of("messages", {"type": "string"}),
+        "Queues": _queues_schema(),
+        "Tasks": _tasks_schema(),
+    }
+
+
+def _common_fields() -> dict[str, Any]:
+    """The fields both enqueue requests take beside their tasks (bounds: the producer's)."""
+    return {
+        "queue": {"type": "string", "default": DEFAULT_QUEUE, "pattern": f"^{QUEUE_NAME.pattern}$"},
+        "retries": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_RETRIES,
+            "description": "Override of the task's retries.",
+        },
         "timeout": {
             "type": "integer",
             "minimum": 1,
-            "maximum": 604800,
+            "maximum": MAX_TIMEOUT,
             "description": "Override of the task's timeout, in seconds.",
         },
         "callback": {"$ref": "#/components/schemas/Callback"},
     }
 
-    def variant(task: task_def.Task, **extra: Any) -> dict[str, Any]:
-        """One task's request shape: its name, its own parameters, and ``extra`` fields."""
-        required = ["task"] + (["params"] if any(p.default is None for p in task.params) else [])
-        return {
-            "type": "object",
-            "title": task.name,
-            "required": required,
-            "additionalProperties": False,
-            "properties": {"task": {"type": "string", "enum": [task.name]}, "params": _params_schema(task), **extra},
-        }
 
-    task_entry = {"oneOf": [variant(t) for t in tasks]}
-    enqueue_one = {
-        "oneOf": [
-            variant(t, count={"type": "integer", "minimum": 1, "maximum": 1000, "default": 1}, **common) for t in tasks
-        ]
+def _variant(task: task_def.Task, **extra: Any) -> dict[str, Any]:
+    """One task's request shape: its name, its own parameters, and ``extra`` fields."""
+    required = ["task"] + (["params"] if any(p.default is None for p in task.params) else [])
+    return {
+        "type": "object",
+        "title": task.name,
+        "required": required,
+        "additionalProperties": False,
+        "properties": {"task": {"type": "string", "enum": [task.name]}, "params": _params_schema(task), **extra},
     }
-    nullable_string = _nullable({"type": "string"})
-    nullable_number = _nullable({"type": "number"})
-    schemas = {
-        "Error": {
-            "type": "object",
-            "required": ["error", "field"],
-            "properties": {"error": {"type": "string"}, "field": nullable_string},
-        },
-        "TaskEntry": task_entry,
-        "EnqueueOne": enqueue_one,
+
+
+def _request_schemas() -> dict[str, Any]:
+    """What the two enqueue routes take: one variant per catalogue task, and the callback."""
+    tasks = list(task_def.CATALOGUE.values())
+    count = {"type": "integer", "minimum": 1, "maximum": MAX_TASKS, "default": 1}
+    return {
+        "TaskEntry": {"oneOf": [_variant(t) for t in tasks]},
+        "EnqueueOne": {"oneOf": [_variant(t, count=count, **_common_fields()) for t in tasks]},
         "Callback": {
             "type": "object",
             "required": ["url", "secret"],
@@ -148,13 +221,13 @@ def document() -> dict[str, Any]:
                 "url": {
                     "type": "string",
                     "pattern": CALLBACK_URL,
-                    "maxLength": 2000,
+                    "maxLength": CALLBACK_URL_MAX,
                     "description": "Refused (422, field `callback.url`) if the gateway "
                     "cannot send to it, or if its host is or resolves to a link-local, "
                     "cloud-metadata, or (unless WORKQUEUE_ALLOW_NETWORKS allows it) "
                     "loopback, private or reserved address.",
                 },
-                "secret": {"type": "string", "minLength": 16, "maxLength": 256},
+                "secret": {"type": "string", "minLength": SECRET_MIN, "maxLength": SECRET_MAX},
             },
         },
         "EnqueueBatch": {
@@ -165,90 +238,67 @@ def document() -> dict[str, Any]:
                 "tasks": {
                     "type": "array",
                     "minItems": 1,
-                    "maxItems": 1000,
+                    "maxItems": MAX_TASKS,
                     "items": {"$ref": "#/components/schemas/TaskEntry"},
                 },
-                **common,
+                **_common_fields(),
             },
         },
-        "Enqueued": {
-            "type": "object",
-            "required": ["batch_id", "queue", "job_ids"],
-            "properties": {
-                "batch_id": {"type": "string"},
-                "queue": {"type": "string"},
-                "job_ids": {"type": "array", "items": {"type": "string"}},
+    }
+
+
+def _job_schema() -> dict[str, Any]:
+    """``GET /jobs/{job_id}``'s answer (``job_json.job_detail``)."""
+    nullable_string = _nullable({"type": "string"})
+    return {
+        "type": "object",
+        "required": ["id", "task", "queue", "status"],
+        "properties": {
+            **_fields({"type": "string"}, "id", "task", "queue"),
+            "status": {"type": "string", "enum": list(_JOB_STATUSES)},
+            **_fields(nullable_string, "worker", "batch", "description"),
+            **_fields(nullable_string, "created_at", "enqueued_at", "started_at", "ended_at"),
+            "elapsed": _nullable({"type": "number"}),
+            "progress": _nullable(
+                {
+                    "type": "object",
+                    "properties": {
+                        **_fields({"type": "number"}, "done", "total", "percent"),
+                        "message": {"type": "string"},
+                    },
+                }
+            ),
+            "result": {
+                "description": "The task's return value, once finished (any JSON); null if it cannot be "
+                "read as JSON (see `unreadable`)."
             },
-        },
-        "Job": {
-            "type": "object",
-            "required": ["id", "task", "queue", "status"],
-            "properties": {
-                "id": {"type": "string"},
-                "task": {"type": "string"},
-                "queue": {"type": "string"},
-                "status": {
+            "unreadable": _nullable(
+                {
                     "type": "string",
-                    "enum": [
-                        "queued",
-                        "finished",
-                        "failed",
-                        "started",
-                        "deferred",
-                        "scheduled",
-                        "stopped",
-                        "canceled",
-                        "created",
-                    ],
-                },
-                "worker": nullable_string,
-                "batch": nullable_string,
-                "description": nullable_string,
-                "created_at": nullable_string,
-                "enqueued_at": nullable_string,
-                "started_at": nullable_string,
-                "ended_at": nullable_string,
-                "elapsed": nullable_number,
-                "progress": _nullable(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "done": {"type": "number"},
-                            "total": {"type": "number"},
-                            "percent": {"type": "number"},
-                            "message": {"type": "string"},
-                        },
-                    }
-                ),
-                "result": {
-                    "description": "The task's return value, once finished (any JSON); null if it cannot be "
-                    "read as JSON (see `unreadable`)."
-                },
-                "unreadable": _nullable(
-                    {
-                        "type": "string",
-                        "description": "Why the result is null though the job "
-                        "finished: it is not JSON (written by a foreign client), and is left alone.",
-                    }
-                ),
-                "error": nullable_string,
-                "attempts": {"type": "array", "items": {"type": "object"}},
-                "meta": {"type": "object"},
-                "can_stop": {"type": "boolean"},
-                "can_requeue": {"type": "boolean"},
-            },
+                    "description": "Why the result is null though the job "
+                    "finished: it is not JSON (written by a foreign client), and is left alone.",
+                }
+            ),
+            "error": nullable_string,
+            "attempts": {"type": "array", "items": {"type": "object"}},
+            "meta": {"type": "object"},
+            "can_stop": {"type": "boolean"},
+            "can_requeue": {"type": "boolean"},
         },
+    }
+
+
+def _batch_and_health_schemas() -> dict[str, Any]:
+    """``GET /batches/{batch_id}``'s and ``GET /health``'s answers."""
+    return {
         "Batch": {
             "type": "object",
             "required": ["batch_id", "total", "finished", "failed", "done", "jobs"],
             "properties": {
-                "batch_id": {"type": "string"},
-                "queue": {"type": "string"},
-                "total": {"type": "integer"},
-                "finished": {"type": "integer"},
-                "failed": {"type": "integer"},
+                **_fields({"type": "string"}, "batch_id", "queue"),
+                **_fields({"type": "integer"}, "total", "finished", "failed"),
                 "done": {"type": "boolean"},
-                "elapsed": nullable_number,
+                "elapsed": _nullable({"type": "number"}),
                 "jobs": {
                     "type": "array",
                     "items": {
@@ -276,211 +326,127 @@ def document() -> dict[str, Any]:
                             "name": {"type": "string"},
                             "up": {"type": "boolean"},
                             "restarts": {"type": "integer"},
-                            "last_error": nullable_string,
+                            "last_error": _nullable({"type": "string"}),
                         },
                     },
                 },
             },
         },
-        "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
-        "Messages": {
-            "type": "object",
-            "required": ["messages"],
-            "properties": {"messages": {"type": "array", "items": {"type": "string"}}},
-        },
-        "Queues": {
-            "type": "object",
-            "required": ["queues"],
-            "properties": {
-                "queues": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "queued", "running", "tasks"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "queued": {"type": "integer"},
-                            "running": {"type": "integer"},
-                            "tasks": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "properties": {
-                                        "queue": {"type": "string"},
-                                        "task": {"type": "string"},
-                                        "enqueued": {"type": "integer"},
-                                        "finished": {"type": "integer"},
-                                        "failed": {"type": "integer"},
-                                        "running": {"type": "integer"},
-                                        "throughput": {"type": "number"},
-                                        "run_p50": nullable_number,
-                                        "run_p95": nullable_number,
-                                        "wait_p50": nullable_number,
-                                        "wait_p95": nullable_number,
-                                    },
-                                },
-                            },
-                        },
-                    },
-                }
-            },
-        },
-        "Tasks": {
-            "type": "object",
-            "required": ["tasks"],
-            "properties": {
-                "tasks": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "params"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "description": {"type": "string"},
-                            "timeout": {"type": "integer"},
-                            "retries": {"type": "integer"},
-                            "params": {"type": "array", "items": {"type": "object"}},
-                        },
-                    },
-                }
-            },
+    }
+
+
+def _queues_schema() -> dict[str, Any]:
+    """``GET /queues``'s answer: each queue's counts and its per-task statistics."""
+    task_stats = {
+        "type": "object",
+        "properties": {
+            **_fields({"type": "string"}, "queue", "task"),
+            **_fields({"type": "integer"}, "enqueued", "finished", "failed", "running"),
+            "throughput": {"type": "number"},
+            **_fields(_nullable({"type": "number"}), "run_p50", "run_p95", "wait_p50", "wait_p95"),
         },
     }
-    job_id = {
-        "name": "job_id",
-        "in": "path",
+    queue = {
+        "type": "object",
+        "required": ["name", "queued", "running", "tasks"],
+        "properties": {
+            "name": {"type": "string"},
+            **_fields({"type": "integer"}, "queued", "running"),
+            "tasks": {"type": "array", "items": task_stats},
+        },
+    }
+    return _list_of("queues", queue)
+
+
+def _tasks_schema() -> dict[str, Any]:
+    """``GET /tasks``'s answer (``describe_task`` of each catalogue entry)."""
+    task = {
+        "type": "object",
+        "required": ["name", "params"],
+        "properties": {
+            **_fields({"type": "string"}, "name", "description"),
+            **_fields({"type": "integer"}, "timeout", "retries"),
+            "params": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    return _list_of("tasks", task)
+
+
+def _operation(summary: str, operation_id: str, responses: dict[str, Any], body: str | None = None) -> dict[str, Any]:
+    """One route's operation; ``body`` names the schema of its JSON request body, if it takes one."""
+    request_body = {
         "required": True,
-        "schema": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
     }
-    batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
-
-    def json_body(name: str) -> dict[str, Any]:
-        return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
-
     return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "workqueue gateway",
-            "version": "1.0.0",
-            "description": "Enqueue catalogue tasks, follow and cancel them, over HTTP; results come back "
-            f"by signed callback. One request enqueues at most 1,000 tasks ({MAX_COUNT:,} "
-            "per producer run from the command line).",
+        "summary": summary,
+        "operationId": operation_id,
+        **({"requestBody": request_body} if body else {}),
+        "responses": responses,
+    }
+
+
+def _collection_paths() -> dict[str, Any]:
+    """The routes without a path parameter: health, the catalogue, queues, and the two enqueues."""
+    down = "Redis does not answer, or a helper thread is down (it is being restarted)."
+    health = {**_ok("All is well.", "Health"), **_AUTH, **_ok(down, "Health", "503")}
+    queues = {**_ok("Per queue and task.", "Queues"), **_AUTH, "503": _BAD_BODY["503"]}
+    enqueued = {**_ok("Enqueued.", "Enqueued", "201"), **_AUTH, "400": _error(_NOT_JSON), **_BAD_BODY}
+    return {
+        "/health": {"get": _operation("Whether Redis answers and the helper threads run", "health", health)},
+        "/tasks": {
+            "get": _operation(
+                "The task catalogue", "listTasks", {**_ok("Every task and its parameters.", "Tasks"), **_AUTH}
+            )
         },
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "Required when the gateway was given a token.",
-                }
-            },
+        "/queues": {"get": _operation("Queues and their statistics", "listQueues", queues)},
+        "/jobs": {
+            "post": _operation(
+                "Enqueue one task (count times), as one batch", "enqueueJob", dict(enqueued), "EnqueueOne"
+            )
         },
-        "security": [{}, {"bearer": []}],
-        "paths": {
-            "/health": {
-                "get": {
-                    "summary": "Whether Redis answers and the helper threads run",
-                    "operationId": "health",
-                    "responses": {
-                        **_ok("All is well.", "Health"),
-                        **_AUTH,
-                        **_ok(
-                            "Redis does not answer, or a helper thread is down (it is being restarted).",
-                            "Health",
-                            "503",
-                        ),
-                    },
-                }
-            },
-            "/tasks": {
-                "get": {
-                    "summary": "The task catalogue",
-                    "operationId": "listTasks",
-                    "responses": {**_ok("Every task and its parameters.", "Tasks"), **_AUTH},
-                }
-            },
-            "/queues": {
-                "get": {
-                    "summary": "Queues and their statistics",
-                    "operationId": "listQueues",
-                    "responses": {**_ok("Per queue and task.", "Queues"), **_AUTH, "503": _BAD_BODY["503"]},
-                }
-            },
-            "/jobs": {
-                "post": {
-                    "summary": "Enqueue one task (count times), as one batch",
-                    "operationId": "enqueueJob",
-                    "requestBody": json_body("EnqueueOne"),
-                    "responses": {
-                        **_ok("Enqueued.", "Enqueued", "201"),
-                        **_AUTH,
-                        "400": _error(_NOT_JSON),
-                        **_BAD_BODY,
-                    },
-                }
-            },
-            "/batches": {
-                "post": {
-                    "summary": "Enqueue several tasks as one batch",
-                    "operationId": "enqueueBatch",
-                    "requestBody": json_body("EnqueueBatch"),
-                    "responses": {
-                        **_ok("Enqueued.", "Enqueued", "201"),
-                        **_AUTH,
-                        "400": _error(_NOT_JSON),
-                        **_BAD_BODY,
-                    },
-                }
-            },
-            "/jobs/{job_id}": {
-                "parameters": [job_id],
-                "get": {
-                    "summary": "A job: status, progress, result, error",
-                    "operationId": "getJob",
-                    "responses": {
-                        **_ok("The job.", "Job"),
-                        **_AUTH,
-                        "404": _error("No such job."),
-                        "422": _error("The job is not readable as JSON."),
-                        "503": _BAD_BODY["503"],
-                    },
-                },
-                "delete": {
-                    "summary": "Stop a running job or cancel a waiting one",
-                    "operationId": "cancelJob",
-                    "responses": {
-                        **_ok("What was done.", "Message"),
-                        **_AUTH,
-                        "404": _error("No such job."),
-                        "422": _error("The job is not readable as JSON."),
-                        "503": _BAD_BODY["503"],
-                    },
-                },
-            },
-            "/batches/{batch_id}": {
-                "parameters": [batch_id],
-                "get": {
-                    "summary": "A batch: counts and each job's status",
-                    "operationId": "getBatch",
-                    "responses": {
-                        **_ok("The batch.", "Batch"),
-                        **_AUTH,
-                        "404": _error("No such batch."),
-                        "503": _BAD_BODY["503"],
-                    },
-                },
-                "delete": {
-                    "summary": "Cancel a batch's waiting jobs and stop its running ones",
-                    "operationId": "cancelBatch",
-                    "responses": {
-                        **_ok("What was done, per job.", "Messages"),
-                        **_AUTH,
-                        "404": _error("No such batch."),
-                        "422": _error("A job is not readable."),
-                        "503": _BAD_BODY["503"],
-                    },
-                },
-            },
+        "/batches": {
+            "post": _operation("Enqueue several tasks as one batch", "enqueueBatch", dict(enqueued), "EnqueueBatch")
+        },
+    }
+
+
+def _item_paths() -> dict[str, Any]:
+    """The routes on one job or one batch: read it, or cancel it."""
+    job_id = {"type": "string", "pattern": f"^{JOB_ID.pattern}$"}
+    batch_id = {"type": "string", "maxLength": 64}
+
+    def responses(ok: dict[str, Any], missing: str, unreadable: str | None) -> dict[str, Any]:
+        """An item route's answers: ``ok``, 401, 404 (``missing``), 422 (``unreadable``) and 503."""
+        refused = {"422": _error(unreadable)} if unreadable else {}
+        return {**ok, **_AUTH, "404": _error(missing), **refused, "503": _BAD_BODY["503"]}
+
+    no_job, unreadable_job = "No such job.", "The job is not readable as JSON."
+    return {
+        "/jobs/{job_id}": {
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": job_id}],
+            "get": _operation(
+                "A job: status, progress, result, error",
+                "getJob",
+                responses(_ok("The job.", "Job"), no_job, unreadable_job),
+            ),
+            "delete": _operation(
+                "Stop a running job or cancel a waiting one",
+                "cancelJob",
+                responses(_ok("What was done.", "Message"), no_job, unreadable_job),
+            ),
+        },
+        "/batches/{batch_id}": {
+            "parameters": [{"name": "batch_id", "in": "path", "required": True, "schema": batch_id}],
+            "get": _operation(
+                "A batch: counts and each job's status",
+                "getBatch",
+                responses(_ok("The batch.", "Batch"), "No such batch.", None),
+            ),
+            "delete": _operation(
+                "Cancel a batch's waiting jobs and stop its running ones",
+                "cancelBatch",
+                responses(_ok("What was done, per job.", "Messages"), "No such batch.", "A job is not readable."),
+            ),
         },
     }

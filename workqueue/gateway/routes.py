@@ -1,0 +1,357 @@
+"""The gateway's routes, one function each, on a Flask Blueprint; what they share (the Redis
+connection, the token, the network policy, the helper threads, the guard) is a :class:`Gateway` in
+the app's ``extensions``, set by ``app.create_app``. Validation is the producer's, so the messages
+are the same; a 422 also names the field at fault. The hooks and error handlers are the app's
+(``before_app_request``, ``app_errorhandler``): they answer for URLs no route matches too."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, overload
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+import task_def
+from workqueue import batches, control, job_json, jobstats, network, outage, producer, webguard
+from workqueue.errors import BadInput, RedisLostData, UnreadableJob
+from workqueue.gateway import delivery, openapi
+from workqueue.gateway.openapi import CALLBACK_URL_MAX, MAX_BODY, MAX_DEPTH, MAX_TASKS, SECRET_MAX, SECRET_MIN
+from workqueue.jobs import check_queue_name
+from workqueue.settings import DEFAULT_QUEUE
+from workqueue.supervision import Supervisor
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("gateway", __name__)
+
+#: The key of the app's ``extensions`` holding its :class:`Gateway`.
+EXTENSION = "workqueue.gateway"
+
+_COMMON = {"queue", "retries", "timeout", "callback"}
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """What the routes share, one per app."""
+
+    connection: redis.Redis
+    #: Every request needs ``Authorization: Bearer <token>`` when set.
+    token: str | None
+    #: The threads delivering callbacks, shown by ``GET /health``.
+    helpers: Supervisor | None
+    #: What callback URLs must pass.
+    policy: network.NetworkPolicy
+    guard: webguard.Guard
+    #: Tells a Redis that came back empty (``outage.DataMark``).
+    mark: outage.DataMark
+    #: The OpenAPI document, built once.
+    document: dict[str, Any]
+
+
+class Invalid(Exception):
+    """A request body the API refuses: 422 (400 if it is not even JSON) with the message and the
+    field at fault."""
+
+    def __init__(self, message: str, field: str | None, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+def _gateway() -> Gateway:
+    gateway: Gateway = current_app.extensions[EXTENSION]
+    return gateway
+
+
+def error(status: int, message: str, field: str | None = None) -> Response:
+    """The API's one error shape: ``{"error": message, "field": field}``."""
+    response = jsonify({"error": message, "field": field})
+    response.status_code = status
+    return response
+
+
+# --- before every request, and the errors ---------------------------------------------------------
+
+
+@bp.before_app_request
+def authenticate() -> Response | None:
+    """With a token, a request without it is a 401 (and counts toward the guard's backoff)."""
+    gateway = _gateway()
+    if gateway.token is None:
+        return None
+    throttled = gateway.guard.throttled(error)
+    if throttled is not None:
+        return throttled
+    given = request.headers.get("Authorization", "")
+    if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), gateway.token.encode())):
+        gateway.guard.failed()
+        response = error(401, "a bearer token is required: Authorization: Bearer <token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="workqueue"'
+        return response
+    gateway.guard.succeeded()
+    return None
+
+
+@bp.before_app_request
+def same_data() -> None:
+    """Redis that came back empty is said once (503), not shown as empty queues and unknown jobs."""
+    gateway = _gateway()
+    gateway.mark.check(gateway.connection, probe_writes=False)
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> Response:
+    messages = {
+        404: "no such resource",
+        405: f"{request.method} is not allowed here",
+        413: f"request body over {MAX_BODY:,} bytes",
+    }
+    code = exc.code or 500
+    response = error(code, messages.get(code, exc.description or exc.name))
+    if exc.code == 405 and exc.get_response().headers.get("Allow"):
+        response.headers["Allow"] = exc.get_response().headers["Allow"]
+    return response
+
+
+@bp.app_errorhandler(Invalid)
+def invalid(exc: Invalid) -> Response:
+    return error(exc.status, str(exc), exc.field)
+
+
+@bp.app_errorhandler(UnreadableJob)
+def unreadable(exc: UnreadableJob) -> Response:
+    return error(422, str(exc))
+
+
+@bp.app_errorhandler(redis.RedisError)
+def redis_down(exc: redis.RedisError) -> Response:
+    log.warning("Redis error: %s", exc)
+    return error(503, f"{outage.describe(exc)}; try again")
+
+
+@bp.app_errorhandler(RedisLostData)
+def lost_data(exc: RedisLostData) -> Response:
+    log.error("%s", exc)
+    return error(503, str(exc))
+
+
+@bp.app_errorhandler(Exception)
+def unexpected(exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return error(500, "internal error (logged by the gateway)")
+
+
+# --- the routes -----------------------------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+def schema() -> Response:
+    return jsonify(_gateway().document)
+
+
+@bp.get("/health")
+def health() -> tuple[Response, int]:
+    gateway = _gateway()
+    threads = gateway.helpers.status() if gateway.helpers is not None else []
+    try:
+        redis_up = bool(gateway.connection.ping())
+    except redis.RedisError:
+        redis_up = False
+    ok = redis_up and all(t["up"] for t in threads)
+    return jsonify({"ok": ok, "redis": redis_up, "helpers": threads}), 200 if ok else 503
+
+
+@bp.get("/tasks")
+def tasks() -> Response:
+    return jsonify({"tasks": [openapi.describe_task(t) for t in task_def.CATALOGUE.values()]})
+
+
+@bp.get("/queues")
+def queues() -> Response:
+    return jsonify({"queues": [_queue_stats(q) for q in jobstats.collect(_gateway().connection)]})
+
+
+@bp.post("/jobs")
+def enqueue_one() -> tuple[Response, int]:
+    body = _body({"task", "params", "count"} | _COMMON)
+    count = _integer(body, "count", 1, MAX_TASKS, default=1)
+    call = _call(body, body.get("retries"), body.get("timeout"), "")
+    return _enqueue(body, [call] * count)
+
+
+@bp.post("/batches")
+def enqueue_batch() -> tuple[Response, int]:
+    body = _body({"tasks"} | _COMMON)
+    entries = body.get("tasks")
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_TASKS:
+        raise Invalid(f"tasks: expected a list of 1 to {MAX_TASKS} tasks", "tasks")
+    calls = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) - {"task", "params"}:
+            raise Invalid(f'tasks[{i}]: expected {{"task": NAME, "params": {{...}}}}', f"tasks[{i}]")
+        calls.append(_call(entry, body.get("retries"), body.get("timeout"), f"tasks[{i}]."))
+    return _enqueue(body, calls)
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str) -> Response:
+    found = job_json.job_detail(_gateway().connection, job_id) if openapi.JOB_ID.fullmatch(job_id) else None
+    if found is None:
+        return error(404, f"no such job: {job_id}")
+    return jsonify(found)
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    if not openapi.JOB_ID.fullmatch(job_id):
+        return error(404, f"no such job: {job_id}")
+    outcome = control.stop_job(_gateway().connection, job_id, by=f"gateway ({request.remote_addr})", timeout=5.0)
+    if outcome.outcome is control.Outcome.UNREADABLE:
+        return error(422, outcome.message)
+    return jsonify({"message": outcome.message}) if outcome.found else error(404, outcome.message)
+
+
+@bp.get("/batches/<batch_id>")
+def batch(batch_id: str) -> Response:
+    connection = _gateway().connection
+    try:
+        summary = batches.summary(connection, batch_id)
+    except KeyError:
+        return error(404, f"no such batch: {batch_id} (batches are kept for a day)")
+    return jsonify(
+        {
+            "batch_id": batch_id,
+            "queue": summary.queue,
+            "total": summary.total,
+            "finished": summary.finished,
+            "failed": summary.failed,
+            "done": summary.done,
+            "elapsed": summary.elapsed,
+            "jobs": [{"id": i, "status": s or "expired"} for i, s in batches.job_statuses(connection, batch_id)],
+        }
+    )
+
+
+@bp.delete("/batches/<batch_id>")
+def cancel_batch(batch_id: str) -> Response:
+    by = f"gateway ({request.remote_addr})"
+    try:
+        stops = control.stop_batch(_gateway().connection, batch_id, by=by, timeout=5.0)
+    except BadInput as exc:
+        return error(404, str(exc))
+    return jsonify({"messages": [s.message for s in stops]})
+
+
+# --- what the routes share ------------------------------------------------------------------------
+
+
+def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[Response, int]:
+    """Enqueue ``calls`` as one batch on the body's queue, registering its callback if it has one."""
+    gateway = _gateway()
+    queue = body.get("queue", DEFAULT_QUEUE)
+    try:
+        check_queue_name(queue)
+    except BadInput as exc:
+        raise Invalid(str(exc), "queue") from None
+    batch_id = batches.new_id()
+    if "callback" in body:
+        delivery.register(gateway.connection, batch_id, *_callback(body["callback"], gateway.policy))
+    submission = producer.enqueue(gateway.connection, calls, queue, batch_id=batch_id)
+    return jsonify({"batch_id": batch_id, "queue": queue, "job_ids": [job.id for job in submission.jobs]}), 201
+
+
+def _body(allowed: set[str]) -> dict[str, Any]:
+    """The request's JSON object, with no field outside ``allowed`` and none null."""
+    data = request.get_data(cache=False) or b"null"
+    if _depth(data) > MAX_DEPTH:
+        raise Invalid(f"the body nests arrays and objects deeper than {MAX_DEPTH} levels", None, 400)
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise Invalid(f"the body is not JSON ({exc})", None, 400) from None
+    if not isinstance(body, dict):
+        raise Invalid("expected a JSON object", None)
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Invalid(f"{unknown[0]}: unknown field (expected some of: {', '.join(sorted(allowed))})", unknown[0])
+    nulls = sorted(name for name, value in body.items() if value is None)
+    if nulls:  # the document types every field; its default is had by leaving it out
+        raise Invalid(f"{nulls[0]}: null is not a value (leave the field out for its default)", nulls[0])
+    return body
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _depth(data: bytes) -> int:
+    """How deep ``data``'s arrays and objects nest (read before parsing: the parser recurses),
+    counted up to one past MAX_DEPTH."""
+    depth = deepest = 0
+    for byte in _STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                break
+    return deepest
+
+
+def _callback(callback: Any, policy: network.NetworkPolicy) -> tuple[str, str]:
+    """The callback's URL and the secret its deliveries are signed with."""
+    if not isinstance(callback, dict) or set(callback) != {"url", "secret"}:
+        raise Invalid('callback: expected {"url": URL, "secret": TEXT}', "callback")
+    url, secret = callback["url"], callback["secret"]
+    if not isinstance(url, str) or len(url) > CALLBACK_URL_MAX or not re.search(openapi.CALLBACK_URL, url):
+        raise Invalid("callback.url: must be an http:// or https:// URL with a host", "callback.url")
+    if not isinstance(secret, str) or not SECRET_MIN <= len(secret) <= SECRET_MAX:
+        raise Invalid(f"callback.secret: expected text of {SECRET_MIN} to {SECRET_MAX} characters", "callback.secret")
+    try:
+        return delivery.check_url(url.rstrip("\n"), policy), secret
+    except BadInput as exc:
+        raise Invalid(str(exc), exc.field) from None
+
+
+@overload
+def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: int) -> int: ...
+
+
+@overload
+def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: None = None) -> int | None: ...
+
+
+def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: int | None = None) -> int | None:
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Invalid(f"{name}: expected an integer, {low} <= {name} <= {high:,}, got {value!r}", name)
+    return value
+
+
+def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str) -> producer.TaskCall:
+    """One task and its parameters, validated by the producer's rules."""
+    if not isinstance(entry.get("task"), str):
+        raise Invalid(f"{where}task: expected the name of a task", f"{where}task")
+    params = entry.get("params", {})
+    if not isinstance(params, dict):
+        raise Invalid(f"{where}params: expected an object of parameters", f"{where}params")
+    for name, value in (("retries", retries), ("timeout", timeout)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise Invalid(f"{name}: expected an integer, got {value!r}", name)
+    try:
+        return producer.TaskCall.build(entry["task"], params, retries=retries, timeout=timeout, strict=True)
+    except BadInput as exc:
+        field = exc.field if exc.field in ("retries", "timeout") else f"{where}{exc.field or 'task'}"
+        raise Invalid(f"{where[:-1]}: {exc}" if where else str(exc), field) from None
+
+
+def _queue_stats(q: jobstats.QueueStats) -> dict[str, Any]:
+    return {"name": q.queue, "queued": q.queued, "running": q.running, "tasks": [t.as_dict() for t in q.tasks.values()]}
