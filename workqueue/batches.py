@@ -26,7 +26,7 @@ from rq.callbacks import Callback
 from rq.group import Group
 from rq.job import Job
 
-from workqueue import jobstats, outage
+from workqueue import jobstats, lua, outage
 from workqueue.replies import decoded, decoded_map
 from workqueue.settings import RESULT_TTL
 
@@ -39,36 +39,10 @@ ON_SUCCESS = "workqueue.batches.task_finished"
 ON_FAILURE = "workqueue.batches.task_failed"
 ON_STOPPED = "workqueue.batches.task_stopped"
 
-_OPEN = """
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'total', ARGV[1], 'remaining', ARGV[1], 'finished', 0, 'failed', 0,
-           'queue', ARGV[2], 'created_at', t[1] .. '.' .. string.format('%06d', t[2]))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
+_OPEN = lua.script("batch_open")
 
 # Count a task's end once; the one that brings `remaining` to 0 closes the batch.
-END_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local first = redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-if first == 0 then
-  redis.call('XADD', KEYS[3], '*', 'job', ARGV[1], 'outcome', ARGV[2], 'task', ARGV[3], 'detail', ARGV[4],
-             'duration', ARGV[5], 'redelivery', '1')
-  return -2
-end
-redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
-local left = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
-redis.call('XADD', KEYS[3], '*', 'job', ARGV[1], 'outcome', ARGV[2], 'task', ARGV[3], 'detail', ARGV[4],
-           'duration', ARGV[5])
-if left == 0 then
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'ended_at', t[1] .. '.' .. string.format('%06d', t[2]))
-  redis.call('XADD', KEYS[3], '*', 'batch', 'done')
-end
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-return left
-"""
+END_SCRIPT = lua.script("batch_end")
 
 
 def new_id() -> str:

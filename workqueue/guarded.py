@@ -24,7 +24,7 @@ import redis
 from redis.commands.core import Script
 from rq.job import Job
 
-from workqueue import batches, jobstats, outage
+from workqueue import batches, jobstats, lua, outage
 
 log = logging.getLogger(__name__)
 
@@ -64,45 +64,7 @@ def direct_client(connection: redis.Redis) -> redis.Redis:
 # other refused command (a key of the wrong type, say) does not stop the rest.
 # ARGV after the guard: each command as its number of words, then its words (an EVAL's script by
 # its SHA1).
-_RUN_LOOP = """
-local mode, registry, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if mode == 'holds' then
-  local held = false
-  for j = 4, 3 + n do
-    if redis.call('ZSCORE', registry, ARGV[j]) then held = true end
-  end
-  if not held then return {'superseded'} end
-elseif mode == 'claim' then
-  local removed = 0
-  for j = 4, 3 + n do removed = removed + redis.call('ZREM', registry, ARGV[j]) end
-  if removed == 0 then return {'superseded'} end
-end
-local function refusal(reply)
-  if type(reply) == 'table' and reply.err then
-    local e = tostring(reply.err)
-    if e:find('OOM', 1, true) or e:find('MISCONF', 1, true) or e:find('READONLY', 1, true) then return e end
-  end
-  return nil
-end
-local replies, i, k = {}, 4 + n, 0
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local reply
-  if ARGV[i + 1] == 'EVAL' then
-    local keys = tonumber(ARGV[i + 3])
-    local ok, r = pcall(scripts[ARGV[i + 2]], {unpack(ARGV, i + 4, i + 3 + keys)}, {unpack(ARGV, i + 4 + keys, i + n)})
-    if ok or type(r) == 'table' then reply = r else reply = {err = tostring(r)} end
-  else
-    reply = redis.pcall(unpack(ARGV, i + 1, i + n))
-  end
-  local refused = refusal(reply)
-  if refused then return redis.error_reply(refused) end
-  k = k + 1
-  if reply == nil then replies[k] = false else replies[k] = reply end
-  i = i + n + 1
-end
-return replies
-"""
+_RUN_LOOP = lua.script("guarded_run")
 #: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
 _RUNNABLE = {hashlib.sha1(text.encode()).hexdigest(): text for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT)}
 _RUN = (

@@ -21,6 +21,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from workqueue import lua
 from workqueue.jobs import SERIALIZER
 from workqueue.replies import decoded
 
@@ -130,25 +131,7 @@ def count_enqueued(pipe: redis.client.Pipeline, queue: str, counts: dict[str, in
 # (``execution.finish``), where every command counts. KEYS: the minute's bucket, the totals, the
 # histogram, the run and the wait samples. ARGV: task:outcome, RETENTION, SAMPLES, the histogram
 # bucket ('' without a run time), the run and the wait ('' when unknown).
-RECORD_END_SCRIPT = """
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-if ARGV[4] ~= '' then
-  redis.call('HINCRBY', KEYS[3], 'le:' .. ARGV[4], 1)
-  redis.call('HINCRBY', KEYS[3], 'count', 1)
-  redis.call('HINCRBYFLOAT', KEYS[3], 'sum', ARGV[5])
-end
-for i = 4, 5 do
-  local seconds = ARGV[i + 1]
-  if seconds ~= '' then
-    redis.call('LPUSH', KEYS[i], seconds)
-    redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[3]) - 1)
-    redis.call('EXPIRE', KEYS[i], ARGV[2])
-  end
-end
-return 1
-"""
+RECORD_END_SCRIPT = lua.script("stats_record_end")
 
 
 def record_end(

@@ -27,7 +27,7 @@ from rq.utils import current_timestamp, now, utcformat, utcparse
 from rq.worker_registration import clean_worker_registry
 
 import task_def
-from workqueue import batches, jobstats, rq_compat
+from workqueue import batches, jobstats, lua, rq_compat
 from workqueue.errors import UnreadableJob
 from workqueue.guarded import SUPERSEDED, Guard, run_guarded
 from workqueue.jobs import SERIALIZER, CatalogueJob, fetch_job
@@ -43,15 +43,7 @@ UNREADABLE_REASON = "unreadable job: its data is not JSON (not written by workqu
 
 # Move a job id from the intermediate list back to the front of its queue, unless a worker took it
 # out first (it registered the job meanwhile): atomic, so a job is neither lost nor doubled.
-_REQUEUE_IF_STILL_THERE = """
-if redis.call('HGET', KEYS[3], 'status') == 'queued' and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('HSET', KEYS[3], 'status', 'queued')
-  redis.call('DEL', KEYS[4])
-  return 1
-end
-return 0
-"""
+_REQUEUE_IF_STILL_THERE = lua.script("requeue_if_still_there")
 
 
 @dataclass(frozen=True)
