@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from task_def import maths, scrape, sleep
+from workqueue.settings import EXTRA_TASKS_ENV
 
 
 class TaskDefError(ValueError):
@@ -234,7 +235,7 @@ def _extra_tasks() -> tuple[Task, ...]:
     process (the worker's, the producer's), never from Redis.
     """
     extra: list[Task] = []
-    for name in filter(None, (n.strip() for n in os.environ.get("WORKQUEUE_EXTRA_TASKS", "").split(","))):
+    for name in filter(None, (n.strip() for n in os.environ.get(EXTRA_TASKS_ENV, "").split(","))):
         module = importlib.import_module(name)
         extra += [task for task in module.TASKS if isinstance(task, Task)]
     return tuple(extra)

@@ -24,8 +24,8 @@ from tests.helpers import Processes, answers, cli_env, free_port, run_cli, start
 from workqueue import batches, producer
 from workqueue.gateway import client as remote
 from workqueue.gateway import create_app, delivery
-from workqueue.gateway.app import MAX_BODY
 from workqueue.jobs import SERIALIZER
+from workqueue.settings import DELIVERY_MAX_ERRORS, GATEWAY_MAX_BODY
 
 TOKEN = "t0ken-of-at-least-16-chars"
 
@@ -174,8 +174,8 @@ def test_malformed_oversized_and_unknown_requests_answer_json(api: FlaskClient) 
         assert deep.json == {"error": "the body nests arrays and objects deeper than 32 levels", "field": None}
     brackets_in_text = {"task": "sleep", "queue": "[" * 100, "params": {"seconds": 1}}
     assert api.post("/jobs", json=brackets_in_text).json["field"] == "queue"  # text is not nesting
-    big = api.post("/jobs", data=b"x" * (MAX_BODY + 1), content_type="application/json")
-    assert big.status_code == 413 and big.json["error"] == f"request body over {MAX_BODY:,} bytes"
+    big = api.post("/jobs", data=b"x" * (GATEWAY_MAX_BODY + 1), content_type="application/json")
+    assert big.status_code == 413 and big.json["error"] == f"request body over {GATEWAY_MAX_BODY:,} bytes"
     assert api.get("/jobs/no-such-job").status_code == 404
     assert api.get("/batches/nope").json == {"error": "no such batch: nope (batches are kept for a day)", "field": None}
     assert api.put("/jobs").status_code == 405 and api.get("/elsewhere").status_code == 404
@@ -435,9 +435,9 @@ def test_bad_callbacks_an_old_gateway_accepted_never_stop_the_others(
     health = httpx.get(gateway + "/health", timeout=30).json()
     assert health["helpers"] == [{"name": "callbacks", "up": True, "restarts": 0, "last_error": None}]
     log = gateway_process.output()[1]
-    assert f"giving up the callbacks of batch {bad[0]} after {delivery.MAX_ERRORS} errors, the last: InvalidURL" in log
+    assert f"giving up the callbacks of batch {bad[0]} after {DELIVERY_MAX_ERRORS} errors, the last: InvalidURL" in log
     assert (
-        f"giving up the callbacks of batch {bad[1]} after {delivery.MAX_ERRORS} errors, the last: AddressRefused: "
+        f"giving up the callbacks of batch {bad[1]} after {DELIVERY_MAX_ERRORS} errors, the last: AddressRefused: "
         "refused: 169.254.169.254 is a cloud metadata address (never allowed)"
     ) in log
 

@@ -11,6 +11,7 @@ import random
 import redis
 
 from workqueue import jobstats
+from workqueue.settings import STATS_RETENTION, STATS_SAMPLES
 
 #: A fixed clock: half a minute into minute M.
 M = 28_000_000
@@ -33,7 +34,7 @@ def end(
 
 
 def task_stats(
-    conn: redis.Redis, at: float, window: int = jobstats.RETENTION, queue: str = "qa", task: str = "sleep"
+    conn: redis.Redis, at: float, window: int = STATS_RETENTION, queue: str = "qa", task: str = "sleep"
 ) -> jobstats.TaskStats:
     (report,) = jobstats.collect(conn, [queue], window=window, now=at)
     return report.tasks[task]
@@ -65,12 +66,12 @@ def test_a_run_beyond_the_last_bucket_counts_as_inf_and_an_unknown_run_is_neithe
 
 def test_each_task_keeps_only_its_last_samples_durations_newest_first(conn) -> None:
     with conn.pipeline(transaction=False) as pipe:
-        for i in range(jobstats.SAMPLES + 5):
+        for i in range(STATS_SAMPLES + 5):
             jobstats.record_end(pipe, "qa", "sleep", "finished", run=float(i), wait=None, now=T)
         pipe.execute()
     kept = [float(v) for v in conn.lrange(jobstats.samples_key("qa", "sleep", "run"), 0, -1)]
-    assert len(kept) == jobstats.SAMPLES
-    assert kept[0] == jobstats.SAMPLES + 4 and kept[-1] == 5.0
+    assert len(kept) == STATS_SAMPLES
+    assert kept[0] == STATS_SAMPLES + 4 and kept[-1] == 5.0
 
 
 def test_minute_counters_and_samples_expire_with_the_retention_totals_and_histograms_never(conn) -> None:
@@ -80,7 +81,7 @@ def test_minute_counters_and_samples_expire_with_the_retention_totals_and_histog
         jobstats.samples_key("qa", "sleep", "run"),
         jobstats.samples_key("qa", "sleep", "wait"),
     ):
-        assert 0 < conn.ttl(key) <= jobstats.RETENTION, key
+        assert 0 < conn.ttl(key) <= STATS_RETENTION, key
     assert conn.ttl(jobstats.totals_key("qa")) == -1
     assert conn.ttl(jobstats.histogram_key("qa", "sleep")) == -1
 
@@ -148,7 +149,7 @@ def test_the_last_backlog_sample_of_a_minute_wins(conn) -> None:
     conn.lpop("rq:queue:qa")
     jobstats.sample_backlog(conn, now=T + 20)
     assert jobstats.history(conn, minutes=1, now=T)["queues"]["qa"]["backlog"] == [2]
-    assert 0 < conn.ttl(jobstats.backlog_key(M)) <= jobstats.RETENTION
+    assert 0 < conn.ttl(jobstats.backlog_key(M)) <= STATS_RETENTION
 
 
 def test_the_report_shows_a_dash_without_samples_and_milliseconds_below_a_second(conn) -> None:

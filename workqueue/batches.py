@@ -28,7 +28,7 @@ from rq.job import Job
 
 from workqueue import jobstats, lua, outage
 from workqueue.replies import decoded, decoded_map
-from workqueue.settings import RESULT_TTL
+from workqueue.settings import DETAIL_MAX, RESULT_TTL
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,6 @@ def job_ended(connection: redis.Redis, job: Job, outcome: str, detail: Any = Non
             pipe.execute()
     except redis.RedisError:
         log.warning("could not record the end of job %s", job.id, exc_info=True)
-
-
-#: The longest detail (result or error, as JSON) a task's end carries in its batch's event stream.
-DETAIL_MAX = 2000
 
 
 def record_end(

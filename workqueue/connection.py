@@ -15,13 +15,13 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from workqueue import embedded, outage
 from workqueue.errors import BadInput, RedisUnavailable
-from workqueue.settings import Settings
+from workqueue.settings import REDIS_URL_ENV, Settings
 
 SCHEMES = ("redis", "rediss", "unix")
 
 #: Workers ride out a Redis outage of a few minutes: every command is retried with exponential
 #: backoff and jitter (0.5 s doubling to 5 s) for about that long before giving up, unless the
-#: process is stopping (then for ``outage.STOP_GRACE`` seconds at most).
+#: process is stopping (then for ``settings.OUTAGE_STOP_GRACE`` seconds at most).
 OUTAGE_RETRY = outage.OutageRetry(ExponentialWithJitterBackoff(cap=5.0, base=0.5), 60)
 
 
@@ -52,7 +52,7 @@ def mask_url(url: str) -> str:
 def resolve(redis_url: str | None = None, settings: Settings | None = None) -> Target:
     """The URL this command uses: the flag, else ``REDIS_URL``, else the embedded default."""
     settings = settings or Settings.from_env()
-    url = redis_url or os.environ.get("REDIS_URL") or ""
+    url = redis_url or os.environ.get(REDIS_URL_ENV) or ""
     if not url.strip():
         return Target(settings.default_url_with(embedded.password(settings)), explicit=False)
     if urlsplit(url).scheme not in SCHEMES:

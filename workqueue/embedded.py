@@ -30,11 +30,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from workqueue.errors import EmbeddedRedisError
-from workqueue.settings import DEFAULT_HOST, Settings
+from workqueue.settings import DEFAULT_HOST, EMBEDDED_START_TIMEOUT, Settings
 
 log = logging.getLogger(__name__)
-
-START_TIMEOUT = 10.0
 
 #: For probes that must answer "is anything there?" at once, not after redis-py's retries.
 NO_RETRY = Retry(NoBackoff(), 0)
@@ -243,10 +241,10 @@ def ensure_running(settings: Settings) -> bool:
             input=server_config(settings.port, settings.redis_dir, secret),
             capture_output=True,
             text=True,
-            timeout=START_TIMEOUT,
+            timeout=EMBEDDED_START_TIMEOUT,
             umask=0o077,  # its append-only log, log and pid file: owner only
         )
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + EMBEDDED_START_TIMEOUT
         while time.monotonic() < deadline:
             if _ping(settings, secret):
                 check_guarded(settings)

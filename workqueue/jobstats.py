@@ -2,11 +2,11 @@
 ``--stats``, the consumer at exit and the dashboard: the same numbers from the same counters.
 
 - ``workqueue:stats:<queue>:<minute>``: a hash of ``<task>:enqueued|finished|failed`` counts per
-  minute, expiring after RETENTION;
-- ``workqueue:stats:<queue>:<task>:run`` and ``...:wait``: the last SAMPLES run times and waits
+  minute, expiring after STATS_RETENTION;
+- ``workqueue:stats:<queue>:<task>:run`` and ``...:wait``: the last STATS_SAMPLES run times and waits
   (enqueue to start), in seconds, for percentiles;
 - ``workqueue:stats:backlog:<minute>``: each queue's length, sampled by every consumer and dashboard
-  each sweep (the last sample of the minute wins), expiring after RETENTION.
+  each sweep (the last sample of the minute wins), expiring after STATS_RETENTION.
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ from rq.job import Job
 from workqueue import lua
 from workqueue.jobs import SERIALIZER
 from workqueue.replies import decoded
-
-#: How long per-minute counters are kept (seconds), and how many durations per task and queue.
-RETENTION = 2 * 3600
-SAMPLES = 1000
+from workqueue.settings import STATS_RETENTION, STATS_SAMPLES
 
 #: Upper bounds (seconds) of the run-time histogram buckets, for ``/metrics``.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -114,7 +111,7 @@ def sample_backlog(connection: redis.Redis, now: float | None = None) -> None:
     key = backlog_key(minute(now))
     with connection.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping=dict(zip(names, lengths, strict=True)))
-        pipe.expire(key, RETENTION)
+        pipe.expire(key, STATS_RETENTION)
         pipe.execute()
 
 
@@ -124,12 +121,12 @@ def count_enqueued(pipe: redis.client.Pipeline, queue: str, counts: dict[str, in
     for task, n in counts.items():
         pipe.hincrby(key, f"{task}:enqueued", n)
     pipe.sadd(f"{PREFIX}:queues", queue)
-    pipe.expire(key, RETENTION)
+    pipe.expire(key, STATS_RETENTION)
 
 
 # One request instead of a dozen: a job's end is recorded in the same transaction as the job's own
 # (``execution.finish``), where every command counts. KEYS: the minute's bucket, the totals, the
-# histogram, the run and the wait samples. ARGV: task:outcome, RETENTION, SAMPLES, the histogram
+# histogram, the run and the wait samples. ARGV: task:outcome, STATS_RETENTION, STATS_SAMPLES, the histogram
 # bucket ('' without a run time), the run and the wait ('' when unknown).
 RECORD_END_SCRIPT = lua.script("stats_record_end")
 
@@ -158,8 +155,8 @@ def record_end(
         len(keys),
         *keys,
         f"{task}:{outcome}",
-        RETENTION,
-        SAMPLES,
+        STATS_RETENTION,
+        STATS_SAMPLES,
         bound,
         "" if run is None else round(run, 6),
         "" if wait is None else round(wait, 4),
@@ -218,7 +215,10 @@ class QueueStats:
 
 
 def collect(
-    connection: redis.Redis, queues: Iterable[str] | None = None, window: int = RETENTION, now: float | None = None
+    connection: redis.Redis,
+    queues: Iterable[str] | None = None,
+    window: int = STATS_RETENTION,
+    now: float | None = None,
 ) -> list[QueueStats]:
     """Per queue and per task, over the retention window (the last minute for throughput), as of
     ``now`` (the clock, epoch seconds, default the time now)."""

@@ -26,8 +26,8 @@ import httpcore
 import httpx
 
 from workqueue.errors import BadInput, PermanentError, WorkqueueError
+from workqueue.settings import ALLOW_ENV
 
-ALLOW_ENV = "WORKQUEUE_ALLOW_NETWORKS"
 DEFAULT_ALLOW = "127.0.0.0/8,::1/128"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

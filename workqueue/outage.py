@@ -20,6 +20,7 @@ from redis.retry import Retry
 
 from workqueue.errors import RedisLostData, RedisMisconfigured
 from workqueue.replies import as_bytes
+from workqueue.settings import OUTAGE_STOP_GRACE
 
 #: Error codes with which Redis refuses a command for a while, and what each means.
 REFUSALS = {
@@ -38,9 +39,6 @@ _CLASSES: tuple[tuple[type, str], ...] = (
     (redis.exceptions.ReadOnlyError, "READONLY"),
     (redis.exceptions.BusyLoadingError, "LOADING"),
 )
-
-#: After a stop signal, commands are retried this long at most (seconds), then fail at once.
-STOP_GRACE = 3.0
 
 #: The key that marks a Redis as holding workqueue's data (see :class:`DataMark`).
 MARK_KEY = "workqueue:mark"
@@ -87,7 +85,7 @@ def describe(exc: BaseException) -> str:
 
 
 def request_stop() -> None:
-    """This process is stopping: from STOP_GRACE seconds on, Redis commands are no longer retried."""
+    """This process is stopping: from OUTAGE_STOP_GRACE seconds on, Redis commands are no longer retried."""
     global _stop_requested_at
     if _stop_requested_at is None:
         _stop_requested_at = time.monotonic()
@@ -100,8 +98,8 @@ def abandon_when(predicate: Callable[[], bool]) -> None:
 
 
 def giving_up() -> bool:
-    """Whether retries should stop now: a stop older than STOP_GRACE, or an abandoned process."""
-    stopped = _stop_requested_at is not None and time.monotonic() - _stop_requested_at >= STOP_GRACE
+    """Whether retries should stop now: a stop older than OUTAGE_STOP_GRACE, or an abandoned process."""
+    stopped = _stop_requested_at is not None and time.monotonic() - _stop_requested_at >= OUTAGE_STOP_GRACE
     return stopped or _abandoned()
 
 

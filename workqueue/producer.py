@@ -24,13 +24,15 @@ from workqueue import batches, jobstats, outage
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
-from workqueue.settings import DEFAULT_QUEUE, FAILURE_TTL, MAX_COUNT, RESULT_TTL
-
-#: Largest JSON size of one job's parameters, in bytes.
-MAX_PARAMS_BYTES = 1_000_000
-
-#: Bounds of the per-enqueue overrides.
-MAX_RETRIES, MAX_TIMEOUT = 20, 7 * 24 * 3600
+from workqueue.settings import (
+    DEFAULT_QUEUE,
+    FAILURE_TTL,
+    MAX_COUNT,
+    MAX_PARAMS_BYTES,
+    MAX_RETRIES,
+    MAX_TIMEOUT,
+    RESULT_TTL,
+)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,118 @@ ALLOWED_HOSTS_ENV = "WORKQUEUE_ALLOWED_HOSTS"
 SECURE_COOKIES_ENV = "WORKQUEUE_SECURE_COOKIES"
 
 
+# -- The worker and its horse --------------------------------------------------------------------
+
+#: A job still running this long after its timeout (it ignored the alarm) has its horse killed.
+HARD_KILL_GRACE = 3.0
+#: Heartbeats RQ asks for closer together than this (seconds) are skipped: they change nothing.
+HEARTBEAT_MIN_GAP = 1.0
+#: While several queues are empty, a worker blocks this long on the first before looking at the rest.
+MULTI_QUEUE_POLL = 0.2
+#: How often (seconds) a busy worker asks whether ``rq suspend`` suspended it (RQ asks before every job).
+SUSPENSION_CHECK_GAP = 1.0
+#: Longest wait (seconds) between two tries while Redis is away or refusing writes: the worker
+#: carries on within this long of Redis taking work again.
+OUTAGE_MAX_BACKOFF = 5.0
+
+#: Progress is written to Redis at most this often per job (and always at 100 %).
+PROGRESS_INTERVAL = 0.5
+
+#: The pool's own looks at Redis (sweep, status) give up after this many seconds without an answer,
+#: so that a frozen Redis does not delay replacing a dead worker.
+QUICK_TIMEOUT = 2.0
+#: Seconds the workers of a pool that failed get to stop before they are killed.
+ABANDON_GRACE = 10.0
+
+#: After a stop signal, commands are retried this long at most (seconds), then fail at once.
+OUTAGE_STOP_GRACE = 3.0
+
+
+# -- Producing, batches and statistics -----------------------------------------------------------
+
+#: Largest JSON size of one job's parameters, in bytes.
+MAX_PARAMS_BYTES = 1_000_000
+#: Bounds of the per-enqueue overrides.
+MAX_RETRIES, MAX_TIMEOUT = 20, 7 * 24 * 3600
+
+#: The longest detail (result or error, as JSON) a task's end carries in its batch's event stream.
+DETAIL_MAX = 2000
+
+#: How long per-minute counters are kept (seconds), and how many durations per task and queue.
+STATS_RETENTION = 2 * 3600
+STATS_SAMPLES = 1000
+
+
+# -- The gateway ---------------------------------------------------------------------------------
+
+#: Tasks one request may enqueue, and the largest request body (bytes): the routes enforce them and
+#: the OpenAPI document states them.
+MAX_TASKS = 1000
+GATEWAY_MAX_BODY = 8 * 1024 * 1024
+#: Deepest nesting of arrays and objects a request body may have (a valid request needs 4).
+MAX_DEPTH = 32
+#: Bounds of a callback's signing secret, and the longest callback URL (characters).
+CALLBACK_SECRET_MIN, CALLBACK_SECRET_MAX = 16, 256
+CALLBACK_URL_MAX = 2000
+
+#: Seconds a registered batch may take to appear (its enqueue failing means it never will).
+DELIVERY_GRACE = 60.0
+#: Entries sent per batch per round, so one busy batch cannot starve the others.
+DELIVERY_ROUND = 100
+#: How long one gateway holds a batch's delivery lock (milliseconds), renewed while it sends.
+DELIVERY_LOCK_MS = 60_000
+#: Tries of a batch whose delivery fails other than by the receiver (a bug, an unusable URL).
+DELIVERY_MAX_ERRORS = 5
+
+#: Largest callback body accepted (a task's result is capped at 2,000 characters by the batch stream).
+MAX_CALLBACK_BODY = 1024 * 1024
+
+#: Pause before the first restart, and the longest (it doubles at each death in a row).
+HELPER_FIRST_PAUSE, HELPER_MAX_PAUSE = 1.0, 60.0
+#: A helper that ran this long before dying starts again from FIRST_PAUSE.
+HELPER_STEADY = 60.0
+
+
+# -- The dashboard -------------------------------------------------------------------------------
+
+#: How often the pages poll for fresh data (milliseconds).
+POLL_INTERVAL = 2000
+
+#: The most jobs one page of the jobs list shows (rq-dashboard's own input allows 200).
+MAX_PER_PAGE = 200
+
+#: Largest request body accepted (the enqueue form is the biggest thing posted).
+DASHBOARD_MAX_BODY = 64 * 1024
+#: Environment variables that hold the credentials (safer than flags, which ``ps`` shows).
+USERNAME_ENV, PASSWORD_ENV = "WORKQUEUE_DASHBOARD_USERNAME", "WORKQUEUE_DASHBOARD_PASSWORD"
+#: Signs sessions and CSRF tokens; set it to share them across restarts or several dashboards.
+SECRET_ENV = "WORKQUEUE_DASHBOARD_SECRET"
+
+
+# -- Networks and the embedded Redis -------------------------------------------------------------
+
+#: CIDRs of loopback and private networks that tasks and callbacks may reach (``network``); link-local
+#: and cloud-metadata addresses are refused whatever it says.
+ALLOW_ENV = "WORKQUEUE_ALLOW_NETWORKS"
+
+#: Seconds the embedded redis-server gets to answer after it is started.
+EMBEDDED_START_TIMEOUT = 10.0
+
+
+# -- Environment variables read elsewhere -------------------------------------------------------
+
+#: The Redis URL of every command when ``--redis-url`` is not given (``connection.resolve``).
+REDIS_URL_ENV = "REDIS_URL"
+#: Modules of extra tasks (comma-separated), in the producer's and the workers' environment
+#: (``task_def.registry``).
+EXTRA_TASKS_ENV = "WORKQUEUE_EXTRA_TASKS"
+#: Where ``make run``'s background services keep their pid and log files (``cli.services``).
+RUN_DIR_ENV = "WORKQUEUE_RUN_DIR"
+#: A horse is replaced after this many jobs, and once its peak memory passes this many MB (a leak).
+HORSE_MAX_JOBS_ENV, HORSE_MAX_RSS_MB_ENV = "WORKQUEUE_HORSE_MAX_JOBS", "WORKQUEUE_HORSE_MAX_RSS_MB"
+HORSE_MAX_JOBS_DEFAULT, HORSE_MAX_RSS_MB_DEFAULT = 1000, 512
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the embedded Redis lives; read from the environment once per command."""

@@ -11,12 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger(__name__)
+from workqueue.settings import HELPER_FIRST_PAUSE, HELPER_MAX_PAUSE, HELPER_STEADY
 
-#: Pause before the first restart, and the longest (it doubles at each death in a row).
-FIRST_PAUSE, MAX_PAUSE = 1.0, 60.0
-#: A helper that ran this long before dying starts again from FIRST_PAUSE.
-STEADY = 60.0
+log = logging.getLogger(__name__)
 
 
 class Helper:
@@ -28,7 +25,7 @@ class Helper:
         self.thread: threading.Thread | None = None
         self.restarts = 0
         self.last_error: str | None = None
-        self.pause = FIRST_PAUSE
+        self.pause = HELPER_FIRST_PAUSE
         self.restart_at = 0.0
 
     @property
@@ -50,10 +47,10 @@ class Helper:
         except BaseException as exc:  # whatever ends the loop, it is reported and restarted
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("helper thread %s died (%s); restarting it", self.name, self.last_error)
-        if time.monotonic() - started >= STEADY:
-            self.pause = FIRST_PAUSE
+        if time.monotonic() - started >= HELPER_STEADY:
+            self.pause = HELPER_FIRST_PAUSE
         self.restart_at = time.monotonic() + self.pause
-        self.pause = min(MAX_PAUSE, self.pause * 2)
+        self.pause = min(HELPER_MAX_PAUSE, self.pause * 2)
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "up": self.up, "restarts": self.restarts, "last_error": self.last_error}

@@ -11,8 +11,9 @@ import urllib.request
 from pathlib import Path
 
 from workqueue.errors import WorkqueueError
+from workqueue.settings import RUN_DIR_ENV
 
-RUN_DIR = Path(os.environ.get("WORKQUEUE_RUN_DIR", ".run"))
+RUN_DIR = Path(os.environ.get(RUN_DIR_ENV, ".run"))
 
 
 def pid_path(name: str) -> Path:

@@ -17,10 +17,8 @@ from workqueue import outage, webguard
 from workqueue.dashboard import metrics, rq_views, security, views
 from workqueue.errors import RedisLostData, UnreadableJob
 from workqueue.jobs import SERIALIZER
+from workqueue.settings import POLL_INTERVAL
 from workqueue.supervision import Supervisor
-
-#: How often the pages poll for fresh data (milliseconds).
-POLL_INTERVAL = 2000
 
 
 def create_app(

@@ -24,10 +24,9 @@ from workqueue.dashboard import live
 from workqueue.dashboard.security import actor
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.jobs import SERIALIZER, UNREADABLE, CatalogueJob, fetch_job
+from workqueue.settings import MAX_PER_PAGE
 
 _REGISTRIES = ("failed", "deferred", "started", "finished", "canceled", "scheduled")
-#: The most jobs one page of the jobs list shows (rq-dashboard's own input allows 200).
-MAX_PER_PAGE = 200
 
 
 def _connection() -> redis.Redis:

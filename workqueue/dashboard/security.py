@@ -19,18 +19,10 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from workqueue import bind_address, webguard
 from workqueue.errors import BadInput
-from workqueue.settings import SECRET_MIN
-
-#: Environment variables that hold the credentials (safer than flags, which ``ps`` shows).
-USERNAME_ENV, PASSWORD_ENV = "WORKQUEUE_DASHBOARD_USERNAME", "WORKQUEUE_DASHBOARD_PASSWORD"
-#: Signs sessions and CSRF tokens; set it to share them across restarts or several dashboards.
-SECRET_ENV = "WORKQUEUE_DASHBOARD_SECRET"
+from workqueue.settings import DASHBOARD_MAX_BODY, PASSWORD_ENV, SECRET_ENV, SECRET_MIN, USERNAME_ENV
 
 #: What changes nothing, so needs neither a CSRF token nor write access.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-#: Largest request body accepted (the enqueue form is the biggest thing posted).
-MAX_BODY = 64 * 1024
 
 #: Scripts from our own origin only (static files: no inline script, no eval), nothing framing us.
 #: Styles may be inline: rq-dashboard's markup has style attributes, and a style runs no code.
@@ -84,7 +76,7 @@ def install(app: Flask, credentials: Credentials | None, read_only: bool, guard:
     order, and the security headers on every response."""
     app.config.update(
         SECRET_KEY=os.environ.get(SECRET_ENV) or secrets.token_hex(32),
-        MAX_CONTENT_LENGTH=MAX_BODY,
+        MAX_CONTENT_LENGTH=DASHBOARD_MAX_BODY,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=guard.secure_cookies,

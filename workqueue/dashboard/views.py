@@ -28,12 +28,12 @@ from workqueue.dashboard import live
 from workqueue.dashboard.security import actor, refusal, wants_html
 from workqueue.errors import BadInput
 from workqueue.jobs import check_queue_name
-from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT
+from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, STATS_RETENTION
 
 blueprint = Blueprint("workqueue", __name__)
 
 #: The longest history the charts may ask for (the counters' retention).
-MAX_MINUTES = jobstats.RETENTION // 60
+MAX_MINUTES = STATS_RETENTION // 60
 
 
 def _redis() -> redis.Redis:

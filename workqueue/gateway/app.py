@@ -11,10 +11,10 @@ from flask.json.provider import DefaultJSONProvider
 
 from workqueue import network, outage, webguard
 from workqueue.gateway import openapi, routes
-from workqueue.gateway.openapi import MAX_BODY, MAX_TASKS
+from workqueue.settings import GATEWAY_MAX_BODY
 from workqueue.supervision import Supervisor
 
-__all__ = ["MAX_BODY", "MAX_TASKS", "create_app"]
+__all__ = ["create_app"]
 
 
 def create_app(
@@ -30,7 +30,7 @@ def create_app(
     ``policy`` (default: the environment's ``WORKQUEUE_ALLOW_NETWORKS``); ``guard`` (default: a
     loopback bind's) checks Host, Origin, JSON bodies and failed tokens."""
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["MAX_CONTENT_LENGTH"] = GATEWAY_MAX_BODY
     app.json = _InOrder(app)
     guard = guard or webguard.Guard()
     app.extensions[routes.EXTENSION] = routes.Gateway(

@@ -23,12 +23,9 @@ from workqueue import producer
 from workqueue.bind_address import url_host
 from workqueue.errors import BadInput, WorkqueueError
 from workqueue.gateway import delivery
-from workqueue.gateway.app import MAX_TASKS
+from workqueue.settings import MAX_CALLBACK_BODY, MAX_TASKS
 
 log = logging.getLogger(__name__)
-
-#: Largest callback body accepted (a task's result is capped at 2,000 characters by the batch stream).
-MAX_CALLBACK_BODY = 1024 * 1024
 
 
 class GatewayError(WorkqueueError):

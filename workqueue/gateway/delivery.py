@@ -15,7 +15,7 @@ Redis keys (expiring with the results):
 
 A failure in one batch's delivery never ends the loop: a receiver that is down or answers an error
 is retried for as long as the results are kept; anything else (a URL the sender cannot use, a
-refused address, a record it cannot read) is logged and retried ``MAX_ERRORS`` times, then that
+refused address, a record it cannot read) is logged and retried ``DELIVERY_MAX_ERRORS`` times, then that
 batch's callbacks are given up. Every connection goes through the network policy
 (``workqueue.network``), which the gateway also applies to callback URLs when they are given.
 """
@@ -38,19 +38,12 @@ import redis
 from workqueue import batches, network
 from workqueue.errors import BadInput
 from workqueue.replies import decoded, decoded_map
-from workqueue.settings import RESULT_TTL
+from workqueue.settings import DELIVERY_GRACE, DELIVERY_LOCK_MS, DELIVERY_MAX_ERRORS, DELIVERY_ROUND, RESULT_TTL
 from workqueue.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
 PENDING = "workqueue:gateway:callbacks"
-#: Seconds a registered batch may take to appear (its enqueue failing means it never will).
-GRACE = 60.0
-#: Entries sent per batch per round, so one busy batch cannot starve the others.
-ROUND = 100
-LOCK_MS = 60_000
-#: Tries of a batch whose delivery fails other than by the receiver (a bug, an unusable URL).
-MAX_ERRORS = 5
 #: What makes a callback URL unusable (refused at request time; seen here only in older records).
 _UNUSABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol, network.AddressRefused)
 
@@ -173,7 +166,7 @@ class Deliverer:
         sent = 0
         for raw in self.connection.smembers(PENDING):
             batch_id = decoded(raw, errors="replace")
-            if not self.connection.set(lock_key(batch_id), self.owner, nx=True, px=LOCK_MS):
+            if not self.connection.set(lock_key(batch_id), self.owner, nx=True, px=DELIVERY_LOCK_MS):
                 continue  # another gateway is on it
             try:
                 sent += self._deliver(batch_id)
@@ -193,7 +186,7 @@ class Deliverer:
             return 0
         if float(state.get("next_try", 0)) > time.time():
             return 0
-        entries = self.connection.xrange(batches.events_key(batch_id), f"({state['cursor']}", "+", count=ROUND)
+        entries = self.connection.xrange(batches.events_key(batch_id), f"({state['cursor']}", "+", count=DELIVERY_ROUND)
         if not entries:
             self._drop_if_never_enqueued(batch_id, state)
             return 0
@@ -269,11 +262,11 @@ class Deliverer:
         return min(self.max_backoff, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
 
     def _error(self, batch_id: str, exc: Exception) -> None:
-        """A delivery that failed other than by the receiver: tried MAX_ERRORS times, then given up."""
+        """A delivery that failed other than by the receiver: tried DELIVERY_MAX_ERRORS times, then given up."""
         key = callback_key(batch_id)
         errors = self.connection.hincrby(key, "errors", 1)
         trace = None if isinstance(exc, _UNUSABLE) else exc  # a traceback for what was not foreseen
-        if errors >= MAX_ERRORS:
+        if errors >= DELIVERY_MAX_ERRORS:
             log.error(
                 "giving up the callbacks of batch %s after %d errors, the last: %s: %s",
                 batch_id,
@@ -297,15 +290,15 @@ class Deliverer:
             type(exc).__name__,
             exc,
             errors,
-            MAX_ERRORS,
+            DELIVERY_MAX_ERRORS,
             wait,
             exc_info=trace,
         )
 
     def _drop_if_never_enqueued(self, batch_id: str, state: dict[str, str]) -> None:
-        """A batch registered but never enqueued (its enqueue failed) is forgotten after GRACE."""
+        """A batch registered but never enqueued (its enqueue failed) is forgotten after DELIVERY_GRACE."""
         waited = time.time() - float(state.get("registered_at", 0))
-        if waited > GRACE and not self.connection.exists(batches.key(batch_id)):
+        if waited > DELIVERY_GRACE and not self.connection.exists(batches.key(batch_id)):
             with self.connection.pipeline() as pipe:
                 pipe.srem(PENDING, batch_id)
                 pipe.delete(callback_key(batch_id))

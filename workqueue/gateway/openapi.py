@@ -10,17 +10,15 @@ from typing import Any
 import task_def
 from workqueue.jobs import QUEUE_NAME
 from workqueue.producer import MAX_RETRIES, MAX_TIMEOUT
-from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT
-
-#: Limits the routes enforce and this document states (one place for both).
-#: Tasks one request may enqueue, and the largest request body (bytes).
-MAX_TASKS = 1000
-MAX_BODY = 8 * 1024 * 1024
-#: Deepest nesting of arrays and objects a request body may have (a valid request needs 4).
-MAX_DEPTH = 32
-#: Bounds of a callback's signing secret, and the longest callback URL (characters).
-SECRET_MIN, SECRET_MAX = 16, 256
-CALLBACK_URL_MAX = 2000
+from workqueue.settings import (
+    CALLBACK_SECRET_MAX,
+    CALLBACK_SECRET_MIN,
+    CALLBACK_URL_MAX,
+    DEFAULT_QUEUE,
+    MAX_COUNT,
+    MAX_DEPTH,
+    MAX_TASKS,
+)
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: What a callback URL must match (the app checks the same pattern the document states).
@@ -227,7 +225,7 @@ def _request_schemas() -> dict[str, Any]:
                     "cloud-metadata, or (unless WORKQUEUE_ALLOW_NETWORKS allows it) "
                     "loopback, private or reserved address.",
                 },
-                "secret": {"type": "string", "minLength": SECRET_MIN, "maxLength": SECRET_MAX},
+                "secret": {"type": "string", "minLength": CALLBACK_SECRET_MIN, "maxLength": CALLBACK_SECRET_MAX},
             },
         },
         "EnqueueBatch": {

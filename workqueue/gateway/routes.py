@@ -22,9 +22,16 @@ import task_def
 from workqueue import batches, control, job_json, jobstats, network, outage, producer, webguard
 from workqueue.errors import BadInput, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, openapi
-from workqueue.gateway.openapi import CALLBACK_URL_MAX, MAX_BODY, MAX_DEPTH, MAX_TASKS, SECRET_MAX, SECRET_MIN
 from workqueue.jobs import check_queue_name
-from workqueue.settings import DEFAULT_QUEUE
+from workqueue.settings import (
+    CALLBACK_SECRET_MAX,
+    CALLBACK_SECRET_MIN,
+    CALLBACK_URL_MAX,
+    DEFAULT_QUEUE,
+    GATEWAY_MAX_BODY,
+    MAX_DEPTH,
+    MAX_TASKS,
+)
 from workqueue.supervision import Supervisor
 
 log = logging.getLogger(__name__)
@@ -111,7 +118,7 @@ def http_error(exc: HTTPException) -> Response:
     messages = {
         404: "no such resource",
         405: f"{request.method} is not allowed here",
-        413: f"request body over {MAX_BODY:,} bytes",
+        413: f"request body over {GATEWAY_MAX_BODY:,} bytes",
     }
     code = exc.code or 500
     response = error(code, messages.get(code, exc.description or exc.name))
@@ -311,8 +318,11 @@ def _callback(callback: Any, policy: network.NetworkPolicy) -> tuple[str, str]:
     url, secret = callback["url"], callback["secret"]
     if not isinstance(url, str) or len(url) > CALLBACK_URL_MAX or not re.search(openapi.CALLBACK_URL, url):
         raise Invalid("callback.url: must be an http:// or https:// URL with a host", "callback.url")
-    if not isinstance(secret, str) or not SECRET_MIN <= len(secret) <= SECRET_MAX:
-        raise Invalid(f"callback.secret: expected text of {SECRET_MIN} to {SECRET_MAX} characters", "callback.secret")
+    if not isinstance(secret, str) or not CALLBACK_SECRET_MIN <= len(secret) <= CALLBACK_SECRET_MAX:
+        raise Invalid(
+            f"callback.secret: expected text of {CALLBACK_SECRET_MIN} to {CALLBACK_SECRET_MAX} characters",
+            "callback.secret",
+        )
     try:
         return delivery.check_url(url.rstrip("\n"), policy), secret
     except BadInput as exc:

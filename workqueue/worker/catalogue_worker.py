@@ -44,7 +44,15 @@ from workqueue.control import SHUTDOWN_NOW
 from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import SERIALIZER, UNREADABLE, CatalogueJob
 from workqueue.replies import as_bytes
-from workqueue.settings import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
+from workqueue.settings import (
+    HARD_KILL_GRACE,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_MIN_GAP,
+    HEARTBEAT_TTL,
+    MULTI_QUEUE_POLL,
+    OUTAGE_MAX_BACKOFF,
+    SUSPENSION_CHECK_GAP,
+)
 from workqueue.worker import job_steps, progress
 from workqueue.worker.horse import WAITING, Horse, serve
 
@@ -52,22 +60,6 @@ log = logging.getLogger(__name__)
 
 #: Exit code of a worker process stopped on purpose (by a kill script), as opposed to one that died.
 STOPPED_ON_PURPOSE = 3
-
-#: A job still running this long after its timeout (it ignored the alarm) has its horse killed.
-HARD_KILL_GRACE = 3.0
-
-#: Heartbeats RQ asks for closer together than this (seconds) are skipped: they change nothing.
-HEARTBEAT_MIN_GAP = 1.0
-
-#: While several queues are empty, a worker blocks this long on the first before looking at the rest.
-MULTI_QUEUE_POLL = 0.2
-
-#: How often (seconds) a busy worker asks whether ``rq suspend`` suspended it (RQ asks before every job).
-SUSPENSION_CHECK_GAP = 1.0
-
-#: Longest wait (seconds) between two tries while Redis is away or refusing writes: the worker
-#: carries on within this long of Redis taking work again.
-OUTAGE_MAX_BACKOFF = 5.0
 
 _PR_SET_PDEATHSIG = 1
 _stopped_on_purpose = False
@@ -652,7 +644,7 @@ class CatalogueWorker(Worker):
         os.kill(os.getpid(), signal.SIGTERM if self._cold else signal.SIGINT)
 
     def request_stop(self, signum: int, frame: Any) -> None:
-        """RQ's warm stop, honoured during a Redis outage too: from ``outage.STOP_GRACE`` seconds
+        """RQ's warm stop, honoured during a Redis outage too: from ``settings.OUTAGE_STOP_GRACE`` seconds
         on, Redis commands fail instead of being retried for minutes. A worker whose pool died while
         Redis is not answering stops at once (its horse killed, its job handed back if Redis takes
         it, else by the sweep once Redis is back): nobody is left to wait for."""

@@ -24,10 +24,17 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from workqueue.settings import (
+    HORSE_MAX_JOBS_DEFAULT,
+    HORSE_MAX_JOBS_ENV,
+    HORSE_MAX_RSS_MB_DEFAULT,
+    HORSE_MAX_RSS_MB_ENV,
+)
+
 #: Jobs one horse runs before it is replaced, and the resident memory (MB) that replaces it sooner
 #: (``WORKQUEUE_HORSE_MAX_JOBS`` and ``WORKQUEUE_HORSE_MAX_RSS_MB`` in the worker's environment).
-HORSE_MAX_JOBS = int(os.environ.get("WORKQUEUE_HORSE_MAX_JOBS") or 1000)
-HORSE_MAX_RSS_MB = int(os.environ.get("WORKQUEUE_HORSE_MAX_RSS_MB") or 512)
+HORSE_MAX_JOBS = int(os.environ.get(HORSE_MAX_JOBS_ENV) or HORSE_MAX_JOBS_DEFAULT)
+HORSE_MAX_RSS_MB = int(os.environ.get(HORSE_MAX_RSS_MB_ENV) or HORSE_MAX_RSS_MB_DEFAULT)
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 

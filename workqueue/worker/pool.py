@@ -32,7 +32,7 @@ from workqueue import jobstats, outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.jobs import SERIALIZER, CatalogueJob
-from workqueue.settings import SWEEP_INTERVAL
+from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
 from workqueue.worker.catalogue_worker import (
     STOPPED_ON_PURPOSE,
     WORKER_CLASSES,
@@ -42,13 +42,6 @@ from workqueue.worker.catalogue_worker import (
 )
 
 log = logging.getLogger(__name__)
-
-#: The pool's own looks at Redis (sweep, status) give up after this many seconds without an answer,
-#: so that a frozen Redis does not delay replacing a dead worker.
-QUICK_TIMEOUT = 2.0
-
-#: Seconds the workers of a pool that failed get to stop before they are killed.
-ABANDON_GRACE = 10.0
 
 
 def _run_worker_detached(*args: Any, **kwargs: Any) -> None:

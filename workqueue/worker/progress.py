@@ -12,11 +12,9 @@ from rq import get_current_job
 
 from workqueue import rq_compat
 from workqueue.guarded import Guard, run_guarded
+from workqueue.settings import PROGRESS_INTERVAL
 
 log = logging.getLogger(__name__)
-
-#: Progress is written to Redis at most this often per job (and always at 100 %).
-PROGRESS_INTERVAL = 0.5
 
 
 class ProgressStore:
