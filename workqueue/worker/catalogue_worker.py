@@ -15,81 +15,44 @@ Beyond RQ's own behaviour:
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import math
 import os
-import random
 import signal
-import sys
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from rq import Queue, Retry, Worker, worker_registration
-from rq.callbacks import execute_success_callback
+from rq import Queue, worker_registration
 from rq.command import parse_payload
-from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 from rq.utils import now
-from rq.worker import RandomWorker, RoundRobinWorker, WorkerStatus
+from rq.worker import RandomWorker, RoundRobinWorker
 
 from task_def import progress as task_progress
-from workqueue import batches, outage, recovery, rq_compat
+from workqueue import outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
-from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
-from workqueue.jobs import SERIALIZER, UNREADABLE, CatalogueJob
-from workqueue.replies import as_bytes
+from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import (
     HARD_KILL_GRACE,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_MIN_GAP,
     HEARTBEAT_TTL,
-    MULTI_QUEUE_POLL,
     OUTAGE_MAX_BACKOFF,
     SUSPENSION_CHECK_GAP,
 )
 from workqueue.worker import job_steps, progress
-from workqueue.worker.horse import WAITING, Horse, serve
+from workqueue.worker.claiming import ClaimingWorker
+from workqueue.worker.horse import WAITING, Horse
+from workqueue.worker.process import (
+    die_with_parent,
+    mark_stopped_on_purpose,
+    pool_gone,
+)
 
 log = logging.getLogger(__name__)
-
-#: Exit code of a worker process stopped on purpose (by a kill script), as opposed to one that died.
-STOPPED_ON_PURPOSE = 3
-
-_PR_SET_PDEATHSIG = 1
-_stopped_on_purpose = False
-_pool_pid: int | None = None
-
-
-def die_with_parent(sig: int) -> None:
-    """Have the kernel send ``sig`` to this process when its parent dies (Linux; elsewhere a no-op)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-
-
-def serve_pool(pid: int) -> None:
-    """This process is a worker of the pool process ``pid``. Should it be re-parented (the pool
-    died), Redis commands are no longer retried and the worker's loops stop it: a second mechanism
-    beside PDEATHSIG. Only this process: its horse and scheduler are not abandoned by the check."""
-    global _pool_pid
-    _pool_pid = pid
-    me = os.getpid()
-    outage.abandon_when(lambda: os.getpid() == me and os.getppid() != pid)
-
-
-def pool_gone() -> bool:
-    """Whether this worker's pool process has died (the worker was re-parented)."""
-    return _pool_pid is not None and os.getppid() != _pool_pid
-
-
-def stopped_on_purpose() -> bool:
-    """Whether this process's worker was stopped by a command, not by a crash or the pool."""
-    return _stopped_on_purpose
 
 
 class _Scheduler(RQScheduler):
@@ -106,7 +69,7 @@ class _Scheduler(RQScheduler):
         super().request_stop(signum, frame)
 
 
-class CatalogueWorker(Worker):
+class CatalogueWorker(ClaimingWorker):
     """RQ's forking worker, held to JSON and the catalogue whoever constructs it."""
 
     job_class = CatalogueJob
@@ -150,114 +113,6 @@ class CatalogueWorker(Worker):
         super().bootstrap(*args, **kwargs)
         job_steps.prepare(self.connection)
 
-    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
-        """RQ's, with every job taken and started in one round trip (``job_steps.claim``): at once
-        when one is waiting; otherwise the worker goes idle and waits as RQ's does (a BLMOVE, or
-        for several queues a short BLMOVE on the first and a look at all), then claims the job
-        the BLMOVE moved. Redis being away is waited out as RQ does."""
-        try:
-            # As RQ's, a heartbeat first (at most one a second, see heartbeat): a new worker's
-            # hash lives worker_ttl + 60 s until then, and a job it died with would wait as long.
-            self.heartbeat()
-            claimed = self._claim()
-            if claimed is not None:
-                self._outage_over()
-                return claimed
-        except redis.RedisError as exc:
-            if not outage.is_outage(exc):
-                raise
-            # waited out below
-        if self._horse is None:  # fork it now, not when the next job is already waiting
-            self._horse = Horse(self._serve_as_horse)
-        self.set_state(WorkerStatus.IDLE)
-        self.procline("Listening on " + ",".join(self.queue_names()))
-        backoff, idle_since = 1.0, time.monotonic()
-        while True:
-            if pool_gone():
-                self.log.warning("Worker %s: its pool is gone; stopping", self.name)
-                raise StopRequested()
-            try:
-                self.heartbeat()
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
-                wait = timeout
-                if timeout is not None and max_idle_time is not None:
-                    wait = max(1, min(timeout, math.ceil(max_idle_time - (time.monotonic() - idle_since))))
-                claimed = self._wait_and_claim(wait)
-                self._outage_over()
-                return claimed
-            except DequeueTimeout:
-                self._outage_over()
-                if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
-                    return None
-            except redis.RedisError as exc:
-                if not outage.is_outage(exc):
-                    raise
-                self._note_outage(exc, backoff)
-                if outage.pause(backoff):  # stopping, or abandoned by its pool
-                    raise StopRequested() from None
-                backoff = min(backoff * self.exponential_backoff_factor, OUTAGE_MAX_BACKOFF)
-
-    def _note_outage(self, exc: redis.RedisError, backoff: float) -> None:
-        """Log an outage once when it starts (or changes), not at every retry."""
-        what = outage.describe(exc)
-        if what != self._outage_noted:
-            self._outage_noted = what
-            self.log.warning(
-                "Worker %s: %s; waiting for it (retrying with backoff, now %.0f s)", self.name, what, backoff
-            )
-
-    def _outage_over(self) -> None:
-        if self._outage_noted:
-            self.log.warning("Worker %s: Redis accepts work again", self.name)
-            self._outage_noted = ""
-
-    def _claim(self, moved: bytes | None = None):
-        """``job_steps.claim`` on the worker's queues: the job, started, and its queue; or None."""
-        while True:
-            claimed = job_steps.claim(self, rq_compat.ordered_queues(self), moved)
-            moved = None
-            if not claimed.retry:
-                break
-        if claimed.job is None or claimed.queue is None:
-            if rq_compat.stop_requested(self):  # asked while the claim made the worker look busy: stop now
-                raise StopRequested()
-            return None
-        self.reorder_queues(reference_queue=claimed.queue)
-        claimed.job.redis_server_version = self.get_redis_server_version()
-        claimed.job.started_execution = claimed.execution  # type: ignore[attr-defined]
-        if self.log_job_description:
-            self.log.info(
-                "Worker %s: %s: %s (%s)", self.name, claimed.queue.name, claimed.job.description, claimed.job.id
-            )
-        else:
-            self.log.info("Worker %s: %s: %s", self.name, claimed.queue.name, claimed.job.id)
-        return claimed.job, claimed.queue
-
-    def _wait_and_claim(self, timeout: int | None):
-        """Claim a job, waiting up to ``timeout`` seconds for one (None: not at all) in a BLMOVE on
-        the first queue, which moves the job into its intermediate list: an atomic hand-over
-        (RQ's BLPOP on several queues can lose a job, rq#2236). With several queues the wait is
-        cut into MULTI_QUEUE_POLL slices, each followed by a look at every queue. A single queue
-        needs no look first: its BLMOVE answers at once if a job is waiting."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if deadline is None or len(rq_compat.ordered_queues(self)) > 1:
-                claimed = self._claim()
-                if claimed is not None or deadline is None:
-                    return claimed
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DequeueTimeout(timeout, self.queue_keys())
-            first = rq_compat.ordered_queues(self)[0]
-            slice_ = left if len(rq_compat.ordered_queues(self)) == 1 else min(MULTI_QUEUE_POLL, left)
-            # redis-py annotates BLMOVE's timeout as int; Redis takes seconds with decimals (6.0+).
-            moved = self.connection.blmove(first.key, first.intermediate_queue_key, slice_)  # type: ignore[arg-type]
-            if moved is not None:
-                claimed = self._claim(as_bytes(moved))
-                if claimed is not None:
-                    return claimed
-
     def check_for_suspension(self, burst: bool) -> None:
         """RQ's, asked at most every SUSPENSION_CHECK_GAP seconds instead of before every job."""
         if time.monotonic() - self._suspension_checked_at < SUSPENSION_CHECK_GAP:
@@ -286,11 +141,24 @@ class CatalogueWorker(Worker):
 
     def _run_in_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Hand the job to the horse (forking one if there is none) and watch it, heartbeating,
-        until it answers that the job has ended, or dies trying.
+        until it answers that the job has ended, or dies trying (:meth:`_horse_died`)."""
+        horse = self._hand_to_horse(job, queue, execution)
+        job.started_at = now()
+        self.heartbeat()  # at most once a second (see heartbeat), and while the horse works
+        answer = self._watch_horse(horse, job, execution)
+        rq_compat.set_horse_pid(self, 0)
+        self.executions.pop(execution.id, None)
+        if answer is not None:  # the horse ran the job to its end and recorded it
+            if not answer["ok"] or horse.worn_out(answer):
+                self._retire_horse()
+            if answer["ok"] is None:
+                self._fail_if_unrecorded(job, queue, execution, "the work horse failed to record the job's end")
+            return
+        self._horse = None
+        self._horse_died(horse, job, queue, execution)
 
-        A horse still running HARD_KILL_GRACE after the job's timeout (the task ignored the alarm)
-        is killed; RQ's own limit is the timeout plus 60 s.
-        """
+    def _hand_to_horse(self, job: Job, queue: Queue, execution: Execution) -> Horse:
+        """Send the job to the horse; one that died waiting (killed between jobs) is replaced."""
         raw = getattr(job, "claimed_hash", None)
         message = {
             "job": job.id,
@@ -309,9 +177,12 @@ class CatalogueWorker(Worker):
             self._horse = Horse(self._serve_as_horse)
             rq_compat.set_horse_pid(self, self._horse.pid)
             self._horse.send(message)
-        horse = self._horse
-        job.started_at = now()
-        self.heartbeat()  # at most once a second (see heartbeat), and while the horse works
+        return self._horse
+
+    def _watch_horse(self, horse: Horse, job: Job, execution: Execution) -> dict[str, Any] | None:
+        """Wait for the horse's answer (None: it died), heartbeating meanwhile. A horse still
+        running HARD_KILL_GRACE after the job's timeout (the task ignored the alarm) is killed;
+        RQ's own limit is the timeout plus 60 s."""
         timeout = job.timeout or Queue.DEFAULT_TIMEOUT
         hard_deadline = time.monotonic() + timeout + HARD_KILL_GRACE if timeout > 0 else None
         while True:
@@ -320,7 +191,7 @@ class CatalogueWorker(Worker):
                 wait = max(0.0, min(wait, hard_deadline - time.monotonic()))
             answer = horse.wait(wait)
             if answer is not WAITING:
-                break
+                return answer
             if hard_deadline is not None and time.monotonic() >= hard_deadline and not self._hard_killed:
                 self._hard_killed = (
                     f"JobTimeoutException: job exceeded its {timeout} s timeout and ignored the alarm; killed"
@@ -334,15 +205,10 @@ class CatalogueWorker(Worker):
                 if not outage.is_outage(exc):
                     raise
                 self.log.warning("Worker %s: could not heartbeat (%s); the job runs on", self.name, exc)
-        rq_compat.set_horse_pid(self, 0)
-        self.executions.pop(execution.id, None)
-        if answer is not None:  # the horse ran the job to its end and recorded it
-            if not answer["ok"] or horse.worn_out(answer):
-                self._retire_horse()
-            if answer["ok"] is None:
-                self._fail_if_unrecorded(job, queue, execution, "the work horse failed to record the job's end")
-            return
-        self._horse = None
+
+    def _horse_died(self, horse: Horse, job: Job, queue: Queue, execution: Execution) -> None:
+        """The horse ended without answering: a stopped job, a task that ended its process, or a
+        crash; the job ends failed with the reason, unless it had already ended."""
         retpid, ret_val, rusage = horse.reap()
         if rq_compat.stopped_job_id(self) == job.id:
             rq_compat.handle_stopped_job(self, job, queue, execution)
@@ -362,82 +228,6 @@ class CatalogueWorker(Worker):
             job.ended_at = now()
             self.handle_work_horse_killed(job, retpid, ret_val, rusage)
             self.handle_job_failure(job, queue=queue, exc_string=exc_string, execution=execution)
-
-    def _fail_if_unrecorded(self, job: Job, queue: Queue, execution: Execution, why: str) -> None:
-        """RQ leaves a job "started" when its horse ends without recording it: fail it instead."""
-        if job.get_status(refresh=True) == JobStatus.STARTED:
-            self.handle_job_failure(job, queue, exc_string=f"WorkHorseExited: {why}", execution=execution)
-
-    def _serve_as_horse(self, inbox: int, outbox: int) -> None:
-        """In the horse: set up as RQ's horse does, then run each job the worker sends."""
-        random.seed()
-        self.setup_work_horse_signals()
-        rq_compat.mark_horse(self)
-        self.log = logging.getLogger("rq.worker")
-        job_steps.prepare(self.connection)
-        queues: dict[str, Queue] = {}
-
-        def run(message: dict) -> bool | None:
-            try:
-                job = self._job_from(message)
-                queue = queues.get(message["queue"]) or queues.setdefault(
-                    message["queue"],
-                    self.queue_class(
-                        message["queue"],
-                        connection=self.connection,
-                        serializer=self.serializer,
-                        job_class=self.job_class,
-                    ),
-                )
-                started = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
-                started.created_at = job.started_at or now()
-                os.environ["RQ_JOB_ID"] = job.id
-                progress.store.running(job.id, message["execution"])
-                return self.perform_job(job, queue, started)
-            except Exception:  # RQ's horse exits 1 here; ours says so, then exits
-                self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
-                return None
-
-        serve(inbox, outbox, run)
-
-    def _job_from(self, message: dict) -> Job:
-        """The job the worker sent, as the worker started it (``job_steps.start``), built from the
-        hash the worker read (or read again, if it sent none)."""
-        if message.get("hash") is None:
-            job = self.job_class.fetch(message["job"], connection=self.connection, serializer=self.serializer)
-        else:
-            job = job_steps.restore(self.job_class, message["job"], message["hash"], self.connection, self.serializer)
-        job.worker_name = self.name
-        job.started_at = job.last_heartbeat = datetime.fromtimestamp(message["started_at"], UTC)
-        rq_compat.set_job_status(job, JobStatus.STARTED)
-        job.started_by_worker = True  # type: ignore[attr-defined]
-        job.count_failure_in_end = True  # type: ignore[attr-defined]
-        return job
-
-    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        """Nothing left to do in the horse for a job the worker started (``job_steps.start``); RQ's
-        otherwise, always leaving the intermediate list (a job is always dequeued into it)."""
-        if getattr(job, "started_by_worker", False):
-            self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
-            return
-        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
-
-    def _finalize_success(self, job: Job, queue: Queue, execution_: Execution, return_value: Any) -> None:
-        """RQ's, with the job's end, its batch's count and the statistics in one transaction
-        (``job_steps.finish``). Retry results and repeats take RQ's way."""
-        if isinstance(return_value, Retry) or job.repeats_left:
-            return rq_compat.finalize_success(self, job, queue, execution_, return_value)
-        job.ended_at = now()
-        rq_compat.set_job_result(job, return_value)
-        rq_compat.set_job_status(job, JobStatus.FINISHED)
-        callback = rq_compat.success_callback_name(job)
-        ours = callback == batches.ON_SUCCESS
-        if callback and not ours:
-            execute_success_callback(job, self.death_penalty_class, return_value)
-        if not job_steps.finish(self, job, queue, execution_, count_in_batch=ours):
-            return  # superseded: the job was handed back meanwhile; noted, not recorded
-        job.send_webhooks(JobStatus.FINISHED)
-        self.log.info("Worker %s: %s: Job OK (%s)", self.name, job.origin, job.id)
 
     def _retire_horse(self) -> None:
         if self._horse is not None:
@@ -460,82 +250,6 @@ class CatalogueWorker(Worker):
             )
         finally:
             self._retire_horse()
-
-    def handle_job_failure(
-        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
-    ) -> None:
-        """RQ's, in one atomic step guarded by the job's execution (``guarded.run_guarded``): the
-        failure, each attempt's error on the job (RQ keeps only the last), the batch's count. A run
-        whose job was handed back meanwhile writes none of it, only a note that it was superseded;
-        a failure Redis refuses for now (out of memory) is tried again, never half written."""
-        if self._hard_killed:
-            exc_string = self._hard_killed
-        # RQ runs the job's failure (or stopped) callback itself when the task raised in the horse,
-        # or was stopped; a horse that crashed or was killed gets none: count its end here.
-        stopped = rq_compat.stopped_job_id(self) == job.id
-        retry = bool(job.should_retry) and not stopped
-        # In the horse, the batch's failure callback leaves the count to this step (batches.task_failed).
-        ours = rq_compat.failure_callback_name(job) == batches.ON_FAILURE and getattr(
-            job, "count_failure_in_end", False
-        )
-        count = (not rq_compat.is_horse(self) or ours) and not stopped and not retry
-        lines = exc_string.strip().splitlines()
-        retries_left = job.retries_left
-
-        def build(pipe: Any) -> None:
-            try:
-                job.get_meta(refresh=True)
-                recovery.note_attempt(job, exc_string, self.name)
-                pipe.hset(job.key, "meta", rq_compat.serialized_meta(job))
-            except (redis.RedisError, *UNREADABLE):
-                self.log.warning("Worker %s: could not record the error of job %s", self.name, job.id, exc_info=True)
-            if stopped:
-                job.set_status(JobStatus.STOPPED, pipeline=pipe)
-            elif not retry:
-                job.set_status(JobStatus.FAILED, pipeline=pipe)
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            if not self.disable_default_exception_handler and not retry:
-                rq_compat.handle_job_failure(
-                    job,
-                    exc_string,
-                    pipe,
-                    worker_name=self.name,
-                    execution_id=execution.id if execution else None,
-                    execution_started_at=execution.created_at if execution else None,
-                    execution_ended_at=job.ended_at,
-                )
-            self.increment_failed_job_count(pipe)
-            if job.started_at and job.ended_at:
-                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
-            if retry and retries_left is not None:  # RQ's Job.retry, its status written in this transaction
-                job.retries_left = retries_left
-                interval = job.get_retry_interval()
-                job.retries_left = retries_left - 1
-                if interval:
-                    rq_compat.set_job_status(job, JobStatus.SCHEDULED)
-                    queue.schedule_job(job, now() + timedelta(seconds=interval), pipeline=pipe)
-                else:
-                    rq_compat.enqueue_job(queue, job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
-            if count:
-                batches.record_end(pipe, job, "failed", detail=lines[-1] if lines else "the job failed")
-
-        guard = Guard.holds(job, execution.id) if execution is not None else Guard("", "", [])
-        try:
-            replies = run_guarded(self.connection, build, guard, what=f"the failure of job {job.id}")
-        except Exception:  # as RQ: log; the job stays started, for a sweep to hand back
-            self.log.exception("Worker %s: failed to persist failure of job %s", self.name, job.id)
-            return
-        finally:
-            if stopped:
-                rq_compat.clear_stopped_job(self)
-        if replies is SUPERSEDED:
-            note_superseded(self.connection, job.id, execution.id, self.name, f"failed: {lines[-1] if lines else ''}")
-            return
-        if not retry and not stopped:
-            job.send_webhooks(JobStatus.FAILED, exc_string=exc_string)
-        if not retry:
-            rq_compat.enqueue_dependents_safely(self, queue, job)
-        rq_compat.release_slot_safely(self, job)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, in one round trip, lapsing HEARTBEAT_TTL seconds after the last one.
@@ -605,21 +319,20 @@ class CatalogueWorker(Worker):
     ) -> None:
         """RQ's, with a scheduler that dies with this worker instead of running on as an orphan."""
         level = logging_level if logging_level is not None else self.log.level
-        self.scheduler = _Scheduler(
-            self.queues, connection=self.connection, logging_level=level, serializer=self.serializer
-        )
-        self.scheduler.acquire_locks()
-        if not self.scheduler.acquired_locks:
+        scheduler = _Scheduler(self.queues, connection=self.connection, logging_level=level, serializer=self.serializer)
+        self.scheduler = scheduler
+        scheduler.acquire_locks()
+        if not scheduler.acquired_locks:
             return
         if not burst:
-            self.scheduler.start()
+            scheduler.start()
             return
         try:
-            self.scheduler.register_birth()
-            self.scheduler.enqueue_scheduled_jobs()
+            scheduler.register_birth()
+            scheduler.enqueue_scheduled_jobs()
         finally:
-            self.scheduler.release_locks()
-            self.scheduler.register_death()
+            scheduler.release_locks()
+            scheduler.register_death()
 
     def setup_work_horse_signals(self) -> None:
         """RQ's, and the horse dies with its worker (PDEATHSIG SIGKILL, set in the horse itself
@@ -631,12 +344,11 @@ class CatalogueWorker(Worker):
 
     def handle_payload(self, message: dict) -> None:
         """RQ's pub/sub commands, plus ours; a shutdown marks the worker as stopped on purpose."""
-        global _stopped_on_purpose
         payload = parse_payload(message)
         command = payload.get("command")
         if command not in ("shutdown", SHUTDOWN_NOW):
             return super().handle_payload(message)
-        _stopped_on_purpose = True
+        mark_stopped_on_purpose()
         by = payload.get("by") or "a shutdown command"
         self._stop_reason = f"stopped by {by}"
         self._cold = command == SHUTDOWN_NOW

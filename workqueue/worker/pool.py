@@ -33,13 +33,8 @@ from workqueue.connection import without_retries
 from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
-from workqueue.worker.catalogue_worker import (
-    STOPPED_ON_PURPOSE,
-    WORKER_CLASSES,
-    die_with_parent,
-    serve_pool,
-    stopped_on_purpose,
-)
+from workqueue.worker.catalogue_worker import WORKER_CLASSES
+from workqueue.worker.process import STOPPED_ON_PURPOSE, die_with_parent, serve_pool, stopped_on_purpose
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,141 @@
+"""The part of the worker that takes jobs: each one claimed and started in one round trip
+(``job_steps.claim``), an idle worker waiting in a BLMOVE, and a Redis outage waited out with
+backoff while a stop is still honoured."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import redis
+from rq.exceptions import DequeueTimeout, StopRequested
+from rq.worker import WorkerStatus
+
+from workqueue import outage, rq_compat
+from workqueue.replies import as_bytes
+from workqueue.settings import (
+    MULTI_QUEUE_POLL,
+    OUTAGE_MAX_BACKOFF,
+)
+from workqueue.worker import job_steps
+from workqueue.worker.horse import Horse
+from workqueue.worker.horse_side import HorseSideWorker
+from workqueue.worker.process import pool_gone
+
+log = logging.getLogger(__name__)
+
+
+class ClaimingWorker(HorseSideWorker):
+    """RQ's Worker, taking its jobs as workqueue does (see the module)."""
+
+    _horse: Horse | None
+    _outage_noted: str
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
+        """RQ's, with every job taken and started in one round trip (``job_steps.claim``): at once
+        when one is waiting; otherwise the worker goes idle and waits as RQ's does (a BLMOVE, or
+        for several queues a short BLMOVE on the first and a look at all), then claims the job
+        the BLMOVE moved. Redis being away is waited out as RQ does."""
+        try:
+            # As RQ's, a heartbeat first (at most one a second, see heartbeat): a new worker's
+            # hash lives worker_ttl + 60 s until then, and a job it died with would wait as long.
+            self.heartbeat()
+            claimed = self._claim()
+            if claimed is not None:
+                self._outage_over()
+                return claimed
+        except redis.RedisError as exc:
+            if not outage.is_outage(exc):
+                raise
+            # waited out below
+        if self._horse is None:  # fork it now, not when the next job is already waiting
+            self._horse = Horse(self._serve_as_horse)
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        backoff, idle_since = 1.0, time.monotonic()
+        while True:
+            if pool_gone():
+                self.log.warning("Worker %s: its pool is gone; stopping", self.name)
+                raise StopRequested()
+            try:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                wait = timeout
+                if timeout is not None and max_idle_time is not None:
+                    wait = max(1, min(timeout, math.ceil(max_idle_time - (time.monotonic() - idle_since))))
+                claimed = self._wait_and_claim(wait)
+                self._outage_over()
+                return claimed
+            except DequeueTimeout:
+                self._outage_over()
+                if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                    return None
+            except redis.RedisError as exc:
+                if not outage.is_outage(exc):
+                    raise
+                self._note_outage(exc, backoff)
+                if outage.pause(backoff):  # stopping, or abandoned by its pool
+                    raise StopRequested() from None
+                backoff = min(backoff * self.exponential_backoff_factor, OUTAGE_MAX_BACKOFF)
+
+    def _note_outage(self, exc: redis.RedisError, backoff: float) -> None:
+        """Log an outage once when it starts (or changes), not at every retry."""
+        what = outage.describe(exc)
+        if what != self._outage_noted:
+            self._outage_noted = what
+            self.log.warning(
+                "Worker %s: %s; waiting for it (retrying with backoff, now %.0f s)", self.name, what, backoff
+            )
+
+    def _outage_over(self) -> None:
+        if self._outage_noted:
+            self.log.warning("Worker %s: Redis accepts work again", self.name)
+            self._outage_noted = ""
+
+    def _claim(self, moved: bytes | None = None):
+        """``job_steps.claim`` on the worker's queues: the job, started, and its queue; or None."""
+        while True:
+            claimed = job_steps.claim(self, rq_compat.ordered_queues(self), moved)
+            moved = None
+            if not claimed.retry:
+                break
+        if claimed.job is None or claimed.queue is None:
+            if rq_compat.stop_requested(self):  # asked while the claim made the worker look busy: stop now
+                raise StopRequested()
+            return None
+        self.reorder_queues(reference_queue=claimed.queue)
+        claimed.job.redis_server_version = self.get_redis_server_version()
+        claimed.job.started_execution = claimed.execution  # type: ignore[attr-defined]
+        if self.log_job_description:
+            self.log.info(
+                "Worker %s: %s: %s (%s)", self.name, claimed.queue.name, claimed.job.description, claimed.job.id
+            )
+        else:
+            self.log.info("Worker %s: %s: %s", self.name, claimed.queue.name, claimed.job.id)
+        return claimed.job, claimed.queue
+
+    def _wait_and_claim(self, timeout: int | None):
+        """Claim a job, waiting up to ``timeout`` seconds for one (None: not at all) in a BLMOVE on
+        the first queue, which moves the job into its intermediate list: an atomic hand-over
+        (RQ's BLPOP on several queues can lose a job, rq#2236). With several queues the wait is
+        cut into MULTI_QUEUE_POLL slices, each followed by a look at every queue. A single queue
+        needs no look first: its BLMOVE answers at once if a job is waiting."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is None or len(rq_compat.ordered_queues(self)) > 1:
+                claimed = self._claim()
+                if claimed is not None or deadline is None:
+                    return claimed
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DequeueTimeout(timeout, self.queue_keys())
+            first = rq_compat.ordered_queues(self)[0]
+            slice_ = left if len(rq_compat.ordered_queues(self)) == 1 else min(MULTI_QUEUE_POLL, left)
+            # redis-py annotates BLMOVE's timeout as int; Redis takes seconds with decimals (6.0+).
+            moved = self.connection.blmove(first.key, first.intermediate_queue_key, slice_)  # type: ignore[arg-type]
+            if moved is not None:
+                claimed = self._claim(as_bytes(moved))
+                if claimed is not None:
+                    return claimed

@@ -1,0 +1,194 @@
+"""The part of the worker that runs a job and records its end: in the horse, the job rebuilt from
+what the worker sent, run, and its success or failure written in one guarded step (``guarded``);
+in the worker, the failure of a job whose horse died."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from rq import Queue, Retry, Worker
+from rq.callbacks import execute_success_callback
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.utils import now
+
+from workqueue import batches, recovery, rq_compat
+from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
+from workqueue.jobs import UNREADABLE
+from workqueue.worker import job_steps, progress
+from workqueue.worker.horse import serve
+
+log = logging.getLogger(__name__)
+
+
+class HorseSideWorker(Worker):
+    """RQ's Worker, with a job's run and end as workqueue records them (see the module)."""
+
+    _hard_killed: str | None
+
+    def _fail_if_unrecorded(self, job: Job, queue: Queue, execution: Execution, why: str) -> None:
+        """RQ leaves a job "started" when its horse ends without recording it: fail it instead."""
+        if job.get_status(refresh=True) == JobStatus.STARTED:
+            self.handle_job_failure(job, queue, exc_string=f"WorkHorseExited: {why}", execution=execution)
+
+    def _serve_as_horse(self, inbox: int, outbox: int) -> None:
+        """In the horse: set up as RQ's horse does, then run each job the worker sends."""
+        random.seed()
+        self.setup_work_horse_signals()
+        rq_compat.mark_horse(self)
+        self.log = logging.getLogger("rq.worker")
+        job_steps.prepare(self.connection)
+        queues: dict[str, Queue] = {}
+
+        def run(message: dict) -> bool | None:
+            try:
+                job = self._job_from(message)
+                queue = queues.get(message["queue"]) or queues.setdefault(
+                    message["queue"],
+                    self.queue_class(
+                        message["queue"],
+                        connection=self.connection,
+                        serializer=self.serializer,
+                        job_class=self.job_class,
+                    ),
+                )
+                started = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
+                started.created_at = job.started_at or now()
+                os.environ["RQ_JOB_ID"] = job.id
+                progress.store.running(job.id, message["execution"])
+                return self.perform_job(job, queue, started)
+            except Exception:  # RQ's horse exits 1 here; ours says so, then exits
+                self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
+                return None
+
+        serve(inbox, outbox, run)
+
+    def _job_from(self, message: dict) -> Job:
+        """The job the worker sent, as the worker started it (``job_steps.start``), built from the
+        hash the worker read (or read again, if it sent none)."""
+        if message.get("hash") is None:
+            job = self.job_class.fetch(message["job"], connection=self.connection, serializer=self.serializer)
+        else:
+            job = job_steps.restore(self.job_class, message["job"], message["hash"], self.connection, self.serializer)
+        job.worker_name = self.name
+        job.started_at = job.last_heartbeat = datetime.fromtimestamp(message["started_at"], UTC)
+        rq_compat.set_job_status(job, JobStatus.STARTED)
+        job.started_by_worker = True  # type: ignore[attr-defined]
+        job.count_failure_in_end = True  # type: ignore[attr-defined]
+        return job
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """Nothing left to do in the horse for a job the worker started (``job_steps.start``); RQ's
+        otherwise, always leaving the intermediate list (a job is always dequeued into it)."""
+        if getattr(job, "started_by_worker", False):
+            self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+            return
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
+    def _finalize_success(self, job: Job, queue: Queue, execution_: Execution, return_value: Any) -> None:
+        """RQ's, with the job's end, its batch's count and the statistics in one transaction
+        (``job_steps.finish``). Retry results and repeats take RQ's way."""
+        if isinstance(return_value, Retry) or job.repeats_left:
+            return rq_compat.finalize_success(self, job, queue, execution_, return_value)
+        job.ended_at = now()
+        rq_compat.set_job_result(job, return_value)
+        rq_compat.set_job_status(job, JobStatus.FINISHED)
+        callback = rq_compat.success_callback_name(job)
+        ours = callback == batches.ON_SUCCESS
+        if callback and not ours:
+            execute_success_callback(job, self.death_penalty_class, return_value)
+        if not job_steps.finish(self, job, queue, execution_, count_in_batch=ours):
+            return  # superseded: the job was handed back meanwhile; noted, not recorded
+        job.send_webhooks(JobStatus.FINISHED)
+        self.log.info("Worker %s: %s: Job OK (%s)", self.name, job.origin, job.id)
+
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
+    ) -> None:
+        """RQ's, in one atomic step guarded by the job's execution (``guarded.run_guarded``): the
+        failure, each attempt's error on the job (RQ keeps only the last), the batch's count. A run
+        whose job was handed back meanwhile writes none of it, only a note that it was superseded;
+        a failure Redis refuses for now (out of memory) is tried again, never half written."""
+        if self._hard_killed:
+            exc_string = self._hard_killed
+        # RQ runs the job's failure (or stopped) callback itself when the task raised in the horse,
+        # or was stopped; a horse that crashed or was killed gets none: count its end here.
+        stopped = rq_compat.stopped_job_id(self) == job.id
+        retry = bool(job.should_retry) and not stopped
+        # In the horse, the batch's failure callback leaves the count to this step (batches.task_failed).
+        ours = rq_compat.failure_callback_name(job) == batches.ON_FAILURE and getattr(
+            job, "count_failure_in_end", False
+        )
+        count = (not rq_compat.is_horse(self) or ours) and not stopped and not retry
+        lines = exc_string.strip().splitlines()
+        retries_left = job.retries_left
+
+        def build(pipe: Any) -> None:
+            self._note_attempt(job, exc_string, pipe)
+            if stopped:
+                job.set_status(JobStatus.STOPPED, pipeline=pipe)
+            elif not retry:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            if not self.disable_default_exception_handler and not retry:
+                rq_compat.handle_job_failure(
+                    job,
+                    exc_string,
+                    pipe,
+                    worker_name=self.name,
+                    execution_id=execution.id if execution else None,
+                    execution_started_at=execution.created_at if execution else None,
+                    execution_ended_at=job.ended_at,
+                )
+            self.increment_failed_job_count(pipe)
+            if job.started_at and job.ended_at:
+                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            if retry and retries_left is not None:
+                _schedule_retry(job, queue, retries_left, pipe)
+            if count:
+                batches.record_end(pipe, job, "failed", detail=lines[-1] if lines else "the job failed")
+
+        guard = Guard.holds(job, execution.id) if execution is not None else Guard("", "", [])
+        try:
+            replies = run_guarded(self.connection, build, guard, what=f"the failure of job {job.id}")
+        except Exception:  # as RQ: log; the job stays started, for a sweep to hand back
+            self.log.exception("Worker %s: failed to persist failure of job %s", self.name, job.id)
+            return
+        finally:
+            if stopped:
+                rq_compat.clear_stopped_job(self)
+        if replies is SUPERSEDED:
+            note_superseded(self.connection, job.id, execution.id, self.name, f"failed: {lines[-1] if lines else ''}")
+            return
+        if not retry and not stopped:
+            job.send_webhooks(JobStatus.FAILED, exc_string=exc_string)
+        if not retry:
+            rq_compat.enqueue_dependents_safely(self, queue, job)
+        rq_compat.release_slot_safely(self, job)
+
+    def _note_attempt(self, job: Job, exc_string: str, pipe: Any) -> None:
+        """Queue on ``pipe`` the job's meta with this attempt's error added (``recovery.note_attempt``)."""
+        try:
+            job.get_meta(refresh=True)
+            recovery.note_attempt(job, exc_string, self.name)
+            pipe.hset(job.key, "meta", rq_compat.serialized_meta(job))
+        except (redis.RedisError, *UNREADABLE):
+            self.log.warning("Worker %s: could not record the error of job %s", self.name, job.id, exc_info=True)
+
+
+def _schedule_retry(job: Job, queue: Queue, retries_left: int, pipe: Any) -> None:
+    """RQ's Job.retry, its status written in the failure's transaction ``pipe``, not before it."""
+    job.retries_left = retries_left
+    interval = job.get_retry_interval()
+    job.retries_left = retries_left - 1
+    if interval:
+        rq_compat.set_job_status(job, JobStatus.SCHEDULED)
+        queue.schedule_job(job, now() + timedelta(seconds=interval), pipeline=pipe)
+    else:
+        rq_compat.enqueue_job(queue, job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
