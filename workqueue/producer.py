@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from rq import Queue, Retry
 from rq.job import Job
+from rq.queue import EnqueueData
 
 import task_def
 from workqueue import batches, jobstats, outage
@@ -162,20 +163,7 @@ def enqueue(
     q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
     batch_id = batch_id or batches.new_id()
     group = batches.group(connection, batch_id)
-    pending = [
-        Queue.prepare_data(
-            call.task.func,
-            kwargs=call.params,
-            timeout=call.job_timeout(),
-            retry=call.retry(),
-            result_ttl=RESULT_TTL,
-            failure_ttl=FAILURE_TTL,
-            description=call.describe(),
-            meta={"task": call.task.name},
-            **batches.callbacks(),
-        )
-        for call in calls
-    ]
+    pending = [_prepare(call) for call in calls]
     names = [call.task.name for call in calls]
     jobs: list[Job] = []
     try:
@@ -191,17 +179,39 @@ def enqueue(
     except redis.RedisError as exc:
         if not outage.is_outage(exc):
             raise
-        if max_queued is not None:
-            landed = f"{len(jobs)} of {len(calls)} jobs were enqueued before it did (batch {batch_id})"
-        elif outage.refusal(exc) is not None:  # refused before EXEC: the transaction never ran
-            landed = "nothing was enqueued"
-        else:
-            landed = _which_landed(connection, jobs)
-        code = outage.refusal(exc)
-        if code is not None:
-            raise RedisUnavailable(f"Redis refused the write ({outage.REFUSALS[code]}); {landed}") from None
-        raise RedisUnavailable(f"Redis went away while enqueueing ({exc}); {landed}") from None
+        raise _unavailable(connection, exc, jobs, len(calls), batch_id, chunked=max_queued is not None) from None
     return Submission(batch_id, queue, jobs)
+
+
+def _prepare(call: TaskCall) -> EnqueueData:
+    """What RQ needs to enqueue ``call`` as one job of a batch."""
+    return Queue.prepare_data(
+        call.task.func,
+        kwargs=call.params,
+        timeout=call.job_timeout(),
+        retry=call.retry(),
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        description=call.describe(),
+        meta={"task": call.task.name},
+        **batches.callbacks(),
+    )
+
+
+def _unavailable(
+    connection: redis.Redis, exc: redis.RedisError, jobs: list[Job], count: int, batch_id: str, *, chunked: bool
+) -> RedisUnavailable:
+    """The error for an outage in the middle of ``enqueue``, saying which of its jobs landed."""
+    if chunked:
+        landed = f"{len(jobs)} of {count} jobs were enqueued before it did (batch {batch_id})"
+    elif outage.refusal(exc) is not None:  # refused before EXEC: the transaction never ran
+        landed = "nothing was enqueued"
+    else:
+        landed = _which_landed(connection, jobs)
+    code = outage.refusal(exc)
+    if code is not None:
+        return RedisUnavailable(f"Redis refused the write ({outage.REFUSALS[code]}); {landed}")
+    return RedisUnavailable(f"Redis went away while enqueueing ({exc}); {landed}")
 
 
 def _wait_for_room(

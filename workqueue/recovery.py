@@ -95,6 +95,21 @@ def hand_back(
         return _fail_unreadable(connection, queue, job_id, execution_ids, guard, worker_name)
     if job is None:
         return HandBack(job_id, origin, ALREADY_ENDED, reason)
+    rerun, failure = _decide(job, reason, worker_name, attempt)
+
+    def build(pipe: redis.client.Pipeline) -> None:
+        _queue_hand_back(pipe, job, queue, execution_ids, worker_name, rerun, failure)
+
+    if run_guarded(connection, build, guard, what=f"the hand-back of job {job_id}", patience=30) is SUPERSEDED:
+        return HandBack(job_id, queue.name, ALREADY_ENDED, reason)
+    outcome = HandBack(job.id, queue.name, REQUEUED if rerun else FAILED, reason)
+    log.warning("%s (%s)", outcome.describe(), reason)
+    return outcome
+
+
+def _decide(job: Job, reason: str, worker_name: str, attempt: bool) -> tuple[bool, str]:
+    """Whether ``job`` runs again (an ``attempt`` uses one of its retries), and the failure to
+    record if not; notes the interruption in its meta (not yet written)."""
     task = task_def.by_path(job.func_name)
     rerun = task is None or task.rerun_safe  # a foreign job is refused again, harmlessly
     why_not = f"task {task.name if task else job.func_name} is not safe to re-run"
@@ -109,24 +124,30 @@ def hand_back(
     failure = f"{reason}; not re-run: {why_not}"
     if attempt or not rerun:
         note_attempt(job, reason if rerun else failure, worker_name)
+    return rerun, failure
 
-    def build(pipe: redis.client.Pipeline) -> None:
-        _forget_executions(pipe, job_id, execution_ids, queue, worker_name)
-        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
-        if rerun:
-            if job.retries_left is not None:
-                pipe.hset(job.key, "retries_left", job.retries_left)
-            rq_compat.enqueue_job(queue, job, pipeline=pipe, at_front=True)
-        else:
-            job.set_status(JobStatus.FAILED, pipeline=pipe)
-            rq_compat.handle_job_failure(job, failure, pipe, worker_name)
-            batches.record_end(pipe, job, "failed", detail=failure)
 
-    if run_guarded(connection, build, guard, what=f"the hand-back of job {job_id}", patience=30) is SUPERSEDED:
-        return HandBack(job_id, queue.name, ALREADY_ENDED, reason)
-    outcome = HandBack(job.id, queue.name, REQUEUED if rerun else FAILED, reason)
-    log.warning("%s (%s)", outcome.describe(), reason)
-    return outcome
+def _queue_hand_back(
+    pipe: redis.client.Pipeline,
+    job: Job,
+    queue: Queue,
+    execution_ids: list[str],
+    worker_name: str,
+    rerun: bool,
+    failure: str,
+) -> None:
+    """Queue the hand-back's writes on ``pipe``: the dead runs forgotten, then ``job`` requeued at
+    the front or failed with ``failure``."""
+    _forget_executions(pipe, job.id, execution_ids, queue, worker_name)
+    pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+    if rerun:
+        if job.retries_left is not None:
+            pipe.hset(job.key, "retries_left", job.retries_left)
+        rq_compat.enqueue_job(queue, job, pipeline=pipe, at_front=True)
+    else:
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        rq_compat.handle_job_failure(job, failure, pipe, worker_name)
+        batches.record_end(pipe, job, "failed", detail=failure)
 
 
 def _forget_executions(

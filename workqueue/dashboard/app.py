@@ -34,6 +34,22 @@ def create_app(
     over its own. ``guard`` defaults to a loopback bind's (see ``webguard``); ``helpers`` (its
     sweeper thread) are shown by ``/health`` and ``/metrics``."""
     app = Flask(__name__)
+    _install_rq_dashboard(app, redis_url, credentials, read_only, guard or webguard.Guard())
+    _install_page_context(app, credentials, read_only)
+    _install_error_handlers(app)
+    _install_health_and_metrics(app, helpers)
+    return app
+
+
+def _install_rq_dashboard(
+    app: Flask,
+    redis_url: str,
+    credentials: security.Credentials | None,
+    read_only: bool,
+    guard: webguard.Guard,
+) -> None:
+    """rq-dashboard's blueprint at ``/rq`` (JSON, its unsafe views replaced) under ``security``, our
+    pages at ``/``, and the Redis connection they share."""
     app.config.update(
         RQ_DASHBOARD_REDIS_URL=redis_url,
         RQ_DASHBOARD_POLL_INTERVAL=POLL_INTERVAL,
@@ -41,12 +57,16 @@ def create_app(
     )
     # rq-dashboard unpickles by default; ours is JSON everywhere.
     rq_dashboard_web.config.serializer = SERIALIZER
-    security.install(app, credentials, read_only, guard or webguard.Guard())
+    security.install(app, credentials, read_only, guard)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
     rq_dashboard_web.setup_rq_connection(app)
     rq_views.replace_unsafe_views(app)
     app.register_blueprint(views.blueprint)
     app.extensions["workqueue.redis"] = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+
+
+def _install_page_context(app: Flask, credentials: security.Credentials | None, read_only: bool) -> None:
+    """The context and the favicon that rq-dashboard's templates ask the app for."""
 
     @app.context_processor
     def page_context() -> dict[str, Any]:
@@ -68,6 +88,10 @@ def create_app(
         return app.send_static_file(filename)
 
     app.view_functions["static"] = static_files
+
+
+def _install_error_handlers(app: Flask) -> None:
+    """Errors in the shape of our refusals; a Redis outage or lost data as a 503 that says so."""
 
     @app.errorhandler(UnreadableJob)
     def unreadable(error: UnreadableJob) -> Response:
@@ -95,6 +119,10 @@ def create_app(
         what = str(error) if isinstance(error, RedisLostData) else outage.describe(error)
         return security.refusal(503, f"{what}; the dashboard shows it again once Redis answers")
 
+
+def _install_health_and_metrics(app: Flask, helpers: Supervisor | None) -> None:
+    """``/metrics`` for Prometheus and ``/health`` for probes, both showing ``helpers``' threads."""
+
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
         threads = helpers.status() if helpers is not None else []
@@ -110,5 +138,3 @@ def create_app(
             redis_up = False
         ok = redis_up and all(t["up"] for t in threads)
         return jsonify({"ok": ok, "redis": redis_up, "helpers": threads}), 200 if ok else 503
-
-    return app
