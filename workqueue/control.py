@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.worker import BaseWorker
 
-from workqueue import batches, recovery
+from workqueue import batches, dependencies, recovery
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
 
@@ -182,6 +182,7 @@ def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 
         job.save_meta()
         job.cancel()
         batches.job_ended(connection, job, "failed", detail=f"cancelled by {by}")
+        dependencies.settle_safely(connection, job_id)  # what waited for it: cancelled too, or run (after any)
         return JobStop(
             job_id,
             Outcome.DONE,

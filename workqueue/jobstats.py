@@ -15,13 +15,14 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypedDict
 
 import redis
 from rq import Queue
 from rq.job import Job
 
-from workqueue import lua
+from workqueue import lua, timing
 from workqueue.jobs import SERIALIZER
 from workqueue.replies import decoded
 from workqueue.settings import STATS_RETENTION, STATS_SAMPLES
@@ -212,6 +213,11 @@ class QueueStats:
     queued: int
     running: int
     tasks: dict[str, TaskStats]
+    # -- when work runs (issue 15): jobs waiting for a time (RQ's scheduled registry) or for others --
+    scheduled: int = 0
+    #: When the first scheduled job is due (epoch seconds), if any.
+    next_scheduled: float | None = None
+    deferred: int = 0
 
 
 def collect(
@@ -233,8 +239,9 @@ def collect(
             for m in minutes:
                 pipe.hgetall(bucket_key(name, m))
             pipe.llen(q.key)
+            _waiting(pipe, q)
             replies = pipe.execute()
-        buckets, queued = replies[:-1], replies[-1]
+        buckets, queued = replies[:-4], replies[-4]
         tasks: dict[str, TaskStats] = {}
         for m, bucket in zip(minutes, buckets, strict=True):
             for field_name, value in bucket.items():
@@ -258,8 +265,20 @@ def collect(
         for i, stats in enumerate(tasks.values()):
             stats.run = [float(v) for v in samples[2 * i]]
             stats.wait = [float(v) for v in samples[2 * i + 1]]
-        report.append(QueueStats(name, queued, len(started), dict(sorted(tasks.items()))))
+        report.append(QueueStats(name, queued, len(started), dict(sorted(tasks.items())), *_waited(replies[-3:])))
     return report
+
+
+def _waiting(pipe: redis.client.Pipeline, q: Queue) -> None:
+    """Queue the three reads of what waits on ``q``: scheduled jobs, the first one due, deferred jobs."""
+    pipe.zcard(q.scheduled_job_registry.key)
+    pipe.zrange(q.scheduled_job_registry.key, 0, 0, withscores=True)
+    pipe.zcard(q.deferred_job_registry.key)
+
+
+def _waited(replies: list[Any]) -> tuple[int, float | None, int]:
+    scheduled, first, deferred = replies
+    return int(scheduled), (float(first[0][1]) if first else None), int(deferred)
 
 
 class _Series(TypedDict):
@@ -310,7 +329,7 @@ def format_report(report: list[QueueStats]) -> list[str]:
 
     lines = []
     for q in report:
-        lines.append(f"queue {q.queue}: {q.queued} queued, {q.running} running")
+        lines.append(f"queue {q.queue}: {q.queued} queued, {q.running} running{_describe_waiting(q)}")
         if not q.tasks:
             continue
         lines.append(
@@ -324,3 +343,17 @@ def format_report(report: list[QueueStats]) -> list[str]:
                 f"{ms(percentile(t.run, 50)):>9}{ms(percentile(t.run, 95)):>8}"
             )
     return lines
+
+
+def _describe_waiting(q: QueueStats) -> str:
+    """``, 2 scheduled (next at 2026-12-01 03:00:00+01:00, in 1h2m), 1 deferred``: only what there is."""
+    text = ""
+    if q.scheduled:
+        text += f", {q.scheduled} scheduled"
+        if q.next_scheduled is not None:
+            due = datetime.fromtimestamp(q.next_scheduled).astimezone()
+            ahead = max(0, round(q.next_scheduled - time.time()))
+            text += f" (next at {due.isoformat(sep=' ', timespec='seconds')}, in {timing.format_span(ahead)})"
+    if q.deferred:
+        text += f", {q.deferred} deferred"
+    return text

@@ -10,18 +10,19 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
 from rq import Queue, Retry
-from rq.job import Job
+from rq.job import Dependency, Job, JobStatus
 from rq.queue import EnqueueData
 
 import task_def
-from workqueue import batches, jobstats, outage
+from workqueue import batches, dependencies, jobstats, outage, rq_compat
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
@@ -147,6 +148,10 @@ def enqueue(
     max_queued: int | None = None,
     on_wait: Callable[[int], Any] | None = None,
     batch_id: str | None = None,
+    # -- when work runs (issue 15): a time to run at, jobs or batches to wait for --
+    when: datetime | None = None,
+    after: Sequence[str] = (),
+    after_any: bool = False,
 ) -> Submission:
     """Enqueue every call on ``queue`` as one batch.
 
@@ -154,6 +159,10 @@ def enqueue(
     in as the queue has room, never taking it past ``max_queued`` (``on_wait(queued)`` is called
     while the producer waits for consumers to drain it). ``batch_id`` lets a caller that must
     record something about the batch first (the gateway, its callback) choose the id.
+
+    ``when`` (an aware time, see ``timing.resolve``): the jobs wait in RQ's scheduled registry until
+    then. ``after`` (job or batch ids): they wait deferred until those end, and run if all
+    finished (``after_any``: whatever the outcome); see ``dependencies``.
     """
     check_queue_name(queue)
     if not 1 <= len(calls) <= MAX_COUNT:
@@ -162,6 +171,9 @@ def enqueue(
         raise BadInput(f"max_queued must be at least 1, not {max_queued}")
     q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
     batch_id = batch_id or batches.new_id()
+    if when is not None or after:  # when work runs (issue 15)
+        return _enqueue_later(connection, q, calls, batch_id, when=when, after=after, after_any=after_any,
+                              max_queued=max_queued)  # fmt: skip
     group = batches.group(connection, batch_id)
     pending = [_prepare(call) for call in calls]
     names = [call.task.name for call in calls]
@@ -238,3 +250,94 @@ def _which_landed(connection: redis.Redis, jobs: list[Job]) -> str:
             f"the {len(jobs)} jobs were sent in one transaction, so all or none were enqueued (check job {jobs[0].id})"
         )
     return f"all {len(jobs)} jobs were enqueued" if landed else "nothing was enqueued"
+
+
+# -- when work runs (issue 15): delayed jobs and jobs that wait for others ---------------------------
+
+
+def _enqueue_later(
+    connection: redis.Redis,
+    q: Queue,
+    calls: list[TaskCall],
+    batch_id: str,
+    *,
+    when: datetime | None,
+    after: Sequence[str],
+    after_any: bool,
+    max_queued: int | None,
+) -> Submission:
+    """Enqueue ``calls`` as one batch that waits: in RQ's scheduled registry until ``when``, or
+    deferred until the jobs of ``after`` end (RQ's ``Dependency``), in one transaction. Dependencies
+    that have already ended are decided here: the jobs are queued at once, or cancelled with the
+    reason (``dependencies.verdict``); the transaction WATCHes them, so one ending meanwhile is seen."""
+    if when is not None and after:
+        raise BadInput("a batch waits for a time or for other work, not both (give --in/--at or --after)", "after")
+    if max_queued is not None:
+        raise BadInput("--max-queued holds back jobs to run now; it does not combine with --in, --at or --after")
+    if when is not None and when.tzinfo is None:
+        raise BadInput("when: expected an aware datetime (see workqueue.timing.resolve)", "at")
+    waits_for = dependencies.resolve(connection, after) if after else []
+    if len(waits_for) * len(calls) > dependencies.MAX_LINKS:
+        raise BadInput(
+            f"{len(calls):,} jobs each waiting for {len(waits_for):,} is too many links "
+            f"(at most {dependencies.MAX_LINKS:,}); wait for fewer jobs or enqueue fewer",
+            "after",
+        )
+    if when is not None and when.microsecond:  # RQ's scheduler keeps whole seconds: never run early
+        when = when.replace(microsecond=0) + timedelta(seconds=1)
+    depends = Dependency(jobs=waits_for, allow_failure=after_any) if waits_for else None
+    jobs = [_create_job(q, call, batch_id, depends) for call in calls]
+    names = Counter(call.task.name for call in calls)
+    try:
+        with connection.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    decision = None
+                    if waits_for:
+                        pipe.watch(*[Job.key_for(job_id) for job_id in waits_for])
+                        states = dependencies.statuses(connection, waits_for)
+                        decision = dependencies.verdict(waits_for, states, after_any)
+                    pipe.multi()
+                    batches.open_batch(pipe, batch_id, len(calls), q.name)
+                    jobstats.count_enqueued(pipe, q.name, names)
+                    pipe.sadd(q.redis_queues_keys, q.key)
+                    for job in jobs:
+                        _place(pipe, q, job, when, decision)
+                    group = batches.group(connection, batch_id)
+                    pipe.sadd(group.key, *[job.id for job in jobs])
+                    pipe.sadd(group.REDIS_GROUP_KEY, batch_id)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+    except redis.RedisError as exc:
+        if not outage.is_outage(exc):
+            raise
+        raise _unavailable(connection, exc, jobs, len(calls), batch_id, chunked=False) from None
+    return Submission(batch_id, q.name, jobs)
+
+
+def _create_job(q: Queue, call: TaskCall, batch_id: str, depends: Dependency | None) -> Job:
+    """The job RQ would build for ``call`` in batch ``batch_id`` (not yet written)."""
+    data = _prepare(call)
+    return q.create_job(
+        data.func, kwargs=data.kwargs, timeout=data.timeout, result_ttl=data.result_ttl, failure_ttl=data.failure_ttl,
+        description=data.description, meta=data.meta, retry=data.retry, depends_on=depends,
+        on_success=data.on_success, on_failure=data.on_failure, on_stopped=data.on_stopped, group_id=batch_id,
+    )  # fmt: skip
+
+
+def _place(pipe: redis.client.Pipeline, q: Queue, job: Job, when: datetime | None, decision: str | None) -> None:
+    """Queue on ``pipe`` where ``job`` goes: scheduled at ``when``; deferred (``decision`` None);
+    queued (``"run"``: what it waits for has ended as it asked); or cancelled with the reason."""
+    if when is not None:
+        q.schedule_job(job, when, pipeline=pipe)
+    elif decision is None:
+        job.set_status(JobStatus.DEFERRED, pipeline=pipe)
+        job.register_dependency(pipeline=pipe)
+        job.save(pipeline=pipe)
+    elif decision == "run":
+        rq_compat.enqueue_job(q, job, pipeline=pipe)
+    else:
+        job.save(pipeline=pipe)
+        dependencies.cancel_in(pipe, job, decision)

@@ -27,7 +27,7 @@ from rq.utils import current_timestamp, now, utcformat, utcparse
 from rq.worker_registration import clean_worker_registry
 
 import task_def
-from workqueue import batches, jobstats, lua, rq_compat
+from workqueue import batches, dependencies, jobstats, lua, rq_compat
 from workqueue.errors import UnreadableJob
 from workqueue.guarded import SUPERSEDED, Guard, run_guarded
 from workqueue.jobs import SERIALIZER, CatalogueJob, fetch_job
@@ -104,6 +104,8 @@ def hand_back(
         return HandBack(job_id, queue.name, ALREADY_ENDED, reason)
     outcome = HandBack(job.id, queue.name, REQUEUED if rerun else FAILED, reason)
     log.warning("%s (%s)", outcome.describe(), reason)
+    if not rerun:  # its end: what waits for it is cancelled, or run if it runs whatever the outcome
+        dependencies.settle_safely(connection, job.id)
     return outcome
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import redis
 
 import task_def
-from workqueue import batches, jobstats, outage, producer
+from workqueue import batches, jobstats, outage, producer, timing
 from workqueue.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -24,7 +27,7 @@ from workqueue.cli.common import (
 from workqueue.cli.remote import Gateway, enqueue_via_gateway
 from workqueue.cli.report import echo_summary, echo_task_end
 from workqueue.connection import connect
-from workqueue.errors import RedisLostData, RedisUnavailable
+from workqueue.errors import BadInput, RedisLostData, RedisUnavailable
 from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, RESULT_TTL, TOKEN_ENV
 
 
@@ -39,6 +42,10 @@ class Enqueueing:
     max_queued: int | None = None
     wait: bool = False
     quiet: bool = False
+    # -- when work runs (issue 15): a time to run at, and the jobs or batches to wait for --
+    when: datetime | None = None
+    after: tuple[str, ...] = ()
+    after_any: bool = False
 
 
 def list_tasks() -> None:
@@ -98,6 +105,66 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
     return [producer.TaskCall.build(task.name, params)] * count, queue
 
 
+# -- when work runs (issue 15): --in/--at, --after/--after-any, and their prompts ---------------------
+
+
+def when_options(command: Callable) -> Callable:
+    """The options that say when a batch runs: a delay or a time, and the work it waits for."""
+    options = [
+        click.option("--in", "run_in", metavar="DELAY", default=None,
+                     help="Run after this delay: 90s, 10m, 2h, 1h30m."),
+        click.option("--at", "run_at", metavar="TIME", default=None,
+                     help="Run at this time: 2026-12-01T03:00 (local time here) or with a zone, ...T03:00+01:00."),
+        click.option("--after", "after", metavar="BATCH_OR_JOB", multiple=True,
+                     help="Wait until this batch (all its jobs) or job has ended; repeatable. Runs only if all "
+                     "finished, else is cancelled with the reason."),
+        click.option("--after-any", is_flag=True, help="With --after: run whatever the outcome of what it waits for."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def resolve_when(run_in: str | None, run_at: str | None, after: tuple[str, ...], after_any: bool) -> datetime | None:
+    """``--in``/``--at`` as the time to run at (None: now); bad combinations and values exit 2."""
+    if run_in is not None and run_at is not None:
+        raise BadInput("give either --in (a delay) or --at (a time), not both")
+    if after_any and not after:
+        raise BadInput("--after-any goes with --after BATCH_OR_JOB")
+    try:
+        return timing.resolve(run_at, run_in)
+    except BadInput as exc:
+        raise BadInput(f"--{exc}") from None  # "--in: ..." names the flag
+
+
+def prompt_when() -> tuple[datetime | None, tuple[str, ...]]:
+    """Ask when the batch should run ("now", a delay or a time) and what it waits for (none)."""
+    when = click.prompt("When? (now, a delay such as 10m, or a time such as 2026-12-01T03:00)",
+                        default="now", value_proc=_when_value)  # fmt: skip
+    after = ""
+    if when is None:
+        after = click.prompt("After which job/batch? (ids separated by spaces, or none)", default="none")
+    return when, tuple(a for a in after.split() if a.lower() != "none")
+
+
+def when_fields(options: Enqueueing) -> dict[str, Any]:
+    """When the batch runs, as the gateway's fields (``at``, ``after``, ``after_any``)."""
+    fields: dict[str, Any] = {}
+    if options.when is not None:
+        fields["at"] = options.when.isoformat()
+    if options.after:
+        fields["after"] = list(options.after)
+        fields["after_any"] = options.after_any
+    return fields
+
+
+def _when_value(text: str) -> datetime | None:
+    try:
+        return timing.parse_when(text)
+    except BadInput as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--task", "task_name", metavar="NAME", help="Task from the catalogue (see --list-tasks).")
 @click.option("--param", "pairs", metavar="KEY=VALUE", multiple=True, help="A task parameter; repeatable.")
@@ -153,6 +220,7 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
     default=0,
     help="With --via --wait: the port results come back to (default: any free one).",
 )
+@when_options
 @redis_url_option
 def main(
     task_name: str | None,
@@ -173,6 +241,10 @@ def main(
     token: str | None,
     callback_host: str | None,
     callback_port: int,
+    run_in: str | None,
+    run_at: str | None,
+    after: tuple[str, ...],
+    after_any: bool,
     redis_url: str | None,
 ) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
@@ -185,7 +257,7 @@ def main(
     if via is not None and (show_stats or batch_id or max_queued or redis_url):
         fail("--via sends through the gateway: not with --stats, --batch, --max-queued or --redis-url")
     if show_stats or batch_id:
-        if described or max_queued or wait or (show_stats and batch_id):
+        if described or max_queued or wait or (show_stats and batch_id) or run_in or run_at or after:
             fail("--stats and --batch each stand alone (--stats takes --queue; --batch takes --quiet)")
         if not batch_id:
             return print_stats(redis_url, queue)
@@ -193,6 +265,7 @@ def main(
     options = Enqueueing(
         queue=queue or DEFAULT_QUEUE, retries=retries, timeout=timeout, max_queued=max_queued, wait=wait, quiet=quiet
     )
+    options = replace(options, when=resolve_when(run_in, run_at, after, after_any), after=after, after_any=after_any)
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
@@ -204,9 +277,14 @@ def main(
     else:
         calls, prompted_queue = prompt_calls()
         options = replace(options, queue=prompted_queue)
+        if options.when is None and not options.after:
+            prompted_when, prompted_after = prompt_when()
+            options = replace(options, when=prompted_when, after=prompted_after)
     if via is not None:
         gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
-        return enqueue_via_gateway(gateway, calls, options.queue, wait=options.wait, quiet=options.quiet)
+        return enqueue_via_gateway(
+            gateway, calls, options.queue, wait=options.wait, quiet=options.quiet, fields=when_fields(options)
+        )
     return enqueue_on_redis(calls, options, redis_url)
 
 
@@ -229,10 +307,15 @@ def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_
             )
         waited.append(queued)
 
-    submission = producer.enqueue(connection, calls, options.queue, max_queued=options.max_queued, on_wait=on_wait)
+    submission = producer.enqueue(
+        connection, calls, options.queue, max_queued=options.max_queued, on_wait=on_wait,
+        when=options.when, after=options.after, after_any=options.after_any,
+    )  # fmt: skip
     jobs = submission.jobs
     what = calls[0].describe() if len({c.describe() for c in calls}) == 1 else "mixed tasks"
     click.echo(f"batch {submission.batch_id}: enqueued {len(jobs)} × {what} on {options.queue} ({target.display})")
+    if options.when is not None or options.after:
+        click.echo(f"  {describe_wait(options, jobs)}")
     for job in jobs[:10] if not options.quiet else []:
         click.echo(f"  {job.id}")
     if len(jobs) > 10 and not options.quiet:
@@ -240,6 +323,16 @@ def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_
     if not options.wait:
         return EXIT_OK
     return follow_batch(connection, submission.batch_id, quiet=options.quiet, started=started, mark=mark)
+
+
+def describe_wait(options: Enqueueing, jobs: list) -> str:
+    """One line: when the batch runs, or what it waits for and where it stands."""
+    if options.when is not None:
+        return f"scheduled: runs at {timing.describe(options.when)}"
+    what = "whatever their outcome" if options.after_any else "if they all finish, else cancelled"
+    states = {job.get_status(refresh=False).value for job in jobs}
+    now = " (already ended: " + "/".join(sorted(states)) + ")" if "deferred" not in states else ""
+    return f"waits for {', '.join(options.after)}: runs {what}{now}"
 
 
 def follow_batch(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -32,20 +34,27 @@ class Gateway:
 
 
 def enqueue_via_gateway(
-    gateway: Gateway, calls: list[producer.TaskCall], queue: str, *, wait: bool, quiet: bool
+    gateway: Gateway,
+    calls: list[producer.TaskCall],
+    queue: str,
+    *,
+    wait: bool,
+    quiet: bool,
+    fields: Mapping[str, Any] | None = None,
 ) -> int:
     """Send the calls through the gateway (as batches, from ``threads`` threads); with ``wait``, follow their
     results by callback and print the same lines and summary as a producer on Redis."""
     client = remote.GatewayClient(gateway.url, gateway.token)
     started = time.monotonic()
     if not wait:
-        _report(remote.send(client, calls, queue, gateway.threads), calls, gateway.url, quiet)
+        _report(remote.send(client, calls, queue, gateway.threads, fields=fields), calls, gateway.url, quiet)
         return EXIT_OK
     host = gateway.callback_host or remote.address_towards(gateway.url)
     with remote.ResultReceiver(host, gateway.callback_port) as receiver:
         sent = remote.send(
-            client, calls, queue, gateway.threads, callback_url=receiver.url, callback_secret=receiver.secret
-        )
+            client, calls, queue, gateway.threads, callback_url=receiver.url, callback_secret=receiver.secret,
+            fields=fields,
+        )  # fmt: skip
         _report(sent, calls, gateway.url, quiet)
         click.echo(f"results come back to {receiver.url}")
         _follow(client, receiver, sent, quiet)

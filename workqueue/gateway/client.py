@@ -11,7 +11,7 @@ import queue
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,8 +70,10 @@ class GatewayClient:
         *,
         callback_url: str | None = None,
         callback_secret: str | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> Sent:
-        """One batch of up to MAX_TASKS calls (sharing their retries and timeout overrides)."""
+        """One batch of up to MAX_TASKS calls (sharing their retries and timeout overrides); ``fields``:
+        more of the body's fields (when the batch runs: ``at``, ``after``, ``after_any``)."""
         body: dict[str, Any] = {
             "tasks": [{"task": c.task.name, "params": c.params} for c in calls],
             "queue": queue_name,
@@ -81,6 +83,7 @@ class GatewayClient:
                 body[name] = getattr(calls[0], name)
         if callback_url:
             body["callback"] = {"url": callback_url, "secret": callback_secret}
+        body.update(fields or {})
         reply = self.request("POST", "/batches", json=body)
         return Sent(reply["batch_id"], reply["queue"], reply["job_ids"])
 
@@ -96,13 +99,21 @@ def send(
     *,
     callback_url: str | None = None,
     callback_secret: str | None = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> list[Sent]:
     """Every call, as batches of at most MAX_TASKS, sent from ``threads`` threads at once."""
     per_thread = -(-len(calls) // threads)
     chunks = [calls[i : i + min(per_thread, MAX_TASKS)] for i in range(0, len(calls), min(per_thread, MAX_TASKS))]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="producer") as pool:
         futures = [
-            pool.submit(client.enqueue, chunk, queue_name, callback_url=callback_url, callback_secret=callback_secret)
+            pool.submit(
+                client.enqueue,
+                chunk,
+                queue_name,
+                callback_url=callback_url,
+                callback_secret=callback_secret,
+                fields=fields,
+            )
             for chunk in chunks
         ]
         return [f.result() for f in futures]

@@ -18,7 +18,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.utils import now
 
-from workqueue import batches, recovery, rq_compat
+from workqueue import batches, dependencies, recovery, rq_compat
 from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import UNREADABLE
 from workqueue.worker import job_steps, progress
@@ -170,6 +170,7 @@ class HorseSideWorker(Worker):
             job.send_webhooks(JobStatus.FAILED, exc_string=exc_string)
         if not retry:
             rq_compat.enqueue_dependents_safely(self, queue, job)
+            dependencies.settle_safely(self.connection, job.id)  # what RQ leaves deferred: cancel or run
         rq_compat.release_slot_safely(self, job)
 
     def _note_attempt(self, job: Job, exc_string: str, pipe: Any) -> None:

@@ -35,7 +35,7 @@ from rq.results import Result
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from workqueue import batches, guarded, lua, rq_compat
+from workqueue import batches, dependencies, guarded, lua, rq_compat
 from workqueue.guarded import SUPERSEDED, Guard, direct_client, note_superseded, run_guarded
 
 if TYPE_CHECKING:
@@ -244,5 +244,6 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         log.warning("job %s finished, but Redis refused part of its record: %s", job.id, failed[0])
     if replies[0] and not isinstance(replies[0], Exception):
         rq_compat.enqueue_dependents_safely(worker, queue, job)
+        dependencies.settle_safely(worker.connection, job.id)  # "after any" ones RQ does not run
     rq_compat.release_slot_safely(worker, job)
     return True
