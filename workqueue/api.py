@@ -10,14 +10,16 @@ print(workqueue.stats())
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 
-from workqueue import batches, jobstats, outage, producer
+from workqueue import batches, jobstats, outage, producer, timing
 from workqueue.connection import connect
+from workqueue.errors import BadInput
 from workqueue.settings import DEFAULT_QUEUE
 
 log = logging.getLogger(__name__)
@@ -74,10 +76,20 @@ def enqueue(
     timeout: int | None = None,
     max_queued: int | None = None,
     redis_url: str | None = None,
+    when: datetime | None = None,
+    delay: timedelta | float | None = None,
+    after: After = None,
+    after_any: bool = False,
 ) -> Batch:
-    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not)."""
+    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
+
+    ``when`` (a datetime; naive is local time) or ``delay`` (a timedelta or seconds): run then, not
+    now. ``after``: a Batch, a job id, a batch id or a list of them: run once they have all ended,
+    if they all finished (else the jobs are cancelled with the reason); ``after_any``: whatever
+    their outcome. So ``report = enqueue(..., after=enqueue(..., after=crawl))`` chains work.
+    """
     call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout)
-    return _submit([call] * count, queue, max_queued, redis_url)
+    return _submit([call] * count, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
 
 
 def enqueue_many(
@@ -86,9 +98,15 @@ def enqueue_many(
     queue: str = DEFAULT_QUEUE,
     max_queued: int | None = None,
     redis_url: str | None = None,
+    when: datetime | None = None,
+    delay: timedelta | float | None = None,
+    after: After = None,
+    after_any: bool = False,
 ) -> Batch:
-    """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued."""
-    return _submit([producer.TaskCall.build(name, params) for name, params in tasks], queue, max_queued, redis_url)
+    """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued
+    (``when``, ``delay``, ``after``, ``after_any``: as :func:`enqueue`)."""
+    calls = [producer.TaskCall.build(name, params) for name, params in tasks]
+    return _submit(calls, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
 
 
 def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[jobstats.QueueStats]:
@@ -97,11 +115,42 @@ def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[job
     return jobstats.collect(connection, [queue] if queue else None)
 
 
-def _submit(calls: list[producer.TaskCall], queue: str, max_queued: int | None, redis_url: str | None) -> Batch:
+def _submit(
+    calls: list[producer.TaskCall], queue: str, max_queued: int | None, redis_url: str | None, later: _Later
+) -> Batch:
     connection, _ = connect(redis_url)
     mark = outage.DataMark(connection)
-    submission = producer.enqueue(connection, calls, queue, max_queued=max_queued)
+    submission = producer.enqueue(
+        connection, calls, queue, max_queued=max_queued, when=later.when, after=later.after, after_any=later.after_any
+    )
     return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark)
+
+
+# -- when work runs (issue 15): when=/delay= and after=/after_any= -----------------------------------
+
+#: What ``after=`` takes: a Batch, a job id or a batch id, or a list of them.
+After = Batch | str | Sequence[Batch | str] | None
+
+
+@dataclass(frozen=True)
+class _Later:
+    """When a batch runs, as ``producer.enqueue`` takes it."""
+
+    when: datetime | None = None
+    after: tuple[str, ...] = ()
+    after_any: bool = False
+
+    @classmethod
+    def of(cls, when: datetime | None, delay: timedelta | float | None, after: After, after_any: bool) -> _Later:
+        """Check and resolve the API's arguments (BadInput naming ``when``, ``delay`` or ``after``)."""
+        moment = timing.resolve(when, delay, at_field="when", in_field="delay")
+        items = [after] if isinstance(after, Batch | str) else list(after or [])
+        ids = tuple(item.id if isinstance(item, Batch) else item for item in items)
+        if after is not None and not ids:
+            raise BadInput("after: expected a Batch, a job id or a batch id, or a list of them; got nothing", "after")
+        if after_any and not ids:
+            raise BadInput("after_any goes with after=", "after_any")
+        return cls(moment, ids, after_any)
 
 
 def _log_outage(what: str | None) -> None:

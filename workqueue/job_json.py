@@ -11,8 +11,10 @@ from typing import Any
 
 import redis
 from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
 from rq.results import Result
 
+from workqueue import dependencies
 from workqueue.jobs import fetch_job
 
 #: Statuses a job can still be stopped or cancelled in, and those it can be requeued from.
@@ -70,7 +72,16 @@ def job_detail(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
         "meta": {k: v for k, v in job.meta.items() if k not in ("progress", "attempts")},
         "can_stop": status in STOPPABLE,
         "can_requeue": status in REQUEUEABLE,
+        # when work runs (issue 15): when a scheduled job is due, what a deferred one waits for
+        "scheduled_for": scheduled_for(connection, job) if status == JobStatus.SCHEDULED else None,
+        "waiting_for": dependencies.waiting_for(connection, job),
     }
+
+
+def scheduled_for(connection: redis.Redis, job: Job) -> str | None:
+    """When a scheduled job is due (RQ's scheduled registry holds it as its score)."""
+    score = connection.zscore(ScheduledJobRegistry(job.origin, connection=connection).key, job.id)
+    return None if score is None else iso(datetime.fromtimestamp(score, UTC))
 
 
 def _latest_result(job: Job) -> tuple[Result | None, str | None]:

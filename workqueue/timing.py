@@ -108,7 +108,10 @@ def resolve(
     elif isinstance(delay, int | float) and not isinstance(delay, bool):
         if delay != delay:  # NaN
             raise BadInput(f"{in_field}: not a number", in_field)
-        span = check_delay(timedelta(seconds=min(float(delay), MAX_DELAY.total_seconds() * 2)), in_field)
+        if delay <= 0:
+            raise BadInput(f"{in_field}: {delay:g} s is not in the future; give a delay above zero, or none", in_field)
+        seconds = min(max(float(delay), 1e-6), MAX_DELAY.total_seconds() * 2)  # a microsecond at least
+        span = check_delay(timedelta(seconds=seconds), in_field, f"{delay:g} s")
     else:
         raise BadInput(f"{in_field}: expected seconds or a timedelta, not {type(delay).__name__}", in_field)
     return datetime.now(UTC) + span

@@ -16,10 +16,11 @@ import redis
 from flask import Flask, Response, abort, current_app, jsonify, redirect, request, url_for
 from flask.typing import RouteCallable
 from rq import Queue
+from rq.job import JobStatus
 from rq.registry import BaseRegistry
 from werkzeug.wrappers import Response as BaseResponse
 
-from workqueue import control, job_json
+from workqueue import control, dependencies, job_json
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor
 from workqueue.errors import BadInput, UnreadableJob
@@ -211,7 +212,18 @@ def _job_row(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
         "created_at": job_json.iso(job.created_at),
         "started_at": job_json.iso(job.started_at),
         "ended_at": job_json.iso(job.ended_at),
+        **_waits(connection, job),
     }
+
+
+def _waits(connection: redis.Redis, job: CatalogueJob) -> dict[str, Any]:
+    """When a scheduled job is due, what a deferred one waits for (issue 15): for the registries' lists."""
+    status = job.get_status(refresh=False)
+    if status == JobStatus.SCHEDULED:
+        return {"scheduled_for": job_json.scheduled_for(connection, job)}
+    if status == JobStatus.DEFERRED:
+        return {"waiting_for": dependencies.waiting_for(connection, job)}
+    return {}
 
 
 def _bad(message: str) -> Response:

@@ -4,6 +4,7 @@ the ``kill_thread/`` scripts. Every action is a POST (CSRF-checked by ``security
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +24,7 @@ from rq.job import JOB_ID_PATTERN, Job
 from werkzeug.wrappers import Response as BaseResponse
 
 import task_def
-from workqueue import control, job_json, jobstats, producer
+from workqueue import control, job_json, jobstats, producer, timing
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor, refusal, wants_html
 from workqueue.errors import BadInput
@@ -174,12 +175,15 @@ def enqueue() -> Any:
     form = request.form
     try:
         call, count, queue = _read_enqueue_form(form)
-        submission = producer.enqueue(_redis(), [call] * count, queue)
+        when = _read_when(form)
+        submission = producer.enqueue(_redis(), [call] * count, queue, when=when)
     except BadInput as exc:
         return Response(render_template("workqueue/enqueue.html", error=str(exc), **_form_context(form)), 422)
     first = submission.jobs[0].id
+    runs = f"; runs at {timing.describe(when)}" if when is not None else ""
     flash(
-        f"enqueued {count} × {call.describe()} on {queue} (batch {submission.batch_id}, first job {first})", "success"
+        f"enqueued {count} × {call.describe()} on {queue} (batch {submission.batch_id}, first job {first}){runs}",
+        "success",
     )
     return redirect(url_for(".enqueue_page", task=call.task.name), 303)
 
@@ -199,6 +203,11 @@ def _read_enqueue_form(form: Any) -> tuple[producer.TaskCall, int, str]:
     queue = form.get("queue", "").strip() or DEFAULT_QUEUE
     check_queue_name(queue)
     return call, int(count_text), queue
+
+
+def _read_when(form: Any) -> datetime | None:
+    """The form's When (issue 15): empty or "now", a delay (10m) or a time (local to the dashboard)."""
+    return timing.parse_when(form.get("when", ""))
 
 
 def _form_context(form: Any) -> dict[str, Any]:
@@ -229,6 +238,7 @@ def _form_context(form: Any) -> dict[str, Any]:
         "selected": selected,
         "count": form.get("count", 1),
         "queue": form.get("queue", DEFAULT_QUEUE),
+        "when": form.get("when", "now"),
         "max_count": MAX_COUNT,
         "active_tab": "enqueue",
     }

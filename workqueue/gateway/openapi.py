@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import task_def
+from workqueue import timing
 from workqueue.jobs import QUEUE_NAME
 from workqueue.producer import MAX_RETRIES, MAX_TIMEOUT
 from workqueue.settings import (
@@ -186,6 +187,51 @@ def _common_fields() -> dict[str, Any]:
             "description": "Override of the task's timeout, in seconds.",
         },
         "callback": {"$ref": "#/components/schemas/Callback"},
+        **_when_fields(),
+    }
+
+
+# -- when work runs (issue 15): a delay or a time, and the work to wait for ---------------------------
+
+#: An RFC 3339 date-time with its offset, as ``at`` must be (a gateway cannot know its client's zone).
+AT_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+#: The most jobs or batches one request may wait for.
+MAX_AFTER = 100
+
+
+def _when_fields() -> dict[str, Any]:
+    """``at``/``in`` (run later, RQ's scheduled registry) and ``after``/``after_any`` (wait for other
+    work: RQ's dependencies); ``at`` and ``in`` exclude each other, as do a time and ``after``."""
+    return {
+        "at": {
+            "type": "string",
+            "pattern": AT_PATTERN,
+            "description": "Run at this time (RFC 3339, with its offset: 2026-12-01T03:00:00+01:00); "
+            f"refused (422, field `at`) if it is past or more than {timing.MAX_DELAY.days} days ahead.",
+        },
+        "in": {
+            "type": "number",
+            "minimum": 0,
+            "exclusiveMinimum": True,
+            "maximum": timing.MAX_DELAY.total_seconds(),
+            "description": "Run after this many seconds.",
+        },
+        "after": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_AFTER,
+            "items": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
+            "description": "Job or batch ids (a batch: all its jobs): the new jobs wait (deferred) until "
+            "these have ended, and run if all finished; otherwise they are cancelled, with the reason "
+            "(`meta.cancelled_reason`). Refused (422, field `after`) if one names nothing.",
+        },
+        "after_any": {
+            "type": "boolean",
+            "default": False,
+            "description": "With `after`: run whatever the outcome of what they wait for.",
+        },
     }
 
 
@@ -282,6 +328,26 @@ def _job_schema() -> dict[str, Any]:
             "meta": {"type": "object"},
             "can_stop": {"type": "boolean"},
             "can_requeue": {"type": "boolean"},
+            "scheduled_for": _nullable(
+                {"type": "string", "description": "When a scheduled job is due (RFC 3339, UTC)."}
+            ),
+            "waiting_for": _nullable(
+                {
+                    "type": "object",
+                    "description": "What a job enqueued with `after` waits for: each job and its status.",
+                    "properties": {
+                        "jobs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": _fields({"type": "string"}, "id", "status"),
+                            },
+                        },
+                        "batches": {"type": "array", "items": {"type": "string"}},
+                        "after_any": {"type": "boolean"},
+                    },
+                }
+            ),
         },
     }
 

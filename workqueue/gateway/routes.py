@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, overload
 
 import redis
@@ -19,7 +20,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import task_def
-from workqueue import batches, control, job_json, jobstats, network, outage, producer, webguard
+from workqueue import batches, control, dependencies, job_json, jobstats, network, outage, producer, timing, webguard
 from workqueue.errors import BadInput, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.jobs import check_queue_name
@@ -42,6 +43,7 @@ bp = Blueprint("gateway", __name__)
 EXTENSION = "workqueue.gateway"
 
 _COMMON = {"queue", "retries", "timeout", "callback"}
+_COMMON |= {"at", "in", "after", "after_any"}  # when work runs (issue 15)
 
 
 @dataclass(frozen=True)
@@ -267,11 +269,49 @@ def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[R
         check_queue_name(queue)
     except BadInput as exc:
         raise Invalid(str(exc), "queue") from None
+    when, after, after_any = _when(body)
     batch_id = batches.new_id()
+    if after:  # checked before the callback is registered: a refused request leaves nothing behind
+        try:
+            after = dependencies.resolve(gateway.connection, after)
+        except BadInput as exc:
+            raise Invalid(str(exc), "after") from None
     if "callback" in body:
         delivery.register(gateway.connection, batch_id, *_callback(body["callback"], gateway.policy))
-    submission = producer.enqueue(gateway.connection, calls, queue, batch_id=batch_id)
+    try:
+        submission = producer.enqueue(
+            gateway.connection, calls, queue, batch_id=batch_id, when=when, after=after, after_any=after_any
+        )
+    except BadInput as exc:
+        raise Invalid(str(exc), exc.field) from None
     return jsonify({"batch_id": batch_id, "queue": queue, "job_ids": [job.id for job in submission.jobs]}), 201
+
+
+def _when(body: Mapping[str, Any]) -> tuple[datetime | None, list[str], bool]:
+    """The body's ``at``/``in`` as a time (None: now), ``after`` as ids, ``after_any`` (issue 15);
+    anything the document refuses is a 422 naming its field."""
+    at, delay, after, after_any = body.get("at"), body.get("in"), body.get("after"), body.get("after_any", False)
+    if at is not None and (not isinstance(at, str) or not re.fullmatch(openapi.AT_PATTERN, at)):
+        raise Invalid("at: expected an RFC 3339 time with its offset, e.g. 2026-12-01T03:00:00+01:00", "at")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)):
+        raise Invalid(f"in: expected a number of seconds, got {delay!r}", "in")
+    if not isinstance(after_any, bool):
+        raise Invalid(f"after_any: expected true or false, got {after_any!r}", "after_any")
+    if after is not None and (
+        not isinstance(after, list)
+        or not 1 <= len(after) <= openapi.MAX_AFTER
+        or not all(isinstance(i, str) and openapi.JOB_ID.fullmatch(i) for i in after)
+    ):
+        raise Invalid(f"after: expected a list of 1 to {openapi.MAX_AFTER} job or batch ids", "after")
+    if after_any and after is None:
+        raise Invalid("after_any: goes with after", "after_any")
+    if after is not None and (at is not None or delay is not None):
+        raise Invalid("after: a batch waits for a time or for other work, not both", "after")
+    try:
+        when = timing.resolve(at, delay)
+    except BadInput as exc:
+        raise Invalid(str(exc), exc.field) from None
+    return when, list(after or []), after_any
 
 
 def _body(allowed: set[str]) -> dict[str, Any]:

@@ -126,6 +126,14 @@
         first.appendChild(el("span", { "class": "end_date", text: "Failed " + relative(job.ended_at) }));
         first.appendChild(el("pre", { "class": "exc_info", text: text(job.exc_info) }));
       }
+      if (job.scheduled_for) {  // a delayed job: when it is due
+        first.appendChild(el("span", { "class": "end_date wq-scheduled-for", text: "Scheduled for " + job.scheduled_for }));
+      }
+      if (job.waiting_for) {  // a job enqueued with --after: what it waits for
+        first.appendChild(el("span", { "class": "end_date wq-waiting-for",
+          text: "Waits for " + job.waiting_for.jobs.length + " job(s)" +
+                (job.waiting_for.batches.length ? " of batch " + job.waiting_for.batches.join(", ") : "") }));
+      }
       var row = el("tr", { "data-role": "job", "data-job-id": job.id }, [first,
         el("td", {}, [el("span", { "class": "creation_date", text: relative(job.created_at) })])]);
       var actions = el("td", { "class": "actions narrow" });
