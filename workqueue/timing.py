@@ -77,9 +77,11 @@ def parse_when(text: str) -> datetime | None:
     raw = text.strip()
     if raw.lower() in ("", "now"):
         return None
-    if re.fullmatch(r"[\d.smhd ]+", raw, re.IGNORECASE) and not re.fullmatch(r"\d{4}-.*", raw):
+    if re.fullmatch(r"[0-9.]+[smhd0-9.]*", raw.lower()):
         return datetime.now(UTC) + parse_duration(raw, "when")
-    return parse_time(raw, "when")
+    if re.match(r"[0-9]{4}-", raw):
+        return parse_time(raw, "when")
+    raise BadInput(f"when: {text!r} is neither now, a delay (90s, 10m, 1h30m) nor a time (2026-12-01T03:00)", "when")
 
 
 def resolve(

@@ -137,14 +137,11 @@ def resolve_when(run_in: str | None, run_at: str | None, after: tuple[str, ...],
         raise BadInput(f"--{exc}") from None  # "--in: ..." names the flag
 
 
-def prompt_when() -> tuple[datetime | None, tuple[str, ...]]:
-    """Ask when the batch should run ("now", a delay or a time) and what it waits for (none)."""
-    when = click.prompt("When? (now, a delay such as 10m, or a time such as 2026-12-01T03:00)",
-                        default="now", value_proc=_when_value)  # fmt: skip
-    after = ""
-    if when is None:
-        after = click.prompt("After which job/batch? (ids separated by spaces, or none)", default="none")
-    return when, tuple(a for a in after.split() if a.lower() != "none")
+def prompt_when() -> datetime | None:
+    """Ask when the batch should run: "now" (the default), a delay or a time."""
+    return click.prompt(
+        "When? (now, a delay such as 10m, or a time such as 2026-12-01T03:00)", default="now", value_proc=_when_value
+    )
 
 
 def when_fields(options: Enqueueing) -> dict[str, Any]:
@@ -278,8 +275,7 @@ def main(
         calls, prompted_queue = prompt_calls()
         options = replace(options, queue=prompted_queue)
         if options.when is None and not options.after:
-            prompted_when, prompted_after = prompt_when()
-            options = replace(options, when=prompted_when, after=prompted_after)
+            options = replace(options, when=prompt_when())
     if via is not None:
         gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
         return enqueue_via_gateway(
