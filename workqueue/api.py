@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from workqueue import batches, jobstats, outage, producer
+from workqueue import batches, crawling, jobstats, outage, producer
 from workqueue.connection import connect
 from workqueue.settings import DEFAULT_QUEUE
 
@@ -33,6 +33,9 @@ class Batch:
     connection: redis.Redis
     #: The data mark seen before enqueueing: a Redis that restarted empty is told from a lost batch.
     mark: outage.DataMark | None = field(default=None, repr=False)
+    #: Unique jobs: the jobs already queued or running that calls found holding their key (so
+    #: ``job_ids`` has only the new ones), by the call's position.
+    existing: dict[int, str] = field(default_factory=dict)
 
     def wait(
         self,
@@ -63,6 +66,10 @@ class Batch:
     def summary(self) -> batches.BatchSummary:
         return batches.summary(self.connection, self.id)
 
+    def results(self) -> list[dict[str, Any]]:
+        """Each crawled page's result (url, depth, status, title, links, error), as they ended."""
+        return crawling.results(self.connection, self.id)
+
 
 def enqueue(
     task: str,
@@ -74,9 +81,18 @@ def enqueue(
     timeout: int | None = None,
     max_queued: int | None = None,
     redis_url: str | None = None,
+    unique: bool = False,
+    unique_key: str | None = None,
+    unique_for: int | str | None = None,
 ) -> Batch:
-    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not)."""
-    call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout)
+    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
+
+    ``unique`` (the key is the task and its parameters) or ``unique_key``: while a job with that key
+    waits or runs (and ``unique_for`` seconds, or ``"10m"``, after its end) no new one is made; the
+    batch's ``existing`` names the job found instead."""
+    call = producer.TaskCall.build(
+        task, params, retries=retries, timeout=timeout, unique=unique, unique_key=unique_key, unique_for=unique_for
+    )
     return _submit([call] * count, queue, max_queued, redis_url)
 
 
@@ -91,6 +107,12 @@ def enqueue_many(
     return _submit([producer.TaskCall.build(name, params) for name, params in tasks], queue, max_queued, redis_url)
 
 
+def results(batch_id: str, *, redis_url: str | None = None) -> list[dict[str, Any]]:
+    """Each crawled page's result in batch ``batch_id`` (kept for a day, at most 20,000 pages)."""
+    connection, _ = connect(redis_url)
+    return crawling.results(connection, batch_id)
+
+
 def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[jobstats.QueueStats]:
     """Per queue and per task: enqueued, finished, failed, running, throughput, wait and run times."""
     connection, _ = connect(redis_url)
@@ -101,7 +123,7 @@ def _submit(calls: list[producer.TaskCall], queue: str, max_queued: int | None, 
     connection, _ = connect(redis_url)
     mark = outage.DataMark(connection)
     submission = producer.enqueue(connection, calls, queue, max_queued=max_queued)
-    return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark)
+    return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark, submission.existing)
 
 
 def _log_outage(what: str | None) -> None:
