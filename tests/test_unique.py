@@ -109,3 +109,24 @@ def test_bad_unique_options_exit_2_with_one_line(conn, args: list[str], message:
 def test_the_python_api_rejects_both_kinds_of_key() -> None:
     with pytest.raises(BadInput, match="not both"):
         call(unique=True, unique_key="k")
+
+
+def test_the_gateway_says_which_jobs_already_existed(conn) -> None:
+    from workqueue.gateway import create_app
+
+    app = create_app(conn)
+    app.testing = True
+    api = app.test_client()
+    body = {"task": "sleep", "params": {"seconds": 30}, "unique": {}}
+    first = api.post("/jobs", json=body)
+    assert first.status_code == 201 and first.json["existing_job_ids"] == []
+    again = api.post("/jobs", json={**body, "count": 2})
+    assert again.status_code == 201 and again.json["job_ids"] == []
+    assert again.json["existing_job_ids"] == first.json["job_ids"] * 2
+    keyed = api.post("/batches", json={"tasks": [{"task": "pi", "params": {}}], "unique": {"key": "k", "for": 600}})
+    assert keyed.status_code == 201 and len(keyed.json["job_ids"]) == 1
+    bad_specs = [({"key": ""}, "unique.key"), ({"for": 0}, "unique.for"), ({"other": 1}, "unique"), ([], "unique")]
+    for bad, field in bad_specs:
+        refused = api.post("/jobs", json={**body, "unique": bad})
+        assert refused.status_code == 422 and refused.json["field"] == field, refused.json
+    assert Queue("queue_one", connection=conn).count == 2
