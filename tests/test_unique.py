@@ -130,3 +130,19 @@ def test_the_gateway_says_which_jobs_already_existed(conn) -> None:
         refused = api.post("/jobs", json={**body, "unique": bad})
         assert refused.status_code == 422 and refused.json["field"] == field, refused.json
     assert Queue("queue_one", connection=conn).count == 2
+
+
+def test_the_dashboard_form_enqueues_unique_jobs(redis_url: str, conn) -> None:
+    from tests.helpers import client_for, token
+
+    client = client_for(redis_url)
+    assert 'name="unique"' in client.get("/enqueue").text
+    form = {"csrf_token": token(client), "task": "sleep", "sleep.seconds": "30", "unique": "1"}
+    assert client.post("/enqueue", data=form).status_code == 303
+    again = client.post("/enqueue", data={**form, "count": "2"})
+    assert again.status_code == 303
+    assert "0 new, 2 already queued" in client.get(again.headers["Location"]).text
+    keyed = client.post("/enqueue", data={**form, "unique": "", "unique_key": "k", "csrf_token": token(client)})
+    assert keyed.status_code == 303 and Queue("queue_one", connection=conn).count == 2
+    refused = client.post("/enqueue", data={**form, "unique_key": " " * 3, "csrf_token": token(client)})
+    assert refused.status_code == 422 and "unique key: expected 1 to 512 characters" in refused.text
