@@ -146,3 +146,13 @@ def test_the_dashboard_form_enqueues_unique_jobs(redis_url: str, conn) -> None:
     assert keyed.status_code == 303 and Queue("queue_one", connection=conn).count == 2
     refused = client.post("/enqueue", data={**form, "unique_key": " " * 3, "csrf_token": token(client)})
     assert refused.status_code == 422 and "unique key: expected 1 to 512 characters" in refused.text
+
+
+def test_a_cancelled_job_frees_its_key(conn) -> None:
+    from workqueue import control
+
+    first = producer.enqueue(conn, [call(unique_key="c")])
+    assert producer.enqueue(conn, [call(unique_key="c")]).existing == {0: first.jobs[0].id}
+    control.stop_job(conn, first.jobs[0].id, by="test")
+    again = producer.enqueue(conn, [call(unique_key="c")])
+    assert len(again.jobs) == 1 and again.jobs[0].id != first.jobs[0].id
