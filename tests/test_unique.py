@@ -156,3 +156,11 @@ def test_a_cancelled_job_frees_its_key(conn) -> None:
     control.stop_job(conn, first.jobs[0].id, by="test")
     again = producer.enqueue(conn, [call(unique_key="c")])
     assert len(again.jobs) == 1 and again.jobs[0].id != first.jobs[0].id
+
+
+def test_unique_applies_to_a_file_of_tasks(conn, tmp_path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    line = '{"task": "sleep", "params": {"seconds": 30}}\n'
+    path.write_text(line * 2 + '{"task": "sleep", "params": {"seconds": 31}}\n')
+    result = run_cli("producer_main.py", "--from-file", str(path), "--unique")
+    assert result.returncode == 0 and "2 new, 1 already queued" in result.stdout, result.stdout + result.stderr

@@ -256,7 +256,7 @@ def _commit(
     wanted = [(i, call, call.unique_key and unique.redis_key(call.unique_key)) for i, call in chunk]
     keys = sorted({k for _, _, k in wanted if k})
     watched = keys + ([cap.key] if cap else [])
-    for _ in range(WATCH_TRIES):
+    for attempt in range(WATCH_TRIES):
         with connection.pipeline(transaction=True) as pipe:
             try:
                 if watched:
@@ -284,6 +284,7 @@ def _commit(
                     pipe.execute()
                     jobs = []
             except redis.WatchError:
+                time.sleep(random.uniform(0, 0.002 * attempt))  # spread the racers out
                 continue
         submission.jobs += jobs
         submission.existing.update(existing)

@@ -81,15 +81,7 @@ def calls_from_flags(
 ) -> list[producer.TaskCall]:
     """``--task NAME --param K=V --count N``: one call, N times."""
     params = producer.parse_param_pairs(pairs)
-    call = producer.TaskCall.build(
-        task_name,
-        params,
-        retries=options.retries,
-        timeout=options.timeout,
-        unique=options.unique,
-        unique_key=options.unique_key,
-        unique_for=options.unique_for,
-    )
+    call = producer.TaskCall.build(task_name, params, retries=options.retries, timeout=options.timeout)
     return [call] * (count or 1)
 
 
@@ -240,10 +232,24 @@ def main(
     else:
         calls, prompted_queue = prompt_calls()
         options = replace(options, queue=prompted_queue)
+    calls = as_unique(calls, options)
     if via is not None:
         gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
         return enqueue_via_gateway(gateway, calls, options.queue, wait=options.wait, quiet=options.quiet)
     return enqueue_on_redis(calls, options, redis_url)
+
+
+def as_unique(calls: list[producer.TaskCall], options: Enqueueing) -> list[producer.TaskCall]:
+    """The calls, wherever they came from (flags, a file, prompts), as unique jobs if asked."""
+    if not (options.unique or options.unique_key is not None):
+        return calls
+    return [
+        producer.TaskCall.build(
+            c.task.name, c.params, retries=c.retries, timeout=c.timeout,
+            unique=options.unique, unique_key=options.unique_key, unique_for=options.unique_for,
+        )
+        for c in calls
+    ]  # fmt: skip
 
 
 def _with_more_pairs(pairs: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
