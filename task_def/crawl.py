@@ -107,7 +107,7 @@ def crawl(url: str, max_pages: int = 100, max_depth: int = 3, same_site: bool = 
     ) as client:
         robots = _Robots(client, host)
         if not robots.allows(url):
-            page["error"] = "robots.txt"
+            page["error"] = robots.failures.get(origin(url), "robots.txt")
         else:
             _fetch(client, url, page, timeout)
         links = [link for link in page["links"] if (not same_site or site(link) == site(url)) and robots.allows(link)]
@@ -171,6 +171,8 @@ class _Robots:
         self._client = client
         self._host = host
         self._parsers: dict[str, urllib.robotparser.RobotFileParser] = {}
+        #: Why an origin's robots.txt could not be had (its fetch's error), when it could not.
+        self.failures: dict[str, str] = {}
 
     def allows(self, url: str) -> bool:
         key = origin(url)
@@ -183,7 +185,7 @@ class _Robots:
         text = self._host.robots(key) if self._host is not None else None
         if text is None:
             text = self._download(key)
-            if self._host is not None:
+            if self._host is not None and key not in self.failures:  # a failure is asked again by the next page
                 self._host.keep_robots(key, text)
         parser = urllib.robotparser.RobotFileParser()
         parser.parse(text.splitlines())
@@ -196,9 +198,11 @@ class _Robots:
             with self._client.stream("GET", f"{key}/robots.txt") as response:
                 body = _read(response, MAX_ROBOTS_BYTES, time.monotonic(), 30.0)
                 if response.status_code >= 500:
+                    self.failures[key] = f"HTTP {response.status_code}"
                     return _DISALLOW_ALL
                 if response.status_code >= 400:
                     return ""
                 return body.decode(response.encoding or "utf-8", errors="replace")
-        except (httpx.HTTPError, network.AddressRefused, TimeoutError):
+        except (httpx.HTTPError, network.AddressRefused, TimeoutError) as exc:
+            self.failures[key] = type(exc).__name__
             return _DISALLOW_ALL

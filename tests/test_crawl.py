@@ -19,6 +19,8 @@ from rq import Queue
 import workqueue
 from task_def import crawl
 from tests.helpers import ROOT, Processes, run_cli, start_consumer
+from workqueue import crawling
+from workqueue.gateway import create_app
 
 PAGES = 300
 
@@ -166,3 +168,34 @@ def test_results_go_with_wait(conn) -> None:
 )
 def test_links_are_normalised_to_one_spelling(href: str, expected: str | None) -> None:
     assert crawl.normalise(href, "http://site:8080/dir/page") == expected
+
+
+def test_a_disallowed_missing_or_unreachable_page_is_an_error_of_the_page_not_of_its_job(
+    conn, processes: Processes, site: Site
+) -> None:
+    _room_for_the_test_site()
+    start_consumer(processes, conn, 2)
+    base = f"http://127.0.0.1:{site.server_address[1]}"
+    starts = [f"{base}/private/1", f"{base}/p/{PAGES + 1}", "http://127.0.0.1:1/"]
+    batch = workqueue.enqueue_many([("crawl", {"url": url, "max_depth": 0}) for url in starts])
+    summary = batch.wait(timeout=120)
+    assert summary.finished == 3 and summary.failed == 0
+    errors = {page["url"]: page["error"] for page in batch.results()}
+    assert errors == {starts[0]: "robots.txt", starts[1]: "HTTP 404", starts[2]: "ConnectError"}
+    assert site.requests["/private/1"] == 0
+    assert crawling.summarise(batch.results()).errors == {"robots.txt": 1, "HTTP 404": 1, "ConnectError": 1}
+
+
+def test_the_gateway_refuses_bad_crawls_with_422(conn) -> None:
+    app = create_app(conn)
+    app.testing = True
+    api = app.test_client()
+    for params, field in [
+        ({"url": "ftp://example.com/"}, "params.url"),
+        ({"url": "https://example.com/", "max_pages": crawl.MAX_PAGES + 1}, "params.max_pages"),
+        ({"url": "https://example.com/", "max_depth": 21}, "params.max_depth"),
+        ({"url": "https://example.com/", "same_site": "yes"}, "params.same_site"),
+    ]:
+        response = api.post("/jobs", json={"task": "crawl", "params": params})
+        assert response.status_code == 422 and response.json["field"] == field, response.json
+    assert api.post("/jobs", json={"task": "crawl", "params": {"url": "https://example.com/"}}).status_code == 201
