@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from task_def import maths, scrape, sleep
+from task_def import crawl, maths, scrape, sleep
 from workqueue.settings import EXTRA_TASKS_ENV
 
 
@@ -45,6 +45,9 @@ def _http_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
     return value
+
+
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def _number(x: float) -> str:
@@ -90,8 +93,13 @@ class Param:
         return value
 
     def _coerce(self, raw: Any, strict: bool = False) -> Any:
-        kind = {int: "an integer", float: "a number", str: "text"}[self.type]
+        kind = {int: "an integer", float: "a number", str: "text", bool: "true or false"}[self.type]
         wrong = InvalidParams(f"{self.name}: expected {kind}, got {raw!r}", self.name)
+        if self.type is bool:
+            text = raw.strip().lower() if isinstance(raw, str) and not strict else None
+            if isinstance(raw, bool) or text in _BOOLEANS:
+                return raw if isinstance(raw, bool) else _BOOLEANS[text or ""]
+            raise wrong
         if isinstance(raw, bool) or raw is None:
             raise wrong
         if self.type is str:
@@ -119,6 +127,21 @@ class Param:
 
 
 @dataclass(frozen=True)
+class DefaultLimit:
+    """A task's own limit per key: at most ``rate`` jobs started per second and ``concurrency``
+    running at once (None: no bound of that kind)."""
+
+    rate: float | None = None
+    concurrency: int | None = None
+
+
+def domain_limit_key(params: Mapping[str, Any]) -> str | None:
+    """``domain:<host>`` of the job's ``url`` parameter (None without one): politeness per site."""
+    host = urlsplit(str(params.get("url", ""))).hostname
+    return f"domain:{host}" if host else None
+
+
+@dataclass(frozen=True)
 class Task:
     """A catalogue entry: the function, its parameters and how a worker should treat it."""
 
@@ -134,6 +157,11 @@ class Task:
     retries: int = 3
     backoff: float = 2.0
     timeout_for: Callable[[dict], int] | None = field(default=None, compare=False)
+    #: The per-key limit a job of this task falls under (e.g. ``domain:example.com``), from its
+    #: parameters; None: no key. The limits themselves are enforced where jobs are handed out.
+    limit_key: Callable[[Mapping[str, Any]], str | None] | None = field(default=None, compare=False)
+    #: The rate and concurrency for this task's keys when no configured limit rule matches.
+    default_limit: DefaultLimit | None = None
 
     @property
     def path(self) -> str:
@@ -190,6 +218,22 @@ _TASKS = (
         timeout=180,
         retries=2,
         backoff=5.0,
+    ),
+    Task(
+        "crawl",
+        crawl.crawl,
+        "Crawl a site politely from a URL: each page a job, its links new jobs of the same batch.",
+        (
+            Param("url", str, None, "the http(s) URL to start from", check=_http_url, pattern=HTTP_URL_PATTERN),
+            Param("max_pages", int, 100, "most pages fetched over the whole crawl", min=1, max=crawl.MAX_PAGES),
+            Param("max_depth", int, 3, "most links followed from the start page", min=0, max=crawl.MAX_DEPTH),
+            Param("same_site", bool, True, "follow links to the start page's host only"),
+            Param("timeout", float, 20.0, "seconds allowed for each page", min=0, max=120, min_exclusive=True),
+        ),
+        timeout=180,
+        retries=0,
+        limit_key=domain_limit_key,
+        default_limit=DefaultLimit(rate=1.0, concurrency=2),
     ),
     Task(
         "primes",

@@ -46,7 +46,7 @@ def status(conn: redis.Redis, job_id: str) -> str:
 
 def test_catalogue_and_openapi_document(api: FlaskClient) -> None:
     tasks = {t["name"]: t for t in api.get("/tasks").json["tasks"]}
-    assert list(tasks) == ["sleep", "scrape", "primes", "pi", "fibonacci", "factorise"]
+    assert list(tasks) == ["sleep", "scrape", "crawl", "primes", "pi", "fibonacci", "factorise"]
     (seconds,) = tasks["sleep"]["params"]
     assert seconds == {
         "name": "seconds",

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from workqueue import batches, jobstats, outage, producer, timing
+from workqueue import batches, crawling, jobstats, outage, producer, timing
 from workqueue.connection import connect
 from workqueue.errors import BadInput
 from workqueue.settings import DEFAULT_QUEUE
@@ -35,6 +35,9 @@ class Batch:
     connection: redis.Redis
     #: The data mark seen before enqueueing: a Redis that restarted empty is told from a lost batch.
     mark: outage.DataMark | None = field(default=None, repr=False)
+    #: Unique jobs: the jobs already queued or running that calls found holding their key (so
+    #: ``job_ids`` has only the new ones), by the call's position.
+    existing: dict[int, str] = field(default_factory=dict)
 
     def wait(
         self,
@@ -65,6 +68,10 @@ class Batch:
     def summary(self) -> batches.BatchSummary:
         return batches.summary(self.connection, self.id)
 
+    def results(self) -> list[dict[str, Any]]:
+        """Each crawled page's result (url, depth, status, title, links, error), as they ended."""
+        return crawling.results(self.connection, self.id)
+
 
 def enqueue(
     task: str,
@@ -80,6 +87,9 @@ def enqueue(
     delay: timedelta | float | None = None,
     after: After = None,
     after_any: bool = False,
+    unique: bool = False,
+    unique_key: str | None = None,
+    unique_for: int | str | None = None,
 ) -> Batch:
     """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
 
@@ -87,8 +97,14 @@ def enqueue(
     now. ``after``: a Batch, a job id, a batch id or a list of them: run once they have all ended,
     if they all finished (else the jobs are cancelled with the reason); ``after_any``: whatever
     their outcome. So ``report = enqueue(..., after=enqueue(..., after=crawl))`` chains work.
+
+    ``unique`` (the key is the task and its parameters) or ``unique_key``: while a job with that key
+    waits or runs (and ``unique_for`` seconds, or ``"10m"``, after its end) no new one is made; the
+    batch's ``existing`` names the job found instead.
     """
-    call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout)
+    call = producer.TaskCall.build(
+        task, params, retries=retries, timeout=timeout, unique=unique, unique_key=unique_key, unique_for=unique_for
+    )
     return _submit([call] * count, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
 
 
@@ -109,6 +125,12 @@ def enqueue_many(
     return _submit(calls, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
 
 
+def results(batch_id: str, *, redis_url: str | None = None) -> list[dict[str, Any]]:
+    """Each crawled page's result in batch ``batch_id`` (kept for a day, at most 20,000 pages)."""
+    connection, _ = connect(redis_url)
+    return crawling.results(connection, batch_id)
+
+
 def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[jobstats.QueueStats]:
     """Per queue and per task: enqueued, finished, failed, running, throughput, wait and run times."""
     connection, _ = connect(redis_url)
@@ -123,7 +145,7 @@ def _submit(
     submission = producer.enqueue(
         connection, calls, queue, max_queued=max_queued, when=later.when, after=later.after, after_any=later.after_any
     )
-    return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark)
+    return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark, submission.existing)
 
 
 # -- when work runs (issue 15): when=/delay= and after=/after_any= -----------------------------------

@@ -26,7 +26,7 @@ from rq.callbacks import Callback
 from rq.group import Group
 from rq.job import Job
 
-from workqueue import jobstats, lua, outage
+from workqueue import jobstats, lua, outage, unique
 from workqueue.replies import decoded, decoded_map
 from workqueue.settings import DETAIL_MAX, RESULT_TTL
 
@@ -40,6 +40,7 @@ ON_FAILURE = "workqueue.batches.task_failed"
 ON_STOPPED = "workqueue.batches.task_stopped"
 
 _OPEN = lua.script("batch_open")
+_GROW = lua.script("batch_grow")
 
 # Count a task's end once; the one that brings `remaining` to 0 closes the batch.
 END_SCRIPT = lua.script("batch_end")
@@ -72,6 +73,13 @@ def callbacks() -> Callbacks:
 def open_batch(pipe: redis.client.Pipeline, batch_id: str, total: int, queue: str) -> None:
     """Record a new batch of ``total`` tasks, inside the transaction that enqueues them."""
     pipe.eval(_OPEN, 1, key(batch_id), total, queue, RESULT_TTL)
+
+
+def grow(pipe: redis.client.Pipeline, batch_id: str, delta: int) -> None:
+    """Inside an enqueueing transaction: the batch has ``delta`` more tasks (a running job adding
+    jobs to its own batch, so its end is still to come) or fewer (calls whose unique job was already
+    queued); the batch ends here if none remain."""
+    pipe.eval(_GROW, 2, key(batch_id), events_key(batch_id), delta, RESULT_TTL)
 
 
 def group(connection: redis.Redis, batch_id: str) -> Group:
@@ -125,6 +133,7 @@ def record_end(
         keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]
         pipe.eval(END_SCRIPT, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
     jobstats.record_end(pipe, job.origin, task, outcome, run, wait)
+    unique.release(pipe, job)
 
 
 def _utcnow() -> datetime:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from rq.job import Dependency, Job, JobStatus
 from rq.queue import EnqueueData
 
 import task_def
-from workqueue import batches, dependencies, jobstats, outage, rq_compat
+from workqueue import batches, dependencies, jobstats, outage, rq_compat, unique
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
@@ -46,6 +47,12 @@ class TaskCall:
     #: Per-enqueue overrides of the task's retries and timeout (seconds).
     retries: int | None = None
     timeout: int | None = None
+    #: Unique jobs (``unique``): the key this call's job holds while it waits or runs (None: not
+    #: unique), and seconds it stays held after the job's end (None: freed at the end).
+    unique_key: str | None = None
+    unique_for: int | None = None
+    #: More of the job's meta (e.g. a crawl's depth), beside what enqueueing puts there.
+    meta: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
     def build(
@@ -56,9 +63,14 @@ class TaskCall:
         retries: int | None = None,
         timeout: int | None = None,
         strict: bool = False,
+        unique: bool = False,
+        unique_key: str | None = None,
+        unique_for: int | str | None = None,
     ) -> TaskCall:
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
-        numbers must be JSON numbers, not text (for the HTTP API, whose schema says so)."""
+        numbers must be JSON numbers, not text (for the HTTP API, whose schema says so). ``unique``
+        (the key is the task and its parameters) or ``unique_key``, optionally ``unique_for`` (seconds
+        or ``10m``): see :mod:`workqueue.unique`."""
         if retries is not None and not 0 <= retries <= MAX_RETRIES:
             raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}", "retries")
         if timeout is not None and not 1 <= timeout <= MAX_TIMEOUT:
@@ -75,7 +87,8 @@ class TaskCall:
             raise BadInput(
                 f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit", "params"
             )
-        return cls(task, values, retries, timeout)
+        key, hold = _unique_options(task.name, values, unique, unique_key, unique_for)
+        return cls(task, values, retries, timeout, key, hold)
 
     def job_timeout(self) -> int:
         return self.timeout or self.task.job_timeout(self.params)
@@ -91,6 +104,27 @@ class TaskCall:
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{self.task.name}({args})"
+
+
+def _unique_options(
+    task: str, params: dict[str, Any], flag: bool, key: str | None, hold: int | str | None
+) -> tuple[str | None, int | None]:
+    """The unique key (None: not unique) and hold time a call asked for; raises BadInput."""
+    if flag and key is not None:
+        raise BadInput("unique: give --unique (the task and its parameters) or --unique-key K, not both", "unique_key")
+    try:
+        key = None if key is None else unique.check_key(key)
+    except unique.UniqueError as exc:
+        raise BadInput(str(exc), "unique_key") from None
+    try:
+        seconds = None if hold is None else unique.parse_hold(hold)
+    except unique.UniqueError as exc:
+        raise BadInput(str(exc), "unique_for") from None
+    if seconds is not None and not (flag or key):
+        raise BadInput("unique for: goes with --unique or --unique-key K", "unique_for")
+    if flag:
+        key = unique.task_key(task, params)
+    return key, seconds
 
 
 def parse_param_pairs(pairs: Iterable[str]) -> dict[str, str]:
@@ -137,7 +171,27 @@ class Submission:
 
     batch_id: str
     queue: str
+    #: The jobs this run created.
     jobs: list[Job]
+    #: The calls that found their unique key held by a job already queued or running: that job's
+    #: id, by the call's position in the run.
+    existing: dict[int, str] = field(default_factory=dict)
+    #: Calls left out because ``cap`` was reached (a crawl's page limit).
+    capped: int = 0
+
+
+@dataclass(frozen=True)
+class Cap:
+    """At most ``limit`` jobs counted in the Redis integer at ``key``, over every enqueue that names
+    it (a crawl's pages): checked and counted in the enqueueing transaction."""
+
+    key: str
+    limit: int
+    ttl: int = RESULT_TTL
+
+
+#: How many times an enqueue whose unique keys (or cap) changed under it is tried again.
+WATCH_TRIES = 50
 
 
 def enqueue(
@@ -148,6 +202,8 @@ def enqueue(
     max_queued: int | None = None,
     on_wait: Callable[[int], Any] | None = None,
     batch_id: str | None = None,
+    into_batch: bool = False,
+    cap: Cap | None = None,
     # -- when work runs (issue 15): a time to run at, jobs or batches to wait for --
     when: datetime | None = None,
     after: Sequence[str] = (),
@@ -158,7 +214,9 @@ def enqueue(
     Without ``max_queued``: one pipelined transaction, so all of them or none. With it, the jobs go
     in as the queue has room, never taking it past ``max_queued`` (``on_wait(queued)`` is called
     while the producer waits for consumers to drain it). ``batch_id`` lets a caller that must
-    record something about the batch first (the gateway, its callback) choose the id.
+    record something about the batch first (the gateway, its callback) choose the id; with
+    ``into_batch`` the jobs join that batch, already open (a running job adding to its own batch).
+    A unique call whose key a live job holds is not enqueued: ``existing`` names that job.
 
     ``when`` (an aware time, see ``timing.resolve``): the jobs wait in RQ's scheduled registry until
     then. ``after`` (job or batch ids): they wait deferred until those end, and run if all
@@ -169,34 +227,112 @@ def enqueue(
         raise BadInput(f"between 1 and {MAX_COUNT:,} jobs may be enqueued at once, not {len(calls):,}", "count")
     if max_queued is not None and max_queued < 1:
         raise BadInput(f"max_queued must be at least 1, not {max_queued}")
+    if into_batch and batch_id is None:
+        raise ValueError("into_batch needs the batch_id of an open batch")
     q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
     batch_id = batch_id or batches.new_id()
     if when is not None or after:  # when work runs (issue 15)
+        if into_batch or cap is not None or any(call.unique_key for call in calls):
+            raise BadInput("unique jobs run now: --unique/--unique-key do not combine with --in, --at or --after")
         return _enqueue_later(connection, q, calls, batch_id, when=when, after=after, after_any=after_any,
                               max_queued=max_queued)  # fmt: skip
-    group = batches.group(connection, batch_id)
-    pending = [_prepare(call) for call in calls]
-    names = [call.task.name for call in calls]
-    jobs: list[Job] = []
+    pending = list(enumerate(calls))
+    submission = Submission(batch_id, queue, [])
+    opened = into_batch
     try:
         while pending:
             room = len(pending) if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
             chunk, pending = pending[:room], pending[room:]
-            chunk_names, names = names[:room], names[room:]
-            with connection.pipeline(transaction=True) as pipe:
-                if not jobs:
-                    batches.open_batch(pipe, batch_id, len(calls), queue)
-                jobstats.count_enqueued(pipe, queue, Counter(chunk_names))
-                jobs += group.enqueue_many(q, chunk, pipeline=pipe)  # RQ executes the transaction here
+            _commit(connection, q, submission, chunk, None if opened else len(calls), cap, added=into_batch)
+            opened = True
     except redis.RedisError as exc:
         if not outage.is_outage(exc):
             raise
+        jobs = submission.jobs
         raise _unavailable(connection, exc, jobs, len(calls), batch_id, chunked=max_queued is not None) from None
-    return Submission(batch_id, queue, jobs)
+    return submission
 
 
-def _prepare(call: TaskCall) -> EnqueueData:
-    """What RQ needs to enqueue ``call`` as one job of a batch."""
+def _commit(
+    connection: redis.Redis,
+    q: Queue,
+    submission: Submission,
+    chunk: list[tuple[int, TaskCall]],
+    open_total: int | None,
+    cap: Cap | None,
+    *,
+    added: bool = False,
+) -> None:
+    """Enqueue one chunk in one transaction (opening the batch with ``open_total`` tasks first, if
+    given; ``added``: the batch's total does not count these calls yet, so it grows), leaving out
+    the unique calls whose key a live job holds and those over ``cap``. The keys and the cap are
+    WATCHed: if another producer changed them meanwhile, it is all read and tried again."""
+    wanted = [(i, call, call.unique_key and unique.redis_key(call.unique_key)) for i, call in chunk]
+    keys = sorted({k for _, _, k in wanted if k})
+    watched = keys + ([cap.key] if cap else [])
+    for attempt in range(WATCH_TRIES):
+        with connection.pipeline(transaction=True) as pipe:
+            try:
+                if watched:
+                    pipe.watch(*watched)
+                held = unique.holders(pipe, keys)
+                room = None if cap is None else max(0, cap.limit - int(pipe.get(cap.key) or 0))
+                fresh, existing, capped = _sort_out(wanted, held, room)
+                pipe.multi()
+                if open_total is not None:
+                    batches.open_batch(pipe, submission.batch_id, open_total, q.name)
+                delta = len(fresh) if added else len(fresh) - len(chunk)
+                if delta:
+                    batches.grow(pipe, submission.batch_id, delta)
+                for _i, _call, key, data in fresh:
+                    if key:
+                        unique.claim(pipe, key, data.job_id)
+                if cap is not None and fresh:
+                    pipe.incrby(cap.key, len(fresh))
+                    pipe.expire(cap.key, cap.ttl)
+                jobstats.count_enqueued(pipe, q.name, Counter(call.task.name for _, call, _, _ in fresh))
+                if fresh:  # RQ executes the transaction here
+                    group = batches.group(connection, submission.batch_id)
+                    jobs = group.enqueue_many(q, [data for *_, data in fresh], pipeline=pipe)
+                else:
+                    pipe.execute()
+                    jobs = []
+            except redis.WatchError:
+                time.sleep(random.uniform(0, 0.002 * attempt))  # spread the racers out
+                continue
+        submission.jobs += jobs
+        submission.existing.update(existing)
+        submission.capped += capped
+        return
+    raise RedisUnavailable(f"the unique keys of {len(keys)} jobs kept changing under {WATCH_TRIES} tries; try again")
+
+
+def _sort_out(
+    wanted: list[tuple[int, TaskCall, str | None]], held: dict[str, str], room: int | None
+) -> tuple[list[tuple[int, TaskCall, str | None, EnqueueData]], dict[int, str], int]:
+    """The calls to enqueue now (with their job data), the ones whose job exists, and how many are over the cap."""
+    held = dict(held)
+    fresh: list[tuple[int, TaskCall, str | None, EnqueueData]] = []
+    existing: dict[int, str] = {}
+    capped = 0
+    for i, call, key in wanted:
+        if key and key in held:
+            existing[i] = held[key]
+        elif room is not None and len(fresh) >= room:
+            capped += 1
+        else:
+            data = _prepare(call, key)
+            fresh.append((i, call, key, data))
+            if key:
+                held[key] = data.job_id
+    return fresh, existing, capped
+
+
+def _prepare(call: TaskCall, key: str | None = None) -> EnqueueData:
+    """What RQ needs to enqueue ``call`` as one job of a batch (``key``: the unique key it holds)."""
+    meta: dict[str, Any] = {"task": call.task.name, **(call.meta or {})}
+    if key:
+        meta.update(unique.meta(key, call.unique_for))
     return Queue.prepare_data(
         call.task.func,
         kwargs=call.params,
@@ -205,7 +341,8 @@ def _prepare(call: TaskCall) -> EnqueueData:
         result_ttl=RESULT_TTL,
         failure_ttl=FAILURE_TTL,
         description=call.describe(),
-        meta={"task": call.task.name},
+        meta=meta,
+        job_id=uuid.uuid4().hex if key else None,
         **batches.callbacks(),
     )
 

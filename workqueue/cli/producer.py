@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import click
 import redis
 
 import task_def
-from workqueue import batches, jobstats, outage, producer, timing
+from workqueue import batches, crawling, jobstats, outage, producer, timing
 from workqueue.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -46,6 +47,11 @@ class Enqueueing:
     when: datetime | None = None
     after: tuple[str, ...] = ()
     after_any: bool = False
+    #: Unique jobs (``--unique``, ``--unique-key K``, ``--unique-for D``) and ``--results FILE``.
+    unique: bool = False
+    unique_key: str | None = None
+    unique_for: str | None = None
+    results: Path | None = None
 
 
 def list_tasks() -> None:
@@ -164,7 +170,10 @@ def _when_value(text: str) -> datetime | None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--task", "task_name", metavar="NAME", help="Task from the catalogue (see --list-tasks).")
-@click.option("--param", "pairs", metavar="KEY=VALUE", multiple=True, help="A task parameter; repeatable.")
+@click.option(
+    "--param", "pairs", metavar="KEY=VALUE", multiple=True, help="A task parameter; repeatable (KEY=VALUE ... too)."
+)
+@click.argument("more_pairs", metavar="[KEY=VALUE]...", nargs=-1)
 @click.option("--count", type=click.IntRange(1, MAX_COUNT), default=None, help="How many jobs (default 1).")
 @click.option("--queue", type=QueueName(), default=None, help=f"Queue to enqueue on (default {DEFAULT_QUEUE}).")
 @click.option(
@@ -218,6 +227,18 @@ def _when_value(text: str) -> datetime | None:
     help="With --via --wait: the port results come back to (default: any free one).",
 )
 @when_options
+@click.option("--unique", is_flag=True, help="No new job while one of this task and parameters waits or runs.")
+@click.option("--unique-key", metavar="K", default=None, help="No new job while one with key K waits or runs.")
+@click.option(
+    "--unique-for", metavar="DURATION", default=None, help="With --unique(-key): hold the key this long after the end."
+)
+@click.option(
+    "--results",
+    "results_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --wait: write each crawled page's result to FILE as JSON lines.",
+)
 @redis_url_option
 def main(
     task_name: str | None,
@@ -242,6 +263,11 @@ def main(
     run_at: str | None,
     after: tuple[str, ...],
     after_any: bool,
+    more_pairs: tuple[str, ...],
+    unique: bool,
+    unique_key: str | None,
+    unique_for: str | None,
+    results_file: Path | None,
     redis_url: str | None,
 ) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
@@ -259,10 +285,12 @@ def main(
         if not batch_id:
             return print_stats(redis_url, queue)
         return follow(redis_url, batch_id, quiet)
+    pairs = _with_more_pairs(pairs, more_pairs)
     options = Enqueueing(
         queue=queue or DEFAULT_QUEUE, retries=retries, timeout=timeout, max_queued=max_queued, wait=wait, quiet=quiet
     )
     options = replace(options, when=resolve_when(run_in, run_at, after, after_any), after=after, after_any=after_any)
+    options = _unique_and_results(options, unique, unique_key, unique_for, results_file, via)
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
@@ -276,12 +304,54 @@ def main(
         options = replace(options, queue=prompted_queue)
         if options.when is None and not options.after:
             options = replace(options, when=prompt_when())
+    calls = as_unique(calls, options)
     if via is not None:
         gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
         return enqueue_via_gateway(
             gateway, calls, options.queue, wait=options.wait, quiet=options.quiet, fields=when_fields(options)
         )
     return enqueue_on_redis(calls, options, redis_url)
+
+
+def as_unique(calls: list[producer.TaskCall], options: Enqueueing) -> list[producer.TaskCall]:
+    """The calls, wherever they came from (flags, a file, prompts), as unique jobs if asked."""
+    if not (options.unique or options.unique_key is not None):
+        return calls
+    return [
+        producer.TaskCall.build(
+            c.task.name, c.params, retries=c.retries, timeout=c.timeout,
+            unique=options.unique, unique_key=options.unique_key, unique_for=options.unique_for,
+        )
+        for c in calls
+    ]  # fmt: skip
+
+
+def _with_more_pairs(pairs: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
+    """``--param a=1 b=2``: the KEY=VALUE words after a ``--param`` are parameters too."""
+    for word in more:
+        if "=" not in word:
+            fail(f"unexpected argument {word!r}: parameters are KEY=VALUE, e.g. --param seconds=2")
+    if more and not pairs:
+        fail(f"{more[0]!r}: parameters follow --param, e.g. --param {more[0]}")
+    return pairs + more
+
+
+def _unique_and_results(
+    options: Enqueueing,
+    unique: bool,
+    unique_key: str | None,
+    unique_for: str | None,
+    results_file: Path | None,
+    via: str | None,
+) -> Enqueueing:
+    """The unique-job and ``--results`` options, checked against each other (usage errors exit 2)."""
+    if unique and unique_key is not None:
+        fail("give --unique (the task and its parameters) or --unique-key K, not both")
+    if unique_for is not None and not (unique or unique_key is not None):
+        fail("--unique-for goes with --unique or --unique-key K")
+    if results_file is not None and (not options.wait or via is not None):
+        fail("--results FILE goes with --wait, straight on Redis (not --via)")
+    return replace(options, unique=unique, unique_key=unique_key, unique_for=unique_for, results=results_file)
 
 
 def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_url: str | None) -> int:
@@ -316,9 +386,35 @@ def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_
         click.echo(f"  {job.id}")
     if len(jobs) > 10 and not options.quiet:
         click.echo(f"  … and {len(jobs) - 10} more")
+    echo_existing(submission)
     if not options.wait:
         return EXIT_OK
-    return follow_batch(connection, submission.batch_id, quiet=options.quiet, started=started, mark=mark)
+    code = follow_batch(connection, submission.batch_id, quiet=options.quiet, started=started, mark=mark)
+    if any(call.task.name == "crawl" for call in calls) or options.results is not None:
+        pages = crawling.results(connection, submission.batch_id)
+        if any(call.task.name == "crawl" for call in calls):
+            click.echo(crawling.summarise(pages).describe(time.monotonic() - started))
+        if options.results is not None:
+            write_results(options.results, pages)
+    return code
+
+
+def echo_existing(submission: producer.Submission) -> None:
+    """Unique jobs: how many calls were new and which found their job already queued."""
+    if not submission.existing:
+        return
+    click.echo(f"{len(submission.jobs)} new, {len(submission.existing)} already queued")
+    for job_id in sorted(set(submission.existing.values()))[:10]:
+        click.echo(f"  already queued: {job_id}")
+
+
+def write_results(path: Path, pages: list[dict]) -> None:
+    """``--results FILE``: each page's result, one JSON object a line."""
+    try:
+        path.write_text("".join(json.dumps(page, ensure_ascii=False) + "\n" for page in pages))
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}", EXIT_FAILED)
+    click.echo(f"results: {len(pages)} pages written to {path}")
 
 
 def describe_wait(options: Enqueueing, jobs: list) -> str:
@@ -359,12 +455,19 @@ def follow_batch(
         click.echo(f"{what}; waiting for it..." if what else f"Redis answers again; following batch {batch_id}")
 
     with click.progressbar(length=total, label=f"batch {batch_id}", show_pos=True) as bar:
+        grown = {"at": time.monotonic()}
 
         def on_task(end: batches.TaskEnd) -> None:
             if not quiet:
                 echo_task_end(end, live)
             if not end.redelivery:
                 bar.update(1)
+            if time.monotonic() - grown["at"] > 0.5:  # a crawl's batch grows as its pages find links
+                grown["at"] = time.monotonic()
+                try:
+                    bar.length = batches.summary(connection, batch_id).total
+                except (KeyError, redis.RedisError):
+                    pass
 
         try:
             result = batches.wait(connection, batch_id, on_task=on_task, on_outage=on_outage, mark=mark)

@@ -24,7 +24,7 @@ from rq.job import JOB_ID_PATTERN, Job
 from werkzeug.wrappers import Response as BaseResponse
 
 import task_def
-from workqueue import control, job_json, jobstats, producer, timing
+from workqueue import control, job_json, jobstats, producer, timing, unique
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor, refusal, wants_html
 from workqueue.errors import BadInput
@@ -179,6 +179,14 @@ def enqueue() -> Any:
         submission = producer.enqueue(_redis(), [call] * count, queue, when=when)
     except BadInput as exc:
         return Response(render_template("workqueue/enqueue.html", error=str(exc), **_form_context(form)), 422)
+    if submission.existing:  # unique: some or all found their job already queued
+        found = sorted(set(submission.existing.values()))
+        flash(
+            f"{len(submission.jobs)} new, {len(submission.existing)} already queued: {call.describe()} on {queue} "
+            f"(batch {submission.batch_id}, existing job {found[0]})",
+            "success",
+        )
+        return redirect(url_for(".enqueue_page", task=call.task.name), 303)
     first = submission.jobs[0].id
     runs = f"; runs at {timing.describe(when)}" if when is not None else ""
     flash(
@@ -196,7 +204,11 @@ def _read_enqueue_form(form: Any) -> tuple[producer.TaskCall, int, str]:
         raise BadInput(str(exc)) from None
     given = {p.name: form.get(f"{task.name}.{p.name}", "") for p in task.params}
     params = {name: value for name, value in given.items() if value.strip()}  # empty: the default
-    call = producer.TaskCall.build(task.name, params)
+    key = form.get("unique_key", "")
+    unique_asked = form.get("unique") == "1" or bool(key)
+    call = producer.TaskCall.build(
+        task.name, params, unique=unique_asked and not key, unique_key=key if unique_asked and key else None
+    )
     count_text = form.get("count", "1").strip() or "1"
     if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_COUNT:
         raise BadInput(f"count: {count_text!r} is out of bounds, expected 1 <= count <= {MAX_COUNT:,}")
@@ -240,5 +252,8 @@ def _form_context(form: Any) -> dict[str, Any]:
         "queue": form.get("queue", DEFAULT_QUEUE),
         "when": form.get("when", "now"),
         "max_count": MAX_COUNT,
+        "unique": form.get("unique") == "1",
+        "unique_key": form.get("unique_key", ""),
+        "unique_key_max": unique.MAX_KEY_LENGTH,
         "active_tab": "enqueue",
     }

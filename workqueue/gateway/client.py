@@ -83,6 +83,11 @@ class GatewayClient:
                 body[name] = getattr(calls[0], name)
         if callback_url:
             body["callback"] = {"url": callback_url, "secret": callback_secret}
+        if calls[0].unique_key is not None:  # one key for all, or each its task and parameters ({})
+            keys = {c.unique_key for c in calls}
+            body["unique"] = {"key": calls[0].unique_key} if len(keys) == 1 else {}
+            if calls[0].unique_for is not None:
+                body["unique"]["for"] = calls[0].unique_for
         body.update(fields or {})
         reply = self.request("POST", "/batches", json=body)
         return Sent(reply["batch_id"], reply["queue"], reply["job_ids"])

@@ -20,6 +20,7 @@ from workqueue.settings import (
     MAX_DEPTH,
     MAX_TASKS,
 )
+from workqueue.unique import MAX_HOLD, MAX_KEY_LENGTH
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: What a callback URL must match (the app checks the same pattern the document states).
@@ -28,7 +29,7 @@ CALLBACK_URL = (
     r"([/?#][!-~]*)?$"
 )
 
-_TYPES = {int: "integer", float: "number", str: "string"}
+_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 #: A job's statuses as the document lists them.
 _JOB_STATUSES = ("queued", "finished", "failed", "started", "deferred", "scheduled", "stopped", "canceled", "created")
 
@@ -159,6 +160,12 @@ def _schemas() -> dict[str, Any]:
                 "batch_id": {"type": "string"},
                 "queue": {"type": "string"},
                 "job_ids": {"type": "array", "items": {"type": "string"}},
+                "existing_job_ids": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Unique jobs: the jobs already queued or running that tasks found holding "
+                    "their key (no new job was made for those tasks); `job_ids` lists the new ones only.",
+                },
             },
         },
         "Job": _job_schema(),
@@ -187,6 +194,7 @@ def _common_fields() -> dict[str, Any]:
             "description": "Override of the task's timeout, in seconds.",
         },
         "callback": {"$ref": "#/components/schemas/Callback"},
+        "unique": _unique_field(),
         **_when_fields(),
     }
 
@@ -231,6 +239,22 @@ def _when_fields() -> dict[str, Any]:
             "type": "boolean",
             "default": False,
             "description": "With `after`: run whatever the outcome of what they wait for.",
+        },
+    }
+
+
+def _unique_field() -> dict[str, Any]:
+    """Unique jobs: ``{}`` (the key is the task and its parameters) or ``{"key": K}``, either with
+    ``"for"``: seconds the key stays held after the job's end."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Make each task a unique job: while a job with its key waits or runs (and `for` "
+        "seconds after its end), no new job is made and the existing one is named in `existing_job_ids`. "
+        "The key is `key`, or else the task and its parameters.",
+        "properties": {
+            "key": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": r"\S"},
+            "for": {"type": "integer", "minimum": 1, "maximum": MAX_HOLD},
         },
     }
 

@@ -42,7 +42,7 @@ bp = Blueprint("gateway", __name__)
 #: The key of the app's ``extensions`` holding its :class:`Gateway`.
 EXTENSION = "workqueue.gateway"
 
-_COMMON = {"queue", "retries", "timeout", "callback"}
+_COMMON = {"queue", "retries", "timeout", "callback", "unique"}
 _COMMON |= {"at", "in", "after", "after_any"}  # when work runs (issue 15)
 
 
@@ -270,6 +270,7 @@ def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[R
     except BadInput as exc:
         raise Invalid(str(exc), "queue") from None
     when, after, after_any = _when(body)
+    calls = _unique_calls(body.get("unique"), calls)
     batch_id = batches.new_id()
     if after:  # checked before the callback is registered: a refused request leaves nothing behind
         try:
@@ -284,7 +285,31 @@ def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[R
         )
     except BadInput as exc:
         raise Invalid(str(exc), exc.field) from None
-    return jsonify({"batch_id": batch_id, "queue": queue, "job_ids": [job.id for job in submission.jobs]}), 201
+    existing = [submission.existing[i] for i in sorted(submission.existing)]
+    answer = {"batch_id": batch_id, "queue": queue, "job_ids": [job.id for job in submission.jobs]}
+    return jsonify({**answer, "existing_job_ids": existing}), 201
+
+
+def _unique_calls(spec: Any, calls: list[producer.TaskCall]) -> list[producer.TaskCall]:
+    """The calls as unique jobs if the body asks (``"unique": {}`` or ``{"key": K, "for": SECONDS}``)."""
+    if spec is None:
+        return calls
+    if not isinstance(spec, dict) or set(spec) - {"key", "for"}:
+        raise Invalid('unique: expected {} or {"key": TEXT, "for": SECONDS}', "unique")
+    hold = spec.get("for")
+    if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int)):
+        raise Invalid(f"unique.for: expected an integer of seconds, got {hold!r}", "unique.for")
+    key = spec.get("key")
+    try:
+        return [
+            producer.TaskCall.build(
+                c.task.name, c.params, retries=c.retries, timeout=c.timeout, strict=True,
+                unique=key is None, unique_key=key, unique_for=hold,
+            )
+            for c in calls
+        ]  # fmt: skip
+    except BadInput as exc:
+        raise Invalid(str(exc), f"unique.{'for' if exc.field == 'unique_for' else 'key'}") from None
 
 
 def _when(body: Mapping[str, Any]) -> tuple[datetime | None, list[str], bool]:

@@ -30,8 +30,9 @@ from rq.scheduler import RQScheduler
 from rq.utils import now
 from rq.worker import RandomWorker, RoundRobinWorker
 
+from task_def import crawl as task_crawl
 from task_def import progress as task_progress
-from workqueue import outage, recovery, rq_compat
+from workqueue import crawling, outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
 from workqueue.jobs import SERIALIZER, CatalogueJob
@@ -94,9 +95,10 @@ class CatalogueWorker(ClaimingWorker):
         """RQ's, then the connection and scripts of a job's two requests, so the first job waits for neither.
         A worker started while Redis refuses writes (or is away) waits to register, with backoff.
         Here, not at import, what the worker installs: RQ's serializer lookup kept (``rq_compat.install``)
-        and the progress store behind ``report_progress``, which the horse inherits."""
+        and the progress store behind ``report_progress`` and the crawl's host, which the horse inherits."""
         rq_compat.install()
         task_progress.set_sink(progress.store)
+        task_crawl.set_host(crawling.RedisCrawlHost())
         backoff = 1.0
         while True:
             try:
