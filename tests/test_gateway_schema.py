@@ -35,6 +35,13 @@ def _has_callback(case) -> bool:
     return isinstance(case.body, dict) and "callback" in case.body
 
 
+def _cannot_be_stated(case) -> bool:
+    """Whether a body's acceptance depends on what no schema can state: a callback (see above), or
+    a schedule's timing (whether a cron expression parses, a time zone exists, exactly one of cron
+    and every is given): such a refusal is a documented 422."""
+    return _has_callback(case) or (case.method == "POST" and case.path == "/schedules")
+
+
 LABELS = sorted(operations(schemathesis.openapi.from_dict(openapi.document())))
 #: Negative cases need something to get wrong: a body or a path parameter.
 CASES = [(label, GenerationMode.POSITIVE) for label in LABELS] + [
@@ -59,7 +66,7 @@ def test_no_server_errors_and_every_response_matches_the_schema(
         suppress_health_check=list(hypothesis.HealthCheck),
     )
     def fuzz(case) -> None:
-        case.call_and_validate(excluded_checks=[positive_data_acceptance] if _has_callback(case) else [])
+        case.call_and_validate(excluded_checks=[positive_data_acceptance] if _cannot_be_stated(case) else [])
 
     fuzz()
 

@@ -276,3 +276,74 @@ def test_six_field_cron_has_the_seconds_first_and_keeps_its_time_zone() -> None:
     assert (local.hour, local.minute, local.second) == (9, 30, 0)
     assert when.next_tick(tick) - tick == 20
     assert schedules.When.every("10m").latest_tick(1_000_000_123.0) == 999_999_600.0  # counted from the epoch
+
+
+# -- the other interfaces ------------------------------------------------------------------------
+
+
+def test_gateway_adds_lists_pauses_runs_and_removes_schedules_as_its_document_says(conn: redis.Redis) -> None:
+    import schemathesis
+
+    from workqueue.gateway import create_app
+
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(conn))
+    ops = {op.label: op for op in (result.ok() for result in schema.get_all_operations())}
+
+    def call(label: str, status: int, body: object = None, name: str | None = None) -> dict:
+        extra = {"body": body} if body is not None else {}
+        case = ops[label].Case(path_parameters={"name": name} if name else {}, **extra)
+        response = case.call_and_validate()
+        assert response.status_code == status, (label, response.text)
+        return response.json()
+
+    body = {"name": "g", "every": "1h", "task": "sleep", "params": {"seconds": 1}, "queue": "ticks"}
+    assert call("POST /schedules", 201, body)["outcome"] == "created"
+    refused = call("POST /schedules", 422, body)
+    assert refused["field"] == "name" and "--replace" in refused["error"]
+    assert call("POST /schedules", 201, {**body, "replace": True})["outcome"] == "unchanged"
+    for bad, field in [
+        ({"cron": "61 * * * *"}, "cron"),
+        ({"every": "0"}, "every"),
+        ({"params": {"seconds": -1}}, "params.seconds"),
+    ]:
+        assert call("POST /schedules", 422, {**body, "name": "h", **bad})["field"] == field
+    cron = {**body, "name": "c", "cron": "0 3 * * *", "tz": "Europe/Paris"}
+    del cron["every"]
+    assert call("POST /schedules", 422, {**cron, "tz": "Nowhere/Land"})["field"] == "tz"
+    assert call("POST /schedules", 201, cron)["schedule"]["next_run"].endswith("+00:00")
+    listed = call("GET /schedules", 200)["schedules"]
+    assert [s["name"] for s in listed] == ["c", "g"] and listed[1]["last_outcome"] == "never run"
+    assert call("POST /schedules/{name}/pause", 200, {}, "g")["paused"] is True
+    assert "already paused" in call("POST /schedules/{name}/pause", 422, {}, "g")["error"]
+    assert call("POST /schedules/{name}/resume", 200, {}, "g")["paused"] is False
+    batch = call("POST /schedules/{name}/run-now", 201, {}, "g")["batch_id"]
+    assert call("GET /schedules/{name}", 200, name="g")["last_batch"] == batch == batch_ids(conn, "ticks")[0]
+    assert call("DELETE /schedules/{name}", 200, name="g")["message"] == "schedule g: removed"
+    assert call("GET /schedules/{name}", 404, name="g")["field"] == "name"
+    assert schedules.names(conn) == ["c"]
+
+
+def test_python_api_schedules(conn: redis.Redis) -> None:
+    import workqueue
+
+    api = workqueue.Schedules()
+    assert api.add("p", "sleep", {"seconds": 1}, every="10m", queue="ticks") == "created"
+    with pytest.raises(workqueue.errors.BadInput, match="unknown time zone"):
+        api.add("q", "sleep", cron="* * * * *", tz="Nowhere/Land")
+    api.pause("p")
+    assert [(s.name, s.paused) for s in api.all()] == [("p", True)]
+    api.resume("p")
+    batch = api.run_now("p")
+    assert batch_ids(conn, "ticks") == [batch]
+    api.remove("p")
+    assert api.all() == []
+
+
+def test_the_gateway_document_has_the_schedule_paths(conn: redis.Redis) -> None:
+    from workqueue.gateway import openapi
+
+    paths = openapi.document()["paths"]
+    assert {p for p in paths if p.startswith("/schedules")} == {
+        "/schedules", "/schedules/{name}", "/schedules/{name}/pause", "/schedules/{name}/resume",
+        "/schedules/{name}/run-now",
+    }  # fmt: skip

@@ -33,7 +33,7 @@ import threading
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -423,6 +423,23 @@ def last_outcome(conn: redis.Redis, batch_id: str | None) -> str:
     if not s.done:
         return f"running ({s.finished + s.failed} of {s.total} ended)"
     return "failed" if s.failed else "finished"
+
+
+def as_dict(conn: redis.Redis, stored: Stored, now: float) -> dict[str, Any]:
+    """A schedule as the gateway and the dashboard show it: its definition, state, next and last
+    run (ISO 8601 in UTC) and its last batch's outcome."""
+    s = stored.schedule
+    return {
+        "name": s.name, "kind": s.when.kind, "spec": s.when.spec, "tz": s.when.tz, "when": s.when.describe(),
+        "task": s.task, "params": dict(s.params), "queue": s.queue, "retries": s.retries, "timeout": s.timeout,
+        "paused": stored.paused, "next_run": _utc(stored.next_run(now)), "last_run": _utc(stored.last_run),
+        "last_batch": stored.last_batch, "last_outcome": last_outcome(conn, stored.last_batch),
+        "fired": stored.fired, "manual_runs": stored.manual_runs,
+    }  # fmt: skip
+
+
+def _utc(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 # -- schedules.toml ----------------------------------------------------------------------------
