@@ -347,3 +347,40 @@ def test_the_gateway_document_has_the_schedule_paths(conn: redis.Redis) -> None:
         "/schedules", "/schedules/{name}", "/schedules/{name}/pause", "/schedules/{name}/resume",
         "/schedules/{name}/run-now",
     }  # fmt: skip
+
+
+def test_dashboard_lists_schedules_and_pauses_resumes_and_runs_them_with_the_csrf_token(conn: redis.Redis) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.helpers import client_for, token
+
+    schedules.add(conn, Schedule.build("dash.1", every="10m", task="sleep", params={"seconds": 1}, queue="ticks"))
+    client = client_for(os.environ["REDIS_URL"])
+    page = client.get("/schedules")
+    assert page.status_code == 200
+    assert "dash.1" in page.text and "every 10m" in page.text and "never run" in page.text
+    assert 'href="/schedules"' in client.get("/").text  # in the navigation
+    assert "<script>" not in page.text.split("</head>")[1].replace("<script src=", "")
+    assert client.post("/schedules/dash.1/pause").status_code == 400  # no CSRF token
+    assert not schedules.get(conn, "dash.1").paused
+    csrf = {"csrf_token": token(client)}
+    html = {"Accept": "text/html", "Referer": "http://localhost/schedules"}
+    paused = client.post("/schedules/dash.1/pause", data=csrf, headers=html)
+    assert paused.status_code == 303 and paused.headers["Location"] == "/schedules"
+    assert "schedule dash.1 paused" in client.get("/schedules").text  # the flashed outcome
+    assert schedules.get(conn, "dash.1").paused
+    assert "Resume" in client.get("/schedules").text
+    again = client.post("/schedules/dash.1/pause", data=csrf, headers={"Accept": "application/json"})
+    assert again.status_code == 404 and "already paused" in again.json["messages"][0]
+    assert client.post("/schedules/dash.1/resume", data=csrf, headers=html).status_code == 303
+    assert client.post("/schedules/dash.1/run-now", data=csrf, headers=html).status_code == 303
+    stored = schedules.get(conn, "dash.1")
+    assert not stored.paused and batch_ids(conn, "ticks") == [stored.last_batch]
+    assert stored.last_batch in client.get("/schedules").text
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    samples = {(s.name, s.labels.get("schedule")): s.value for f in families.values() for s in f.samples}
+    assert samples[("workqueue_schedule_paused", "dash.1")] == 0
+    assert samples[("workqueue_schedule_fired_total", "dash.1")] == 0
+    assert samples[("workqueue_schedule_run_now_total", "dash.1")] == 1
+    assert samples[("workqueue_schedule_last_run_timestamp_seconds", "dash.1")] == stored.last_run
+    assert samples[("workqueue_schedule_next_run_timestamp_seconds", "dash.1")] % 600 == 0
