@@ -131,6 +131,18 @@ def test_ticks_missed_while_no_consumer_ran_give_one_catch_up_run(conn: redis.Re
     assert len(batch_ids(conn, "ticks")) == 1 + len(again)
 
 
+def test_a_schedule_this_consumer_cannot_fire_is_left_to_others_and_the_rest_fire(conn: redis.Redis) -> None:
+    schedules.add(conn, every("good"))
+    schedules.add(conn, every("gone"))
+    schedules.add(conn, every("zone"))
+    conn.hset(schedules.key("gone"), "task", "no_such_task")  # as a consumer with another catalogue sees it
+    conn.hset(schedules.key("zone"), mapping={"kind": "cron", "spec": "* * * * * *", "tz": "Nowhere/Land"})
+    time.sleep(1.2)
+    fired = Firer(conn).fire_due()
+    assert [f.name for f in fired] == ["good"]
+    assert schedules.get(conn, "gone").fired == schedules.get(conn, "zone").fired == 0  # unclaimed, for others
+
+
 @pytest.mark.slow
 def test_a_paused_schedule_fires_nothing_and_resumes_without_replaying(conn: redis.Redis, processes: Processes) -> None:
     start_consumer(processes, conn, 1, "ticks")

@@ -547,30 +547,43 @@ class Firer:
         #: Who fired a tick, in the history: the consumer's ``<host>.<pid>``, as its pool is named.
         self.name = name or f"{socket.gethostname()}.{os.getpid()}"
         self._failing = False
+        #: Schedules that could not be fired, with the version seen, so each is logged once.
+        self._broken: dict[str, str] = {}
 
     def fire_due(self) -> list[Fired]:
-        """Fire every tick that is due now and that no other consumer has claimed."""
+        """Fire every tick that is due now and that no other consumer has claimed. A schedule that
+        cannot be fired (a time zone or task this machine lacks) is logged, once, and the others fire."""
         now = redis_now(self.conn)
         fired = []
         for stored in load_all(self.conn, skip_bad=True):
-            tick = stored.due_tick(now)
-            if tick is None:
-                continue
-            batch_id = batches.new_id()
-            keys = (key(stored.name), history_key(stored.name))
-            claimed = self.conn.eval(
-                _CLAIM, 2, *keys, repr(tick), batch_id, repr(now), stored.version, self.name, HISTORY
-            )
-            if not claimed:
-                continue  # another consumer fired it, or it changed meanwhile
             try:
-                producer.enqueue(self.conn, [stored.schedule.call()], stored.schedule.queue, batch_id=batch_id)
-            except BadInput as exc:
-                log.error("schedule %s: tick %s claimed but not enqueued: %s", stored.name, _iso(tick), exc)
+                done = self._fire(stored, now)
+            except redis.RedisError:
+                raise
+            except Exception as exc:
+                if self._broken.get(stored.name) != stored.version:
+                    log.error("schedule %s cannot be fired here (%s: %s)", stored.name, type(exc).__name__, exc)
+                self._broken[stored.name] = stored.version
                 continue
-            log.info("schedule %s: tick %s fired as batch %s", stored.name, _iso(tick), batch_id)
-            fired.append(Fired(stored.name, tick, batch_id, self.name))
+            self._broken.pop(stored.name, None)
+            if done is not None:
+                fired.append(done)
         return fired
+
+    def _fire(self, stored: Stored, now: float) -> Fired | None:
+        """Claim the schedule's due tick, if it has one and no one else got it, and enqueue its batch."""
+        tick = stored.due_tick(now)
+        if tick is None:
+            return None
+        call = stored.schedule.call()  # validated here first: a tick is claimed only if it can be enqueued
+        batch_id = batches.new_id()
+        keys = (key(stored.name), history_key(stored.name))
+        claimed = self.conn.eval(_CLAIM, 2, *keys, repr(tick), batch_id, repr(now), stored.version, self.name, HISTORY)
+        if not claimed:
+            return None  # another consumer fired it, or it changed meanwhile
+        producer.enqueue(self.conn, [call], stored.schedule.queue, batch_id=batch_id)
+        log.info("schedule %s: tick %s fired as batch %s", stored.name, _iso(tick), batch_id)
+        return Fired(stored.name, tick, batch_id, self.name)
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop`` is set; a Redis error is logged once and waited out."""
