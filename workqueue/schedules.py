@@ -12,6 +12,8 @@ Missed ticks (no consumer ran) are not replayed: the latest tick that is due fir
 ones before it are skipped. A paused schedule fires nothing, and on resume the ticks it missed
 while paused are skipped too.
 
+The schedule file (``schedules.toml``) is read and applied by ``workqueue.schedule_file``.
+
 Redis keys:
 - ``workqueue:schedules``: the set of schedule names;
 - ``workqueue:schedule:<name>``: a hash: the definition (kind, spec, tz, task, params, queue,
@@ -30,11 +32,9 @@ import os
 import re
 import socket
 import threading
-import tomllib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -62,7 +62,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _EVERY = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _DEFINITION = ("kind", "spec", "tz", "task", "params", "queue", "retries", "timeout")
-_FILE_KEYS = {"cron", "every", "tz", "task", "params", "queue", "retries", "timeout"}
 
 
 def key(name: str) -> str:
@@ -331,7 +330,7 @@ def get(conn: redis.Redis, name: str) -> Stored:
     return Stored.from_hash(name, data)
 
 
-def _transaction(conn: redis.Redis, change: Callable[[redis.client.Pipeline], _T], *watched: str) -> _T:
+def transaction(conn: redis.Redis, change: Callable[[redis.client.Pipeline], _T], *watched: str) -> _T:
     """``change(pipe)`` with ``watched`` under WATCH (its reads run at once, its writes after
     ``pipe.multi()`` in one MULTI/EXEC), again from the start if a watched key changed meanwhile."""
     with conn.pipeline(transaction=True) as pipe:
@@ -345,7 +344,7 @@ def _transaction(conn: redis.Redis, change: Callable[[redis.client.Pipeline], _T
                 continue
 
 
-def _write(pipe: redis.client.Pipeline, schedule: Schedule, current: Stored | None, now: float) -> None:
+def write(pipe: redis.client.Pipeline, schedule: Schedule, current: Stored | None, now: float) -> None:
     """Queue on ``pipe`` the writes that make ``schedule`` the definition (its state kept, ``since``
     moved to now when its timing changes, so a new timing never fires for a past tick)."""
     fields: dict[Any, Any] = dict(schedule.definition())
@@ -371,10 +370,10 @@ def add(conn: redis.Redis, schedule: Schedule, *, replace: bool = False) -> str:
             return "unchanged"
         now = redis_now(pipe)
         pipe.multi()
-        _write(pipe, schedule, current, now)
+        write(pipe, schedule, current, now)
         return "created" if current is None else "replaced"
 
-    return _transaction(conn, change, key(schedule.name))
+    return transaction(conn, change, key(schedule.name))
 
 
 def remove(conn: redis.Redis, name: str) -> None:
@@ -397,7 +396,7 @@ def set_paused(conn: redis.Redis, name: str, paused: bool) -> None:
         pipe.multi()
         pipe.hset(key(name), mapping={"paused": "1" if paused else "0", **({} if paused else {"since": repr(now)})})
 
-    _transaction(conn, change, key(name))
+    transaction(conn, change, key(name))
 
 
 def run_now(conn: redis.Redis, name: str) -> str:
@@ -440,80 +439,6 @@ def as_dict(conn: redis.Redis, stored: Stored, now: float) -> dict[str, Any]:
 
 def _utc(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
-# -- schedules.toml ----------------------------------------------------------------------------
-
-
-def load_file(path: Path) -> list[Schedule]:
-    """Every schedule in a TOML file (``[schedules.NAME]`` tables), all validated: raises BadInput
-    (``FILE: schedules.NAME: what``) at the first thing wrong."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{path}: not TOML ({exc})") from None
-    tables = data.get("schedules")
-    if set(data) - {"schedules"} or not isinstance(tables, dict):
-        raise BadInput(f"{path}: expected [schedules.NAME] tables and nothing else")
-    result = []
-    for name, entry in tables.items():
-        where = f"{path}: schedules.{name}"
-        if not isinstance(entry, dict):
-            raise BadInput(f"{where}: expected a table")
-        unknown = set(entry) - _FILE_KEYS
-        if unknown:
-            raise BadInput(
-                f"{where}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_FILE_KEYS))})"
-            )
-        if not isinstance(entry.get("params", {}), dict) or "task" not in entry or "queue" not in entry:
-            raise BadInput(f"{where}: needs task, queue, cron or every, and params as a table")
-        try:
-            result.append(Schedule.build(name, **entry))
-        except (BadInput, TypeError) as exc:
-            raise BadInput(f"{where}: {exc}") from None
-    return result
-
-
-@dataclass
-class Applied:
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-
-
-def apply(conn: redis.Redis, wanted: Iterable[Schedule], *, prune: bool = False) -> Applied:
-    """Make Redis hold ``wanted`` (already validated), in one transaction: create the missing,
-    redefine the changed, leave the same ones untouched (their state too) and, with ``prune``,
-    remove the others. Applying the same schedules twice changes nothing."""
-    wanted = list(wanted)
-
-    def change(pipe: redis.client.Pipeline) -> Applied:
-        current = {s.name: s for s in load_all(pipe)}
-        result = Applied()
-        now = redis_now(pipe)
-        writes: list[tuple[Schedule, Stored | None]] = []
-        for schedule in wanted:
-            old = current.get(schedule.name)
-            if old is not None and old.schedule == schedule:
-                result.unchanged.append(schedule.name)
-                continue
-            (result.created if old is None else result.updated).append(schedule.name)
-            writes.append((schedule, old))
-        if prune:
-            result.removed = sorted(set(current) - {s.name for s in wanted})
-        pipe.multi()
-        for schedule, old in writes:
-            _write(pipe, schedule, old, now)
-        for name in result.removed:
-            pipe.delete(key(name), history_key(name))
-            pipe.srem(INDEX, name)
-        return result
-
-    watched = [INDEX, *(key(n) for n in names(conn)), *(key(s.name) for s in wanted)]
-    return _transaction(conn, change, *watched)
 
 
 # -- firing ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from workqueue import producer, schedules
+from workqueue import producer, schedule_file, schedules
 from workqueue.cli.common import EXIT_OK, QueueName, redis_url_option
 from workqueue.connection import connect
 from workqueue.settings import MAX_RETRIES, MAX_TIMEOUT
@@ -66,7 +66,7 @@ def add(
 def list_(redis_url: str | None) -> int:
     """Each schedule: timing, task, queue, state, next and last run, last batch and its outcome."""
     connection, _ = connect(redis_url)
-    found = schedules.load_all(connection)
+    found = schedules.load_all(connection, skip_bad=True)
     if not found:
         click.echo(
             "no schedules (add one with: python -m workqueue schedule add NAME --every 10m --task ... --queue Q)"
@@ -144,9 +144,9 @@ def run_now(name: str, redis_url: str | None) -> int:
 def apply(file: Path, prune: bool, redis_url: str | None) -> int:
     """Make Redis hold the schedules of FILE (TOML, see schedules.example.toml): create and redefine,
     leave the others unless --prune. The whole file is validated first; applying twice changes nothing."""
-    wanted = schedules.load_file(file)
+    wanted = schedule_file.load_file(file)
     connection, _ = connect(redis_url)
-    result = schedules.apply(connection, wanted, prune=prune)
+    result = schedule_file.apply(connection, wanted, prune=prune)
     for verb, which in (("created", result.created), ("updated", result.updated),
                         ("unchanged", result.unchanged), ("removed", result.removed)):  # fmt: skip
         if which:
