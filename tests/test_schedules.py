@@ -116,6 +116,26 @@ def test_many_consumers_claiming_the_same_due_tick_at_once_fire_it_once(conn: re
     assert len(batch_ids(conn, "ticks")) == len(fired) == schedules.get(conn, "race").fired
 
 
+def test_a_tick_claimed_by_a_consumer_that_died_before_enqueueing_is_enqueued_once_by_another(
+    conn: redis.Redis,
+) -> None:
+    schedules.add(conn, every("orphan", "1h"))
+    stored = schedules.get(conn, "orphan")
+    now = schedules.redis_now(conn)
+    tick = stored.schedule.when.latest_tick(now)
+    conn.hset(schedules.key("orphan"), "since", repr(tick - 1))  # make the current tick due
+    claim = (schedules.key("orphan"), schedules.history_key("orphan"), repr(tick), "lostbatch001", repr(now))
+    assert conn.eval(schedules._CLAIM, 2, *claim, stored.version, "dead.1", 100) == 1  # ... and then it died
+    assert Firer(conn).fire_due() == [] and batch_ids(conn, "ticks") == []  # within the grace: its claimer may be at it
+    conn.hset(schedules.key("orphan"), "pending_at", repr(now - schedules.PENDING_GRACE))  # the grace is over
+    assert Firer(conn).fire_due() == []  # no new tick: the claimed one's batch
+    assert batch_ids(conn, "ticks") == ["lostbatch001"]
+    assert schedules.get(conn, "orphan").pending is None
+    conn.hset(schedules.key("orphan"), mapping={"pending": "lostbatch001", "pending_at": repr(now - 60)})
+    Firer(conn).fire_due()  # pending again, but the batch exists: not enqueued twice
+    assert batch_ids(conn, "ticks") == ["lostbatch001"] and schedules.get(conn, "orphan").pending is None
+
+
 # -- missed ticks, pause, burst ------------------------------------------------------------------
 
 

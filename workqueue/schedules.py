@@ -8,6 +8,10 @@ compare-and-set of the schedule's last fired tick, so the first claimer wins and
 for that tick or an older one, is refused. Ticks are computed on Redis's clock, so consumers whose
 own clocks disagree still agree on which tick is due.
 
+The claim also marks the tick's batch pending until it is enqueued; a consumer that dies in between
+leaves it pending, and another one enqueues it after PENDING_GRACE seconds (the batch goes in
+whole or not at all, so whether it exists says whether it must).
+
 Missed ticks (no consumer ran) are not replayed: the latest tick that is due fires once, and the
 ones before it are skipped. A paused schedule fires nothing, and on resume the ticks it missed
 while paused are skipped too.
@@ -18,7 +22,7 @@ Redis keys:
 - ``workqueue:schedules``: the set of schedule names;
 - ``workqueue:schedule:<name>``: a hash: the definition (kind, spec, tz, task, params, queue,
   retries, timeout, version) and the state (paused, since, last_tick, last_run, last_batch, fired,
-  manual_runs);
+  manual_runs, pending, pending_at);
 - ``workqueue:schedule:<name>:history``: the last HISTORY fired ticks, newest first, each
   ``"<tick> <batch id> <consumer>"``.
 """
@@ -56,8 +60,12 @@ POLL_INTERVAL = 0.25
 DEFAULT_TZ = "UTC"
 #: How many fired ticks each schedule's history keeps.
 HISTORY = 100
+#: Seconds after which a tick claimed but not enqueued (its consumer died in between) is enqueued by
+#: another consumer: well past what enqueueing one job takes on the firer's fail-fast client.
+PENDING_GRACE = 10.0
 
 _CLAIM = lua.script("schedule_claim")
+_PENDING = lua.script("schedule_pending")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _EVERY = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -254,6 +262,9 @@ class Stored:
     last_batch: str | None = None
     fired: int = 0
     manual_runs: int = 0
+    #: A tick's batch claimed but not known to be enqueued yet, and since when.
+    pending: str | None = None
+    pending_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -268,6 +279,7 @@ class Stored:
             Schedule.from_fields(name, data), data.get("version", "0"), data.get("paused") == "1",
             number("since") or 0.0, number("last_tick"), number("last_run"), data.get("last_batch") or None,
             int(data.get("fired") or 0), int(data.get("manual_runs") or 0),
+            data.get("pending") or None, number("pending_at") or 0.0,
         )  # fmt: skip
 
     def due_tick(self, now: float) -> float | None:
@@ -497,6 +509,8 @@ class Firer:
 
     def _fire(self, stored: Stored, now: float) -> Fired | None:
         """Claim the schedule's due tick, if it has one and no one else got it, and enqueue its batch."""
+        if stored.pending is not None and now - stored.pending_at >= PENDING_GRACE:
+            self._take_over(stored, stored.pending, now)
         tick = stored.due_tick(now)
         if tick is None:
             return None
@@ -507,8 +521,19 @@ class Firer:
         if not claimed:
             return None  # another consumer fired it, or it changed meanwhile
         producer.enqueue(self.conn, [call], stored.schedule.queue, batch_id=batch_id)
+        self.conn.eval(_PENDING, 1, key(stored.name), batch_id, "done")
         log.info("schedule %s: tick %s fired as batch %s", stored.name, _iso(tick), batch_id)
         return Fired(stored.name, tick, batch_id, self.name)
+
+    def _take_over(self, stored: Stored, batch_id: str, now: float) -> None:
+        """Enqueue the batch of a tick whose claimer died before enqueueing it (once: the batch is
+        enqueued whole or not at all, so whether its record exists tells which)."""
+        if not self.conn.eval(_PENDING, 1, key(stored.name), batch_id, "take", repr(now), PENDING_GRACE):
+            return
+        if not self.conn.exists(batches.key(batch_id)):
+            producer.enqueue(self.conn, [stored.schedule.call()], stored.schedule.queue, batch_id=batch_id)
+            log.warning("schedule %s: enqueued batch %s, claimed by a consumer that died first", stored.name, batch_id)
+        self.conn.eval(_PENDING, 1, key(stored.name), batch_id, "done")
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop`` is set; a Redis error is logged once and waited out."""

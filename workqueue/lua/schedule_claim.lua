@@ -16,7 +16,9 @@ local tick = tonumber(ARGV[1])
 if tick <= tonumber(h[3] or '0') or tick <= tonumber(h[4] or '0') then
     return 0 -- already fired (or before the schedule began)
 end
-redis.call('HSET', KEYS[1], 'last_tick', ARGV[1], 'last_run', ARGV[3], 'last_batch', ARGV[2])
+-- pending: the batch is claimed but not known to be enqueued yet (schedule_pending.lua settles it)
+redis.call('HSET', KEYS[1], 'last_tick', ARGV[1], 'last_run', ARGV[3], 'last_batch', ARGV[2],
+    'pending', ARGV[2], 'pending_at', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'fired', 1)
 redis.call('LPUSH', KEYS[2], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[5])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
