@@ -1,12 +1,13 @@
 """workqueue: a Redis-backed task queue, built on RQ, with a live dashboard.
 
 The Python API (see ``workqueue.api``): :func:`enqueue`, :func:`enqueue_many`, :func:`stats`, :func:`results`,
-and the :class:`Batch` they return, with ``wait(on_task=..., on_done=..., timeout=...)``.
+and the :class:`Batch` they return, with ``wait(on_task=..., on_done=..., timeout=...)``;
+:class:`Schedules` for periodic schedules.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Batch", "enqueue", "enqueue_many", "results", "stats"]
+__all__ = ["Batch", "Schedules", "enqueue", "enqueue_many", "results", "stats"]
 
 
 def __getattr__(name: str):

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from workqueue import batches, crawling, jobstats, outage, producer, timing
+from workqueue import batches, crawling, jobstats, outage, producer, schedules, timing
 from workqueue.connection import connect
 from workqueue.errors import BadInput
 from workqueue.settings import DEFAULT_QUEUE
@@ -180,3 +180,56 @@ def _log_outage(what: str | None) -> None:
         log.info("Redis answers again; still waiting for the batch")
     else:
         log.warning("%s; waiting for it", what)
+
+
+class Schedules:
+    """Periodic schedules (see ``workqueue.schedules``), fired once per tick by the running consumers::
+
+        s = workqueue.Schedules()
+        s.add("nightly", "scrape", {"url": "https://example.com/"}, cron="0 3 * * *", tz="Europe/Paris")
+        s.add("warm", "sleep", {"seconds": 1}, every="10m", queue="queue_one")
+        for each in s.all(): print(each.name, each.next_run(time.time()), each.last_batch)
+        s.pause("warm"); s.resume("warm"); batch_id = s.run_now("warm"); s.remove("warm")
+
+    Everything is validated first (``workqueue.errors.BadInput``, with the command line's messages).
+    """
+
+    def __init__(self, redis_url: str | None = None) -> None:
+        self.connection, _ = connect(redis_url)
+
+    def add(
+        self,
+        name: str,
+        task: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        every: str | int | None = None,
+        tz: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        retries: int | None = None,
+        timeout: int | None = None,
+        replace: bool = False,
+    ) -> str:
+        """Create (or with ``replace``, redefine) a schedule: "created", "replaced" or "unchanged"."""
+        definition = schedules.Schedule.build(
+            name, cron=cron, every=every, tz=tz, task=task, params=params, queue=queue, retries=retries, timeout=timeout
+        )
+        return schedules.add(self.connection, definition, replace=replace)
+
+    def all(self) -> list[schedules.Stored]:
+        """Every schedule (``schedules.Stored``: definition, paused, last run and batch, ...), by name."""
+        return schedules.load_all(self.connection)
+
+    def remove(self, name: str) -> None:
+        schedules.remove(self.connection, name)
+
+    def pause(self, name: str) -> None:
+        schedules.set_paused(self.connection, name, True)
+
+    def resume(self, name: str) -> None:
+        schedules.set_paused(self.connection, name, False)
+
+    def run_now(self, name: str) -> str:
+        """Enqueue one batch of the schedule now (not a tick); its id."""
+        return schedules.run_now(self.connection, name)

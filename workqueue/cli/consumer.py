@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import click
@@ -18,8 +19,9 @@ from workqueue.cli.common import (
     fail,
     redis_url_option,
 )
-from workqueue.connection import connect
-from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS
+from workqueue.connection import connect, without_retries
+from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS, QUICK_TIMEOUT
+from workqueue.supervision import Supervisor
 from workqueue.worker.pool import ConsumerPool, PoolStatus
 
 
@@ -42,6 +44,19 @@ def status_line(status: PoolStatus) -> str:
         f"{lost}{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle{stopped} | "
         f"done {status.finished}, failed {status.failed}, queued {status.queued}"
     )
+
+
+def start_schedules(connection: redis.Redis) -> threading.Event:
+    """Fire the periodic schedules from this process (``schedules.Firer``, a supervised helper
+    thread with its own client that fails fast), until the returned event is set. Only the pool
+    process fires them, never each worker; every consumer does, and each tick is claimed once."""
+    from workqueue import schedules
+
+    stop = threading.Event()
+    supervisor = Supervisor()
+    supervisor.add("schedules", schedules.Firer(without_retries(connection, socket_timeout=QUICK_TIMEOUT)).run)
+    supervisor.start(stop)
+    return stop
 
 
 def _sweep(connection: redis.Redis) -> bool:
@@ -111,12 +126,17 @@ def main(
     click.echo(f"starting {workers} workers on {', '.join(queues)} ({target.display}); Ctrl-C stops them")
     if burst:
         _sweep(connection)  # a dead worker's job counts as waiting: hand it back before deciding what is empty
+    # Periodic schedules are fired by long-running consumers only: a --burst one ends when its
+    # queues are empty, and a tick it fired would only start work it does not wait for.
+    schedules_stop = None if burst else start_schedules(connection)
     while True:
         pool = ConsumerPool(queues, connection, workers, on_tick=on_tick, order=order)
         pool.start(burst=burst, logging_level="INFO" if verbose else "WARNING")
         # A burst pool sweeps again before it exits: if that hands jobs back, it works on.
         if not burst or pool.signalled or pool.stopped or not _sweep(connection):
             break
+    if schedules_stop is not None:
+        schedules_stop.set()  # (a daemon thread: an error that ends the consumer ends it too)
     if live:
         click.echo()
     try:

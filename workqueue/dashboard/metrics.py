@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 from rq import Queue, Worker
 
-from workqueue import jobstats
+from workqueue import jobstats, schedules
 from workqueue.jobs import SERIALIZER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -108,10 +108,44 @@ class HelperCollector:
         yield restarts
 
 
+class ScheduleCollector:
+    """Per periodic schedule: paused or not, when it last ran and runs next, how many ticks it fired
+    and how often it was run by hand (see ``workqueue.schedules``)."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.connection = connection
+
+    def collect(self) -> Iterator[Metric]:
+        label = ["schedule"]
+        paused = GaugeMetricFamily("workqueue_schedule_paused", "1 if the schedule is paused.", labels=label)
+        last = GaugeMetricFamily(
+            "workqueue_schedule_last_run_timestamp_seconds", "When the schedule last enqueued a batch.", labels=label
+        )
+        upcoming = GaugeMetricFamily(
+            "workqueue_schedule_next_run_timestamp_seconds",
+            "When the schedule fires next (not if paused).",
+            labels=label,
+        )
+        fired = CounterMetricFamily("workqueue_schedule_fired", "Ticks fired, each once.", labels=label)
+        manual = CounterMetricFamily("workqueue_schedule_run_now", "Batches enqueued by run-now.", labels=label)
+        now = schedules.redis_now(self.connection)
+        for stored in schedules.load_all(self.connection, skip_bad=True):
+            paused.add_metric([stored.name], 1 if stored.paused else 0)
+            if stored.last_run is not None:
+                last.add_metric([stored.name], stored.last_run)
+            next_run = stored.next_run(now)
+            if next_run is not None:
+                upcoming.add_metric([stored.name], next_run)
+            fired.add_metric([stored.name], stored.fired)
+            manual.add_metric([stored.name], stored.manual_runs)
+        yield from (paused, last, upcoming, fired, manual)
+
+
 def render(connection: redis.Redis, threads: Sequence[Mapping[str, Any]] = ()) -> bytes:
     """The exposition text for ``connection``'s Redis, and for the server's helper ``threads``
     (``Supervisor.status()``)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(connection))
     registry.register(HelperCollector(threads))
+    registry.register(ScheduleCollector(connection))
     return generate_latest(registry)

@@ -24,7 +24,7 @@ from rq.job import JOB_ID_PATTERN, Job
 from werkzeug.wrappers import Response as BaseResponse
 
 import task_def
-from workqueue import control, job_json, jobstats, producer, timing, unique
+from workqueue import control, job_json, jobstats, producer, schedules, timing, unique
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor, refusal, wants_html
 from workqueue.errors import BadInput
@@ -257,3 +257,34 @@ def _form_context(form: Any) -> dict[str, Any]:
         "unique_key_max": unique.MAX_KEY_LENGTH,
         "active_tab": "enqueue",
     }
+
+
+# Periodic schedules ------------------------------------------------------------------------------
+
+
+@blueprint.get("/schedules")
+def schedules_page() -> str:
+    """Every schedule: timing, task, queue, next and last run, the last batch's outcome, and the
+    pause, resume and run-now buttons (POSTs with the page's CSRF token)."""
+    connection = _redis()
+    now = schedules.redis_now(connection)
+    found = [schedules.as_dict(connection, s, now) for s in schedules.load_all(connection, skip_bad=True)]
+    return render_template("workqueue/schedules.html", schedules=found, active_tab="schedules")
+
+
+@blueprint.post("/schedules/<name>/pause")
+def pause_schedule(name: str) -> BaseResponse:
+    schedules.set_paused(_redis(), name, True)
+    return _done([f"schedule {name} paused: no consumer fires it until it is resumed"])
+
+
+@blueprint.post("/schedules/<name>/resume")
+def resume_schedule(name: str) -> BaseResponse:
+    schedules.set_paused(_redis(), name, False)
+    return _done([f"schedule {name} resumed: it fires from its next tick"])
+
+
+@blueprint.post("/schedules/<name>/run-now")
+def run_schedule_now(name: str) -> BaseResponse:
+    batch_id = schedules.run_now(_redis(), name)
+    return _done([f"schedule {name}: enqueued batch {batch_id} now"])

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from workqueue import network, outage, webguard
-from workqueue.gateway import openapi, routes
+from workqueue.gateway import openapi, routes, schedules_api
 from workqueue.settings import GATEWAY_MAX_BODY
 from workqueue.supervision import Supervisor
 
@@ -43,6 +43,7 @@ def create_app(
         document=openapi.document(),
     )
     app.register_blueprint(routes.bp)
+    app.register_blueprint(schedules_api.bp)
     webguard.install(app, guard, routes.error, json_only=True)
     return app
 

@@ -140,7 +140,7 @@ def document() -> dict[str, Any]:
             },
         },
         "security": [{}, {"bearer": []}],
-        "paths": {**_collection_paths(), **_item_paths()},
+        "paths": {**_collection_paths(), **_item_paths(), **schedule_paths()},
     }
 
 
@@ -174,6 +174,7 @@ def _schemas() -> dict[str, Any]:
         "Messages": _list_of("messages", {"type": "string"}),
         "Queues": _queues_schema(),
         "Tasks": _tasks_schema(),
+        **schedule_schemas(),
     }
 
 
@@ -537,4 +538,98 @@ def _item_paths() -> dict[str, Any]:
                 responses(_ok("What was done, per job.", "Messages"), "No such batch.", "A job is not readable."),
             ),
         },
+    }
+
+
+# -- periodic schedules (``gateway.schedules_api``) -----------------------------------------------
+
+#: A schedule's name, as ``workqueue.schedules.check_name`` takes it.
+SCHEDULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+def schedule_schemas() -> dict[str, Any]:
+    """A schedule as the API shows it, what adding one takes, and the answers of its actions."""
+    nullable_string = _nullable({"type": "string"})
+    when = {
+        "name": {"type": "string", "pattern": SCHEDULE_NAME},
+        "cron": {
+            "type": "string",
+            "maxLength": 200,
+            "description": "Cron expression: 5 fields (minute hour day month weekday), or 6 with the seconds "
+            "FIRST (`*/2 * * * * *`). Give exactly one of `cron` and `every`; one that does not parse is a 422.",
+        },
+        "tz": {"type": "string", "maxLength": 64, "description": "IANA time zone of `cron` (default UTC)."},
+        "every": {"type": "string", "pattern": r"^\s*[0-9]{1,9}\s*[smhd]?\s*$", "description": "2s, 10m, 1h, 1d."},
+        "replace": {"type": "boolean", "default": False, "description": "Redefine the schedule if it exists."},
+    }
+    common = {k: v for k, v in _common_fields().items() if k != "callback"}
+    return {
+        "Schedule": {
+            "type": "object",
+            "required": ["name", "kind", "spec", "tz", "task", "params", "queue", "paused", "fired"],
+            "properties": {
+                **_fields({"type": "string"}, "name", "spec", "tz", "when", "task", "queue", "last_outcome"),
+                "kind": {"type": "string", "enum": ["cron", "every"]},
+                "params": {"type": "object"},
+                **_fields(_nullable({"type": "integer"}), "retries", "timeout"),
+                "paused": {"type": "boolean"},
+                **_fields(nullable_string, "next_run", "last_run", "last_batch"),
+                **_fields({"type": "integer"}, "fired", "manual_runs"),
+            },
+        },
+        "Schedules": _list_of("schedules", {"$ref": "#/components/schemas/Schedule"}),
+        "ScheduleRequest": {
+            "oneOf": [
+                {**_variant(t, **when, **common), "required": ["name", *_variant(t)["required"]]}
+                for t in task_def.CATALOGUE.values()
+            ]
+        },
+        "ScheduleSaved": {
+            "type": "object",
+            "required": ["outcome", "schedule"],
+            "properties": {
+                "outcome": {"type": "string", "enum": ["created", "replaced", "unchanged"]},
+                "schedule": {"$ref": "#/components/schemas/Schedule"},
+            },
+        },
+        "NoFields": {"type": "object", "additionalProperties": False, "maxProperties": 0},
+        "RunNow": {
+            "type": "object",
+            "required": ["batch_id", "queue"],
+            "properties": _fields({"type": "string"}, "batch_id", "queue"),
+        },
+    }
+
+
+def schedule_paths() -> dict[str, Any]:
+    """``/schedules`` and the actions on one schedule."""
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": SCHEDULE_NAME}}]
+    missing = {"404": _error("No schedule of that name.")}
+    body_errors = {"400": _error(_NOT_JSON), **_BAD_BODY}
+    listed = {**_ok("Every schedule, by name.", "Schedules"), **_AUTH, "503": _BAD_BODY["503"]}
+    added = {**_ok("Created, redefined or unchanged.", "ScheduleSaved", "201"), **_AUTH, **body_errors}
+    one = {**_ok("The schedule.", "Schedule"), **_AUTH, **missing, "503": _BAD_BODY["503"]}
+    removed = {**_ok("Removed.", "Message"), **_AUTH, **missing, "503": _BAD_BODY["503"]}
+    paused = {**_ok("The schedule, paused or resumed.", "Schedule"), **_AUTH, **missing, **body_errors}
+    paused["422"] = _error("Already in that state, or the body is not an empty object.")
+    ran = {**_ok("One batch enqueued now (not a tick).", "RunNow", "201"), **_AUTH, **missing, **body_errors}
+
+    def action(summary: str, operation_id: str, responses: dict[str, Any]) -> dict[str, Any]:
+        return {"parameters": name, "post": _operation(summary, operation_id, responses, "NoFields")}
+
+    return {
+        "/schedules": {
+            "get": _operation("Periodic schedules, with next and last run", "listSchedules", listed),
+            "post": _operation("Add (or with replace, redefine) a schedule", "addSchedule", added, "ScheduleRequest"),
+        },
+        "/schedules/{name}": {
+            "parameters": name,
+            "get": _operation("One schedule", "getSchedule", one),
+            "delete": _operation("Remove a schedule (its batches stay)", "removeSchedule", removed),
+        },
+        "/schedules/{name}/pause": action("Pause a schedule: no consumer fires it", "pauseSchedule", paused),
+        "/schedules/{name}/resume": action(
+            "Resume a schedule from its next tick (missed ticks skipped)", "resumeSchedule", dict(paused)
+        ),
+        "/schedules/{name}/run-now": action("Enqueue one batch of a schedule now", "runScheduleNow", ran),
     }
