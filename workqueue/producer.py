@@ -21,7 +21,7 @@ from rq.job import Job
 from rq.queue import EnqueueData
 
 import task_def
-from workqueue import batches, jobstats, outage
+from workqueue import batches, jobstats, outage, priorities
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
@@ -45,6 +45,8 @@ class TaskCall:
     #: Per-enqueue overrides of the task's retries and timeout (seconds).
     retries: int | None = None
     timeout: int | None = None
+    #: Priority level inside the queue, 0-9, higher first (``priorities``; default normal, 5).
+    priority: int = priorities.NORMAL
 
     @classmethod
     def build(
@@ -55,9 +57,12 @@ class TaskCall:
         retries: int | None = None,
         timeout: int | None = None,
         strict: bool = False,
+        priority: int | str | None = None,
     ) -> TaskCall:
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
-        numbers must be JSON numbers, not text (for the HTTP API, whose schema says so)."""
+        numbers must be JSON numbers, not text (for the HTTP API, whose schema says so).
+        ``priority``: a level's name or number (``priorities.parse``)."""
+        level = priorities.NORMAL if priority is None else priorities.parse(priority)
         if retries is not None and not 0 <= retries <= MAX_RETRIES:
             raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}", "retries")
         if timeout is not None and not 1 <= timeout <= MAX_TIMEOUT:
@@ -74,7 +79,7 @@ class TaskCall:
             raise BadInput(
                 f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit", "params"
             )
-        return cls(task, values, retries, timeout)
+        return cls(task, values, retries, timeout, level)
 
     def job_timeout(self) -> int:
         return self.timeout or self.task.job_timeout(self.params)
@@ -160,6 +165,7 @@ def enqueue(
         raise BadInput(f"between 1 and {MAX_COUNT:,} jobs may be enqueued at once, not {len(calls):,}", "count")
     if max_queued is not None and max_queued < 1:
         raise BadInput(f"max_queued must be at least 1, not {max_queued}")
+    priorities.install()  # a program using the API directly has not run an entry point's install
     q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
     batch_id = batch_id or batches.new_id()
     group = batches.group(connection, batch_id)
@@ -193,7 +199,7 @@ def _prepare(call: TaskCall) -> EnqueueData:
         result_ttl=RESULT_TTL,
         failure_ttl=FAILURE_TTL,
         description=call.describe(),
-        meta={"task": call.task.name},
+        meta={"task": call.task.name, **priorities.meta(call.priority)},
         **batches.callbacks(),
     )
 
@@ -219,7 +225,7 @@ def _wait_for_room(
 ) -> int:
     """Block until ``queue`` holds fewer than ``max_queued`` jobs; how many more it can take."""
     while True:
-        queued = connection.llen(queue.key)
+        queued = priorities.waiting(connection, queue.name)
         if queued < max_queued:
             return max_queued - queued
         if on_wait is not None:

@@ -115,6 +115,9 @@ def install() -> None:
     for module in _PATCHED_MODULES:
         module.resolve_serializer = resolve_once  # type: ignore[attr-defined]
     _installed = True
+    from workqueue import priorities  # every enqueue of a job with a priority goes to its level's list
+
+    priorities.install()
 
 
 # --- jobs --------------------------------------------------------------------------------------

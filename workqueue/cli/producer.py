@@ -11,7 +11,7 @@ import click
 import redis
 
 import task_def
-from workqueue import batches, jobstats, outage, producer
+from workqueue import batches, jobstats, outage, priorities, producer
 from workqueue.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -24,7 +24,7 @@ from workqueue.cli.common import (
 from workqueue.cli.remote import Gateway, enqueue_via_gateway
 from workqueue.cli.report import echo_summary, echo_task_end
 from workqueue.connection import connect
-from workqueue.errors import RedisLostData, RedisUnavailable
+from workqueue.errors import BadInput, RedisLostData, RedisUnavailable
 from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, RESULT_TTL, TOKEN_ENV
 
 
@@ -39,6 +39,7 @@ class Enqueueing:
     max_queued: int | None = None
     wait: bool = False
     quiet: bool = False
+    priority: int = priorities.NORMAL
 
 
 def list_tasks() -> None:
@@ -98,6 +99,23 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
     return [producer.TaskCall.build(task.name, params)] * count, queue
 
 
+class PriorityLevel(click.ParamType):
+    """``--priority``: a level's name or a number 0-9 (``workqueue.priorities``)."""
+
+    name = "level"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return priorities.parse(value)
+        except BadInput as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def with_priority(calls: list[producer.TaskCall], level: int) -> list[producer.TaskCall]:
+    """``--priority``: every call at ``level`` (the default, normal, changes nothing)."""
+    return calls if level == priorities.NORMAL else [replace(call, priority=level) for call in calls]
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--task", "task_name", metavar="NAME", help="Task from the catalogue (see --list-tasks).")
 @click.option("--param", "pairs", metavar="KEY=VALUE", multiple=True, help="A task parameter; repeatable.")
@@ -126,6 +144,12 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
     type=click.IntRange(1, MAX_COUNT),
     default=None,
     help="Backpressure: wait while the queue holds this many jobs, enqueue as it drains.",
+)
+@click.option(
+    "--priority",
+    type=PriorityLevel(),
+    default="normal",
+    help=f"Priority inside the queue: {priorities.describe_levels()} or 0-9; higher runs first. Default normal.",
 )
 @click.option("--wait", is_flag=True, help="Follow the batch: a line per task, a progress bar; exit 1 if any failed.")
 @click.option("--quiet", is_flag=True, help="With --wait or --batch: the progress bar and summary only.")
@@ -163,6 +187,7 @@ def main(
     retries: int | None,
     timeout: int | None,
     max_queued: int | None,
+    priority: int,
     wait: bool,
     quiet: bool,
     batch_id: str | None,
@@ -193,6 +218,7 @@ def main(
     options = Enqueueing(
         queue=queue or DEFAULT_QUEUE, retries=retries, timeout=timeout, max_queued=max_queued, wait=wait, quiet=quiet
     )
+    options = replace(options, priority=priority)
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
@@ -204,6 +230,7 @@ def main(
     else:
         calls, prompted_queue = prompt_calls()
         options = replace(options, queue=prompted_queue)
+    calls = with_priority(calls, options.priority)
     if via is not None:
         gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
         return enqueue_via_gateway(gateway, calls, options.queue, wait=options.wait, quiet=options.quiet)

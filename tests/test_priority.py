@@ -1,0 +1,83 @@
+"""Priorities inside a queue: higher levels first, first in first out within a level, taken in the
+claim script; every reader of waiting jobs sees them; a dead worker's job goes back to its level."""
+
+from __future__ import annotations
+
+import pytest
+from rq import Queue
+
+from tests.helpers import enqueue_jobs, fetch, run_cli, start_by_a_dead_worker, start_consumer, wait_for
+from workqueue import control, pausing, priorities, producer, recovery
+from workqueue.errors import BadInput
+from workqueue.jobs import SERIALIZER
+
+
+def _enqueue(conn, level, count=1, queue="prio", seconds=0.05):
+    call = producer.TaskCall.build("sleep", {"seconds": seconds}, priority=level)
+    return producer.enqueue(conn, [call] * count, queue).jobs
+
+
+def test_one_worker_starts_higher_levels_first_and_each_level_in_order(conn, processes) -> None:
+    pausing.pause(conn, "prio")  # everything waits until all is enqueued
+    order = []
+    for level in ("normal", "low", "urgent", 7, "normal", 0, "urgent", "high", 3):
+        order += _enqueue(conn, level)
+    normal = conn.llen(Queue("prio", connection=conn).key)
+    assert normal == 2  # jobs without a level other than normal stay in RQ's own list
+    assert Queue("prio", connection=conn).count == 9
+    assert priorities.counts(conn, ["prio"])["prio"] == {9: 2, 7: 2, 5: 2, 3: 1, 2: 1, 0: 1}
+    start_consumer(processes, conn, 1, "prio")
+    pausing.resume(conn, "prio")
+    wait_for(lambda: all(fetch(conn, j).get_status().value == "finished" for j in order), 30, "every job finished")
+    started = sorted(order, key=lambda j: fetch(conn, j).started_at)
+    expected = [order[i] for i in (2, 6, 3, 7, 0, 4, 8, 1, 5)]
+    assert [j.id for j in started] == [j.id for j in expected]
+
+
+def test_the_producer_flag_names_and_numbers_and_refuses_bad_ones(conn, redis_url) -> None:
+    done = run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--queue", "q1", "--priority", "high")
+    assert done.returncode == 0, done.stderr
+    done = run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--queue", "q1", "--priority", "1")
+    assert done.returncode == 0, done.stderr
+    assert priorities.counts(conn, ["q1"])["q1"] == {7: 1, 1: 1}
+    for bad in ("highest", "10", "-1", ""):
+        done = run_cli("producer_main.py", "--task", "sleep", "--queue", "q1", "--priority", bad)
+        assert done.returncode == 2, (bad, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "priority" in done.stderr
+    assert priorities.waiting(conn, "q1") == 2  # nothing half-written
+
+
+def test_levels_parse_and_refuse() -> None:
+    assert [priorities.parse(v) for v in ("low", "NORMAL", "high", "urgent", "0", 9)] == [2, 5, 7, 9, 0, 9]
+    for bad in ("top", "10", -1, "4.5", True):
+        with pytest.raises(BadInput):
+            priorities.parse(bad)
+
+
+def test_cancel_and_empty_see_prioritised_jobs(conn) -> None:
+    urgent = _enqueue(conn, "urgent", 2, queue="c")
+    normal = _enqueue(conn, "normal", 1, queue="c")
+    assert Queue("c", connection=conn).get_job_ids() == [urgent[0].id, urgent[1].id, normal[0].id]
+    stop = control.stop_job(conn, urgent[0].id, by="test")
+    assert stop.outcome is control.Outcome.DONE
+    assert priorities.counts(conn, ["c"])["c"] == {9: 1, 5: 1}
+    stops = control.cancel_queued(conn, "c", by="test")
+    assert len(stops) == 2 and priorities.waiting(conn, "c") == 0
+
+
+def test_a_dead_workers_prioritised_job_goes_back_to_its_level(conn) -> None:
+    high = _enqueue(conn, "high", 2, queue="r", seconds=30)
+    _enqueue(conn, "low", 1, queue="r")
+    start_by_a_dead_worker(conn, 1, "r")  # starts the first high job, then dies
+    assert priorities.counts(conn, ["r"])["r"] == {7: 1, 2: 1}
+    _, handed = recovery.sweep(conn)
+    assert [(h.job_id, h.outcome) for h in handed] == [(high[0].id, recovery.REQUEUED)]
+    # back at the front of its own level, not on RQ's normal list
+    assert Queue("r", connection=conn).get_job_ids()[:2] == [high[0].id, high[1].id]
+    assert conn.llen(Queue("r", connection=conn).key) == 0
+    assert fetch(conn, high[0]).meta["priority"] == 7
+
+
+def test_backpressure_counts_every_level(conn) -> None:
+    _enqueue(conn, "urgent", 3, queue="bp")
+    assert producer._wait_for_room(conn, Queue("bp", connection=conn, serializer=SERIALIZER), 5, None) == 2
