@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 
-from tests.helpers import enqueue_jobs, fetch, run_cli, start_by_a_dead_worker, start_consumer, wait_for
+from tests.helpers import fetch, run_cli, start_by_a_dead_worker, start_consumer, wait_for
 from workqueue import control, pausing, priorities, producer, recovery
 from workqueue.errors import BadInput
 from workqueue.jobs import SERIALIZER
@@ -35,7 +35,9 @@ def test_one_worker_starts_higher_levels_first_and_each_level_in_order(conn, pro
 
 
 def test_the_producer_flag_names_and_numbers_and_refuses_bad_ones(conn, redis_url) -> None:
-    done = run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--queue", "q1", "--priority", "high")
+    done = run_cli(
+        "producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--queue", "q1", "--priority", "high"
+    )
     assert done.returncode == 0, done.stderr
     done = run_cli("producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--queue", "q1", "--priority", "1")
     assert done.returncode == 0, done.stderr

@@ -21,7 +21,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from workqueue import lua
+from workqueue import lua, pausing, priorities
 from workqueue.jobs import SERIALIZER
 from workqueue.replies import decoded
 from workqueue.settings import STATS_RETENTION, STATS_SAMPLES
@@ -106,8 +106,11 @@ def sample_backlog(connection: redis.Redis, now: float | None = None) -> None:
         return
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.llen(Queue(name, connection=connection).key)
-        lengths = pipe.execute()
+            for level in priorities.levels():
+                pipe.llen(priorities.key(name, level))
+        replies = pipe.execute()
+    per = len(priorities.levels())
+    lengths = [sum(replies[i * per : (i + 1) * per]) for i in range(len(names))]
     key = backlog_key(minute(now))
     with connection.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping=dict(zip(names, lengths, strict=True)))
@@ -212,6 +215,9 @@ class QueueStats:
     queued: int
     running: int
     tasks: dict[str, TaskStats]
+    #: Waiting jobs per priority level (levels holding none left out), and whether the queue is paused.
+    by_level: dict[int, int] = field(default_factory=dict)
+    paused: bool = False
 
 
 def collect(
@@ -232,9 +238,14 @@ def collect(
         with connection.pipeline(transaction=False) as pipe:
             for m in minutes:
                 pipe.hgetall(bucket_key(name, m))
-            pipe.llen(q.key)
+            for level in priorities.levels():
+                pipe.llen(priorities.key(name, level))
+            pipe.sismember(pausing.PAUSED_KEY, name)
             replies = pipe.execute()
-        buckets, queued = replies[:-1], replies[-1]
+        levels = len(priorities.levels())
+        buckets, lengths, paused = replies[: -levels - 1], replies[-levels - 1 : -1], bool(replies[-1])
+        by_level = {level: n for level, n in zip(priorities.levels(), lengths, strict=True) if n}
+        queued = sum(lengths)
         tasks: dict[str, TaskStats] = {}
         for m, bucket in zip(minutes, buckets, strict=True):
             for field_name, value in bucket.items():
@@ -258,7 +269,7 @@ def collect(
         for i, stats in enumerate(tasks.values()):
             stats.run = [float(v) for v in samples[2 * i]]
             stats.wait = [float(v) for v in samples[2 * i + 1]]
-        report.append(QueueStats(name, queued, len(started), dict(sorted(tasks.items()))))
+        report.append(QueueStats(name, queued, len(started), dict(sorted(tasks.items())), by_level, paused))
     return report
 
 
@@ -310,7 +321,10 @@ def format_report(report: list[QueueStats]) -> list[str]:
 
     lines = []
     for q in report:
-        lines.append(f"queue {q.queue}: {q.queued} queued, {q.running} running")
+        lines.append(f"queue {q.queue}: {q.queued} queued, {q.running} running" + (", paused" if q.paused else ""))
+        if set(q.by_level) - {priorities.NORMAL}:
+            waiting = ", ".join(f"{priorities.name(level)} {n}" for level, n in q.by_level.items())
+            lines.append(f"  waiting by priority: {waiting}")
         if not q.tasks:
             continue
         lines.append(

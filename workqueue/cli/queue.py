@@ -39,7 +39,10 @@ def resume(name: str, redis_url: str | None) -> int:
 @queue.command()
 @click.argument("name", type=QueueName())
 @click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Give up after this many seconds (exit 1)."
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Give up after this many seconds (exit 1).",
 )
 @redis_url_option
 def drain(name: str, timeout: float | None, redis_url: str | None) -> int:

@@ -1,0 +1,88 @@
+"""Pausing one queue: no worker starts its jobs (running ones finish, enqueueing works, the
+worker's other queues go on), resume lets them run, drain waits for it to empty; bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from tests.helpers import ROOT, enqueue_jobs, fetch, run_cli, start_consumer, wait_for
+from workqueue import pausing
+
+
+def _queue_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "workqueue", "queue", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _statuses(conn, jobs) -> list[str]:
+    return [fetch(conn, j).get_status().value for j in jobs]
+
+
+def test_a_paused_queue_starts_nothing_while_the_workers_other_queue_runs_then_resume_runs_it(
+    conn, redis_url, processes
+) -> None:
+    consumer = start_consumer(processes, conn, 1, "held", "other")
+    running = enqueue_jobs(conn, "sleep", "held", 1, seconds=2)[0]
+    wait_for(lambda: fetch(conn, running).get_status().value == "started", 15, "the first job started")
+    done = _queue_cli("pause", "held")
+    assert done.returncode == 0, done.stderr
+    held = enqueue_jobs(conn, "sleep", "held", 3, seconds=0.1)  # enqueueing while paused works
+    others = enqueue_jobs(conn, "sleep", "other", 3, seconds=0.1)
+    wait_for(lambda: _statuses(conn, others) == ["finished"] * 3, 20, "the other queue's jobs")
+    assert fetch(conn, running).get_status().value == "finished"  # the running job finished
+    time.sleep(3)
+    assert _statuses(conn, held) == ["queued"] * 3
+    status = run_cli("producer_main.py", "--stats", "--queue", "held")
+    assert "paused" in status.stdout, status.stdout
+    done = _queue_cli("resume", "held")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: _statuses(conn, held) == ["finished"] * 3, 20, "the held jobs after resume")
+    assert consumer.poll() is None
+
+
+def test_a_worker_of_one_paused_queue_blocked_waiting_takes_nothing(conn, redis_url, processes) -> None:
+    start_consumer(processes, conn, 2, "solo")
+    time.sleep(1)  # both workers idle, waiting on the queue
+    pausing.pause(conn, "solo")
+    time.sleep(1)
+    jobs = enqueue_jobs(conn, "sleep", "solo", 2, seconds=0.1)
+    time.sleep(3)
+    assert _statuses(conn, jobs) == ["queued"] * 2
+    pausing.resume(conn, "solo")
+    wait_for(lambda: _statuses(conn, jobs) == ["finished"] * 2, 20, "the jobs after resume")
+
+
+def test_drain_waits_for_the_queue_to_empty_and_its_jobs_to_end(conn, redis_url, processes) -> None:
+    jobs = enqueue_jobs(conn, "sleep", "dr", 3, seconds=0.5)
+    start_consumer(processes, conn, 1, "dr")
+    done = _queue_cli("drain", "dr", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    assert _statuses(conn, jobs) == ["finished"] * 3
+    assert "drained" in done.stdout
+
+
+def test_drain_of_a_paused_queue_times_out_with_exit_1(conn, redis_url) -> None:
+    pausing.pause(conn, "stuck")
+    enqueue_jobs(conn, "sleep", "stuck", 1, seconds=0.1)
+    done = _queue_cli("drain", "stuck", "--timeout", "1")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["error: queue stuck still has 1 waiting and 0 running after 1 s"]
+
+
+def test_bad_input_is_one_line_and_exit_2(conn, redis_url) -> None:
+    assert _queue_cli("pause", "twice").returncode == 0
+    for args, words in (
+        (("pause", "twice"), "already paused"),
+        (("resume", "never"), "is not paused"),
+        (("pause", "bad name!"), "invalid queue name"),
+        (("resume", ""), "invalid queue name"),
+        (("drain", "q", "--timeout", "0"), "--timeout"),
+    ):
+        done = _queue_cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], (args, lines)
+    assert pausing.paused_names(conn) == {"twice"}
