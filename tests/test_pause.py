@@ -86,3 +86,27 @@ def test_bad_input_is_one_line_and_exit_2(conn, redis_url) -> None:
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and words in lines[0], (args, lines)
     assert pausing.paused_names(conn) == {"twice"}
+
+
+def test_the_gateway_pauses_and_resumes_and_shows_the_state(conn) -> None:
+    from workqueue.gateway import create_app
+
+    api = create_app(conn).test_client()
+    assert api.post("/queues/gw/pause", json={}).status_code == 200
+    again = api.post("/queues/gw/pause", json={})
+    assert again.status_code == 409 and "already paused" in again.json["error"]
+    assert api.post("/queues/bad%20name/pause", json={}).status_code == 422
+    assert api.post("/queues/never/resume", json={}).status_code == 409
+    api.post("/jobs", json={"task": "pi", "queue": "gw"})
+    shown = {q["name"]: q for q in api.get("/queues").json["queues"]}
+    assert shown["gw"]["paused"] is True and shown["gw"]["queued"] == 1
+    assert api.post("/queues/gw/resume", json={}).status_code == 200
+    assert pausing.paused_names(conn) == set()
+
+
+def test_metrics_show_paused_queues(conn) -> None:
+    from workqueue.dashboard import metrics
+
+    pausing.pause(conn, "m1")
+    text = metrics.render(conn).decode()
+    assert 'workqueue_queue_paused{queue="m1"} 1.0' in text

@@ -83,3 +83,38 @@ def test_a_dead_workers_prioritised_job_goes_back_to_its_level(conn) -> None:
 def test_backpressure_counts_every_level(conn) -> None:
     _enqueue(conn, "urgent", 3, queue="bp")
     assert producer._wait_for_room(conn, Queue("bp", connection=conn, serializer=SERIALIZER), 5, None) == 2
+
+
+def test_the_gateway_takes_a_priority_and_refuses_bad_ones(conn) -> None:
+    from workqueue.gateway import create_app
+
+    api = create_app(conn).test_client()
+    assert api.post("/jobs", json={"task": "pi", "queue": "g", "priority": "urgent"}).status_code == 201
+    assert api.post("/jobs", json={"task": "pi", "queue": "g", "priority": 1}).status_code == 201
+    for bad in ("top", 10, -1, "7", True):
+        refused = api.post("/jobs", json={"task": "pi", "queue": "g", "priority": bad})
+        assert refused.status_code == 422 and refused.json["field"] == "priority", bad
+    shown = {q["name"]: q for q in api.get("/queues").json["queues"]}
+    assert shown["g"]["waiting_by_priority"] == {"9": 1, "1": 1}
+
+
+def test_stats_and_metrics_show_waiting_jobs_per_level(conn, redis_url) -> None:
+    from workqueue.dashboard import metrics
+
+    _enqueue(conn, "urgent", 2, queue="s")
+    _enqueue(conn, "normal", 1, queue="s")
+    done = run_cli("producer_main.py", "--stats", "--queue", "s")
+    assert "queue s: 3 queued" in done.stdout and "waiting by priority: urgent 2, normal 1" in done.stdout
+    text = metrics.render(conn).decode()
+    assert 'workqueue_queue_jobs{queue="s"} 3.0' in text
+    assert 'workqueue_queue_jobs_by_priority{level="9",queue="s"} 2.0' in text
+
+
+def test_the_python_api_takes_a_priority(conn, redis_url) -> None:
+    import workqueue.api
+
+    batch = workqueue.api.enqueue("pi", queue="a", priority="high", redis_url=redis_url)
+    assert priorities.counts(conn, ["a"])["a"] == {7: 1}
+    assert fetch(conn, type("J", (), {"id": batch.job_ids[0]})).meta["priority"] == 7
+    with pytest.raises(BadInput):
+        workqueue.api.enqueue("pi", queue="a", priority="top", redis_url=redis_url)

@@ -74,9 +74,12 @@ def enqueue(
     timeout: int | None = None,
     max_queued: int | None = None,
     redis_url: str | None = None,
+    priority: int | str | None = None,
 ) -> Batch:
-    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not)."""
-    call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout)
+    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
+    ``priority``: a level inside the queue, ``"low"``, ``"normal"`` (default), ``"high"``,
+    ``"urgent"`` or 0-9, higher first (``workqueue.priorities``)."""
+    call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout, priority=priority)
     return _submit([call] * count, queue, max_queued, redis_url)
 
 
@@ -86,9 +89,12 @@ def enqueue_many(
     queue: str = DEFAULT_QUEUE,
     max_queued: int | None = None,
     redis_url: str | None = None,
+    priority: int | str | None = None,
 ) -> Batch:
-    """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued."""
-    return _submit([producer.TaskCall.build(name, params) for name, params in tasks], queue, max_queued, redis_url)
+    """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued
+    (``priority``: as :func:`enqueue`'s, for all of them)."""
+    calls = [producer.TaskCall.build(name, params, priority=priority) for name, params in tasks]
+    return _submit(calls, queue, max_queued, redis_url)
 
 
 def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[jobstats.QueueStats]:

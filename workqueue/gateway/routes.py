@@ -11,7 +11,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, overload
 
 import redis
@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import task_def
-from workqueue import batches, control, job_json, jobstats, network, outage, producer, webguard
+from workqueue import batches, control, job_json, jobstats, network, outage, pausing, priorities, producer, webguard
 from workqueue.errors import BadInput, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.jobs import check_queue_name
@@ -41,7 +41,7 @@ bp = Blueprint("gateway", __name__)
 #: The key of the app's ``extensions`` holding its :class:`Gateway`.
 EXTENSION = "workqueue.gateway"
 
-_COMMON = {"queue", "retries", "timeout", "callback"}
+_COMMON = {"queue", "retries", "timeout", "callback", "priority"}
 
 
 @dataclass(frozen=True)
@@ -256,6 +256,48 @@ def cancel_batch(batch_id: str) -> Response:
     return jsonify({"messages": [s.message for s in stops]})
 
 
+# --- pausing a queue, and priorities (workqueue.pausing, workqueue.priorities) ---------------------
+
+
+@bp.post("/queues/<name>/pause")
+def pause_queue(name: str) -> Response:
+    return _queue_state(name, pausing.pause, "paused")
+
+
+@bp.post("/queues/<name>/resume")
+def resume_queue(name: str) -> Response:
+    return _queue_state(name, pausing.resume, "resumed")
+
+
+def _queue_state(name: str, change: Any, done: str) -> Response:
+    """Pause or resume queue ``name``: 422 for an invalid name, 409 if it already is so. The body
+    is ``{}``: a JSON body is what keeps a cross-site form from posting here (``webguard``)."""
+    _body(set())
+    try:
+        change(_gateway().connection, name)
+    except pausing.QueueStateConflict as exc:
+        return error(409, str(exc), "queue")
+    except BadInput as exc:
+        return error(422, str(exc), "queue")
+    return jsonify({"message": f"queue {name} {done}"})
+
+
+def _with_priority(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> list[producer.TaskCall]:
+    """The calls at the body's ``priority``: a level's name or an integer 0-9 (422 otherwise)."""
+    value = body.get("priority")
+    if value is None:
+        return calls
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, str) and value in priorities.LEVELS)
+    ):
+        raise Invalid(f"priority: expected one of {', '.join(priorities.LEVELS)} or an integer 0-9", "priority")
+    try:
+        level = priorities.parse(value)
+    except BadInput as exc:
+        raise Invalid(str(exc), "priority") from None
+    return [replace(call, priority=level) for call in calls]
+
+
 # --- what the routes share ------------------------------------------------------------------------
 
 
@@ -267,6 +309,7 @@ def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[R
         check_queue_name(queue)
     except BadInput as exc:
         raise Invalid(str(exc), "queue") from None
+    calls = _with_priority(body, calls)
     batch_id = batches.new_id()
     if "callback" in body:
         delivery.register(gateway.connection, batch_id, *_callback(body["callback"], gateway.policy))
@@ -364,4 +407,11 @@ def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str) -> p
 
 
 def _queue_stats(q: jobstats.QueueStats) -> dict[str, Any]:
-    return {"name": q.queue, "queued": q.queued, "running": q.running, "tasks": [t.as_dict() for t in q.tasks.values()]}
+    return {
+        "name": q.queue,
+        "queued": q.queued,
+        "running": q.running,
+        "tasks": [t.as_dict() for t in q.tasks.values()],
+        "paused": q.paused,
+        "waiting_by_priority": {str(level): count for level, count in q.by_level.items()},
+    }
