@@ -1,6 +1,6 @@
 """``/metrics`` in the Prometheus text format (the official client), read from Redis at each scrape:
-queue lengths (per priority level too), paused queues, registry sizes, workers busy and idle, finished and failed counters, and run-time
-histograms per task (kept by the workers, see ``statistics``)."""
+queue lengths (per priority level too), paused queues, registry sizes, workers busy and idle, finished and
+failed counters, and run-time histograms per task (kept by the workers, see ``statistics``)."""
 
 from __future__ import annotations
 
