@@ -110,3 +110,27 @@ def test_metrics_show_paused_queues(conn) -> None:
     pausing.pause(conn, "m1")
     text = metrics.render(conn).decode()
     assert 'workqueue_queue_paused{queue="m1"} 1.0' in text
+
+
+def test_the_dashboard_pauses_and_resumes_with_the_csrf_token_and_shows_the_state(conn, redis_url) -> None:
+    from tests.helpers import client_for, token
+
+    client = client_for(redis_url)
+    enqueue_jobs(conn, "sleep", "dash", 1, seconds=0.1)
+    assert client.post("/queues/dash/pause", headers={"Accept": "application/json"}).status_code == 400  # no token
+    assert pausing.paused_names(conn) == set()
+    headers = {"X-CSRFToken": token(client), "Accept": "application/json"}
+    paused = client.post("/queues/dash/pause", headers=headers)
+    assert paused.status_code == 200 and pausing.is_paused(conn, "dash")
+    again = client.post("/queues/dash/pause", headers=headers)
+    assert again.status_code != 200 and "already paused" in again.json["messages"][0]
+    shown = {q["name"]: q for q in client.get("/api/live").json["queues"]}
+    assert shown["dash"]["paused"] is True and shown["dash"]["waiting"] == 1
+    assert client.post("/queues/dash/resume", headers=headers).status_code == 200
+    assert not pausing.is_paused(conn, "dash")
+    assert 'id="live-queues"' in client.get("/").text
+    read_only = client_for(redis_url, read_only=True)
+    refused = read_only.post(
+        "/queues/dash/pause", headers={"X-CSRFToken": token(read_only), "Accept": "application/json"}
+    )
+    assert refused.status_code == 403 and not pausing.is_paused(conn, "dash")

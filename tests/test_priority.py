@@ -118,3 +118,25 @@ def test_the_python_api_takes_a_priority(conn, redis_url) -> None:
     assert fetch(conn, type("J", (), {"id": batch.job_ids[0]})).meta["priority"] == 7
     with pytest.raises(BadInput):
         workqueue.api.enqueue("pi", queue="a", priority="top", redis_url=redis_url)
+
+
+def test_the_dashboard_enqueues_at_a_level_and_lists_and_counts_every_level(conn, redis_url) -> None:
+    from tests.helpers import client_for, token
+
+    client = client_for(redis_url)
+    csrf = token(client)
+    form = {"csrf_token": csrf, "task": "pi", "count": "2", "queue": "d", "priority": "9"}
+    assert client.post("/enqueue", data=form).status_code == 303
+    assert client.post("/enqueue", data={**form, "priority": "11"}).status_code == 422
+    _enqueue(conn, "normal", 1, queue="d")
+    assert priorities.counts(conn, ["d"])["d"] == {9: 2, 5: 1}
+    shown = {q["name"]: q for q in client.get("/api/live").json["queues"]}
+    assert shown["d"]["by_priority"] == [
+        {"level": 9, "name": "urgent", "count": 2},
+        {"level": 5, "name": "normal", "count": 1},
+    ]
+    listed = client.get("/rq/0/data/jobs/d/queued/8/asc/1.json")
+    assert listed.status_code == 200, listed.text
+    assert len(listed.json["jobs"]) == 3
+    queues = client.get("/rq/0/data/queues.json")
+    assert {q["name"]: q["count"] for q in queues.json["queues"]}["d"] == 3

@@ -23,7 +23,7 @@ from rq.job import JOB_ID_PATTERN, Job
 from werkzeug.wrappers import Response as BaseResponse
 
 import task_def
-from workqueue import control, job_json, jobstats, producer
+from workqueue import control, job_json, jobstats, pausing, priorities, producer
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor, refusal, wants_html
 from workqueue.errors import BadInput
@@ -162,6 +162,25 @@ def requeue_failed(name: str) -> BaseResponse:
     return _done(control.requeue_failed(_redis(), name, by=actor()))
 
 
+@blueprint.post("/queues/<name>/pause")
+def pause_queue(name: str) -> BaseResponse:
+    return _queue_state(name, pausing.pause, "paused: workers start none of its jobs until it is resumed")
+
+
+@blueprint.post("/queues/<name>/resume")
+def resume_queue(name: str) -> BaseResponse:
+    return _queue_state(name, pausing.resume, "resumed")
+
+
+def _queue_state(name: str, change: Any, done: str) -> BaseResponse:
+    """Pause or resume a queue (``workqueue.pausing``); a queue already so is said, not an error page."""
+    try:
+        change(_redis(), name)
+    except pausing.QueueStateConflict as exc:
+        return _done([str(exc)], ok=False)
+    return _done([f"queue {name} {done}"])
+
+
 @blueprint.errorhandler(BadInput)
 def refused_action(exc: BadInput) -> BaseResponse:
     """An action the control functions refuse (no such worker, a bad queue name): say why."""
@@ -192,7 +211,7 @@ def _read_enqueue_form(form: Any) -> tuple[producer.TaskCall, int, str]:
         raise BadInput(str(exc)) from None
     given = {p.name: form.get(f"{task.name}.{p.name}", "") for p in task.params}
     params = {name: value for name, value in given.items() if value.strip()}  # empty: the default
-    call = producer.TaskCall.build(task.name, params)
+    call = producer.TaskCall.build(task.name, params, priority=form.get("priority", "").strip() or None)
     count_text = form.get("count", "1").strip() or "1"
     if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_COUNT:
         raise BadInput(f"count: {count_text!r} is out of bounds, expected 1 <= count <= {MAX_COUNT:,}")
@@ -231,4 +250,6 @@ def _form_context(form: Any) -> dict[str, Any]:
         "queue": form.get("queue", DEFAULT_QUEUE),
         "max_count": MAX_COUNT,
         "active_tab": "enqueue",
+        "priorities": [(level, priorities.name(level)) for level in priorities.levels()],
+        "priority": str(form.get("priority", priorities.NORMAL)),
     }
