@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from workqueue import producer
+from workqueue import priorities, producer
 from workqueue.bind_address import url_host
 from workqueue.errors import BadInput, WorkqueueError
 from workqueue.gateway import delivery
@@ -71,7 +71,7 @@ class GatewayClient:
         callback_url: str | None = None,
         callback_secret: str | None = None,
     ) -> Sent:
-        """One batch of up to MAX_TASKS calls (sharing their retries and timeout overrides)."""
+        """One batch of up to MAX_TASKS calls (sharing their retries and timeout overrides and priority)."""
         body: dict[str, Any] = {
             "tasks": [{"task": c.task.name, "params": c.params} for c in calls],
             "queue": queue_name,
@@ -79,6 +79,8 @@ class GatewayClient:
         for name in ("retries", "timeout"):
             if getattr(calls[0], name) is not None:
                 body[name] = getattr(calls[0], name)
+        if calls[0].priority != priorities.NORMAL:  # shared too (--priority)
+            body["priority"] = calls[0].priority
         if callback_url:
             body["callback"] = {"url": callback_url, "secret": callback_secret}
         reply = self.request("POST", "/batches", json=body)
