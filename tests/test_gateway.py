@@ -60,7 +60,7 @@ def test_catalogue_and_openapi_document(api: FlaskClient) -> None:
     }
     document = api.get("/openapi.json").json
     assert document["openapi"] == "3.0.3"
-    assert {"/health", "/tasks", "/queues", "/jobs", "/batches", "/jobs/{job_id}", "/batches/{batch_id}"} == set(
+    assert {"/health", "/tasks", "/queues", "/jobs", "/batches", "/jobs/{job_id}", "/batches/{batch_id}"} <= set(
         document["paths"]
     )
 

@@ -134,3 +134,22 @@ def test_the_dashboard_pauses_and_resumes_with_the_csrf_token_and_shows_the_stat
         "/queues/dash/pause", headers={"X-CSRFToken": token(read_only), "Accept": "application/json"}
     )
     assert refused.status_code == 403 and not pausing.is_paused(conn, "dash")
+
+
+def test_the_consumers_status_line_names_its_paused_queues(conn, redis_url, processes) -> None:
+    from workqueue.cli.consumer import status_line
+    from workqueue.worker.pool import PoolStatus
+
+    assert status_line(PoolStatus(paused=["a", "b"])).endswith("queued 0 | paused: a, b")
+    assert "paused" not in status_line(PoolStatus())
+    pausing.pause(conn, "shown")
+    consumer = processes.start("consumer_main.py", "--workers", "1", "--queue", "shown", "--queue", "other")
+    wait_for(lambda: "paused: shown" in consumer.output()[0], 20, "the status line to name the paused queue")
+
+
+def test_the_openapi_document_has_the_pause_and_resume_routes(conn) -> None:
+    from workqueue.gateway import openapi
+
+    paths = openapi.document()["paths"]
+    assert paths["/queues/{name}/pause"]["post"]["responses"].keys() >= {"200", "409", "422"}
+    assert "/queues/{name}/resume" in paths

@@ -6,9 +6,9 @@ other level has a list of its own beside it (:func:`key`); the claim script (``l
 takes from them highest level first, in the same single call that starts the job.
 
 Every enqueue of a job with a level, whoever makes it (the producer, RQ's scheduler for delayed
-jobs and retries, a dependency that ended, a requeue, the hand-back of a dead worker's job), goes
-through RQ's ``Queue._enqueue_job``: :func:`install` routes it to the job's level there, so a job
-keeps its level all its life. The level is kept in the job's meta (``meta["priority"]``).
+jobs and retries, a dependency that ended, a requeue, the hand-back of a dead worker's job), ends in
+the same step of RQ's: :func:`install` routes it to the job's level there (``rq_compat.route_enqueue``),
+so a job keeps its level all its life. The level is kept in the job's meta (``meta["priority"]``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.job import Job, JobStatus
+from rq.job import Job
 
+from workqueue import rq_compat
 from workqueue.errors import BadInput
 
 #: The named levels and the number each stands for (0 to 9, higher first).
@@ -157,26 +158,10 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    original = Queue._enqueue_async_job
-
-    def enqueue_async_job(
-        self: Queue, job: Job, pipeline: Any = None, at_front: bool = False, unique: bool = False
-    ) -> Job:
-        level = level_of(job)
-        if level == NORMAL or unique:
-            return original(self, job, pipeline=pipeline, at_front=at_front, unique=unique)
-        # RQ's own steps (Queue._enqueue_async_job), the push going to the level's list.
-        pipe = pipeline if pipeline is not None else self.connection.pipeline()
-        if job.get_status(refresh=False) == JobStatus.DEFERRED:
-            self.deferred_job_registry.remove(job, pipeline=pipe)
-        self._prepare_for_queue(job)
-        self._persist_job(job, pipe)
-        push(pipe, self.name, job.id, level, at_front)
-        if pipeline is None:
-            pipe.execute()
-        return job
-
-    Queue._enqueue_async_job = enqueue_async_job  # type: ignore[method-assign]
+    rq_compat.route_enqueue(
+        lambda job: level_of(job) != NORMAL,
+        lambda pipe, queue, job, at_front: push(pipe, queue.name, job.id, level_of(job), at_front),
+    )
     _install_readers()
     _installed = True
 
