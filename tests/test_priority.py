@@ -140,3 +140,10 @@ def test_the_dashboard_enqueues_at_a_level_and_lists_and_counts_every_level(conn
     assert len(listed.json["jobs"]) == 3
     queues = client.get("/rq/0/data/queues.json")
     assert {q["name"]: q["count"] for q in queues.json["queues"]}["d"] == 3
+
+
+def test_rqs_empty_empties_every_level(conn) -> None:
+    urgent = _enqueue(conn, "urgent", 2, queue="e")
+    _enqueue(conn, "normal", 1, queue="e")
+    assert Queue("e", connection=conn).empty() == 3
+    assert priorities.waiting(conn, "e") == 0 and not conn.exists(urgent[0].key)

@@ -20,8 +20,9 @@ from typing import Any
 import redis
 from rq import Queue
 from rq.job import Job
+from rq.results import Result
 
-from workqueue import rq_compat
+from workqueue import lua, rq_compat
 from workqueue.errors import BadInput
 
 #: The named levels and the number each stands for (0 to 9, higher first).
@@ -167,9 +168,9 @@ def install() -> None:
 
 
 def _install_readers() -> None:
-    """RQ's ``Queue.count``, ``get_job_ids`` and ``remove`` over every level, so whatever looks
+    """RQ's ``Queue.count``, ``get_job_ids``, ``remove`` and ``empty`` over every level, so whatever looks
     at a queue's waiting jobs through RQ (rq-dashboard, cancel, delete, empty) sees them all."""
-    original_remove = Queue.remove
+    original_remove, original_empty = Queue.remove, Queue.empty
 
     def count(self: Queue) -> int:
         return waiting(self.connection, self.name)
@@ -190,6 +191,14 @@ def _install_readers() -> None:
             remove(pipe, self.name, job_id)
             return sum(pipe.execute())
 
+    def empty(self: Queue) -> int:
+        lists = [key(self.name, level) for level in levels() if level != NORMAL]
+        args = [self.job_class.redis_job_namespace_prefix, Result.get_key("")]
+        return int(original_empty(self)) + int(
+            self.connection.eval(lua.script("priority_empty"), len(lists), *lists, *args)
+        )
+
+    Queue.empty = empty  # type: ignore[method-assign]
     Queue.count = property(count)  # type: ignore[assignment,method-assign]
     Queue.get_job_ids = get_job_ids  # type: ignore[method-assign]
     Queue.remove = remove_  # type: ignore[method-assign]
