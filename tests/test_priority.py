@@ -65,6 +65,9 @@ def test_cancel_and_empty_see_prioritised_jobs(conn) -> None:
     assert priorities.counts(conn, ["c"])["c"] == {9: 1, 5: 1}
     stops = control.cancel_queued(conn, "c", by="test")
     assert len(stops) == 2 and priorities.waiting(conn, "c") == 0
+    requeued = control.requeue(conn, urgent[0].id, by="test")  # a cancelled job comes back at its level
+    assert requeued.outcome is control.Outcome.DONE
+    assert priorities.counts(conn, ["c"])["c"] == {9: 1}
 
 
 def test_a_dead_workers_prioritised_job_goes_back_to_its_level(conn) -> None:
