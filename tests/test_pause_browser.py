@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from tests import test_browser
 from tests.helpers import enqueue_jobs
-from tests.test_browser import browser, dashboard, page, shot  # noqa: F401  (fixtures)
 from workqueue import pausing
 
 pytestmark = pytest.mark.slow
+
+# The browser tests' fixtures (a Chromium, a dashboard with a consumer, a page), shared.
+browser, dashboard, page = test_browser.browser, test_browser.dashboard, test_browser.page
 
 
 def test_the_live_page_pauses_and_resumes_a_queue_and_shows_waiting_jobs_per_level(
     conn,
     dashboard,
     page,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ) -> None:
     pausing.pause(conn, "queue_one")
     enqueue_jobs(conn, "pi", count=2, samples=1000)
@@ -29,4 +32,4 @@ def test_the_live_page_pauses_and_resumes_a_queue_and_shows_waiting_jobs_per_lev
     page.locator("#live-queues tr[data-queue='queue_one'] button", has_text="Pause").click()
     page.locator("#flashes .alert-success", has_text="queue queue_one paused").wait_for()
     assert pausing.is_paused(conn, "queue_one") and page.dialogs == []
-    shot(page, tmp_path, "queue-paused")
+    test_browser.shot(page, tmp_path, "queue-paused")
