@@ -150,3 +150,16 @@ def test_rqs_empty_empties_every_level(conn) -> None:
     _enqueue(conn, "normal", 1, queue="e")
     assert Queue("e", connection=conn).empty() == 3
     assert priorities.waiting(conn, "e") == 0 and not conn.exists(urgent[0].key)
+
+
+def test_a_sigkilled_consumers_prioritised_job_is_handed_back_at_its_level(conn, processes) -> None:
+    from tests.test_recovery import lose_consumer
+
+    urgent = _enqueue(conn, "urgent", 1, queue="k", seconds=30)[0]
+    consumer = start_consumer(processes, conn, 1, "k")
+    wait_for(lambda: fetch(conn, urgent).get_status().value == "started", 20, "the urgent job to start")
+    waiting = _enqueue(conn, "urgent", 1, queue="k")[0]
+    lose_consumer(conn, consumer)  # SIGKILLed with its busy worker
+    wait_for(lambda: any(h.job_id == urgent.id for h in recovery.sweep(conn)[1]), 30, "the sweep to hand it back")
+    assert Queue("k", connection=conn).get_job_ids() == [urgent.id, waiting.id]  # the front of its own level
+    assert priorities.counts(conn, ["k"])["k"] == {9: 2}
