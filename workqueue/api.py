@@ -90,6 +90,7 @@ def enqueue(
     unique: bool = False,
     unique_key: str | None = None,
     unique_for: int | str | None = None,
+    priority: int | str | None = None,
 ) -> Batch:
     """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
 
@@ -101,10 +102,14 @@ def enqueue(
     ``unique`` (the key is the task and its parameters) or ``unique_key``: while a job with that key
     waits or runs (and ``unique_for`` seconds, or ``"10m"``, after its end) no new one is made; the
     batch's ``existing`` names the job found instead.
+
+    ``priority``: a level inside the queue, ``"low"``, ``"normal"`` (default), ``"high"``,
+    ``"urgent"`` or 0-9, higher first (``workqueue.priorities``).
     """
     call = producer.TaskCall.build(
-        task, params, retries=retries, timeout=timeout, unique=unique, unique_key=unique_key, unique_for=unique_for
-    )
+        task, params, retries=retries, timeout=timeout, unique=unique, unique_key=unique_key, unique_for=unique_for,
+        priority=priority,
+    )  # fmt: skip
     return _submit([call] * count, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
 
 
@@ -118,10 +123,11 @@ def enqueue_many(
     delay: timedelta | float | None = None,
     after: After = None,
     after_any: bool = False,
+    priority: int | str | None = None,
 ) -> Batch:
     """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued
-    (``when``, ``delay``, ``after``, ``after_any``: as :func:`enqueue`)."""
-    calls = [producer.TaskCall.build(name, params) for name, params in tasks]
+    (``when``, ``delay``, ``after``, ``after_any``: as :func:`enqueue`; ``priority``: as its, for all of them)."""
+    calls = [producer.TaskCall.build(name, params, priority=priority) for name, params in tasks]
     return _submit(calls, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
 
 

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 import redis
-from rq import Queue, Worker
+from rq import Worker
 from rq.command import send_command, send_stop_job_command
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.worker import BaseWorker
 
-from workqueue import batches, dependencies, recovery
+from workqueue import batches, dependencies, priorities, recovery
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
 
@@ -251,7 +251,7 @@ def requeue_failed(connection: redis.Redis, queue: str, *, by: str) -> list[JobS
 def cancel_queued(connection: redis.Redis, queue: str, *, by: str) -> list[JobStop]:
     """Cancel every job waiting on a queue (see :func:`stop_job`); running ones are left alone."""
     check_queue_name(queue)
-    waiting = Queue(queue, connection=connection, serializer=SERIALIZER).get_job_ids()
+    waiting = priorities.waiting_ids(connection, queue)  # every priority level
     return each_job(waiting, lambda job_id: stop_job(connection, job_id, by=by))
 
 

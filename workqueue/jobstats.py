@@ -22,7 +22,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from workqueue import lua, timing
+from workqueue import lua, pausing, priorities, timing
 from workqueue.jobs import SERIALIZER
 from workqueue.replies import decoded
 from workqueue.settings import STATS_RETENTION, STATS_SAMPLES
@@ -107,8 +107,11 @@ def sample_backlog(connection: redis.Redis, now: float | None = None) -> None:
         return
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.llen(Queue(name, connection=connection).key)
-        lengths = pipe.execute()
+            for level in priorities.levels():
+                pipe.llen(priorities.key(name, level))
+        replies = pipe.execute()
+    per = len(priorities.levels())
+    lengths = [sum(replies[i * per : (i + 1) * per]) for i in range(len(names))]
     key = backlog_key(minute(now))
     with connection.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping=dict(zip(names, lengths, strict=True)))
@@ -218,6 +221,9 @@ class QueueStats:
     #: When the first scheduled job is due (epoch seconds), if any.
     next_scheduled: float | None = None
     deferred: int = 0
+    #: Waiting jobs per priority level (levels holding none left out), and whether the queue is paused.
+    by_level: dict[int, int] = field(default_factory=dict)
+    paused: bool = False
 
 
 def collect(
@@ -238,10 +244,16 @@ def collect(
         with connection.pipeline(transaction=False) as pipe:
             for m in minutes:
                 pipe.hgetall(bucket_key(name, m))
-            pipe.llen(q.key)
+            for level in priorities.levels():
+                pipe.llen(priorities.key(name, level))
+            pipe.sismember(pausing.PAUSED_KEY, name)
             _waiting(pipe, q)
             replies = pipe.execute()
-        buckets, queued = replies[:-4], replies[-4]
+        levels = len(priorities.levels())
+        buckets, replies = replies[: len(minutes)], replies[len(minutes) :]
+        lengths, paused, waited = replies[:levels], bool(replies[levels]), _waited(replies[levels + 1 :])
+        by_level = {level: n for level, n in zip(priorities.levels(), lengths, strict=True) if n}
+        queued = sum(lengths)
         tasks: dict[str, TaskStats] = {}
         for m, bucket in zip(minutes, buckets, strict=True):
             for field_name, value in bucket.items():
@@ -265,7 +277,11 @@ def collect(
         for i, stats in enumerate(tasks.values()):
             stats.run = [float(v) for v in samples[2 * i]]
             stats.wait = [float(v) for v in samples[2 * i + 1]]
-        report.append(QueueStats(name, queued, len(started), dict(sorted(tasks.items())), *_waited(replies[-3:])))
+        report.append(
+            QueueStats(
+                name, queued, len(started), dict(sorted(tasks.items())), *waited, by_level=by_level, paused=paused
+            )
+        )
     return report
 
 
@@ -329,7 +345,13 @@ def format_report(report: list[QueueStats]) -> list[str]:
 
     lines = []
     for q in report:
-        lines.append(f"queue {q.queue}: {q.queued} queued, {q.running} running{_describe_waiting(q)}")
+        lines.append(
+            f"queue {q.queue}: {q.queued} queued, {q.running} running{_describe_waiting(q)}"
+            + (", paused" if q.paused else "")
+        )
+        if set(q.by_level) - {priorities.NORMAL}:
+            waiting = ", ".join(f"{priorities.name(level)} {n}" for level, n in q.by_level.items())
+            lines.append(f"  waiting by priority: {waiting}")
         if not q.tasks:
             continue
         lines.append(

@@ -23,7 +23,7 @@ from rq.job import Dependency, Job, JobStatus
 from rq.queue import EnqueueData
 
 import task_def
-from workqueue import batches, dependencies, jobstats, outage, rq_compat, unique
+from workqueue import batches, dependencies, jobstats, outage, priorities, rq_compat, unique
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
@@ -53,6 +53,8 @@ class TaskCall:
     unique_for: int | None = None
     #: More of the job's meta (e.g. a crawl's depth), beside what enqueueing puts there.
     meta: Mapping[str, Any] | None = field(default=None, compare=False)
+    #: Priority level inside the queue, 0-9, higher first (``priorities``; default normal, 5).
+    priority: int = priorities.NORMAL
 
     @classmethod
     def build(
@@ -66,11 +68,13 @@ class TaskCall:
         unique: bool = False,
         unique_key: str | None = None,
         unique_for: int | str | None = None,
+        priority: int | str | None = None,
     ) -> TaskCall:
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
         numbers must be JSON numbers, not text (for the HTTP API, whose schema says so). ``unique``
         (the key is the task and its parameters) or ``unique_key``, optionally ``unique_for`` (seconds
-        or ``10m``): see :mod:`workqueue.unique`."""
+        or ``10m``): see :mod:`workqueue.unique`. ``priority``: a level's name or number (``priorities.parse``)."""
+        level = priorities.NORMAL if priority is None else priorities.parse(priority)
         if retries is not None and not 0 <= retries <= MAX_RETRIES:
             raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}", "retries")
         if timeout is not None and not 1 <= timeout <= MAX_TIMEOUT:
@@ -88,7 +92,7 @@ class TaskCall:
                 f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit", "params"
             )
         key, hold = _unique_options(task.name, values, unique, unique_key, unique_for)
-        return cls(task, values, retries, timeout, key, hold)
+        return cls(task, values, retries, timeout, key, hold, priority=level)
 
     def job_timeout(self) -> int:
         return self.timeout or self.task.job_timeout(self.params)
@@ -229,6 +233,7 @@ def enqueue(
         raise BadInput(f"max_queued must be at least 1, not {max_queued}")
     if into_batch and batch_id is None:
         raise ValueError("into_batch needs the batch_id of an open batch")
+    priorities.install()  # a program using the API directly has not run an entry point's install
     q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
     batch_id = batch_id or batches.new_id()
     if when is not None or after:  # when work runs (issue 15)
@@ -341,7 +346,7 @@ def _prepare(call: TaskCall, key: str | None = None) -> EnqueueData:
         result_ttl=RESULT_TTL,
         failure_ttl=FAILURE_TTL,
         description=call.describe(),
-        meta=meta,
+        meta={**meta, **priorities.meta(call.priority)},
         job_id=uuid.uuid4().hex if key else None,
         **batches.callbacks(),
     )
@@ -368,7 +373,7 @@ def _wait_for_room(
 ) -> int:
     """Block until ``queue`` holds fewer than ``max_queued`` jobs; how many more it can take."""
     while True:
-        queued = connection.llen(queue.key)
+        queued = priorities.waiting(connection, queue.name)
         if queued < max_queued:
             return max_queued - queued
         if on_wait is not None:

@@ -27,7 +27,7 @@ from rq.utils import current_timestamp, now, utcformat, utcparse
 from rq.worker_registration import clean_worker_registry
 
 import task_def
-from workqueue import batches, dependencies, jobstats, lua, rq_compat
+from workqueue import batches, dependencies, jobstats, lua, priorities, rq_compat
 from workqueue.errors import UnreadableJob
 from workqueue.guarded import SUPERSEDED, Guard, run_guarded
 from workqueue.jobs import SERIALIZER, CatalogueJob, fetch_job
@@ -355,7 +355,8 @@ def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack
         if status is None:
             connection.lrem(queue.intermediate_queue_key, 1, job_id)
             continue
-        keys = [queue.intermediate_queue_key, queue.key, Job.key_for(job_id), seen_key]
+        home = priorities.home(connection, queue.name, job_id)  # back at its own level
+        keys = [queue.intermediate_queue_key, home, Job.key_for(job_id), seen_key]
         if connection.eval(_REQUEUE_IF_STILL_THERE, len(keys), *keys, job_id):
             runs_key = ExecutionRegistry.key_template.format(job_id)
             execution_ids = decoded_members(connection.zrange(runs_key, 0, -1))

@@ -14,6 +14,7 @@ per serializer), which the entry points that read jobs call explicitly: importin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ import rq.registry
 import rq.results
 from rq import serializers
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.worker import Worker
 from rq.worker_pool import WorkerPool
@@ -64,6 +65,9 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "_serialize_meta",
     "_handle_failure",
     "_enqueue_job",
+    "_enqueue_async_job",
+    "_prepare_for_queue",
+    "_persist_job",
     "_job",
     "_state",
     "_ordered_queues",
@@ -115,6 +119,9 @@ def install() -> None:
     for module in _PATCHED_MODULES:
         module.resolve_serializer = resolve_once  # type: ignore[attr-defined]
     _installed = True
+    from workqueue import priorities  # every enqueue of a job with a priority goes to its level's list
+
+    priorities.install()
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -178,6 +185,32 @@ def handle_job_failure(
 def enqueue_job(queue: Queue, job: Job, pipeline: Any = None, at_front: bool = False) -> Job:
     """RQ's enqueue of an existing job, without its dependency checks, into ``pipeline``."""
     return queue._enqueue_job(job, pipeline=pipeline, at_front=at_front)
+
+
+def route_enqueue(wants: Callable[[Job], bool], push: Callable[[Any, Queue, Job, bool], None]) -> None:
+    """Have every enqueue of an existing job (RQ's ``Queue._enqueue_async_job``, the last step of the
+    producer's, RQ's scheduler's, a dependency's, a requeue's and a hand-back's) leave the push of a job
+    that ``wants(job)`` to ``push(pipeline, queue, job, at_front)`` instead of RQ's push onto its list.
+    RQ's unique enqueue (a script of its own) is left as it is. Called once, by ``priorities.install``."""
+    original = Queue._enqueue_async_job
+
+    def enqueue_async_job(
+        self: Queue, job: Job, pipeline: Any = None, at_front: bool = False, unique: bool = False
+    ) -> Job:
+        if unique or not wants(job):
+            return original(self, job, pipeline=pipeline, at_front=at_front, unique=unique)
+        # RQ's own steps (rq.queue.Queue._enqueue_async_job), the push left to ``push``.
+        pipe = pipeline if pipeline is not None else self.connection.pipeline()
+        if job.get_status(refresh=False) == JobStatus.DEFERRED:
+            self.deferred_job_registry.remove(job, pipeline=pipe)
+        self._prepare_for_queue(job)
+        self._persist_job(job, pipe)
+        push(pipe, self, job, at_front)
+        if pipeline is None:
+            pipe.execute()
+        return job
+
+    Queue._enqueue_async_job = enqueue_async_job  # type: ignore[method-assign]
 
 
 def set_execution_job(execution: Execution, job: Job) -> None:

@@ -52,6 +52,9 @@ HARD_KILL_GRACE = 3.0
 HEARTBEAT_MIN_GAP = 1.0
 #: While several queues are empty, a worker blocks this long on the first before looking at the rest.
 MULTI_QUEUE_POLL = 0.2
+#: An idle worker's longest wait (seconds) between two looks at all its queues: a paused queue
+#: resumed, or a job of a level other than normal (whose enqueue wakes no BLMOVE), is seen this soon.
+IDLE_LOOK_GAP = 0.5
 #: How often (seconds) a busy worker asks whether ``rq suspend`` suspended it (RQ asks before every job).
 SUSPENSION_CHECK_GAP = 1.0
 #: Longest wait (seconds) between two tries while Redis is away or refusing writes: the worker

@@ -43,6 +43,7 @@ def status_line(status: PoolStatus) -> str:
     return (
         f"{lost}{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle{stopped} | "
         f"done {status.finished}, failed {status.failed}, queued {status.queued}"
+        + (f" | paused: {', '.join(status.paused)}" if status.paused else "")
     )
 
 

@@ -15,7 +15,7 @@ import click
 import redis
 
 import task_def
-from workqueue import batches, crawling, jobstats, outage, producer, timing
+from workqueue import batches, crawling, jobstats, outage, priorities, producer, timing
 from workqueue.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -52,6 +52,7 @@ class Enqueueing:
     unique_key: str | None = None
     unique_for: str | None = None
     results: Path | None = None
+    priority: int = priorities.NORMAL
 
 
 def list_tasks() -> None:
@@ -168,6 +169,23 @@ def _when_value(text: str) -> datetime | None:
         raise click.UsageError(str(exc)) from None
 
 
+class PriorityLevel(click.ParamType):
+    """``--priority``: a level's name or a number 0-9 (``workqueue.priorities``)."""
+
+    name = "level"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return priorities.parse(value)
+        except BadInput as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def with_priority(calls: list[producer.TaskCall], level: int) -> list[producer.TaskCall]:
+    """``--priority``: every call at ``level`` (the default, normal, changes nothing)."""
+    return calls if level == priorities.NORMAL else [replace(call, priority=level) for call in calls]
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--task", "task_name", metavar="NAME", help="Task from the catalogue (see --list-tasks).")
 @click.option(
@@ -199,6 +217,12 @@ def _when_value(text: str) -> datetime | None:
     type=click.IntRange(1, MAX_COUNT),
     default=None,
     help="Backpressure: wait while the queue holds this many jobs, enqueue as it drains.",
+)
+@click.option(
+    "--priority",
+    type=PriorityLevel(),
+    default="normal",
+    help=f"Priority inside the queue: {priorities.describe_levels()} or 0-9; higher runs first. Default normal.",
 )
 @click.option("--wait", is_flag=True, help="Follow the batch: a line per task, a progress bar; exit 1 if any failed.")
 @click.option("--quiet", is_flag=True, help="With --wait or --batch: the progress bar and summary only.")
@@ -249,6 +273,7 @@ def main(
     retries: int | None,
     timeout: int | None,
     max_queued: int | None,
+    priority: int,
     wait: bool,
     quiet: bool,
     batch_id: str | None,
@@ -291,6 +316,7 @@ def main(
     )
     options = replace(options, when=resolve_when(run_in, run_at, after, after_any), after=after, after_any=after_any)
     options = _unique_and_results(options, unique, unique_key, unique_for, results_file, via)
+    options = replace(options, priority=priority)
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
@@ -305,6 +331,7 @@ def main(
         if options.when is None and not options.after:
             options = replace(options, when=prompt_when())
     calls = as_unique(calls, options)
+    calls = with_priority(calls, options.priority)
     if via is not None:
         gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
         return enqueue_via_gateway(

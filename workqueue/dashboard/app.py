@@ -13,7 +13,7 @@ from rq_dashboard import web as rq_dashboard_web
 from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 from werkzeug.exceptions import HTTPException
 
-from workqueue import outage, webguard
+from workqueue import outage, priorities, webguard
 from workqueue.dashboard import metrics, rq_views, security, views
 from workqueue.errors import RedisLostData, UnreadableJob
 from workqueue.jobs import SERIALIZER
@@ -33,6 +33,7 @@ def create_app(
     (``rq_dashboard/base.html``, ``navbar.html``, ``queues.html``, ``jobs.html``) take precedence
     over its own. ``guard`` defaults to a loopback bind's (see ``webguard``); ``helpers`` (its
     sweeper thread) are shown by ``/health`` and ``/metrics``."""
+    priorities.install()  # rq-dashboard's queue counts and lists see every priority level
     app = Flask(__name__)
     _install_rq_dashboard(app, redis_url, credentials, read_only, guard or webguard.Guard())
     _install_page_context(app, credentials, read_only)

@@ -12,7 +12,7 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from workqueue import control, job_json, jobstats
+from workqueue import control, job_json, jobstats, pausing, priorities
 from workqueue.errors import UnreadableJob
 from workqueue.jobs import SERIALIZER, UNREADABLE, fetch_job
 
@@ -91,7 +91,26 @@ def workers(connection: redis.Redis, running: list[dict[str, Any]]) -> list[dict
     return rows
 
 
+def queues(connection: redis.Redis) -> list[dict[str, Any]]:
+    """Every queue: paused or not, and its waiting jobs per priority level, highest first."""
+    paused = pausing.paused_names(connection)
+    names = sorted(set(jobstats.queue_names(connection)) | paused)
+    counts = priorities.counts(connection, names)
+    return [
+        {
+            "name": name,
+            "paused": name in paused,
+            "waiting": sum(counts[name].values()),
+            "by_priority": [
+                {"level": level, "name": priorities.name(level), "count": count}
+                for level, count in counts[name].items()
+            ],
+        }
+        for name in names
+    ]
+
+
 def snapshot(connection: redis.Redis) -> dict[str, Any]:
-    """The live-work page's data: running jobs and workers."""
+    """The live-work page's data: running jobs, workers, and the queues' state."""
     running = running_jobs(connection)
-    return {"jobs": running, "workers": workers(connection, running)}
+    return {"jobs": running, "workers": workers(connection, running), "queues": queues(connection)}

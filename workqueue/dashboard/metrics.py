@@ -1,6 +1,6 @@
 """``/metrics`` in the Prometheus text format (the official client), read from Redis at each scrape:
-queue lengths, registry sizes, workers busy and idle, finished and failed counters, and run-time
-histograms per task (kept by the workers, see ``statistics``)."""
+queue lengths (per priority level too), paused queues, registry sizes, workers busy and idle, finished and
+failed counters, and run-time histograms per task (kept by the workers, see ``statistics``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 from rq import Queue, Worker
 
-from workqueue import jobstats, schedules
+from workqueue import jobstats, pausing, priorities, schedules
 from workqueue.jobs import SERIALIZER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,15 +40,15 @@ class RedisCollector:
         with self.connection.pipeline(transaction=False) as pipe:
             for name in names:
                 q = Queue(name, connection=self.connection, serializer=SERIALIZER)
-                pipe.llen(q.key)
                 for reg in _REGISTRIES:
                     pipe.zcard(getattr(q, f"{reg}_job_registry").key)
                 pipe.hgetall(jobstats.totals_key(name))
             replies = iter(pipe.execute())
+        waiting = priorities.counts(self.connection, names)  # every level's list: RQ's own holds normal
         jobs = CounterMetricFamily("workqueue_jobs", "Jobs ended, by outcome.", labels=["queue", "task", "outcome"])
         tasks: dict[str, set[str]] = {}
         for name in names:
-            length.add_metric([name], next(replies))
+            length.add_metric([name], sum(waiting[name].values()))
             for reg in _REGISTRIES:
                 registry.add_metric([name, reg], next(replies))
             for field, value in next(replies).items():
@@ -60,6 +60,24 @@ class RedisCollector:
         yield jobs
         yield self._workers()
         yield self._durations(tasks)
+        yield from self._dispatch(names, waiting)
+
+    def _dispatch(self, names: list[str], waiting: dict[str, dict[int, int]]) -> Iterator[Metric]:
+        """Each queue paused or not, and its waiting jobs per priority level (``pausing``, ``priorities``)."""
+        paused = GaugeMetricFamily("workqueue_queue_paused", "1 if the queue is paused.", labels=["queue"])
+        by_level = GaugeMetricFamily(
+            "workqueue_queue_jobs_by_priority",
+            "Jobs waiting in the queue, per priority level.",
+            labels=["queue", "level"],
+        )
+        held = pausing.paused_names(self.connection)
+        for name in sorted(set(names) | held):
+            paused.add_metric([name], 1 if name in held else 0)
+        for name in names:
+            for level, count in waiting[name].items():
+                by_level.add_metric([name, str(level)], count)
+        yield paused
+        yield by_level
 
     def _workers(self) -> Metric:
         workers = GaugeMetricFamily("workqueue_workers", "Registered workers, busy or idle.", labels=["state"])

@@ -20,7 +20,7 @@ from rq.job import JobStatus
 from rq.registry import BaseRegistry
 from werkzeug.wrappers import Response as BaseResponse
 
-from workqueue import control, dependencies, job_json
+from workqueue import control, dependencies, job_json, priorities
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor
 from workqueue.errors import BadInput, UnreadableJob
@@ -133,7 +133,7 @@ def list_jobs(
     queue = Queue(queue_name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
     registry: BaseRegistry | None = None
     if registry_name == "queued":
-        total = queue.count
+        total = priorities.waiting(connection, queue_name)
     else:
         registry = getattr(queue, f"{registry_name}_job_registry")
         total = registry.get_job_count(cleanup=False)
@@ -145,7 +145,7 @@ def list_jobs(
     ids: list[str] = []
     if high > low:
         if registry is None:
-            ids = [i.decode() if isinstance(i, bytes) else i for i in connection.lrange(queue.key, low, high - 1)]
+            ids = priorities.waiting_ids(connection, queue_name, low, high - low)  # every level, highest first
         else:
             ids = registry.get_job_ids(low, high - 1, cleanup=False)
     if order == "dsc":

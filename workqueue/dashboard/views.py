@@ -24,7 +24,7 @@ from rq.job import JOB_ID_PATTERN, Job
 from werkzeug.wrappers import Response as BaseResponse
 
 import task_def
-from workqueue import control, job_json, jobstats, producer, schedules, timing, unique
+from workqueue import control, job_json, jobstats, pausing, priorities, producer, schedules, timing, unique
 from workqueue.dashboard import live
 from workqueue.dashboard.security import actor, refusal, wants_html
 from workqueue.errors import BadInput
@@ -163,6 +163,25 @@ def requeue_failed(name: str) -> BaseResponse:
     return _done(control.requeue_failed(_redis(), name, by=actor()))
 
 
+@blueprint.post("/queues/<name>/pause")
+def pause_queue(name: str) -> BaseResponse:
+    return _queue_state(name, pausing.pause, "paused: workers start none of its jobs until it is resumed")
+
+
+@blueprint.post("/queues/<name>/resume")
+def resume_queue(name: str) -> BaseResponse:
+    return _queue_state(name, pausing.resume, "resumed")
+
+
+def _queue_state(name: str, change: Any, done: str) -> BaseResponse:
+    """Pause or resume a queue (``workqueue.pausing``); a queue already so is said, not an error page."""
+    try:
+        change(_redis(), name)
+    except pausing.QueueStateConflict as exc:
+        return _done([str(exc)], ok=False)
+    return _done([f"queue {name} {done}"])
+
+
 @blueprint.errorhandler(BadInput)
 def refused_action(exc: BadInput) -> BaseResponse:
     """An action the control functions refuse (no such worker, a bad queue name): say why."""
@@ -207,7 +226,11 @@ def _read_enqueue_form(form: Any) -> tuple[producer.TaskCall, int, str]:
     key = form.get("unique_key", "")
     unique_asked = form.get("unique") == "1" or bool(key)
     call = producer.TaskCall.build(
-        task.name, params, unique=unique_asked and not key, unique_key=key if unique_asked and key else None
+        task.name,
+        params,
+        unique=unique_asked and not key,
+        unique_key=key if unique_asked and key else None,
+        priority=form.get("priority", "").strip() or None,
     )
     count_text = form.get("count", "1").strip() or "1"
     if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_COUNT:
@@ -256,6 +279,8 @@ def _form_context(form: Any) -> dict[str, Any]:
         "unique_key": form.get("unique_key", ""),
         "unique_key_max": unique.MAX_KEY_LENGTH,
         "active_tab": "enqueue",
+        "priorities": [(level, priorities.name(level)) for level in priorities.levels()],
+        "priority": str(form.get("priority", priorities.NORMAL)),
     }
 
 

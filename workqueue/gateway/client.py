@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from workqueue import producer
+from workqueue import priorities, producer
 from workqueue.bind_address import url_host
 from workqueue.errors import BadInput, WorkqueueError
 from workqueue.gateway import delivery
@@ -72,8 +72,8 @@ class GatewayClient:
         callback_secret: str | None = None,
         fields: Mapping[str, Any] | None = None,
     ) -> Sent:
-        """One batch of up to MAX_TASKS calls (sharing their retries and timeout overrides); ``fields``:
-        more of the body's fields (when the batch runs: ``at``, ``after``, ``after_any``)."""
+        """One batch of up to MAX_TASKS calls (sharing their retries and timeout overrides and priority);
+        ``fields``: more of the body's fields (when the batch runs: ``at``, ``after``, ``after_any``)."""
         body: dict[str, Any] = {
             "tasks": [{"task": c.task.name, "params": c.params} for c in calls],
             "queue": queue_name,
@@ -81,6 +81,8 @@ class GatewayClient:
         for name in ("retries", "timeout"):
             if getattr(calls[0], name) is not None:
                 body[name] = getattr(calls[0], name)
+        if calls[0].priority != priorities.NORMAL:  # shared too (--priority)
+            body["priority"] = calls[0].priority
         if callback_url:
             body["callback"] = {"url": callback_url, "secret": callback_secret}
         if calls[0].unique_key is not None:  # one key for all, or each its task and parameters ({})

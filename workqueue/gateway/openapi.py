@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import task_def
-from workqueue import timing
+from workqueue import priorities, timing
 from workqueue.jobs import QUEUE_NAME
 from workqueue.producer import MAX_RETRIES, MAX_TIMEOUT
 from workqueue.settings import (
@@ -173,6 +173,7 @@ def _schemas() -> dict[str, Any]:
         "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
         "Messages": _list_of("messages", {"type": "string"}),
         "Queues": _queues_schema(),
+        "NoFields": {"type": "object", "additionalProperties": False, "description": "An empty object, {}."},
         "Tasks": _tasks_schema(),
         **schedule_schemas(),
     }
@@ -197,6 +198,14 @@ def _common_fields() -> dict[str, Any]:
         "callback": {"$ref": "#/components/schemas/Callback"},
         "unique": _unique_field(),
         **_when_fields(),
+        "priority": {
+            "oneOf": [
+                {"type": "string", "enum": list(priorities.LEVELS)},
+                {"type": "integer", "minimum": priorities.LOWEST, "maximum": priorities.HIGHEST},
+            ],
+            "description": f"Priority inside the queue, higher first: {priorities.describe_levels()}, "
+            "or an integer 0-9. Default normal.",
+        },
     }
 
 
@@ -442,6 +451,12 @@ def _queues_schema() -> dict[str, Any]:
             "name": {"type": "string"},
             **_fields({"type": "integer"}, "queued", "running"),
             "tasks": {"type": "array", "items": task_stats},
+            "paused": {"type": "boolean", "description": "Workers start none of its jobs until it is resumed."},
+            "waiting_by_priority": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "Waiting jobs per priority level (0-9, higher first; 5 is normal).",
+            },
         },
     }
     return _list_of("queues", queue)
@@ -497,7 +512,38 @@ def _collection_paths() -> dict[str, Any]:
         "/batches": {
             "post": _operation("Enqueue several tasks as one batch", "enqueueBatch", dict(enqueued), "EnqueueBatch")
         },
+        **_queue_state_paths(),
     }
+
+
+def _queue_state_paths() -> dict[str, Any]:
+    """Pausing and resuming one queue (``workqueue.pausing``)."""
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{QUEUE_NAME.pattern}$"},
+    }
+    paths = {}
+    for verb, summary in (
+        ("pause", "Pause a queue: workers on every machine start none of its jobs (running ones finish)"),
+        ("resume", "Resume a paused queue"),
+    ):
+        answers = {
+            **_ok("What was done.", "Message"),
+            **_AUTH,
+            "400": _error(_NOT_JSON),
+            "413": _BAD_BODY["413"],
+            "409": _error(f"The queue is already {'paused' if verb == 'pause' else 'running'}."),
+            "404": _error("No such route (the name holds a '/')."),
+            "422": _error("The queue name is invalid, or the body is not {}."),
+            "503": _BAD_BODY["503"],
+        }
+        paths[f"/queues/{{name}}/{verb}"] = {
+            "parameters": [name],
+            "post": _operation(summary, f"{verb}Queue", answers, "NoFields"),
+        }
+    return paths
 
 
 def _item_paths() -> dict[str, Any]:

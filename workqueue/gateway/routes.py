@@ -11,7 +11,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, overload
 
@@ -20,7 +20,20 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import task_def
-from workqueue import batches, control, dependencies, job_json, jobstats, network, outage, producer, timing, webguard
+from workqueue import (
+    batches,
+    control,
+    dependencies,
+    job_json,
+    jobstats,
+    network,
+    outage,
+    pausing,
+    priorities,
+    producer,
+    timing,
+    webguard,
+)
 from workqueue.errors import BadInput, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.jobs import check_queue_name
@@ -42,7 +55,7 @@ bp = Blueprint("gateway", __name__)
 #: The key of the app's ``extensions`` holding its :class:`Gateway`.
 EXTENSION = "workqueue.gateway"
 
-_COMMON = {"queue", "retries", "timeout", "callback", "unique"}
+_COMMON = {"queue", "retries", "timeout", "callback", "unique", "priority"}
 _COMMON |= {"at", "in", "after", "after_any"}  # when work runs (issue 15)
 
 
@@ -258,6 +271,48 @@ def cancel_batch(batch_id: str) -> Response:
     return jsonify({"messages": [s.message for s in stops]})
 
 
+# --- pausing a queue, and priorities (workqueue.pausing, workqueue.priorities) ---------------------
+
+
+@bp.post("/queues/<name>/pause")
+def pause_queue(name: str) -> Response:
+    return _queue_state(name, pausing.pause, "paused")
+
+
+@bp.post("/queues/<name>/resume")
+def resume_queue(name: str) -> Response:
+    return _queue_state(name, pausing.resume, "resumed")
+
+
+def _queue_state(name: str, change: Any, done: str) -> Response:
+    """Pause or resume queue ``name``: 422 for an invalid name, 409 if it already is so. The body
+    is ``{}``: a JSON body is what keeps a cross-site form from posting here (``webguard``)."""
+    _body(set())
+    try:
+        change(_gateway().connection, name)
+    except pausing.QueueStateConflict as exc:
+        return error(409, str(exc), "queue")
+    except BadInput as exc:
+        return error(422, str(exc), "queue")
+    return jsonify({"message": f"queue {name} {done}"})
+
+
+def _with_priority(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> list[producer.TaskCall]:
+    """The calls at the body's ``priority``: a level's name or an integer 0-9 (422 otherwise)."""
+    value = body.get("priority")
+    if value is None:
+        return calls
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, str) and value in priorities.LEVELS)
+    ):
+        raise Invalid(f"priority: expected one of {', '.join(priorities.LEVELS)} or an integer 0-9", "priority")
+    try:
+        level = priorities.parse(value)
+    except BadInput as exc:
+        raise Invalid(str(exc), "priority") from None
+    return [replace(call, priority=level) for call in calls]
+
+
 # --- what the routes share ------------------------------------------------------------------------
 
 
@@ -271,6 +326,7 @@ def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[R
         raise Invalid(str(exc), "queue") from None
     when, after, after_any = _when(body)
     calls = _unique_calls(body.get("unique"), calls)
+    calls = _with_priority(body, calls)
     batch_id = batches.new_id()
     if after:  # checked before the callback is registered: a refused request leaves nothing behind
         try:
@@ -429,4 +485,11 @@ def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str) -> p
 
 
 def _queue_stats(q: jobstats.QueueStats) -> dict[str, Any]:
-    return {"name": q.queue, "queued": q.queued, "running": q.running, "tasks": [t.as_dict() for t in q.tasks.values()]}
+    return {
+        "name": q.queue,
+        "queued": q.queued,
+        "running": q.running,
+        "tasks": [t.as_dict() for t in q.tasks.values()],
+        "paused": q.paused,
+        "waiting_by_priority": {str(level): count for level, count in q.by_level.items()},
+    }

@@ -1,13 +1,47 @@
 local job_prefix, exec_prefix, registry_prefix, exec_id, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now_float, now_int, now_text, interval = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local dropped = 0
+
+-- Pause and priorities (workqueue.pausing, workqueue.priorities): a paused queue gives no job; a
+-- queue's jobs come from its level lists, highest first, RQ's own list (KEYS[i]) being level 5.
+local PAUSED_KEY, QUEUE_PREFIX, PRIORITY_PREFIX = 'workqueue:paused', 'rq:queue:', 'workqueue:priority:'
+local NORMAL, HIGHEST = 5, 9
+local function paused(i)
+  return redis.call('SISMEMBER', PAUSED_KEY, string.sub(KEYS[i], #QUEUE_PREFIX + 1)) == 1
+end
+local function level_key(i, level)
+  if level == NORMAL then return KEYS[i] end
+  return PRIORITY_PREFIX .. string.sub(KEYS[i], #QUEUE_PREFIX + 1) .. ':' .. level
+end
+local function take(i)  -- queue i's next job id, highest level first, moved into its intermediate list
+  for level = HIGHEST, 0, -1 do
+    local id = redis.call('LMOVE', level_key(i, level), KEYS[i + 1], 'LEFT', 'RIGHT')
+    if id then return id end
+  end
+  return false
+end
+-- The job the worker's BLMOVE took from the first queue's normal list goes back to its front if
+-- that queue is paused or holds a job of a higher level.
+if ARGV[12] ~= '' then
+  local higher = false
+  for level = HIGHEST, NORMAL + 1, -1 do
+    higher = higher or redis.call('EXISTS', level_key(3, level)) == 1
+  end
+  if higher or paused(3) then
+    redis.call('LREM', KEYS[4], 1, ARGV[12])
+    redis.call('LPUSH', KEYS[3], ARGV[12])
+    ARGV[12] = ''
+  end
+end
+
 for i = 3, #KEYS, 3 do
   while true do
+    if paused(i) then break end
     local id = false
     if i == 3 and ARGV[12] ~= '' then
       id, ARGV[12] = ARGV[12], ''
     else
-      id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
+      id = take(i)
     end
     if not id then break end
     local job_key = job_prefix .. id

@@ -9,12 +9,14 @@ import math
 import time
 
 import redis
+from rq import Queue
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.worker import WorkerStatus
 
-from workqueue import outage, rq_compat
+from workqueue import outage, pausing, rq_compat
 from workqueue.replies import as_bytes
 from workqueue.settings import (
+    IDLE_LOOK_GAP,
     MULTI_QUEUE_POLL,
     OUTAGE_MAX_BACKOFF,
 )
@@ -94,10 +96,15 @@ class ClaimingWorker(HorseSideWorker):
             self.log.warning("Worker %s: Redis accepts work again", self.name)
             self._outage_noted = ""
 
-    def _claim(self, moved: bytes | None = None):
-        """``job_steps.claim`` on the worker's queues: the job, started, and its queue; or None."""
+    def _claim(self, moved: bytes | None = None, moved_from: Queue | None = None):
+        """``job_steps.claim`` on the worker's queues: the job, started, and its queue; or None.
+        ``moved``: a job the worker's BLMOVE took from ``moved_from`` (default: its first queue)."""
+        queues = rq_compat.ordered_queues(self)
+        if moved is not None and moved_from is not None and moved_from is not queues[0]:
+            # Only paused queues come before it (see _wait_and_claim): the claim skips them anyway.
+            queues = [moved_from] + [q for q in queues if q is not moved_from]
         while True:
-            claimed = job_steps.claim(self, rq_compat.ordered_queues(self), moved)
+            claimed = job_steps.claim(self, queues, moved)
             moved = None
             if not claimed.retry:
                 break
@@ -118,24 +125,30 @@ class ClaimingWorker(HorseSideWorker):
 
     def _wait_and_claim(self, timeout: int | None):
         """Claim a job, waiting up to ``timeout`` seconds for one (None: not at all) in a BLMOVE on
-        the first queue, which moves the job into its intermediate list: an atomic hand-over
-        (RQ's BLPOP on several queues can lose a job, rq#2236). With several queues the wait is
-        cut into MULTI_QUEUE_POLL slices, each followed by a look at every queue. A single queue
-        needs no look first: its BLMOVE answers at once if a job is waiting."""
+        the first queue not paused, which moves the job into its intermediate list: an atomic
+        hand-over (RQ's BLPOP on several queues can lose a job, rq#2236). The wait is cut into
+        slices (MULTI_QUEUE_POLL with several queues, else IDLE_LOOK_GAP), each followed by a look
+        at every queue: a job of another queue, of a level other than normal (which no BLMOVE
+        sees) or of a queue just resumed is taken this soon. With every queue paused it sleeps."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if deadline is None or len(rq_compat.ordered_queues(self)) > 1:
-                claimed = self._claim()
-                if claimed is not None or deadline is None:
-                    return claimed
+            claimed = self._claim()
+            if claimed is not None or deadline is None:
+                return claimed
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DequeueTimeout(timeout, self.queue_keys())
-            first = rq_compat.ordered_queues(self)[0]
-            slice_ = left if len(rq_compat.ordered_queues(self)) == 1 else min(MULTI_QUEUE_POLL, left)
+            queues = rq_compat.ordered_queues(self)
+            slice_ = min(MULTI_QUEUE_POLL if len(queues) > 1 else IDLE_LOOK_GAP, left)
+            paused = pausing.paused_names(self.connection)
+            open_ = [q for q in queues if q.name not in paused]
+            if not open_:
+                time.sleep(slice_)
+                continue
+            first = open_[0]
             # redis-py annotates BLMOVE's timeout as int; Redis takes seconds with decimals (6.0+).
             moved = self.connection.blmove(first.key, first.intermediate_queue_key, slice_)  # type: ignore[arg-type]
             if moved is not None:
-                claimed = self._claim(as_bytes(moved))
+                claimed = self._claim(as_bytes(moved), first)
                 if claimed is not None:
                     return claimed

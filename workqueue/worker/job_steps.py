@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 # {queue number, job id, the job's hash as read before starting it, the execution's TTL};
 # a job whose timeout is not a plain number is answered with a TTL of -1, left unstarted in the
 # intermediate list, for RQ's own code to start.
+# A paused queue (``pausing``) gives no job, and each queue's jobs are taken from its priority
+# levels' lists, highest first (``priorities``; RQ's own list is level 5): the script names those
+# keys itself, from the queue's key; a BLMOVE'd job goes back to the front of its list if its queue
+# is paused or holds a job of a higher level.
 _CLAIM = lua.script("claim")
 
 #: Jobs whose hash has gone (deleted while queued) one claim drops before it answers "try again".

@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from rq.queue import Queue
 from rq.worker import Worker
 from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
-from workqueue import jobstats, outage, recovery, rq_compat
+from workqueue import jobstats, outage, pausing, priorities, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.jobs import SERIALIZER, CatalogueJob
@@ -81,6 +80,8 @@ class PoolStatus:
     outage: str = ""
     #: When (``time.time()``) the pool saw Redis come back without its data, if it did.
     lost_data_at: float | None = None
+    #: The pool's queues that are paused (``workqueue.pausing``).
+    paused: list[str] = field(default_factory=list)
 
     @property
     def busy(self) -> int:
@@ -272,9 +273,13 @@ class ConsumerPool(WorkerPool):
                 pipe.hmget(
                     Worker.redis_worker_namespace_prefix + name, "state", "successful_job_count", "failed_job_count"
                 )
-            for queue in rq_compat.pool_queue_names(self):
-                pipe.llen(Queue(queue, connection=self._quick).key)
+            queues = rq_compat.pool_queue_names(self)
+            for queue in queues:  # every priority level's list (RQ's own holds the normal one)
+                for level in priorities.levels():
+                    pipe.llen(priorities.key(queue, level))
+            pipe.smembers(pausing.PAUSED_KEY)
             replies = pipe.execute()
+        paused = {p.decode(errors="replace") for p in replies.pop()}
         status = PoolStatus(stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))
         for name, (state, done, failed) in zip(names, replies, strict=False):  # the queues' lengths follow
             if state is not None:  # a dead worker's hash expires a minute after it exits
@@ -285,4 +290,5 @@ class ConsumerPool(WorkerPool):
         status.finished = sum(done for done, _ in self._seen.values())
         status.failed = sum(failed for _, failed in self._seen.values())
         status.queued = sum(replies[len(names) :])
+        status.paused = [queue for queue in queues if queue in paused]
         return status

@@ -102,6 +102,25 @@
         ])
       ]);
     }), 8, "No worker is running. Start some: python consumer_main.py");
+    if (data.queues) { renderQueues(data.queues); }
+  }
+
+  // Queues: paused or not, waiting jobs per priority level, pause/resume ----------------------
+  function renderQueues(queues) {
+    var held = queues.filter(function (q) { return q.paused; }).length;
+    document.getElementById("queues-count").textContent = queues.length + " queues" + (held ? ", " + held + " paused" : "");
+    fill(document.querySelector("#live-queues tbody"), queues.map(function (q) {
+      var base = "/queues/" + encodeURIComponent(q.name);
+      var levels = q.by_priority.map(function (p) { return p.name + " " + p.count; }).join(", ");
+      return el("tr", { "data-queue": q.name }, [
+        cell(q.name),
+        el("td", {}, [el("span", { "class": "badge " + (q.paused ? "badge-warning" : "badge-success"), text: q.paused ? "paused" : "running" })]),
+        cell(q.waiting), cell(levels || "-"),
+        el("td", { "class": "wq-action" }, [
+          q.paused ? action(base + "/resume", "Resume", "btn-outline-success") : action(base + "/pause", "Pause", "btn-outline-warning")
+        ])
+      ]);
+    }), 5, "No queue yet.");
   }
 
   // History ------------------------------------------------------------------------------------
