@@ -19,7 +19,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from workqueue.errors import BadInput
+from workqueue.errors import BadInput, WorkqueueError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,10 @@ def _waitress(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> N
 
 
 def _gunicorn(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> None:
-    from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  # no stubs shipped
+    try:
+        from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  # no stubs shipped
+    except ImportError:
+        raise WorkqueueError("gunicorn is not installed: pip install -r bench/requirements.txt (or --server waitress)") from None
 
     stops: list[threading.Event] = []
 
