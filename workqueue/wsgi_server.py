@@ -76,7 +76,7 @@ def _gunicorn(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> N
     try:
         from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  # no stubs shipped
     except ImportError:
-        raise WorkqueueError("gunicorn is not installed: pip install -r bench/requirements.txt (or --server waitress)") from None
+        raise WorkqueueError("gunicorn is not installed: pip install -r bench/requirements.txt") from None
 
     stops: list[threading.Event] = []
 
