@@ -81,7 +81,19 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	$(call apt-install,chromium,the browser tests)
 
-test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM) lint
+# The peers (Dramatiq, Huey) and gunicorn go into the project's .venv, beside its requirements: every side of
+# bench/run.py then runs on the same interpreter and the same redis-py and hiredis, so the client library is
+# not one of the differences measured; a venv of their own would need all of workqueue's requirements again.
+# `make test` installs them too, so the bench smoke test and the gunicorn tests run rather than skip.
+BENCH_STAMP := $(VENV)/.bench-$(shell cksum < bench/requirements.txt | cut -d' ' -f1)
+$(BENCH_STAMP): bench/requirements.txt $(STAMP)
+	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
+	rm -f $(VENV)/.bench-*
+	touch $(BENCH_STAMP)
+
+bench-install: $(BENCH_STAMP)
+
+test: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS) $(CHROMIUM) lint
 	$(PY) -m pytest
 
 ## lint: ruff (lint, then the format check) and mypy over workqueue/ and task_def/, as pyproject.toml configures them
@@ -93,18 +105,6 @@ lint: $(STAMP)
 ## test-quick: the suite without the tests marked slow (chaos, outages, browser, demos, ...), for the edit-test loop
 test-quick: $(STAMP)
 	$(PY) -m pytest -m "not slow"
-
-# The peers (Dramatiq, Huey) and gunicorn go into the project's .venv, beside its requirements: every side of
-# bench/run.py then runs on the same interpreter and the same redis-py and hiredis, so the client library is
-# not one of the differences measured; a venv of their own would need all of workqueue's requirements again.
-# Their stamp outlives a reinstall of requirements.txt only while bench/requirements.txt is unchanged.
-BENCH_STAMP := $(VENV)/.bench-$(shell cksum < bench/requirements.txt | cut -d' ' -f1)
-$(BENCH_STAMP): bench/requirements.txt $(STAMP)
-	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
-	rm -f $(VENV)/.bench-*
-	touch $(BENCH_STAMP)
-
-bench-install: $(BENCH_STAMP)
 
 ## bench: workqueue beside bare RQ, Dramatiq and Huey, then the gateway and the WSGI servers; BENCH_QUICK=1: ~2 minutes
 bench: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS)
