@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import signal
+import threading
 
 import httpx
 import psutil
@@ -54,6 +55,35 @@ def test_served_by_waitress_and_stopped_cleanly(processes: Processes, redis_url:
     assert answer.headers["server"] == "workqueue"  # waitress, named so: no server or version given away
     assert health(base) == [(SERVERS[script], True, 0)]
     stopped_cleanly(process, sig)
+
+
+@pytest.mark.parametrize("script", SERVERS)
+def test_sigterm_under_load_stops_cleanly(processes: Processes, redis_url: str, script: str) -> None:
+    """SIGTERM lands while the server's loop handles a request (where waitress swallows an Exception): it still
+    stops, after the requests in flight, with exit 0."""
+    process, base = start(processes, script, redis_url)
+    done = threading.Event()
+    answered = [0] * 4
+
+    def hammer(slot: int) -> None:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            while not done.is_set():
+                try:
+                    http.get("/health")
+                    answered[slot] += 1
+                except httpx.HTTPError:
+                    return  # the server is gone: what this test waits for
+
+    threads = [threading.Thread(target=hammer, args=(slot,)) for slot in range(len(answered))]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: sum(answered) >= 200, 60, "requests under load")
+        stopped_cleanly(process, signal.SIGTERM)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(30)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gunicorn") is None, reason="gunicorn not installed (bench/requirements)")

@@ -33,8 +33,9 @@ GUNICORN_WORKERS = 2
 Starter = Callable[[threading.Event], object]
 
 
-class _Stop(Exception):
-    """Raised by the SIGTERM handler in the main thread, so waitress's loop ends like on Ctrl-C."""
+class _Stop(KeyboardInterrupt):
+    """Raised by the SIGTERM handler in the main thread, so waitress's loop ends as on Ctrl-C (its loop lets
+    KeyboardInterrupt through, where it would swallow an Exception raised inside a channel's handler)."""
 
 
 def serve(app: Any, bind: str, port: int, helpers: tuple[Starter, ...], server: str = SERVERS[0]) -> None:
@@ -63,13 +64,13 @@ def _waitress(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> N
     previous = signal.signal(signal.SIGTERM, on_term)
     stop = _start(helpers)
     try:
-        server.run()
-    except (KeyboardInterrupt, _Stop):
+        server.run()  # returns on KeyboardInterrupt (Ctrl-C, or SIGTERM's _Stop) once requests in flight end
+    except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stop.set()
         server.close()
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _gunicorn(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> None:
