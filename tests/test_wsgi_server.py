@@ -90,8 +90,7 @@ def test_sigterm_under_load_stops_cleanly(processes: Processes, redis_url: str, 
 @pytest.mark.parametrize("script", SERVERS)
 def test_gunicorn_workers_each_run_their_helpers(processes: Processes, redis_url: str, script: str) -> None:
     process, base = start(processes, script, redis_url, "--server", "gunicorn")
-    workers = psutil.Process(process.pid).children()
-    assert len(workers) == 2
+    wait_for(lambda: len(psutil.Process(process.pid).children()) == 2, 30, "gunicorn's two workers")
     # Whichever worker answers, its helper runs (started after the fork, in that worker), never restarted.
     for _ in range(10):
         assert health(base) == [(SERVERS[script], True, 0)]
