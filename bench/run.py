@@ -401,8 +401,8 @@ def main() -> None:
     args = parse_args()
     rows, each_drain = measure(args)
     versions = f"RQ {rq.__version__}, Dramatiq {_version('dramatiq')}, Huey {_version('huey')}"
-    print(f"workqueue vs bare {versions}; one Redis ({args.redis_server}), {os.cpu_count()} cores; "
-          f"drains of {args.drain_jobs} jobs (RQ: {args.rq_drain_jobs}), median of {args.drains}")  # fmt: skip
+    print(f"workqueue vs bare {versions}; one Redis ({args.redis_server}), {os.cpu_count()} cores;")
+    print(f"drains of {args.drain_jobs} jobs (RQ: {args.rq_drain_jobs}), median of {args.drains}")
     print("\n".join(table(rows)))
     print("/Peer = workqueue / that peer: above 1 is better for rates, worse for commands, CPU, times and memory")
     for name, rates in each_drain.items():
