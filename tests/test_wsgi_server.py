@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import signal
+import socket
 import threading
 
 import httpx
@@ -95,6 +96,19 @@ def test_gunicorn_workers_each_run_their_helpers(processes: Processes, redis_url
     for _ in range(10):
         assert health(base) == [(SERVERS[script], True, 0)]
     stopped_cleanly(process, signal.SIGTERM)
+
+
+def test_a_port_in_use_is_one_line(redis_url: str) -> None:
+    from tests.helpers import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("gateway_main.py", "--port", str(port), env=cli_env(REDIS_URL=redis_url), timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: "
+                                                  "Address already in use; choose another --port"]  # fmt: skip
 
 
 def test_unknown_server_is_a_usage_error(redis_url: str) -> None:

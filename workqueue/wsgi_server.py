@@ -56,7 +56,10 @@ def _start(helpers: tuple[Starter, ...]) -> threading.Event:
 def _waitress(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> None:
     from waitress.server import create_server  # type: ignore[import-untyped]  # no stubs shipped
 
-    server = create_server(app, host=bind, port=port, threads=THREADS, ident="workqueue")
+    try:
+        server = create_server(app, host=bind, port=port, threads=THREADS, ident="workqueue")
+    except OSError as exc:
+        raise WorkqueueError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}; choose another --port") from None
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise _Stop
