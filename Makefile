@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 WORKERS ?= 4
 
-.PHONY: install run stop test test-quick lint bench clean demo
+.PHONY: install run stop test test-quick lint bench bench-install clean demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,12 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-## run: embedded Redis, the dashboard on :9181, the gateway on :8000 and a consumer pool in the background, then a demo batch
+## run: embedded Redis, the dashboard on :9181 and the gateway on :8000 (both on waitress), a consumer pool in the
+## background, then a demo batch
 run: $(STAMP)
 	$(PY) -m workqueue redis start
-	$(PY) -m workqueue start-service dashboard --wait-url http://127.0.0.1:9181/ -- $(PY) dashboard_main.py
-	$(PY) -m workqueue start-service gateway --wait-url http://127.0.0.1:8000/openapi.json -- $(PY) gateway_main.py
+	$(PY) -m workqueue start-service dashboard --wait-url http://127.0.0.1:9181/ -- $(PY) dashboard_main.py --server waitress
+	$(PY) -m workqueue start-service gateway --wait-url http://127.0.0.1:8000/openapi.json -- $(PY) gateway_main.py --server waitress
 	$(PY) -m workqueue start-service consumer -- $(PY) consumer_main.py --workers $(WORKERS) --queue queue_one
 	$(PY) producer_main.py --from-file examples/demo.jsonl --wait
 	@echo
@@ -80,7 +81,19 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	$(call apt-install,chromium,the browser tests)
 
-test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM) lint
+# The peers (Dramatiq, Huey) and gunicorn go into the project's .venv, beside its requirements: every side of
+# bench/run.py then runs on the same interpreter and the same redis-py and hiredis, so the client library is
+# not one of the differences measured; a venv of their own would need all of workqueue's requirements again.
+# `make test` installs them too, so the bench smoke test and the gunicorn tests run rather than skip.
+BENCH_STAMP := $(VENV)/.bench-$(shell cksum < bench/requirements.txt | cut -d' ' -f1)
+$(BENCH_STAMP): bench/requirements.txt $(STAMP)
+	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
+	rm -f $(VENV)/.bench-*
+	touch $(BENCH_STAMP)
+
+bench-install: $(BENCH_STAMP)
+
+test: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS) $(CHROMIUM) lint
 	$(PY) -m pytest
 
 ## lint: ruff (lint, then the format check) and mypy over workqueue/ and task_def/, as pyproject.toml configures them
@@ -93,9 +106,11 @@ lint: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
-bench: $(STAMP)
-	$(PY) bench/run.py
-	$(PY) bench/gateway.py
+## bench: workqueue beside bare RQ, Dramatiq and Huey, then the gateway, the WSGI servers and the crawler; BENCH_QUICK=1: ~2 minutes
+bench: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS)
+	$(PY) bench/run.py $(if $(BENCH_QUICK),--quick)
+	$(PY) bench/gateway.py $(if $(BENCH_QUICK),--quick)
+	$(PY) bench/servers.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/crawl.py
 
 clean:

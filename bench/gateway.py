@@ -1,6 +1,6 @@
 """Enqueueing through the HTTP gateway beside enqueueing directly on Redis, in one run on one Redis.
 
-    make bench            (or: .venv/bin/python bench/gateway.py [--jobs N] [--threads T])
+    make bench            (or: .venv/bin/python bench/gateway.py [--jobs N] [--threads T] [--server S] [--quick])
 
 Prints each figure as direct, through the gateway, and the ratio (gateway / direct): one job per
 request from one thread and from T threads, and 1,000-job batches. Bounded: a few thousand jobs,
@@ -47,13 +47,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per figure")
     parser.add_argument("--threads", type=int, default=8, help="client threads of the threaded figure")
+    parser.add_argument("--server", default="waitress", help="the gateway's WSGI server (gateway_main.py --server)")
+    parser.add_argument("--quick", action="store_true", help="200 jobs per figure")
     args = parser.parse_args()
+    if args.quick:
+        args.jobs = 200
     call = producer.TaskCall.build(TASK, PARAMS, retries=0)
     one, batch = {"task": TASK, "params": PARAMS}, {"tasks": [{"task": TASK, "params": PARAMS}] * BATCH}
     with redis_server() as (url, conn):
         port = free_port()
-        gateway = subprocess.Popen([sys.executable, "gateway_main.py", "--port", str(port)], cwd=ROOT,
-                                   env=dict(os.environ, REDIS_URL=url), stdout=subprocess.DEVNULL,
+        argv = [sys.executable, "gateway_main.py", "--port", str(port), "--server", args.server]
+        gateway = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, REDIS_URL=url), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)  # fmt: skip
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         try:
@@ -80,7 +84,8 @@ def main() -> None:
             http.close()
             gateway.terminate()
             gateway.wait(20)
-    print(f"enqueueing directly on Redis vs through the gateway, {args.jobs} jobs per figure, {os.cpu_count()} cores")
+    print(f"enqueueing directly on Redis vs through the gateway ({args.server}), {args.jobs} jobs per figure, "
+          f"{os.cpu_count()} cores")  # fmt: skip
     print(f"{'figure':<46}{'direct':>12}{'gateway':>12}{'ratio':>8}")
     for name, (direct, through) in rows.items():
         print(f"{name:<46}{direct:>12.1f}{through:>12.1f}{through / direct:>8.2f}")

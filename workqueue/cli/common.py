@@ -11,10 +11,9 @@ from typing import Any, NoReturn
 
 import click
 import redis
-from werkzeug.serving import run_simple
 
 import task_def
-from workqueue import logs, outage, rq_compat
+from workqueue import logs, outage, rq_compat, wsgi_server
 from workqueue.errors import BadInput, WorkqueueError
 from workqueue.jobs import check_queue_name
 
@@ -134,13 +133,21 @@ def listen_options(port: int, host: str, protected_by: str) -> Callable[[Callabl
     return decorate
 
 
-def serve(app: Any, bind: str, port: int, *helpers: Callable[[threading.Event], object]) -> None:
-    """Serve ``app`` on Werkzeug's threaded server until Ctrl-C, with helper threads (each started
-    with an event) that stop with it."""
-    stop = threading.Event()
-    for start in helpers:
-        start(stop)
-    try:
-        run_simple(bind, port, app, threaded=True)
-    finally:
-        stop.set()
+def server_option(command: Callable) -> Callable:
+    """A server command's ``--server``: the WSGI server that serves it (workqueue/wsgi_server.py)."""
+    return click.option(
+        "--server",
+        type=click.Choice(wsgi_server.SERVERS),
+        default=wsgi_server.SERVERS[0],
+        show_default=True,
+        help="WSGI server: waitress (one process, threads), gunicorn (pre-forked workers, helpers in each) "
+        "or werkzeug (the development server, for comparison).",
+    )(command)
+
+
+def serve(
+    app: Any, bind: str, port: int, *helpers: Callable[[threading.Event], object], server: str = wsgi_server.SERVERS[0]
+) -> None:
+    """Serve ``app`` on a production WSGI server until Ctrl-C or SIGTERM, with helper threads (each started
+    with an event) that stop with it: started once in each process that serves requests."""
+    wsgi_server.serve(app, bind, port, helpers, server)

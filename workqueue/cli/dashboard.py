@@ -6,7 +6,7 @@ import click
 
 from workqueue import recovery, webguard
 from workqueue.bind_address import url_host
-from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve
+from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve, server_option
 from workqueue.connection import connect
 from workqueue.dashboard import create_app
 from workqueue.dashboard.security import (
@@ -50,6 +50,7 @@ from workqueue.supervision import Supervisor
     help=f"Send cookies over HTTPS only: behind a TLS proxy (also {SECURE_COOKIES_ENV}=1).",
 )
 @redis_url_option
+@server_option
 def main(
     port: int,
     bind: str,
@@ -59,6 +60,7 @@ def main(
     allowed_hosts: tuple[str, ...],
     secure_cookies: bool,
     redis_url: str | None,
+    server: str,
 ) -> int:
     """Serve the dashboard: rq-dashboard, live work, history, controls and /metrics."""
     credentials = Credentials.resolve(username, password)
@@ -74,5 +76,5 @@ def main(
     host = url_host(bind)
     notes = ", read-only" * read_only + (", login required" if credentials else "")
     click.echo(f"dashboard on http://{host}:{port}/ ({target.display}{notes}); Ctrl-C stops it")
-    serve(app, bind, port, helpers.start)
+    serve(app, bind, port, helpers.start, server=server)
     return EXIT_OK

@@ -6,7 +6,7 @@ import click
 
 from workqueue import network, webguard
 from workqueue.bind_address import check_bind, url_host
-from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve
+from workqueue.cli.common import EXIT_OK, listen_options, redis_url_option, serve, server_option
 from workqueue.connection import connect
 from workqueue.gateway import create_app, delivery
 from workqueue.settings import ALLOWED_HOSTS_ENV, GATEWAY_HOST, GATEWAY_PORT, SECRET_MIN, TOKEN_ENV
@@ -30,7 +30,10 @@ from workqueue.settings import ALLOWED_HOSTS_ENV, GATEWAY_HOST, GATEWAY_PORT, SE
     f"also {ALLOWED_HOSTS_ENV}, comma-separated). Any other Host header is refused.",
 )
 @redis_url_option
-def main(port: int, bind: str, token: str | None, allowed_hosts: tuple[str, ...], redis_url: str | None) -> int:
+@server_option
+def main(
+    port: int, bind: str, token: str | None, allowed_hosts: tuple[str, ...], redis_url: str | None, server: str
+) -> int:
     """Serve the JSON API (OpenAPI at /openapi.json) and deliver results to callback URLs."""
     if token is not None and len(token) < SECRET_MIN:
         raise click.BadParameter(f"use at least {SECRET_MIN} characters", param_hint="'--token'")
@@ -49,5 +52,5 @@ def main(port: int, bind: str, token: str | None, allowed_hosts: tuple[str, ...]
     click.echo(
         f"gateway on http://{url_host(bind)}:{port}/ ({target.display}{notes}); API at /openapi.json; Ctrl-C stops it"
     )
-    serve(app, bind, port, helpers.start)
+    serve(app, bind, port, helpers.start, server=server)
     return EXIT_OK

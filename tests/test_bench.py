@@ -1,0 +1,66 @@
+"""`make bench`'s quick mode runs end to end and prints every figure for workqueue and each peer (bare RQ,
+Dramatiq, Huey), with ours / theirs beside it. Only that the rows are there and are numbers: the figures
+themselves are never asserted (they are what the machine measured)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+SYSTEM_REDIS = "/usr/bin/redis-server"
+MISSING = [name for name in ("dramatiq", "huey") if importlib.util.find_spec(name) is None]
+
+NOT_INSTALLED = f"peer packages not installed ({', '.join(MISSING)}): make bench-install"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(MISSING), reason=NOT_INSTALLED),
+    pytest.mark.skipif(not os.access(SYSTEM_REDIS, os.X_OK), reason="needs Debian's redis-server (apt-get install)"),
+]
+
+SIDES = ("workqueue", "RQ", "Dramatiq", "Huey")
+ROWS = (
+    "drain, first start to last end (jobs/s)",
+    "drain, launch to last end (jobs/s)",
+    "Redis commands per job (drain)",
+    "Redis round trips per job (drain)",
+    "Redis CPU per job (drain, us)",
+    "consumer CPU per job (drain, us)",
+    "enqueue, one API call per job (jobs/s)",
+    "enqueue, bulk call (jobs/s)",
+    "enqueue->start p50, from the API call (ms)",
+    "enqueue->start p99, from the API call (ms)",
+    "20 x sleep(0.2), 10 slots (s, ideal 0.40)",
+    "start-up, 10 slots, launch to a first job (s)",
+    "idle memory per slot, PSS (MB)",
+)
+#: Rows a side may show as "-": the peers have no bulk enqueue call.
+ABSENT = {("enqueue, bulk call (jobs/s)", side) for side in ("Dramatiq", "Huey")}
+
+
+def test_quick_bench_prints_every_row_for_every_peer() -> None:
+    result = subprocess.run([sys.executable, "bench/run.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("figure"))
+    assert header.split()[1:] == [*SIDES, "/RQ", "/Dramatiq", "/Huey"]
+    for row in ROWS:
+        line = next((line for line in lines if line.startswith(row)), None)
+        assert line is not None, f"no row {row!r} in:\n{result.stdout}"
+        cells = line[len(row) :].split()
+        assert len(cells) == 7, line
+        for side, cell in zip(SIDES, cells[:4], strict=True):
+            if (row, side) in ABSENT:
+                assert cell == "-", line
+            else:
+                assert float(cell) >= 0, line
+        for peer, ratio in zip(SIDES[1:], cells[4:], strict=True):
+            assert ratio == "-" if (row, peer) in ABSENT else float(ratio) >= 0, line
+    for side in SIDES:
+        assert any(line.startswith(f"{side}'s drains") for line in lines), side

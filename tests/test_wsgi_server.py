@@ -1,0 +1,118 @@
+"""The dashboard and the gateway on production WSGI servers (workqueue/wsgi_server.py): waitress by default, not
+Werkzeug's development server; SIGTERM and Ctrl-C stop them cleanly (exit 0, nothing left running); their helper
+threads run in the process that answers ``/health``: once with waitress, in each worker with gunicorn."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import socket
+import threading
+
+import httpx
+import psutil
+import pytest
+
+from tests.helpers import Processes, cli_env, free_port, wait_for
+
+SERVERS = {"dashboard_main.py": "sweeper", "gateway_main.py": "callbacks"}
+
+
+def start(processes: Processes, script: str, redis_url: str, *args: str) -> tuple[object, str]:
+    port = free_port()
+    process = processes.start(script, "--port", str(port), *args, env=cli_env(REDIS_URL=redis_url))
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(f"{base}/health"), 30, f"{script} to answer")
+    return process, base
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def health(base: str) -> list[tuple[str, bool, int]]:
+    answer = httpx.get(f"{base}/health", timeout=5).json()
+    return [(h["name"], h["up"], h["restarts"]) for h in answer["helpers"]]
+
+
+def stopped_cleanly(process, sig: int) -> None:  # type: ignore[no-untyped-def]
+    family = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(sig)
+    assert process.wait(30) == 0, process.output()
+    _gone, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, f"left running: {alive}"
+    assert "Traceback" not in process.output()[1]
+
+
+@pytest.mark.parametrize("script", SERVERS)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_served_by_waitress_and_stopped_cleanly(processes: Processes, redis_url: str, script: str, sig: int) -> None:
+    process, base = start(processes, script, redis_url)
+    answer = httpx.get(f"{base}/health", timeout=5)
+    assert "werkzeug" not in answer.headers.get("server", "").lower()
+    assert answer.headers["server"] == "workqueue"  # waitress, named so: no server or version given away
+    assert health(base) == [(SERVERS[script], True, 0)]
+    stopped_cleanly(process, sig)
+
+
+@pytest.mark.parametrize("script", SERVERS)
+def test_sigterm_under_load_stops_cleanly(processes: Processes, redis_url: str, script: str) -> None:
+    """SIGTERM lands while the server's loop handles a request (where waitress swallows an Exception): it still
+    stops, after the requests in flight, with exit 0."""
+    process, base = start(processes, script, redis_url)
+    done = threading.Event()
+    answered = [0] * 4
+
+    def hammer(slot: int) -> None:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            while not done.is_set():
+                try:
+                    http.get("/health")
+                    answered[slot] += 1
+                except httpx.HTTPError:
+                    return  # the server is gone: what this test waits for
+
+    threads = [threading.Thread(target=hammer, args=(slot,)) for slot in range(len(answered))]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: sum(answered) >= 200, 60, "requests under load")
+        stopped_cleanly(process, signal.SIGTERM)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(30)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gunicorn") is None, reason="gunicorn not installed (bench/requirements)")
+@pytest.mark.parametrize("script", SERVERS)
+def test_gunicorn_workers_each_run_their_helpers(processes: Processes, redis_url: str, script: str) -> None:
+    process, base = start(processes, script, redis_url, "--server", "gunicorn")
+    wait_for(lambda: len(psutil.Process(process.pid).children()) == 2, 30, "gunicorn's two workers")
+    # Whichever worker answers, its helper runs (started after the fork, in that worker), never restarted.
+    for _ in range(10):
+        assert health(base) == [(SERVERS[script], True, 0)]
+    stopped_cleanly(process, signal.SIGTERM)
+
+
+def test_a_port_in_use_is_one_line(redis_url: str) -> None:
+    from tests.helpers import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("gateway_main.py", "--port", str(port), env=cli_env(REDIS_URL=redis_url), timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: "
+                                                  "Address already in use; choose another --port"]  # fmt: skip
+
+
+def test_unknown_server_is_a_usage_error(redis_url: str) -> None:
+    from tests.helpers import run_cli
+
+    result = run_cli("gateway_main.py", "--server", "nginx", env=cli_env(REDIS_URL=redis_url), timeout=30)
+    assert result.returncode == 2 and "--server" in result.stderr

@@ -1,0 +1,123 @@
+"""The production WSGI servers that serve the dashboard and the gateway, and the helper threads beside them.
+
+``waitress`` (the default) is one process with a pool of request threads: the helper threads (the
+gateway's callback delivery, the dashboard's sweeper) start once, in that process, beside it, and
+``/health`` reports them from the same process that answers it. ``gunicorn`` pre-forks worker
+processes (``gthread``): each worker starts its own helpers after the fork (threads never survive
+a fork, so starting them in the master would leave every worker's ``/health`` showing them down),
+so it runs one set of helpers per worker. ``werkzeug`` is Flask's development server, kept as the
+baseline of ``bench/servers.py``. README "Dashboard and gateway servers" has the figures that chose
+waitress.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from workqueue.errors import BadInput, WorkqueueError
+
+log = logging.getLogger(__name__)
+
+#: The servers ``--server`` accepts, the default first.
+SERVERS = ("waitress", "gunicorn", "werkzeug")
+#: Request threads of waitress, and of each gunicorn worker.
+THREADS = 8
+#: gunicorn's worker processes (this machine's two cores).
+GUNICORN_WORKERS = 2
+
+Starter = Callable[[threading.Event], object]
+
+
+class _Stop(KeyboardInterrupt):
+    """Raised by the SIGTERM handler in the main thread, so waitress's loop ends as on Ctrl-C (its loop lets
+    KeyboardInterrupt through, where it would swallow an Exception raised inside a channel's handler)."""
+
+
+def serve(app: Any, bind: str, port: int, helpers: tuple[Starter, ...], server: str = SERVERS[0]) -> None:
+    """Serve ``app`` on ``server`` until Ctrl-C or SIGTERM, with ``helpers`` (each started with an event
+    that is set when serving ends) started once per process that serves requests."""
+    if server not in SERVERS:
+        raise BadInput(f"unknown server {server!r}; use one of: {', '.join(SERVERS)}")
+    {"waitress": _waitress, "gunicorn": _gunicorn, "werkzeug": _werkzeug}[server](app, bind, port, helpers)
+
+
+def _start(helpers: tuple[Starter, ...]) -> threading.Event:
+    stop = threading.Event()
+    for start in helpers:
+        start(stop)
+    return stop
+
+
+def _waitress(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> None:
+    from waitress.server import create_server  # type: ignore[import-untyped]  # no stubs shipped
+
+    try:
+        server = create_server(app, host=bind, port=port, threads=THREADS, ident="workqueue")
+    except OSError as exc:
+        raise WorkqueueError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}; choose another --port") from None
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise _Stop
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    stop = _start(helpers)
+    try:
+        server.run()  # returns on KeyboardInterrupt (Ctrl-C, or SIGTERM's _Stop) once requests in flight end
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop.set()
+        server.close()
+
+
+def _gunicorn(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> None:
+    try:
+        from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  # no stubs shipped
+    except ImportError:
+        raise WorkqueueError("gunicorn is not installed: pip install -r bench/requirements.txt") from None
+
+    stops: list[threading.Event] = []
+
+    class Application(BaseApplication):
+        def load_config(self) -> None:
+            host = f"[{bind}]" if ":" in bind else bind
+            settings = {
+                "bind": f"{host}:{port}",
+                "workers": GUNICORN_WORKERS,
+                "worker_class": "gthread",
+                "threads": THREADS,
+                "control_socket_disable": True,
+                "accesslog": None,
+                "loglevel": "warning",
+                # Each worker process: its own helpers, after the fork, stopped as it exits.
+                "post_worker_init": lambda worker: stops.append(_start(helpers)),
+                "worker_exit": lambda arbiter, worker: _set_all(stops),
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    Application().run()
+
+
+def _set_all(events: list[threading.Event]) -> None:
+    for event in events:
+        event.set()
+
+
+def _werkzeug(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> None:
+    from werkzeug.serving import run_simple
+
+    stop = _start(helpers)
+    try:
+        run_simple(bind, port, app, threaded=True)
+    finally:
+        stop.set()
