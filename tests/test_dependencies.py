@@ -247,3 +247,27 @@ def test_gateway_after_and_what_a_deferred_job_waits_for(conn: redis.Redis, api:
     }
     page = client_for(redis_url).get(f"/jobs/{sent.json['job_ids'][0]}")
     assert page.status_code == 200 and b"Waits for" in page.data and first["job_ids"][0].encode() in page.data
+
+
+def test_dependents_of_jobs_ending_at_once_on_several_workers_are_released_exactly_once(
+    conn: redis.Redis, processes: Processes, tmp_path: Path
+) -> None:
+    """Ten short jobs end at nearly the same instant on four workers, each end checking the twenty
+    jobs that wait for all ten: every dependent is released once (runs once), none is left waiting."""
+    log = tmp_path / "ran.log"
+    consumer(processes, conn, workers=4)
+    for round_ in range(3):
+        first = producer.enqueue(conn, [mark(log, 1000 + round_, 0.05)] * 10, "queue_one")
+        after = producer.enqueue(
+            conn, [mark(log, 100 * round_ + i) for i in range(20)], "queue_one", after=[first.batch_id]
+        )
+        wait_for(lambda after=after: done(conn, after), 60, f"the dependents of round {round_} to end")
+        tags = [int(line) for line in log.read_text().split()]
+        ran = [t for t in tags if t < 1000 and t // 100 == round_]
+        assert sorted(ran) == [100 * round_ + i for i in range(20)], f"round {round_}: {sorted(ran)}"
+        assert tags.count(1000 + round_) == 10 and max(i for i, t in enumerate(tags) if t == 1000 + round_) < min(
+            i for i, t in enumerate(tags) if t < 1000 and t // 100 == round_
+        )
+        summary = batches.summary(conn, after.batch_id)
+        assert (summary.finished, summary.failed) == (20, 0)
+        assert statuses(conn, after) == ["finished"] * 20

@@ -1,15 +1,20 @@
-"""Jobs that wait for other work (``--after JOB_OR_BATCH [--after-any]``): RQ's dependencies, and what
-RQ leaves undone with them.
+"""Jobs that wait for other work (``--after JOB_OR_BATCH [--after-any]``): RQ's dependencies, released
+by one mechanism of our own.
 
 A dependent job is an RQ job with ``depends_on=Dependency(jobs=..., allow_failure=after_any)``: it
-waits deferred, and RQ enqueues it when its dependencies have finished (with ``allow_failure``,
-finished or failed). RQ never settles the other cases: a dependent whose dependency failed, was
-stopped or was cancelled stays deferred for ever, and one that runs "whatever the outcome" is not
-run when a dependency was stopped or cancelled. :func:`settle`, called wherever a job ends other
-than finished (a worker's failure or stop, a recovery that gives up, a cancel), does it: it cancels
-the dependents that needed the job to finish, with the reason recorded (``cancelled: dependency
-JOB failed``) and counted in their batch, down the chain; and it enqueues the ``after_any`` ones
-whose dependencies have all ended.
+waits deferred (RQ's deferred registry, and its id in each dependency's ``dependents`` set). RQ
+releases dependents inside the transaction that records a success, WATCHing the statuses; our
+workers record an end in a transaction of their own first, and RQ's ``enqueue_dependents`` called
+after it WATCHes neither the dependent nor its status: two dependencies ending at once on two
+workers both saw all ended and both released the dependent (it ran twice), and its ready-registry
+step could leave it stranded. RQ never settles the other cases either: a dependent whose
+dependency failed, was stopped or was cancelled stays deferred for ever.
+
+:func:`settle`, called wherever a job ends (a worker's success, failure or stop, a recovery that
+gives up, a cancel), decides each dependent in one transaction that WATCHes the dependent and all
+it waits for and acts only on a dependent still deferred: it is released (queued) exactly once,
+by whichever end sees the last of its dependencies ended, or cancelled with the reason recorded
+(``cancelled: dependency JOB failed``) and counted in its batch, down the chain.
 """
 
 from __future__ import annotations
@@ -128,10 +133,10 @@ def cancel_in(pipe: Any, job: Job, reason: str) -> None:
 
 
 def settle(connection: redis.Redis, job_id: str) -> None:
-    """After ``job_id`` ended, whatever the way: cancel (with the reason, down the chain) the
-    deferred dependents that needed it to finish, and enqueue those that run whatever the outcome
-    once all they wait for has ended. Each dependent is decided under WATCH, so a dependent that
-    RQ enqueued meanwhile, or that another settle decided, is left alone."""
+    """After ``job_id`` ended, whatever the way: enqueue its deferred dependents once all they wait
+    for has ended as they asked (finished; or ended at all, with ``after_any``), and cancel (with the
+    reason, down the chain) those that needed it to finish. Each dependent is decided under WATCH,
+    so a dependent that another settle (another dependency's end) decided meanwhile is left alone."""
     pending, seen = [job_id], set()
     while pending:
         parent = pending.pop()
@@ -152,7 +157,12 @@ def settle_safely(connection: redis.Redis, job_id: str) -> None:
 
 
 def _settle_one(connection: redis.Redis, dependent_id: str) -> JobStatus | None:
-    """Decide one deferred dependent: the status it was given (CANCELED, QUEUED) or None (left)."""
+    """Decide one deferred dependent: the status it was given (CANCELED, QUEUED) or None (left).
+
+    The dependent's hash and those of all it waits for are WATCHed before they are read, and the
+    decision is written only while the dependent is still deferred: of two ends deciding it at the
+    same instant, one transaction fails and its retry finds the dependent no longer deferred; and
+    every end writes its own status before it settles, so the last of them sees all ended."""
     key = Job.key_for(dependent_id)
     with connection.pipeline() as pipe:
         while True:
@@ -167,16 +177,20 @@ def _settle_one(connection: redis.Redis, dependent_id: str) -> JobStatus | None:
                 if job is None:
                     return None
                 ids = dependency_ids(job)
+                if ids:
+                    pipe.watch(*[Job.key_for(i) for i in ids])
                 decision = verdict(ids, statuses(connection, ids), bool(job.allow_dependency_failures))
-                if decision is None or (decision == "run" and not job.allow_dependency_failures):
-                    return None  # waiting still, or finished dependencies: RQ enqueues those itself
+                if decision is None:
+                    return None  # waiting still: the end of the last it waits for releases it
                 pipe.multi()
                 if decision == "run":
                     queue = Queue(job.origin, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
                     DeferredJobRegistry(job.origin, connection=connection, serializer=SERIALIZER).remove(
                         job, pipeline=pipe
                     )
-                    rq_compat.enqueue_job(queue, job, pipeline=pipe)
+                    for dependency in ids:  # as RQ: a released dependent is no longer a dependency's dependent
+                        pipe.srem(Job.dependents_key_for(dependency), dependent_id)
+                    rq_compat.enqueue_job(queue, job, pipeline=pipe, at_front=job.should_enqueue_at_front())
                     pipe.execute()
                     return JobStatus.QUEUED
                 cancel_in(pipe, job, decision)

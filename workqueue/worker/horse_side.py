@@ -169,8 +169,7 @@ class HorseSideWorker(Worker):
         if not retry and not stopped:
             job.send_webhooks(JobStatus.FAILED, exc_string=exc_string)
         if not retry:
-            rq_compat.enqueue_dependents_safely(self, queue, job)
-            dependencies.settle_safely(self.connection, job.id)  # what RQ leaves deferred: cancel or run
+            dependencies.settle_safely(self.connection, job.id)  # cancel or run (not RQ's: see dependencies)
         rq_compat.release_slot_safely(self, job)
 
     def _note_attempt(self, job: Job, exc_string: str, pipe: Any) -> None:

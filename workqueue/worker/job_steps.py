@@ -203,7 +203,8 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
 
     RQ WATCHes the job's dependents first; here they are read inside the transaction instead, which
     is as safe: a dependent added before it is seen, and one added after finds the job finished
-    and is enqueued by whoever adds it. The rare job that has some is handed to RQ to enqueue them.
+    and is enqueued by whoever adds it. The rare job that has some has them settled after its end
+    (``dependencies.settle``: released exactly once, whichever dependency ends last, on whatever worker).
     """
     result_ttl = job.get_result_ttl(worker.default_result_ttl)
 
@@ -247,7 +248,6 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
     if failed:  # the transaction was applied; a command in it was refused (e.g. a key of the wrong type)
         log.warning("job %s finished, but Redis refused part of its record: %s", job.id, failed[0])
     if replies[0] and not isinstance(replies[0], Exception):
-        rq_compat.enqueue_dependents_safely(worker, queue, job)
-        dependencies.settle_safely(worker.connection, job.id)  # "after any" ones RQ does not run
+        dependencies.settle_safely(worker.connection, job.id)  # not RQ's enqueue_dependents: see dependencies
     rq_compat.release_slot_safely(worker, job)
     return True
