@@ -56,7 +56,7 @@ def page_key(crawl_id: str, url: str) -> str:
 class RedisCrawlHost:
     """``task_def.crawl``'s host on a worker: the running job's crawl, kept in Redis."""
 
-    def _job(self) -> Job:
+    def _running_job(self) -> Job:
         job = get_current_job()
         if job is None:
             raise RuntimeError("a crawl page runs as a job")
@@ -68,15 +68,15 @@ class RedisCrawlHost:
         return str(info.get("id") or job.id), int(info.get("depth") or 0)
 
     def depth(self) -> int:
-        return self._where(self._job())[1]
+        return self._where(self._running_job())[1]
 
     def robots(self, origin: str) -> str | None:
-        job = self._job()
+        job = self._running_job()
         text = job.connection.get(self._robots_key(job, origin))
         return None if text is None else decoded(text)
 
     def keep_robots(self, origin: str, text: str) -> None:
-        job = self._job()
+        job = self._running_job()
         job.connection.set(self._robots_key(job, origin), text, ex=RESULT_TTL)
 
     def _robots_key(self, job: Job, origin: str) -> str:
@@ -84,7 +84,7 @@ class RedisCrawlHost:
 
     def follow(self, links: list[str]) -> int:
         """Enqueue the links not yet part of the crawl as its pages, one deeper, in the job's batch."""
-        job = self._job()
+        job = self._running_job()
         if not job.group_id:
             return 0
         crawl_id, depth = self._where(job)
@@ -117,7 +117,7 @@ class RedisCrawlHost:
             pipe.execute()
 
     def record(self, page: dict[str, Any]) -> None:
-        job = self._job()
+        job = self._running_job()
         if not job.group_id:
             return
         key = results_key(job.group_id)
