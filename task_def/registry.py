@@ -47,6 +47,14 @@ def _http_url(value: str) -> str:
     return value
 
 
+def domain_limit_key(params: Mapping[str, Any]) -> str | None:
+    """``domain:<host>`` for a task whose ``url`` parameter names the host it will load (lower
+    case, without port): the key per-domain limits (``limit set 'domain:*' ...``) match."""
+    url = params.get("url")
+    host = urlsplit(url).hostname if isinstance(url, str) else None
+    return f"domain:{host.lower()}" if host else None
+
+
 def _number(x: float) -> str:
     return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
 
@@ -134,6 +142,13 @@ class Task:
     retries: int = 3
     backoff: float = 2.0
     timeout_for: Callable[[dict], int] | None = field(default=None, compare=False)
+    #: Per-key limits (``workqueue.limits``): the limit key a job of this task carries, derived from
+    #: its validated parameters (None: no key), unless its enqueue gives ``--limit-key``.
+    limit_key: Callable[[Mapping[str, Any]], str | None] | None = field(default=None, compare=False)
+    #: The limit a job of this task keeps to when no configured rule (``limit set``) matches its key:
+    #: (requests, per_seconds, concurrency), e.g. (1, 1.0, 2) for 1 request a second and 2 at a time;
+    #: 0 requests or 0 concurrency for no bound of that kind. None: unlimited unless a rule says so.
+    default_limit: tuple[float, float, int] | None = None
 
     @property
     def path(self) -> str:
@@ -190,6 +205,7 @@ _TASKS = (
         timeout=180,
         retries=2,
         backoff=5.0,
+        limit_key=domain_limit_key,
     ),
     Task(
         "primes",

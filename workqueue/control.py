@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.worker import BaseWorker
 
-from workqueue import batches, recovery
+from workqueue import batches, limits, recovery
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
 
@@ -181,6 +181,7 @@ def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 
         job.meta["cancelled_by"] = by
         job.save_meta()
         job.cancel()
+        limits.forget_held(connection, job)  # a job held by a per-key limit waits off the queue
         batches.job_ended(connection, job, "failed", detail=f"cancelled by {by}")
         return JobStop(
             job_id,

@@ -21,7 +21,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from workqueue import lua
+from workqueue import limits, lua
 from workqueue.jobs import SERIALIZER
 from workqueue.replies import decoded
 from workqueue.settings import STATS_RETENTION, STATS_SAMPLES
@@ -212,6 +212,8 @@ class QueueStats:
     queued: int
     running: int
     tasks: dict[str, TaskStats]
+    #: Jobs waiting off the queue for room under a per-key limit (``workqueue.limits``).
+    held: int = 0
 
 
 def collect(
@@ -258,7 +260,8 @@ def collect(
         for i, stats in enumerate(tasks.values()):
             stats.run = [float(v) for v in samples[2 * i]]
             stats.wait = [float(v) for v in samples[2 * i + 1]]
-        report.append(QueueStats(name, queued, len(started), dict(sorted(tasks.items()))))
+        held = limits.held_total(connection, q.key)
+        report.append(QueueStats(name, queued, len(started), dict(sorted(tasks.items())), held))
     return report
 
 
@@ -310,7 +313,8 @@ def format_report(report: list[QueueStats]) -> list[str]:
 
     lines = []
     for q in report:
-        lines.append(f"queue {q.queue}: {q.queued} queued, {q.running} running")
+        held = f", {q.held} held by limits" if q.held else ""
+        lines.append(f"queue {q.queue}: {q.queued} queued, {q.running} running{held}")
         if not q.tasks:
             continue
         lines.append(

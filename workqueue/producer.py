@@ -21,7 +21,7 @@ from rq.job import Job
 from rq.queue import EnqueueData
 
 import task_def
-from workqueue import batches, jobstats, outage
+from workqueue import batches, jobstats, limits, outage
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
@@ -45,6 +45,9 @@ class TaskCall:
     #: Per-enqueue overrides of the task's retries and timeout (seconds).
     retries: int | None = None
     timeout: int | None = None
+    #: Per-key limits (``workqueue.limits``): the job's limit key, given at enqueue; None: the
+    #: task's own (``Task.limit_key``, e.g. ``domain:<host>`` for scrape), if any.
+    limit_key: str | None = None
 
     @classmethod
     def build(
@@ -55,6 +58,7 @@ class TaskCall:
         retries: int | None = None,
         timeout: int | None = None,
         strict: bool = False,
+        limit_key: str | None = None,
     ) -> TaskCall:
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
         numbers must be JSON numbers, not text (for the HTTP API, whose schema says so)."""
@@ -74,7 +78,15 @@ class TaskCall:
             raise BadInput(
                 f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit", "params"
             )
-        return cls(task, values, retries, timeout)
+        if limit_key is not None:
+            limits.check_key(limit_key)
+        return cls(task, values, retries, timeout, limit_key)
+
+    def effective_limit_key(self) -> str | None:
+        """The limit key the job carries: the one given, else the task's (None: none)."""
+        if self.limit_key is not None:
+            return self.limit_key
+        return self.task.limit_key(self.params) if self.task.limit_key else None
 
     def job_timeout(self) -> int:
         return self.timeout or self.task.job_timeout(self.params)
@@ -103,7 +115,9 @@ def parse_param_pairs(pairs: Iterable[str]) -> dict[str, str]:
     return params
 
 
-def load_calls(path: Path, *, retries: int | None = None, timeout: int | None = None) -> list[TaskCall]:
+def load_calls(
+    path: Path, *, retries: int | None = None, timeout: int | None = None, limit_key: str | None = None
+) -> list[TaskCall]:
     """Every line of a JSON-lines file (``{"task": ..., "params": {...}}``), validated whole."""
     try:
         lines = path.read_text().splitlines()
@@ -122,7 +136,9 @@ def load_calls(path: Path, *, retries: int | None = None, timeout: int | None = 
         if not isinstance(entry.get("params", {}), dict) or set(entry) - {"task", "params"}:
             raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}} and nothing else')
         try:
-            calls.append(TaskCall.build(entry["task"], entry.get("params"), retries=retries, timeout=timeout))
+            calls.append(
+                TaskCall.build(entry["task"], entry.get("params"), retries=retries, timeout=timeout, limit_key=limit_key)
+            )
         except BadInput as exc:
             raise BadInput(f"{path}:{number}: {exc}") from None
     if not calls:
@@ -193,7 +209,7 @@ def _prepare(call: TaskCall) -> EnqueueData:
         result_ttl=RESULT_TTL,
         failure_ttl=FAILURE_TTL,
         description=call.describe(),
-        meta={"task": call.task.name},
+        meta={"task": call.task.name, **limits.job_meta(call.effective_limit_key(), call.task.default_limit)},
         **batches.callbacks(),
     )
 

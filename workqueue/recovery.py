@@ -27,7 +27,7 @@ from rq.utils import current_timestamp, now, utcformat, utcparse
 from rq.worker_registration import clean_worker_registry
 
 import task_def
-from workqueue import batches, jobstats, lua, rq_compat
+from workqueue import batches, jobstats, limits, lua, rq_compat
 from workqueue.errors import UnreadableJob
 from workqueue.guarded import SUPERSEDED, Guard, run_guarded
 from workqueue.jobs import SERIALIZER, CatalogueJob, fetch_job
@@ -160,6 +160,7 @@ def _forget_executions(
         pipe.delete(f"{RQ_KEY_PREFIX}:execution:{composite}")
         pipe.zrem(queue.started_job_registry.key, composite)
         pipe.zrem(ExecutionRegistry.key_template.format(job_id), execution_id)
+        limits.queue_release(pipe, Job.key_for(job_id), job_id, execution_id, queue_key=queue.key)  # its slot
         if worker_name:
             pipe.srem(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name), composite)
 

@@ -189,3 +189,16 @@ class Settings:
     def password_file(self) -> Path:
         """The embedded server's password (0600, made at first use; nothing for the user to set)."""
         return self.redis_dir / "password"
+
+
+# -- Per-key limits (workqueue/limits.py) ----------------------------------------------------------
+
+#: A rate of N per P seconds lets at most N jobs of a key start within any P + LIMIT_RATE_MARGIN
+#: seconds: the margin covers the time a started job takes to reach its first request, so the site
+#: never sees more than N requests in a window of P seconds. Mirrored in lua/claim.lua.
+LIMIT_RATE_MARGIN = 0.1
+#: An idle worker whose queues have jobs held by a limit looks at them at least this often (seconds),
+#: so a job released by time (a rate window) starts within about this long.
+LIMIT_POLL = 0.5
+#: The longest limit key or pattern (characters).
+LIMIT_KEY_MAX = 200

@@ -11,7 +11,7 @@ import click
 import redis
 
 import task_def
-from workqueue import batches, jobstats, outage, producer
+from workqueue import batches, jobstats, limits, outage, producer
 from workqueue.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -39,6 +39,8 @@ class Enqueueing:
     max_queued: int | None = None
     wait: bool = False
     quiet: bool = False
+    #: ``--limit-key K``: every job's limit key (``workqueue.limits``), instead of its task's own.
+    limit_key: str | None = None
 
 
 def list_tasks() -> None:
@@ -67,7 +69,7 @@ def follow(redis_url: str | None, batch_id: str, quiet: bool) -> int:
 
 def calls_from_file(path: Path, options: Enqueueing) -> list[producer.TaskCall]:
     """``--from-file``: the file's calls, validated whole before any is enqueued."""
-    return producer.load_calls(path, retries=options.retries, timeout=options.timeout)
+    return producer.load_calls(path, retries=options.retries, timeout=options.timeout, limit_key=options.limit_key)
 
 
 def calls_from_flags(
@@ -75,7 +77,9 @@ def calls_from_flags(
 ) -> list[producer.TaskCall]:
     """``--task NAME --param K=V --count N``: one call, N times."""
     params = producer.parse_param_pairs(pairs)
-    call = producer.TaskCall.build(task_name, params, retries=options.retries, timeout=options.timeout)
+    call = producer.TaskCall.build(
+        task_name, params, retries=options.retries, timeout=options.timeout, limit_key=options.limit_key
+    )
     return [call] * (count or 1)
 
 
@@ -153,6 +157,12 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
     default=0,
     help="With --via --wait: the port results come back to (default: any free one).",
 )
+@click.option(
+    "--limit-key",
+    metavar="K",
+    default=None,
+    help="Per-key limits: the jobs' limit key (default: the task's own, e.g. domain:<host> for scrape).",
+)
 @redis_url_option
 def main(
     task_name: str | None,
@@ -173,6 +183,7 @@ def main(
     token: str | None,
     callback_host: str | None,
     callback_port: int,
+    limit_key: str | None,
     redis_url: str | None,
 ) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
@@ -193,6 +204,8 @@ def main(
     options = Enqueueing(
         queue=queue or DEFAULT_QUEUE, retries=retries, timeout=timeout, max_queued=max_queued, wait=wait, quiet=quiet
     )
+    if limit_key is not None:
+        options = replace(options, limit_key=limits.check_key(limit_key))
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:

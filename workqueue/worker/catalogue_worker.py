@@ -31,7 +31,7 @@ from rq.utils import now
 from rq.worker import RandomWorker, RoundRobinWorker
 
 from task_def import progress as task_progress
-from workqueue import outage, recovery, rq_compat
+from workqueue import limits, outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
 from workqueue.jobs import SERIALIZER, CatalogueJob
@@ -294,6 +294,9 @@ class CatalogueWorker(ClaimingWorker):
             working = (now() - job.started_at).total_seconds() if job.started_at else 0.0
             ttl = int(self.get_heartbeat_ttl(job, working_time=working))
             execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
+            limit_key = limits.job_key(job)
+            if limit_key:  # its concurrency lease lasts as long as its heartbeat
+                limits.queue_extend(pipeline, limit_key, job.id, execution.id, ttl)
             index = len(pipeline)
             job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
             if pipeline.execute()[index] == 1:  # the job was deleted meanwhile (rq#1450): as RQ does

@@ -12,9 +12,10 @@ import redis
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.worker import WorkerStatus
 
-from workqueue import outage, rq_compat
+from workqueue import limits, outage, rq_compat
 from workqueue.replies import as_bytes
 from workqueue.settings import (
+    LIMIT_POLL,
     MULTI_QUEUE_POLL,
     OUTAGE_MAX_BACKOFF,
 )
@@ -133,9 +134,28 @@ class ClaimingWorker(HorseSideWorker):
                 raise DequeueTimeout(timeout, self.queue_keys())
             first = rq_compat.ordered_queues(self)[0]
             slice_ = left if len(rq_compat.ordered_queues(self)) == 1 else min(MULTI_QUEUE_POLL, left)
+            due = self._limits_due()
+            if due is not None:  # jobs held by a limit: wake when one may be released, claim to release it
+                slice_ = max(0.05, min(slice_, due, LIMIT_POLL))
             # redis-py annotates BLMOVE's timeout as int; Redis takes seconds with decimals (6.0+).
             moved = self.connection.blmove(first.key, first.intermediate_queue_key, slice_)  # type: ignore[arg-type]
-            if moved is not None:
-                claimed = self._claim(as_bytes(moved))
+            if moved is not None or due is not None:
+                claimed = self._claim(as_bytes(moved) if moved is not None else None)
                 if claimed is not None:
                     return claimed
+
+    def _limits_due(self) -> float | None:
+        """Seconds until a job held by a per-key limit on the worker's queues may be released
+        (``limits.next_due``); None when none is held."""
+        return limits.next_due(
+            self.connection, [queue.key for queue in rq_compat.ordered_queues(self)], time.time()
+        )
+
+    def cleanup_execution(self, job, pipeline, execution=None) -> None:  # type: ignore[no-untyped-def]
+        """RQ's, plus the end of the run's concurrency lease for a job with a limit key, in the
+        same transaction as the rest of the job's end (``limits.queue_release``)."""
+        super().cleanup_execution(job, pipeline, execution)
+        run = execution or getattr(self, "execution", None)
+        key = limits.job_key(job)
+        if run is not None and key:
+            limits.queue_release(pipeline, job.key, job.id, run.id, key, f"rq:queue:{job.origin}")
