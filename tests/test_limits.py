@@ -197,3 +197,39 @@ def test_the_rule_that_applies() -> None:
     assert limits.rule_for(rules, "domain:b.com").pattern == "domain:*"
     assert limits.rule_for(rules, "kx").pattern == "k[!0-9]" and limits.rule_for(rules, "k1") is None
     assert limits.glob_to_lua("domain:*.org") == "^domain%:.*%.org$"
+
+
+def test_the_gateway_lists_sets_and_removes_limits_and_takes_a_limit_key(conn: redis.Redis) -> None:
+    from workqueue.gateway import create_app
+
+    client = create_app(conn).test_client()
+    refused = client.post("/limits", json={"key": "domain:*", "rate": "2/x"})
+    assert refused.status_code == 422 and refused.json["field"] == "rate"
+    assert client.post("/limits", json={"key": "domain:*", "concurrency": 0}).status_code == 422
+    assert client.post("/limits", json={"key": "domain:*"}).status_code == 422
+    done = client.post("/limits", json={"key": "domain:*", "rate": "2/s", "concurrency": 4})
+    assert done.status_code == 200, done.json
+    assert client.get("/limits").json["rules"] == [{"key": "domain:*", "rate": "2/s", "concurrency": 4}]
+    sent = client.post("/jobs", json={"task": "sleep", "params": {"seconds": 1}, "limit_key": "api:x"})
+    assert sent.status_code == 201, sent.json
+    assert conn.hget(f"rq:job:{sent.json['job_ids'][0]}", "limit_key") == b"api:x"
+    bad = client.post("/jobs", json={"task": "sleep", "params": {"seconds": 1}, "limit_key": "a b"})
+    assert bad.status_code == 422 and bad.json["field"] == "limit_key"
+    assert client.delete("/limits/domain:*").status_code == 200
+    assert client.delete("/limits/domain:*").status_code == 404
+
+
+def test_scrape_carries_its_domain_and_an_enqueue_may_name_another_key(conn: redis.Redis) -> None:
+    import workqueue
+
+    batch = workqueue.enqueue("scrape", {"url": "https://Example.COM:8443/a"}, count=2)
+    assert {conn.hget(f"rq:job:{i}", "limit_key") for i in batch.job_ids} == {b"domain:example.com"}
+    other = workqueue.enqueue("scrape", {"url": "https://example.com/"}, limit_key="mirror:1")
+    assert conn.hget(f"rq:job:{other.job_ids[0]}", "limit_key") == b"mirror:1"
+    plain = workqueue.enqueue("sleep", {"seconds": 1})
+    assert conn.hget(f"rq:job:{plain.job_ids[0]}", "limit_key") is None
+    bad = run_cli("producer_main.py", "--task", "sleep", "--limit-key", "a*b", env=cli_env())
+    assert bad.returncode == 2 and "invalid limit key 'a*b'" in bad.stderr and bad.stderr.count("\n") == 1
+    rule = workqueue.set_limit("domain:*", rate="1/m")
+    assert workqueue.list_limits()[0] == [rule]
+    workqueue.remove_limit("domain:*")

@@ -1,12 +1,13 @@
 """workqueue: a Redis-backed task queue, built on RQ, with a live dashboard.
 
 The Python API (see ``workqueue.api``): :func:`enqueue`, :func:`enqueue_many`, :func:`stats`,
-and the :class:`Batch` they return, with ``wait(on_task=..., on_done=..., timeout=...)``.
+and the :class:`Batch` they return, with ``wait(on_task=..., on_done=..., timeout=...)``;
+per-key limits: :func:`set_limit`, :func:`remove_limit`, :func:`list_limits`.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Batch", "enqueue", "enqueue_many", "stats"]
+__all__ = ["Batch", "enqueue", "enqueue_many", "list_limits", "remove_limit", "set_limit", "stats"]
 
 
 def __getattr__(name: str):

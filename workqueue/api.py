@@ -10,13 +10,14 @@ print(workqueue.stats())
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from workqueue import batches, jobstats, outage, producer
+from workqueue import batches, jobstats, limits, outage, producer
 from workqueue.connection import connect
 from workqueue.settings import DEFAULT_QUEUE
 
@@ -74,9 +75,11 @@ def enqueue(
     timeout: int | None = None,
     max_queued: int | None = None,
     redis_url: str | None = None,
+    limit_key: str | None = None,
 ) -> Batch:
-    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not)."""
-    call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout)
+    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
+    ``limit_key``: the jobs' per-key limit key (default: the task's own, see :func:`set_limit`)."""
+    call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout, limit_key=limit_key)
     return _submit([call] * count, queue, max_queued, redis_url)
 
 
@@ -86,15 +89,43 @@ def enqueue_many(
     queue: str = DEFAULT_QUEUE,
     max_queued: int | None = None,
     redis_url: str | None = None,
+    limit_key: str | None = None,
 ) -> Batch:
     """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued."""
-    return _submit([producer.TaskCall.build(name, params) for name, params in tasks], queue, max_queued, redis_url)
+    calls = [producer.TaskCall.build(name, params, limit_key=limit_key) for name, params in tasks]
+    return _submit(calls, queue, max_queued, redis_url)
 
 
 def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[jobstats.QueueStats]:
     """Per queue and per task: enqueued, finished, failed, running, throughput, wait and run times."""
     connection, _ = connect(redis_url)
     return jobstats.collect(connection, [queue] if queue else None)
+
+
+# -- Per-key limits (workqueue.limits) -------------------------------------------------------------
+
+
+def set_limit(
+    key: str, *, rate: str | None = None, concurrency: int | None = None, redis_url: str | None = None
+) -> limits.Rule:
+    """Limit the jobs of ``key`` (or of each key matching a pattern such as ``domain:*``) to ``rate``
+    starts (``"2/s"``, ``"30/m"``) and ``concurrency`` at once; BadInput for a malformed one."""
+    rule = limits.make_rule(key, rate, concurrency)
+    connection, _ = connect(redis_url)
+    limits.set_rule(connection, rule)
+    return rule
+
+
+def remove_limit(key: str, *, redis_url: str | None = None) -> limits.Rule:
+    """Remove the limit set on ``key`` (as given to :func:`set_limit`); BadInput if there is none."""
+    connection, _ = connect(redis_url)
+    return limits.remove_rule(connection, key)
+
+
+def list_limits(*, redis_url: str | None = None) -> tuple[list[limits.Rule], list[limits.KeyState]]:
+    """The rules, and each key in use with its limit, slots in use and jobs waiting."""
+    connection, _ = connect(redis_url)
+    return limits.rules(connection), limits.key_states(connection, time.time())
 
 
 def _submit(calls: list[producer.TaskCall], queue: str, max_queued: int | None, redis_url: str | None) -> Batch:

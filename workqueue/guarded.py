@@ -66,7 +66,9 @@ def direct_client(connection: redis.Redis) -> redis.Redis:
 # its SHA1).
 _RUN_LOOP = lua.script("guarded_run")
 #: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
-_RUNNABLE = {hashlib.sha1(text.encode()).hexdigest(): text for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT, limits.RELEASE_SCRIPT)
+_RUNNABLE = {
+    hashlib.sha1(text.encode()).hexdigest(): text
+    for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT, limits.RELEASE_SCRIPT)
 }
 _RUN = (
     "local scripts = {}\n"

@@ -32,7 +32,7 @@ import redis
 from rq import Queue
 
 from workqueue.errors import BadInput
-from workqueue.replies import decoded, decoded_map
+from workqueue.replies import decoded_map, decoded_members
 from workqueue.settings import LIMIT_KEY_MAX
 
 PREFIX = "workqueue:limit:"
@@ -47,8 +47,15 @@ KEYS_KEY = PREFIX + "keys"
 KEY_FIELD, DEFAULT_FIELD = "limit_key", "limit_default"
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+#: A rate as typed: N (at most 9 digits) per second, minute or hour. RATE_PATTERN: the valid ones.
+_RATE = re.compile(r"(\d{1,9})/([smh])")
+RATE_PATTERN = "^[1-9][0-9]{0,8}/[smh]$"
+#: The most jobs of one key a rule lets run at once.
+CONCURRENCY_MAX = 1_000_000
 _GLOB_CHARS = set("*?[")
+#: What a job's limit key may hold (1 to LIMIT_KEY_MAX characters), and a rule's key or pattern.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:@/+=%~-]{1,%d}".replace("%d", str(LIMIT_KEY_MAX)))
+RULE_PATTERN = re.compile(r"[A-Za-z0-9_.:@/+=%~*?!\[\]-]{1,%d}".replace("%d", str(LIMIT_KEY_MAX)))
 
 
 def leases_key(key: str) -> str:
@@ -112,8 +119,8 @@ class KeyState:
 
 def parse_rate(text: str) -> tuple[int, float]:
     """``"2/s"`` as (2, 1.0): N per second, minute (``m``) or hour (``h``), N a whole number >= 1."""
-    match = _RATE.match(text or "")
-    if not match or match.group(2) not in _UNITS:
+    match = _RATE.fullmatch(text or "")
+    if not match or (match.group(1).startswith("0") and match.group(1) != "0"):
         raise BadInput(f"rate {text!r}: expected N/s, N/m or N/h with N a whole number, e.g. 2/s", "rate")
     count = int(match.group(1))
     if count < 1:
@@ -122,16 +129,14 @@ def parse_rate(text: str) -> tuple[int, float]:
 
 
 def check_key(key: Any, what: str = "limit key", *, pattern: bool = False) -> str:
-    """``key`` if it is usable as a limit key (or, with ``pattern``, a rule's key or glob): 1 to
-    LIMIT_KEY_MAX printable characters without spaces; raises BadInput."""
-    if not isinstance(key, str) or not key or len(key) > LIMIT_KEY_MAX:
-        raise BadInput(f"{what}: expected 1 to {LIMIT_KEY_MAX} characters, e.g. domain:example.com", "limit_key")
-    if any(c.isspace() or not c.isprintable() for c in key):
-        raise BadInput(f"{what} {key!r}: no spaces or control characters allowed", "limit_key")
-    if not pattern and _GLOB_CHARS & set(key):
-        raise BadInput(f"{what} {key!r}: a job's key cannot hold * ? or [ (those make patterns)", "limit_key")
-    if pattern and key.count("[") != key.count("]"):
-        raise BadInput(f"{what} {key!r}: an unclosed [ in the pattern", "limit_key")
+    """``key`` if it is usable as a job's limit key (``KEY_PATTERN``) or, with ``pattern``, as a
+    rule's key or glob (``RULE_PATTERN``); raises BadInput."""
+    if not isinstance(key, str) or not (RULE_PATTERN if pattern else KEY_PATTERN).fullmatch(key):
+        allowed = "letters, digits and _ . : @ / + = % ~ -" + (", with * ? [...] for patterns" if pattern else "")
+        raise BadInput(
+            f"invalid {what} {key!r}: use 1 to {LIMIT_KEY_MAX} {allowed}, e.g. domain:example.com",
+            "key" if pattern else "limit_key",
+        )
     return key
 
 
@@ -143,8 +148,8 @@ def make_rule(pattern: str, rate: str | None = None, concurrency: int | None = N
     count, per = parse_rate(rate) if rate is not None else (0, 1.0)
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)):
         raise BadInput(f"concurrency {concurrency!r}: expected a whole number >= 1", "concurrency")
-    if concurrency is not None and concurrency < 1:
-        raise BadInput(f"concurrency {concurrency}: must be at least 1", "concurrency")
+    if concurrency is not None and not 1 <= concurrency <= CONCURRENCY_MAX:
+        raise BadInput(f"concurrency {concurrency}: must be at least 1, at most {CONCURRENCY_MAX:,}", "concurrency")
     return Rule(pattern, count, per, concurrency or 0)
 
 
@@ -158,7 +163,7 @@ def glob_to_lua(glob: str) -> str:
             out.append(".*")
         elif c == "?":
             out.append(".")
-        elif c == "[" and "]" in glob[i + 1 :]:
+        elif c == "[" and "]" in glob[i + 1 :] and glob[i + 1 : glob.index("]", i + 1)] not in ("", "!"):
             end = glob.index("]", i + 1)
             body = glob[i + 1 : end]
             negate = body.startswith("!")
@@ -204,7 +209,7 @@ def remove_rule(connection: redis.Redis, pattern: str) -> Rule:
 
 
 def _waiting_keys(connection: redis.Redis, queue_key: str) -> list[str]:
-    return [decoded(k) for k in connection.zrange(waiting_key(queue_key), 0, -1)]
+    return decoded_members(connection.zrange(waiting_key(queue_key), 0, -1))
 
 
 def rules(connection: redis.Redis) -> list[Rule]:
@@ -227,9 +232,9 @@ def rule_for(all_rules: list[Rule], key: str) -> Rule | None:
     for rule in all_rules:
         if rule.pattern == key:
             return rule
-        if is_pattern(rule.pattern) and re.match(_lua_to_regex(glob_to_lua(rule.pattern)), key):
-            if best is None or (len(rule.pattern), best.pattern) > (len(best.pattern), rule.pattern):
-                best = rule
+        longer = best is None or (len(rule.pattern), best.pattern) > (len(best.pattern), rule.pattern)
+        if longer and is_pattern(rule.pattern) and re.match(_lua_to_regex(glob_to_lua(rule.pattern)), key):
+            best = rule
     return best
 
 
@@ -307,7 +312,11 @@ return removed
 
 
 def queue_release(
-    pipe: redis.client.Pipeline, job_hash_key: str, job_id: str, execution_id: str, key: str | None = None,
+    pipe: redis.client.Pipeline,
+    job_hash_key: str,
+    job_id: str,
+    execution_id: str,
+    key: str | None = None,
     queue_key: str = "",
 ) -> None:
     """Queue on ``pipe`` the end of the run's lease (a no-op for a job without a limit key)."""
@@ -356,7 +365,7 @@ def key_states(connection: redis.Redis, now: float) -> list[KeyState]:
     """Every key with running or waiting jobs, or seen in the last hour: its limit and its numbers."""
     all_rules = rules(connection)
     connection.zremrangebyscore(KEYS_KEY, "-inf", now - 3600)
-    keys = set(decoded(k) for k in connection.zrange(KEYS_KEY, 0, -1))
+    keys = set(decoded_members(connection.zrange(KEYS_KEY, 0, -1)))
     waiting: dict[str, int] = {}
     defaults: dict[str, str] = {}
     for queue in Queue.all(connection=connection):

@@ -137,7 +137,9 @@ def load_calls(
             raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}} and nothing else')
         try:
             calls.append(
-                TaskCall.build(entry["task"], entry.get("params"), retries=retries, timeout=timeout, limit_key=limit_key)
+                TaskCall.build(
+                    entry["task"], entry.get("params"), retries=retries, timeout=timeout, limit_key=limit_key
+                )
             )
         except BadInput as exc:
             raise BadInput(f"{path}:{number}: {exc}") from None

@@ -47,9 +47,9 @@ def list_(redis_url: str | None) -> int:
     if states:
         click.echo(f"{'key':<40} {'rule':<20} {'rate':>8} {'slots':>9} {'waiting':>8}")
     for state in states:
-        rule = state.rule
-        slots = f"{state.running}/{rule.concurrency}" if rule and rule.concurrency else str(state.running)
-        rate = rule.describe_rate() if rule else "-"
+        applied = state.rule
+        slots = f"{state.running}/{applied.concurrency}" if applied and applied.concurrency else str(state.running)
+        rate = applied.describe_rate() if applied else "-"
         click.echo(f"{state.key:<40} {state.source or 'unlimited':<20} {rate:>8} {slots:>9} {state.waiting:>8}")
     return EXIT_OK
 

@@ -19,7 +19,8 @@ local function limit_rule(key, default)
     local patterns, best = redis.call('HGETALL', LIMIT .. 'patterns'), nil
     for j = 1, #patterns, 2 do
       local glob = patterns[j]
-      if (not best or #glob > #best or (#glob == #best and glob < best)) and string.find(key, patterns[j + 1]) then
+      if (not best or #glob > #best or (#glob == #best and glob < best)) and pcall(string.find, key, patterns[j + 1])
+          and string.find(key, patterns[j + 1]) then
         best = glob
       end
     end

@@ -7,9 +7,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 import redis
 from rq.exceptions import DequeueTimeout, StopRequested
+from rq.executions import Execution
+from rq.job import Job
 from rq.worker import WorkerStatus
 
 from workqueue import limits, outage, rq_compat
@@ -147,11 +150,9 @@ class ClaimingWorker(HorseSideWorker):
     def _limits_due(self) -> float | None:
         """Seconds until a job held by a per-key limit on the worker's queues may be released
         (``limits.next_due``); None when none is held."""
-        return limits.next_due(
-            self.connection, [queue.key for queue in rq_compat.ordered_queues(self)], time.time()
-        )
+        return limits.next_due(self.connection, [queue.key for queue in rq_compat.ordered_queues(self)], time.time())
 
-    def cleanup_execution(self, job, pipeline, execution=None) -> None:  # type: ignore[no-untyped-def]
+    def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
         """RQ's, plus the end of the run's concurrency lease for a job with a limit key, in the
         same transaction as the rest of the job's end (``limits.queue_release``)."""
         super().cleanup_execution(job, pipeline, execution)
