@@ -33,7 +33,7 @@ from rq import Queue
 
 from workqueue.errors import BadInput
 from workqueue.replies import decoded_map, decoded_members
-from workqueue.settings import LIMIT_KEY_MAX
+from workqueue.settings import LIMIT_KEY_MAX, LIMIT_POLL, LIMIT_RATE_MARGIN
 
 PREFIX = "workqueue:limit:"
 #: Rules: key or pattern -> JSON {"rate": N, "per": seconds, "concurrency": C} (0: no bound).
@@ -389,3 +389,50 @@ def key_states(connection: redis.Redis, now: float) -> list[KeyState]:
             source = "default" if rule else ""
         states.append(KeyState(key, rule, source, counts[2 * n], waiting.get(key, 0), counts[2 * n + 1]))
     return states
+
+
+# Paces a job's first request on the wire: a sliding window of sends per key, on Redis's clock, so
+# that however long a started job takes to reach its first request, a site sees at most N of them in
+# any P seconds. KEYS: the key's sends. ARGV: N, P, this send's id, a margin (seconds: the time from
+# here to the request's arrival may vary by as much). Answers 0 (sent now) or the
+# seconds to wait before asking again.
+PACE_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local rate, per = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - per - tonumber(ARGV[4]))
+local count = redis.call('ZCARD', KEYS[1])
+if count < rate then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('EXPIRE', KEYS[1], math.ceil(per) + 1)
+  return '0'
+end
+local oldest = redis.call('ZRANGE', KEYS[1], count - rate, count - rate, 'WITHSCORES')
+return tostring(tonumber(oldest[2]) + per + tonumber(ARGV[4]) - now)
+"""
+
+_paced: set[str] = set()
+
+
+def pace_current_job(host: str) -> None:
+    """On a worker, before a request to ``host``: if the running job's key is at its rate, wait
+    until a send is allowed. Only the job's first request is paced (the one its start stands for);
+    the claim already spaced the starts, so the wait is at most the start-up jitter."""
+    from rq import get_current_job  # the horse's job; None outside a worker
+
+    job = get_current_job()
+    key = job_key(job) if job is not None else None
+    if job is None or key is None or job.id in _paced:
+        return
+    _paced.clear()
+    _paced.add(job.id)
+    rule = rule_for(rules(job.connection), key) or parse_default((job.meta or {}).get(DEFAULT_FIELD))
+    if rule is None or not rule.rate:
+        return
+    script = job.connection.register_script(PACE_SCRIPT)
+    deadline = time.monotonic() + rule.per + 5 * LIMIT_POLL  # never stall a job on a clock gone wrong
+    while time.monotonic() < deadline:
+        wait = float(script(keys=[f"{PREFIX}sends:{key}"], args=[rule.rate, rule.per, job.id, LIMIT_RATE_MARGIN]))
+        if wait <= 0:
+            return
+        time.sleep(min(wait, rule.per) + 0.001)

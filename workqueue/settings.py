@@ -194,8 +194,9 @@ class Settings:
 # -- Per-key limits (workqueue/limits.py) ----------------------------------------------------------
 
 #: A rate of N per P seconds lets at most N jobs of a key start within any P + LIMIT_RATE_MARGIN
-#: seconds: the margin covers the time a started job takes to reach its first request, so the site
-#: never sees more than N requests in a window of P seconds. Mirrored in lua/claim.lua.
+#: seconds (on Redis's clock), and a job's first request then waits, if need be, until at most N
+#: were sent in the last P seconds (``limits.pace_current_job``): the margin keeps that wait rare.
+#: Mirrored in lua/claim.lua.
 LIMIT_RATE_MARGIN = 0.1
 #: An idle worker whose queues have jobs held by a limit looks at them at least this often (seconds),
 #: so a job released by time (a rate window) starts within about this long.

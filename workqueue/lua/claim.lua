@@ -10,7 +10,8 @@ local dropped = 0
 -- scored by when to look again. Each claim first releases held jobs whose key has room, to the
 -- front of their queue, where this claim (or the next) takes them like any other job.
 local LIMIT, LIMIT_MARGIN, LIMIT_HELD_MAX = 'workqueue:limit:', 0.1, 1000
-local limit_now = tonumber(now_float)
+local limit_clock = redis.call('TIME')  -- Redis's clock: the same for every worker on every machine
+local limit_now = tonumber(limit_clock[1]) + tonumber(limit_clock[2]) / 1000000
 local limit_held = 0
 
 local function limit_rule(key, default)

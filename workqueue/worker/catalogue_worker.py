@@ -31,7 +31,7 @@ from rq.utils import now
 from rq.worker import RandomWorker, RoundRobinWorker
 
 from task_def import progress as task_progress
-from workqueue import limits, outage, recovery, rq_compat
+from workqueue import limits, network, outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
 from workqueue.jobs import SERIALIZER, CatalogueJob
@@ -97,6 +97,7 @@ class CatalogueWorker(ClaimingWorker):
         and the progress store behind ``report_progress``, which the horse inherits."""
         rq_compat.install()
         task_progress.set_sink(progress.store)
+        network.set_pacer(limits.pace_current_job)  # per-key limits: a job's first request on the wire
         backoff = 1.0
         while True:
             try:
