@@ -252,3 +252,38 @@ def test_scrape_carries_its_domain_and_an_enqueue_may_name_another_key(conn: red
     rule = workqueue.set_limit("domain:*", rate="1/m")
     assert workqueue.list_limits()[0] == [rule]
     workqueue.remove_limit("domain:*")
+
+
+def test_the_dashboard_shows_and_edits_limits_and_metrics_count_waiting_jobs(redis_url: str, conn: redis.Redis) -> None:
+    from tests.helpers import client_for, token
+
+    client = client_for(redis_url)
+    csrf = token(client)
+    assert client.post("/limits", data={"key": "domain:*", "rate": "2/s"}).status_code == 400  # no CSRF token
+    refused = client.post("/limits", data={"csrf_token": csrf, "key": "domain:*", "rate": "2/x"})
+    assert refused.status_code == 422 and "expected N/s, N/m or N/h" in refused.text
+    done = client.post("/limits", data={"csrf_token": csrf, "key": "slow:<b>", "concurrency": "1"})
+    assert done.status_code == 422  # not a key: refused, and shown as text
+    assert "&lt;b&gt;" in done.text and "<b>" not in done.text.split('id="limit-error"')[1].split("</div>")[0]
+    done = client.post("/limits", data={"csrf_token": csrf, "key": "slow:one", "concurrency": "1"})
+    assert done.status_code == 303
+    # Two jobs of the key: one starts (by a worker's claim), the other is held.
+    from workqueue.worker import job_steps
+    from workqueue.worker.catalogue_worker import CatalogueWorker
+
+    calls = [producer.TaskCall.build("sleep", {"seconds": 30}, limit_key="slow:one")] * 2
+    producer.enqueue(conn, calls, "queue_one")
+    worker = CatalogueWorker(["queue_one"], connection=conn, name="limits-test")
+    queue = Queue("queue_one", connection=conn, serializer=SERIALIZER)
+    assert job_steps.claim(worker, [queue]).execution is not None
+    assert job_steps.claim(worker, [queue]).job is None  # the second is held, off the queue
+    page = client.get("/limits")
+    assert page.status_code == 200 and 'data-key="slow:one"' in page.text
+    row = page.text.split('data-key="slow:one"')[1].split("</tr>")[0]
+    assert '<td class="wq-slots">1 / 1</td>' in row and '<td class="wq-waiting">1</td>' in row
+    metrics = client.get("/metrics").text
+    assert 'workqueue_limit_waiting_jobs{key="slow:one"} 1.0' in metrics
+    assert 'workqueue_limit_slots_in_use{key="slow:one"} 1.0' in metrics
+    removed = client.post("/limits/remove", data={"csrf_token": csrf, "key": "slow:one"})
+    assert removed.status_code == 303 and limits.rules(conn) == []
+    assert client_for(redis_url, read_only=True).post("/limits", data={"key": "a", "rate": "1/s"}).status_code == 403

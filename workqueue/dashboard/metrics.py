@@ -4,6 +4,7 @@ histograms per task (kept by the workers, see ``statistics``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from prometheus_client.core import (
 )
 from rq import Queue, Worker
 
-from workqueue import jobstats
+from workqueue import jobstats, limits
 from workqueue.jobs import SERIALIZER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -60,6 +61,21 @@ class RedisCollector:
         yield jobs
         yield self._workers()
         yield self._durations(tasks)
+        yield from self._limits()
+
+    def _limits(self) -> Iterator[Metric]:
+        """Per-key limits (``workqueue.limits``): per key in use, jobs waiting for room and slots in use."""
+        waiting = GaugeMetricFamily(
+            "workqueue_limit_waiting_jobs", "Jobs held off the queue until their limit key has room.", labels=["key"]
+        )
+        slots = GaugeMetricFamily(
+            "workqueue_limit_slots_in_use", "Running jobs of the limit key (live leases).", labels=["key"]
+        )
+        for state in limits.key_states(self.connection, time.time()):
+            waiting.add_metric([state.key], state.waiting)
+            slots.add_metric([state.key], state.running)
+        yield waiting
+        yield slots
 
     def _workers(self) -> Metric:
         workers = GaugeMetricFamily("workqueue_workers", "Registered workers, busy or idle.", labels=["state"])
