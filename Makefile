@@ -96,6 +96,7 @@ test-quick: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/gateway.py
+	$(PY) bench/limits.py
 
 clean:
 	-@$(MAKE) --no-print-directory stop

@@ -16,7 +16,7 @@ import redis
 from rq import Queue
 
 from tests.helpers import Processes, cli_env, run_cli, start_consumer, wait_for, workers
-from workqueue import batches, limits, producer
+from workqueue import batches, control, limits, producer
 from workqueue.jobs import SERIALIZER
 
 DOMAINS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -163,9 +163,11 @@ def test_held_jobs_are_counted_as_waiting_shown_and_cancellable(conn: redis.Redi
     listed = _workqueue("limit", "list")
     assert "slow:one" in listed.stdout and "1/1" in listed.stdout, listed.stdout
     held_ids = [job.id for job in batch.jobs if conn.hget(job.key, "status") == b"queued"]
-    assert len(held_ids) == 2
-    killed = run_cli("kill_thread/kill_job.py", *held_ids, env=cli_env())
+    assert len(held_ids) == 2 and sorted(limits.held_ids(conn, queue_key)) == sorted(held_ids)
+    killed = run_cli("kill_thread/kill_job.py", held_ids[0], env=cli_env())
     assert killed.returncode == 0, killed.stderr
+    assert limits.held_ids(conn, queue_key) == [held_ids[1]]
+    assert control.cancel_queued(conn, "queue_one", by="test")[0].message.startswith(f"job {held_ids[1]} cancelled")
     assert limits.held_total(conn, queue_key) == 0
     ends = list(batches.follow(conn, batch.batch_id, timeout=30))
     assert sorted(end.outcome for end in ends) == ["failed", "failed", "finished"]

@@ -251,7 +251,8 @@ def requeue_failed(connection: redis.Redis, queue: str, *, by: str) -> list[JobS
 def cancel_queued(connection: redis.Redis, queue: str, *, by: str) -> list[JobStop]:
     """Cancel every job waiting on a queue (see :func:`stop_job`); running ones are left alone."""
     check_queue_name(queue)
-    waiting = Queue(queue, connection=connection, serializer=SERIALIZER).get_job_ids()
+    q = Queue(queue, connection=connection, serializer=SERIALIZER)
+    waiting = q.get_job_ids() + limits.held_ids(connection, q.key)  # and those a per-key limit holds
     return each_job(waiting, lambda job_id: stop_job(connection, job_id, by=by))
 
 

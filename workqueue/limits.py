@@ -357,6 +357,14 @@ def held_counts(connection: redis.Redis, queue_key: str) -> dict[str, int]:
     return {key: n for key, n in zip(keys, lengths, strict=True) if n}
 
 
+def held_ids(connection: redis.Redis, queue_key: str) -> list[str]:
+    """The ids of this queue's jobs held by a limit, each key's in order."""
+    with connection.pipeline(transaction=False) as pipe:
+        for key in _waiting_keys(connection, queue_key):
+            pipe.lrange(held_key(queue_key, key), 0, -1)
+        return [job_id for ids in pipe.execute() for job_id in decoded_members(ids)]
+
+
 def held_total(connection: redis.Redis, queue_key: str) -> int:
     return sum(held_counts(connection, queue_key).values())
 
