@@ -289,3 +289,13 @@ def test_the_dashboard_shows_and_edits_limits_and_metrics_count_waiting_jobs(red
     removed = client.post("/limits/remove", data={"csrf_token": csrf, "key": "slow:one"})
     assert removed.status_code == 303 and limits.rules(conn) == []
     assert client_for(redis_url, read_only=True).post("/limits", data={"key": "a", "rate": "1/s"}).status_code == 403
+
+
+def test_a_heartbeat_extends_a_live_lease_only(conn: redis.Redis) -> None:
+    conn.zadd(limits.leases_key("k"), {"job:run": time.time() + 5})
+    with conn.pipeline() as pipe:  # a transaction, as the worker's heartbeat sends it
+        limits.queue_extend(pipe, "k", "job", "run", 100)
+        limits.queue_extend(pipe, "k", "job", "ended", 100)
+        pipe.execute()
+    assert conn.zscore(limits.leases_key("k"), "job:run") > time.time() + 90
+    assert conn.zscore(limits.leases_key("k"), "job:ended") is None

@@ -43,6 +43,10 @@ PATTERNS_KEY = PREFIX + "patterns"
 #: Every key a job carried lately: key -> when it was last seen (epoch seconds), for ``limit list``.
 KEYS_KEY = PREFIX + "keys"
 
+#: How long a key's lease set outlives its last start or heartbeat (seconds; mirrored in lua/claim.lua):
+#: longer than any lease, which the claims prune as they expire.
+LEASES_TTL = 86400
+
 #: The job hash fields the claim script reads (written from the job's meta, ``job_fields``).
 KEY_FIELD, DEFAULT_FIELD = "limit_key", "limit_default"
 
@@ -327,7 +331,7 @@ def queue_extend(pipe: redis.client.Pipeline, key: str, job_id: str, execution_i
     """Queue on ``pipe`` the extension of a live run's lease by ``ttl`` seconds from now: its
     worker's heartbeat. Only an existing lease is extended (one already released stays so)."""
     pipe.zadd(leases_key(key), {f"{job_id}:{execution_id}": time.time() + ttl}, xx=True)
-    pipe.expire(leases_key(key), int(ttl) + 60, gt=True)
+    pipe.expire(leases_key(key), LEASES_TTL)
 
 
 def forget_held(connection: redis.Redis, job: Any) -> None:

@@ -81,7 +81,7 @@ local function limit_hold(queue, id, job_key)
   if fields[3] then redis.call('HDEL', job_key, 'limit_released') end
   local leases = LIMIT .. 'leases:' .. key
   redis.call('ZADD', leases, limit_now + interval + 60, id .. ':' .. exec_id)
-  redis.call('EXPIRE', leases, interval + 120)
+  redis.call('EXPIRE', leases, 86400)  -- limits.LEASES_TTL
   if rate and rate > 0 then
     redis.call('ZADD', LIMIT .. 'starts:' .. key, limit_now, exec_id)
     redis.call('EXPIRE', LIMIT .. 'starts:' .. key, math.ceil(per + LIMIT_MARGIN) + 1)
