@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+from rq.job import Job
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -29,29 +32,34 @@ LIMITED = "bench:slow"
 START_TIMEOUT = 60.0
 
 
-def noop(conn, count: int = 1, limit_key: str | None = None) -> list[str]:  # type: ignore[no-untyped-def]
+def noop(conn: redis.Redis, count: int = 1, limit_key: str | None = None) -> list[str]:
     call = producer.TaskCall.build("primes", {"n": 0}, retries=0, limit_key=limit_key)
     return [job.id for job in producer.enqueue(conn, [call] * count, QUEUE).jobs]
 
 
-def latencies(conn, samples: int) -> list[float]:  # type: ignore[no-untyped-def]
+def latencies(conn: redis.Redis, samples: int) -> list[float]:
     """Milliseconds from enqueued_at to started_at of unlimited no-ops sent GAP apart to idle workers."""
     ids: list[str] = []
     for _ in range(samples):
         ids += noop(conn)
         time.sleep(GAP)
-    return [(job.started_at - job.enqueued_at).total_seconds() * 1000 for job in ended("workqueue", conn, ids)]
+    return [_start_ms(job) for job in ended("workqueue", conn, ids)]
 
 
-def behind(conn, held: int) -> float:  # type: ignore[no-untyped-def]
+def behind(conn: redis.Redis, held: int) -> float:
     """Milliseconds to start one unlimited no-op enqueued right after ``held`` limited ones."""
     if held:
         noop(conn, held, LIMITED)
     (job,) = ended("workqueue", conn, noop(conn), timeout=START_TIMEOUT)
+    return _start_ms(job)
+
+
+def _start_ms(job: Job) -> float:
+    assert job.started_at is not None and job.enqueued_at is not None  # finished jobs have both
     return (job.started_at - job.enqueued_at).total_seconds() * 1000
 
 
-def figures(conn, held: int, samples: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def figures(conn: redis.Redis, held: int, samples: int) -> dict[str, float]:
     queue_key = f"rq:queue:{QUEUE}"
     if held:
         noop(conn, held, LIMITED)
