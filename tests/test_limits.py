@@ -299,3 +299,12 @@ def test_a_heartbeat_extends_a_live_lease_only(conn: redis.Redis) -> None:
         pipe.execute()
     assert conn.zscore(limits.leases_key("k"), "job:run") > time.time() + 90
     assert conn.zscore(limits.leases_key("k"), "job:ended") is None
+
+
+def test_a_burst_consumer_waits_for_held_jobs_before_it_exits(conn: redis.Redis, processes: Processes) -> None:
+    limits.set_rule(conn, limits.make_rule("paced", "1/s"))
+    calls = [producer.TaskCall.build("primes", {"n": 0}, limit_key="paced")] * 3
+    batch = producer.enqueue(conn, calls, "queue_one")
+    consumer = processes.start("consumer_main.py", "--workers", "2", "--queue", "queue_one", "--burst")
+    assert consumer.wait(60) == 0
+    assert batches.summary(conn, batch.batch_id).finished == 3

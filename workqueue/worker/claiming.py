@@ -130,8 +130,14 @@ class ClaimingWorker(HorseSideWorker):
         while True:
             if deadline is None or len(rq_compat.ordered_queues(self)) > 1:
                 claimed = self._claim()
-                if claimed is not None or deadline is None:
+                if claimed is not None:
                     return claimed
+                if deadline is None:  # a burst: done once no job waits, held by a limit or not
+                    due = self._limits_due()
+                    if due is None or rq_compat.stop_requested(self):
+                        return None
+                    time.sleep(max(0.05, min(due, LIMIT_POLL)))
+                    raise DequeueTimeout(timeout, self.queue_keys())  # back to the idle loop: its heartbeat
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DequeueTimeout(timeout, self.queue_keys())
