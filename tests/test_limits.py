@@ -153,7 +153,7 @@ def test_concurrency_holds_and_a_killed_workers_slot_comes_back(
 def test_held_jobs_are_counted_as_waiting_shown_and_cancellable(conn: redis.Redis, processes: Processes) -> None:
     limits.set_rule(conn, limits.make_rule("slow:one", concurrency=1))
     start_consumer(processes, conn, 3)
-    calls = [producer.TaskCall.build("sleep", {"seconds": 3}, limit_key="slow:one")] * 3
+    calls = [producer.TaskCall.build("sleep", {"seconds": 60}, limit_key="slow:one")] * 3
     batch = producer.enqueue(conn, calls, "queue_one")
     queue_key = Queue("queue_one", connection=conn, serializer=SERIALIZER).key
     wait_for(lambda: limits.held_total(conn, queue_key) == 2, 20, "two held jobs")
@@ -169,8 +169,11 @@ def test_held_jobs_are_counted_as_waiting_shown_and_cancellable(conn: redis.Redi
     assert limits.held_ids(conn, queue_key) == [held_ids[1]]
     assert control.cancel_queued(conn, "queue_one", by="test")[0].message.startswith(f"job {held_ids[1]} cancelled")
     assert limits.held_total(conn, queue_key) == 0
+    (running,) = [job.id for job in batch.jobs if job.id not in held_ids]
+    assert control.stop_job(conn, running, by="test").found
     ends = list(batches.follow(conn, batch.batch_id, timeout=30))
-    assert sorted(end.outcome for end in ends) == ["failed", "failed", "finished"]
+    assert sorted(end.outcome for end in ends) == ["failed", "failed", "failed"]
+    assert conn.zcount(limits.leases_key("slow:one"), time.time(), "+inf") == 0  # the stopped job's slot
 
 
 def _workqueue(*args: str):
