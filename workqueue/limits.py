@@ -300,16 +300,25 @@ def job_key(job: Any) -> str | None:
 
 # Removes a run's concurrency lease when its job ends, and has the claims look at once at the jobs
 # held for its key in its queue. KEYS: the job's hash. ARGV: the run (``<job id>:<execution id>``),
-# the job's limit key if known ('' reads it from the hash), its queue's key if known ('' likewise).
+# the job's limit key if known ('' reads it from the hash), its queue's key if known ('' likewise),
+# and a grace in seconds: 0 removes the lease, more lets it end that long from now instead.
 RELEASE_SCRIPT = """
-local key, queue = ARGV[2], ARGV[3]
+local key, queue, grace = ARGV[2], ARGV[3], tonumber(ARGV[4]) or 0
 if key == '' then key = redis.call('HGET', KEYS[1], 'limit_key') or '' end
 if key == '' then return 0 end
 if queue == '' then
   local origin = redis.call('HGET', KEYS[1], 'origin')
   if origin then queue = 'rq:queue:' .. origin end
 end
-local removed = redis.call('ZREM', 'workqueue:limit:leases:' .. key, ARGV[1])
+local leases = 'workqueue:limit:leases:' .. key
+if grace > 0 then
+  local clock = redis.call('TIME')
+  local until_ = tonumber(clock[1]) + tonumber(clock[2]) / 1000000 + grace
+  redis.call('ZADD', leases, 'XX', until_, ARGV[1])
+  if queue ~= '' then redis.call('ZADD', 'workqueue:limit:waiting:' .. queue, 'XX', until_, key) end
+  return 1
+end
+local removed = redis.call('ZREM', leases, ARGV[1])
 if queue ~= '' then redis.call('ZADD', 'workqueue:limit:waiting:' .. queue, 'XX', 0, key) end
 return removed
 """
@@ -322,9 +331,11 @@ def queue_release(
     execution_id: str,
     key: str | None = None,
     queue_key: str = "",
+    grace: float = 0.0,
 ) -> None:
-    """Queue on ``pipe`` the end of the run's lease (a no-op for a job without a limit key)."""
-    pipe.eval(RELEASE_SCRIPT, 1, job_hash_key, f"{job_id}:{execution_id}", key or "", queue_key)
+    """Queue on ``pipe`` the end of the run's lease (a no-op for a job without a limit key): now, or
+    ``grace`` seconds from now (a dead run's: the site may still be serving its last request)."""
+    pipe.eval(RELEASE_SCRIPT, 1, job_hash_key, f"{job_id}:{execution_id}", key or "", queue_key, grace)
 
 
 def queue_extend(pipe: redis.client.Pipeline, key: str, job_id: str, execution_id: str, ttl: float) -> None:

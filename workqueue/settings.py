@@ -201,5 +201,8 @@ LIMIT_RATE_MARGIN = 0.1
 #: An idle worker whose queues have jobs held by a limit looks at them at least this often (seconds),
 #: so a job released by time (a rate window) starts within about this long.
 LIMIT_POLL = 0.5
+#: A dead worker's concurrency slot comes back this long (seconds) after the sweep hands its job
+#: back, not at once: the site may still be answering the request the dead run had sent.
+LIMIT_DEAD_GRACE = 5.0
 #: The longest limit key or pattern (characters).
 LIMIT_KEY_MAX = 200
