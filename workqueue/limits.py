@@ -14,9 +14,10 @@ queue and key, and the jobs behind it go on (no head-of-line blocking). Each cla
 in order, held jobs whose key has room again, to the front of their queue. A concurrency slot is a
 *lease* (the run's execution in a sorted set scored by its expiry), extended by the worker's
 heartbeat and removed when the job ends (the end's transaction, ``RELEASE_SCRIPT``) or when the
-recovery sweep hands back a dead worker's job; an expired lease is ignored, so a slot is never
-leaked. A rate of N per P seconds is a sliding window of the key's starts (with
-``LIMIT_RATE_MARGIN``).
+recovery sweep hands back a dead worker's job (``LIMIT_DEAD_GRACE`` later); an expired lease is
+ignored, so a slot is never leaked. A rate of N per P seconds is a sliding window of the key's
+starts on Redis's clock (with ``LIMIT_RATE_MARGIN``), and the job's first request on the wire is
+paced by a window of its own (``pace_current_job``), so start-up jitter cannot bunch requests.
 """
 
 from __future__ import annotations
