@@ -106,11 +106,12 @@ lint: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
-## bench: workqueue beside bare RQ, Dramatiq and Huey, then the gateway, the WSGI servers and the crawler; BENCH_QUICK=1: ~2 minutes
+## bench: workqueue beside bare RQ, Dramatiq and Huey, then the gateway, the WSGI servers, per-key limits and the crawler; BENCH_QUICK=1: ~2 minutes
 bench: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS)
 	$(PY) bench/run.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/gateway.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/servers.py $(if $(BENCH_QUICK),--quick)
+	$(PY) bench/limits.py
 	$(PY) bench/crawl.py
 
 clean:

@@ -50,6 +50,14 @@ def _http_url(value: str) -> str:
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
+def domain_limit_key(params: Mapping[str, Any]) -> str | None:
+    """``domain:<host>`` for a task whose ``url`` parameter names the host it will load (lower
+    case, without port): the key per-domain limits (``limit set 'domain:*' ...``) match."""
+    url = params.get("url")
+    host = urlsplit(url).hostname if isinstance(url, str) else None
+    return f"domain:{host.lower()}" if host else None
+
+
 def _number(x: float) -> str:
     return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
 
@@ -127,21 +135,6 @@ class Param:
 
 
 @dataclass(frozen=True)
-class DefaultLimit:
-    """A task's own limit per key: at most ``rate`` jobs started per second and ``concurrency``
-    running at once (None: no bound of that kind)."""
-
-    rate: float | None = None
-    concurrency: int | None = None
-
-
-def domain_limit_key(params: Mapping[str, Any]) -> str | None:
-    """``domain:<host>`` of the job's ``url`` parameter (None without one): politeness per site."""
-    host = urlsplit(str(params.get("url", ""))).hostname
-    return f"domain:{host}" if host else None
-
-
-@dataclass(frozen=True)
 class Task:
     """A catalogue entry: the function, its parameters and how a worker should treat it."""
 
@@ -157,11 +150,13 @@ class Task:
     retries: int = 3
     backoff: float = 2.0
     timeout_for: Callable[[dict], int] | None = field(default=None, compare=False)
-    #: The per-key limit a job of this task falls under (e.g. ``domain:example.com``), from its
-    #: parameters; None: no key. The limits themselves are enforced where jobs are handed out.
+    #: Per-key limits (``workqueue.limits``): the limit key a job of this task carries, derived from
+    #: its validated parameters (None: no key), unless its enqueue gives ``--limit-key``.
     limit_key: Callable[[Mapping[str, Any]], str | None] | None = field(default=None, compare=False)
-    #: The rate and concurrency for this task's keys when no configured limit rule matches.
-    default_limit: DefaultLimit | None = None
+    #: The limit a job of this task keeps to when no configured rule (``limit set``) matches its key:
+    #: (requests, per_seconds, concurrency), e.g. (1, 1.0, 2) for 1 request a second and 2 at a time;
+    #: 0 requests or 0 concurrency for no bound of that kind. None: unlimited unless a rule says so.
+    default_limit: tuple[float, float, int] | None = None
 
     @property
     def path(self) -> str:
@@ -218,6 +213,7 @@ _TASKS = (
         timeout=180,
         retries=2,
         backoff=5.0,
+        limit_key=domain_limit_key,
     ),
     Task(
         "crawl",
@@ -233,7 +229,7 @@ _TASKS = (
         timeout=180,
         retries=0,
         limit_key=domain_limit_key,
-        default_limit=DefaultLimit(rate=1.0, concurrency=2),
+        default_limit=(1, 1.0, 2),  # 1 request a second and 2 at a time per site
     ),
     Task(
         "primes",

@@ -2,12 +2,23 @@
 
 The Python API (see ``workqueue.api``): :func:`enqueue`, :func:`enqueue_many`, :func:`stats`, :func:`results`,
 and the :class:`Batch` they return, with ``wait(on_task=..., on_done=..., timeout=...)``;
-:class:`Schedules` for periodic schedules.
+:class:`Schedules` for periodic schedules; per-key limits: :func:`set_limit`, :func:`remove_limit`,
+:func:`list_limits`.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Batch", "Schedules", "enqueue", "enqueue_many", "results", "stats"]
+__all__ = [
+    "Batch",
+    "Schedules",
+    "enqueue",
+    "enqueue_many",
+    "list_limits",
+    "remove_limit",
+    "results",
+    "set_limit",
+    "stats",
+]
 
 
 def __getattr__(name: str):

@@ -10,6 +10,7 @@ print(workqueue.stats())
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 
 import redis
 
-from workqueue import batches, crawling, jobstats, outage, producer, schedules, timing
+from workqueue import batches, crawling, jobstats, limits, outage, producer, schedules, timing
 from workqueue.connection import connect
 from workqueue.errors import BadInput
 from workqueue.settings import DEFAULT_QUEUE
@@ -91,6 +92,7 @@ def enqueue(
     unique_key: str | None = None,
     unique_for: int | str | None = None,
     priority: int | str | None = None,
+    limit_key: str | None = None,
 ) -> Batch:
     """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
 
@@ -104,11 +106,12 @@ def enqueue(
     batch's ``existing`` names the job found instead.
 
     ``priority``: a level inside the queue, ``"low"``, ``"normal"`` (default), ``"high"``,
-    ``"urgent"`` or 0-9, higher first (``workqueue.priorities``).
+    ``"urgent"`` or 0-9, higher first (``workqueue.priorities``). ``limit_key``: the jobs' per-key
+    limit key (default: the task's own, see :func:`set_limit`).
     """
     call = producer.TaskCall.build(
         task, params, retries=retries, timeout=timeout, unique=unique, unique_key=unique_key, unique_for=unique_for,
-        priority=priority,
+        priority=priority, limit_key=limit_key,
     )  # fmt: skip
     return _submit([call] * count, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
 
@@ -124,10 +127,12 @@ def enqueue_many(
     after: After = None,
     after_any: bool = False,
     priority: int | str | None = None,
+    limit_key: str | None = None,
 ) -> Batch:
     """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued
-    (``when``, ``delay``, ``after``, ``after_any``: as :func:`enqueue`; ``priority``: as its, for all of them)."""
-    calls = [producer.TaskCall.build(name, params, priority=priority) for name, params in tasks]
+    (``when``, ``delay``, ``after``, ``after_any``: as :func:`enqueue`; ``priority`` and ``limit_key``:
+    as its, for all of them)."""
+    calls = [producer.TaskCall.build(name, params, priority=priority, limit_key=limit_key) for name, params in tasks]
     return _submit(calls, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
 
 
@@ -141,6 +146,32 @@ def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[job
     """Per queue and per task: enqueued, finished, failed, running, throughput, wait and run times."""
     connection, _ = connect(redis_url)
     return jobstats.collect(connection, [queue] if queue else None)
+
+
+# -- Per-key limits (workqueue.limits) -------------------------------------------------------------
+
+
+def set_limit(
+    key: str, *, rate: str | None = None, concurrency: int | None = None, redis_url: str | None = None
+) -> limits.Rule:
+    """Limit the jobs of ``key`` (or of each key matching a pattern such as ``domain:*``) to ``rate``
+    starts (``"2/s"``, ``"30/m"``) and ``concurrency`` at once; BadInput for a malformed one."""
+    rule = limits.make_rule(key, rate, concurrency)
+    connection, _ = connect(redis_url)
+    limits.set_rule(connection, rule)
+    return rule
+
+
+def remove_limit(key: str, *, redis_url: str | None = None) -> limits.Rule:
+    """Remove the limit set on ``key`` (as given to :func:`set_limit`); BadInput if there is none."""
+    connection, _ = connect(redis_url)
+    return limits.remove_rule(connection, key)
+
+
+def list_limits(*, redis_url: str | None = None) -> tuple[list[limits.Rule], list[limits.KeyState]]:
+    """The rules, and each key in use with its limit, slots in use and jobs waiting."""
+    connection, _ = connect(redis_url)
+    return limits.rules(connection), limits.key_states(connection, time.time())
 
 
 def _submit(

@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.worker import BaseWorker
 
-from workqueue import batches, dependencies, priorities, recovery
+from workqueue import batches, dependencies, limits, priorities, recovery
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
 
@@ -181,6 +181,7 @@ def stop_job(connection: redis.Redis, job_id: str, *, by: str, timeout: float = 
         job.meta["cancelled_by"] = by
         job.save_meta()
         job.cancel()
+        limits.forget_held(connection, job)  # a job held by a per-key limit waits off the queue
         batches.job_ended(connection, job, "failed", detail=f"cancelled by {by}")
         dependencies.settle_safely(connection, job_id)  # what waited for it: cancelled too, or run (after any)
         return JobStop(
@@ -252,6 +253,7 @@ def cancel_queued(connection: redis.Redis, queue: str, *, by: str) -> list[JobSt
     """Cancel every job waiting on a queue (see :func:`stop_job`); running ones are left alone."""
     check_queue_name(queue)
     waiting = priorities.waiting_ids(connection, queue)  # every priority level
+    waiting += limits.held_ids(connection, f"rq:queue:{queue}")  # and those a per-key limit holds
     return each_job(waiting, lambda job_id: stop_job(connection, job_id, by=by))
 
 

@@ -24,7 +24,7 @@ import redis
 from redis.commands.core import Script
 from rq.job import Job
 
-from workqueue import batches, jobstats, lua, outage
+from workqueue import batches, jobstats, limits, lua, outage
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,10 @@ def direct_client(connection: redis.Redis) -> redis.Redis:
 # its SHA1).
 _RUN_LOOP = lua.script("guarded_run")
 #: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
-_RUNNABLE = {hashlib.sha1(text.encode()).hexdigest(): text for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT)}
+_RUNNABLE = {
+    hashlib.sha1(text.encode()).hexdigest(): text
+    for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT, limits.RELEASE_SCRIPT)
+}
 _RUN = (
     "local scripts = {}\n"
     + "".join(f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items())

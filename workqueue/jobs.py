@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import str_to_date
 
 import task_def
-from workqueue import rq_compat
+from workqueue import limits, rq_compat
 from workqueue.errors import BadInput, JobRefused, UnreadableJob
 
 SERIALIZER = JSONSerializer
@@ -159,6 +159,11 @@ class CatalogueJob(Job):
     def stopped_callback(self):
         self._allowed_callback(rq_compat.stopped_callback_name(self))
         return super().stopped_callback
+
+    def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict:
+        """RQ's, plus the job's limit key and default limit as fields of their own (from its meta),
+        for the claim script to read without parsing the meta (``workqueue.limits``)."""
+        return {**super().to_dict(include_meta, include_result), **limits.job_fields(self.meta)}
 
 
 #: What reading a job not written as JSON raises (a pickled one, say).

@@ -22,7 +22,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from workqueue import lua, pausing, priorities, timing
+from workqueue import limits, lua, pausing, priorities, timing
 from workqueue.jobs import SERIALIZER
 from workqueue.replies import decoded
 from workqueue.settings import STATS_RETENTION, STATS_SAMPLES
@@ -224,6 +224,8 @@ class QueueStats:
     #: Waiting jobs per priority level (levels holding none left out), and whether the queue is paused.
     by_level: dict[int, int] = field(default_factory=dict)
     paused: bool = False
+    #: Jobs waiting off the queue for room under a per-key limit (``workqueue.limits``).
+    held: int = 0
 
 
 def collect(
@@ -277,11 +279,13 @@ def collect(
         for i, stats in enumerate(tasks.values()):
             stats.run = [float(v) for v in samples[2 * i]]
             stats.wait = [float(v) for v in samples[2 * i + 1]]
+        held = limits.held_total(connection, q.key)
         report.append(
             QueueStats(
-                name, queued, len(started), dict(sorted(tasks.items())), *waited, by_level=by_level, paused=paused
+                name, queued, len(started), dict(sorted(tasks.items())), *waited,
+                by_level=by_level, paused=paused, held=held,
             )
-        )
+        )  # fmt: skip
     return report
 
 
@@ -345,8 +349,9 @@ def format_report(report: list[QueueStats]) -> list[str]:
 
     lines = []
     for q in report:
+        held = f", {q.held} held by limits" if q.held else ""
         lines.append(
-            f"queue {q.queue}: {q.queued} queued, {q.running} running{_describe_waiting(q)}"
+            f"queue {q.queue}: {q.queued} queued, {q.running} running{held}{_describe_waiting(q)}"
             + (", paused" if q.paused else "")
         )
         if set(q.by_level) - {priorities.NORMAL}:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,6 +182,17 @@ class _CheckedBackend(httpcore.SyncBackend):
         raise error
 
 
+#: Per-key limits (``workqueue.limits.pace_current_job``): called with each request's host before it
+#: is sent, on a worker, so a rate-limited job's first request keeps to its key's rate on the wire.
+_pacer: Callable[[str], None] | None = None
+
+
+def set_pacer(pacer: Callable[[str], None] | None) -> None:
+    """Install the pacer (the worker does it as it starts, the horse inherits it)."""
+    global _pacer
+    _pacer = pacer
+
+
 class CheckedTransport(httpx.HTTPTransport):
     """httpx's transport, its connections made through the policy (proxies are not used: a proxy
     would connect on our behalf to addresses we never checked)."""
@@ -192,6 +203,11 @@ class CheckedTransport(httpx.HTTPTransport):
         if not hasattr(self._pool, "_network_backend"):
             raise RuntimeError("httpcore's ConnectionPool no longer has _network_backend: update workqueue.network")
         self._pool._network_backend = _CheckedBackend(policy)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if _pacer is not None:
+            _pacer(request.url.host)
+        return super().handle_request(request)
 
 
 def client(policy: NetworkPolicy | None = None, **kwargs: Any) -> httpx.Client:

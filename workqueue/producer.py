@@ -23,7 +23,7 @@ from rq.job import Dependency, Job, JobStatus
 from rq.queue import EnqueueData
 
 import task_def
-from workqueue import batches, dependencies, jobstats, outage, priorities, rq_compat, unique
+from workqueue import batches, dependencies, jobstats, limits, outage, priorities, rq_compat, unique
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
@@ -55,6 +55,9 @@ class TaskCall:
     meta: Mapping[str, Any] | None = field(default=None, compare=False)
     #: Priority level inside the queue, 0-9, higher first (``priorities``; default normal, 5).
     priority: int = priorities.NORMAL
+    #: Per-key limits (``workqueue.limits``): the job's limit key, given at enqueue; None: the
+    #: task's own (``Task.limit_key``, e.g. ``domain:<host>`` for scrape), if any.
+    limit_key: str | None = None
 
     @classmethod
     def build(
@@ -69,6 +72,7 @@ class TaskCall:
         unique_key: str | None = None,
         unique_for: int | str | None = None,
         priority: int | str | None = None,
+        limit_key: str | None = None,
     ) -> TaskCall:
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
         numbers must be JSON numbers, not text (for the HTTP API, whose schema says so). ``unique``
@@ -92,7 +96,15 @@ class TaskCall:
                 f"{task.name}: parameters are {size:,} bytes of JSON, over the {MAX_PARAMS_BYTES:,} limit", "params"
             )
         key, hold = _unique_options(task.name, values, unique, unique_key, unique_for)
-        return cls(task, values, retries, timeout, key, hold, priority=level)
+        if limit_key is not None:
+            limits.check_key(limit_key)
+        return cls(task, values, retries, timeout, key, hold, priority=level, limit_key=limit_key)
+
+    def effective_limit_key(self) -> str | None:
+        """The limit key the job carries: the one given, else the task's (None: none)."""
+        if self.limit_key is not None:
+            return self.limit_key
+        return self.task.limit_key(self.params) if self.task.limit_key else None
 
     def job_timeout(self) -> int:
         return self.timeout or self.task.job_timeout(self.params)
@@ -142,7 +154,9 @@ def parse_param_pairs(pairs: Iterable[str]) -> dict[str, str]:
     return params
 
 
-def load_calls(path: Path, *, retries: int | None = None, timeout: int | None = None) -> list[TaskCall]:
+def load_calls(
+    path: Path, *, retries: int | None = None, timeout: int | None = None, limit_key: str | None = None
+) -> list[TaskCall]:
     """Every line of a JSON-lines file (``{"task": ..., "params": {...}}``), validated whole."""
     try:
         lines = path.read_text().splitlines()
@@ -161,7 +175,11 @@ def load_calls(path: Path, *, retries: int | None = None, timeout: int | None = 
         if not isinstance(entry.get("params", {}), dict) or set(entry) - {"task", "params"}:
             raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}} and nothing else')
         try:
-            calls.append(TaskCall.build(entry["task"], entry.get("params"), retries=retries, timeout=timeout))
+            calls.append(
+                TaskCall.build(
+                    entry["task"], entry.get("params"), retries=retries, timeout=timeout, limit_key=limit_key
+                )
+            )
         except BadInput as exc:
             raise BadInput(f"{path}:{number}: {exc}") from None
     if not calls:
@@ -346,7 +364,11 @@ def _prepare(call: TaskCall, key: str | None = None) -> EnqueueData:
         result_ttl=RESULT_TTL,
         failure_ttl=FAILURE_TTL,
         description=call.describe(),
-        meta={**meta, **priorities.meta(call.priority)},
+        meta={
+            **meta,
+            **priorities.meta(call.priority),
+            **limits.job_meta(call.effective_limit_key(), call.task.default_limit),
+        },
         job_id=uuid.uuid4().hex if key else None,
         **batches.callbacks(),
     )

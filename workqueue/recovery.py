@@ -27,12 +27,12 @@ from rq.utils import current_timestamp, now, utcformat, utcparse
 from rq.worker_registration import clean_worker_registry
 
 import task_def
-from workqueue import batches, dependencies, jobstats, lua, priorities, rq_compat
+from workqueue import batches, dependencies, jobstats, limits, lua, priorities, rq_compat
 from workqueue.errors import UnreadableJob
 from workqueue.guarded import SUPERSEDED, Guard, run_guarded
 from workqueue.jobs import SERIALIZER, CatalogueJob, fetch_job
 from workqueue.replies import decoded, decoded_members
-from workqueue.settings import FAILURE_TTL
+from workqueue.settings import FAILURE_TTL, LIMIT_DEAD_GRACE
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,10 @@ def _forget_executions(
         pipe.delete(f"{RQ_KEY_PREFIX}:execution:{composite}")
         pipe.zrem(queue.started_job_registry.key, composite)
         pipe.zrem(ExecutionRegistry.key_template.format(job_id), execution_id)
+        # Its concurrency slot comes back shortly: the site may still be answering the dead run's request.
+        limits.queue_release(
+            pipe, Job.key_for(job_id), job_id, execution_id, queue_key=queue.key, grace=LIMIT_DEAD_GRACE
+        )
         if worker_name:
             pipe.srem(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name), composite)
 

@@ -192,3 +192,20 @@ class Settings:
     def password_file(self) -> Path:
         """The embedded server's password (0600, made at first use; nothing for the user to set)."""
         return self.redis_dir / "password"
+
+
+# -- Per-key limits (workqueue/limits.py) ----------------------------------------------------------
+
+#: A rate of N per P seconds lets at most N jobs of a key start within any P + LIMIT_RATE_MARGIN
+#: seconds (on Redis's clock), and a job's first request then waits, if need be, until at most N
+#: were sent in the last P seconds (``limits.pace_current_job``): the margin keeps that wait rare.
+#: Mirrored in lua/claim.lua.
+LIMIT_RATE_MARGIN = 0.1
+#: An idle worker whose queues have jobs held by a limit looks at them at least this often (seconds),
+#: so a job released by time (a rate window) starts within about this long.
+LIMIT_POLL = 0.5
+#: A dead worker's concurrency slot comes back this long (seconds) after the sweep hands its job
+#: back, not at once: the site may still be answering the request the dead run had sent.
+LIMIT_DEAD_GRACE = 5.0
+#: The longest limit key or pattern (characters).
+LIMIT_KEY_MAX = 200

@@ -8,6 +8,7 @@ from workqueue import embedded
 from workqueue.cli import services
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK
 from workqueue.cli.demo import demo
+from workqueue.cli.limit import limit
 from workqueue.cli.queue import queue
 from workqueue.cli.schedule import schedule
 from workqueue.connection import connect
@@ -22,6 +23,7 @@ def main() -> None:
 main.add_command(demo)
 main.add_command(schedule)
 main.add_command(queue)
+main.add_command(limit)
 
 
 @main.group()

@@ -15,7 +15,7 @@ import click
 import redis
 
 import task_def
-from workqueue import batches, crawling, jobstats, outage, priorities, producer, timing
+from workqueue import batches, crawling, jobstats, limits, outage, priorities, producer, timing
 from workqueue.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -53,6 +53,8 @@ class Enqueueing:
     unique_for: str | None = None
     results: Path | None = None
     priority: int = priorities.NORMAL
+    #: ``--limit-key K``: every job's limit key (``workqueue.limits``), instead of its task's own.
+    limit_key: str | None = None
 
 
 def list_tasks() -> None:
@@ -81,7 +83,7 @@ def follow(redis_url: str | None, batch_id: str, quiet: bool) -> int:
 
 def calls_from_file(path: Path, options: Enqueueing) -> list[producer.TaskCall]:
     """``--from-file``: the file's calls, validated whole before any is enqueued."""
-    return producer.load_calls(path, retries=options.retries, timeout=options.timeout)
+    return producer.load_calls(path, retries=options.retries, timeout=options.timeout, limit_key=options.limit_key)
 
 
 def calls_from_flags(
@@ -89,7 +91,9 @@ def calls_from_flags(
 ) -> list[producer.TaskCall]:
     """``--task NAME --param K=V --count N``: one call, N times."""
     params = producer.parse_param_pairs(pairs)
-    call = producer.TaskCall.build(task_name, params, retries=options.retries, timeout=options.timeout)
+    call = producer.TaskCall.build(
+        task_name, params, retries=options.retries, timeout=options.timeout, limit_key=options.limit_key
+    )
     return [call] * (count or 1)
 
 
@@ -263,6 +267,12 @@ def with_priority(calls: list[producer.TaskCall], level: int) -> list[producer.T
     default=None,
     help="With --wait: write each crawled page's result to FILE as JSON lines.",
 )
+@click.option(
+    "--limit-key",
+    metavar="K",
+    default=None,
+    help="Per-key limits: the jobs' limit key (default: the task's own, e.g. domain:<host> for scrape).",
+)
 @redis_url_option
 def main(
     task_name: str | None,
@@ -293,6 +303,7 @@ def main(
     unique_key: str | None,
     unique_for: str | None,
     results_file: Path | None,
+    limit_key: str | None,
     redis_url: str | None,
 ) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
@@ -317,6 +328,8 @@ def main(
     options = replace(options, when=resolve_when(run_in, run_at, after, after_any), after=after, after_any=after_any)
     options = _unique_and_results(options, unique, unique_key, unique_for, results_file, via)
     options = replace(options, priority=priority)
+    if limit_key is not None:
+        options = replace(options, limit_key=limits.check_key(limit_key))
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
@@ -348,6 +361,7 @@ def as_unique(calls: list[producer.TaskCall], options: Enqueueing) -> list[produ
         producer.TaskCall.build(
             c.task.name, c.params, retries=c.retries, timeout=c.timeout,
             unique=options.unique, unique_key=options.unique_key, unique_for=options.unique_for,
+            limit_key=c.limit_key, priority=c.priority,
         )
         for c in calls
     ]  # fmt: skip

@@ -14,7 +14,7 @@ from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 from werkzeug.exceptions import HTTPException
 
 from workqueue import outage, priorities, webguard
-from workqueue.dashboard import metrics, rq_views, security, views
+from workqueue.dashboard import limits_page, metrics, rq_views, security, views
 from workqueue.errors import RedisLostData, UnreadableJob
 from workqueue.jobs import SERIALIZER
 from workqueue.settings import POLL_INTERVAL
@@ -63,6 +63,7 @@ def _install_rq_dashboard(
     rq_dashboard_web.setup_rq_connection(app)
     rq_views.replace_unsafe_views(app)
     app.register_blueprint(views.blueprint)
+    app.register_blueprint(limits_page.blueprint)  # per-key limits (workqueue.limits)
     app.extensions["workqueue.redis"] = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
 
 

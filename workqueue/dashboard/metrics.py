@@ -4,6 +4,7 @@ failed counters, and run-time histograms per task (kept by the workers, see ``st
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from prometheus_client.core import (
 )
 from rq import Queue, Worker
 
-from workqueue import jobstats, pausing, priorities, schedules
+from workqueue import jobstats, limits, pausing, priorities, schedules
 from workqueue.jobs import SERIALIZER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,6 +62,7 @@ class RedisCollector:
         yield self._workers()
         yield self._durations(tasks)
         yield from self._dispatch(names, waiting)
+        yield from self._limits()
 
     def _dispatch(self, names: list[str], waiting: dict[str, dict[int, int]]) -> Iterator[Metric]:
         """Each queue paused or not, and its waiting jobs per priority level (``pausing``, ``priorities``)."""
@@ -78,6 +80,20 @@ class RedisCollector:
                 by_level.add_metric([name, str(level)], count)
         yield paused
         yield by_level
+
+    def _limits(self) -> Iterator[Metric]:
+        """Per-key limits (``workqueue.limits``): per key in use, jobs waiting for room and slots in use."""
+        waiting = GaugeMetricFamily(
+            "workqueue_limit_waiting_jobs", "Jobs held off the queue until their limit key has room.", labels=["key"]
+        )
+        slots = GaugeMetricFamily(
+            "workqueue_limit_slots_in_use", "Running jobs of the limit key (live leases).", labels=["key"]
+        )
+        for state in limits.key_states(self.connection, time.time()):
+            waiting.add_metric([state.key], state.waiting)
+            slots.add_metric([state.key], state.running)
+        yield waiting
+        yield slots
 
     def _workers(self) -> Metric:
         workers = GaugeMetricFamily("workqueue_workers", "Registered workers, busy or idle.", labels=["state"])

@@ -78,7 +78,7 @@ class GatewayClient:
             "tasks": [{"task": c.task.name, "params": c.params} for c in calls],
             "queue": queue_name,
         }
-        for name in ("retries", "timeout"):
+        for name in ("retries", "timeout", "limit_key"):
             if getattr(calls[0], name) is not None:
                 body[name] = getattr(calls[0], name)
         if calls[0].priority != priorities.NORMAL:  # shared too (--priority)

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import task_def
-from workqueue import priorities, timing
+from workqueue import limits, priorities, timing
 from workqueue.jobs import QUEUE_NAME
 from workqueue.producer import MAX_RETRIES, MAX_TIMEOUT
 from workqueue.settings import (
@@ -140,7 +140,7 @@ def document() -> dict[str, Any]:
             },
         },
         "security": [{}, {"bearer": []}],
-        "paths": {**_collection_paths(), **_item_paths(), **schedule_paths()},
+        "paths": {**_collection_paths(), **_item_paths(), **schedule_paths(), **_limit_paths()},
     }
 
 
@@ -176,6 +176,7 @@ def _schemas() -> dict[str, Any]:
         "NoFields": {"type": "object", "additionalProperties": False, "description": "An empty object, {}."},
         "Tasks": _tasks_schema(),
         **schedule_schemas(),
+        **_limit_schemas(),
     }
 
 
@@ -205,6 +206,11 @@ def _common_fields() -> dict[str, Any]:
             ],
             "description": f"Priority inside the queue, higher first: {priorities.describe_levels()}, "
             "or an integer 0-9. Default normal.",
+        },
+        "limit_key": {
+            "type": "string",
+            "pattern": f"^{limits.KEY_PATTERN.pattern}$",
+            "description": "Per-key limits: the jobs' limit key (default: the task's own, e.g. domain:<host>).",
         },
     }
 
@@ -647,6 +653,50 @@ def schedule_schemas() -> dict[str, Any]:
     }
 
 
+# -- Per-key limits (workqueue.limits) -------------------------------------------------------------
+
+
+def _limit_schemas() -> dict[str, Any]:
+    """``POST /limits``'s body, and the rules and keys ``GET /limits`` answers."""
+    nullable_string, nullable_integer = _nullable({"type": "string"}), _nullable({"type": "integer"})
+    rule = {
+        "type": "object",
+        "required": ["key", "rate", "concurrency"],
+        "properties": {"key": {"type": "string"}, "rate": nullable_string, "concurrency": nullable_integer},
+    }
+    key = {
+        "type": "object",
+        "required": ["key", "rule", "rate", "concurrency", "slots_in_use", "waiting"],
+        "properties": {
+            "key": {"type": "string"},
+            **_fields(nullable_string, "rule", "rate"),
+            "concurrency": nullable_integer,
+            **_fields({"type": "integer"}, "slots_in_use", "waiting"),
+        },
+    }
+    return {
+        "LimitSet": {
+            "type": "object",
+            "required": ["key"],
+            "anyOf": [{"required": ["rate"]}, {"required": ["concurrency"]}],
+            "additionalProperties": False,
+            "description": "At most `rate` starts and `concurrency` running jobs of `key`; a pattern "
+            "(domain:*) gives each matching key its own. Give `rate`, `concurrency` or both.",
+            "properties": {
+                "key": {"type": "string", "pattern": f"^{limits.RULE_PATTERN.pattern}$"},
+                "rate": {"type": "string", "pattern": limits.RATE_PATTERN, "description": "N/s, N/m or N/h."},
+                "concurrency": {"type": "integer", "minimum": 1, "maximum": limits.CONCURRENCY_MAX},
+            },
+        },
+        "LimitRule": {"type": "object", "required": ["rule"], "properties": {"rule": rule}},
+        "Limits": {
+            "type": "object",
+            "required": ["rules", "keys"],
+            "properties": {"rules": {"type": "array", "items": rule}, "keys": {"type": "array", "items": key}},
+        },
+    }
+
+
 def schedule_paths() -> dict[str, Any]:
     """``/schedules`` and the actions on one schedule."""
     name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": SCHEDULE_NAME}}]
@@ -678,4 +728,34 @@ def schedule_paths() -> dict[str, Any]:
             "Resume a schedule from its next tick (missed ticks skipped)", "resumeSchedule", dict(paused)
         ),
         "/schedules/{name}/run-now": action("Enqueue one batch of a schedule now", "runScheduleNow", ran),
+    }
+
+
+def _limit_paths() -> dict[str, Any]:
+    """List, set and remove per-key limits."""
+    key = {"type": "string", "minLength": 1, "maxLength": 400}
+    gone = {"404": _error("No limit on that key."), "503": _BAD_BODY["503"]}
+    refused = {"422": _error("A malformed rate, a concurrency under 1, neither given, or a bad key."), **_AUTH}
+    return {
+        "/limits": {
+            "get": _operation(
+                "Every rule, and each key in use: its limit, slots in use and jobs waiting",
+                "listLimits",
+                {**_ok("The limits.", "Limits"), **_AUTH, "503": _BAD_BODY["503"]},
+            ),
+            "post": _operation(
+                "Set the limit of a key or pattern (replacing its old one)",
+                "setLimit",
+                {**_ok("The rule set.", "LimitRule"), "400": _error(_NOT_JSON), **_BAD_BODY, **refused},
+                "LimitSet",
+            ),
+        },
+        "/limits/{key}": {
+            "parameters": [{"name": "key", "in": "path", "required": True, "schema": key}],
+            "delete": _operation(
+                "Remove the limit set on a key or pattern",
+                "removeLimit",
+                {**_ok("What was done.", "Message"), **_AUTH, **gone},
+            ),
+        },
     }

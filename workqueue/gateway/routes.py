@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -26,6 +27,7 @@ from workqueue import (
     dependencies,
     job_json,
     jobstats,
+    limits,
     network,
     outage,
     pausing,
@@ -55,7 +57,7 @@ bp = Blueprint("gateway", __name__)
 #: The key of the app's ``extensions`` holding its :class:`Gateway`.
 EXTENSION = "workqueue.gateway"
 
-_COMMON = {"queue", "retries", "timeout", "callback", "unique", "priority"}
+_COMMON = {"queue", "retries", "timeout", "callback", "unique", "priority", "limit_key"}
 _COMMON |= {"at", "in", "after", "after_any"}  # when work runs (issue 15)
 
 
@@ -204,7 +206,7 @@ def queues() -> Response:
 def enqueue_one() -> tuple[Response, int]:
     body = _body({"task", "params", "count"} | _COMMON)
     count = _integer(body, "count", 1, MAX_TASKS, default=1)
-    call = _call(body, body.get("retries"), body.get("timeout"), "")
+    call = _call(body, body.get("retries"), body.get("timeout"), "", body.get("limit_key"))
     return _enqueue(body, [call] * count)
 
 
@@ -218,7 +220,7 @@ def enqueue_batch() -> tuple[Response, int]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or set(entry) - {"task", "params"}:
             raise Invalid(f'tasks[{i}]: expected {{"task": NAME, "params": {{...}}}}', f"tasks[{i}]")
-        calls.append(_call(entry, body.get("retries"), body.get("timeout"), f"tasks[{i}]."))
+        calls.append(_call(entry, body.get("retries"), body.get("timeout"), f"tasks[{i}].", body.get("limit_key")))
     return _enqueue(body, calls)
 
 
@@ -313,6 +315,48 @@ def _with_priority(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> l
     return [replace(call, priority=level) for call in calls]
 
 
+# --- per-key limits (workqueue.limits) ------------------------------------------------------------
+
+
+@bp.get("/limits")
+def list_limits() -> Response:
+    """Every rule, and each key in use: its limit, slots in use and jobs waiting."""
+    connection = _gateway().connection
+    return jsonify(
+        {
+            "rules": [rule.as_json() for rule in limits.rules(connection)],
+            "keys": [state.as_json() for state in limits.key_states(connection, time.time())],
+        }
+    )
+
+
+@bp.post("/limits")
+def set_limit() -> tuple[Response, int]:
+    body = _body({"key", "rate", "concurrency"})
+    key, rate, concurrency = body.get("key"), body.get("rate"), body.get("concurrency")
+    if not isinstance(key, str):
+        raise Invalid("key: expected a key or pattern, e.g. domain:*", "key")
+    if rate is not None and not isinstance(rate, str):
+        raise Invalid(f"rate: expected N/s, N/m or N/h, got {rate!r}", "rate")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)):
+        raise Invalid(f"concurrency: expected an integer >= 1, got {concurrency!r}", "concurrency")
+    try:
+        rule = limits.make_rule(key, rate, concurrency)
+    except BadInput as exc:
+        raise Invalid(str(exc), exc.field) from None
+    limits.set_rule(_gateway().connection, rule)
+    return jsonify({"rule": rule.as_json()}), 200
+
+
+@bp.delete("/limits/<path:key>")
+def remove_limit(key: str) -> Response:
+    try:
+        rule = limits.remove_rule(_gateway().connection, key)
+    except BadInput as exc:
+        return error(404, str(exc))
+    return jsonify({"message": f"removed the limit on {rule.pattern} ({rule.describe()})"})
+
+
 # --- what the routes share ------------------------------------------------------------------------
 
 
@@ -360,7 +404,7 @@ def _unique_calls(spec: Any, calls: list[producer.TaskCall]) -> list[producer.Ta
         return [
             producer.TaskCall.build(
                 c.task.name, c.params, retries=c.retries, timeout=c.timeout, strict=True,
-                unique=key is None, unique_key=key, unique_for=hold,
+                unique=key is None, unique_key=key, unique_for=hold, limit_key=c.limit_key,
             )
             for c in calls
         ]  # fmt: skip
@@ -467,7 +511,7 @@ def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: i
     return value
 
 
-def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str) -> producer.TaskCall:
+def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str, limit_key: Any = None) -> producer.TaskCall:
     """One task and its parameters, validated by the producer's rules."""
     if not isinstance(entry.get("task"), str):
         raise Invalid(f"{where}task: expected the name of a task", f"{where}task")
@@ -477,10 +521,14 @@ def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str) -> p
     for name, value in (("retries", retries), ("timeout", timeout)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise Invalid(f"{name}: expected an integer, got {value!r}", name)
+    if limit_key is not None and not isinstance(limit_key, str):
+        raise Invalid(f"limit_key: expected a string, got {limit_key!r}", "limit_key")
     try:
-        return producer.TaskCall.build(entry["task"], params, retries=retries, timeout=timeout, strict=True)
+        return producer.TaskCall.build(
+            entry["task"], params, retries=retries, timeout=timeout, strict=True, limit_key=limit_key
+        )
     except BadInput as exc:
-        field = exc.field if exc.field in ("retries", "timeout") else f"{where}{exc.field or 'task'}"
+        field = exc.field if exc.field in ("retries", "timeout", "limit_key") else f"{where}{exc.field or 'task'}"
         raise Invalid(f"{where[:-1]}: {exc}" if where else str(exc), field) from None
 
 

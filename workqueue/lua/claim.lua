@@ -34,6 +34,134 @@ if ARGV[12] ~= '' then
   end
 end
 
+-- Per-key limits (workqueue/limits.py) -------------------------------------------------------------
+-- A job whose hash has a 'limit_key' keeps to the rule on it (exact key, else the longest matching
+-- pattern, else the job's 'limit_default'): at most `rate` starts per `per` seconds (a sliding
+-- window of starts, plus LIMIT_MARGIN) and `concurrency` live leases. A job at its limit is held:
+-- moved off the queue to a FIFO list per queue and key, its key put in the queue's 'waiting' set
+-- scored by when to look again. Each claim first releases held jobs whose key has room, to the
+-- front of their queue, where this claim (or the next) takes them like any other job.
+local LIMIT, LIMIT_MARGIN, LIMIT_HELD_MAX = 'workqueue:limit:', 0.1, 1000
+local limit_clock = redis.call('TIME')  -- Redis's clock: the same for every worker on every machine
+local limit_now = tonumber(limit_clock[1]) + tonumber(limit_clock[2]) / 1000000
+local limit_held = 0
+
+local function limit_rule(key, default)
+  local raw = redis.call('HGET', LIMIT .. 'rules', key)
+  if not raw then
+    local patterns, best = redis.call('HGETALL', LIMIT .. 'patterns'), nil
+    for j = 1, #patterns, 2 do
+      local glob = patterns[j]
+      if (not best or #glob > #best or (#glob == #best and glob < best)) and pcall(string.find, key, patterns[j + 1])
+          and string.find(key, patterns[j + 1]) then
+        best = glob
+      end
+    end
+    if best then raw = redis.call('HGET', LIMIT .. 'rules', best) end
+  end
+  if raw then
+    local ok, rule = pcall(cjson.decode, raw)
+    if ok and type(rule) == 'table' then
+      return tonumber(rule.rate) or 0, tonumber(rule.per) or 1, tonumber(rule.concurrency) or 0, false
+    end
+  end
+  if default and default ~= '' then
+    local rate, per, conc = string.match(default, '^(%S+) (%S+) (%S+)$')
+    if rate then return tonumber(rate) or 0, tonumber(per) or 1, tonumber(conc) or 0, true end
+  end
+  return nil
+end
+
+-- When `key` next has room under (rate, per, conc): nil if it has room now.
+local function limit_wait(key, rate, per, conc)
+  local wait = nil
+  if conc > 0 then
+    local leases = LIMIT .. 'leases:' .. key
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', limit_now)
+    if redis.call('ZCARD', leases) >= conc then wait = limit_now + 1 end
+  end
+  if rate > 0 then
+    local starts = LIMIT .. 'starts:' .. key
+    redis.call('ZREMRANGEBYSCORE', starts, '-inf', limit_now - per - LIMIT_MARGIN)
+    local count = redis.call('ZCARD', starts)
+    if count >= rate then
+      local oldest = redis.call('ZRANGE', starts, count - rate, count - rate, 'WITHSCORES')
+      local at = tonumber(oldest[2]) + per + LIMIT_MARGIN
+      if not wait or at > wait then wait = at end
+    end
+  end
+  return wait
+end
+
+-- Whether the job `id` (taken from queue `queue` into `intermediate`) is held; if not, its start
+-- is counted (a lease that the job's end or the sweep removes, and a start in the rate window).
+local function limit_hold(queue, id, job_key)
+  local fields = redis.call('HMGET', job_key, 'limit_key', 'limit_default', 'limit_released')
+  local key = fields[1]
+  if not key or key == '' then return false end
+  redis.call('ZADD', LIMIT .. 'keys', limit_now, key)
+  local rate, per, conc, by_default = limit_rule(key, fields[2])
+  if by_default then redis.call('HSET', LIMIT .. 'defaults', key, fields[2]) end
+  local wait = rate and limit_wait(key, rate, per, conc)
+  if wait then
+    local held = LIMIT .. 'held:' .. queue .. ':' .. key
+    if fields[3] then redis.call('LPUSH', held, id) else redis.call('RPUSH', held, id) end
+    redis.call('ZADD', LIMIT .. 'waiting:' .. queue, wait, key)
+    limit_held = limit_held + 1
+    return true
+  end
+  if fields[3] then redis.call('HDEL', job_key, 'limit_released') end
+  local leases = LIMIT .. 'leases:' .. key
+  redis.call('ZADD', leases, limit_now + interval + 60, id .. ':' .. exec_id)
+  redis.call('EXPIRE', leases, 86400)  -- limits.LEASES_TTL
+  if rate and rate > 0 then
+    redis.call('ZADD', LIMIT .. 'starts:' .. key, limit_now, exec_id)
+    redis.call('EXPIRE', LIMIT .. 'starts:' .. key, math.ceil(per + LIMIT_MARGIN) + 1)
+  end
+  return false
+end
+
+-- The list a released job goes back to: its own priority level's (workqueue.priorities), from its meta.
+local function release_key(queue, meta)
+  local ok, decoded = pcall(cjson.decode, meta or '')
+  local level = ok and type(decoded) == 'table' and tonumber(decoded.priority) or NORMAL
+  if level == NORMAL or level < 0 or level > HIGHEST then return queue end
+  return PRIORITY_PREFIX .. string.sub(queue, #QUEUE_PREFIX + 1) .. ':' .. math.floor(level)
+end
+
+-- Release to the front of `queue` the first held job of each key due a look that has room again.
+local function limit_release(queue)
+  local waiting = LIMIT .. 'waiting:' .. queue
+  for _, key in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', limit_now, 'LIMIT', 0, 20)) do
+    local held = LIMIT .. 'held:' .. queue .. ':' .. key
+    local id, fields = nil, nil
+    while true do  -- skip jobs cancelled or deleted while held
+      id = redis.call('LINDEX', held, 0)
+      if not id then break end
+      fields = redis.call('HMGET', job_prefix .. id, 'status', 'limit_default', 'meta')
+      if fields[1] == 'queued' then break end
+      redis.call('LPOP', held)
+    end
+    if not id then
+      redis.call('ZREM', waiting, key)
+    else
+      local rate, per, conc = limit_rule(key, fields[2])
+      local wait = rate and limit_wait(key, rate, per, conc)
+      if wait then
+        redis.call('ZADD', waiting, wait, key)
+      else
+        redis.call('LPOP', held)
+        redis.call('HSET', job_prefix .. id, 'limit_released', '1')
+        redis.call('LPUSH', release_key(queue, fields[3]), id)
+        if redis.call('LLEN', held) == 0 then redis.call('ZREM', waiting, key) end
+      end
+    end
+  end
+end
+
+for i = 3, #KEYS, 3 do limit_release(KEYS[i]) end
+-- (end of the per-key limits' own block) ---------------------------------------------------------
+
 for i = 3, #KEYS, 3 do
   while true do
     if paused(i) then break end
@@ -46,7 +174,8 @@ for i = 3, #KEYS, 3 do
     if not id then break end
     local job_key = job_prefix .. id
     local job = redis.call('HGETALL', job_key)
-    if #job > 0 then
+    local held = #job > 0 and limit_hold(KEYS[i], id, job_key)  -- per-key limits: held off the queue?
+    if #job > 0 and not held then
       local timeout = redis.call('HGET', job_key, 'timeout')
       local seconds = tonumber(timeout or '')
       if timeout and timeout ~= '' and not seconds then return {(i / 3), id, job, -1} end
@@ -70,8 +199,8 @@ for i = 3, #KEYS, 3 do
       return {(i / 3), id, job, ttl}
     end
     redis.call('LREM', KEYS[i + 1], 1, id)
-    dropped = dropped + 1
-    if dropped >= tonumber(ARGV[11]) then return {0} end
+    if not held then dropped = dropped + 1 end
+    if dropped >= tonumber(ARGV[11]) or limit_held >= LIMIT_HELD_MAX then return {0} end
   end
 end
 return false

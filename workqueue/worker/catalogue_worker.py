@@ -32,7 +32,7 @@ from rq.worker import RandomWorker, RoundRobinWorker
 
 from task_def import crawl as task_crawl
 from task_def import progress as task_progress
-from workqueue import crawling, outage, recovery, rq_compat
+from workqueue import crawling, limits, network, outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
 from workqueue.jobs import SERIALIZER, CatalogueJob
@@ -99,6 +99,7 @@ class CatalogueWorker(ClaimingWorker):
         rq_compat.install()
         task_progress.set_sink(progress.store)
         task_crawl.set_host(crawling.RedisCrawlHost())
+        network.set_pacer(limits.pace_current_job)  # per-key limits: a job's first request on the wire
         backoff = 1.0
         while True:
             try:
@@ -296,6 +297,9 @@ class CatalogueWorker(ClaimingWorker):
             working = (now() - job.started_at).total_seconds() if job.started_at else 0.0
             ttl = int(self.get_heartbeat_ttl(job, working_time=working))
             execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
+            limit_key = limits.job_key(job)
+            if limit_key:  # its concurrency lease lasts as long as its heartbeat
+                limits.queue_extend(pipeline, limit_key, job.id, execution.id, ttl)
             index = len(pipeline)
             job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
             if pipeline.execute()[index] == 1:  # the job was deleted meanwhile (rq#1450): as RQ does

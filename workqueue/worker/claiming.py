@@ -7,16 +7,20 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 import redis
 from rq import Queue
 from rq.exceptions import DequeueTimeout, StopRequested
+from rq.executions import Execution
+from rq.job import Job
 from rq.worker import WorkerStatus
 
-from workqueue import outage, pausing, rq_compat
+from workqueue import limits, outage, pausing, rq_compat
 from workqueue.replies import as_bytes
 from workqueue.settings import (
     IDLE_LOOK_GAP,
+    LIMIT_POLL,
     MULTI_QUEUE_POLL,
     OUTAGE_MAX_BACKOFF,
 )
@@ -133,13 +137,22 @@ class ClaimingWorker(HorseSideWorker):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             claimed = self._claim()
-            if claimed is not None or deadline is None:
+            if claimed is not None:
                 return claimed
+            if deadline is None:  # a burst: done once no job waits, held by a limit or not
+                due = self._limits_due()
+                if due is None or rq_compat.stop_requested(self):
+                    return None
+                time.sleep(max(0.05, min(due, LIMIT_POLL)))
+                raise DequeueTimeout(timeout, self.queue_keys())  # back to the idle loop: its heartbeat
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DequeueTimeout(timeout, self.queue_keys())
             queues = rq_compat.ordered_queues(self)
             slice_ = min(MULTI_QUEUE_POLL if len(queues) > 1 else IDLE_LOOK_GAP, left)
+            due = self._limits_due()
+            if due is not None:  # jobs held by a limit: wake when one may be released, claim to release it
+                slice_ = max(0.05, min(slice_, due, LIMIT_POLL))
             paused = pausing.paused_names(self.connection)
             open_ = [q for q in queues if q.name not in paused]
             if not open_:
@@ -152,3 +165,17 @@ class ClaimingWorker(HorseSideWorker):
                 claimed = self._claim(as_bytes(moved), first)
                 if claimed is not None:
                     return claimed
+
+    def _limits_due(self) -> float | None:
+        """Seconds until a job held by a per-key limit on the worker's queues may be released
+        (``limits.next_due``); None when none is held."""
+        return limits.next_due(self.connection, [queue.key for queue in rq_compat.ordered_queues(self)], time.time())
+
+    def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
+        """RQ's, plus the end of the run's concurrency lease for a job with a limit key, in the
+        same transaction as the rest of the job's end (``limits.queue_release``)."""
+        super().cleanup_execution(job, pipeline, execution)
+        run = execution or getattr(self, "execution", None)
+        key = limits.job_key(job)
+        if run is not None and key:
+            limits.queue_release(pipeline, job.key, job.id, run.id, key, f"rq:queue:{job.origin}")
