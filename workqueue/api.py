@@ -74,10 +74,12 @@ def enqueue(
     timeout: int | None = None,
     max_queued: int | None = None,
     redis_url: str | None = None,
+    durable: bool = False,
 ) -> Batch:
-    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not)."""
+    """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
+    ``durable``: return only once a replica holds them (``WAIT 1``), NotDurable if none does."""
     call = producer.TaskCall.build(task, params, retries=retries, timeout=timeout)
-    return _submit([call] * count, queue, max_queued, redis_url)
+    return _submit([call] * count, queue, max_queued, redis_url, durable)
 
 
 def enqueue_many(
@@ -86,9 +88,11 @@ def enqueue_many(
     queue: str = DEFAULT_QUEUE,
     max_queued: int | None = None,
     redis_url: str | None = None,
+    durable: bool = False,
 ) -> Batch:
     """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued."""
-    return _submit([producer.TaskCall.build(name, params) for name, params in tasks], queue, max_queued, redis_url)
+    calls = [producer.TaskCall.build(name, params) for name, params in tasks]
+    return _submit(calls, queue, max_queued, redis_url, durable)
 
 
 def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[jobstats.QueueStats]:
@@ -97,10 +101,12 @@ def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[job
     return jobstats.collect(connection, [queue] if queue else None)
 
 
-def _submit(calls: list[producer.TaskCall], queue: str, max_queued: int | None, redis_url: str | None) -> Batch:
+def _submit(
+    calls: list[producer.TaskCall], queue: str, max_queued: int | None, redis_url: str | None, durable: bool = False
+) -> Batch:
     connection, _ = connect(redis_url)
     mark = outage.DataMark(connection)
-    submission = producer.enqueue(connection, calls, queue, max_queued=max_queued)
+    submission = producer.enqueue(connection, calls, queue, max_queued=max_queued, durable=durable)
     return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark)
 
 

@@ -22,11 +22,12 @@ from rq.queue import EnqueueData
 
 import task_def
 from workqueue import batches, jobstats, outage
-from workqueue.connection import without_retries
-from workqueue.errors import BadInput, RedisUnavailable
+from workqueue.connection import single_connection, without_retries
+from workqueue.errors import BadInput, NotDurable, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
 from workqueue.settings import (
     DEFAULT_QUEUE,
+    DURABLE_WAIT,
     FAILURE_TTL,
     MAX_COUNT,
     MAX_PARAMS_BYTES,
@@ -147,13 +148,16 @@ def enqueue(
     max_queued: int | None = None,
     on_wait: Callable[[int], Any] | None = None,
     batch_id: str | None = None,
+    durable: bool = False,
 ) -> Submission:
     """Enqueue every call on ``queue`` as one batch.
 
     Without ``max_queued``: one pipelined transaction, so all of them or none. With it, the jobs go
     in as the queue has room, never taking it past ``max_queued`` (``on_wait(queued)`` is called
     while the producer waits for consumers to drain it). ``batch_id`` lets a caller that must
-    record something about the batch first (the gateway, its callback) choose the id.
+    record something about the batch first (the gateway, its callback) choose the id. ``durable``:
+    each transaction is followed by ``WAIT 1`` (:func:`confirm_replicated`), NotDurable if no replica
+    acknowledged it.
     """
     check_queue_name(queue)
     if not 1 <= len(calls) <= MAX_COUNT:
@@ -166,6 +170,8 @@ def enqueue(
     pending = [_prepare(call) for call in calls]
     names = [call.task.name for call in calls]
     jobs: list[Job] = []
+    if durable:
+        connection = single_connection(connection)  # WAIT counts the writes of its own connection
     try:
         while pending:
             room = len(pending) if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
@@ -176,11 +182,25 @@ def enqueue(
                     batches.open_batch(pipe, batch_id, len(calls), queue)
                 jobstats.count_enqueued(pipe, queue, Counter(chunk_names))
                 jobs += group.enqueue_many(q, chunk, pipeline=pipe)  # RQ executes the transaction here
+            if durable:
+                confirm_replicated(connection, batch_id, len(jobs))
     except redis.RedisError as exc:
         if not outage.is_outage(exc):
             raise
         raise _unavailable(connection, exc, jobs, len(calls), batch_id, chunked=max_queued is not None) from None
     return Submission(batch_id, queue, jobs)
+
+
+def confirm_replicated(connection: redis.Redis, batch_id: str, count: int, timeout: float = DURABLE_WAIT) -> None:
+    """``WAIT 1``: return once a replica holds every write this connection made; NotDurable if none
+    did within ``timeout`` seconds. Redis replicates asynchronously: a job acknowledged by the master
+    alone is lost if the master dies before sending it on (a Sentinel failover promotes a replica)."""
+    acknowledged = connection.wait(1, int(timeout * 1000))
+    if acknowledged < 1:
+        raise NotDurable(
+            f"batch {batch_id}: {count} jobs enqueued on the master, but no replica acknowledged them within "
+            f"{timeout:g} s (WAIT 1); they are lost if the master fails now: check its replicas (INFO replication)"
+        )
 
 
 def _prepare(call: TaskCall) -> EnqueueData:

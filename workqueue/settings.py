@@ -78,6 +78,10 @@ MAX_PARAMS_BYTES = 1_000_000
 #: Bounds of the per-enqueue overrides.
 MAX_RETRIES, MAX_TIMEOUT = 20, 7 * 24 * 3600
 
+#: ``--durable`` (``durable=``): seconds an enqueue waits for a replica to acknowledge its transaction
+#: (``WAIT 1``) before it reports failure.
+DURABLE_WAIT = 2.0
+
 #: The longest detail (result or error, as JSON) a task's end carries in its batch's event stream.
 DETAIL_MAX = 2000
 

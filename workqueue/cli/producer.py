@@ -25,7 +25,7 @@ from workqueue.cli.remote import Gateway, enqueue_via_gateway
 from workqueue.cli.report import echo_summary, echo_task_end
 from workqueue.connection import connect
 from workqueue.errors import RedisLostData, RedisUnavailable
-from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, RESULT_TTL, TOKEN_ENV
+from workqueue.settings import DEFAULT_QUEUE, DURABLE_WAIT, MAX_COUNT, RESULT_TTL, TOKEN_ENV
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class Enqueueing:
     max_queued: int | None = None
     wait: bool = False
     quiet: bool = False
+    #: ``--durable``: each transaction is acknowledged by a replica (``WAIT 1``) or the command fails.
+    durable: bool = False
 
 
 def list_tasks() -> None:
@@ -153,6 +155,11 @@ def prompt_calls() -> tuple[list[producer.TaskCall], str]:
     default=0,
     help="With --via --wait: the port results come back to (default: any free one).",
 )
+@click.option(
+    "--durable",
+    is_flag=True,
+    help=f"Report enqueued only once a replica holds the jobs (WAIT 1, up to {DURABLE_WAIT:g} s); exit 1 if none does.",
+)
 @redis_url_option
 def main(
     task_name: str | None,
@@ -173,6 +180,7 @@ def main(
     token: str | None,
     callback_host: str | None,
     callback_port: int,
+    durable: bool,
     redis_url: str | None,
 ) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
@@ -193,6 +201,10 @@ def main(
     options = Enqueueing(
         queue=queue or DEFAULT_QUEUE, retries=retries, timeout=timeout, max_queued=max_queued, wait=wait, quiet=quiet
     )
+    if durable:
+        if via is not None:
+            fail("--durable goes straight to Redis: not with --via (the gateway takes a \"durable\" field)")
+        options = replace(options, durable=True)
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
@@ -229,7 +241,9 @@ def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_
             )
         waited.append(queued)
 
-    submission = producer.enqueue(connection, calls, options.queue, max_queued=options.max_queued, on_wait=on_wait)
+    submission = producer.enqueue(
+        connection, calls, options.queue, max_queued=options.max_queued, on_wait=on_wait, durable=options.durable
+    )
     jobs = submission.jobs
     what = calls[0].describe() if len({c.describe() for c in calls}) == 1 else "mixed tasks"
     click.echo(f"batch {submission.batch_id}: enqueued {len(jobs)} × {what} on {options.queue} ({target.display})")

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 import task_def
 from workqueue import batches, control, job_json, jobstats, network, outage, producer, webguard
-from workqueue.errors import BadInput, RedisLostData, UnreadableJob
+from workqueue.errors import BadInput, NotDurable, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.jobs import check_queue_name
 from workqueue.settings import (
@@ -42,6 +42,8 @@ bp = Blueprint("gateway", __name__)
 EXTENSION = "workqueue.gateway"
 
 _COMMON = {"queue", "retries", "timeout", "callback"}
+#: ``"durable": true``: the enqueue is answered only once a replica holds it (``WAIT 1``), else 503.
+_COMMON |= {"durable"}
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,13 @@ def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[R
     batch_id = batches.new_id()
     if "callback" in body:
         delivery.register(gateway.connection, batch_id, *_callback(body["callback"], gateway.policy))
-    submission = producer.enqueue(gateway.connection, calls, queue, batch_id=batch_id)
+    durable = body.get("durable", False)
+    if not isinstance(durable, bool):
+        raise Invalid("durable: expected true or false", "durable")
+    try:
+        submission = producer.enqueue(gateway.connection, calls, queue, batch_id=batch_id, durable=durable)
+    except NotDurable as exc:
+        return error(503, str(exc), "durable"), 503
     return jsonify({"batch_id": batch_id, "queue": queue, "job_ids": [job.id for job in submission.jobs]}), 201
 
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import redis.sentinel
 from rq.queue import Queue
 from rq.worker import Worker
 from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
 from workqueue import jobstats, outage, recovery, rq_compat
-from workqueue.connection import without_retries
+from workqueue.connection import without_retries, worker_client
 from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
@@ -128,6 +129,10 @@ class ConsumerPool(WorkerPool):
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
         process = super().get_worker_process(name, burst, _sleep, logging_level)
         args, kwargs = rq_compat.process_arguments(process)
+        if isinstance(self.connection.connection_pool, redis.sentinel.SentinelConnectionPool):
+            # RQ rebuilds the client in the worker from a plain pool, which would keep the master
+            # found first: give it a Sentinel pool of its own, which follows a failover.
+            args = (*args[:2], worker_client(args[3], args[4]), *args[3:])
         return ForkProcess(target=_run_worker_detached, args=args, kwargs=kwargs, name=process.name)
 
     def start_worker(
