@@ -80,7 +80,12 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	$(call apt-install,chromium,the browser tests)
 
-test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM) lint
+# The Sentinel failover test (tests/test_sentinel.py) runs Debian's redis-sentinel, or else redis-server --sentinel.
+SENTINEL := /usr/bin/redis-sentinel
+$(SENTINEL):
+	$(call apt-install,redis-sentinel,the Sentinel tests)
+
+test: $(STAMP) $(SYSTEM_REDIS) $(CHROMIUM) $(SENTINEL) lint
 	$(PY) -m pytest
 
 ## lint: ruff (lint, then the format check) and mypy over workqueue/ and task_def/, as pyproject.toml configures them

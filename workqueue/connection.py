@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.sentinel
-import redis_sentinel_url
+import redis_sentinel_url  # type: ignore[import-untyped]
 from redis.backoff import ExponentialWithJitterBackoff
 
 from workqueue import embedded, outage
@@ -75,8 +75,7 @@ def resolve(redis_url: str | None = None, settings: Settings | None = None) -> T
         return Target(settings.default_url_with(embedded.password(settings)), explicit=False)
     if urlsplit(url).scheme not in SCHEMES:
         raise BadInput(
-            f"invalid Redis URL {mask_url(url)!r}: it must start with redis://, rediss://, unix:// "
-            "or redis+sentinel://"
+            f"invalid Redis URL {mask_url(url)!r}: it must start with redis://, rediss://, unix:// or redis+sentinel://"
         )
     return Target(url, explicit=True)
 
@@ -146,6 +145,18 @@ def single_connection(conn: redis.Redis) -> redis.Redis:
     return client_like(pool.connection_class, kwargs)
 
 
+class MasterConnection(redis.sentinel.SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, which asks the sentinels where the master is on every
+    (re)connection. redis-py's own asks only when a pool hands the connection out: a connection kept
+    across a failure (a client's single connection, a pubsub's, one reconnecting in its retry loop)
+    would otherwise dial the dead master's address for as long as its retries last."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
 def client_from_url(url: str, **options: Any) -> redis.Redis:
     """``redis.Redis.from_url``, and for a ``redis+sentinel://`` URL a client of the master its
     sentinels name (a ``SentinelConnectionPool``, which finds the master again after a failover).
@@ -158,7 +169,8 @@ def client_from_url(url: str, **options: Any) -> redis.Redis:
         raise ValueError("a Sentinel URL names its master's service: redis+sentinel://host:26379[,host:port]/mymaster")
     sentinel_kwargs = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
     sentinel = redis.sentinel.Sentinel(parsed.hosts, sentinel_kwargs={**sentinel_kwargs, **parsed.sentinel_options})
-    return sentinel.master_for(service, redis_class=redis.Redis, **{**parsed.client_options, **options})
+    options = {**parsed.client_options, "connection_class": MasterConnection, **options}
+    return sentinel.master_for(service, redis_class=redis.Redis, **options)
 
 
 def client_like(connection_class: type[redis.Connection], pool_kwargs: dict[str, Any]) -> redis.Redis:

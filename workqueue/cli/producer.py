@@ -203,7 +203,7 @@ def main(
     )
     if durable:
         if via is not None:
-            fail("--durable goes straight to Redis: not with --via (the gateway takes a \"durable\" field)")
+            fail('--durable goes straight to Redis: not with --via (the gateway takes a "durable" field)')
         options = replace(options, durable=True)
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
