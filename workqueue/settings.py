@@ -17,6 +17,14 @@ DEFAULT_QUEUE = "queue_one"
 #: Bounds of the consumer's pool on one machine.
 MIN_WORKERS, MAX_WORKERS = 1, 10
 
+#: ``consumer_main.py --workers MIN-MAX`` (``worker.autoscale``): the pool grows when more than
+#: SCALE_UP_BACKLOG jobs wait per worker (to one worker per SCALE_UP_BACKLOG waiting jobs, at once),
+#: and stops a worker gracefully once it has been idle SCALE_IN_IDLE seconds with nothing waiting.
+#: The environment variables below change them.
+SCALE_UP_BACKLOG = 2.0
+SCALE_IN_IDLE = 30.0
+SCALE_UP_BACKLOG_ENV, SCALE_IN_IDLE_ENV = "WORKQUEUE_SCALE_UP_BACKLOG", "WORKQUEUE_SCALE_IN_IDLE"
+
 #: How many jobs one producer run may enqueue.
 MAX_COUNT = 100_000
 

@@ -34,6 +34,7 @@ from workqueue.connection import without_retries, worker_client
 from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
+from workqueue.worker.autoscale import Autoscaler, Scaling
 from workqueue.worker.catalogue_worker import WORKER_CLASSES
 from workqueue.worker.process import STOPPED_ON_PURPOSE, die_with_parent, serve_pool, stopped_on_purpose
 
@@ -82,6 +83,9 @@ class PoolStatus:
     outage: str = ""
     #: When (``time.time()``) the pool saw Redis come back without its data, if it did.
     lost_data_at: float | None = None
+    #: ``--workers MIN-MAX``: the bounds ("2-10"), and the pool's last scaling and why.
+    bounds: str = ""
+    scaled: str = ""
 
     @property
     def busy(self) -> int:
@@ -102,6 +106,7 @@ class ConsumerPool(WorkerPool):
         num_workers: int,
         on_tick: Callable[[PoolStatus], None] | None = None,
         order: str = "priority",
+        scaling: Scaling | None = None,
     ) -> None:
         super().__init__(
             list(queues),
@@ -125,6 +130,12 @@ class ConsumerPool(WorkerPool):
         self.redis_down_since: float | None = None
         self._outage = ""
         self._mark = outage.DataMark(self._quick)
+        # Autoscaling (``--workers MIN-MAX``): the decisions, the workers being stopped for it, and
+        # the last scaling said.
+        self._scaler = Autoscaler(scaling) if scaling is not None and not scaling.fixed else None
+        self._retiring: set[str] = set()
+        self.scaled = ""
+        self._start_options: dict[str, Any] = {}
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
         process = super().get_worker_process(name, burst, _sleep, logging_level)
@@ -151,7 +162,10 @@ class ConsumerPool(WorkerPool):
         """A worker stopped by a kill script shrinks the pool; one that crashed is replaced."""
         super().handle_dead_worker(worker_data)
         code = worker_data.process.exitcode
-        if code == STOPPED_ON_PURPOSE:
+        if worker_data.name in self._retiring:  # scaled in: already taken off num_workers
+            self._retiring.discard(worker_data.name)
+            log.info("worker %s stopped (scaled in)", worker_data.name)
+        elif code == STOPPED_ON_PURPOSE:
             self.stopped.append(worker_data.name)
             self.num_workers -= 1
             log.warning("worker %s was stopped on purpose; %d left", worker_data.name, self.num_workers)
@@ -171,7 +185,9 @@ class ConsumerPool(WorkerPool):
         self.status = self.Status.STOPPED
         if self._signals == 1:
             log.info("stopping: each worker finishes its current job, then exits")
-            self.stop_workers()
+            for data in list(self.worker_dict.values()):
+                if data.name not in self._retiring:  # already stopping: a second signal would be a cold stop
+                    self.stop_worker(data)
         else:
             log.warning("stopping at once")
             for data in list(self.worker_dict.values()):
@@ -181,6 +197,7 @@ class ConsumerPool(WorkerPool):
     def start(self, burst: bool = False, logging_level: str = "WARNING") -> None:
         """Run the pool until it is stopped (or, with ``burst``, until the queues are empty)."""
         rq_compat.set_pool_burst(self, burst)
+        self._start_options = {"burst": burst, "logging_level": logging_level}
         self.status = self.Status.STARTED
         rq_compat.install_pool_signal_handlers(self)
         # A worker's exit wakes the loop at once (RQ's looks every half second), so a crashed worker
@@ -256,6 +273,7 @@ class ConsumerPool(WorkerPool):
                 log.error("%s; the consumer carries on with what Redis holds now", exc)
             status = self.snapshot()
             self.redis_down_since, self._outage = None, ""
+            self._autoscale(status)
         except redis.RedisError as exc:
             self._note_outage(exc)
             status = PoolStatus(
@@ -266,8 +284,34 @@ class ConsumerPool(WorkerPool):
             status.redis_down_for = time.monotonic() - (self.redis_down_since or time.monotonic())
             status.outage = self._outage
         status.lost_data_at = self._mark.lost_at
+        if self._scaler is not None:
+            status.bounds, status.scaled = self._scaler.scaling.describe(), self.scaled
         if self._on_tick is not None:
             self._on_tick(status)
+
+    def _autoscale(self, status: PoolStatus) -> None:
+        """Grow or shrink the pool as ``worker.autoscale`` decides from this look at it. Growing
+        starts workers at once; shrinking stops one idle worker gracefully (a warm stop, as Ctrl-C's
+        first: a job it claims meanwhile it finishes, then exits) and it is not replaced."""
+        if self._scaler is None or self.status == self.Status.STOPPED:
+            return
+        workers = [w for w in status.workers if w.name not in self._retiring]
+        decision = self._scaler.decide(workers, self.num_workers, status.queued, self._retiring, time.monotonic())
+        if decision is None:
+            return
+        if decision.retire is not None:
+            data = self.worker_dict.get(decision.retire)
+            if data is None:
+                return
+            self._retiring.add(decision.retire)
+            self.num_workers = decision.target
+            self.stop_worker(data, sig=signal.SIGINT)
+        else:
+            added, self.num_workers = decision.target - self.num_workers, decision.target
+            for _ in range(added):
+                self.start_worker(**self._start_options)
+        self.scaled = decision.reason
+        log.info("%s", decision.reason)
 
     def snapshot(self) -> PoolStatus:
         """The pool's workers and queues as Redis sees them, in one round trip."""
