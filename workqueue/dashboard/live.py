@@ -15,6 +15,7 @@ from rq.job import Job, JobStatus
 from workqueue import control, job_json, jobstats
 from workqueue.errors import UnreadableJob
 from workqueue.jobs import SERIALIZER, UNREADABLE, fetch_job
+from workqueue.worker import autoscale
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,6 @@ def workers(connection: redis.Redis, running: list[dict[str, Any]]) -> list[dict
 
 
 def snapshot(connection: redis.Redis) -> dict[str, Any]:
-    """The live-work page's data: running jobs and workers."""
+    """The live-work page's data: running jobs, workers, and the consumers' pools that autoscale."""
     running = running_jobs(connection)
-    return {"jobs": running, "workers": workers(connection, running)}
+    return {"jobs": running, "workers": workers(connection, running), "pools": autoscale.live_pools(connection)}

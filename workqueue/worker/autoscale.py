@@ -9,12 +9,16 @@ The decisions are pure (:meth:`Autoscaler.decide`); the pool carries them out an
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import redis
 
 from workqueue.errors import BadInput
 from workqueue.settings import (
@@ -25,6 +29,12 @@ from workqueue.settings import (
     SCALE_UP_BACKLOG,
     SCALE_UP_BACKLOG_ENV,
 )
+
+#: A hash of the scaling pools (field: the pool's name; value: JSON of its bounds, workers and last
+#: scaling, with the time it was written), for the dashboard. A pool rewrites its field every sweep
+#: and removes it when it ends; readers skip fields older than POOL_LAPSE seconds (a pool that died).
+POOLS_KEY = "workqueue:pools"
+POOL_LAPSE = 15.0
 
 _RANGE = re.compile(r"\s*(\S+?)\s*-\s*(\S+)\s*")
 
@@ -115,8 +125,10 @@ class Autoscaler:
         for name in set(self.idle_since) - live:
             del self.idle_since[name]
         scaling = self.scaling
-        if current < scaling.maximum and waiting > scaling.backlog * current:
-            target = min(scaling.maximum, max(current + 1, math.ceil(waiting / scaling.backlog)))
+        # Workers still finishing a job after their stop count against the maximum until they exit.
+        room = scaling.maximum - len(retiring)
+        if current < room and waiting > scaling.backlog * current:
+            target = min(room, max(current + 1, math.ceil(waiting / scaling.backlog)))
             return Decision(target, f"scaled up to {target}: {waiting} waiting for {current} workers")
         if current > scaling.minimum and waiting == 0:
             idle = [
@@ -133,3 +145,28 @@ class Autoscaler:
                     retire=name,
                 )
         return None
+
+
+def publish(
+    connection: redis.Redis, name: str, bounds: str, workers: int, busy: int, waiting: int, scaled: str
+) -> None:
+    """Write the pool's state for the dashboard (:data:`POOLS_KEY`)."""
+    state = {"bounds": bounds, "workers": workers, "busy": busy, "waiting": waiting, "scaled": scaled}
+    connection.hset(POOLS_KEY, name, json.dumps({**state, "at": time.time()}))
+
+
+def withdraw(connection: redis.Redis, name: str) -> None:
+    connection.hdel(POOLS_KEY, name)
+
+
+def live_pools(connection: redis.Redis) -> list[dict[str, object]]:
+    """The scaling pools that wrote their state within POOL_LAPSE seconds, by name."""
+    pools = []
+    for name, raw in sorted(connection.hgetall(POOLS_KEY).items()):
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(state, dict) and time.time() - float(state.get("at", 0)) < POOL_LAPSE:
+            pools.append({"name": name.decode() if isinstance(name, bytes) else name, **state})
+    return pools

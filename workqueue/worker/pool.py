@@ -11,6 +11,7 @@ workers without their pool.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -34,6 +35,7 @@ from workqueue.connection import without_retries, worker_client
 from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
+from workqueue.worker import autoscale
 from workqueue.worker.autoscale import Autoscaler, Scaling
 from workqueue.worker.catalogue_worker import WORKER_CLASSES
 from workqueue.worker.process import STOPPED_ON_PURPOSE, die_with_parent, serve_pool, stopped_on_purpose
@@ -136,6 +138,7 @@ class ConsumerPool(WorkerPool):
         self._retiring: set[str] = set()
         self.scaled = ""
         self._start_options: dict[str, Any] = {}
+        self._last_status: PoolStatus | None = None
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
         process = super().get_worker_process(name, burst, _sleep, logging_level)
@@ -217,6 +220,9 @@ class ConsumerPool(WorkerPool):
                 self._wake.wait(0.5)
                 self._wake.clear()
             self._tick()
+            if self._scaler is not None:
+                with contextlib.suppress(redis.RedisError):  # else its entry lapses on its own
+                    autoscale.withdraw(self._quick, self.name)
         except BaseException as exc:
             self._abandon_workers()
             if isinstance(exc, (SystemExit, KeyboardInterrupt)):
@@ -253,6 +259,7 @@ class ConsumerPool(WorkerPool):
             try:
                 recovery.sweep(self._quick)
                 jobstats.sample_backlog(self._quick)
+                self._publish_scaling()
             except redis.RedisError as exc:
                 self._note_outage(exc)
         self._tick()
@@ -289,10 +296,22 @@ class ConsumerPool(WorkerPool):
         if self._on_tick is not None:
             self._on_tick(status)
 
+    def _publish_scaling(self) -> None:
+        """A scaling pool's bounds, size and last scaling, for the dashboard (``autoscale.publish``)."""
+        if self._scaler is None:
+            return
+        status = self._last_status
+        if status is not None and self.status != self.Status.STOPPED:
+            bounds = self._scaler.scaling.describe()
+            autoscale.publish(
+                self._quick, self.name, bounds, len(status.workers), status.busy, status.queued, self.scaled
+            )
+
     def _autoscale(self, status: PoolStatus) -> None:
         """Grow or shrink the pool as ``worker.autoscale`` decides from this look at it. Growing
         starts workers at once; shrinking stops one idle worker gracefully (a warm stop, as Ctrl-C's
         first: a job it claims meanwhile it finishes, then exits) and it is not replaced."""
+        self._last_status = status
         if self._scaler is None or self.status == self.Status.STOPPED:
             return
         workers = [w for w in status.workers if w.name not in self._retiring]
