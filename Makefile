@@ -101,6 +101,7 @@ test-quick: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/gateway.py
+	$(PY) bench/autoscale.py
 
 clean:
 	-@$(MAKE) --no-print-directory stop

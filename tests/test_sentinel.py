@@ -21,7 +21,7 @@ from tests.helpers import Processes, cli_env, free_port, get, run_cli, wait_for,
 from tests.sentinel_setup import SentinelSetup, sentinel_command
 from workqueue import producer
 from workqueue.connection import client_from_url, connect, mask_url
-from workqueue.errors import NotDurable
+from workqueue.errors import NotDurable, WorkqueueError
 
 NO_SENTINEL = "needs Debian's redis-server (run as a sentinel) or redis-sentinel: `make test` installs it as root"
 needs_sentinel = pytest.mark.skipif(sentinel_command() is None, reason=NO_SENTINEL)
@@ -90,7 +90,7 @@ class Acknowledged:
         while not self.stop.is_set():
             try:
                 submission = producer.enqueue(self.connection, [call], self.queue, durable=self.durable)
-            except (redis.RedisError, NotDurable, OSError):
+            except (redis.RedisError, WorkqueueError, OSError):  # refused, not durable, or Redis away
                 self.refused += 1
                 time.sleep(0.05)
                 continue
@@ -168,9 +168,13 @@ def test_everything_follows_a_failover_mid_batch(
     # The workers heartbeat on the new master, and still hear commands (pubsub): a graceful stop.
     def beating() -> bool:
         found = workers(new_master)
-        return len(found) == 3 and all(w.last_heartbeat.timestamp() > killed_at + 1 for w in found)
+        if len(found) != 3 or not all(w.last_heartbeat.timestamp() > killed_at + 1 for w in found):
+            return False
+        # Each listens on its command channel again (RQ's pubsub thread resubscribes after its retry).
+        listening = new_master.pubsub_numsub(*[w.pubsub_channel_name for w in found])
+        return all(count == 1 for _channel, count in listening)
 
-    wait_for(beating, 60, "the 3 workers to heartbeat on the new master")
+    wait_for(beating, 60, "the 3 workers to heartbeat on, and listen to, the new master")
     wait_for(lambda: new_master.llen("rq:queue:gw") == 0, 60, "the gateway's job to be taken")
     stopped = run_cli("kill_thread/kill_workers.py", "--all", env=env)
     assert stopped.returncode == 0, stopped.stderr
