@@ -19,9 +19,10 @@ import redis
 
 from tests.helpers import Processes, cli_env, free_port, get, run_cli, wait_for, workers
 from tests.sentinel_setup import SentinelSetup, sentinel_command
-from workqueue import producer
+from workqueue import api, producer
 from workqueue.connection import client_from_url, connect, mask_url
 from workqueue.errors import NotDurable, WorkqueueError
+from workqueue.gateway import create_app as create_gateway
 
 NO_SENTINEL = "needs Debian's redis-server (run as a sentinel) or redis-sentinel: `make test` installs it as root"
 needs_sentinel = pytest.mark.skipif(sentinel_command() is None, reason=NO_SENTINEL)
@@ -69,7 +70,13 @@ def test_durable_fails_without_a_replica_in_one_line(redis_url: str) -> None:
     assert "no replica acknowledged" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     connection, _ = connect(redis_url)
     with pytest.raises(NotDurable):
-        producer.enqueue(connection, [producer.TaskCall.build("sleep", {"seconds": 1})], "q", durable=True)
+        api.enqueue("sleep", {"seconds": 1}, queue="q", durable=True, redis_url=redis_url)
+    gateway = create_gateway(connection).test_client()
+    answer = gateway.post("/jobs", json={"task": "sleep", "queue": "q", "durable": True})
+    assert answer.status_code == 503 and answer.get_json()["field"] == "durable", answer.get_json()
+    assert "no replica acknowledged" in answer.get_json()["error"]
+    assert gateway.post("/jobs", json={"task": "sleep", "durable": "yes"}).status_code == 422
+    assert gateway.post("/jobs", json={"task": "sleep", "durable": False}).status_code == 201
 
 
 class Acknowledged:
@@ -189,3 +196,19 @@ def test_everything_follows_a_failover_mid_batch(
             f"\nSentinel failover: asynchronous replication lost {len(lost)} of {len(plain.ids)} acknowledged jobs; "
             f"--durable lost {len(lost_durable)} of {len(durable.ids)}"
         )
+
+
+@needs_sentinel
+@pytest.mark.slow
+def test_a_kept_connection_follows_a_demoted_master(sentinels: SentinelSetup) -> None:
+    """``SENTINEL FAILOVER``: the old master lives on as a replica and answers writes READONLY. A
+    worker's kept connection (a single-connection client, as a job's writes use) takes that as an
+    outage, asks the sentinels again and writes to the new master."""
+    connection, _ = connect(sentinels.url, ride_out_outages=True)
+    kept = redis.Redis(connection_pool=connection.connection_pool, single_connection_client=True)
+    assert kept.incr("counter") == 1
+    redis.Redis(port=sentinels.sentinels[0], socket_timeout=2).sentinel_failover("mymaster")
+    sentinels.wait_failover()
+    wait_for(lambda: sentinels.client(sentinels.master).info("replication")["role"] == "slave", 30, "the demotion")
+    assert kept.incr("counter") == 2
+    assert sentinels.client(sentinels.replica).get("counter") == b"2"
