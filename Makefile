@@ -93,7 +93,12 @@ $(BENCH_STAMP): bench/requirements.txt $(STAMP)
 
 bench-install: $(BENCH_STAMP)
 
-test: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS) $(CHROMIUM) lint
+# The Sentinel failover test (tests/test_sentinel.py) runs Debian's redis-sentinel, or else redis-server --sentinel.
+SENTINEL := /usr/bin/redis-sentinel
+$(SENTINEL):
+	$(call apt-install,redis-sentinel,the Sentinel tests)
+
+test: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS) $(CHROMIUM) $(SENTINEL) lint
 	$(PY) -m pytest
 
 ## lint: ruff (lint, then the format check) and mypy over workqueue/ and task_def/, as pyproject.toml configures them
@@ -106,13 +111,14 @@ lint: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
-## bench: workqueue beside bare RQ, Dramatiq and Huey, then the gateway, the WSGI servers, per-key limits and the crawler; BENCH_QUICK=1: ~2 minutes
+## bench: workqueue beside bare RQ, Dramatiq and Huey, then the gateway, the WSGI servers, per-key limits, the crawler and autoscaling; BENCH_QUICK=1: quicker
 bench: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS)
 	$(PY) bench/run.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/gateway.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/servers.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/limits.py
 	$(PY) bench/crawl.py
+	$(PY) bench/autoscale.py
 
 clean:
 	-@$(MAKE) --no-print-directory stop

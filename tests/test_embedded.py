@@ -229,7 +229,7 @@ def test_url_resolution_order_and_schemes(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("REDIS_URL", "rediss://:pw@example.com:6380/1")
     assert resolve(None, settings).explicit and resolve(None, settings).url.startswith("rediss://")
     assert resolve("unix:///tmp/redis.sock", settings).url == "unix:///tmp/redis.sock"
-    with pytest.raises(BadInput, match="must start with redis://, rediss:// or unix://"):
+    with pytest.raises(BadInput, match=r"must start with redis://, rediss://, unix:// or redis\+sentinel://"):
         resolve("http://example.com", settings)
 
 

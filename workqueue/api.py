@@ -93,6 +93,7 @@ def enqueue(
     unique_for: int | str | None = None,
     priority: int | str | None = None,
     limit_key: str | None = None,
+    durable: bool = False,
 ) -> Batch:
     """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
 
@@ -107,13 +108,14 @@ def enqueue(
 
     ``priority``: a level inside the queue, ``"low"``, ``"normal"`` (default), ``"high"``,
     ``"urgent"`` or 0-9, higher first (``workqueue.priorities``). ``limit_key``: the jobs' per-key
-    limit key (default: the task's own, see :func:`set_limit`).
+    limit key (default: the task's own, see :func:`set_limit`). ``durable``: return only once a
+    replica holds them (``WAIT 1``), NotDurable if none does.
     """
     call = producer.TaskCall.build(
         task, params, retries=retries, timeout=timeout, unique=unique, unique_key=unique_key, unique_for=unique_for,
         priority=priority, limit_key=limit_key,
     )  # fmt: skip
-    return _submit([call] * count, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
+    return _submit([call] * count, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any), durable)
 
 
 def enqueue_many(
@@ -128,12 +130,13 @@ def enqueue_many(
     after_any: bool = False,
     priority: int | str | None = None,
     limit_key: str | None = None,
+    durable: bool = False,
 ) -> Batch:
     """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued
     (``when``, ``delay``, ``after``, ``after_any``: as :func:`enqueue`; ``priority`` and ``limit_key``:
-    as its, for all of them)."""
+    as its, for all of them; ``durable``: as its)."""
     calls = [producer.TaskCall.build(name, params, priority=priority, limit_key=limit_key) for name, params in tasks]
-    return _submit(calls, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any))
+    return _submit(calls, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any), durable)
 
 
 def results(batch_id: str, *, redis_url: str | None = None) -> list[dict[str, Any]]:
@@ -175,13 +178,19 @@ def list_limits(*, redis_url: str | None = None) -> tuple[list[limits.Rule], lis
 
 
 def _submit(
-    calls: list[producer.TaskCall], queue: str, max_queued: int | None, redis_url: str | None, later: _Later
+    calls: list[producer.TaskCall],
+    queue: str,
+    max_queued: int | None,
+    redis_url: str | None,
+    later: _Later,
+    durable: bool = False,
 ) -> Batch:
     connection, _ = connect(redis_url)
     mark = outage.DataMark(connection)
     submission = producer.enqueue(
-        connection, calls, queue, max_queued=max_queued, when=later.when, after=later.after, after_any=later.after_any
-    )
+        connection, calls, queue, max_queued=max_queued, when=later.when, after=later.after,
+        after_any=later.after_any, durable=durable,
+    )  # fmt: skip
     return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark, submission.existing)
 
 

@@ -2,22 +2,35 @@
 
 ``--redis-url``, else ``REDIS_URL``, else the default loopback URL, where the embedded server is
 started when nothing answers. An explicit URL that does not answer is an error, never replaced.
+
+A ``redis+sentinel://[:password@]h1:26379[,h2:26379,...]/mymaster[/db]`` URL (the convention of the
+Redis-Sentinel-Url package, which rq-dashboard uses too) names a master by its Sentinel service:
+every client made here asks the sentinels where the master is, and asks again whenever a
+connection fails or the server it reaches says it is a replica now (redis-py's
+``SentinelConnectionPool``), so clients follow a failover as an outage they ride out.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import redis.sentinel
+import redis_sentinel_url  # type: ignore[import-untyped]
 from redis.backoff import ExponentialWithJitterBackoff
 
 from workqueue import embedded, outage
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.settings import REDIS_URL_ENV, Settings
 
-SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEME = "redis+sentinel"
+SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+#: How long a client waits for one sentinel (seconds) before asking the next.
+SENTINEL_TIMEOUT = 1.0
 
 #: Workers ride out a Redis outage of a few minutes: every command is retried with exponential
 #: backoff and jitter (0.5 s doubling to 5 s) for about that long before giving up, unless the
@@ -40,6 +53,11 @@ class Target:
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***``, safe to print or log."""
     parts = urlsplit(url)
+    if parts.scheme == SENTINEL_SCHEME:  # several host:port, which urlsplit's port cannot read
+        auth, at, hosts = parts.netloc.rpartition("@")
+        if not at or ":" not in auth:
+            return url
+        return urlunsplit(parts._replace(netloc=f"{auth.partition(':')[0]}:***@{hosts}"))
     if parts.password is None:
         return url
     user = parts.username or ""
@@ -56,7 +74,9 @@ def resolve(redis_url: str | None = None, settings: Settings | None = None) -> T
     if not url.strip():
         return Target(settings.default_url_with(embedded.password(settings)), explicit=False)
     if urlsplit(url).scheme not in SCHEMES:
-        raise BadInput(f"invalid Redis URL {mask_url(url)!r}: it must start with redis://, rediss:// or unix://")
+        raise BadInput(
+            f"invalid Redis URL {mask_url(url)!r}: it must start with redis://, rediss://, unix:// or redis+sentinel://"
+        )
     return Target(url, explicit=True)
 
 
@@ -71,8 +91,8 @@ def connect(
     target = resolve(redis_url, settings)
     try:
         options = {"retry": OUTAGE_RETRY} if ride_out_outages else {}
-        conn = redis.Redis.from_url(target.url, socket_connect_timeout=5, health_check_interval=30, **options)
-        probe = redis.Redis.from_url(target.url, socket_connect_timeout=5, retry=embedded.NO_RETRY)
+        conn = client_from_url(target.url, socket_connect_timeout=5, health_check_interval=30, **options)
+        probe = client_from_url(target.url, socket_connect_timeout=5, retry=embedded.NO_RETRY)
     except ValueError as exc:
         raise BadInput(f"invalid Redis URL {target.display!r}: {exc}") from None
     try:
@@ -113,4 +133,73 @@ def without_retries(conn: redis.Redis, socket_timeout: float | None = None) -> r
     kwargs = {**pool.connection_kwargs, "retry": embedded.NO_RETRY}
     if socket_timeout is not None:
         kwargs["socket_timeout"] = kwargs["socket_connect_timeout"] = socket_timeout
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    return client_like(pool.connection_class, kwargs)
+
+
+def single_connection(conn: redis.Redis) -> redis.Redis:
+    """A client of the same server whose commands all go over one connection of its own, never
+    retried on a new one: ``WAIT`` counts the replicas that hold the writes of the connection it is
+    sent on, so the writes it vouches for must have gone over that same connection."""
+    pool = conn.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": embedded.NO_RETRY, "max_connections": 1}
+    return client_like(pool.connection_class, kwargs)
+
+
+class MasterConnection(redis.sentinel.SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, which asks the sentinels where the master is on every
+    (re)connection. redis-py's own asks only when a pool hands the connection out: a connection kept
+    across a failure (a client's single connection, a pubsub's, one reconnecting in its retry loop)
+    would otherwise dial the dead master's address for as long as its retries last."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+def client_from_url(url: str, **options: Any) -> redis.Redis:
+    """``redis.Redis.from_url``, and for a ``redis+sentinel://`` URL a client of the master its
+    sentinels name (a ``SentinelConnectionPool``, which finds the master again after a failover).
+    Raises ValueError for a URL it cannot read."""
+    if urlsplit(url).scheme != SENTINEL_SCHEME:
+        return redis.Redis.from_url(url, **options)
+    parsed = redis_sentinel_url.parse_sentinel_url(url)
+    service = parsed.default_client.service
+    if not service or parsed.default_client.type != "master":
+        raise ValueError("a Sentinel URL names its master's service: redis+sentinel://host:26379[,host:port]/mymaster")
+    sentinel_kwargs = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
+    sentinel = redis.sentinel.Sentinel(parsed.hosts, sentinel_kwargs={**sentinel_kwargs, **parsed.sentinel_options})
+    options = {**parsed.client_options, "connection_class": MasterConnection, **options}
+    return sentinel.master_for(service, redis_class=redis.Redis, **options)
+
+
+def client_like(connection_class: type[redis.Connection], pool_kwargs: dict[str, Any]) -> redis.Redis:
+    """A new client (with a pool of its own) built from another pool's connection class and
+    arguments, as RQ's worker pool hands them to its workers. A Sentinel-managed pool's arguments
+    carry its proxy (``connection_pool``): the new client gets a Sentinel pool of its own for the
+    same service, so that it too looks the master up again after a failover."""
+    proxy = pool_kwargs.get("connection_pool")
+    if isinstance(proxy, redis.sentinel.SentinelConnectionPoolProxy):
+        kwargs = {key: value for key, value in pool_kwargs.items() if key != "connection_pool"}
+        pool: redis.ConnectionPool = redis.sentinel.SentinelConnectionPool(
+            proxy.service_name,
+            proxy.sentinel_manager,
+            connection_class=connection_class,
+            is_master=proxy.is_master,
+            check_connection=proxy.check_connection,
+            **kwargs,
+        )
+    else:
+        pool = redis.ConnectionPool(connection_class=connection_class, **pool_kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
+def worker_client(connection_class: type[redis.Connection], pool_kwargs: dict[str, Any]) -> Callable[..., redis.Redis]:
+    """What RQ's ``run_worker`` calls as its connection class (``connection_class(connection_pool=...)``):
+    the client :func:`client_like` builds, so a worker process behind Sentinel follows the master."""
+
+    def build(connection_pool: redis.ConnectionPool) -> redis.Redis:
+        connection_pool.disconnect()  # RQ's plain pool, unused (it never connected)
+        return client_like(connection_class, pool_kwargs)
+
+    return build

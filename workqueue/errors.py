@@ -52,3 +52,7 @@ class RedisLostData(RedisUnavailable):
 
 class PoolFailed(WorkqueueError):
     """Raised when the consumer's pool met an error it cannot survive (after stopping its workers)."""
+
+
+class NotDurable(WorkqueueError):
+    """Enqueued on the master, but no replica acknowledged it in time (``--durable``, ``WAIT 1``)."""

@@ -24,11 +24,12 @@ from rq.queue import EnqueueData
 
 import task_def
 from workqueue import batches, dependencies, jobstats, limits, outage, priorities, rq_compat, unique
-from workqueue.connection import without_retries
-from workqueue.errors import BadInput, RedisUnavailable
+from workqueue.connection import single_connection, without_retries
+from workqueue.errors import BadInput, NotDurable, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
 from workqueue.settings import (
     DEFAULT_QUEUE,
+    DURABLE_WAIT,
     FAILURE_TTL,
     MAX_COUNT,
     MAX_PARAMS_BYTES,
@@ -230,6 +231,7 @@ def enqueue(
     when: datetime | None = None,
     after: Sequence[str] = (),
     after_any: bool = False,
+    durable: bool = False,
 ) -> Submission:
     """Enqueue every call on ``queue`` as one batch.
 
@@ -243,6 +245,8 @@ def enqueue(
     ``when`` (an aware time, see ``timing.resolve``): the jobs wait in RQ's scheduled registry until
     then. ``after`` (job or batch ids): they wait deferred until those end, and run if all
     finished (``after_any``: whatever the outcome); see ``dependencies``.
+    ``durable``: each transaction is followed by ``WAIT 1`` (:func:`confirm_replicated`), NotDurable
+    if no replica acknowledged it.
     """
     check_queue_name(queue)
     if not 1 <= len(calls) <= MAX_COUNT:
@@ -254,11 +258,16 @@ def enqueue(
     priorities.install()  # a program using the API directly has not run an entry point's install
     q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
     batch_id = batch_id or batches.new_id()
+    if durable:
+        connection = single_connection(connection)  # WAIT counts the writes of its own connection
     if when is not None or after:  # when work runs (issue 15)
         if into_batch or cap is not None or any(call.unique_key for call in calls):
             raise BadInput("unique jobs run now: --unique/--unique-key do not combine with --in, --at or --after")
-        return _enqueue_later(connection, q, calls, batch_id, when=when, after=after, after_any=after_any,
-                              max_queued=max_queued)  # fmt: skip
+        later = _enqueue_later(connection, q, calls, batch_id, when=when, after=after, after_any=after_any,
+                               max_queued=max_queued)  # fmt: skip
+        if durable:
+            confirm_replicated(connection, batch_id, len(later.jobs))
+        return later
     pending = list(enumerate(calls))
     submission = Submission(batch_id, queue, [])
     opened = into_batch
@@ -268,6 +277,8 @@ def enqueue(
             chunk, pending = pending[:room], pending[room:]
             _commit(connection, q, submission, chunk, None if opened else len(calls), cap, added=into_batch)
             opened = True
+            if durable:
+                confirm_replicated(connection, batch_id, len(submission.jobs))
     except redis.RedisError as exc:
         if not outage.is_outage(exc):
             raise
@@ -349,6 +360,18 @@ def _sort_out(
             if key:
                 held[key] = data.job_id
     return fresh, existing, capped
+
+
+def confirm_replicated(connection: redis.Redis, batch_id: str, count: int, timeout: float = DURABLE_WAIT) -> None:
+    """``WAIT 1``: return once a replica holds every write this connection made; NotDurable if none
+    did within ``timeout`` seconds. Redis replicates asynchronously: a job acknowledged by the master
+    alone is lost if the master dies before sending it on (a Sentinel failover promotes a replica)."""
+    acknowledged = connection.wait(1, int(timeout * 1000))
+    if acknowledged < 1:
+        raise NotDurable(
+            f"batch {batch_id}: {count} jobs enqueued on the master, but no replica acknowledged them within "
+            f"{timeout:g} s (WAIT 1); they are lost if the master fails now: check its replicas (INFO replication)"
+        )
 
 
 def _prepare(call: TaskCall, key: str | None = None) -> EnqueueData:

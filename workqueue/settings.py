@@ -17,6 +17,14 @@ DEFAULT_QUEUE = "queue_one"
 #: Bounds of the consumer's pool on one machine.
 MIN_WORKERS, MAX_WORKERS = 1, 10
 
+#: ``consumer_main.py --workers MIN-MAX`` (``worker.autoscale``): the pool grows when more than
+#: SCALE_UP_BACKLOG jobs wait per worker (to one worker per SCALE_UP_BACKLOG waiting jobs, at once),
+#: and stops a worker gracefully once it has been idle SCALE_IN_IDLE seconds with nothing waiting.
+#: The environment variables below change them.
+SCALE_UP_BACKLOG = 2.0
+SCALE_IN_IDLE = 30.0
+SCALE_UP_BACKLOG_ENV, SCALE_IN_IDLE_ENV = "WORKQUEUE_SCALE_UP_BACKLOG", "WORKQUEUE_SCALE_IN_IDLE"
+
 #: How many jobs one producer run may enqueue.
 MAX_COUNT = 100_000
 
@@ -80,6 +88,10 @@ OUTAGE_STOP_GRACE = 3.0
 MAX_PARAMS_BYTES = 1_000_000
 #: Bounds of the per-enqueue overrides.
 MAX_RETRIES, MAX_TIMEOUT = 20, 7 * 24 * 3600
+
+#: ``--durable`` (``durable=``): seconds an enqueue waits for a replica to acknowledge its transaction
+#: (``WAIT 1``) before it reports failure.
+DURABLE_WAIT = 2.0
 
 #: The longest detail (result or error, as JSON) a task's end carries in its batch's event stream.
 DETAIL_MAX = 2000

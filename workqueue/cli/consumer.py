@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from typing import Any
 
 import click
 import redis
@@ -20,8 +21,19 @@ from workqueue.cli.common import (
     redis_url_option,
 )
 from workqueue.connection import connect, without_retries
-from workqueue.settings import DEFAULT_QUEUE, MAX_WORKERS, MIN_WORKERS, QUICK_TIMEOUT
+from workqueue.errors import BadInput
+from workqueue.settings import (
+    DEFAULT_QUEUE,
+    MAX_WORKERS,
+    MIN_WORKERS,
+    QUICK_TIMEOUT,
+    SCALE_IN_IDLE,
+    SCALE_IN_IDLE_ENV,
+    SCALE_UP_BACKLOG,
+    SCALE_UP_BACKLOG_ENV,
+)
 from workqueue.supervision import Supervisor
+from workqueue.worker.autoscale import Scaling, parse_range
 from workqueue.worker.pool import ConsumerPool, PoolStatus
 
 
@@ -40,9 +52,11 @@ def status_line(status: PoolStatus) -> str:
         )
     state = "stopping, " if status.stopping else ""
     stopped = f" ({len(status.stopped)} stopped by kill_workers)" if status.stopped else ""
+    bounds = f" ({status.bounds})" if status.bounds else ""
+    scaled = f" | {status.scaled}" if status.scaled else ""
     return (
-        f"{lost}{state}{len(status.workers)} workers: {status.busy} busy, {status.idle} idle{stopped} | "
-        f"done {status.finished}, failed {status.failed}, queued {status.queued}"
+        f"{lost}{state}{len(status.workers)} workers{bounds}: {status.busy} busy, {status.idle} idle{stopped} | "
+        f"done {status.finished}, failed {status.failed}, queued {status.queued}{scaled}"
         + (f" | paused: {', '.join(status.paused)}" if status.paused else "")
     )
 
@@ -60,6 +74,24 @@ def start_schedules(connection: redis.Redis) -> threading.Event:
     return stop
 
 
+class WorkerCount(click.ParamType):
+    """``--workers``: a number (1 to 10), or a range MIN-MAX the pool scales within (``worker.autoscale``)."""
+
+    name = "N|MIN-MAX"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            bounds = parse_range(str(value))
+        except BadInput as exc:
+            self.fail(str(exc), param, ctx)
+        if bounds is not None:
+            return bounds
+        number = click.IntRange(MIN_WORKERS, MAX_WORKERS).convert(value, param, ctx)
+        return number, number
+
+
 def _sweep(connection: redis.Redis) -> bool:
     """Hand back the jobs of dead workers (``recovery.sweep``); whether any went back to a queue."""
     try:
@@ -75,9 +107,11 @@ def _sweep(connection: redis.Redis) -> bool:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--workers",
-    type=click.IntRange(MIN_WORKERS, MAX_WORKERS),
+    type=WorkerCount(),
     default=None,
-    help=f"How many worker processes ({MIN_WORKERS} to {MAX_WORKERS}).",
+    help=f"How many worker processes ({MIN_WORKERS} to {MAX_WORKERS}), or a range MIN-MAX (e.g. 2-10): the pool "
+    f"grows when more than {SCALE_UP_BACKLOG:g} jobs wait per worker (${SCALE_UP_BACKLOG_ENV}) and stops a worker "
+    f"idle {SCALE_IN_IDLE:g} s with nothing waiting (${SCALE_IN_IDLE_ENV}).",
 )
 @click.option(
     "--queue",
@@ -97,24 +131,36 @@ def _sweep(connection: redis.Redis) -> bool:
 @click.option("--verbose", is_flag=True, help="Log every job the workers run.")
 @redis_url_option
 def main(
-    workers: int | None, queues: tuple[str, ...], order: str, burst: bool, verbose: bool, redis_url: str | None
+    workers: tuple[int, int] | None,
+    queues: tuple[str, ...],
+    order: str,
+    burst: bool,
+    verbose: bool,
+    redis_url: str | None,
 ) -> int:
     """Run worker processes. Run bare at a terminal, it asks how many and on which queues."""
     if workers is None and not queues and can_prompt():
-        workers = click.prompt(
-            f"How many workers ({MIN_WORKERS}-{MAX_WORKERS})", default=2, type=click.IntRange(MIN_WORKERS, MAX_WORKERS)
-        )
+        workers = click.prompt(f"How many workers ({MIN_WORKERS}-{MAX_WORKERS})", default="2", type=WorkerCount())
         queues = tuple(click.prompt("Queue(s), separated by commas", default=DEFAULT_QUEUE, type=QueueList()))
     elif workers is None:
         fail(f"missing --workers N ({MIN_WORKERS} to {MAX_WORKERS}); with no terminal there is nothing to prompt on")
+    assert workers is not None
     queues = queues or (DEFAULT_QUEUE,)
+    scaling = Scaling.from_env(*workers)
     logs.setup(verbose)
     connection, target = connect(redis_url, ride_out_outages=True)
     live = sys.stdout.isatty()
     last: list[str] = []
     names: set[str] = set()
+    said: list[str] = []
 
     def on_tick(status: PoolStatus) -> None:
+        if status.scaled and status.scaled not in said[-1:]:  # each scaling on a line of its own, as it happens
+            if live and last:
+                click.echo()
+            click.echo(status.scaled)
+            said.append(status.scaled)
+            last.clear()
         current = {w.name for w in status.workers}
         if current - names:
             if live and last:
@@ -124,14 +170,17 @@ def main(
         names.update(current)
         echo_status(status_line(status), live=live, last=last)
 
-    click.echo(f"starting {workers} workers on {', '.join(queues)} ({target.display}); Ctrl-C stops them")
+    how_many = (
+        f"{scaling.minimum} workers" if scaling.fixed else f"{scaling.minimum} workers (scaling {scaling.describe()})"
+    )
+    click.echo(f"starting {how_many} on {', '.join(queues)} ({target.display}); Ctrl-C stops them")
     if burst:
         _sweep(connection)  # a dead worker's job counts as waiting: hand it back before deciding what is empty
     # Periodic schedules are fired by long-running consumers only: a --burst one ends when its
     # queues are empty, and a tick it fired would only start work it does not wait for.
     schedules_stop = None if burst else start_schedules(connection)
     while True:
-        pool = ConsumerPool(queues, connection, workers, on_tick=on_tick, order=order)
+        pool = ConsumerPool(queues, connection, scaling.minimum, on_tick=on_tick, order=order, scaling=scaling)
         pool.start(burst=burst, logging_level="INFO" if verbose else "WARNING")
         # A burst pool sweeps again before it exits: if that hands jobs back, it works on.
         if not burst or pool.signalled or pool.stopped or not _sweep(connection):

@@ -29,7 +29,7 @@ from workqueue.cli.remote import Gateway, enqueue_via_gateway
 from workqueue.cli.report import echo_summary, echo_task_end
 from workqueue.connection import connect
 from workqueue.errors import BadInput, RedisLostData, RedisUnavailable
-from workqueue.settings import DEFAULT_QUEUE, MAX_COUNT, RESULT_TTL, TOKEN_ENV
+from workqueue.settings import DEFAULT_QUEUE, DURABLE_WAIT, MAX_COUNT, RESULT_TTL, TOKEN_ENV
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class Enqueueing:
     priority: int = priorities.NORMAL
     #: ``--limit-key K``: every job's limit key (``workqueue.limits``), instead of its task's own.
     limit_key: str | None = None
+    #: ``--durable``: each transaction is acknowledged by a replica (``WAIT 1``) or the command fails.
+    durable: bool = False
 
 
 def list_tasks() -> None:
@@ -273,6 +275,11 @@ def with_priority(calls: list[producer.TaskCall], level: int) -> list[producer.T
     default=None,
     help="Per-key limits: the jobs' limit key (default: the task's own, e.g. domain:<host> for scrape).",
 )
+@click.option(
+    "--durable",
+    is_flag=True,
+    help=f"Report enqueued only once a replica holds the jobs (WAIT 1, up to {DURABLE_WAIT:g} s); exit 1 if none does.",
+)
 @redis_url_option
 def main(
     task_name: str | None,
@@ -304,6 +311,7 @@ def main(
     unique_for: str | None,
     results_file: Path | None,
     limit_key: str | None,
+    durable: bool,
     redis_url: str | None,
 ) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
@@ -330,6 +338,10 @@ def main(
     options = replace(options, priority=priority)
     if limit_key is not None:
         options = replace(options, limit_key=limits.check_key(limit_key))
+    if durable:
+        if via is not None:
+            fail('--durable goes straight to Redis: not with --via (the gateway takes a "durable" field)')
+        options = replace(options, durable=True)
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
     if from_file:
@@ -416,7 +428,7 @@ def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_
 
     submission = producer.enqueue(
         connection, calls, options.queue, max_queued=options.max_queued, on_wait=on_wait,
-        when=options.when, after=options.after, after_any=options.after_any,
+        when=options.when, after=options.after, after_any=options.after_any, durable=options.durable,
     )  # fmt: skip
     jobs = submission.jobs
     what = calls[0].describe() if len({c.describe() for c in calls}) == 1 else "mixed tasks"

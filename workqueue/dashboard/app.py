@@ -14,6 +14,7 @@ from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 from werkzeug.exceptions import HTTPException
 
 from workqueue import outage, priorities, webguard
+from workqueue.connection import client_from_url
 from workqueue.dashboard import limits_page, metrics, rq_views, security, views
 from workqueue.errors import RedisLostData, UnreadableJob
 from workqueue.jobs import SERIALIZER
@@ -64,7 +65,10 @@ def _install_rq_dashboard(
     rq_views.replace_unsafe_views(app)
     app.register_blueprint(views.blueprint)
     app.register_blueprint(limits_page.blueprint)  # per-key limits (workqueue.limits)
-    app.extensions["workqueue.redis"] = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    # One client for our pages and rq-dashboard's, built as every command builds it (a Sentinel URL
+    # gives a client that follows the master after a failover).
+    app.extensions["workqueue.redis"] = client_from_url(redis_url, socket_connect_timeout=5)
+    app.redis_conn = app.extensions["workqueue.redis"]  # type: ignore[attr-defined]
 
 
 def _install_page_context(app: Flask, credentials: security.Credentials | None, read_only: bool) -> None:

@@ -15,6 +15,7 @@ from rq.job import Job, JobStatus
 from workqueue import control, job_json, jobstats, pausing, priorities
 from workqueue.errors import UnreadableJob
 from workqueue.jobs import SERIALIZER, UNREADABLE, fetch_job
+from workqueue.worker import autoscale
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,12 @@ def queues(connection: redis.Redis) -> list[dict[str, Any]]:
 
 
 def snapshot(connection: redis.Redis) -> dict[str, Any]:
-    """The live-work page's data: running jobs, workers, and the queues' state."""
+    """The live-work page's data: running jobs, workers, the queues' state, and the consumers' pools
+    that autoscale."""
     running = running_jobs(connection)
-    return {"jobs": running, "workers": workers(connection, running), "queues": queues(connection)}
+    return {
+        "jobs": running,
+        "workers": workers(connection, running),
+        "queues": queues(connection),
+        "pools": autoscale.live_pools(connection),
+    }

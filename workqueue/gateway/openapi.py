@@ -114,7 +114,7 @@ _AUTH = {"401": _error("A bearer token is required and was not given, or is wron
 _BAD_BODY = {
     "413": _error("The body is over the size limit."),
     "422": _error("The body, a task, a parameter or the callback URL is refused: `error` says why, `field` names it."),
-    "503": _error("Redis is not answering."),
+    "503": _error("Redis is not answering (or, with durable, no replica acknowledged the jobs)."),
 }
 
 
@@ -211,6 +211,11 @@ def _common_fields() -> dict[str, Any]:
             "type": "string",
             "pattern": f"^{limits.KEY_PATTERN.pattern}$",
             "description": "Per-key limits: the jobs' limit key (default: the task's own, e.g. domain:<host>).",
+        },
+        "durable": {
+            "type": "boolean",
+            "default": False,
+            "description": "Answer 201 only once a replica holds the jobs (Redis WAIT 1); 503 if none does in time.",
         },
     }
 

@@ -36,7 +36,7 @@ from workqueue import (
     timing,
     webguard,
 )
-from workqueue.errors import BadInput, RedisLostData, UnreadableJob
+from workqueue.errors import BadInput, NotDurable, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.jobs import check_queue_name
 from workqueue.settings import (
@@ -59,6 +59,8 @@ EXTENSION = "workqueue.gateway"
 
 _COMMON = {"queue", "retries", "timeout", "callback", "unique", "priority", "limit_key"}
 _COMMON |= {"at", "in", "after", "after_any"}  # when work runs (issue 15)
+#: ``"durable": true``: the enqueue is answered only once a replica holds it (``WAIT 1``), else 503.
+_COMMON |= {"durable"}
 
 
 @dataclass(frozen=True)
@@ -379,12 +381,18 @@ def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[R
             raise Invalid(str(exc), "after") from None
     if "callback" in body:
         delivery.register(gateway.connection, batch_id, *_callback(body["callback"], gateway.policy))
+    durable = body.get("durable", False)
+    if not isinstance(durable, bool):
+        raise Invalid("durable: expected true or false", "durable")
     try:
         submission = producer.enqueue(
-            gateway.connection, calls, queue, batch_id=batch_id, when=when, after=after, after_any=after_any
-        )
+            gateway.connection, calls, queue, batch_id=batch_id, when=when, after=after, after_any=after_any,
+            durable=durable,
+        )  # fmt: skip
     except BadInput as exc:
         raise Invalid(str(exc), exc.field) from None
+    except NotDurable as exc:
+        return error(503, str(exc), "durable"), 503
     existing = [submission.existing[i] for i in sorted(submission.existing)]
     answer = {"batch_id": batch_id, "queue": queue, "job_ids": [job.id for job in submission.jobs]}
     return jsonify({**answer, "existing_job_ids": existing}), 201

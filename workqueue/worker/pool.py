@@ -11,6 +11,7 @@ workers without their pool.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -24,14 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import redis.sentinel
 from rq.worker import Worker
 from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
 from workqueue import jobstats, outage, pausing, priorities, recovery, rq_compat
-from workqueue.connection import without_retries
+from workqueue.connection import without_retries, worker_client
 from workqueue.errors import PoolFailed, RedisLostData
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
+from workqueue.worker import autoscale
+from workqueue.worker.autoscale import Autoscaler, Scaling
 from workqueue.worker.catalogue_worker import WORKER_CLASSES
 from workqueue.worker.process import STOPPED_ON_PURPOSE, die_with_parent, serve_pool, stopped_on_purpose
 
@@ -82,6 +86,9 @@ class PoolStatus:
     lost_data_at: float | None = None
     #: The pool's queues that are paused (``workqueue.pausing``).
     paused: list[str] = field(default_factory=list)
+    #: ``--workers MIN-MAX``: the bounds ("2-10"), and the pool's last scaling and why.
+    bounds: str = ""
+    scaled: str = ""
 
     @property
     def busy(self) -> int:
@@ -102,6 +109,7 @@ class ConsumerPool(WorkerPool):
         num_workers: int,
         on_tick: Callable[[PoolStatus], None] | None = None,
         order: str = "priority",
+        scaling: Scaling | None = None,
     ) -> None:
         super().__init__(
             list(queues),
@@ -125,10 +133,21 @@ class ConsumerPool(WorkerPool):
         self.redis_down_since: float | None = None
         self._outage = ""
         self._mark = outage.DataMark(self._quick)
+        # Autoscaling (``--workers MIN-MAX``): the decisions, the workers being stopped for it, and
+        # the last scaling said.
+        self._scaler = Autoscaler(scaling) if scaling is not None and not scaling.fixed else None
+        self._retiring: set[str] = set()
+        self.scaled = ""
+        self._start_options: dict[str, Any] = {}
+        self._last_status: PoolStatus | None = None
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
         process = super().get_worker_process(name, burst, _sleep, logging_level)
         args, kwargs = rq_compat.process_arguments(process)
+        if isinstance(self.connection.connection_pool, redis.sentinel.SentinelConnectionPool):
+            # RQ rebuilds the client in the worker from a plain pool, which would keep the master
+            # found first: give it a Sentinel pool of its own, which follows a failover.
+            args = (*args[:2], worker_client(args[3], args[4]), *args[3:])
         return ForkProcess(target=_run_worker_detached, args=args, kwargs=kwargs, name=process.name)
 
     def start_worker(
@@ -147,7 +166,10 @@ class ConsumerPool(WorkerPool):
         """A worker stopped by a kill script shrinks the pool; one that crashed is replaced."""
         super().handle_dead_worker(worker_data)
         code = worker_data.process.exitcode
-        if code == STOPPED_ON_PURPOSE:
+        if worker_data.name in self._retiring:  # scaled in: already taken off num_workers
+            self._retiring.discard(worker_data.name)
+            log.info("worker %s stopped (scaled in)", worker_data.name)
+        elif code == STOPPED_ON_PURPOSE:
             self.stopped.append(worker_data.name)
             self.num_workers -= 1
             log.warning("worker %s was stopped on purpose; %d left", worker_data.name, self.num_workers)
@@ -167,7 +189,9 @@ class ConsumerPool(WorkerPool):
         self.status = self.Status.STOPPED
         if self._signals == 1:
             log.info("stopping: each worker finishes its current job, then exits")
-            self.stop_workers()
+            for data in list(self.worker_dict.values()):
+                if data.name not in self._retiring:  # already stopping: a second signal would be a cold stop
+                    self.stop_worker(data)
         else:
             log.warning("stopping at once")
             for data in list(self.worker_dict.values()):
@@ -177,6 +201,7 @@ class ConsumerPool(WorkerPool):
     def start(self, burst: bool = False, logging_level: str = "WARNING") -> None:
         """Run the pool until it is stopped (or, with ``burst``, until the queues are empty)."""
         rq_compat.set_pool_burst(self, burst)
+        self._start_options = {"burst": burst, "logging_level": logging_level}
         self.status = self.Status.STARTED
         rq_compat.install_pool_signal_handlers(self)
         # A worker's exit wakes the loop at once (RQ's looks every half second), so a crashed worker
@@ -196,6 +221,9 @@ class ConsumerPool(WorkerPool):
                 self._wake.wait(0.5)
                 self._wake.clear()
             self._tick()
+            if self._scaler is not None:
+                with contextlib.suppress(redis.RedisError):  # else its entry lapses on its own
+                    autoscale.withdraw(self._quick, self.name)
         except BaseException as exc:
             self._abandon_workers()
             if isinstance(exc, (SystemExit, KeyboardInterrupt)):
@@ -232,6 +260,7 @@ class ConsumerPool(WorkerPool):
             try:
                 recovery.sweep(self._quick)
                 jobstats.sample_backlog(self._quick)
+                self._publish_scaling()
             except redis.RedisError as exc:
                 self._note_outage(exc)
         self._tick()
@@ -252,6 +281,7 @@ class ConsumerPool(WorkerPool):
                 log.error("%s; the consumer carries on with what Redis holds now", exc)
             status = self.snapshot()
             self.redis_down_since, self._outage = None, ""
+            self._autoscale(status)
         except redis.RedisError as exc:
             self._note_outage(exc)
             status = PoolStatus(
@@ -262,8 +292,46 @@ class ConsumerPool(WorkerPool):
             status.redis_down_for = time.monotonic() - (self.redis_down_since or time.monotonic())
             status.outage = self._outage
         status.lost_data_at = self._mark.lost_at
+        if self._scaler is not None:
+            status.bounds, status.scaled = self._scaler.scaling.describe(), self.scaled
         if self._on_tick is not None:
             self._on_tick(status)
+
+    def _publish_scaling(self) -> None:
+        """A scaling pool's bounds, size and last scaling, for the dashboard (``autoscale.publish``)."""
+        if self._scaler is None:
+            return
+        status = self._last_status
+        if status is not None and self.status != self.Status.STOPPED:
+            bounds = self._scaler.scaling.describe()
+            autoscale.publish(
+                self._quick, self.name, bounds, len(status.workers), status.busy, status.queued, self.scaled
+            )
+
+    def _autoscale(self, status: PoolStatus) -> None:
+        """Grow or shrink the pool as ``worker.autoscale`` decides from this look at it. Growing
+        starts workers at once; shrinking stops one idle worker gracefully (a warm stop, as Ctrl-C's
+        first: a job it claims meanwhile it finishes, then exits) and it is not replaced."""
+        self._last_status = status
+        if self._scaler is None or self.status == self.Status.STOPPED:
+            return
+        workers = [w for w in status.workers if w.name not in self._retiring]
+        decision = self._scaler.decide(workers, self.num_workers, status.queued, self._retiring, time.monotonic())
+        if decision is None:
+            return
+        if decision.retire is not None:
+            data = self.worker_dict.get(decision.retire)
+            if data is None:
+                return
+            self._retiring.add(decision.retire)
+            self.num_workers = decision.target
+            self.stop_worker(data, sig=signal.SIGINT)
+        else:
+            added, self.num_workers = decision.target - self.num_workers, decision.target
+            for _ in range(added):
+                self.start_worker(**self._start_options)
+        self.scaled = decision.reason
+        log.info("%s", decision.reason)
 
     def snapshot(self) -> PoolStatus:
         """The pool's workers and queues as Redis sees them, in one round trip."""

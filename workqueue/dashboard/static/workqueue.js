@@ -88,6 +88,15 @@
 
     var busy = data.workers.filter(function (w) { return w.state === "busy"; }).length;
     document.getElementById("workers-count").textContent = busy + " busy, " + (data.workers.length - busy) + " idle";
+    // Consumers started with --workers MIN-MAX: their size, bounds and last scaling, and why.
+    var pools = document.getElementById("scaling-pools");
+    if (pools) {
+      pools.textContent = "";
+      (data.pools || []).forEach(function (p) {
+        pools.appendChild(el("li", { text: "pool " + p.name + ": " + p.workers + " workers (" + p.bounds + "), " +
+          p.busy + " busy, " + p.waiting + " waiting" + (p.scaled ? "; " + p.scaled : "") }));
+      });
+    }
     fill(document.querySelector("#live-workers tbody"), data.workers.map(function (w) {
       var stopUrl = "/workers/" + encodeURIComponent(w.name) + "/stop";
       return el("tr", { "data-worker": w.name }, [
