@@ -86,6 +86,8 @@ class PoolStatus:
     lost_data_at: float | None = None
     #: The pool's queues that are paused (``workqueue.pausing``).
     paused: list[str] = field(default_factory=list)
+    #: Jobs waiting on the queues not paused: the backlog autoscaling grows for.
+    runnable: int = 0
     #: ``--workers MIN-MAX``: the bounds ("2-10"), and the pool's last scaling and why.
     bounds: str = ""
     scaled: str = ""
@@ -316,7 +318,7 @@ class ConsumerPool(WorkerPool):
         if self._scaler is None or self.status == self.Status.STOPPED:
             return
         workers = [w for w in status.workers if w.name not in self._retiring]
-        decision = self._scaler.decide(workers, self.num_workers, status.queued, self._retiring, time.monotonic())
+        decision = self._scaler.decide(workers, self.num_workers, status.runnable, self._retiring, time.monotonic())
         if decision is None:
             return
         if decision.retire is not None:
@@ -357,6 +359,9 @@ class ConsumerPool(WorkerPool):
                 status.workers.append(WorkerView(name, (state or b"starting").decode(), *counts))
         status.finished = sum(done for done, _ in self._seen.values())
         status.failed = sum(failed for _, failed in self._seen.values())
-        status.queued = sum(replies[len(names) :])
+        lengths, levels = replies[len(names) :], len(priorities.levels())
+        per_queue = {queue: sum(lengths[i * levels : (i + 1) * levels]) for i, queue in enumerate(queues)}
+        status.queued = sum(per_queue.values())
         status.paused = [queue for queue in queues if queue in paused]
+        status.runnable = sum(count for queue, count in per_queue.items() if queue not in paused)
         return status
