@@ -21,7 +21,7 @@ from rq.job import Job
 
 from tests.helpers import wait_for
 from tests.netns import Host, Network, unavailable
-from workqueue import batches, jobstats
+from workqueue import batches, jobstats, producer
 from workqueue.jobs import SERIALIZER
 from workqueue.settings import HEARTBEAT_TTL
 
@@ -218,3 +218,54 @@ def test_kill_workers_from_another_host_stops_the_workers_of_every_host(cluster:
         assert consumer.returncode == 0, f"{name}: {out}"
         assert "stopped by kill_workers" in out
     assert Worker.all(connection=cluster.conn) == []
+
+
+def _blocked_from(conn: redis.Redis, address: str) -> bool:
+    """Whether Redis holds a client of ``address`` blocked in a BLMOVE (it cannot tell a cut link)."""
+    return any(
+        c["addr"].rsplit(":", 1)[0] == address and c["cmd"] == "blmove" and "b" in c["flags"]
+        for c in conn.client_list()
+    )
+
+
+def test_a_job_redis_handed_to_a_worker_as_its_host_was_cut_off_runs_once(cluster: Cluster) -> None:
+    """Redis answers a waiting worker's BLMOVE with a job just as its host is cut off: the job waits
+    in the queue's intermediate list, the sweep puts it back, another host runs it. When the link
+    comes back, the late answer reaches the worker, which must not start the job again."""
+    victim = cluster.consumers["host-a"]
+    cluster.consumer_processes["host-a"].terminate()  # host-a's only waiting worker is then solo's
+    assert cluster.consumer_processes["host-a"].wait(30) == 0
+    victim.python("consumer_main.py", "--workers", "1", "--queue", "solo", "--verbose")
+    solo = Queue("solo", connection=cluster.conn, serializer=SERIALIZER)
+    for _ in range(10):  # cut while Redis counts its worker as waiting in a BLMOVE
+        wait_for(lambda: _blocked_from(cluster.conn, victim.address), 30, "host-a's worker to wait on solo")
+        victim.cut()
+        if _blocked_from(cluster.conn, victim.address):
+            break
+        victim.reconnect()
+    else:
+        pytest.fail("never caught host-a's worker waiting in a BLMOVE")
+    job = producer.enqueue(cluster.conn, [producer.TaskCall.build("sleep", {"seconds": 1})], "solo").jobs[0]
+    assert cluster.conn.lrange(solo.intermediate_queue_key, 0, -1) == [job.id.encode()]  # Redis answered host-a
+    cluster.consumers["host-b"].python("consumer_main.py", "--workers", "1", "--queue", "solo")
+
+    def done() -> Job | None:
+        fetched = Job.fetch(job.id, connection=cluster.conn, serializer=SERIALIZER)
+        return fetched if fetched.get_status() == "finished" else None
+
+    finished = wait_for(done, 40, "the sweep to put the job back and host-b to run it")
+    assert cluster.host_of(finished.worker_name) == "host-b"
+    victim.reconnect()
+    back = cluster.conn.time()[0]
+
+    def beat_since_back() -> bool:
+        names = [
+            w for w in Worker.all(connection=cluster.conn) if w.name.startswith("host-a.") and "solo" in w.queue_names()
+        ]
+        return bool(names) and names[0].last_heartbeat.timestamp() > back + 4
+
+    wait_for(beat_since_back, 60, "host-a's solo worker to heartbeat again, seconds after the link came back")
+    again = Job.fetch(job.id, connection=cluster.conn, serializer=SERIALIZER)
+    assert again.get_status() == "finished" and cluster.host_of(again.worker_name) == "host-b"
+    assert cluster.conn.xlen(f"rq:results:{job.id}") == 1, "the job ran a second time"
+    assert cluster.conn.llen(solo.intermediate_queue_key) == 0 and solo.started_job_registry.count == 0
