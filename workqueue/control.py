@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.worker import BaseWorker
 
-from workqueue import batches, recovery
+from workqueue import backlog, batches, recovery
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
 
@@ -231,9 +231,11 @@ def requeue(connection: redis.Redis, job_id: str, *, by: str) -> JobStop:
         )
     job.meta.setdefault("requeued_by", []).append(by)
     job.save_meta()
+    backlog.add(connection, job.origin, [job.id])  # before it can run (and end)
     try:
         registries[status].requeue(job)
     except InvalidJobOperation:
+        backlog.forget(connection, job)
         return JobStop(
             job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is no longer in the {status.value} registry of {job.origin}"
         )
@@ -274,4 +276,5 @@ def delete_job(connection: redis.Redis, job_id: str) -> JobStop:
     if job.get_status(refresh=False) == JobStatus.STARTED:
         return JobStop(job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is running; stop it before deleting it")
     job.delete()
+    backlog.forget(connection, job)
     return JobStop(job_id, Outcome.DONE, f"job {job_id} deleted")

@@ -21,7 +21,7 @@ from rq.job import Job
 from rq.queue import EnqueueData
 
 import task_def
-from workqueue import batches, jobstats, outage
+from workqueue import backlog, batches, jobstats, outage
 from workqueue.connection import without_retries
 from workqueue.errors import BadInput, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
@@ -170,11 +170,13 @@ def enqueue(
         while pending:
             room = len(pending) if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
             chunk, pending = pending[:room], pending[room:]
+            chunk = backlog.with_ids(chunk)  # known before the transaction, which counts them in the backlog
             chunk_names, names = names[:room], names[room:]
             with connection.pipeline(transaction=True) as pipe:
                 if not jobs:
                     batches.open_batch(pipe, batch_id, len(calls), queue)
                 jobstats.count_enqueued(pipe, queue, Counter(chunk_names))
+                backlog.add(pipe, queue, [data.job_id for data in chunk])
                 jobs += group.enqueue_many(q, chunk, pipeline=pipe)  # RQ executes the transaction here
     except redis.RedisError as exc:
         if not outage.is_outage(exc):

@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 from rq import Queue, Worker
 
-from workqueue import jobstats
+from workqueue import backlog, jobstats
 from workqueue.jobs import SERIALIZER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -58,8 +58,18 @@ class RedisCollector:
         yield length
         yield registry
         yield jobs
+        yield self._backlog(names)
         yield self._workers()
         yield self._durations(tasks)
+
+    def _backlog(self, names: list[str]) -> Metric:
+        """Each queue's jobs waiting, running or held back: the length of the key KEDA reads (``backlog``)."""
+        gauge = GaugeMetricFamily(
+            "workqueue_queue_backlog", "Jobs enqueued and not ended: waiting, running or held back.", labels=["queue"]
+        )
+        for name, count in backlog.count(self.connection, names).items():
+            gauge.add_metric([name], count)
+        return gauge
 
     def _workers(self) -> Metric:
         workers = GaugeMetricFamily("workqueue_workers", "Registered workers, busy or idle.", labels=["state"])
