@@ -209,9 +209,18 @@ def test_a_cut_shorter_than_the_lapse_reruns_nothing(cluster: Cluster) -> None:
 
 
 def test_kill_workers_from_another_host_stops_the_workers_of_every_host(cluster: Cluster) -> None:
+    # --host: one host's workers only (what a Kubernetes pod's preStop hook runs to drain itself).
+    result = cluster.ops.run("kill_thread/kill_workers.py", "--host", "host-a")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" stopped") == 2 and "host-a." in result.stdout, result.stdout
+    assert cluster.consumer_processes["host-a"].wait(30) == 0
+    assert {w.name.split(".")[0] for w in Worker.all(connection=cluster.conn)} == {"host-b", "host-c"}
+    result = cluster.ops.run("kill_thread/kill_workers.py", "--host", "host-z")
+    assert result.returncode == 2 and "hosts with workers: host-b, host-c" in result.stderr, result.stderr
+
     result = cluster.ops.run("kill_thread/kill_workers.py", "--queue", QUEUE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(" stopped") >= 6, result.stdout
+    assert result.stdout.count(" stopped") == 4, result.stdout
     for name, consumer in cluster.consumer_processes.items():
         consumer.wait(30)
         out = _read(consumer)

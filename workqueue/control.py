@@ -31,11 +31,19 @@ def live_workers(connection: redis.Redis) -> list[BaseWorker]:
 
 
 def select_workers(
-    connection: redis.Redis, *, every: bool = False, queue: str | None = None, name: str | None = None
+    connection: redis.Redis,
+    *,
+    every: bool = False,
+    queue: str | None = None,
+    name: str | None = None,
+    host: str | None = None,
 ) -> list[BaseWorker]:
-    """The workers a kill command means; BadInput (naming what exists) when it means none."""
-    if sum((every, queue is not None, name is not None)) != 1:
-        raise BadInput("choose exactly one of --all, --queue NAME, --worker NAME")
+    """The workers a kill command means; BadInput (naming what exists) when it means none.
+    ``host``: the workers registered from that host name (a machine, or a Kubernetes pod draining)."""
+    if sum((every, queue is not None, name is not None, host is not None)) != 1:
+        raise BadInput("choose exactly one of --all, --queue NAME, --worker NAME, --host NAME")
+    if host is not None:
+        return _workers_of_host(live_workers(connection), host)
     workers = live_workers(connection)
     existing = ", ".join(w.name for w in workers) or "none"
     if every:
@@ -52,6 +60,14 @@ def select_workers(
         chosen = [w for w in workers if w.name == name]
         if not chosen:
             raise BadInput(f"no worker named {name!r}; running workers: {existing}")
+    return chosen
+
+
+def _workers_of_host(workers: list[BaseWorker], host: str) -> list[BaseWorker]:
+    chosen = [w for w in workers if w.hostname == host]
+    if not chosen:
+        hosts = sorted({w.hostname or "?" for w in workers})
+        raise BadInput(f"no worker runs on host {host!r}; hosts with workers: {', '.join(hosts) or 'none'}")
     return chosen
 
 
