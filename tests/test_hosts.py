@@ -262,7 +262,18 @@ def test_a_job_redis_handed_to_a_worker_as_its_host_was_cut_off_runs_once(cluste
         fetched = Job.fetch(job.id, connection=cluster.conn, serializer=SERIALIZER)
         return fetched if fetched.get_status() == "finished" else None
 
-    finished = wait_for(done, 40, "the sweep to put the job back and host-b to run it")
+    try:
+        finished = wait_for(done, 40, "the sweep to put the job back and host-b to run it")
+    except AssertionError as exc:
+        conn = cluster.conn
+        state = {
+            "status": conn.hget(job.key, "status"),
+            "queue": conn.lrange(solo.key, 0, -1),
+            "intermediate": conn.lrange(solo.intermediate_queue_key, 0, -1),
+            "workers": sorted(w.name for w in Worker.all(connection=conn)),
+            "logs": [_read(p) for h in cluster.network.hosts for p in h.processes if "solo" in str(p.args)],
+        }
+        raise AssertionError(f"{exc}: {state}") from None
     assert cluster.host_of(finished.worker_name) == "host-b"
     victim.reconnect()
     back = cluster.conn.time()[0]
