@@ -100,9 +100,13 @@ class Network:
         self.bridge = f"wqbr{self.tag}"
         self.hosts: list[Host] = []
         self.dir = Path(tempfile.mkdtemp(prefix="wq-hosts-"))
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
+        except BaseException:
+            self.remove()
+            raise
 
     @property
     def address(self) -> str:
@@ -128,7 +132,10 @@ class Network:
 
     def remove(self) -> None:
         """Stop every process the hosts started (their whole sessions), then delete the links, the
-        namespaces and the bridge, and the log files. Never raises: it is a finalizer."""
+        namespaces and the bridge, and the log files. Never raises: it is a finalizer. Hosts cut off
+        are joined again first, so that their processes stop gracefully, as they would."""
+        for host in self.hosts:
+            subprocess.run(["ip", "link", "set", host.link, "up"], capture_output=True, timeout=20)
         for host in self.hosts:
             for process in host.processes:
                 _stop(process)

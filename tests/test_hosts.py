@@ -7,7 +7,6 @@ Root only (skipped otherwise, saying why)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -71,7 +70,7 @@ def _read(process: subprocess.Popen) -> str:
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     network = Network()
     try:
         redis_host = network.add_host("redis")
@@ -84,7 +83,7 @@ def cluster() -> Iterator[Cluster]:
             "--save", "", "--appendonly", "no", "--dir", str(data),
         )  # fmt: skip
         url = f"redis://{redis_host.address}:6379/0"
-        os.environ["REDIS_URL"] = url  # the hosts' processes inherit it
+        monkeypatch.setenv("REDIS_URL", url)  # the hosts' processes inherit it
         conn = redis.Redis.from_url(url, socket_timeout=5)
         wait_for(lambda: _pings(conn), 15, "Redis on its host")
         started = {
@@ -95,9 +94,6 @@ def cluster() -> Iterator[Cluster]:
         assert {w.name.split(".")[0] for w in Worker.all(connection=conn)} == set(CONSUMER_HOSTS)
         yield Cluster(network, redis_host, consumers, started, producer, ops, url, conn)
     finally:
-        os.environ.pop("REDIS_URL", None)
-        for host in network.hosts:
-            host.reconnect() if host.processes else None
         network.remove()
 
 
