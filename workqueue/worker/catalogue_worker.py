@@ -86,6 +86,7 @@ class CatalogueWorker(ClaimingWorker):
         self._hard_killed: str | None = None
         self._registered_at = 0.0
         self._superseded_run: str | None = None
+        self._handed_back_at: float | None = None
         self._beaten_at = 0.0
         self._suspension_checked_at = -SUSPENSION_CHECK_GAP
         self._horse: Horse | None = None
@@ -187,6 +188,7 @@ class CatalogueWorker(ClaimingWorker):
         RQ's own limit is the timeout plus 60 s."""
         timeout = job.timeout or Queue.DEFAULT_TIMEOUT
         hard_deadline = time.monotonic() + timeout + HARD_KILL_GRACE if timeout > 0 else None
+        self._handed_back_at = None
         while True:
             wait = self.job_monitoring_interval
             if hard_deadline is not None:
@@ -194,6 +196,12 @@ class CatalogueWorker(ClaimingWorker):
             answer = horse.wait(wait)
             if answer is not WAITING:
                 return answer
+            # Found handed back (a heartbeat saw it) and still running a second later: not a horse
+            # that has just recorded its end and not yet answered, but a run superseded. Stop it.
+            if self._handed_back_at is not None and time.monotonic() - self._handed_back_at >= 1.0:
+                if self._superseded_run is None:
+                    self._stop_superseded_run(job, execution)
+                continue
             if hard_deadline is not None and time.monotonic() >= hard_deadline and not self._hard_killed:
                 self._hard_killed = (
                     f"JobTimeoutException: job exceeded its {timeout} s timeout and ignored the alarm; killed"
@@ -325,8 +333,8 @@ class CatalogueWorker(ClaimingWorker):
             if replies[index] == 1:  # the job was deleted meanwhile (rq#1450): as RQ does
                 self.connection.delete(job.key)
         self._learn_if_declared_dead(replies, registration)
-        if replies[holds] is None and self._superseded_run is None:
-            self._stop_superseded_run(job, execution)
+        if replies[holds] is None and self._handed_back_at is None:  # see _watch_horse
+            self._handed_back_at = time.monotonic()
 
     def _stop_superseded_run(self, job: Job, execution: Execution) -> None:
         """This run's job was handed back (its worker taken for dead, or its execution otherwise
@@ -341,7 +349,7 @@ class CatalogueWorker(ClaimingWorker):
     def _forget_superseded_run(self, job: Job, execution: Execution) -> None:
         """What is left of a run stopped by :meth:`_stop_superseded_run`: its heartbeat may have
         written its execution's hash again; the note says that this run ended without an outcome."""
-        self._superseded_run = None
+        self._superseded_run = self._handed_back_at = None
         with self.connection.pipeline() as pipe:
             pipe.delete(execution.key)
             pipe.srem(WORKER_EXECUTIONS_KEY_TEMPLATE.format(self.name), f"{job.id}:{execution.id}")
