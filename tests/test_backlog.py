@@ -89,6 +89,7 @@ def test_a_sigkilled_workers_job_stays_counted_until_another_worker_finishes_it(
     finally:
         stop.set()
         watcher.join()
+    seen.append(size(conn))  # after the end, whenever the watcher last looked
     assert re.search(rb"died|gone|quit", fetched)  # it was handed back, not finished by the killed run
     first_zero = seen.index(0)  # counted (1) from the kill to the re-run's end, then not (0): never 2
     assert first_zero > 0 and set(seen[:first_zero]) == {1} and set(seen[first_zero:]) == {0}
