@@ -169,7 +169,8 @@ def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing
     job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
     assert job.get_status() == "finished" and job.meta["progress"]["message"] == second
     assert len(job.results()) == 1 and job.return_value() != horse
-    assert [s["outcome"] for s in job.meta["superseded"]] == ["finished"]
+    # It ran to its end, or its worker's next heartbeat found the job handed back and stopped it first.
+    assert [s["outcome"] for s in job.meta["superseded"]] in (["finished"], ["stopped: the job had been handed back"])
     assert len(job.meta["interruptions"]) == 1 and len(marker.read_text().split()) == 2
     (stats,) = jobstats.collect(conn, [QUEUE])
     assert stats.tasks["mark_then_progress"].finished == 1 and stats.tasks["mark_then_progress"].enqueued == 1

@@ -26,7 +26,7 @@ from rq.callbacks import Callback
 from rq.group import Group
 from rq.job import Job
 
-from workqueue import jobstats, lua, outage, unique
+from workqueue import backlog, jobstats, lua, outage, unique
 from workqueue.replies import decoded, decoded_map
 from workqueue.settings import DETAIL_MAX, RESULT_TTL
 
@@ -134,6 +134,7 @@ def record_end(
         pipe.eval(END_SCRIPT, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
     jobstats.record_end(pipe, job.origin, task, outcome, run, wait)
     unique.release(pipe, job)
+    backlog.forget(pipe, job)  # its end, in the same step: the KEDA key stays exact
 
 
 def _utcnow() -> datetime:

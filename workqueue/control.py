@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.worker import BaseWorker
 
-from workqueue import batches, dependencies, limits, priorities, recovery
+from workqueue import backlog, batches, dependencies, limits, priorities, recovery
 from workqueue.errors import BadInput, UnreadableJob
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name, fetch_job
 
@@ -31,11 +31,19 @@ def live_workers(connection: redis.Redis) -> list[BaseWorker]:
 
 
 def select_workers(
-    connection: redis.Redis, *, every: bool = False, queue: str | None = None, name: str | None = None
+    connection: redis.Redis,
+    *,
+    every: bool = False,
+    queue: str | None = None,
+    name: str | None = None,
+    host: str | None = None,
 ) -> list[BaseWorker]:
-    """The workers a kill command means; BadInput (naming what exists) when it means none."""
-    if sum((every, queue is not None, name is not None)) != 1:
-        raise BadInput("choose exactly one of --all, --queue NAME, --worker NAME")
+    """The workers a kill command means; BadInput (naming what exists) when it means none.
+    ``host``: the workers registered from that host name (a machine, or a Kubernetes pod draining)."""
+    if sum((every, queue is not None, name is not None, host is not None)) != 1:
+        raise BadInput("choose exactly one of --all, --queue NAME, --worker NAME, --host NAME")
+    if host is not None:
+        return _workers_of_host(live_workers(connection), host)
     workers = live_workers(connection)
     existing = ", ".join(w.name for w in workers) or "none"
     if every:
@@ -52,6 +60,14 @@ def select_workers(
         chosen = [w for w in workers if w.name == name]
         if not chosen:
             raise BadInput(f"no worker named {name!r}; running workers: {existing}")
+    return chosen
+
+
+def _workers_of_host(workers: list[BaseWorker], host: str) -> list[BaseWorker]:
+    chosen = [w for w in workers if w.hostname == host]
+    if not chosen:
+        hosts = sorted({w.hostname or "?" for w in workers})
+        raise BadInput(f"no worker runs on host {host!r}; hosts with workers: {', '.join(hosts) or 'none'}")
     return chosen
 
 
@@ -233,9 +249,11 @@ def requeue(connection: redis.Redis, job_id: str, *, by: str) -> JobStop:
         )
     job.meta.setdefault("requeued_by", []).append(by)
     job.save_meta()
+    backlog.add(connection, job.origin, [job.id])  # before it can run (and end)
     try:
         registries[status].requeue(job)
     except InvalidJobOperation:
+        backlog.forget(connection, job)
         return JobStop(
             job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is no longer in the {status.value} registry of {job.origin}"
         )
@@ -277,4 +295,5 @@ def delete_job(connection: redis.Redis, job_id: str) -> JobStop:
     if job.get_status(refresh=False) == JobStatus.STARTED:
         return JobStop(job_id, Outcome.NOTHING_TO_DO, f"job {job_id} is running; stop it before deleting it")
     job.delete()
+    backlog.forget(connection, job)
     return JobStop(job_id, Outcome.DONE, f"job {job_id} deleted")

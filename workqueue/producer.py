@@ -23,7 +23,7 @@ from rq.job import Dependency, Job, JobStatus
 from rq.queue import EnqueueData
 
 import task_def
-from workqueue import batches, dependencies, jobstats, limits, outage, priorities, rq_compat, unique
+from workqueue import backlog, batches, dependencies, jobstats, limits, outage, priorities, rq_compat, unique
 from workqueue.connection import single_connection, without_retries
 from workqueue.errors import BadInput, NotDurable, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
@@ -325,6 +325,7 @@ def _commit(
                     pipe.incrby(cap.key, len(fresh))
                     pipe.expire(cap.key, cap.ttl)
                 jobstats.count_enqueued(pipe, q.name, Counter(call.task.name for _, call, _, _ in fresh))
+                backlog.add(pipe, q.name, [data.job_id for *_, data in fresh])  # ids known: counted in this step
                 if fresh:  # RQ executes the transaction here
                     group = batches.group(connection, submission.batch_id)
                     jobs = group.enqueue_many(q, [data for *_, data in fresh], pipeline=pipe)
@@ -392,7 +393,7 @@ def _prepare(call: TaskCall, key: str | None = None) -> EnqueueData:
             **priorities.meta(call.priority),
             **limits.job_meta(call.effective_limit_key(), call.task.default_limit),
         },
-        job_id=uuid.uuid4().hex if key else None,
+        job_id=uuid.uuid4().hex if key else str(uuid.uuid4()),  # known before the enqueue (backlog, unique)
         **batches.callbacks(),
     )
 
@@ -487,6 +488,7 @@ def _enqueue_later(
                     pipe.multi()
                     batches.open_batch(pipe, batch_id, len(calls), q.name)
                     jobstats.count_enqueued(pipe, q.name, names)
+                    backlog.add(pipe, q.name, [job.id for job in jobs])
                     pipe.sadd(q.redis_queues_keys, q.key)
                     for job in jobs:
                         _place(pipe, q, job, when, decision)

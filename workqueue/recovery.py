@@ -342,7 +342,8 @@ def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack
     started registry (RQ registers the execution before forking the horse that starts it). It is
     rescued on the second sweep that finds it so, at least a sweep interval after the first: long
     enough for a live worker to have started it. Only its status is read: a job that is not JSON
-    is moved back like any other (a worker then fails it with the reason).
+    is moved back like any other (a worker then fails it with the reason). The dead worker's runs
+    of it are forgotten in the same atomic step as the requeue (a worker may claim it at once).
     """
     rescued = []
     job_ids = [decoded(j) for j in connection.lrange(queue.intermediate_queue_key, 0, -1)]
@@ -360,14 +361,9 @@ def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack
             connection.lrem(queue.intermediate_queue_key, 1, job_id)
             continue
         home = priorities.home(connection, queue.name, job_id)  # back at its own level
-        keys = [queue.intermediate_queue_key, home, Job.key_for(job_id), seen_key]
-        if connection.eval(_REQUEUE_IF_STILL_THERE, len(keys), *keys, job_id):
-            runs_key = ExecutionRegistry.key_template.format(job_id)
-            execution_ids = decoded_members(connection.zrange(runs_key, 0, -1))
-            if execution_ids:
-                with connection.pipeline() as pipe:
-                    _forget_executions(pipe, job_id, execution_ids, queue, "")
-                    pipe.execute()
+        runs_key = ExecutionRegistry.key_template.format(job_id)
+        keys = [queue.intermediate_queue_key, home, Job.key_for(job_id), seen_key, queue.started_job_registry.key]
+        if connection.eval(_REQUEUE_IF_STILL_THERE, 6, *keys, runs_key, job_id, f"{RQ_KEY_PREFIX}:execution:"):
             log.warning("job %s was dequeued by a worker that died before starting it; requeued", job_id)
             rescued.append(HandBack(job_id, queue.name, REQUEUED, "dequeued by a worker that died before starting it"))
     return rescued

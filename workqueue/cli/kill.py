@@ -9,7 +9,7 @@ import click
 from workqueue import control
 from workqueue.cli.common import EXIT_FAILED, EXIT_OK, redis_url_option
 from workqueue.connection import connect
-from workqueue.settings import HEARTBEAT_TTL, SWEEP_INTERVAL
+from workqueue.settings import HEARTBEAT_TTL, MAX_TIMEOUT, SWEEP_INTERVAL
 
 _settings = {"help_option_names": ["-h", "--help"]}
 
@@ -18,21 +18,33 @@ _settings = {"help_option_names": ["-h", "--help"]}
 @click.option("--all", "every", is_flag=True, help="Stop every worker.")
 @click.option("--queue", default=None, metavar="NAME", help="Stop the workers listening on this queue.")
 @click.option("--worker", "name", default=None, metavar="NAME", help="Stop one worker, by name.")
+@click.option(
+    "--host",
+    default=None,
+    metavar="NAME",
+    help="Stop the workers of one host (its hostname, a pod's name): a machine or pod draining.",
+)
 @click.option("--now", is_flag=True, help="Stop at once; the running job goes back to the front of its queue.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, 3600),
+    type=click.FloatRange(0, MAX_TIMEOUT),
     default=30.0,
     show_default=True,
     help="Seconds to wait for the workers to leave.",
 )
 @redis_url_option
 def kill_workers(
-    every: bool, queue: str | None, name: str | None, now: bool, timeout: float, redis_url: str | None
+    every: bool,
+    queue: str | None,
+    name: str | None,
+    host: str | None,
+    now: bool,
+    timeout: float,
+    redis_url: str | None,
 ) -> int:
     """Stop workers anywhere: gracefully (each finishes its current job) or --now."""
     connection, _ = connect(redis_url)
-    workers = control.select_workers(connection, every=every, queue=queue, name=name)
+    workers = control.select_workers(connection, every=every, queue=queue, name=name, host=host)
     requests = control.request_worker_stop(connection, workers, now=now, by="kill_workers")
     how = "at once" if now else "after its current job"
     for request in requests:

@@ -18,7 +18,7 @@ from prometheus_client.core import (
 )
 from rq import Queue, Worker
 
-from workqueue import jobstats, limits, pausing, priorities, schedules
+from workqueue import backlog, jobstats, limits, pausing, priorities, schedules
 from workqueue.jobs import SERIALIZER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,6 +59,7 @@ class RedisCollector:
         yield length
         yield registry
         yield jobs
+        yield self._backlog(names)
         yield self._workers()
         yield self._durations(tasks)
         yield from self._dispatch(names, waiting)
@@ -94,6 +95,15 @@ class RedisCollector:
             slots.add_metric([state.key], state.running)
         yield waiting
         yield slots
+
+    def _backlog(self, names: list[str]) -> Metric:
+        """Each queue's jobs waiting, running or held back: the length of the key KEDA reads (``backlog``)."""
+        gauge = GaugeMetricFamily(
+            "workqueue_queue_backlog", "Jobs enqueued and not ended: waiting, running or held back.", labels=["queue"]
+        )
+        for name, count in backlog.count(self.connection, names).items():
+            gauge.add_metric([name], count)
+        return gauge
 
     def _workers(self) -> Metric:
         workers = GaugeMetricFamily("workqueue_workers", "Registered workers, busy or idle.", labels=["state"])

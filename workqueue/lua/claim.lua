@@ -168,6 +168,8 @@ for i = 3, #KEYS, 3 do
     local id = false
     if i == 3 and ARGV[12] ~= '' then
       id, ARGV[12] = ARGV[12], ''
+      -- moved long ago (a late answer after a network cut) and put back by a sweep since: not ours
+      if not redis.call('LPOS', KEYS[i + 1], id) then id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT') end
     else
       id = take(i)
     end

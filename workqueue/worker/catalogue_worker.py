@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from rq import Queue, worker_registration
 from rq.command import parse_payload
-from rq.executions import Execution
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 from rq.utils import now
@@ -35,6 +35,7 @@ from task_def import progress as task_progress
 from workqueue import crawling, limits, network, outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
+from workqueue.guarded import note_superseded
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import (
     HARD_KILL_GRACE,
@@ -85,6 +86,8 @@ class CatalogueWorker(ClaimingWorker):
         self._stop_reason = "the worker was stopped at once"
         self._hard_killed: str | None = None
         self._registered_at = 0.0
+        self._superseded_run: str | None = None
+        self._handed_back_at: float | None = None
         self._beaten_at = 0.0
         self._suspension_checked_at = -SUSPENSION_CHECK_GAP
         self._horse: Horse | None = None
@@ -188,6 +191,7 @@ class CatalogueWorker(ClaimingWorker):
         RQ's own limit is the timeout plus 60 s."""
         timeout = job.timeout or Queue.DEFAULT_TIMEOUT
         hard_deadline = time.monotonic() + timeout + HARD_KILL_GRACE if timeout > 0 else None
+        self._handed_back_at = None
         while True:
             wait = self.job_monitoring_interval
             if hard_deadline is not None:
@@ -195,6 +199,12 @@ class CatalogueWorker(ClaimingWorker):
             answer = horse.wait(wait)
             if answer is not WAITING:
                 return answer
+            # Found handed back (a heartbeat saw it) and still running a second later: not a horse
+            # that has just recorded its end and not yet answered, but a run superseded. Stop it.
+            if self._handed_back_at is not None and time.monotonic() - self._handed_back_at >= 1.0:
+                if self._superseded_run is None:
+                    self._stop_superseded_run(job, execution)
+                continue
             if hard_deadline is not None and time.monotonic() >= hard_deadline and not self._hard_killed:
                 self._hard_killed = (
                     f"JobTimeoutException: job exceeded its {timeout} s timeout and ignored the alarm; killed"
@@ -213,6 +223,9 @@ class CatalogueWorker(ClaimingWorker):
         """The horse ended without answering: a stopped job, a task that ended its process, or a
         crash; the job ends failed with the reason, unless it had already ended."""
         retpid, ret_val, rusage = horse.reap()
+        if self._superseded_run == execution.id:
+            self._forget_superseded_run(job, execution)
+            return
         if rq_compat.stopped_job_id(self) == job.id:
             rq_compat.handle_stopped_job(self, job, queue, execution)
             return
@@ -254,31 +267,49 @@ class CatalogueWorker(ClaimingWorker):
         finally:
             self._retire_horse()
 
-    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> int | None:
         """RQ's heartbeat, in one round trip, lapsing HEARTBEAT_TTL seconds after the last one.
 
         It also re-registers the worker: if Redis was away longer than the TTL, a sweep may have
         unregistered this live worker, which would otherwise stay invisible to the dashboard and
-        the kill scripts.
+        the kill scripts. Answers the index of the registration's reply in ``pipeline`` (None: not
+        registered this time), for :meth:`_learn_if_declared_dead` once the caller ran it.
         """
         if pipeline is None and timeout is None and time.monotonic() - self._beaten_at < HEARTBEAT_MIN_GAP:
-            return  # RQ heartbeats three times per job on its own; with a 10 s lapse one a second is plenty
+            return None  # RQ heartbeats three times per job on its own; with a 10 s lapse one a second is plenty
         pipe = pipeline if pipeline is not None else self.connection.pipeline()
         # At most once per interval, not on every job's heartbeats: it only matters after an outage.
+        registration = None
         if self.birth_date is not None and time.monotonic() - self._registered_at >= HEARTBEAT_INTERVAL:
             self._registered_at = time.monotonic()
             pipe.hset(self.key, mapping={**self.serialize(), "state": rq_compat.worker_state(self)})
+            registration = len(pipe)  # the SADD to RQ's set of workers: 1 if a sweep had removed it
             worker_registration.register(self, pipe)
         super().heartbeat(min(timeout or HEARTBEAT_TTL, HEARTBEAT_TTL), pipe)
         if pipeline is None:
             try:
-                pipe.execute()
+                replies = pipe.execute()
             except redis.RedisError as exc:  # skipped: the dequeue that follows waits the outage out
                 if not outage.is_outage(exc):
                     raise
                 self.log.debug("Worker %s: heartbeat skipped: %s", self.name, outage.describe(exc))
-                return
+                return None
             self._beaten_at = time.monotonic()
+            self._learn_if_declared_dead(replies, registration)
+        return registration
+
+    def _learn_if_declared_dead(self, replies: list[Any], registration: int | None) -> None:
+        """Say so when this worker's heartbeat finds that it had been unregistered: Redis heard
+        nothing from it for HEARTBEAT_TTL seconds (a network cut, a frozen host, a long outage), a
+        sweep took it for dead and handed its jobs back. It is registered again by this heartbeat;
+        a run of a handed-back job still going on here is stopped (:meth:`_maintain_heartbeats`)."""
+        if registration is not None and replies[registration] == 1:
+            self.log.warning(
+                "Worker %s: declared dead while Redis heard nothing from it (over %d s without a heartbeat); "
+                "the jobs it was running were handed back to other workers; registered again",
+                self.name,
+                HEARTBEAT_TTL,
+            )
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         """RQ's heartbeat during a long job, but the worker's registration still lapses HEARTBEAT_TTL
@@ -293,17 +324,43 @@ class CatalogueWorker(ClaimingWorker):
 
     def _maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         with self.connection.pipeline() as pipeline:
-            self.heartbeat(HEARTBEAT_TTL, pipeline=pipeline)
+            registration = self.heartbeat(HEARTBEAT_TTL, pipeline=pipeline)
             working = (now() - job.started_at).total_seconds() if job.started_at else 0.0
             ttl = int(self.get_heartbeat_ttl(job, working_time=working))
             execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
             limit_key = limits.job_key(job)
             if limit_key:  # its concurrency lease lasts as long as its heartbeat
                 limits.queue_extend(pipeline, limit_key, job.id, execution.id, ttl)
+            holds = len(pipeline)  # this run still holds the job: its execution is in the started registry
+            pipeline.zscore(job.started_job_registry.key, f"{job.id}:{execution.id}")
             index = len(pipeline)
             job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
-            if pipeline.execute()[index] == 1:  # the job was deleted meanwhile (rq#1450): as RQ does
+            replies = pipeline.execute()
+            if replies[index] == 1:  # the job was deleted meanwhile (rq#1450): as RQ does
                 self.connection.delete(job.key)
+        self._learn_if_declared_dead(replies, registration)
+        if replies[holds] is None and self._handed_back_at is None:  # see _watch_horse
+            self._handed_back_at = time.monotonic()
+
+    def _stop_superseded_run(self, job: Job, execution: Execution) -> None:
+        """This run's job was handed back (its worker taken for dead, or its execution otherwise
+        removed): another worker runs it, or has. Its horse is killed, so the job does not run
+        on here; :meth:`_horse_died` then records nothing but a note (``meta["superseded"]``)."""
+        self.log.warning(
+            "Worker %s: job %s was handed back to other workers meanwhile; stopping this run of it", self.name, job.id
+        )
+        self._superseded_run = execution.id
+        self.kill_horse(signal.SIGKILL)
+
+    def _forget_superseded_run(self, job: Job, execution: Execution) -> None:
+        """What is left of a run stopped by :meth:`_stop_superseded_run`: its heartbeat may have
+        written its execution's hash again; the note says that this run ended without an outcome."""
+        self._superseded_run = self._handed_back_at = None
+        with self.connection.pipeline() as pipe:
+            pipe.delete(execution.key)
+            pipe.srem(WORKER_EXECUTIONS_KEY_TEMPLATE.format(self.name), f"{job.id}:{execution.id}")
+            pipe.execute()
+        note_superseded(self.connection, job.id, execution.id, self.name, "stopped: the job had been handed back")
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ's, without the round trip when the state is already the one written last (RQ sets

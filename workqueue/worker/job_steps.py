@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 # ARGV: the job, execution and execution-registry key prefixes; the new execution's id; the
 # worker's name; now (epoch seconds as a float, as an int, and as RQ's UTC text); the job
 # monitoring interval; whether to set the worker "busy"; the most dangling ids to drop; the id of a
-# job already moved into the first queue's intermediate list (by the worker's blocking BLMOVE), or ''.
+# job already moved into the first queue's intermediate list (by the worker's blocking BLMOVE), or ''
+# (ignored if it is no longer there: a sweep put it back while the BLMOVE's answer was on its way).
 # Answers false (every queue empty), {0} (dropped ids of jobs whose hash had gone: ask again), or
 # {queue number, job id, the job's hash as read before starting it, the execution's TTL};
 # a job whose timeout is not a plain number is answered with a TTL of -1, left unstarted in the
