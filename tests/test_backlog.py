@@ -94,3 +94,26 @@ def test_a_sigkilled_workers_job_stays_counted_until_another_worker_finishes_it(
     first_zero = seen.index(0)  # counted (1) from the kill to the re-run's end, then not (0): never 2
     assert first_zero > 0 and set(seen[:first_zero]) == {1} and set(seen[first_zero:]) == {0}
     assert size(conn) == 0
+
+
+def test_delayed_dependent_unique_and_prioritised_jobs_count_once_and_leave_at_their_end(conn) -> None:
+    """The other ways in: a delayed batch, a batch after another, unique calls (a duplicate adds
+    nothing), a prioritised job; cancelling each takes it out."""
+    from datetime import timedelta
+
+    import workqueue
+    from workqueue import producer
+
+    later = workqueue.enqueue("sleep", {"seconds": 1}, delay=timedelta(hours=1))
+    first = workqueue.enqueue("sleep", {"seconds": 1}, count=2)
+    after = workqueue.enqueue("sleep", {"seconds": 1}, after=first)
+    call = producer.TaskCall.build("sleep", {"seconds": 2}, unique=True, priority="urgent")
+    once = producer.enqueue(conn, [call, call], Q)
+    again = producer.enqueue(conn, [call], Q)
+    assert len(once.jobs) == 1 and len(again.jobs) == 0 and again.existing
+    ids = [*later.job_ids, *first.job_ids, *after.job_ids, once.jobs[0].id]
+    assert set(conn.zrange(backlog.key(Q), 0, -1)) == {i.encode() for i in ids}
+    for job_id in ids:
+        control.stop_job(conn, job_id, by="test")
+    assert size(conn) == 0
+
