@@ -116,4 +116,3 @@ def test_delayed_dependent_unique_and_prioritised_jobs_count_once_and_leave_at_t
     for job_id in ids:
         control.stop_job(conn, job_id, by="test")
     assert size(conn) == 0
-
