@@ -159,11 +159,11 @@ def test_the_api_takes_a_time_or_a_delay(conn: redis.Redis, processes: Processes
 
 def test_the_interactive_producer_asks_when(monkeypatch: pytest.MonkeyPatch, conn: redis.Redis) -> None:
     monkeypatch.setattr(producer_cli, "can_prompt", lambda: True)
-    result = CliRunner().invoke(producer_cli.main, [], input="sleep\n1\nqueue_one\n2\nsoon\n10m\n")
+    result = CliRunner().invoke(producer_cli.main, [], input="sleep\n1\nqueue_one\n2\nsoon\n10m\n\n")
     assert result.exit_code == 0, result.output
     assert "When? (now, a delay" in result.output and "'soon' is neither now, a delay" in result.output
     assert ScheduledJobRegistry("queue_one", connection=conn).count == 2
-    now = CliRunner().invoke(producer_cli.main, [], input="sleep\n1\nqueue_one\n1\n\n")
+    now = CliRunner().invoke(producer_cli.main, [], input="sleep\n1\nqueue_one\n1\n\n\n")
     assert now.exit_code == 0, now.output
     assert len(Queue("queue_one", connection=conn)) == 1
 

@@ -155,7 +155,7 @@ def prompting(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 
 def test_bare_run_prompts_for_task_params_queue_and_count(prompting: CliRunner, conn: redis.Redis) -> None:
-    result = prompting.invoke(producer_cli.main, [], input="sleep\n2.5\nq3\n4\n\n")
+    result = prompting.invoke(producer_cli.main, [], input="sleep\n2.5\nq3\n4\n\n\n")
     assert result.exit_code == 0, result.output
     assert "seconds: how long to sleep [0 < seconds <= 3,600]" in result.output
     q = Queue("q3", connection=conn, serializer=SERIALIZER)
@@ -163,16 +163,17 @@ def test_bare_run_prompts_for_task_params_queue_and_count(prompting: CliRunner, 
 
 
 def test_prompts_ask_again_on_bad_answers(prompting: CliRunner, conn: redis.Redis) -> None:
-    answers = "nope\n1\nabc\n0\n1\nbad name\nqueue_one\n0\nx\n2\n\n"
+    answers = "nope\n1\nabc\n0\n1\nbad name\nqueue_one\n0\nx\n2\n\nsoon\nurgent\n"
     result = prompting.invoke(producer_cli.main, [], input=answers)
     assert result.exit_code == 0, result.output
     assert "expected a number, got 'abc'" in result.output and "out of bounds" in result.output
     assert "invalid queue name 'bad name'" in result.output
-    assert queued(conn) == 2
+    assert "priority 'soon'" in result.output  # asked again, then taken: the urgent level's list
+    assert conn.llen("workqueue:priority:queue_one:9") == 2
 
 
 def test_prompt_defaults_are_offered(prompting: CliRunner, conn: redis.Redis) -> None:
-    result = prompting.invoke(producer_cli.main, [], input="\n\n\n\n\n")
+    result = prompting.invoke(producer_cli.main, [], input="\n\n\n\n\n\n")
     assert result.exit_code == 0, result.output
     q = Queue("queue_one", connection=conn, serializer=SERIALIZER)
     assert len(q) == 1 and q.jobs[0].func_name == "task_def.sleep.sleep" and q.jobs[0].kwargs == {"seconds": 5.0}

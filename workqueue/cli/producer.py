@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 import redis
+from click.core import ParameterSource
 
 import task_def
 from workqueue import batches, crawling, jobstats, limits, outage, priorities, producer, timing
@@ -187,6 +188,12 @@ class PriorityLevel(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def prompt_priority() -> int:
+    """Ask the batch's priority inside its queue: "normal" (the default), a level's name or 0-9."""
+    levels = ", ".join(priorities.LEVELS)
+    return click.prompt(f"Priority ({levels} or 0-9, higher first)", default="normal", type=PriorityLevel())
+
+
 def with_priority(calls: list[producer.TaskCall], level: int) -> list[producer.TaskCall]:
     """``--priority``: every call at ``level`` (the default, normal, changes nothing)."""
     return calls if level == priorities.NORMAL else [replace(call, priority=level) for call in calls]
@@ -355,6 +362,8 @@ def main(
         options = replace(options, queue=prompted_queue)
         if options.when is None and not options.after:
             options = replace(options, when=prompt_when())
+        if click.get_current_context().get_parameter_source("priority") is ParameterSource.DEFAULT:
+            options = replace(options, priority=prompt_priority())
     calls = as_unique(calls, options)
     calls = with_priority(calls, options.priority)
     if via is not None:
