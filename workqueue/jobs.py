@@ -111,7 +111,7 @@ class CatalogueJob(Job):
         """RQ's, with the result kept compactly in the job hash (:func:`keep_result`), not in a stream."""
         self.set_status(JobStatus.FINISHED, pipeline=pipeline)
         self.save(pipeline=pipeline, include_meta=False, include_result=False)
-        keep_result(pipeline, self, self._result)
+        keep_result(pipeline, self, rq_compat.job_result(self))
         if result_ttl != 0:
             self.finished_job_registry.add(self, result_ttl, pipeline)
 

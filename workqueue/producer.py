@@ -492,6 +492,7 @@ def _enqueue_later(
                         _place(pipe, q, job, when, decision)
                     group = batches.group(connection, batch_id)
                     pipe.sadd(group.key, *[job.id for job in jobs])
+                    pipe.expire(group.key, RESULT_TTL)
                     pipe.sadd(group.REDIS_GROUP_KEY, batch_id)
                     pipe.execute()
                     break

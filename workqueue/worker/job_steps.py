@@ -211,7 +211,7 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         pipe.smembers(job.dependents_key)
         worker.increment_successful_job_count(pipeline=pipe)
         worker.increment_total_working_time(job.ended_at - job.started_at, pipe)  # type: ignore[operator]
-        if result_ttl != 0:  # RQ's Job._handle_success, writing the fields that changed, not the whole job
+        if result_ttl != 0:  # RQ's Job success handling, writing the fields that changed, not the whole job
             assert job.started_at is not None and job.ended_at is not None  # set when the job started and ended
             pipe.hset(
                 job.key,
