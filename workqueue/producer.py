@@ -1,11 +1,15 @@
 """Enqueueing catalogue tasks (one, many, from a file) and following them until they end.
 
-Everything is validated before anything is written, and many jobs go to Redis in one pipelined
-round trip, so a run enqueues all of its jobs or none.
+Everything is validated before anything is written. Jobs go to Redis in transactions of up to
+:data:`CHUNK` (1,000): a run of at most that many enqueues all of its jobs or none; a larger one is
+several transactions, each all or none, and if Redis fails midway the error says how many landed
+(the batch then waits for the rest: follow it, or enqueue the rest). The producer's memory stays
+flat in the number of jobs (``--from-file`` is read a chunk at a time: :class:`CallFile`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -188,14 +192,44 @@ def load_calls(
     return calls
 
 
+class JobRef:
+    """A job a run enqueued, by its id: RQ's Job (2.5 KB of Python each) is fetched from Redis only
+    when something other than ``id`` or ``key`` is read, so a run of 100,000 jobs holds ids, not jobs."""
+
+    __slots__ = ("_connection", "_full", "id")
+
+    def __init__(self, job_id: str, connection: redis.Redis) -> None:
+        self.id, self._connection, self._full = job_id, connection, None
+
+    @property
+    def key(self) -> str:
+        return Job.key_for(self.id)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._full is None:
+            self._full = CatalogueJob.fetch(self.id, connection=self._connection, serializer=SERIALIZER)
+        return getattr(self._full, name)
+
+    def __repr__(self) -> str:
+        return f"JobRef({self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return getattr(other, "id", None) == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
 @dataclass
 class Submission:
     """What one producer run enqueued: a batch of jobs on a queue."""
 
     batch_id: str
     queue: str
-    #: The jobs this run created.
-    jobs: list[Job]
+    #: The jobs this run created (:class:`JobRef`s, or RQ's Jobs for a batch that waits).
+    jobs: list[Any]
     #: The calls that found their unique key held by a job already queued or running: that job's
     #: id, by the call's position in the run.
     existing: dict[int, str] = field(default_factory=dict)
@@ -212,6 +246,10 @@ class Cap:
     limit: int
     ttl: int = RESULT_TTL
 
+
+#: Jobs per enqueueing transaction: a run of more goes in as several, one after the other, so the
+#: producer's memory (RQ's jobs and the commands of one transaction) stays flat in the number of jobs.
+CHUNK = 1_000
 
 #: How many times an enqueue whose unique keys (or cap) changed under it is tried again.
 WATCH_TRIES = 50
@@ -235,7 +273,9 @@ def enqueue(
 ) -> Submission:
     """Enqueue every call on ``queue`` as one batch.
 
-    Without ``max_queued``: one pipelined transaction, so all of them or none. With it, the jobs go
+    Without ``max_queued``: transactions of up to :data:`CHUNK` jobs, each all or none (the error of a
+    failure midway says how many landed); ``calls`` may be a :class:`CallFile`, read a chunk at a time.
+    The submission's jobs are :class:`JobRef`s (ids, fetched on use). With ``max_queued``, the jobs go
     in as the queue has room, never taking it past ``max_queued`` (``on_wait(queued)`` is called
     while the producer waits for consumers to drain it). ``batch_id`` lets a caller that must
     record something about the batch first (the gateway, its callback) choose the id; with
@@ -268,13 +308,15 @@ def enqueue(
         if durable:
             confirm_replicated(connection, batch_id, len(later.jobs))
         return later
-    pending = list(enumerate(calls))
+    pending = enumerate(calls)
     submission = Submission(batch_id, queue, [])
     opened = into_batch
+    left = len(calls)
     try:
-        while pending:
-            room = len(pending) if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
-            chunk, pending = pending[:room], pending[room:]
+        while left:
+            room = left if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
+            chunk = list(itertools.islice(pending, min(room, CHUNK)))
+            left -= len(chunk)
             _commit(connection, q, submission, chunk, None if opened else len(calls), cap, added=into_batch)
             opened = True
             if durable:
@@ -282,8 +324,8 @@ def enqueue(
     except redis.RedisError as exc:
         if not outage.is_outage(exc):
             raise
-        jobs = submission.jobs
-        raise _unavailable(connection, exc, jobs, len(calls), batch_id, chunked=max_queued is not None) from None
+        chunked = max_queued is not None or len(calls) > CHUNK
+        raise _unavailable(connection, exc, submission.jobs, len(calls), batch_id, chunked=chunked) from None
     return submission
 
 
@@ -334,7 +376,7 @@ def _commit(
             except redis.WatchError:
                 time.sleep(random.uniform(0, 0.002 * attempt))  # spread the racers out
                 continue
-        submission.jobs += jobs
+        submission.jobs += [JobRef(job.id, connection) for job in jobs]
         submission.existing.update(existing)
         submission.capped += capped
         return
@@ -401,8 +443,12 @@ def _unavailable(
     connection: redis.Redis, exc: redis.RedisError, jobs: list[Job], count: int, batch_id: str, *, chunked: bool
 ) -> RedisUnavailable:
     """The error for an outage in the middle of ``enqueue``, saying which of its jobs landed."""
-    if chunked:
-        landed = f"{len(jobs)} of {count} jobs were enqueued before it did (batch {batch_id})"
+    if chunked:  # each transaction lands whole or not at all; the one under way is not in ``jobs``
+        under_way = "did not" if outage.refusal(exc) is not None else "may have"
+        landed = (
+            f"{len(jobs)} of {count} jobs were enqueued before it did (batch {batch_id}; in transactions of at most "
+            f"{CHUNK:,} jobs, each all or none: the one under way {under_way})"
+        )
     elif outage.refusal(exc) is not None:  # refused before EXEC: the transaction never ran
         landed = "nothing was enqueued"
     else:
