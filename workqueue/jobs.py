@@ -23,6 +23,7 @@ from rq.utils import str_to_date
 import task_def
 from workqueue import limits, lua, rq_compat
 from workqueue.errors import BadInput, JobRefused, UnreadableJob
+from workqueue.replies import decoded
 
 SERIALIZER = JSONSerializer
 
@@ -126,11 +127,11 @@ class CatalogueJob(Job):
 
     def _kept_result(self) -> Result | None:
         raw, status, ended, worker = self.connection.hmget(self.key, "result", "status", "ended_at", "worker_name")
-        if raw is None or status != JobStatus.FINISHED.value.encode():
+        if raw is None or status is None or decoded(status) != JobStatus.FINISHED.value:
             return None
         return Result(
             self.id, Result.Type.SUCCESSFUL, self.connection, id="kept", return_value=SERIALIZER.loads(raw),
-            created_at=_timestamp(ended) if ended else None, worker_name=worker.decode() if worker else "",
+            created_at=_timestamp(ended) if ended else None, worker_name=decoded(worker) if worker else "",
             serializer=self.serializer,
         )  # fmt: skip
 

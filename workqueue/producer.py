@@ -9,17 +9,18 @@ flat in the number of jobs (``--from-file`` is read a chunk at a time: :class:`C
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import redis
 from rq import Queue, Retry
@@ -163,33 +164,81 @@ def load_calls(
     path: Path, *, retries: int | None = None, timeout: int | None = None, limit_key: str | None = None
 ) -> list[TaskCall]:
     """Every line of a JSON-lines file (``{"task": ..., "params": {...}}``), validated whole."""
+    return list(CallFile(path, retries=retries, timeout=timeout, limit_key=limit_key))
+
+
+class CallFile(Sequence[TaskCall]):
+    """The calls of a JSON-lines file (``{"task": ..., "params": {...}}`` a line), validated whole when
+    made (one pass that keeps nothing but the count; BadInput names the first bad line) and read again,
+    a line at a time, each time it is iterated: ``enqueue`` takes a chunk at a time, so a file of
+    100,000 tasks is never held in memory. A file changed between the passes fails there (BadInput)."""
+
+    def __init__(
+        self, path: Path, *, retries: int | None = None, timeout: int | None = None, limit_key: str | None = None
+    ) -> None:
+        self.path = path
+        self._options: dict[str, Any] = {"retries": retries, "timeout": timeout, "limit_key": limit_key}
+        self._maps: tuple[Callable[[TaskCall], TaskCall], ...] = ()
+        self._count = sum(1 for _ in self._read())
+        if not self._count:
+            raise BadInput(f"{path}: no tasks in the file")
+
+    def _read(self) -> Iterator[TaskCall]:
+        try:
+            with self.path.open(encoding="utf-8") as lines:
+                for number, line in enumerate(lines, 1):
+                    if line.strip():
+                        yield _parse_line(self.path, number, line, self._options)
+        except OSError as exc:
+            raise BadInput(f"cannot read {self.path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise BadInput(f"{self.path}: not UTF-8 text") from None
+
+    def __iter__(self) -> Iterator[TaskCall]:
+        for call in self._read():
+            for change in self._maps:
+                call = change(call)
+            yield call
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> TaskCall: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[TaskCall]: ...
+    def __getitem__(self, index: int | slice) -> TaskCall | list[TaskCall]:
+        if isinstance(index, slice):
+            return list(itertools.islice(iter(self), *index.indices(self._count)))
+        if not -self._count <= index < self._count:
+            raise IndexError(index)
+        return next(itertools.islice(iter(self), index % self._count, None))
+
+    def map(self, change: Callable[[TaskCall], TaskCall]) -> CallFile:
+        """The same file, each call read through ``change`` (e.g. a priority given on the command line)."""
+        mapped = copy.copy(self)
+        mapped._maps = (*self._maps, change)
+        return mapped
+
+
+def map_calls(calls: Sequence[TaskCall], change: Callable[[TaskCall], TaskCall]) -> Sequence[TaskCall]:
+    """Each call through ``change``: lazily for a :class:`CallFile`, else as a list."""
+    return calls.map(change) if isinstance(calls, CallFile) else [change(call) for call in calls]
+
+
+def _parse_line(path: Path, number: int, line: str, options: dict[str, Any]) -> TaskCall:
     try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
-    calls = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("task"), str):
-            raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}}')
-        if not isinstance(entry.get("params", {}), dict) or set(entry) - {"task", "params"}:
-            raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}} and nothing else')
-        try:
-            calls.append(
-                TaskCall.build(
-                    entry["task"], entry.get("params"), retries=retries, timeout=timeout, limit_key=limit_key
-                )
-            )
-        except BadInput as exc:
-            raise BadInput(f"{path}:{number}: {exc}") from None
-    if not calls:
-        raise BadInput(f"{path}: no tasks in the file")
-    return calls
+        entry = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}:{number}: not JSON ({exc.msg})") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("task"), str):
+        raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}}')
+    if not isinstance(entry.get("params", {}), dict) or set(entry) - {"task", "params"}:
+        raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}} and nothing else')
+    try:
+        return TaskCall.build(entry["task"], entry.get("params"), **options)
+    except BadInput as exc:
+        raise BadInput(f"{path}:{number}: {exc}") from None
 
 
 class JobRef:
@@ -199,7 +248,8 @@ class JobRef:
     __slots__ = ("_connection", "_full", "id")
 
     def __init__(self, job_id: str, connection: redis.Redis) -> None:
-        self.id, self._connection, self._full = job_id, connection, None
+        self.id, self._connection = job_id, connection
+        self._full: Job | None = None
 
     @property
     def key(self) -> str:
@@ -257,7 +307,7 @@ WATCH_TRIES = 50
 
 def enqueue(
     connection: redis.Redis,
-    calls: list[TaskCall],
+    calls: Sequence[TaskCall],
     queue: str = DEFAULT_QUEUE,
     *,
     max_queued: int | None = None,
@@ -491,7 +541,7 @@ def _which_landed(connection: redis.Redis, jobs: list[Job]) -> str:
 def _enqueue_later(
     connection: redis.Redis,
     q: Queue,
-    calls: list[TaskCall],
+    calls: Sequence[TaskCall],
     batch_id: str,
     *,
     when: datetime | None,
