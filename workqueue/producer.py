@@ -10,9 +10,11 @@ flat in the number of jobs (``--from-file`` is read a chunk at a time: :class:`C
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -64,6 +66,8 @@ class TaskCall:
     #: Per-key limits (``workqueue.limits``): the job's limit key, given at enqueue; None: the
     #: task's own (``Task.limit_key``, e.g. ``domain:<host>`` for scrape), if any.
     limit_key: str | None = None
+    #: Seconds the finished job and its result are kept (None: the task's ``result_ttl``, else a day).
+    result_ttl: int | None = None
 
     @classmethod
     def build(
@@ -79,11 +83,13 @@ class TaskCall:
         unique_for: int | str | None = None,
         priority: int | str | None = None,
         limit_key: str | None = None,
+        result_ttl: int | str | None = None,
     ) -> TaskCall:
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
         numbers must be JSON numbers, not text (for the HTTP API, whose schema says so). ``unique``
         (the key is the task and its parameters) or ``unique_key``, optionally ``unique_for`` (seconds
-        or ``10m``): see :mod:`workqueue.unique`. ``priority``: a level's name or number (``priorities.parse``)."""
+        or ``10m``): see :mod:`workqueue.unique`. ``priority``: a level's name or number (``priorities.parse``).
+        ``result_ttl``: how long the finished job is kept (seconds or ``10m``; :func:`parse_result_ttl`)."""
         level = priorities.NORMAL if priority is None else priorities.parse(priority)
         if retries is not None and not 0 <= retries <= MAX_RETRIES:
             raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}", "retries")
@@ -104,13 +110,20 @@ class TaskCall:
         key, hold = _unique_options(task.name, values, unique, unique_key, unique_for)
         if limit_key is not None:
             limits.check_key(limit_key)
-        return cls(task, values, retries, timeout, key, hold, priority=level, limit_key=limit_key)
+        kept = None if result_ttl is None else parse_result_ttl(result_ttl)
+        return cls(task, values, retries, timeout, key, hold, priority=level, limit_key=limit_key, result_ttl=kept)
 
     def effective_limit_key(self) -> str | None:
         """The limit key the job carries: the one given, else the task's (None: none)."""
         if self.limit_key is not None:
             return self.limit_key
         return self.task.limit_key(self.params) if self.task.limit_key else None
+
+    def kept_for(self) -> int:
+        """Seconds the finished job and its result stay in Redis: the enqueue's, else the task's, else a day."""
+        if self.result_ttl is not None:
+            return self.result_ttl
+        return RESULT_TTL if self.task.result_ttl is None else self.task.result_ttl
 
     def job_timeout(self) -> int:
         return self.timeout or self.task.job_timeout(self.params)
@@ -147,6 +160,38 @@ def _unique_options(
     if flag:
         key = unique.task_key(task, params)
     return key, seconds
+
+
+# -- memory per job (issue 18): how long finished jobs are kept ------------------------------------
+
+#: The longest a finished job may be kept: every key workqueue writes expires.
+MAX_RESULT_TTL = 30 * 24 * 3600
+_DURATION = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_result_ttl(value: int | str) -> int:
+    """Seconds from ``90``, ``90s``, ``10m``, ``2h`` or ``1d``, 0 (keep nothing once it ends) to 30
+    days; raises BadInput. A finished job is two thirds of Redis's memory per job: a shorter TTL
+    bounds it (a day at 1,500 jobs/s is 130 million jobs)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadInput(f"result TTL: expected seconds or a duration such as 90s, 10m, 2h or 1d, got {value!r}",
+                       "result_ttl")  # fmt: skip
+    match = None if isinstance(value, int) else _DURATION.fullmatch(value)
+    if isinstance(value, str) and not match:
+        raise BadInput(f"result TTL: expected a duration such as 90s, 10m, 2h or 1d, got {value!r}", "result_ttl")
+    seconds = value if isinstance(value, int) else int(match[1]) * _UNITS[match[2]]  # type: ignore[index]
+    if not 0 <= seconds <= MAX_RESULT_TTL:
+        raise BadInput(f"result TTL: {value!r} is out of bounds, expected 0 seconds to 30 days", "result_ttl")
+    return seconds
+
+
+def keeping_results(calls: Sequence[TaskCall], result_ttl: int | str | None) -> Sequence[TaskCall]:
+    """The calls, each kept ``result_ttl`` (seconds or ``10m``) once it ends; None: as they are."""
+    if result_ttl is None:
+        return calls
+    seconds = parse_result_ttl(result_ttl)
+    return map_calls(calls, lambda call: dataclasses.replace(call, result_ttl=seconds))
 
 
 def parse_param_pairs(pairs: Iterable[str]) -> dict[str, str]:
@@ -476,7 +521,7 @@ def _prepare(call: TaskCall, key: str | None = None) -> EnqueueData:
         kwargs=call.params,
         timeout=call.job_timeout(),
         retry=call.retry(),
-        result_ttl=RESULT_TTL,
+        result_ttl=call.kept_for(),
         failure_ttl=FAILURE_TTL,
         description=call.describe(),
         meta={

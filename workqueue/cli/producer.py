@@ -281,6 +281,16 @@ def with_priority(calls: Sequence[producer.TaskCall], level: int) -> Sequence[pr
     is_flag=True,
     help=f"Report enqueued only once a replica holds the jobs (WAIT 1, up to {DURABLE_WAIT:g} s); exit 1 if none does.",
 )
+# -- memory per job (issue 18): how long finished jobs are kept --
+@click.option(
+    "--keep-results",
+    "--result-ttl",
+    "keep_results",
+    metavar="DURATION",
+    default=None,
+    help="Keep each finished job and its result this long (90s, 10m, 2h, 1d; 0 to 30 days; default the task's, "
+    "else a day).",
+)
 @redis_url_option
 def main(
     task_name: str | None,
@@ -313,6 +323,7 @@ def main(
     results_file: Path | None,
     limit_key: str | None,
     durable: bool,
+    keep_results: str | None,
     redis_url: str | None,
 ) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
@@ -359,6 +370,7 @@ def main(
             options = replace(options, when=prompt_when())
     calls = as_unique(calls, options)
     calls = with_priority(calls, options.priority)
+    calls = producer.keeping_results(calls, keep_results)
     if via is not None:
         gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
         return enqueue_via_gateway(
