@@ -133,7 +133,7 @@ def main() -> None:
           f"{mine['bytes'] / theirs['bytes']:>8.2f}")  # fmt: skip
     print(f"  {'producer peak RSS, --count (MB)':<44} {mine['rss']:>10.1f} {theirs['rss']:>10.1f} "
           f"{mine['rss'] / theirs['rss']:>8.2f}")  # fmt: skip
-    print(f"  {'producer peak RSS, --from-file (MB)':<44} {mine['rss_file']:>10.1f} {'':>10} {'':>8}")
+    print(f"  {'producer peak RSS, --from-file (MB)':<44} {mine['rss_file']:>10.1f}")
 
 
 if __name__ == "__main__":
