@@ -36,7 +36,9 @@ ALLOWED_CALLBACKS: frozenset[str] = frozenset(
 _DATES = ("created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat")
 
 #: Fields of a job hash nothing reads once the job has succeeded (its callbacks, retries, timeout,
-#: heartbeat, TTLs): :func:`keep_result` drops them, a third of a finished job's hash.
+#: heartbeat, TTLs): :func:`keep_result` drops them, a third of a finished job's hash. (A late
+#: heartbeat that writes ``last_heartbeat`` again is told from one on a deleted job by the hash's
+#: other fields: ``CatalogueWorker._maintain_heartbeats``.)
 SPENT_FIELDS = (
     "success_callback_name", "success_callback_timeout", "failure_callback_name", "failure_callback_timeout",
     "stopped_callback_name", "stopped_callback_timeout", "retry_intervals", "retries_left", "timeout",

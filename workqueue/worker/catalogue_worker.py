@@ -302,7 +302,10 @@ class CatalogueWorker(ClaimingWorker):
                 limits.queue_extend(pipeline, limit_key, job.id, execution.id, ttl)
             index = len(pipeline)
             job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
-            if pipeline.execute()[index] == 1:  # the job was deleted meanwhile (rq#1450): as RQ does
+            # A new field: the job was deleted meanwhile (rq#1450), and the heartbeat made a hash of it
+            # alone, deleted as RQ does; unless the job has other fields (a finished job, kept without
+            # its heartbeat by jobs.keep_result, that a resumed worker's late heartbeat reached).
+            if pipeline.execute()[index] == 1 and self.connection.hlen(job.key) == 1:
                 self.connection.delete(job.key)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
