@@ -116,6 +116,7 @@ bench: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS)
 	$(PY) bench/run.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/gateway.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/servers.py $(if $(BENCH_QUICK),--quick)
+	$(PY) bench/memory.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/limits.py
 	$(PY) bench/crawl.py
 	$(PY) bench/autoscale.py

@@ -157,6 +157,9 @@ class Task:
     #: (requests, per_seconds, concurrency), e.g. (1, 1.0, 2) for 1 request a second and 2 at a time;
     #: 0 requests or 0 concurrency for no bound of that kind. None: unlimited unless a rule says so.
     default_limit: tuple[float, float, int] | None = None
+    #: Seconds a finished job of this task (its hash and result) stays in Redis, unless its enqueue
+    #: says otherwise (``--keep-results``, ``result_ttl=``); None: the default, a day (RESULT_TTL).
+    result_ttl: int | None = None
 
     @property
     def path(self) -> str:

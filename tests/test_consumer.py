@@ -17,7 +17,7 @@ from rq.job import Job
 
 from tests.helpers import Processes, run_cli, status, wait_for
 from workqueue import producer
-from workqueue.jobs import SERIALIZER
+from workqueue.jobs import SERIALIZER, CatalogueJob
 
 
 def enqueue(conn: redis.Redis, task: str, count: int = 1, queue: str = "queue_one", **params) -> list[Job]:
@@ -36,7 +36,7 @@ def test_burst_drains_the_queue_with_named_workers_and_exits_0(conn: redis.Redis
     names = re.search(r"workers: (.*)", result.stdout).group(1).split(", ")
     assert len(names) == 3 and all(re.fullmatch(r".+\.\d+\.w[123]", n) for n in names)
     assert "stopped: done 7, failed 0, queued 0" in result.stdout
-    assert Job.fetch(jobs[-1].id, connection=conn, serializer=SERIALIZER).return_value() == {
+    assert CatalogueJob.fetch(jobs[-1].id, connection=conn, serializer=SERIALIZER).return_value() == {
         "n": 100_000,
         "primes": 9592,
     }

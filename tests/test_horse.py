@@ -12,7 +12,7 @@ import redis
 from rq.job import Job
 
 from tests.helpers import Processes, child_pids, cli_env, enqueue_fault, wait_for
-from workqueue.jobs import SERIALIZER
+from workqueue.jobs import SERIALIZER, CatalogueJob
 
 
 def start(processes: Processes, redis_url: str, **env: str):
@@ -33,7 +33,7 @@ def run(conn: redis.Redis, task: str, **params) -> Job:
     job = enqueue_fault(conn, task, **params)
 
     def ended() -> Job | None:
-        found = Job.fetch(job.id, connection=conn, serializer=SERIALIZER)
+        found = CatalogueJob.fetch(job.id, connection=conn, serializer=SERIALIZER)
         return found if found.get_status().value in ("finished", "failed") else None
 
     return wait_for(ended, 30, f"{task} to end")

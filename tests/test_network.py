@@ -16,7 +16,7 @@ from rq.job import Job
 from task_def.scrape import scrape
 from tests.helpers import Processes, child_pids, cli_env, wait_for, workers
 from workqueue import network, producer
-from workqueue.jobs import SERIALIZER
+from workqueue.jobs import SERIALIZER, CatalogueJob
 
 DEFAULT = network.NetworkPolicy.parse(network.DEFAULT_ALLOW)
 
@@ -163,7 +163,7 @@ def run_scrape_on_a_worker(processes: Processes, conn: redis.Redis, url: str, re
     (job,) = producer.enqueue(conn, [call], "queue_one").jobs
     wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"), 30, "the job to end")
     processes.stop_all()
-    return Job.fetch(job.id, connection=conn, serializer=SERIALIZER)
+    return CatalogueJob.fetch(job.id, connection=conn, serializer=SERIALIZER)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from rq.job import Job
 from tests import recovery_tasks
 from tests.helpers import ROOT, Processes, RedisServer, cli_env, run_cli, start_by_a_dead_worker, wait_for
 from workqueue import control, jobstats, producer, recovery
-from workqueue.jobs import SERIALIZER
+from workqueue.jobs import SERIALIZER, CatalogueJob
 
 TASKS = {task.name: task for task in recovery_tasks.TASKS}
 QUEUE = "queue_one"
@@ -166,7 +166,7 @@ def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing
         30,
         "the resumed horse to end, superseded",
     )
-    job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
+    job = CatalogueJob.fetch(job_id, connection=conn, serializer=SERIALIZER)  # its result is in its hash
     assert job.get_status() == "finished" and job.meta["progress"]["message"] == second
     assert len(job.results()) == 1 and job.return_value() != horse
     # It ran to its end, or its worker's next heartbeat found the job handed back and stopped it first.
@@ -231,7 +231,7 @@ def test_no_jobs_end_is_half_written_while_redis_is_out_of_memory(tmp_path) -> N
         conn.config_set("maxmemory", "64mb")
         wait_for(lambda: all(status(conn, j) == "finished" for j in jobs), 60, "the ends to be recorded")
         for job_id in jobs:
-            job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
+            job = CatalogueJob.fetch(job_id, connection=conn, serializer=SERIALIZER)  # its result is in its hash
             assert len(job.results()) == 1 and not in_started(conn, job_id)
             assert job_id.encode() in conn.zrange(Queue(QUEUE, connection=conn).finished_job_registry.key, 0, -1)
         assert len(marker.read_text().split()) == 3  # each ran once

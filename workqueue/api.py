@@ -94,6 +94,7 @@ def enqueue(
     priority: int | str | None = None,
     limit_key: str | None = None,
     durable: bool = False,
+    result_ttl: int | str | None = None,
 ) -> Batch:
     """Enqueue ``count`` jobs of one catalogue task as a batch (validated first; BadInput if not).
 
@@ -109,11 +110,12 @@ def enqueue(
     ``priority``: a level inside the queue, ``"low"``, ``"normal"`` (default), ``"high"``,
     ``"urgent"`` or 0-9, higher first (``workqueue.priorities``). ``limit_key``: the jobs' per-key
     limit key (default: the task's own, see :func:`set_limit`). ``durable``: return only once a
-    replica holds them (``WAIT 1``), NotDurable if none does.
+    replica holds them (``WAIT 1``), NotDurable if none does. ``result_ttl``: how long each finished
+    job and its result stay in Redis, seconds or ``"10m"`` (0 to 30 days; default the task's, else a day).
     """
     call = producer.TaskCall.build(
         task, params, retries=retries, timeout=timeout, unique=unique, unique_key=unique_key, unique_for=unique_for,
-        priority=priority, limit_key=limit_key,
+        priority=priority, limit_key=limit_key, result_ttl=result_ttl,
     )  # fmt: skip
     return _submit([call] * count, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any), durable)
 
@@ -131,11 +133,15 @@ def enqueue_many(
     priority: int | str | None = None,
     limit_key: str | None = None,
     durable: bool = False,
+    result_ttl: int | str | None = None,
 ) -> Batch:
     """Enqueue several ``(task, params)`` as one batch, every one validated before any is enqueued
-    (``when``, ``delay``, ``after``, ``after_any``: as :func:`enqueue`; ``priority`` and ``limit_key``:
-    as its, for all of them; ``durable``: as its)."""
-    calls = [producer.TaskCall.build(name, params, priority=priority, limit_key=limit_key) for name, params in tasks]
+    (``when``, ``delay``, ``after``, ``after_any``: as :func:`enqueue`; ``priority``, ``limit_key`` and
+    ``result_ttl``: as its, for all of them; ``durable``: as its)."""
+    calls = [
+        producer.TaskCall.build(name, params, priority=priority, limit_key=limit_key, result_ttl=result_ttl)
+        for name, params in tasks
+    ]
     return _submit(calls, queue, max_queued, redis_url, _Later.of(when, delay, after, after_any), durable)
 
 

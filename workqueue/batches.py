@@ -3,7 +3,7 @@ the worker, and allow-listed) record each task's end, once, into the batch's eve
 statistics; the last one to end closes the batch. Producers follow the stream, so per-task and
 per-batch callbacks run where the work was asked for.
 
-Redis keys, all expiring with the results (RESULT_TTL):
+Redis keys, all expiring with the results (RESULT_TTL), as does RQ's group set ``rq:group:<id>``:
 - ``workqueue:batch:<id>``: total, remaining, finished, failed, queue, created_at, ended_at;
 - ``workqueue:batch:<id>:events``: a stream, one entry per task end, then ``batch=done``;
 - ``workqueue:batch:<id>:ended``: the ids already counted, so a job run twice counts once.
@@ -82,8 +82,20 @@ def grow(pipe: redis.client.Pipeline, batch_id: str, delta: int) -> None:
     pipe.eval(_GROW, 2, key(batch_id), events_key(batch_id), delta, RESULT_TTL)
 
 
+class BatchGroup(Group):
+    """RQ's Group, whose set of job ids expires with the batch's keys: RQ's never expires (its
+    workers' maintenance drops only ids whose job has gone), so each batch left one set behind."""
+
+    def _add_jobs(self, jobs: Any, pipeline: redis.client.Pipeline) -> None:
+        """RQ's (which executes ``pipeline``), with the set's TTL in the same transaction."""
+        pipeline.sadd(self.key, *[job.id for job in jobs])
+        pipeline.expire(self.key, RESULT_TTL)
+        pipeline.sadd(self.REDIS_GROUP_KEY, self.name)
+        pipeline.execute()
+
+
 def group(connection: redis.Redis, batch_id: str) -> Group:
-    return Group(connection=connection, name=batch_id)
+    return BatchGroup(connection=connection, name=batch_id)
 
 
 # -- on the worker ------------------------------------------------------------------------------
@@ -130,8 +142,8 @@ def record_end(
     if len(text) > DETAIL_MAX:  # cut, and still JSON: a string of its start (escaping at most doubles it)
         text = json.dumps(text[: DETAIL_MAX // 2 - 5] + "...", ensure_ascii=False)
     if job.group_id:
-        keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id)]
-        pipe.eval(END_SCRIPT, 3, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
+        keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id), Group.get_key(job.group_id)]
+        pipe.eval(END_SCRIPT, 4, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
     jobstats.record_end(pipe, job.origin, task, outcome, run, wait)
     unique.release(pipe, job)
     backlog.forget(pipe, job)  # its end, in the same step: the KEDA key stays exact

@@ -24,7 +24,7 @@ import redis
 from redis.commands.core import Script
 from rq.job import Job
 
-from workqueue import batches, jobstats, limits, lua, outage
+from workqueue import batches, jobs, jobstats, limits, lua, outage
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ _RUN_LOOP = lua.script("guarded_run")
 #: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
 _RUNNABLE = {
     hashlib.sha1(text.encode()).hexdigest(): text
-    for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT, limits.RELEASE_SCRIPT)
+    for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT, limits.RELEASE_SCRIPT, jobs.COMPACT_SCRIPT)
 }
 _RUN = (
     "local scripts = {}\n"

@@ -14,14 +14,16 @@ from typing import Any
 
 import redis
 from rq.exceptions import DeserializationError, NoSuchJobError
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import BaseRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import str_to_date
 
 import task_def
-from workqueue import limits, rq_compat
+from workqueue import limits, lua, rq_compat
 from workqueue.errors import BadInput, JobRefused, UnreadableJob
+from workqueue.replies import decoded
 
 SERIALIZER = JSONSerializer
 
@@ -32,6 +34,28 @@ ALLOWED_CALLBACKS: frozenset[str] = frozenset(
 
 #: The job hash's timestamps, which :meth:`CatalogueJob.restore` reads itself.
 _DATES = ("created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat")
+
+#: Fields of a job hash nothing reads once the job has succeeded (its callbacks, retries, timeout,
+#: heartbeat, TTLs): :func:`keep_result` drops them, a third of a finished job's hash. (A late
+#: heartbeat that writes ``last_heartbeat`` again is told from one on a deleted job by the hash's
+#: other fields: ``CatalogueWorker._maintain_heartbeats``.)
+SPENT_FIELDS = (
+    "success_callback_name", "success_callback_timeout", "failure_callback_name", "failure_callback_timeout",
+    "stopped_callback_name", "stopped_callback_timeout", "retry_intervals", "retries_left", "timeout",
+    "last_heartbeat", "failure_ttl", "result_ttl",
+)  # fmt: skip
+
+
+COMPACT_SCRIPT = lua.script("job_compact")
+
+
+def keep_result(pipe: redis.client.Pipeline, job: Job, value: Any) -> None:
+    """Queue on ``pipe`` the compact record of ``job``'s success: its return value as JSON in the
+    job hash's ``result`` field (which RQ's ``Job.restore`` reads), the hash rewritten without its spent fields,
+    instead of RQ's result stream. A Redis stream preallocates a 4 KB node (``stream-node-max-bytes``)
+    even for one entry: it was two thirds of a finished job's memory. Failures keep RQ's stream."""
+    pipe.eval(COMPACT_SCRIPT, 1, job.key, SERIALIZER.dumps(value), *SPENT_FIELDS)
+
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
@@ -77,6 +101,41 @@ class CatalogueJob(Job):
             if value:
                 setattr(self, name, _timestamp(value))
         return restored
+
+    def _handle_success(
+        self,
+        result_ttl: int,
+        pipeline: Any,
+        worker_name: str = "",
+        execution_id: str | None = None,
+        execution_started_at: datetime | None = None,
+        execution_ended_at: datetime | None = None,
+    ) -> None:
+        """RQ's, with the result kept compactly in the job hash (:func:`keep_result`), not in a stream."""
+        self.set_status(JobStatus.FINISHED, pipeline=pipeline)
+        self.save(pipeline=pipeline, include_meta=False, include_result=False)
+        keep_result(pipeline, self, rq_compat.job_result(self))
+        if result_ttl != 0:
+            self.finished_job_registry.add(self, result_ttl, pipeline)
+
+    def latest_result(self, timeout: int = 0) -> Result | None:
+        """The success kept in the job hash (:func:`keep_result`), else RQ's latest result from its stream."""
+        kept = self._kept_result()
+        return kept if kept is not None else super().latest_result(timeout)
+
+    def results(self) -> list[Result]:
+        kept = self._kept_result()
+        return super().results() + ([kept] if kept is not None else [])
+
+    def _kept_result(self) -> Result | None:
+        raw, status, ended, worker = self.connection.hmget(self.key, "result", "status", "ended_at", "worker_name")
+        if raw is None or status is None or decoded(status) != JobStatus.FINISHED.value:
+            return None
+        return Result(
+            self.id, Result.Type.SUCCESSFUL, self.connection, id="kept", return_value=SERIALIZER.loads(raw),
+            created_at=_timestamp(ended) if ended else None, worker_name=decoded(worker) if worker else "",
+            serializer=self.serializer,
+        )  # fmt: skip
 
     @property
     def task(self) -> task_def.Task:

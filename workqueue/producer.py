@@ -1,21 +1,28 @@
 """Enqueueing catalogue tasks (one, many, from a file) and following them until they end.
 
-Everything is validated before anything is written, and many jobs go to Redis in one pipelined
-round trip, so a run enqueues all of its jobs or none.
+Everything is validated before anything is written. Jobs go to Redis in transactions of up to
+:data:`CHUNK` (1,000): a run of at most that many enqueues all of its jobs or none; a larger one is
+several transactions, each all or none, and if Redis fails midway the error says how many landed
+(the batch then waits for the rest: follow it, or enqueue the rest). The producer's memory stays
+flat in the number of jobs (``--from-file`` is read a chunk at a time: :class:`CallFile`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
 import json
 import random
+import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import redis
 from rq import Queue, Retry
@@ -59,6 +66,8 @@ class TaskCall:
     #: Per-key limits (``workqueue.limits``): the job's limit key, given at enqueue; None: the
     #: task's own (``Task.limit_key``, e.g. ``domain:<host>`` for scrape), if any.
     limit_key: str | None = None
+    #: Seconds the finished job and its result are kept (None: the task's ``result_ttl``, else a day).
+    result_ttl: int | None = None
 
     @classmethod
     def build(
@@ -74,11 +83,13 @@ class TaskCall:
         unique_for: int | str | None = None,
         priority: int | str | None = None,
         limit_key: str | None = None,
+        result_ttl: int | str | None = None,
     ) -> TaskCall:
         """Validate ``task_name`` and ``params`` against the catalogue; raises BadInput. ``strict``:
         numbers must be JSON numbers, not text (for the HTTP API, whose schema says so). ``unique``
         (the key is the task and its parameters) or ``unique_key``, optionally ``unique_for`` (seconds
-        or ``10m``): see :mod:`workqueue.unique`. ``priority``: a level's name or number (``priorities.parse``)."""
+        or ``10m``): see :mod:`workqueue.unique`. ``priority``: a level's name or number (``priorities.parse``).
+        ``result_ttl``: how long the finished job is kept (seconds or ``10m``; :func:`parse_result_ttl`)."""
         level = priorities.NORMAL if priority is None else priorities.parse(priority)
         if retries is not None and not 0 <= retries <= MAX_RETRIES:
             raise BadInput(f"retries: {retries} is out of bounds, expected 0 <= retries <= {MAX_RETRIES}", "retries")
@@ -99,13 +110,20 @@ class TaskCall:
         key, hold = _unique_options(task.name, values, unique, unique_key, unique_for)
         if limit_key is not None:
             limits.check_key(limit_key)
-        return cls(task, values, retries, timeout, key, hold, priority=level, limit_key=limit_key)
+        kept = None if result_ttl is None else parse_result_ttl(result_ttl)
+        return cls(task, values, retries, timeout, key, hold, priority=level, limit_key=limit_key, result_ttl=kept)
 
     def effective_limit_key(self) -> str | None:
         """The limit key the job carries: the one given, else the task's (None: none)."""
         if self.limit_key is not None:
             return self.limit_key
         return self.task.limit_key(self.params) if self.task.limit_key else None
+
+    def kept_for(self) -> int:
+        """Seconds the finished job and its result stay in Redis: the enqueue's, else the task's, else a day."""
+        if self.result_ttl is not None:
+            return self.result_ttl
+        return RESULT_TTL if self.task.result_ttl is None else self.task.result_ttl
 
     def job_timeout(self) -> int:
         return self.timeout or self.task.job_timeout(self.params)
@@ -144,6 +162,38 @@ def _unique_options(
     return key, seconds
 
 
+# -- memory per job (issue 18): how long finished jobs are kept ------------------------------------
+
+#: The longest a finished job may be kept: every key workqueue writes expires.
+MAX_RESULT_TTL = 30 * 24 * 3600
+_DURATION = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_result_ttl(value: int | str) -> int:
+    """Seconds from ``90``, ``90s``, ``10m``, ``2h`` or ``1d``, 0 (keep nothing once it ends) to 30
+    days; raises BadInput. A finished job is two thirds of Redis's memory per job: a shorter TTL
+    bounds it (a day at 1,500 jobs/s is 130 million jobs)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadInput(f"result TTL: expected seconds or a duration such as 90s, 10m, 2h or 1d, got {value!r}",
+                       "result_ttl")  # fmt: skip
+    match = None if isinstance(value, int) else _DURATION.fullmatch(value)
+    if isinstance(value, str) and not match:
+        raise BadInput(f"result TTL: expected a duration such as 90s, 10m, 2h or 1d, got {value!r}", "result_ttl")
+    seconds = value if isinstance(value, int) else int(match[1]) * _UNITS[match[2]]  # type: ignore[index]
+    if not 0 <= seconds <= MAX_RESULT_TTL:
+        raise BadInput(f"result TTL: {value!r} is out of bounds, expected 0 seconds to 30 days", "result_ttl")
+    return seconds
+
+
+def keeping_results(calls: Sequence[TaskCall], result_ttl: int | str | None) -> Sequence[TaskCall]:
+    """The calls, each kept ``result_ttl`` (seconds or ``10m``) once it ends; None: as they are."""
+    if result_ttl is None:
+        return calls
+    seconds = parse_result_ttl(result_ttl)
+    return map_calls(calls, lambda call: dataclasses.replace(call, result_ttl=seconds))
+
+
 def parse_param_pairs(pairs: Iterable[str]) -> dict[str, str]:
     """``["seconds=2", ...]`` as a dict; raises BadInput on a pair without '='."""
     params: dict[str, str] = {}
@@ -159,33 +209,112 @@ def load_calls(
     path: Path, *, retries: int | None = None, timeout: int | None = None, limit_key: str | None = None
 ) -> list[TaskCall]:
     """Every line of a JSON-lines file (``{"task": ..., "params": {...}}``), validated whole."""
+    return list(CallFile(path, retries=retries, timeout=timeout, limit_key=limit_key))
+
+
+class CallFile(Sequence[TaskCall]):
+    """The calls of a JSON-lines file (``{"task": ..., "params": {...}}`` a line), validated whole when
+    made (one pass that keeps nothing but the count; BadInput names the first bad line) and read again,
+    a line at a time, each time it is iterated: ``enqueue`` takes a chunk at a time, so a file of
+    100,000 tasks is never held in memory. A file changed between the passes fails there (BadInput)."""
+
+    def __init__(
+        self, path: Path, *, retries: int | None = None, timeout: int | None = None, limit_key: str | None = None
+    ) -> None:
+        self.path = path
+        self._options: dict[str, Any] = {"retries": retries, "timeout": timeout, "limit_key": limit_key}
+        self._maps: tuple[Callable[[TaskCall], TaskCall], ...] = ()
+        self._count = sum(1 for _ in self._read())
+        if not self._count:
+            raise BadInput(f"{path}: no tasks in the file")
+
+    def _read(self) -> Iterator[TaskCall]:
+        try:
+            with self.path.open(encoding="utf-8") as lines:
+                for number, line in enumerate(lines, 1):
+                    if line.strip():
+                        yield _parse_line(self.path, number, line, self._options)
+        except OSError as exc:
+            raise BadInput(f"cannot read {self.path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise BadInput(f"{self.path}: not UTF-8 text") from None
+
+    def __iter__(self) -> Iterator[TaskCall]:
+        for call in self._read():
+            for change in self._maps:
+                call = change(call)
+            yield call
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> TaskCall: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[TaskCall]: ...
+    def __getitem__(self, index: int | slice) -> TaskCall | list[TaskCall]:
+        if isinstance(index, slice):
+            return list(itertools.islice(iter(self), *index.indices(self._count)))
+        if not -self._count <= index < self._count:
+            raise IndexError(index)
+        return next(itertools.islice(iter(self), index % self._count, None))
+
+    def map(self, change: Callable[[TaskCall], TaskCall]) -> CallFile:
+        """The same file, each call read through ``change`` (e.g. a priority given on the command line)."""
+        mapped = copy.copy(self)
+        mapped._maps = (*self._maps, change)
+        return mapped
+
+
+def map_calls(calls: Sequence[TaskCall], change: Callable[[TaskCall], TaskCall]) -> Sequence[TaskCall]:
+    """Each call through ``change``: lazily for a :class:`CallFile`, else as a list."""
+    return calls.map(change) if isinstance(calls, CallFile) else [change(call) for call in calls]
+
+
+def _parse_line(path: Path, number: int, line: str, options: dict[str, Any]) -> TaskCall:
     try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
-    calls = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("task"), str):
-            raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}}')
-        if not isinstance(entry.get("params", {}), dict) or set(entry) - {"task", "params"}:
-            raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}} and nothing else')
-        try:
-            calls.append(
-                TaskCall.build(
-                    entry["task"], entry.get("params"), retries=retries, timeout=timeout, limit_key=limit_key
-                )
-            )
-        except BadInput as exc:
-            raise BadInput(f"{path}:{number}: {exc}") from None
-    if not calls:
-        raise BadInput(f"{path}: no tasks in the file")
-    return calls
+        entry = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}:{number}: not JSON ({exc.msg})") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("task"), str):
+        raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}}')
+    if not isinstance(entry.get("params", {}), dict) or set(entry) - {"task", "params"}:
+        raise BadInput(f'{path}:{number}: expected {{"task": NAME, "params": {{...}}}} and nothing else')
+    try:
+        return TaskCall.build(entry["task"], entry.get("params"), **options)
+    except BadInput as exc:
+        raise BadInput(f"{path}:{number}: {exc}") from None
+
+
+class JobRef:
+    """A job a run enqueued, by its id: RQ's Job (2.5 KB of Python each) is fetched from Redis only
+    when something other than ``id`` or ``key`` is read, so a run of 100,000 jobs holds ids, not jobs."""
+
+    __slots__ = ("_connection", "_full", "id")
+
+    def __init__(self, job_id: str, connection: redis.Redis) -> None:
+        self.id, self._connection = job_id, connection
+        self._full: Job | None = None
+
+    @property
+    def key(self) -> str:
+        return Job.key_for(self.id)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._full is None:
+            self._full = CatalogueJob.fetch(self.id, connection=self._connection, serializer=SERIALIZER)
+        return getattr(self._full, name)
+
+    def __repr__(self) -> str:
+        return f"JobRef({self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return getattr(other, "id", None) == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
 
 
 @dataclass
@@ -194,8 +323,8 @@ class Submission:
 
     batch_id: str
     queue: str
-    #: The jobs this run created.
-    jobs: list[Job]
+    #: The jobs this run created (:class:`JobRef`s, or RQ's Jobs for a batch that waits).
+    jobs: list[Any]
     #: The calls that found their unique key held by a job already queued or running: that job's
     #: id, by the call's position in the run.
     existing: dict[int, str] = field(default_factory=dict)
@@ -213,13 +342,17 @@ class Cap:
     ttl: int = RESULT_TTL
 
 
+#: Jobs per enqueueing transaction: a run of more goes in as several, one after the other, so the
+#: producer's memory (RQ's jobs and the commands of one transaction) stays flat in the number of jobs.
+CHUNK = 1_000
+
 #: How many times an enqueue whose unique keys (or cap) changed under it is tried again.
 WATCH_TRIES = 50
 
 
 def enqueue(
     connection: redis.Redis,
-    calls: list[TaskCall],
+    calls: Sequence[TaskCall],
     queue: str = DEFAULT_QUEUE,
     *,
     max_queued: int | None = None,
@@ -235,7 +368,9 @@ def enqueue(
 ) -> Submission:
     """Enqueue every call on ``queue`` as one batch.
 
-    Without ``max_queued``: one pipelined transaction, so all of them or none. With it, the jobs go
+    Without ``max_queued``: transactions of up to :data:`CHUNK` jobs, each all or none (the error of a
+    failure midway says how many landed); ``calls`` may be a :class:`CallFile`, read a chunk at a time.
+    The submission's jobs are :class:`JobRef`s (ids, fetched on use). With ``max_queued``, the jobs go
     in as the queue has room, never taking it past ``max_queued`` (``on_wait(queued)`` is called
     while the producer waits for consumers to drain it). ``batch_id`` lets a caller that must
     record something about the batch first (the gateway, its callback) choose the id; with
@@ -268,13 +403,15 @@ def enqueue(
         if durable:
             confirm_replicated(connection, batch_id, len(later.jobs))
         return later
-    pending = list(enumerate(calls))
+    pending = enumerate(calls)
     submission = Submission(batch_id, queue, [])
     opened = into_batch
+    left = len(calls)
     try:
-        while pending:
-            room = len(pending) if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
-            chunk, pending = pending[:room], pending[room:]
+        while left:
+            room = left if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
+            chunk = list(itertools.islice(pending, min(room, CHUNK)))
+            left -= len(chunk)
             _commit(connection, q, submission, chunk, None if opened else len(calls), cap, added=into_batch)
             opened = True
             if durable:
@@ -282,8 +419,8 @@ def enqueue(
     except redis.RedisError as exc:
         if not outage.is_outage(exc):
             raise
-        jobs = submission.jobs
-        raise _unavailable(connection, exc, jobs, len(calls), batch_id, chunked=max_queued is not None) from None
+        chunked = max_queued is not None or len(calls) > CHUNK
+        raise _unavailable(connection, exc, submission.jobs, len(calls), batch_id, chunked=chunked) from None
     return submission
 
 
@@ -335,7 +472,7 @@ def _commit(
             except redis.WatchError:
                 time.sleep(random.uniform(0, 0.002 * attempt))  # spread the racers out
                 continue
-        submission.jobs += jobs
+        submission.jobs += [JobRef(job.id, connection) for job in jobs]
         submission.existing.update(existing)
         submission.capped += capped
         return
@@ -385,7 +522,7 @@ def _prepare(call: TaskCall, key: str | None = None) -> EnqueueData:
         kwargs=call.params,
         timeout=call.job_timeout(),
         retry=call.retry(),
-        result_ttl=RESULT_TTL,
+        result_ttl=call.kept_for(),
         failure_ttl=FAILURE_TTL,
         description=call.describe(),
         meta={
@@ -402,8 +539,12 @@ def _unavailable(
     connection: redis.Redis, exc: redis.RedisError, jobs: list[Job], count: int, batch_id: str, *, chunked: bool
 ) -> RedisUnavailable:
     """The error for an outage in the middle of ``enqueue``, saying which of its jobs landed."""
-    if chunked:
-        landed = f"{len(jobs)} of {count} jobs were enqueued before it did (batch {batch_id})"
+    if chunked:  # each transaction lands whole or not at all; the one under way is not in ``jobs``
+        under_way = "did not" if outage.refusal(exc) is not None else "may have"
+        landed = (
+            f"{len(jobs)} of {count} jobs were enqueued before it did (batch {batch_id}; in transactions of at most "
+            f"{CHUNK:,} jobs, each all or none: the one under way {under_way})"
+        )
     elif outage.refusal(exc) is not None:  # refused before EXEC: the transaction never ran
         landed = "nothing was enqueued"
     else:
@@ -446,7 +587,7 @@ def _which_landed(connection: redis.Redis, jobs: list[Job]) -> str:
 def _enqueue_later(
     connection: redis.Redis,
     q: Queue,
-    calls: list[TaskCall],
+    calls: Sequence[TaskCall],
     batch_id: str,
     *,
     when: datetime | None,
@@ -494,6 +635,7 @@ def _enqueue_later(
                         _place(pipe, q, job, when, decision)
                     group = batches.group(connection, batch_id)
                     pipe.sadd(group.key, *[job.id for job in jobs])
+                    pipe.expire(group.key, RESULT_TTL)
                     pipe.sadd(group.REDIS_GROUP_KEY, batch_id)
                     pipe.execute()
                     break

@@ -52,6 +52,8 @@ OVERRIDDEN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("rq.worker.Worker", "_finalize_success", ("self", "job", "queue", "execution", "return_value")),
     ("rq.worker.Worker", "_start_scheduler", ("self", "burst", "logging_level")),
     ("rq.scheduler.RQScheduler", "_install_signal_handlers", ("self",)),
+    ("rq.job.Job", "_handle_success", ("self", "result_ttl", "pipeline", "worker_name")),
+    ("rq.group.Group", "_add_jobs", ("self", "jobs", "pipeline")),
 )
 
 #: Every private RQ name used through this module or overridden; no other module of workqueue may
@@ -85,6 +87,8 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "_install_signal_handlers",
     "_finalize_success",
     "_start_scheduler",
+    "_handle_success",
+    "_add_jobs",
 )
 
 

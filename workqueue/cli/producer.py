@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,9 @@ def follow(redis_url: str | None, batch_id: str, quiet: bool) -> int:
     return follow_batch(connection, batch_id, quiet=quiet, mark=outage.DataMark(connection))
 
 
-def calls_from_file(path: Path, options: Enqueueing) -> list[producer.TaskCall]:
-    """``--from-file``: the file's calls, validated whole before any is enqueued."""
-    return producer.load_calls(path, retries=options.retries, timeout=options.timeout, limit_key=options.limit_key)
+def calls_from_file(path: Path, options: Enqueueing) -> producer.CallFile:
+    """``--from-file``: the file's calls, validated whole before any is enqueued, then read a chunk at a time."""
+    return producer.CallFile(path, retries=options.retries, timeout=options.timeout, limit_key=options.limit_key)
 
 
 def calls_from_flags(
@@ -194,9 +195,9 @@ def prompt_priority() -> int:
     return click.prompt(f"Priority ({levels} or 0-9, higher first)", default="normal", type=PriorityLevel())
 
 
-def with_priority(calls: list[producer.TaskCall], level: int) -> list[producer.TaskCall]:
+def with_priority(calls: Sequence[producer.TaskCall], level: int) -> Sequence[producer.TaskCall]:
     """``--priority``: every call at ``level`` (the default, normal, changes nothing)."""
-    return calls if level == priorities.NORMAL else [replace(call, priority=level) for call in calls]
+    return calls if level == priorities.NORMAL else producer.map_calls(calls, partial(replace, priority=level))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -287,6 +288,16 @@ def with_priority(calls: list[producer.TaskCall], level: int) -> list[producer.T
     is_flag=True,
     help=f"Report enqueued only once a replica holds the jobs (WAIT 1, up to {DURABLE_WAIT:g} s); exit 1 if none does.",
 )
+# -- memory per job (issue 18): how long finished jobs are kept --
+@click.option(
+    "--keep-results",
+    "--result-ttl",
+    "keep_results",
+    metavar="DURATION",
+    default=None,
+    help="Keep each finished job and its result this long (90s, 10m, 2h, 1d; 0 to 30 days; default the task's, "
+    "else a day).",
+)
 @redis_url_option
 def main(
     task_name: str | None,
@@ -319,6 +330,7 @@ def main(
     results_file: Path | None,
     limit_key: str | None,
     durable: bool,
+    keep_results: str | None,
     redis_url: str | None,
 ) -> int:
     """Enqueue long-running tasks as a batch. Run bare at a terminal, it asks for everything."""
@@ -351,6 +363,7 @@ def main(
         options = replace(options, durable=True)
     if from_file and (task_name or pairs or count):
         fail("--from-file names its own tasks; do not combine it with --task, --param or --count")
+    calls: Sequence[producer.TaskCall]
     if from_file:
         calls = calls_from_file(from_file, options)
     elif task_name:
@@ -366,26 +379,28 @@ def main(
             options = replace(options, priority=prompt_priority())
     calls = as_unique(calls, options)
     calls = with_priority(calls, options.priority)
+    calls = producer.keeping_results(calls, keep_results)
     if via is not None:
         gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
         return enqueue_via_gateway(
-            gateway, calls, options.queue, wait=options.wait, quiet=options.quiet, fields=when_fields(options)
+            gateway, list(calls), options.queue, wait=options.wait, quiet=options.quiet, fields=when_fields(options)
         )
     return enqueue_on_redis(calls, options, redis_url)
 
 
-def as_unique(calls: list[producer.TaskCall], options: Enqueueing) -> list[producer.TaskCall]:
+def as_unique(calls: Sequence[producer.TaskCall], options: Enqueueing) -> Sequence[producer.TaskCall]:
     """The calls, wherever they came from (flags, a file, prompts), as unique jobs if asked."""
     if not (options.unique or options.unique_key is not None):
         return calls
-    return [
-        producer.TaskCall.build(
+
+    def unique(c: producer.TaskCall) -> producer.TaskCall:
+        return producer.TaskCall.build(
             c.task.name, c.params, retries=c.retries, timeout=c.timeout,
             unique=options.unique, unique_key=options.unique_key, unique_for=options.unique_for,
             limit_key=c.limit_key, priority=c.priority,
-        )
-        for c in calls
-    ]  # fmt: skip
+        )  # fmt: skip
+
+    return producer.map_calls(calls, unique)
 
 
 def _with_more_pairs(pairs: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
@@ -416,7 +431,7 @@ def _unique_and_results(
     return replace(options, unique=unique, unique_key=unique_key, unique_for=unique_for, results=results_file)
 
 
-def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_url: str | None) -> int:
+def enqueue_on_redis(calls: Sequence[producer.TaskCall], options: Enqueueing, redis_url: str | None) -> int:
     """Enqueue the calls as one batch straight on Redis (waiting while the queue is full, with
     ``--max-queued``), list the jobs, and follow the batch with ``--wait``."""
     try:
@@ -440,7 +455,7 @@ def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_
         when=options.when, after=options.after, after_any=options.after_any, durable=options.durable,
     )  # fmt: skip
     jobs = submission.jobs
-    what = calls[0].describe() if len({c.describe() for c in calls}) == 1 else "mixed tasks"
+    what = describe_calls(calls)
     click.echo(f"batch {submission.batch_id}: enqueued {len(jobs)} × {what} on {options.queue} ({target.display})")
     if options.when is not None or options.after:
         click.echo(f"  {describe_wait(options, jobs)}")
@@ -459,6 +474,17 @@ def enqueue_on_redis(calls: list[producer.TaskCall], options: Enqueueing, redis_
         if options.results is not None:
             write_results(options.results, pages)
     return code
+
+
+def describe_calls(calls: Iterable[producer.TaskCall]) -> str:
+    """The one call all of ``calls`` are, or "mixed tasks" (read only until two differ)."""
+    first = None
+    for call in calls:
+        if first is None:
+            first = call.describe()
+        elif call.describe() != first:
+            return "mixed tasks"
+    return first or "mixed tasks"
 
 
 def echo_existing(submission: producer.Submission) -> None:

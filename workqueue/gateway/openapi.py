@@ -10,7 +10,7 @@ from typing import Any
 import task_def
 from workqueue import limits, priorities, timing
 from workqueue.jobs import QUEUE_NAME
-from workqueue.producer import MAX_RETRIES, MAX_TIMEOUT
+from workqueue.producer import MAX_RESULT_TTL, MAX_RETRIES, MAX_TIMEOUT
 from workqueue.settings import (
     CALLBACK_SECRET_MAX,
     CALLBACK_SECRET_MIN,
@@ -216,6 +216,13 @@ def _common_fields() -> dict[str, Any]:
             "type": "boolean",
             "default": False,
             "description": "Answer 201 only once a replica holds the jobs (Redis WAIT 1); 503 if none does in time.",
+        },
+        "result_ttl": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_RESULT_TTL,
+            "description": "Seconds each finished job and its result stay in Redis (0: none; default the task's, "
+            "else a day).",
         },
     }
 

@@ -61,6 +61,8 @@ _COMMON = {"queue", "retries", "timeout", "callback", "unique", "priority", "lim
 _COMMON |= {"at", "in", "after", "after_any"}  # when work runs (issue 15)
 #: ``"durable": true``: the enqueue is answered only once a replica holds it (``WAIT 1``), else 503.
 _COMMON |= {"durable"}
+#: ``"result_ttl": seconds``: how long each finished job and its result are kept (memory per job, issue 18).
+_COMMON |= {"result_ttl"}
 
 
 @dataclass(frozen=True)
@@ -373,6 +375,7 @@ def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[R
     when, after, after_any = _when(body)
     calls = _unique_calls(body.get("unique"), calls)
     calls = _with_priority(body, calls)
+    calls = list(producer.keeping_results(calls, _integer(body, "result_ttl", 0, producer.MAX_RESULT_TTL)))
     batch_id = batches.new_id()
     if after:  # checked before the callback is registered: a refused request leaves nothing behind
         try:

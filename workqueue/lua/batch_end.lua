@@ -1,3 +1,5 @@
+-- Count a job's end in its batch. KEYS: the batch, its ended ids, its events, RQ's group set (which
+-- expires with them). ARGV: job id, outcome, task, detail, duration, the keys' TTL.
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local first = redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
@@ -16,4 +18,5 @@ if left == 0 then
   redis.call('XADD', KEYS[3], '*', 'batch', 'done')
 end
 redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
 return left

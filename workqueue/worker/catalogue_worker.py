@@ -336,7 +336,10 @@ class CatalogueWorker(ClaimingWorker):
             index = len(pipeline)
             job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
             replies = pipeline.execute()
-            if replies[index] == 1:  # the job was deleted meanwhile (rq#1450): as RQ does
+            # A new field: the job was deleted meanwhile (rq#1450), and the heartbeat made a hash of it
+            # alone, deleted as RQ does; unless the job has other fields (a finished job, kept without
+            # its heartbeat by jobs.keep_result, that a resumed worker's late heartbeat reached).
+            if replies[index] == 1 and self.connection.hlen(job.key) == 1:
                 self.connection.delete(job.key)
         self._learn_if_declared_dead(replies, registration)
         if replies[holds] is None and self._handed_back_at is None:  # see _watch_horse

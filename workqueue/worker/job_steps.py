@@ -31,11 +31,10 @@ from rq import Queue
 from rq.defaults import RQ_KEY_PREFIX
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
-from rq.results import Result
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from workqueue import batches, dependencies, guarded, lua, rq_compat
+from workqueue import batches, dependencies, guarded, jobs, lua, rq_compat
 from workqueue.guarded import SUPERSEDED, Guard, direct_client, note_superseded, run_guarded
 
 if TYPE_CHECKING:
@@ -213,7 +212,7 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         pipe.smembers(job.dependents_key)
         worker.increment_successful_job_count(pipeline=pipe)
         worker.increment_total_working_time(job.ended_at - job.started_at, pipe)  # type: ignore[operator]
-        if result_ttl != 0:  # RQ's Job._handle_success, writing the fields that changed, not the whole job
+        if result_ttl != 0:  # RQ's Job success handling, writing the fields that changed, not the whole job
             assert job.started_at is not None and job.ended_at is not None  # set when the job started and ended
             pipe.hset(
                 job.key,
@@ -223,17 +222,7 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
                     "ended_at": utcformat(job.ended_at),
                 },
             )
-            Result.create(
-                job,
-                Result.Type.SUCCESSFUL,
-                result_ttl,
-                return_value=rq_compat.job_result(job),
-                worker_name=worker.name,
-                pipeline=pipe,
-                execution_id=execution.id,
-                execution_started_at=execution.created_at,
-                execution_ended_at=job.ended_at,
-            )
+            jobs.keep_result(pipe, job, rq_compat.job_result(job))  # not RQ's 4 KB result stream
             job.finished_job_registry.add(job, result_ttl, pipe)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
