@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import consumers, redis_server, running, wait_until  # noqa: E402
+from pool import consumers, running  # noqa: E402  (bench/pool.py)
+from run import redis_server, wait_until  # noqa: E402
 
 from workqueue import batches, crawling, producer  # noqa: E402
 

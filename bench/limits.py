@@ -24,7 +24,8 @@ from rq.job import Job
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from run import GAP, QUEUE, consumers, ended, redis_server, running, wait_until  # noqa: E402  (bench/run.py)
+from pool import GAP, QUEUE, consumers, ended, running  # noqa: E402  (bench/pool.py)
+from run import redis_server, wait_until  # noqa: E402  (bench/run.py)
 
 from workqueue import limits, producer  # noqa: E402
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -64,3 +65,24 @@ def test_quick_bench_prints_every_row_for_every_peer() -> None:
             assert ratio == "-" if (row, peer) in ABSENT else float(ratio) >= 0, line
     for side in SIDES:
         assert any(line.startswith(f"{side}'s drains") for line in lines), side
+
+
+#: The scripts `make bench` runs, read from the Makefile's bench target.
+BENCH_SCRIPTS = sorted(set(re.findall(r"\$\(PY\) bench/(\w+\.py)", (ROOT / "Makefile").read_text())))
+
+
+def test_make_bench_runs_the_scripts_of_every_issue() -> None:
+    assert {"run.py", "gateway.py", "servers.py", "limits.py", "crawl.py", "autoscale.py", "memory.py"} <= set(
+        BENCH_SCRIPTS
+    )
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS)
+def test_every_bench_script_imports_and_answers_help(script: str) -> None:
+    """Each script `make bench` runs loads (its imports from its neighbours resolve) and says what it
+    takes: one of them importing a name bench/run.py no longer has broke `make bench` silently once."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
