@@ -252,7 +252,8 @@ def test_a_job_redis_handed_to_a_worker_as_its_host_was_cut_off_runs_once(cluste
         victim.reconnect()
     else:
         pytest.fail("never caught host-a's worker waiting in a BLMOVE")
-    job = producer.enqueue(cluster.conn, [producer.TaskCall.build("sleep", {"seconds": 1})], "solo").jobs[0]
+    submission = producer.enqueue(cluster.conn, [producer.TaskCall.build("sleep", {"seconds": 1})], "solo")
+    job = submission.jobs[0]
     assert cluster.conn.lrange(solo.intermediate_queue_key, 0, -1) == [job.id.encode()]  # Redis answered host-a
     cluster.consumers["host-b"].python("consumer_main.py", "--workers", "1", "--queue", "solo")
 
@@ -285,5 +286,7 @@ def test_a_job_redis_handed_to_a_worker_as_its_host_was_cut_off_runs_once(cluste
     wait_for(beat_since_back, 60, "host-a's solo worker to heartbeat again, seconds after the link came back")
     again = Job.fetch(job.id, connection=cluster.conn, serializer=SERIALIZER)
     assert again.get_status() == "finished" and cluster.host_of(again.worker_name) == "host-b"
-    assert cluster.conn.xlen(f"rq:results:{job.id}") == 1, "the job ran a second time"
+    assert again.ended_at == finished.ended_at, "the job ran a second time"  # one end, host-b's
+    summary = batches.summary(cluster.conn, submission.batch_id)
+    assert (summary.finished, summary.failed) == (1, 0), "the job's end was counted twice"
     assert cluster.conn.llen(solo.intermediate_queue_key) == 0 and solo.started_job_registry.count == 0

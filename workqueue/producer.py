@@ -300,12 +300,23 @@ class JobRef:
     def key(self) -> str:
         return Job.key_for(self.id)
 
+    def job(self) -> Job:
+        """The whole job, fetched once."""
+        if self._full is None:
+            self._full = CatalogueJob.fetch(self.id, connection=self._connection, serializer=SERIALIZER)
+        return self._full
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        if self._full is None:
-            self._full = CatalogueJob.fetch(self.id, connection=self._connection, serializer=SERIALIZER)
-        return getattr(self._full, name)
+        return getattr(self.job(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Its own slots here; anything else is set on the whole job, as on RQ's Job."""
+        if name in JobRef.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.job(), name, value)
 
     def __repr__(self) -> str:
         return f"JobRef({self.id!r})"
