@@ -163,3 +163,21 @@ def test_a_sigkilled_consumers_prioritised_job_is_handed_back_at_its_level(conn,
     wait_for(lambda: any(h.job_id == urgent.id for h in recovery.sweep(conn)[1]), 30, "the sweep to hand it back")
     assert Queue("k", connection=conn).get_job_ids() == [urgent.id, waiting.id]  # the front of its own level
     assert priorities.counts(conn, ["k"])["k"] == {9: 2}
+
+
+def test_a_late_answer_naming_a_job_no_longer_taken_is_dropped_not_queued_again(conn) -> None:
+    """A worker's BLMOVE answer that arrives late (after a network cut) names a job a sweep has put
+    back and another worker finished: with a higher level waiting, the claim must not push that id
+    back on the queue (it would run a finished job again); it takes the higher job instead."""
+    from workqueue.worker import job_steps
+    from workqueue.worker.catalogue_worker import CatalogueWorker
+
+    finished = _enqueue(conn, "normal")[0].id
+    conn.lrem("rq:queue:prio", 1, finished)  # taken, handed back, run and finished elsewhere meanwhile
+    conn.hset(f"rq:job:{finished}", "status", "finished")
+    urgent = _enqueue(conn, "urgent")[0].id
+    worker = CatalogueWorker(["prio"], connection=conn, name="late-answer")
+    queue = Queue("prio", connection=conn, serializer=SERIALIZER)
+    claimed = job_steps.claim(worker, [queue], finished.encode())
+    assert claimed.job is not None and claimed.job.id == urgent
+    assert conn.llen("rq:queue:prio") == 0 and conn.llen(queue.intermediate_queue_key) == 0

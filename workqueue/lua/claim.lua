@@ -28,8 +28,8 @@ if ARGV[12] ~= '' then
     higher = higher or redis.call('EXISTS', level_key(3, level)) == 1
   end
   if higher or paused(3) then
-    redis.call('LREM', KEYS[4], 1, ARGV[12])
-    redis.call('LPUSH', KEYS[3], ARGV[12])
+    -- only if it is still there: a late answer (after a network cut) names a job a sweep put back
+    if redis.call('LREM', KEYS[4], 1, ARGV[12]) == 1 then redis.call('LPUSH', KEYS[3], ARGV[12]) end
     ARGV[12] = ''
   end
 end
