@@ -17,6 +17,7 @@ from rq.results import Result
 import task_def
 from tests.helpers import Processes, run_cli, start_consumer, wait_for
 from workqueue import api, batches, job_json, producer
+from workqueue import calls as task_calls
 from workqueue.errors import RedisUnavailable
 from workqueue.gateway import create_app
 from workqueue.jobs import SPENT_FIELDS
@@ -127,7 +128,7 @@ def test_the_producers_memory_is_flat_in_the_number_of_jobs_from_a_file(conn: re
         path.write_text("".join(json.dumps({"task": "factorise", "params": {"n": i + 2}}) + "\n" for i in range(lines)))
         tracemalloc.start()
         try:
-            producer.enqueue(conn, producer.CallFile(path))
+            producer.enqueue(conn, task_calls.CallFile(path))
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

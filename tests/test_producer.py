@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from rq import Queue
 
 from tests.helpers import RedisServer, run_cli
+from workqueue import calls as task_calls
 from workqueue import producer
 from workqueue.cli import producer as producer_cli
 from workqueue.jobs import SERIALIZER
@@ -137,7 +138,7 @@ def test_from_file_validates_every_line_before_enqueueing_anything(conn: redis.R
 def test_demo_batch_is_valid() -> None:
     from pathlib import Path
 
-    calls = producer.load_calls(Path(__file__).resolve().parent.parent / "examples" / "demo.jsonl")
+    calls = task_calls.load_calls(Path(__file__).resolve().parent.parent / "examples" / "demo.jsonl")
     assert {c.task.name for c in calls} == {"sleep", "scrape", "primes", "pi", "fibonacci", "factorise"}
 
 

@@ -18,6 +18,7 @@ from click.core import ParameterSource
 
 import task_def
 from workqueue import batches, crawling, jobstats, limits, outage, priorities, producer, timing
+from workqueue import calls as task_calls
 from workqueue.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -85,16 +86,16 @@ def follow(redis_url: str | None, batch_id: str, quiet: bool) -> int:
     return follow_batch(connection, batch_id, quiet=quiet, mark=outage.DataMark(connection))
 
 
-def calls_from_file(path: Path, options: Enqueueing) -> producer.CallFile:
+def calls_from_file(path: Path, options: Enqueueing) -> task_calls.CallFile:
     """``--from-file``: the file's calls, validated whole before any is enqueued, then read a chunk at a time."""
-    return producer.CallFile(path, retries=options.retries, timeout=options.timeout, limit_key=options.limit_key)
+    return task_calls.CallFile(path, retries=options.retries, timeout=options.timeout, limit_key=options.limit_key)
 
 
 def calls_from_flags(
     task_name: str, pairs: tuple[str, ...], count: int | None, options: Enqueueing
 ) -> list[producer.TaskCall]:
     """``--task NAME --param K=V --count N``: one call, N times."""
-    params = producer.parse_param_pairs(pairs)
+    params = task_calls.parse_param_pairs(pairs)
     call = producer.TaskCall.build(
         task_name, params, retries=options.retries, timeout=options.timeout, limit_key=options.limit_key
     )
@@ -197,7 +198,7 @@ def prompt_priority() -> int:
 
 def with_priority(calls: Sequence[producer.TaskCall], level: int) -> Sequence[producer.TaskCall]:
     """``--priority``: every call at ``level`` (the default, normal, changes nothing)."""
-    return calls if level == priorities.NORMAL else producer.map_calls(calls, partial(replace, priority=level))
+    return calls if level == priorities.NORMAL else task_calls.map_calls(calls, partial(replace, priority=level))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -216,13 +217,13 @@ def with_priority(calls: Sequence[producer.TaskCall], level: int) -> Sequence[pr
 )
 @click.option(
     "--retries",
-    type=click.IntRange(0, producer.MAX_RETRIES),
+    type=click.IntRange(0, task_calls.MAX_RETRIES),
     default=None,
     help="Retries for a failed job (default: the task's), waits doubling with jitter.",
 )
 @click.option(
     "--timeout",
-    type=click.IntRange(1, producer.MAX_TIMEOUT),
+    type=click.IntRange(1, task_calls.MAX_TIMEOUT),
     default=None,
     help="Seconds a job may run (default: the task's).",
 )
@@ -379,7 +380,7 @@ def main(
             options = replace(options, priority=prompt_priority())
     calls = as_unique(calls, options)
     calls = with_priority(calls, options.priority)
-    calls = producer.keeping_results(calls, keep_results)
+    calls = task_calls.keeping_results(calls, keep_results)
     if via is not None:
         gateway = Gateway(via, token, threads or 1, callback_host=callback_host, callback_port=callback_port)
         return enqueue_via_gateway(
@@ -400,7 +401,7 @@ def as_unique(calls: Sequence[producer.TaskCall], options: Enqueueing) -> Sequen
             limit_key=c.limit_key, priority=c.priority,
         )  # fmt: skip
 
-    return producer.map_calls(calls, unique)
+    return task_calls.map_calls(calls, unique)
 
 
 def _with_more_pairs(pairs: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from workqueue import producer, schedule_file, schedules
+from workqueue import calls as task_calls
+from workqueue import schedule_file, schedules
 from workqueue.cli.common import EXIT_OK, QueueName, redis_url_option
 from workqueue.connection import connect
 from workqueue.settings import MAX_RETRIES, MAX_TIMEOUT
@@ -52,7 +53,7 @@ def add(
 ) -> int:
     """Add schedule NAME (validated whole before anything is written)."""
     definition = schedules.Schedule.build(
-        name, cron=cron, every=every, tz=tz, task=task_name, params=producer.parse_param_pairs(pairs),
+        name, cron=cron, every=every, tz=tz, task=task_name, params=task_calls.parse_param_pairs(pairs),
         queue=queue, retries=retries, timeout=timeout,
     )  # fmt: skip
     connection, _ = connect(redis_url)

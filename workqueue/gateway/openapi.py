@@ -9,8 +9,8 @@ from typing import Any
 
 import task_def
 from workqueue import limits, priorities, timing
+from workqueue.calls import MAX_RESULT_TTL
 from workqueue.jobs import QUEUE_NAME
-from workqueue.producer import MAX_RESULT_TTL, MAX_RETRIES, MAX_TIMEOUT
 from workqueue.settings import (
     CALLBACK_SECRET_MAX,
     CALLBACK_SECRET_MIN,
@@ -18,7 +18,9 @@ from workqueue.settings import (
     DEFAULT_QUEUE,
     MAX_COUNT,
     MAX_DEPTH,
+    MAX_RETRIES,
     MAX_TASKS,
+    MAX_TIMEOUT,
 )
 from workqueue.unique import MAX_HOLD, MAX_KEY_LENGTH
 

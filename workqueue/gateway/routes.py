@@ -36,6 +36,7 @@ from workqueue import (
     timing,
     webguard,
 )
+from workqueue import calls as task_calls
 from workqueue.errors import BadInput, NotDurable, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, openapi
 from workqueue.jobs import check_queue_name
@@ -375,7 +376,7 @@ def _enqueue(body: Mapping[str, Any], calls: list[producer.TaskCall]) -> tuple[R
     when, after, after_any = _when(body)
     calls = _unique_calls(body.get("unique"), calls)
     calls = _with_priority(body, calls)
-    calls = list(producer.keeping_results(calls, _integer(body, "result_ttl", 0, producer.MAX_RESULT_TTL)))
+    calls = list(task_calls.keeping_results(calls, _integer(body, "result_ttl", 0, task_calls.MAX_RESULT_TTL)))
     batch_id = batches.new_id()
     if after:  # checked before the callback is registered: a refused request leaves nothing behind
         try:
