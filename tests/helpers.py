@@ -109,7 +109,22 @@ PAGES = {
 }  # fmt: skip
 
 
-class PageHandler(http.server.BaseHTTPRequestHandler):
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A test site's handler: answers with :meth:`send` and logs nothing."""
+
+    def send(self, status: int, ctype: str, body: str) -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class PageHandler(QuietHandler):
     """Serves PAGES (anything else is /missing), /redirect to /, and /slow after 3 s."""
 
     def do_GET(self) -> None:
@@ -120,16 +135,7 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
             return
         if self.path == "/slow":
             time.sleep(3)
-        status, ctype, body = PAGES.get(self.path, PAGES["/missing"])
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send(*PAGES.get(self.path, PAGES["/missing"]))
 
 
 # --- the repository's commands as processes ----------------------------------------------------

@@ -18,7 +18,7 @@ from rq import Queue
 
 import workqueue
 from task_def import crawl
-from tests.helpers import ROOT, Processes, run_cli, start_consumer
+from tests.helpers import ROOT, Processes, QuietHandler, run_cli, start_consumer
 from workqueue import crawling
 from workqueue.gateway import create_app
 
@@ -41,36 +41,25 @@ def _page_path(i: int) -> str:
     return "/" if i == 0 else f"/p/{i}"
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: Site
 
     def do_GET(self) -> None:
         with self.server.lock:
             self.server.requests[self.path] += 1
         if self.path == "/robots.txt":
-            self._send(200, "text/plain", "User-agent: *\nDisallow: /private/\n")
+            self.send(200, "text/plain", "User-agent: *\nDisallow: /private/\n")
             return
         i = 0 if self.path == "/" else int(self.path[3:]) if self.path.startswith("/p/") else -1
         if not 0 <= i < PAGES:
-            self._send(404, "text/html", "<title>gone</title>")
+            self.send(404, "text/html", "<title>gone</title>")
             return
         links = [_page_path(c) for c in (2 * i + 1, 2 * i + 2) if c < PAGES]
         links += ["/", _page_path((i - 1) // 2) if i else "/", f"{_page_path(i)}#top", f"/private/{i}"]
         links += ["http://127.0.0.2:9/elsewhere", "mailto:someone@example.com", "javascript:void(0)"]
         body = f"<html><head><title>Page {i}</title></head><body>"
         body += "".join(f"<a href='{href}'>{n}</a>" for n, href in enumerate(links)) + "</body></html>"
-        self._send(200, "text/html; charset=utf-8", body)
-
-    def _send(self, status: int, ctype: str, body: str) -> None:
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send(200, "text/html; charset=utf-8", body)
 
 
 @pytest.fixture
