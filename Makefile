@@ -98,8 +98,11 @@ SENTINEL := /usr/bin/redis-sentinel
 $(SENTINEL):
 	$(call apt-install,redis-sentinel,the Sentinel tests)
 
+# Most tests wait on real processes (workers, Redis, browsers), not on the CPU: three at a time (pytest-xdist)
+# on two cores take under half the time of one after the other. TEST_JOBS=1 runs them one by one.
+TEST_JOBS ?= 3
 test: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS) $(CHROMIUM) $(SENTINEL) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_JOBS)
 
 ## lint: ruff (lint, then the format check) and mypy over workqueue/ and task_def/, as pyproject.toml configures them
 lint: $(STAMP)
@@ -109,7 +112,7 @@ lint: $(STAMP)
 
 ## test-quick: the suite without the tests marked slow (chaos, outages, browser, demos, ...), for the edit-test loop
 test-quick: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_JOBS) -m "not slow"
 
 ## bench: workqueue beside bare RQ, Dramatiq and Huey, then the gateway, the WSGI servers, per-key limits, the crawler and autoscaling; BENCH_QUICK=1: quicker
 bench: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import psutil
 import pytest
@@ -89,10 +90,18 @@ class _Stop(Exception):
     pass
 
 
-def test_a_stop_signal_arriving_while_the_horse_is_forked_is_not_lost() -> None:
+@pytest.mark.parametrize("threads", [0, 1], ids=["one-thread", "with-another-thread"])
+def test_a_stop_signal_arriving_while_the_horse_is_forked_is_not_lost(threads: int) -> None:
     """An idle worker forks its horse ahead of its next job, and its stop handler raises: a stop
-    landing in the fork's own handlers would be printed and dropped, and the worker run on."""
+    landing in the fork's own handlers would be printed and dropped, and the worker run on. A worker
+    has other threads (RQ's pubsub thread), which the kernel hands the signal to while this one
+    blocks it."""
     from workqueue.worker.horse import Horse
+
+    done = threading.Event()
+    others = [threading.Thread(target=done.wait, args=(30,), daemon=True) for _ in range(threads)]
+    for thread in others:
+        thread.start()
 
     armed: list[bool] = []
     os.register_at_fork(before=lambda: armed and os.kill(os.getpid(), signal.SIGTERM))
@@ -109,4 +118,7 @@ def test_a_stop_signal_arriving_while_the_horse_is_forked_is_not_lost() -> None:
     finally:
         armed.clear()
         signal.signal(signal.SIGTERM, previous)
+        done.set()
+        for thread in others:
+            thread.join()
     assert set(psutil.Process().children()) <= before, "the horse forked for a stopping worker was left running"

@@ -51,11 +51,16 @@ class Horse:
         from_horse_r, from_horse_w = os.pipe()
         # A stop signal is held back over the fork: an idle worker's handler raises, and raised
         # from the fork's own handlers (logging's) it would be printed and lost, the stop with it.
+        # Blocking it holds it back from this thread only: another thread (RQ's pubsub thread) may
+        # take it, and Python then runs the handler in this thread anyway. So the handlers are also
+        # swapped for one that notes the signal, and the stop is raised again once the fork is done.
+        caught: list[int] = []
+        handlers = {signum: signal.signal(signum, lambda signum, _: caught.append(signum)) for signum in _STOP_SIGNALS}
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             pid = os.fork()
         except BaseException:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            _restore(handlers, held, caught)
             raise
         if pid == 0:  # the horse
             os.close(to_horse_w)
@@ -76,7 +81,7 @@ class Horse:
         self._outbox = from_horse_r
         self._pending = b""
         try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop held back raises here, if at all
+            _restore(handlers, held, caught)  # a stop held back raises here, if at all
         except BaseException:
             self.retire()  # the worker is stopping: this horse would run nothing
             raise
@@ -147,6 +152,16 @@ def serve(inbox: int, outbox: int, run: Callable[[dict], bool | None]) -> None:
             if ok is None:
                 os._exit(1)
     os._exit(0)
+
+
+def _restore(handlers: dict[int, Any], held: set[signal.Signals], caught: list[int]) -> None:
+    """Put back the stop signals' handlers and mask as they were before the fork, then deliver the
+    stops that came meanwhile (each signal once), so that the worker's own handler acts on them."""
+    for signum, handler in handlers.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop held back by the mask is delivered here
+    for signum in dict.fromkeys(caught):
+        signal.raise_signal(signum)
 
 
 def _frame(message: dict) -> bytes:
