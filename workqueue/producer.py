@@ -95,6 +95,8 @@ class Submission:
     existing: dict[int, str] = field(default_factory=dict)
     #: Calls left out because ``cap`` was reached (a crawl's page limit).
     capped: int = 0
+    #: With ``enqueue(..., mark=True)``: the data mark, read in the transaction that opened the batch.
+    mark: outage.DataMark | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def enqueue(
     after: Sequence[str] = (),
     after_any: bool = False,
     durable: bool = False,
+    mark: bool = False,
 ) -> Submission:
     """Enqueue every call on ``queue`` as one batch.
 
@@ -146,7 +149,8 @@ def enqueue(
     then. ``after`` (job or batch ids): they wait deferred until those end, and run if all
     finished (``after_any``: whatever the outcome); see ``dependencies``.
     ``durable``: each transaction is followed by ``WAIT 1`` (:func:`confirm_replicated`), NotDurable
-    if no replica acknowledged it.
+    if no replica acknowledged it. ``mark``: the submission's ``mark`` is Redis's data mark
+    (``outage.DataMark``), read in the transaction that opens the batch (no round trip of its own).
     """
     check_queue_name(queue)
     if not 1 <= len(calls) <= MAX_COUNT:
@@ -164,7 +168,7 @@ def enqueue(
         if into_batch or cap is not None or any(call.unique_key for call in calls):
             raise BadInput("unique jobs run now: --unique/--unique-key do not combine with --in, --at or --after")
         later = _enqueue_later(connection, q, calls, batch_id, when=when, after=after, after_any=after_any,
-                               max_queued=max_queued)  # fmt: skip
+                               max_queued=max_queued, mark=mark)  # fmt: skip
         if durable:
             confirm_replicated(connection, batch_id, len(later.jobs))
         return later
@@ -177,7 +181,8 @@ def enqueue(
             room = left if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
             chunk = list(itertools.islice(pending, min(room, CHUNK)))
             left -= len(chunk)
-            _commit(connection, q, submission, chunk, None if opened else len(calls), cap, added=into_batch)
+            _commit(connection, q, submission, chunk, None if opened else len(calls), cap, added=into_batch,
+                    mark=mark and submission.mark is None)  # fmt: skip
             opened = True
             if durable:
                 confirm_replicated(connection, batch_id, len(submission.jobs))
@@ -198,11 +203,13 @@ def _commit(
     cap: Cap | None,
     *,
     added: bool = False,
+    mark: bool = False,
 ) -> None:
     """Enqueue one chunk in one transaction (opening the batch with ``open_total`` tasks first, if
     given; ``added``: the batch's total does not count these calls yet, so it grows), leaving out
     the unique calls whose key a live job holds and those over ``cap``. The keys and the cap are
-    WATCHed: if another producer changed them meanwhile, it is all read and tried again."""
+    WATCHed: if another producer changed them meanwhile, it is all read and tried again. ``mark``:
+    the data mark is read in the same transaction, into ``submission.mark``."""
     wanted = [(i, call, call.unique_key and unique.redis_key(call.unique_key)) for i, call in chunk]
     keys = sorted({k for _, _, k in wanted if k})
     watched = keys + ([cap.key] if cap else [])
@@ -215,6 +222,8 @@ def _commit(
                 room = None if cap is None else max(0, cap.limit - int(pipe.get(cap.key) or 0))
                 fresh, existing, capped = _sort_out(wanted, held, room)
                 pipe.multi()
+                if mark:
+                    outage.DataMark.adopt_in(pipe)  # replies 0 and 1
                 if open_total is not None:
                     batches.open_batch(pipe, submission.batch_id, open_total, q.name)
                 delta = len(fresh) if added else len(fresh) - len(chunk)
@@ -228,20 +237,29 @@ def _commit(
                     pipe.expire(cap.key, cap.ttl)
                 jobstats.count_enqueued(pipe, q.name, Counter(call.task.name for _, call, _, _ in fresh))
                 backlog.add(pipe, q.name, [data.job_id for *_, data in fresh])  # ids known: counted in this step
-                if fresh:  # RQ executes the transaction here
-                    group = batches.group(connection, submission.batch_id)
-                    jobs = group.enqueue_many(q, [data for *_, data in fresh], pipeline=pipe)
-                else:
-                    pipe.execute()
-                    jobs = []
+                jobs = q.enqueue_many([data for *_, data in fresh], group_id=submission.batch_id, pipeline=pipe)
+                if jobs:  # RQ's Group.enqueue_many, its set expiring with the batch (batches.BatchGroup)
+                    _add_to_group(pipe, submission.batch_id, [job.id for job in jobs])
+                replies = pipe.execute()
             except redis.WatchError:
                 time.sleep(random.uniform(0, 0.002 * attempt))  # spread the racers out
                 continue
+        if mark:
+            submission.mark = outage.DataMark.adopted(replies[0], replies[1])
         submission.jobs += [JobRef(job.id, connection) for job in jobs]
         submission.existing.update(existing)
         submission.capped += capped
         return
     raise RedisUnavailable(f"the unique keys of {len(keys)} jobs kept changing under {WATCH_TRIES} tries; try again")
+
+
+def _add_to_group(pipe: redis.client.Pipeline, batch_id: str, job_ids: list[str]) -> None:
+    """Add ``job_ids`` to RQ's group of batch ``batch_id`` (its set of job ids), on ``pipe``: what
+    ``batches.BatchGroup`` does, with the transaction's replies left to the caller."""
+    group = batches.group(pipe, batch_id)
+    pipe.sadd(group.key, *job_ids)
+    pipe.expire(group.key, RESULT_TTL)
+    pipe.sadd(group.REDIS_GROUP_KEY, batch_id)
 
 
 def _sort_out(
@@ -359,6 +377,7 @@ def _enqueue_later(
     after: Sequence[str],
     after_any: bool,
     max_queued: int | None,
+    mark: bool = False,
 ) -> Submission:
     """Enqueue ``calls`` as one batch that waits: in RQ's scheduled registry until ``when``, or
     deferred until the jobs of ``after`` end (RQ's ``Dependency``), in one transaction. Dependencies
@@ -392,17 +411,16 @@ def _enqueue_later(
                         states = dependencies.statuses(connection, waits_for)
                         decision = dependencies.verdict(waits_for, states, after_any)
                     pipe.multi()
+                    if mark:
+                        outage.DataMark.adopt_in(pipe)  # replies 0 and 1
                     batches.open_batch(pipe, batch_id, len(calls), q.name)
                     jobstats.count_enqueued(pipe, q.name, names)
                     backlog.add(pipe, q.name, [job.id for job in jobs])
                     pipe.sadd(q.redis_queues_keys, q.key)
                     for job in jobs:
                         _place(pipe, q, job, when, decision)
-                    group = batches.group(connection, batch_id)
-                    pipe.sadd(group.key, *[job.id for job in jobs])
-                    pipe.expire(group.key, RESULT_TTL)
-                    pipe.sadd(group.REDIS_GROUP_KEY, batch_id)
-                    pipe.execute()
+                    _add_to_group(pipe, batch_id, [job.id for job in jobs])
+                    replies = pipe.execute()
                     break
                 except redis.WatchError:
                     continue
@@ -410,7 +428,7 @@ def _enqueue_later(
         if not outage.is_outage(exc):
             raise
         raise _unavailable(connection, exc, jobs, len(calls), batch_id, chunked=False) from None
-    return Submission(batch_id, q.name, jobs)
+    return Submission(batch_id, q.name, jobs, mark=outage.DataMark.adopted(replies[0], replies[1]) if mark else None)
 
 
 def _create_job(q: Queue, call: TaskCall, batch_id: str, depends: Dependency | None) -> Job:
