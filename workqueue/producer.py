@@ -13,6 +13,7 @@ import itertools
 import random
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ def enqueue(
     if into_batch and batch_id is None:
         raise ValueError("into_batch needs the batch_id of an open batch")
     priorities.install()  # a program using the API directly has not run an entry point's install
-    q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    q = _queue(connection, queue)
     batch_id = batch_id or batches.new_id()
     if durable:
         connection = single_connection(connection)  # WAIT counts the writes of its own connection
@@ -192,6 +193,22 @@ def enqueue(
         chunked = max_queued is not None or len(calls) > CHUNK
         raise _unavailable(connection, exc, submission.jobs, len(calls), batch_id, chunked=chunked) from None
     return submission
+
+
+#: RQ's Queue objects by client and name: building one checks its serializer against RQ's protocol,
+#: a sizeable part of enqueueing a single job; they hold nothing that changes between enqueues.
+_queues: weakref.WeakKeyDictionary[redis.Redis, dict[str, Queue]] = weakref.WeakKeyDictionary()
+
+
+def _queue(connection: redis.Redis, name: str) -> Queue:
+    """RQ's Queue ``name`` on ``connection`` (made once per client)."""
+    by_name = _queues.get(connection)
+    if by_name is None:
+        by_name = _queues.setdefault(connection, {})
+    q = by_name.get(name)
+    if q is None:
+        q = by_name[name] = Queue(name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    return q
 
 
 def _commit(
