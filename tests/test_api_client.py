@@ -106,3 +106,10 @@ def test_the_embedded_server_stopped_between_calls_is_started_again(embedded_def
     assert embedded.running_pid(embedded_default) not in (None, started)
     assert second.connection is not first.connection
     assert second.connection.llen("rq:queue:api") == 2  # the append-only log kept the first
+
+
+def test_an_enqueue_whose_unique_jobs_all_exist_registers_no_queue(redis_url: str, conn) -> None:
+    first = workqueue.enqueue("sleep", {"seconds": 1}, queue="api", unique_key="only-one", redis_url=redis_url)
+    again = workqueue.enqueue("sleep", {"seconds": 1}, queue="elsewhere", unique_key="only-one", redis_url=redis_url)
+    assert again.job_ids == [] and again.existing == {0: first.job_ids[0]}
+    assert conn.smembers("rq:queues") == {b"rq:queue:api"}

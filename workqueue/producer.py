@@ -254,8 +254,9 @@ def _commit(
                     pipe.expire(cap.key, cap.ttl)
                 jobstats.count_enqueued(pipe, q.name, Counter(call.task.name for _, call, _, _ in fresh))
                 backlog.add(pipe, q.name, [data.job_id for *_, data in fresh])  # ids known: counted in this step
-                jobs = q.enqueue_many([data for *_, data in fresh], group_id=submission.batch_id, pipeline=pipe)
-                if jobs:  # RQ's Group.enqueue_many, its set expiring with the batch (batches.BatchGroup)
+                jobs = []
+                if fresh:  # RQ's Group.enqueue_many, its set expiring with the batch (batches.BatchGroup)
+                    jobs = q.enqueue_many([data for *_, data in fresh], group_id=submission.batch_id, pipeline=pipe)
                     _add_to_group(pipe, submission.batch_id, [job.id for job in jobs])
                 replies = pipe.execute()
             except redis.WatchError:
