@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from workqueue import batches, crawling, jobstats, limits, outage, producer, schedules, timing
-from workqueue.connection import connect
+from workqueue.connection import shared
 from workqueue.errors import BadInput
 from workqueue.settings import DEFAULT_QUEUE
 
@@ -147,13 +147,13 @@ def enqueue_many(
 
 def results(batch_id: str, *, redis_url: str | None = None) -> list[dict[str, Any]]:
     """Each crawled page's result in batch ``batch_id`` (kept for a day, at most 20,000 pages)."""
-    connection, _ = connect(redis_url)
+    connection, _ = shared(redis_url)
     return crawling.results(connection, batch_id)
 
 
 def stats(queue: str | None = None, *, redis_url: str | None = None) -> list[jobstats.QueueStats]:
     """Per queue and per task: enqueued, finished, failed, running, throughput, wait and run times."""
-    connection, _ = connect(redis_url)
+    connection, _ = shared(redis_url)
     return jobstats.collect(connection, [queue] if queue else None)
 
 
@@ -166,20 +166,20 @@ def set_limit(
     """Limit the jobs of ``key`` (or of each key matching a pattern such as ``domain:*``) to ``rate``
     starts (``"2/s"``, ``"30/m"``) and ``concurrency`` at once; BadInput for a malformed one."""
     rule = limits.make_rule(key, rate, concurrency)
-    connection, _ = connect(redis_url)
+    connection, _ = shared(redis_url)
     limits.set_rule(connection, rule)
     return rule
 
 
 def remove_limit(key: str, *, redis_url: str | None = None) -> limits.Rule:
     """Remove the limit set on ``key`` (as given to :func:`set_limit`); BadInput if there is none."""
-    connection, _ = connect(redis_url)
+    connection, _ = shared(redis_url)
     return limits.remove_rule(connection, key)
 
 
 def list_limits(*, redis_url: str | None = None) -> tuple[list[limits.Rule], list[limits.KeyState]]:
     """The rules, and each key in use with its limit, slots in use and jobs waiting."""
-    connection, _ = connect(redis_url)
+    connection, _ = shared(redis_url)
     return limits.rules(connection), limits.key_states(connection, time.time())
 
 
@@ -191,13 +191,13 @@ def _submit(
     later: _Later,
     durable: bool = False,
 ) -> Batch:
-    connection, _ = connect(redis_url)
-    mark = outage.DataMark(connection)
+    connection, _ = shared(redis_url)
     submission = producer.enqueue(
         connection, calls, queue, max_queued=max_queued, when=later.when, after=later.after,
-        after_any=later.after_any, durable=durable,
+        after_any=later.after_any, durable=durable, mark=True,
     )  # fmt: skip
-    return Batch(submission.batch_id, queue, [job.id for job in submission.jobs], connection, mark, submission.existing)
+    job_ids = [job.id for job in submission.jobs]
+    return Batch(submission.batch_id, queue, job_ids, connection, submission.mark, submission.existing)
 
 
 # -- when work runs (issue 15): when=/delay= and after=/after_any= -----------------------------------
@@ -247,7 +247,7 @@ class Schedules:
     """
 
     def __init__(self, redis_url: str | None = None) -> None:
-        self.connection, _ = connect(redis_url)
+        self.connection, _ = shared(redis_url)
 
     def add(
         self,

@@ -13,8 +13,9 @@ connection fails or the server it reaches says it is a replica now (redis-py's
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -119,6 +120,45 @@ def connect(
     finally:
         probe.close()
     return conn, target
+
+
+@dataclass
+class _Shared:
+    """The clients :func:`shared` made in process ``pid`` (a forked child starts a cache of its own:
+    the parent's sockets and lock are never used there)."""
+
+    pid: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    clients: dict[tuple[str, str], tuple[redis.Redis, Target]] = field(default_factory=dict)
+
+
+_shared = _Shared(pid=-1)
+#: What ``Settings.from_env`` reads: the default URL (port, password file) follows them.
+_SETTINGS_ENV = ("XDG_DATA_HOME", "WORKQUEUE_HOME", "WORKQUEUE_REDIS_PORT", "HOME")
+
+
+def shared(redis_url: str | None = None) -> tuple[redis.Redis, Target]:
+    """:func:`connect`'s client, made (and its server checked) once per process and URL, then
+    reused: the Python API's calls, where connecting, probing and checking the server on each call
+    cost several times the enqueue itself. Thread-safe (redis-py's pool hands each thread its own
+    connection); fork-safe (a child makes its own). The embedded server is started again, as
+    ``connect`` would, if it has stopped since."""
+    global _shared
+    url = redis_url or os.environ.get(REDIS_URL_ENV) or ""
+    key = (url, "" if url.strip() else "\0".join(os.environ.get(name, "") for name in _SETTINGS_ENV))
+    cache = _shared
+    if cache.pid != os.getpid():
+        cache = _shared = _Shared(pid=os.getpid())
+    hit = cache.clients.get(key)
+    if hit is not None and (hit[1].explicit or embedded.running_pid(Settings.from_env()) is not None):
+        return hit
+    with cache.lock:
+        hit = cache.clients.get(key)
+        if hit is None or not (hit[1].explicit or embedded.running_pid(Settings.from_env()) is not None):
+            if hit is not None:
+                hit[0].close()  # the stopped embedded server's
+            hit = cache.clients[key] = connect(redis_url)
+    return hit
 
 
 def _reason(exc: Exception) -> str:

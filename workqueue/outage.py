@@ -191,6 +191,20 @@ class DataMark:
         self.lost_at: float | None = None
 
     @staticmethod
+    def adopt_in(pipe: redis.client.Pipeline) -> None:
+        """Queue on ``pipe`` (a transaction that writes anyway) what adopting the mark reads; its two
+        replies make the mark (:meth:`adopted`), with no round trip of its own."""
+        pipe.set(MARK_KEY, _new_mark(), nx=True)
+        pipe.get(MARK_KEY)
+
+    @classmethod
+    def adopted(cls, created: Any, held: bytes | str | None) -> DataMark:
+        """The mark from the replies of :meth:`adopt_in`."""
+        mark = cls.__new__(cls)
+        mark.id, mark.fresh, mark.lost_at = (None if held is None else as_bytes(held)), bool(created), None
+        return mark
+
+    @staticmethod
     def _adopt(connection: redis.Redis) -> tuple[bytes | None, bool]:
         mine = _new_mark()
         try:

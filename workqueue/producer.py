@@ -13,6 +13,7 @@ import itertools
 import random
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,8 @@ class Submission:
     existing: dict[int, str] = field(default_factory=dict)
     #: Calls left out because ``cap`` was reached (a crawl's page limit).
     capped: int = 0
+    #: With ``enqueue(..., mark=True)``: the data mark, read in the transaction that opened the batch.
+    mark: outage.DataMark | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ def enqueue(
     after: Sequence[str] = (),
     after_any: bool = False,
     durable: bool = False,
+    mark: bool = False,
 ) -> Submission:
     """Enqueue every call on ``queue`` as one batch.
 
@@ -146,7 +150,8 @@ def enqueue(
     then. ``after`` (job or batch ids): they wait deferred until those end, and run if all
     finished (``after_any``: whatever the outcome); see ``dependencies``.
     ``durable``: each transaction is followed by ``WAIT 1`` (:func:`confirm_replicated`), NotDurable
-    if no replica acknowledged it.
+    if no replica acknowledged it. ``mark``: the submission's ``mark`` is Redis's data mark
+    (``outage.DataMark``), read in the transaction that opens the batch (no round trip of its own).
     """
     check_queue_name(queue)
     if not 1 <= len(calls) <= MAX_COUNT:
@@ -156,7 +161,7 @@ def enqueue(
     if into_batch and batch_id is None:
         raise ValueError("into_batch needs the batch_id of an open batch")
     priorities.install()  # a program using the API directly has not run an entry point's install
-    q = Queue(queue, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    q = _queue(connection, queue)
     batch_id = batch_id or batches.new_id()
     if durable:
         connection = single_connection(connection)  # WAIT counts the writes of its own connection
@@ -164,7 +169,7 @@ def enqueue(
         if into_batch or cap is not None or any(call.unique_key for call in calls):
             raise BadInput("unique jobs run now: --unique/--unique-key do not combine with --in, --at or --after")
         later = _enqueue_later(connection, q, calls, batch_id, when=when, after=after, after_any=after_any,
-                               max_queued=max_queued)  # fmt: skip
+                               max_queued=max_queued, mark=mark)  # fmt: skip
         if durable:
             confirm_replicated(connection, batch_id, len(later.jobs))
         return later
@@ -177,7 +182,8 @@ def enqueue(
             room = left if max_queued is None else _wait_for_room(connection, q, max_queued, on_wait)
             chunk = list(itertools.islice(pending, min(room, CHUNK)))
             left -= len(chunk)
-            _commit(connection, q, submission, chunk, None if opened else len(calls), cap, added=into_batch)
+            _commit(connection, q, submission, chunk, None if opened else len(calls), cap, added=into_batch,
+                    mark=mark and submission.mark is None)  # fmt: skip
             opened = True
             if durable:
                 confirm_replicated(connection, batch_id, len(submission.jobs))
@@ -189,6 +195,22 @@ def enqueue(
     return submission
 
 
+#: RQ's Queue objects by client and name: building one checks its serializer against RQ's protocol,
+#: a sizeable part of enqueueing a single job; they hold nothing that changes between enqueues.
+_queues: weakref.WeakKeyDictionary[redis.Redis, dict[str, Queue]] = weakref.WeakKeyDictionary()
+
+
+def _queue(connection: redis.Redis, name: str) -> Queue:
+    """RQ's Queue ``name`` on ``connection`` (made once per client)."""
+    by_name = _queues.get(connection)
+    if by_name is None:
+        by_name = _queues.setdefault(connection, {})
+    q = by_name.get(name)
+    if q is None:
+        q = by_name[name] = Queue(name, connection=connection, serializer=SERIALIZER, job_class=CatalogueJob)
+    return q
+
+
 def _commit(
     connection: redis.Redis,
     q: Queue,
@@ -198,11 +220,13 @@ def _commit(
     cap: Cap | None,
     *,
     added: bool = False,
+    mark: bool = False,
 ) -> None:
     """Enqueue one chunk in one transaction (opening the batch with ``open_total`` tasks first, if
     given; ``added``: the batch's total does not count these calls yet, so it grows), leaving out
     the unique calls whose key a live job holds and those over ``cap``. The keys and the cap are
-    WATCHed: if another producer changed them meanwhile, it is all read and tried again."""
+    WATCHed: if another producer changed them meanwhile, it is all read and tried again. ``mark``:
+    the data mark is read in the same transaction, into ``submission.mark``."""
     wanted = [(i, call, call.unique_key and unique.redis_key(call.unique_key)) for i, call in chunk]
     keys = sorted({k for _, _, k in wanted if k})
     watched = keys + ([cap.key] if cap else [])
@@ -215,6 +239,8 @@ def _commit(
                 room = None if cap is None else max(0, cap.limit - int(pipe.get(cap.key) or 0))
                 fresh, existing, capped = _sort_out(wanted, held, room)
                 pipe.multi()
+                if mark:
+                    outage.DataMark.adopt_in(pipe)  # replies 0 and 1
                 if open_total is not None:
                     batches.open_batch(pipe, submission.batch_id, open_total, q.name)
                 delta = len(fresh) if added else len(fresh) - len(chunk)
@@ -228,20 +254,30 @@ def _commit(
                     pipe.expire(cap.key, cap.ttl)
                 jobstats.count_enqueued(pipe, q.name, Counter(call.task.name for _, call, _, _ in fresh))
                 backlog.add(pipe, q.name, [data.job_id for *_, data in fresh])  # ids known: counted in this step
-                if fresh:  # RQ executes the transaction here
-                    group = batches.group(connection, submission.batch_id)
-                    jobs = group.enqueue_many(q, [data for *_, data in fresh], pipeline=pipe)
-                else:
-                    pipe.execute()
-                    jobs = []
+                jobs = []
+                if fresh:  # RQ's Group.enqueue_many, its set expiring with the batch (batches.BatchGroup)
+                    jobs = q.enqueue_many([data for *_, data in fresh], group_id=submission.batch_id, pipeline=pipe)
+                    _add_to_group(pipe, submission.batch_id, [job.id for job in jobs])
+                replies = pipe.execute()
             except redis.WatchError:
                 time.sleep(random.uniform(0, 0.002 * attempt))  # spread the racers out
                 continue
+        if mark:
+            submission.mark = outage.DataMark.adopted(replies[0], replies[1])
         submission.jobs += [JobRef(job.id, connection) for job in jobs]
         submission.existing.update(existing)
         submission.capped += capped
         return
     raise RedisUnavailable(f"the unique keys of {len(keys)} jobs kept changing under {WATCH_TRIES} tries; try again")
+
+
+def _add_to_group(pipe: redis.client.Pipeline, batch_id: str, job_ids: list[str]) -> None:
+    """Add ``job_ids`` to RQ's group of batch ``batch_id`` (its set of job ids), on ``pipe``: what
+    ``batches.BatchGroup`` does, with the transaction's replies left to the caller."""
+    group = batches.group(pipe, batch_id)
+    pipe.sadd(group.key, *job_ids)
+    pipe.expire(group.key, RESULT_TTL)
+    pipe.sadd(group.REDIS_GROUP_KEY, batch_id)
 
 
 def _sort_out(
@@ -359,6 +395,7 @@ def _enqueue_later(
     after: Sequence[str],
     after_any: bool,
     max_queued: int | None,
+    mark: bool = False,
 ) -> Submission:
     """Enqueue ``calls`` as one batch that waits: in RQ's scheduled registry until ``when``, or
     deferred until the jobs of ``after`` end (RQ's ``Dependency``), in one transaction. Dependencies
@@ -392,17 +429,16 @@ def _enqueue_later(
                         states = dependencies.statuses(connection, waits_for)
                         decision = dependencies.verdict(waits_for, states, after_any)
                     pipe.multi()
+                    if mark:
+                        outage.DataMark.adopt_in(pipe)  # replies 0 and 1
                     batches.open_batch(pipe, batch_id, len(calls), q.name)
                     jobstats.count_enqueued(pipe, q.name, names)
                     backlog.add(pipe, q.name, [job.id for job in jobs])
                     pipe.sadd(q.redis_queues_keys, q.key)
                     for job in jobs:
                         _place(pipe, q, job, when, decision)
-                    group = batches.group(connection, batch_id)
-                    pipe.sadd(group.key, *[job.id for job in jobs])
-                    pipe.expire(group.key, RESULT_TTL)
-                    pipe.sadd(group.REDIS_GROUP_KEY, batch_id)
-                    pipe.execute()
+                    _add_to_group(pipe, batch_id, [job.id for job in jobs])
+                    replies = pipe.execute()
                     break
                 except redis.WatchError:
                     continue
@@ -410,7 +446,7 @@ def _enqueue_later(
         if not outage.is_outage(exc):
             raise
         raise _unavailable(connection, exc, jobs, len(calls), batch_id, chunked=False) from None
-    return Submission(batch_id, q.name, jobs)
+    return Submission(batch_id, q.name, jobs, mark=outage.DataMark.adopted(replies[0], replies[1]) if mark else None)
 
 
 def _create_job(q: Queue, call: TaskCall, batch_id: str, depends: Dependency | None) -> Job:

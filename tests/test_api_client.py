@@ -1,0 +1,115 @@
+"""The Python API's client: one per process and URL, checked once, one round trip per enqueue,
+fork-safe, following the embedded server when it is stopped (issue 18: enqueue latency)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+import workqueue
+from tests.helpers import free_port
+from workqueue import embedded, outage
+from workqueue.errors import RedisLostData
+from workqueue.settings import Settings
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What this process sends to Redis, one entry per write (a round trip), as it goes."""
+    seen: list[bytes] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def send(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        parts = [command] if isinstance(command, bytes | str) else list(command)
+        seen.append(bytes(parts[0])[:40] if parts else b"")
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
+    return seen
+
+
+def test_each_enqueue_after_the_first_is_one_round_trip_on_one_client(redis_url: str, conn, sends) -> None:
+    first = workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url)
+    connections = conn.info("stats")["total_connections_received"]
+    sends.clear()
+    batches = [workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url) for _ in range(3)]
+    assert len(sends) == 3 and all(sent.startswith(b"*1\r\n$5\r\nMULTI") for sent in sends), sends
+    assert conn.info("stats")["total_connections_received"] == connections  # no new connection, no check
+    assert all(batch.connection is first.connection for batch in batches)
+    assert conn.llen("rq:queue:api") == 4
+    assert all(batch.mark is not None and batch.mark.id == conn.get(outage.MARK_KEY) for batch in batches)
+
+
+def test_enqueue_many_and_delayed_batches_are_one_round_trip_too(redis_url: str, conn, sends) -> None:
+    workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url)
+    sends.clear()
+    many = workqueue.enqueue_many([("sleep", {"seconds": 1})] * 3, queue="api", redis_url=redis_url)
+    later = workqueue.enqueue("sleep", {"seconds": 1}, delay=60, queue="api", redis_url=redis_url)
+    assert len(sends) == 2, sends
+    assert len(many.job_ids) == 3 and conn.zcard("rq:scheduled:api") == 1
+    assert later.mark is not None and later.mark.id == conn.get(outage.MARK_KEY)
+
+
+def test_a_batch_whose_redis_lost_its_data_says_so(redis_url: str, conn) -> None:
+    batch = workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url)
+    conn.flushall()
+    with pytest.raises(RedisLostData):
+        batch.wait(timeout=30)
+
+
+def _child_enqueues(url: str, answer: multiprocessing.connection.Connection) -> None:
+    batch = workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=url)
+    answer.send((batch.connection.client_id(), batch.job_ids[0]))
+
+
+def test_a_forked_child_uses_connections_of_its_own(redis_url: str, conn) -> None:
+    parent = workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url)
+    mine = parent.connection.client_id()
+    context = multiprocessing.get_context("fork")
+    receiving, sending = context.Pipe(duplex=False)
+    child = context.Process(target=_child_enqueues, args=(redis_url, sending))
+    child.start()
+    try:
+        assert receiving.poll(60), "the child did not answer"
+        child_id, job_id = receiving.recv()
+    finally:
+        child.join(60)
+    assert child.exitcode == 0 and child_id != mine
+    assert conn.exists(f"rq:job:{job_id}")
+    again = workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url)
+    assert again.connection is parent.connection and again.connection.client_id() == mine
+    assert conn.llen("rq:queue:api") == 3
+
+
+@pytest.fixture
+def embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """In-process calls with no URL: the embedded server, on a free port with its data under tmp_path."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("WORKQUEUE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WORKQUEUE_REDIS_PORT", str(free_port()))
+    settings = Settings.from_env()
+    yield settings
+    embedded.stop(settings)
+
+
+@pytest.mark.slow
+def test_the_embedded_server_stopped_between_calls_is_started_again(embedded_default: Settings) -> None:
+    first = workqueue.enqueue("sleep", {"seconds": 1}, queue="api")
+    started = embedded.running_pid(embedded_default)
+    assert started is not None
+    assert embedded.stop(embedded_default)
+    second = workqueue.enqueue("sleep", {"seconds": 1}, queue="api")
+    assert embedded.running_pid(embedded_default) not in (None, started)
+    assert second.connection is not first.connection
+    assert second.connection.llen("rq:queue:api") == 2  # the append-only log kept the first
+
+
+def test_an_enqueue_whose_unique_jobs_all_exist_registers_no_queue(redis_url: str, conn) -> None:
+    first = workqueue.enqueue("sleep", {"seconds": 1}, queue="api", unique_key="only-one", redis_url=redis_url)
+    again = workqueue.enqueue("sleep", {"seconds": 1}, queue="elsewhere", unique_key="only-one", redis_url=redis_url)
+    assert again.job_ids == [] and again.existing == {0: first.job_ids[0]}
+    assert conn.smembers("rq:queues") == {b"rq:queue:api"}
