@@ -4,6 +4,7 @@ statistics; the last one to end closes the batch. Producers follow the stream, s
 per-batch callbacks run where the work was asked for.
 
 Redis keys, all expiring with the results (RESULT_TTL), as does RQ's group set ``rq:group:<id>``:
+each gets its TTL when it is made, and again at the batch's last end (not at every job's end);
 - ``workqueue:batch:<id>``: total, remaining, finished, failed, queue, created_at, ended_at;
 - ``workqueue:batch:<id>:events``: a stream, one entry per task end, then ``batch=done``;
 - ``workqueue:batch:<id>:ended``: the ids already counted, so a job run twice counts once.
@@ -72,7 +73,7 @@ def callbacks() -> Callbacks:
 
 def open_batch(pipe: redis.client.Pipeline, batch_id: str, total: int, queue: str) -> None:
     """Record a new batch of ``total`` tasks, inside the transaction that enqueues them."""
-    pipe.eval(_OPEN, 1, key(batch_id), total, queue, RESULT_TTL)
+    pipe.eval(_OPEN, 3, key(batch_id), f"{key(batch_id)}:ended", events_key(batch_id), total, queue, RESULT_TTL)
 
 
 def grow(pipe: redis.client.Pipeline, batch_id: str, delta: int) -> None:
