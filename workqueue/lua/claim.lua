@@ -13,7 +13,17 @@ local function level_key(i, level)
   if level == NORMAL then return KEYS[i] end
   return PRIORITY_PREFIX .. string.sub(KEYS[i], #QUEUE_PREFIX + 1) .. ':' .. level
 end
+local function others(i, from, to)  -- whether queue i has a level list from `from` down to `to`, but NORMAL
+  local keys = {}
+  for level = from, to, -1 do
+    if level ~= NORMAL then keys[#keys + 1] = level_key(i, level) end
+  end
+  return redis.call('EXISTS', unpack(keys)) > 0
+end
 local function take(i)  -- queue i's next job id, highest level first, moved into its intermediate list
+  if not others(i, HIGHEST, 0) then  -- the common case: RQ's own list alone, one look
+    return redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
+  end
   for level = HIGHEST, 0, -1 do
     local id = redis.call('LMOVE', level_key(i, level), KEYS[i + 1], 'LEFT', 'RIGHT')
     if id then return id end
@@ -23,11 +33,7 @@ end
 -- The job the worker's BLMOVE took from the first queue's normal list goes back to its front if
 -- that queue is paused or holds a job of a higher level.
 if ARGV[12] ~= '' then
-  local higher = false
-  for level = HIGHEST, NORMAL + 1, -1 do
-    higher = higher or redis.call('EXISTS', level_key(3, level)) == 1
-  end
-  if higher or paused(3) then
+  if others(3, HIGHEST, NORMAL + 1) or paused(3) then
     -- only if it is still there: a late answer (after a network cut) names a job a sweep put back
     if redis.call('LREM', KEYS[4], 1, ARGV[12]) == 1 then redis.call('LPUSH', KEYS[3], ARGV[12]) end
     ARGV[12] = ''
@@ -42,8 +48,13 @@ end
 -- scored by when to look again. Each claim first releases held jobs whose key has room, to the
 -- front of their queue, where this claim (or the next) takes them like any other job.
 local LIMIT, LIMIT_MARGIN, LIMIT_HELD_MAX = 'workqueue:limit:', 0.1, 1000
-local limit_clock = redis.call('TIME')  -- Redis's clock: the same for every worker on every machine
-local limit_now = tonumber(limit_clock[1]) + tonumber(limit_clock[2]) / 1000000
+local limit_now = nil  -- Redis's clock (the same for every worker on every machine), read once a limit is involved
+local function limit_clock()
+  if not limit_now then
+    local t = redis.call('TIME')
+    limit_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+end
 local limit_held = 0
 
 local function limit_rule(key, default)
@@ -95,10 +106,11 @@ end
 
 -- Whether the job `id` (taken from queue `queue` into `intermediate`) is held; if not, its start
 -- is counted (a lease that the job's end or the sweep removes, and a start in the rate window).
-local function limit_hold(queue, id, job_key)
-  local fields = redis.call('HMGET', job_key, 'limit_key', 'limit_default', 'limit_released')
+local function limit_hold(queue, id, job_key, job)
+  local fields = {job.limit_key, job.limit_default, job.limit_released}
   local key = fields[1]
   if not key or key == '' then return false end
+  limit_clock()
   redis.call('ZADD', LIMIT .. 'keys', limit_now, key)
   local rate, per, conc, by_default = limit_rule(key, fields[2])
   if by_default then redis.call('HSET', LIMIT .. 'defaults', key, fields[2]) end
@@ -132,6 +144,8 @@ end
 -- Release to the front of `queue` the first held job of each key due a look that has room again.
 local function limit_release(queue)
   local waiting = LIMIT .. 'waiting:' .. queue
+  if redis.call('EXISTS', waiting) == 0 then return end  -- the common case: no key of this queue is held
+  limit_clock()
   for _, key in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', limit_now, 'LIMIT', 0, 20)) do
     local held = LIMIT .. 'held:' .. queue .. ':' .. key
     local id, fields = nil, nil
@@ -176,9 +190,11 @@ for i = 3, #KEYS, 3 do
     if not id then break end
     local job_key = job_prefix .. id
     local job = redis.call('HGETALL', job_key)
-    local held = #job > 0 and limit_hold(KEYS[i], id, job_key)  -- per-key limits: held off the queue?
+    local fields = {}
+    for j = 1, #job, 2 do fields[job[j]] = job[j + 1] end
+    local held = #job > 0 and limit_hold(KEYS[i], id, job_key, fields)  -- per-key limits: held off the queue?
     if #job > 0 and not held then
-      local timeout = redis.call('HGET', job_key, 'timeout')
+      local timeout = fields.timeout
       local seconds = tonumber(timeout or '')
       if timeout and timeout ~= '' and not seconds then return {(i / 3), id, job, -1} end
       local ttl = interval + 60
