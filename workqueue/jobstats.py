@@ -237,6 +237,7 @@ class Tally:
         self._pending = _Pending()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing = False
 
     def add_end(
         self, queue: str, task: str, outcome: str, run: float | None, wait: float | None, now: float | None = None
@@ -288,11 +289,18 @@ class Tally:
             raise
 
     def flush_quietly(self) -> None:
-        """:meth:`flush`, logging instead of raising (a horse on its way out, the flushing thread)."""
+        """:meth:`flush`, logging instead of raising (a horse on its way out, the flushing thread):
+        once when writing starts to fail (Redis away, say), not at every try, and once it works again."""
         try:
             self.flush()
-        except Exception:
-            log.warning("could not write the statistics of the last jobs; kept for the next try", exc_info=True)
+        except Exception as exc:
+            if not self._failing:
+                log.warning("could not write the statistics of the last jobs (%s); kept for the next try", exc)
+            self._failing = True
+        else:
+            if self._failing:
+                log.warning("the statistics of the last jobs are written again")
+            self._failing = False
 
     def _start(self) -> None:
         if self._thread is not None:
