@@ -6,9 +6,6 @@ local dropped = 0
 -- queue's jobs come from its level lists, highest first, RQ's own list (KEYS[i]) being level 5.
 local PAUSED_KEY, QUEUE_PREFIX, PRIORITY_PREFIX = 'workqueue:paused', 'rq:queue:', 'workqueue:priority:'
 local NORMAL, HIGHEST = 5, 9
-local function paused(i)
-  return redis.call('SISMEMBER', PAUSED_KEY, string.sub(KEYS[i], #QUEUE_PREFIX + 1)) == 1
-end
 local function level_key(i, level)
   if level == NORMAL then return KEYS[i] end
   return PRIORITY_PREFIX .. string.sub(KEYS[i], #QUEUE_PREFIX + 1) .. ':' .. level
@@ -20,8 +17,25 @@ local function others(i, from, to)  -- whether queue i has a level list from `fr
   end
   return redis.call('EXISTS', unpack(keys)) > 0
 end
+-- Whether queue i uses none of pause, held jobs (per-key limits, below) and levels other than RQ's
+-- own list: the common case, told by one look, after which each of them costs nothing.
+local quiet = {}
+local function is_quiet(i)
+  if quiet[i] == nil then
+    local keys = {PAUSED_KEY, 'workqueue:limit:waiting:' .. KEYS[i]}
+    for level = HIGHEST, 0, -1 do
+      if level ~= NORMAL then keys[#keys + 1] = level_key(i, level) end
+    end
+    quiet[i] = redis.call('EXISTS', unpack(keys)) == 0
+  end
+  return quiet[i]
+end
+local function paused(i)
+  if is_quiet(i) then return false end
+  return redis.call('SISMEMBER', PAUSED_KEY, string.sub(KEYS[i], #QUEUE_PREFIX + 1)) == 1
+end
 local function take(i)  -- queue i's next job id, highest level first, moved into its intermediate list
-  if not others(i, HIGHEST, 0) then  -- the common case: RQ's own list alone, one look
+  if is_quiet(i) or not others(i, HIGHEST, 0) then  -- RQ's own list alone: one look
     return redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
   end
   for level = HIGHEST, 0, -1 do
@@ -33,7 +47,7 @@ end
 -- The job the worker's BLMOVE took from the first queue's normal list goes back to its front if
 -- that queue is paused or holds a job of a higher level.
 if ARGV[12] ~= '' then
-  if others(3, HIGHEST, NORMAL + 1) or paused(3) then
+  if not is_quiet(3) and (others(3, HIGHEST, NORMAL + 1) or paused(3)) then
     -- only if it is still there: a late answer (after a network cut) names a job a sweep put back
     if redis.call('LREM', KEYS[4], 1, ARGV[12]) == 1 then redis.call('LPUSH', KEYS[3], ARGV[12]) end
     ARGV[12] = ''
@@ -173,7 +187,9 @@ local function limit_release(queue)
   end
 end
 
-for i = 3, #KEYS, 3 do limit_release(KEYS[i]) end
+for i = 3, #KEYS, 3 do
+  if not is_quiet(i) then limit_release(KEYS[i]) end
+end
 -- (end of the per-key limits' own block) ---------------------------------------------------------
 
 for i = 3, #KEYS, 3 do
