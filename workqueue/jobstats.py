@@ -234,6 +234,7 @@ class Tally:
     def __init__(self, connection: redis.Redis) -> None:
         self.connection = connection
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._pending = _Pending()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -274,19 +275,20 @@ class Tally:
     def flush(self) -> None:
         """Write what is counted, now, in one round trip. On a Redis error the counts are kept for
         the next flush, and the error raised."""
-        with self._lock:
-            pending, self._pending = self._pending, _Pending()
-        if not pending:
-            return
-        try:
-            with self.connection.pipeline(transaction=False) as pipe:
-                pending.queue_on(pipe)
-                pipe.execute()
-        except BaseException:
+        with self._flushing:  # one at a time: a horse's last flush waits for its thread's, not cut short by the exit
             with self._lock:
-                pending.merge(self._pending)
-                self._pending = pending
-            raise
+                pending, self._pending = self._pending, _Pending()
+            if not pending:
+                return
+            try:
+                with self.connection.pipeline(transaction=False) as pipe:
+                    pending.queue_on(pipe)
+                    pipe.execute()
+            except BaseException:
+                with self._lock:
+                    pending.merge(self._pending)
+                    self._pending = pending
+                raise
 
     def flush_quietly(self) -> None:
         """:meth:`flush`, logging instead of raising (a horse on its way out, the flushing thread):
