@@ -1,5 +1,6 @@
 """Statistics kept by the workers in Redis, with bounded retention, read by the producer's
 ``--stats``, the consumer at exit and the dashboard: the same numbers from the same counters.
+A worker's horse counts its successes in memory and writes them about once a second (:class:`Tally`).
 
 - ``workqueue:stats:<queue>:<minute>``: a hash of ``<task>:enqueued|finished|failed`` counts per
   minute, expiring after STATS_RETENTION;
