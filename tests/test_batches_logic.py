@@ -11,6 +11,7 @@ import redis
 from rq.job import Job
 
 from workqueue import batches, jobstats, producer
+from workqueue.settings import RESULT_TTL
 
 
 def submit(conn: redis.Redis, count: int = 2, task: str = "sleep", **params) -> producer.Submission:
@@ -135,3 +136,29 @@ def test_a_long_result_does_not_break_following_the_batch(conn) -> None:
     assert batches.wait(conn, batch.batch_id, on_task=ends.append, timeout=5).done
     (end,) = ends
     assert isinstance(end.detail, str) and end.detail.startswith('{"words": ["xxx') and end.detail.endswith("...")
+
+
+def test_a_jobs_end_sets_no_ttl_the_batchs_keys_have_theirs_from_their_start_and_again_from_its_end(conn) -> None:
+    batch = submit(conn)
+    first, second = batch.jobs
+    prefix = batches.key(batch.batch_id)
+    keys = [prefix, f"{prefix}:ended", batches.events_key(batch.batch_id), f"rq:group:{batch.batch_id}"]
+    assert all(0 < conn.ttl(k) <= RESULT_TTL for k in keys)  # from the start, before any end
+
+    def end(job: Job) -> None:
+        with conn.pipeline(transaction=False) as pipe:  # the batch's part of a job's end alone
+            batches.record_end(pipe, job, "finished", stats=("sleep", None, None))
+            pipe.execute()
+
+    def expires() -> int:
+        return conn.info("commandstats").get("cmdstat_expire", {}).get("calls", 0)
+
+    before = expires()
+    end(first)
+    assert expires() == before  # the stream and the ended set were made with their TTL
+    assert [e["job"] for e in events(conn, batch.batch_id)] == [first.id]
+    for k in keys:
+        conn.expire(k, 100)
+    end(second)
+    assert all(conn.ttl(k) > 100 for k in keys)  # the last end: they last RESULT_TTL after it
+    assert batches.summary(conn, batch.batch_id).done

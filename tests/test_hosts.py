@@ -125,8 +125,13 @@ def _counted_once(cluster: Cluster, batch_id: str, total: int) -> None:
     queue = Queue(QUEUE, connection=conn, serializer=SERIALIZER)
     assert queue.started_job_registry.count == 0 and conn.zcard(queue.started_job_registry.key) == 0
     assert len(queue.finished_job_registry) == total and queue.count == 0
-    stats = {s.queue: s for s in jobstats.collect(conn, [QUEUE])}[QUEUE]
-    assert stats.tasks["sleep"].finished == total and stats.running == 0
+
+    def stats() -> jobstats.QueueStats:
+        return {s.queue: s for s in jobstats.collect(conn, [QUEUE])}[QUEUE]
+
+    # the statistics are written by each worker's horse about once a second (jobstats.Tally)
+    wait_for(lambda: "sleep" in stats().tasks and stats().tasks["sleep"].finished >= total, 10, "the statistics")
+    assert stats().tasks["sleep"].finished == total and stats().running == 0
 
 
 def test_a_batch_spreads_over_the_three_hosts(cluster: Cluster) -> None:

@@ -13,7 +13,7 @@ from rq import Queue, Worker
 from rq.executions import prepare_execution
 from rq.utils import now
 
-from workqueue import producer
+from workqueue import jobstats, producer
 from workqueue.worker import job_steps
 from workqueue.worker.catalogue_worker import CatalogueWorker
 
@@ -126,6 +126,7 @@ def test_the_end_is_recorded_as_rq_handle_job_success_and_the_batch_callback_do(
 
     def ours(worker: CatalogueWorker, job, queue, started) -> None:
         job_steps.finish(worker, job, queue, started, count_in_batch=True)
+        jobstats.tally(conn).flush()  # the worker's counters and the statistics: written once a second
 
     by_rq, by_us = run(rqs), run(ours)
     # RQ rewrites the whole job hash at its end; we write the fields that changed. Same result.
@@ -141,3 +142,31 @@ def test_a_job_whose_hash_is_gone_is_dropped_and_the_next_one_claimed(conn) -> N
     assert claimed.job.id == kept
     assert conn.lrange(f"rq:queue:{QUEUE}:intermediate", 0, -1) == []
     assert job_steps.claim(worker, worker.queues).job is None  # and then the queue is empty
+
+
+def test_the_end_leaves_the_workers_counters_and_the_statistics_to_the_tally_written_once_a_second(conn) -> None:
+    job_id, _ = enqueued(conn)
+    worker = new_worker(conn)
+    claimed = job_steps.claim(worker, worker.queues)
+    claimed.job.ended_at = now()
+    assert job_steps.finish(worker, claimed.job, claimed.queue, claimed.execution, count_in_batch=True)
+    assert conn.hget(f"rq:job:{job_id}", "status") == b"finished"  # the job's own end: at once
+    assert not conn.exists(jobstats.totals_key(QUEUE)) and not conn.hexists(worker.key, "successful_job_count")
+    jobstats.tally(conn).flush()
+    assert conn.hget(jobstats.totals_key(QUEUE), "primes:finished") == b"1"
+    assert conn.hget(worker.key, "successful_job_count") == b"1"
+
+
+def test_a_claim_where_no_queue_is_paused_and_no_priority_level_or_held_job_exists_looks_once(conn) -> None:
+    enqueued(conn)
+    worker = new_worker(conn)
+
+    def calls() -> dict[str, int]:
+        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in conn.info("commandstats").items()}
+
+    before = calls()
+    assert job_steps.claim(worker, worker.queues).job is not None
+    sent = {name: n - before.get(name, 0) for name, n in calls().items() if n != before.get(name, 0)}
+    # one EXISTS for the paused queues, the held jobs and the other levels' lists; the job's fields read once
+    assert sent.get("lmove") == 1 and sent.get("exists") == 1 and sent.get("hgetall") == 1
+    assert not {"time", "hmget", "hget", "zrangebyscore", "sismember"} & set(sent), sent

@@ -172,8 +172,14 @@ def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing
     # It ran to its end, or its worker's next heartbeat found the job handed back and stopped it first.
     assert [s["outcome"] for s in job.meta["superseded"]] in (["finished"], ["stopped: the job had been handed back"])
     assert len(job.meta["interruptions"]) == 1 and len(marker.read_text().split()) == 2
-    (stats,) = jobstats.collect(conn, [QUEUE])
-    assert stats.tasks["mark_then_progress"].finished == 1 and stats.tasks["mark_then_progress"].enqueued == 1
+
+    def task() -> jobstats.TaskStats | None:
+        return jobstats.collect(conn, [QUEUE])[0].tasks.get("mark_then_progress")
+
+    # the statistics are written by the horse about once a second (jobstats.Tally)
+    wait_for(lambda: (found := task()) is not None and found.finished >= 1, 10, "the statistics")
+    stats = task()
+    assert stats is not None and stats.finished == 1 and stats.enqueued == 1
 
 
 @pytest.mark.slow

@@ -160,3 +160,63 @@ def test_the_report_shows_a_dash_without_samples_and_milliseconds_below_a_second
     row = lines[2].split()
     assert row[:5] == ["sleep", "0", "2", "0", "0"]
     assert row[6:] == ["-", "-", "250ms", "2.50s"]  # wait p50, p95, run p50, p95
+
+
+def _everything(conn: redis.Redis) -> dict[str, object]:
+    """Every key's contents (hashes as dicts, lists as lists) and whether it expires."""
+    found: dict[str, object] = {}
+    for key in conn.keys("*"):
+        kind = conn.type(key).decode()
+        content = conn.hgetall(key) if kind == "hash" else conn.lrange(key, 0, -1)
+        found[key.decode()] = (content, conn.ttl(key) > 0)
+    return found
+
+
+def test_a_tally_writes_at_its_flush_what_one_write_per_end_would_have(conn) -> None:
+    ends = [("finished", "sleep", 0.3, 1.5), ("failed", "sleep", 0.004, None), ("finished", "pi", None, 2.0)]
+    ends += [("finished", "sleep", float(i), 0.5) for i in range(STATS_SAMPLES + 3)]
+    for outcome, task, run, wait in ends:
+        end(conn, T, outcome=outcome, task=task, run=run, wait=wait)
+    one_by_one = _everything(conn)
+    conn.flushdb()
+    tally = jobstats.Tally(conn)
+    for outcome, task, run, wait in ends:
+        tally.add_end("qa", task, outcome, run, wait, now=T)
+    assert conn.dbsize() == 0  # nothing written per end
+    tally.flush()
+    tallied = _everything(conn)
+    histogram = jobstats.histogram_key("qa", "sleep")
+    sums = [float(found.pop(histogram)[0].pop(b"sum")) for found in (one_by_one, tallied)]  # type: ignore[union-attr]
+    assert abs(sums[0] - sums[1]) < 1e-6
+    assert tallied == one_by_one
+    tally.flush()  # nothing more to write: nothing written twice
+    assert conn.hget(jobstats.totals_key("qa"), "sleep:finished") == str(STATS_SAMPLES + 4).encode()
+
+
+def test_a_tally_adds_to_a_workers_counters_only_while_its_hash_lives(conn) -> None:
+    tally = jobstats.Tally(conn)
+    conn.hset("rq:worker:w1", "birth", "x")
+    tally.add_worker("rq:worker:w1", 2, 0.25)
+    tally.add_worker("rq:worker:w1", 1, 0.5)
+    tally.add_worker("rq:worker:gone", 1, 0.5)
+    tally.flush()
+    assert conn.hget("rq:worker:w1", "successful_job_count") == b"3"
+    assert float(conn.hget("rq:worker:w1", "total_working_time")) == 0.75
+    assert not conn.exists("rq:worker:gone")  # a worker unregistered before its horse's last flush
+
+
+def test_a_tally_that_cannot_write_keeps_its_counts_for_the_next_flush(conn, redis_server) -> None:
+    away = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    tally = jobstats.Tally(away)
+    tally.add_end("qa", "sleep", "finished", 0.3, 1.0, now=T)
+    try:
+        tally.flush()
+    except redis.RedisError:
+        pass
+    else:
+        raise AssertionError("a flush to no server should raise")
+    tally.add_end("qa", "sleep", "finished", 0.3, 1.0, now=T)
+    tally.connection = conn
+    tally.flush()
+    assert counts(conn, jobstats.totals_key("qa")) == {"sleep:finished": "2"}
+    assert len(conn.lrange(jobstats.samples_key("qa", "sleep", "run"), 0, -1)) == 2

@@ -4,6 +4,7 @@ statistics; the last one to end closes the batch. Producers follow the stream, s
 per-batch callbacks run where the work was asked for.
 
 Redis keys, all expiring with the results (RESULT_TTL), as does RQ's group set ``rq:group:<id>``:
+each gets its TTL when it is made, and again at the batch's last end (not at every job's end);
 - ``workqueue:batch:<id>``: total, remaining, finished, failed, queue, created_at, ended_at;
 - ``workqueue:batch:<id>:events``: a stream, one entry per task end, then ``batch=done``;
 - ``workqueue:batch:<id>:ended``: the ids already counted, so a job run twice counts once.
@@ -72,7 +73,7 @@ def callbacks() -> Callbacks:
 
 def open_batch(pipe: redis.client.Pipeline, batch_id: str, total: int, queue: str) -> None:
     """Record a new batch of ``total`` tasks, inside the transaction that enqueues them."""
-    pipe.eval(_OPEN, 1, key(batch_id), total, queue, RESULT_TTL)
+    pipe.eval(_OPEN, 3, key(batch_id), f"{key(batch_id)}:ended", events_key(batch_id), total, queue, RESULT_TTL)
 
 
 def grow(pipe: redis.client.Pipeline, batch_id: str, delta: int) -> None:
@@ -128,23 +129,38 @@ def job_ended(connection: redis.Redis, job: Job, outcome: str, detail: Any = Non
         log.warning("could not record the end of job %s", job.id, exc_info=True)
 
 
-def record_end(
-    pipe: redis.client.Pipeline, job: Job, outcome: str, detail: Any = None, task: str | None = None
-) -> None:
-    """Queue on ``pipe`` the commands that count the end of ``job`` in its batch and the statistics,
-    so a worker can record them in the same transaction as the job's own end. ``task``: its name,
-    for a job whose data cannot be read."""
+def figures(job: Job, task: str | None = None) -> tuple[str, float | None, float | None]:
+    """What the statistics keep of a job ending now: its task's name, its run and its wait
+    (enqueue to start) in seconds, None where unknown. ``task``: its name, for a job whose data
+    cannot be read."""
     started = job.started_at
     run = (_utcnow() - started).total_seconds() if started else None
     wait = (started - job.enqueued_at).total_seconds() if started and job.enqueued_at else None
-    task = task or (job.meta or {}).get("task") or job.func_name or "?"
+    return task or (job.meta or {}).get("task") or job.func_name or "?", run, wait
+
+
+def record_end(
+    pipe: redis.client.Pipeline,
+    job: Job,
+    outcome: str,
+    detail: Any = None,
+    task: str | None = None,
+    *,
+    stats: tuple[str, float | None, float | None] | None = None,
+) -> None:
+    """Queue on ``pipe`` the commands that count the end of ``job`` in its batch and the statistics,
+    so a worker can record them in the same transaction as the job's own end. ``task``: its name,
+    for a job whose data cannot be read. ``stats``: the job's :func:`figures`, which the caller
+    counts in its ``jobstats.Tally`` once the end is recorded: the statistics are then left out."""
+    task, run, wait = stats or figures(job, task)
     text = json.dumps(detail, default=str)
     if len(text) > DETAIL_MAX:  # cut, and still JSON: a string of its start (escaping at most doubles it)
         text = json.dumps(text[: DETAIL_MAX // 2 - 5] + "...", ensure_ascii=False)
     if job.group_id:
         keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id), Group.get_key(job.group_id)]
         pipe.eval(END_SCRIPT, 4, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
-    jobstats.record_end(pipe, job.origin, task, outcome, run, wait)
+    if stats is None:
+        jobstats.record_end(pipe, job.origin, task, outcome, run, wait)
     unique.release(pipe, job)
     backlog.forget(pipe, job)  # its end, in the same step: the KEDA key stays exact
 

@@ -8,6 +8,7 @@ if left <= 0 and redis.call('HEXISTS', KEYS[1], 'ended_at') == 0 then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[1], 'ended_at', t[1] .. '.' .. string.format('%06d', t[2]))
   redis.call('XADD', KEYS[2], '*', 'batch', 'done')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
 return left

@@ -6,14 +6,38 @@ local dropped = 0
 -- queue's jobs come from its level lists, highest first, RQ's own list (KEYS[i]) being level 5.
 local PAUSED_KEY, QUEUE_PREFIX, PRIORITY_PREFIX = 'workqueue:paused', 'rq:queue:', 'workqueue:priority:'
 local NORMAL, HIGHEST = 5, 9
-local function paused(i)
-  return redis.call('SISMEMBER', PAUSED_KEY, string.sub(KEYS[i], #QUEUE_PREFIX + 1)) == 1
-end
 local function level_key(i, level)
   if level == NORMAL then return KEYS[i] end
   return PRIORITY_PREFIX .. string.sub(KEYS[i], #QUEUE_PREFIX + 1) .. ':' .. level
 end
+local function others(i, from, to)  -- whether queue i has a level list from `from` down to `to`, but NORMAL
+  local keys = {}
+  for level = from, to, -1 do
+    if level ~= NORMAL then keys[#keys + 1] = level_key(i, level) end
+  end
+  return redis.call('EXISTS', unpack(keys)) > 0
+end
+-- Whether queue i uses none of pause, held jobs (per-key limits, below) and levels other than RQ's
+-- own list: the common case, told by one look, after which each of them costs nothing.
+local quiet = {}
+local function is_quiet(i)
+  if quiet[i] == nil then
+    local keys = {PAUSED_KEY, 'workqueue:limit:waiting:' .. KEYS[i]}
+    for level = HIGHEST, 0, -1 do
+      if level ~= NORMAL then keys[#keys + 1] = level_key(i, level) end
+    end
+    quiet[i] = redis.call('EXISTS', unpack(keys)) == 0
+  end
+  return quiet[i]
+end
+local function paused(i)
+  if is_quiet(i) then return false end
+  return redis.call('SISMEMBER', PAUSED_KEY, string.sub(KEYS[i], #QUEUE_PREFIX + 1)) == 1
+end
 local function take(i)  -- queue i's next job id, highest level first, moved into its intermediate list
+  if is_quiet(i) or not others(i, HIGHEST, 0) then  -- RQ's own list alone: one look
+    return redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
+  end
   for level = HIGHEST, 0, -1 do
     local id = redis.call('LMOVE', level_key(i, level), KEYS[i + 1], 'LEFT', 'RIGHT')
     if id then return id end
@@ -23,11 +47,7 @@ end
 -- The job the worker's BLMOVE took from the first queue's normal list goes back to its front if
 -- that queue is paused or holds a job of a higher level.
 if ARGV[12] ~= '' then
-  local higher = false
-  for level = HIGHEST, NORMAL + 1, -1 do
-    higher = higher or redis.call('EXISTS', level_key(3, level)) == 1
-  end
-  if higher or paused(3) then
+  if not is_quiet(3) and (others(3, HIGHEST, NORMAL + 1) or paused(3)) then
     -- only if it is still there: a late answer (after a network cut) names a job a sweep put back
     if redis.call('LREM', KEYS[4], 1, ARGV[12]) == 1 then redis.call('LPUSH', KEYS[3], ARGV[12]) end
     ARGV[12] = ''
@@ -42,8 +62,13 @@ end
 -- scored by when to look again. Each claim first releases held jobs whose key has room, to the
 -- front of their queue, where this claim (or the next) takes them like any other job.
 local LIMIT, LIMIT_MARGIN, LIMIT_HELD_MAX = 'workqueue:limit:', 0.1, 1000
-local limit_clock = redis.call('TIME')  -- Redis's clock: the same for every worker on every machine
-local limit_now = tonumber(limit_clock[1]) + tonumber(limit_clock[2]) / 1000000
+local limit_now = nil  -- Redis's clock (the same for every worker on every machine), read once a limit is involved
+local function limit_clock()
+  if not limit_now then
+    local t = redis.call('TIME')
+    limit_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+end
 local limit_held = 0
 
 local function limit_rule(key, default)
@@ -95,10 +120,11 @@ end
 
 -- Whether the job `id` (taken from queue `queue` into `intermediate`) is held; if not, its start
 -- is counted (a lease that the job's end or the sweep removes, and a start in the rate window).
-local function limit_hold(queue, id, job_key)
-  local fields = redis.call('HMGET', job_key, 'limit_key', 'limit_default', 'limit_released')
+local function limit_hold(queue, id, job_key, job)
+  local fields = {job.limit_key, job.limit_default, job.limit_released}
   local key = fields[1]
   if not key or key == '' then return false end
+  limit_clock()
   redis.call('ZADD', LIMIT .. 'keys', limit_now, key)
   local rate, per, conc, by_default = limit_rule(key, fields[2])
   if by_default then redis.call('HSET', LIMIT .. 'defaults', key, fields[2]) end
@@ -132,6 +158,8 @@ end
 -- Release to the front of `queue` the first held job of each key due a look that has room again.
 local function limit_release(queue)
   local waiting = LIMIT .. 'waiting:' .. queue
+  if redis.call('EXISTS', waiting) == 0 then return end  -- the common case: no key of this queue is held
+  limit_clock()
   for _, key in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', limit_now, 'LIMIT', 0, 20)) do
     local held = LIMIT .. 'held:' .. queue .. ':' .. key
     local id, fields = nil, nil
@@ -159,7 +187,9 @@ local function limit_release(queue)
   end
 end
 
-for i = 3, #KEYS, 3 do limit_release(KEYS[i]) end
+for i = 3, #KEYS, 3 do
+  if not is_quiet(i) then limit_release(KEYS[i]) end
+end
 -- (end of the per-key limits' own block) ---------------------------------------------------------
 
 for i = 3, #KEYS, 3 do
@@ -176,9 +206,11 @@ for i = 3, #KEYS, 3 do
     if not id then break end
     local job_key = job_prefix .. id
     local job = redis.call('HGETALL', job_key)
-    local held = #job > 0 and limit_hold(KEYS[i], id, job_key)  -- per-key limits: held off the queue?
+    local fields = {}
+    for j = 1, #job, 2 do fields[job[j]] = job[j + 1] end
+    local held = #job > 0 and limit_hold(KEYS[i], id, job_key, fields)  -- per-key limits: held off the queue?
     if #job > 0 and not held then
-      local timeout = redis.call('HGET', job_key, 'timeout')
+      local timeout = fields.timeout
       local seconds = tonumber(timeout or '')
       if timeout and timeout ~= '' and not seconds then return {(i / 3), id, job, -1} end
       local ttl = interval + 60

@@ -141,16 +141,20 @@ class Horse:
                 pass
 
 
-def serve(inbox: int, outbox: int, run: Callable[[dict], bool | None]) -> None:
+def serve(
+    inbox: int, outbox: int, run: Callable[[dict], bool | None], on_exit: Callable[[], object] = lambda: None
+) -> None:
     """The horse's loop: run each job the worker sends, answer once it has ended; exit when the
-    worker closes the pipe (or dies)."""
+    worker closes the pipe (or dies), calling ``on_exit()`` first."""
     with os.fdopen(inbox, "rb") as messages:
         while (length := _length(messages.read(4))) is not None:
             ok = run(marshal.loads(messages.read(length)))
             answer = {"ok": ok, "peak_rss_mb": peak_rss_mb()}
             os.write(outbox, _frame(answer))
             if ok is None:
+                on_exit()
                 os._exit(1)
+    on_exit()
     os._exit(0)
 
 

@@ -18,7 +18,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.utils import now
 
-from workqueue import batches, dependencies, recovery, rq_compat
+from workqueue import batches, dependencies, jobstats, recovery, rq_compat
 from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import UNREADABLE
 from workqueue.worker import job_steps, progress
@@ -67,7 +67,7 @@ class HorseSideWorker(Worker):
                 self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
                 return None
 
-        serve(inbox, outbox, run)
+        serve(inbox, outbox, run, on_exit=jobstats.flush_all)  # the statistics counted since the last flush
 
     def _job_from(self, message: dict) -> Job:
         """The job the worker sent, as the worker started it (``job_steps.start``), built from the

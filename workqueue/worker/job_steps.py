@@ -8,8 +8,9 @@ the same values, grouped into one request per step:
 1. :func:`claim`: take the first job of the worker's queues and start it: RQ's dequeue, then the
    execution, the started registry, the job's "started" status, in one Lua script sent by the
    worker (an idle worker first waits in a BLMOVE, as RQ's does, then sends it);
-2. :func:`finish`: the result, the finished registry, the worker's counters, the execution's
-   cleanup, the batch's count and the statistics, in one transaction sent by the horse.
+2. :func:`finish`: the result, the finished registry, the execution's cleanup and the batch's
+   count, in one transaction sent by the horse; the worker's counters and the statistics are
+   counted in the horse and written about once a second (``jobstats.Tally``).
 
 (:func:`start` is the second half of the claim, in Python, for a job the claim leaves unstarted.)
 Every step is atomic, and between steps the job is where RQ would have it (the intermediate list,
@@ -34,7 +35,7 @@ from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from workqueue import batches, dependencies, guarded, jobs, lua, rq_compat
+from workqueue import batches, dependencies, guarded, jobs, jobstats, lua, rq_compat
 from workqueue.guarded import SUPERSEDED, Guard, direct_client, note_superseded, run_guarded
 
 if TYPE_CHECKING:
@@ -192,9 +193,11 @@ def start(worker: Worker, job: Job, queue: Queue, heartbeat: bool) -> Execution:
 
 
 def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, count_in_batch: bool) -> bool:
-    """Record the success of ``job`` in one transaction: what RQ's ``handle_job_success`` writes,
-    the batch's count and the statistics (``count_in_batch``: what the job's success callback,
-    ``batches.task_finished``, would have sent in a request of its own).
+    """Record the success of ``job`` in one transaction: what RQ's ``handle_job_success`` writes
+    and the batch's count (``count_in_batch``: what the job's success callback,
+    ``batches.task_finished``, would have sent in a request of its own). The worker's counters and
+    (with ``count_in_batch``) the statistics go to this process's ``jobstats.Tally``, written
+    about once a second.
 
     Only while this run still holds the job (its execution is in the started registry): a run
     whose job was handed back meanwhile (its worker frozen, then taken for dead) writes nothing
@@ -207,19 +210,19 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
     (``dependencies.settle``: released exactly once, whichever dependency ends last, on whatever worker).
     """
     result_ttl = job.get_result_ttl(worker.default_result_ttl)
+    figures = batches.figures(job) if count_in_batch else None
+    started_at, ended_at = job.started_at, job.ended_at
+    assert started_at is not None and ended_at is not None  # set when the job started and ended
 
     def build(pipe: redis.client.Pipeline) -> None:
         pipe.smembers(job.dependents_key)
-        worker.increment_successful_job_count(pipeline=pipe)
-        worker.increment_total_working_time(job.ended_at - job.started_at, pipe)  # type: ignore[operator]
         if result_ttl != 0:  # RQ's Job success handling, writing the fields that changed, not the whole job
-            assert job.started_at is not None and job.ended_at is not None  # set when the job started and ended
             pipe.hset(
                 job.key,
                 mapping={
                     "status": JobStatus.FINISHED,
-                    "started_at": utcformat(job.started_at),
-                    "ended_at": utcformat(job.ended_at),
+                    "started_at": utcformat(started_at),
+                    "ended_at": utcformat(ended_at),
                 },
             )
             jobs.keep_result(pipe, job, rq_compat.job_result(job))  # not RQ's 4 KB result stream
@@ -227,13 +230,19 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
         if count_in_batch:
-            batches.record_end(pipe, job, "finished", detail=rq_compat.job_result(job))
+            batches.record_end(pipe, job, "finished", detail=rq_compat.job_result(job), stats=figures)
 
     replies = run_guarded(worker.connection, build, Guard.holds(job, execution.id), what=f"the end of job {job.id}")
     if replies is SUPERSEDED:
         note_superseded(worker.connection, job.id, execution.id, worker.name, "finished")
         return False
     rq_compat.set_job_status(job, JobStatus.FINISHED)
+    # RQ's worker counters and the statistics: counted here, written about once a second (jobstats.Tally)
+    tally = jobstats.tally(worker.connection)
+    tally.add_worker(worker.key, 1, (ended_at - started_at).total_seconds())
+    if figures is not None:
+        task, run, wait = figures
+        tally.add_end(job.origin, task, "finished", run, wait)
     failed = [reply for reply in replies if isinstance(reply, Exception)]
     if failed:  # the transaction was applied; a command in it was refused (e.g. a key of the wrong type)
         log.warning("job %s finished, but Redis refused part of its record: %s", job.id, failed[0])
