@@ -4,9 +4,11 @@ in the worker, the failure of a job whose horse died."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,21 +18,91 @@ from rq import Queue, Retry, Worker
 from rq.callbacks import execute_success_callback
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now
 
 from workqueue import batches, dependencies, recovery, rq_compat
 from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import UNREADABLE
 from workqueue.worker import job_steps, progress
-from workqueue.worker.horse import serve
+from workqueue.worker.horse import serve, serve_threads
 
 log = logging.getLogger(__name__)
+
+
+class JobStopped(BaseException):
+    """Raised in a job's thread, in a horse running several jobs at once, to stop that job alone (a
+    ``stop-job`` command, or a run found superseded). Not an Exception, so a task's ``except
+    Exception`` does not swallow it."""
+
+
+def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
+    """Raise ``exception`` asynchronously in the thread ``thread_id`` (delivered at its next Python
+    instruction: a task blocked in one long C call gets it when the call returns). Whether the thread exists."""
+    found = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exception))
+    if found > 1:  # never expected: undo, as the C API's documentation says
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+    return found == 1
+
+
+class ThreadDeathPenalty(BaseDeathPenalty):
+    """A job's timeout in a horse running several jobs at once: RQ's ``TimerDeathPenalty`` (a timer
+    thread raising in the job's thread), which SIGALRM cannot be, being per process. RQ's patches
+    the exception class's message for each job, so concurrent jobs would share the last one's; this
+    raises a subclass made for the job. The worker kills a horse whose job ignores it (see
+    ``CatalogueWorker._run_concurrently``)."""
+
+    def __init__(self, timeout: Any, exception: type[BaseException] = JobTimeoutException, **kwargs: Any) -> None:
+        message = f"Task exceeded maximum timeout value ({timeout} seconds)"
+
+        def init(self: BaseException, *args: Any) -> None:
+            BaseException.__init__(self, message)
+
+        subclass = type(exception.__name__, (exception,), {"__init__": init, "__module__": exception.__module__})
+        super().__init__(timeout, subclass, **kwargs)
+        self._thread = threading.get_ident()
+        self._timer: threading.Timer | None = None
+
+    def setup_death_penalty(self) -> None:
+        if self._timeout <= 0:
+            return
+        self._timer = threading.Timer(self._timeout, raise_in_thread, (self._thread, self._exception))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel_death_penalty(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class HorseSideWorker(Worker):
     """RQ's Worker, with a job's run and end as workqueue records them (see the module)."""
 
     _hard_killed: str | None
+    #: Jobs a horse runs at once (``consumer_main.py --concurrency``); 1: one at a time, no threads.
+    concurrency: int = 1
+    #: In a horse running several jobs: the job each thread was asked to stop (RQ's one
+    #: ``_stopped_job_id``, per thread; see the property below).
+    _stops_by_thread: dict[int, str] | None = None
+
+    @property
+    def _stopped_job_id(self) -> str | None:
+        """RQ's mark of the job a ``stop-job`` command stopped (so its failure is recorded as
+        "stopped"); in a horse running several jobs, that of the job of the calling thread."""
+        if self._stops_by_thread is not None:
+            return self._stops_by_thread.get(threading.get_ident())
+        return self.__dict__.get("_stopped_job")
+
+    @_stopped_job_id.setter
+    def _stopped_job_id(self, value: str | None) -> None:
+        if self._stops_by_thread is not None:
+            if value is None:
+                self._stops_by_thread.pop(threading.get_ident(), None)
+            else:
+                self._stops_by_thread[threading.get_ident()] = value
+            return
+        self.__dict__["_stopped_job"] = value
 
     def _fail_if_unrecorded(self, job: Job, queue: Queue, execution: Execution, why: str) -> None:
         """RQ leaves a job "started" when its horse ends without recording it: fail it instead."""
@@ -46,7 +118,12 @@ class HorseSideWorker(Worker):
         job_steps.prepare(self.connection)
         queues: dict[str, Queue] = {}
 
+        threads: dict[str, int] = {}  # with several jobs at once: each running job's thread
+
         def run(message: dict) -> bool | None:
+            threads[message["job"]] = threading.get_ident()
+            if self._stops_by_thread is not None:  # a thread's id is reused: no stale mark
+                self._stops_by_thread.pop(threading.get_ident(), None)
             try:
                 job = self._job_from(message)
                 queue = queues.get(message["queue"]) or queues.setdefault(
@@ -66,7 +143,24 @@ class HorseSideWorker(Worker):
             except Exception:  # RQ's horse exits 1 here; ours says so, then exits
                 self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
                 return None
+            finally:
+                threads.pop(message["job"], None)
+                progress.store.ended(message["job"])
 
+        def stop(job_id: str) -> None:
+            """Stop one running job, not its neighbours: JobStopped raised in its thread, the job
+            marked stopped for that thread (its failure is recorded as RQ records a stopped job)."""
+            thread = threads.get(job_id)
+            if thread is None:
+                return  # it has just ended
+            assert self._stops_by_thread is not None
+            self._stops_by_thread[thread] = job_id
+            raise_in_thread(thread, JobStopped)
+
+        if self.concurrency > 1:
+            self._stops_by_thread = {}
+            self.death_penalty_class = ThreadDeathPenalty
+            serve_threads(inbox, outbox, run, stop, self.concurrency)
         serve(inbox, outbox, run)
 
     def _job_from(self, message: dict) -> Job:

@@ -36,17 +36,19 @@ from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
 from workqueue.worker import autoscale
 from workqueue.worker.autoscale import Autoscaler, Scaling
-from workqueue.worker.catalogue_worker import WORKER_CLASSES
+from workqueue.worker.catalogue_worker import WORKER_CLASSES, use_concurrency
 from workqueue.worker.process import STOPPED_ON_PURPOSE, die_with_parent, serve_pool, stopped_on_purpose
 
 log = logging.getLogger(__name__)
 
 
-def _run_worker_detached(*args: Any, **kwargs: Any) -> None:
-    """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker.
+def _run_worker_detached(*args: Any, concurrency: int = 1, **kwargs: Any) -> None:
+    """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker, whose
+    horse runs up to ``concurrency`` jobs at once.
 
     Exits with STOPPED_ON_PURPOSE when a kill script stopped it, so the pool does not replace it.
     """
+    use_concurrency(concurrency)
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # not the pool's handlers: RQ installs its own
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -112,6 +114,7 @@ class ConsumerPool(WorkerPool):
         on_tick: Callable[[PoolStatus], None] | None = None,
         order: str = "priority",
         scaling: Scaling | None = None,
+        concurrency: int = 1,
     ) -> None:
         super().__init__(
             list(queues),
@@ -141,6 +144,7 @@ class ConsumerPool(WorkerPool):
         self._retiring: set[str] = set()
         self.scaled = ""
         self._start_options: dict[str, Any] = {}
+        self.concurrency = concurrency  # jobs each worker's horse runs at once (--concurrency)
         self._last_status: PoolStatus | None = None
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
@@ -150,6 +154,7 @@ class ConsumerPool(WorkerPool):
             # RQ rebuilds the client in the worker from a plain pool, which would keep the master
             # found first: give it a Sentinel pool of its own, which follows a failover.
             args = (*args[:2], worker_client(args[3], args[4]), *args[3:])
+        kwargs = {**kwargs, "concurrency": self.concurrency}
         return ForkProcess(target=_run_worker_detached, args=args, kwargs=kwargs, name=process.name)
 
     def start_worker(
