@@ -121,7 +121,8 @@ def test_a_horse_killed_with_three_jobs_hands_all_three_back_and_each_finishes_o
     wait_for(lambda: all_in(conn, jobs, "finished"), 60, "the three jobs to finish")
     assert [len(m.read_text().splitlines()) for m in markers] == [2, 2, 2]  # each handed back once, rerun once
     assert all(len(interruptions(conn, job)) == 1 for job in jobs)
-    assert [CatalogueJob.fetch(job.id, connection=conn, serializer=SERIALIZER).return_value() for job in jobs] == [2, 2, 2]
+    results = [CatalogueJob.fetch(job.id, connection=conn, serializer=SERIALIZER).return_value() for job in jobs]
+    assert results == [2, 2, 2]
 
 
 def test_a_warm_stop_lets_every_running_job_finish_and_starts_no_more(conn, processes, redis_url) -> None:
