@@ -17,6 +17,7 @@ from tests.helpers import (
     Processes,
     child_pids,
     cli_env,
+    client_for,
     enqueue_fault,
     enqueue_jobs,
     fetch,
@@ -162,12 +163,15 @@ def test_two_concurrent_jobs_store_their_own_progress(conn, processes, redis_url
     assert all(fetch(conn, job).meta["progress"]["message"] == "sleeping" for job in jobs)
 
 
-def test_the_worker_hash_shows_its_slots_in_use(conn, processes, redis_url) -> None:
+def test_the_worker_hash_and_the_dashboard_show_its_slots_in_use(conn, processes, redis_url) -> None:
     consumer = start(processes, conn, redis_url, 4)
     jobs = enqueue_jobs(conn, "sleep", count=2, seconds=8)
     wait_for(lambda: all_in(conn, jobs, "started"), 30, "the two jobs to start")
     (worker,) = [w for w in workers(conn) if w.pid in child_pids(consumer)]
     wait_for(lambda: conn.hget(worker.key, "slots") == b"2/4", 15, "the slots in the worker's hash")
+    rows = client_for(redis_url).get("/api/live").json["workers"]
+    assert [row["slots"] for row in rows if row["name"] == worker.name] == ["2/4"]  # the dashboard's worker list
+    wait_for(lambda: "1 busy (2/4 jobs at once)" in consumer.output()[0], 15, "the slots in the status line")
 
 
 def test_bad_concurrency_values_exit_2_with_one_line(redis_url) -> None:

@@ -55,8 +55,9 @@ def status_line(status: PoolStatus) -> str:
     stopped = f" ({len(status.stopped)} stopped by kill_workers)" if status.stopped else ""
     bounds = f" ({status.bounds})" if status.bounds else ""
     scaled = f" | {status.scaled}" if status.scaled else ""
+    slots = f" ({status.slots[0]}/{status.slots[1]} jobs at once)" if status.slots else ""
     return (
-        f"{lost}{state}{len(status.workers)} workers{bounds}: {status.busy} busy, {status.idle} idle{stopped} | "
+        f"{lost}{state}{len(status.workers)} workers{bounds}: {status.busy} busy{slots}, {status.idle} idle{stopped} | "
         f"done {status.finished}, failed {status.failed}, queued {status.queued}{scaled}"
         + (f" | paused: {', '.join(status.paused)}" if status.paused else "")
     )

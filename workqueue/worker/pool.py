@@ -67,6 +67,8 @@ class WorkerView:
     state: str
     finished: int
     failed: int
+    #: A worker running several jobs at once (``--concurrency``): "used/N" as its last heartbeat wrote it.
+    slots: str = ""
 
 
 @dataclass
@@ -101,6 +103,14 @@ class PoolStatus:
     @property
     def idle(self) -> int:
         return len(self.workers) - self.busy
+
+    @property
+    def slots(self) -> tuple[int, int] | None:
+        """Jobs running and the most that may (``--concurrency``), over the workers that say; None if none does."""
+        pairs = [tuple(int(n) for n in w.slots.split("/")) for w in self.workers if w.slots.count("/") == 1]
+        if not pairs:
+            return None
+        return sum(pair[0] for pair in pairs), sum(pair[1] for pair in pairs)
 
 
 class ConsumerPool(WorkerPool):
@@ -346,7 +356,11 @@ class ConsumerPool(WorkerPool):
         with self._quick.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hmget(
-                    Worker.redis_worker_namespace_prefix + name, "state", "successful_job_count", "failed_job_count"
+                    Worker.redis_worker_namespace_prefix + name,
+                    "state",
+                    "successful_job_count",
+                    "failed_job_count",
+                    "slots",
                 )
             queues = rq_compat.pool_queue_names(self)
             for queue in queues:  # every priority level's list (RQ's own holds the normal one)
@@ -356,12 +370,13 @@ class ConsumerPool(WorkerPool):
             replies = pipe.execute()
         paused = {p.decode(errors="replace") for p in replies.pop()}
         status = PoolStatus(stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))
-        for name, (state, done, failed) in zip(names, replies, strict=False):  # the queues' lengths follow
+        for name, (state, done, failed, slots) in zip(names, replies, strict=False):  # the queues' lengths follow
             if state is not None:  # a dead worker's hash expires a minute after it exits
                 self._seen[name] = (int(done or 0), int(failed or 0))
             if name in self.worker_dict:
                 counts = self._seen.get(name, (0, 0))
-                status.workers.append(WorkerView(name, (state or b"starting").decode(), *counts))
+                view = WorkerView(name, (state or b"starting").decode(), *counts, slots=(slots or b"").decode())
+                status.workers.append(view)
         status.finished = sum(done for done, _ in self._seen.values())
         status.failed = sum(failed for _, failed in self._seen.values())
         lengths, levels = replies[len(names) :], len(priorities.levels())
