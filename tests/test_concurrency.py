@@ -180,3 +180,5 @@ def test_bad_concurrency_values_exit_2_with_one_line(redis_url) -> None:
         assert result.returncode == 2, (value, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "--concurrency" in result.stderr
+    help_text = run_cli("consumer_main.py", "--help").stdout
+    assert "--concurrency" in help_text and "(1 to 50)" in help_text
