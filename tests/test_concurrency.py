@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import redis
+from rq import Queue
 from rq.job import Job
 
 from tests import concurrency_tasks
@@ -28,6 +29,8 @@ from tests.helpers import (
 )
 from workqueue import producer
 from workqueue.jobs import SERIALIZER, CatalogueJob
+from workqueue.worker import job_steps
+from workqueue.worker.catalogue_worker import CatalogueWorker
 
 
 def start(processes: Processes, conn: redis.Redis, redis_url: str, concurrency: int, *extra: str):
@@ -182,3 +185,19 @@ def test_bad_concurrency_values_exit_2_with_one_line(redis_url) -> None:
         assert "--concurrency" in result.stderr
     help_text = run_cli("consumer_main.py", "--help").stdout
     assert "--concurrency" in help_text and "(1 to 50)" in help_text
+
+
+def test_one_claim_starts_several_jobs_each_with_its_own_execution(conn) -> None:
+    jobs = enqueue_jobs(conn, "sleep", count=5, seconds=1)
+    worker = CatalogueWorker(["queue_one"], connection=conn, name="claimer")
+    worker.register_birth()
+    queue = Queue("queue_one", connection=conn, serializer=SERIALIZER)
+    claimed = job_steps.claim_many(worker, [queue], 3)
+    assert [c.job.id for c in claimed] == [job.id for job in jobs[:3]]  # in queue order
+    executions = {c.execution.id for c in claimed}
+    assert len(executions) == 3
+    started = {member.decode() for member in conn.zrange(queue.started_job_registry.key, 0, -1)}
+    assert started == {f"{c.job.id}:{c.execution.id}" for c in claimed}
+    assert all_in(conn, jobs[:3], "started") and all_in(conn, jobs[3:], "queued")
+    assert len(job_steps.claim_many(worker, [queue], 5)) == 2  # what is left
+    assert job_steps.claim_many(worker, [queue], 5) == []
