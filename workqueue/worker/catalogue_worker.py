@@ -27,6 +27,7 @@ from typing import Any
 import redis
 from rq import Queue, worker_registration
 from rq.command import parse_payload
+from rq.exceptions import StopRequested
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
@@ -35,11 +36,12 @@ from rq.worker import RandomWorker, RoundRobinWorker
 
 from task_def import crawl as task_crawl
 from task_def import progress as task_progress
-from workqueue import crawling, limits, network, outage, recovery, rq_compat
+from workqueue import crawling, limits, network, outage, pausing, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
 from workqueue.guarded import note_superseded
 from workqueue.jobs import SERIALIZER, CatalogueJob
+from workqueue.replies import as_bytes
 from workqueue.settings import (
     HARD_KILL_GRACE,
     HEARTBEAT_INTERVAL,
@@ -85,6 +87,10 @@ def use_concurrency(count: int) -> None:
     if not 1 <= count <= MAX_CONCURRENCY:
         raise ValueError(f"concurrency {count}: expected 1 to {MAX_CONCURRENCY}")
     CatalogueWorker.concurrency = count
+
+
+#: What the watch of a horse running several jobs returns when its wait in a queue brought a job.
+_CLAIMED = object()
 
 
 @dataclass
@@ -330,7 +336,9 @@ class CatalogueWorker(ClaimingWorker):
                     if not running:
                         break
                 answer = self._wait_for_answer(look_at if len(running) < self.concurrency else None)
-                if answer is None:
+                if answer is _CLAIMED:
+                    look_at = 0.0  # a job came: there may be more
+                elif answer is None:
                     self._horse_died_running()
                 elif answer is not WAITING:
                     self._answered(answer)
@@ -341,8 +349,50 @@ class CatalogueWorker(ClaimingWorker):
 
     def _wait_for_answer(self, look_at: float | None) -> Any:
         """The horse's next answer (WAITING: none until the next heartbeat, deadline or look for
-        jobs; None: the horse is gone)."""
+        jobs; None: the horse is gone). With slots free (``look_at``: when to claim again), the
+        wait is a BLMOVE on the first open queue instead, as an idle worker's (a job arriving starts
+        at once, not at the next look): _CLAIMED if it brought a job, now running. An answer that
+        comes meanwhile waits in the pipe, which only delays refilling a slot no job waits for."""
         assert self._horse is not None
+        if look_at is not None and not self._retire_when_drained and not rq_compat.stop_requested(self):
+            answer = self._horse.wait(0)
+            if answer is not WAITING:
+                return answer
+            timeout = max(0.0, self._wake_at(look_at) - time.monotonic())
+            waited = self._wait_in_queue(timeout)
+            if waited is _CLAIMED:
+                return _CLAIMED
+            return self._horse.wait(0 if waited is WAITING else timeout)
+        return self._horse.wait(max(0.0, self._wake_at(look_at) - time.monotonic()))
+
+    def _wait_in_queue(self, timeout: float) -> Any:
+        """Wait up to ``timeout`` seconds in a BLMOVE on the first queue not paused (as
+        ``_wait_and_claim`` does) and run the job it moves: _CLAIMED if one now runs, WAITING if
+        it waited for none, None if it did not wait (all paused, too short, or Redis away)."""
+        if timeout < 0.01:  # (a BLMOVE's timeout of 0 would wait for ever)
+            return None
+        try:
+            paused = pausing.paused_names(self.connection)
+            open_ = [q for q in rq_compat.ordered_queues(self) if q.name not in paused]
+            if not open_:
+                return None
+            first = open_[0]
+            moved = self.connection.blmove(first.key, first.intermediate_queue_key, timeout)  # type: ignore[arg-type]
+            claimed = self._claim(as_bytes(moved), first) if moved is not None else None
+        except StopRequested:  # asked while it claimed: the running jobs finish, nothing more is claimed
+            return WAITING
+        except redis.RedisError as exc:  # an outage: the running jobs run on
+            if not outage.is_outage(exc):
+                raise
+            return None
+        if claimed is None:
+            return WAITING
+        self._launch(*claimed)
+        return _CLAIMED
+
+    def _wake_at(self, look_at: float | None) -> float:
+        """When the watch must look again: the next heartbeat, a job's hard deadline, a stop sent,
+        or the next look for jobs."""
         now_ = time.monotonic()
         wake = self._jobs_beaten_at + self.job_monitoring_interval
         for run in self._running.values():
@@ -352,7 +402,7 @@ class CatalogueWorker(ClaimingWorker):
                 wake = min(wake, now_ + 0.25)
         if look_at is not None:
             wake = min(wake, look_at)
-        return self._horse.wait(max(0.0, wake - now_))
+        return wake
 
     def _launch(self, job: Job, queue: Queue) -> None:
         """Start ``job`` (if the claim left it unstarted) and hand it to the horse beside the others.
