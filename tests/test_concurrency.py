@@ -201,3 +201,13 @@ def test_one_claim_starts_several_jobs_each_with_its_own_execution(conn) -> None
     assert all_in(conn, jobs[:3], "started") and all_in(conn, jobs[3:], "queued")
     assert len(job_steps.claim_many(worker, [queue], 5)) == 2  # what is left
     assert job_steps.claim_many(worker, [queue], 5) == []
+
+
+def test_a_job_enqueued_while_a_slot_is_free_runs_beside_the_running_one(conn, processes, redis_url) -> None:
+    start(processes, conn, redis_url, 2)
+    (long,) = enqueue_jobs(conn, "sleep", seconds=20)
+    wait_for(lambda: status(conn, long) == "started", 30, "the long job to start")
+    for _ in range(3):  # the worker waits for jobs (a BLMOVE) while its other slot runs the long one
+        (short,) = enqueue_jobs(conn, "sleep", seconds=0.1)
+        wait_for(lambda: status(conn, short) == "finished", 30, "the short job to finish")  # noqa: B023
+    assert status(conn, long) == "started"
