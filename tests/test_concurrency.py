@@ -27,7 +27,7 @@ from tests.helpers import (
     wait_for,
     workers,
 )
-from workqueue import producer
+from workqueue import batches, producer
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.worker import job_steps
 from workqueue.worker.catalogue_worker import CatalogueWorker
@@ -110,6 +110,18 @@ def test_kill_job_stops_one_of_several_running_jobs_and_the_others_finish(conn, 
     assert all_in(conn, [jobs[0], jobs[2]], "started")  # the neighbours run on
     wait_for(lambda: all_in(conn, [jobs[0], jobs[2]], "finished"), 30, "the neighbours to finish")
     assert not any(interruptions(conn, job) for job in jobs)
+
+
+def test_a_stopped_job_is_counted_in_its_batch_as_with_one_job_at_a_time(conn, processes, redis_url) -> None:
+    start(processes, conn, redis_url, 3)
+    submission = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 4})] * 3, "queue_one")
+    jobs = submission.jobs
+    wait_for(lambda: all_in(conn, jobs, "started"), 30, "the three jobs to start")
+    assert run_cli("kill_thread/kill_job.py", jobs[0].id, env=cli_env(REDIS_URL=redis_url)).returncode == 0
+    wait_for(lambda: batches.summary(conn, submission.batch_id).done, 30, "the batch to end")
+    summary = batches.summary(conn, submission.batch_id)
+    assert (summary.finished, summary.failed) == (2, 1)
+    assert status(conn, jobs[0]) == "stopped"
 
 
 def test_a_horse_killed_with_three_jobs_hands_all_three_back_and_each_finishes_once(

@@ -516,7 +516,7 @@ class CatalogueWorker(ClaimingWorker):
         run.stop_sent_at = time.monotonic()
         try:
             if self._horse is not None:
-                self._horse.send({"stop": run.job.id})
+                self._horse.send({"stop": run.job.id, "superseded": run.superseded})
         except BrokenPipeError:
             pass  # the horse is gone: its death is handled where its answers are read
 

@@ -12,8 +12,8 @@ data only: it builds no objects of other types and runs nothing) after its lengt
 to bytes, so the horse need not read it again), the horse answers ``{"job", "ok": True|False|None,
 "peak_rss_mb"}`` once the job has ended and been recorded (RQ's ``perform_job``), naming the job: a
 horse of a worker with ``--concurrency N`` (:func:`serve_threads`) runs up to N jobs at once, one
-per thread, and the worker may send it ``{"stop": job id}`` to stop one of them. End of file means
-the horse is gone. (JSON cost a tenth of a no-op job's work, in the hash's encoding to text and back.)
+per thread, and the worker may send it ``{"stop": job id, "superseded"}`` to stop one of them. End
+of file means the horse is gone. (JSON cost a tenth of a no-op job's work, in the hash's encoding to text and back.)
 """
 
 from __future__ import annotations
@@ -158,12 +158,13 @@ def serve(inbox: int, outbox: int, run: Callable[[dict], bool | None]) -> None:
 
 
 def serve_threads(
-    inbox: int, outbox: int, run: Callable[[dict], bool | None], stop: Callable[[str], None], slots: int
+    inbox: int, outbox: int, run: Callable[[dict], bool | None], stop: Callable[[str, bool], None], slots: int
 ) -> None:
     """The loop of a horse that runs up to ``slots`` jobs at once (``--concurrency``), each in a
-    thread of its own, answering for each job as it ends; ``{"stop": job id}`` calls ``stop`` (which
-    raises in that job's thread). A job the horse could not run (``ok`` None) ends the horse, as in
-    :func:`serve`: the worker then hands back the others. Exits when the worker closes the pipe."""
+    thread of its own, answering for each job as it ends; ``{"stop": job id, "superseded"}`` calls
+    ``stop`` (which raises in that job's thread; superseded: a run handed back meanwhile). A job the
+    horse could not run (``ok`` None) ends the horse, as in :func:`serve`: the worker then hands
+    back the others. Exits when the worker closes the pipe."""
     writing = threading.Lock()
     free = threading.Semaphore(slots)
 
@@ -185,7 +186,7 @@ def serve_threads(
         while (length := _length(messages.read(4))) is not None:
             message = marshal.loads(messages.read(length))
             if "stop" in message:
-                stop(message["stop"])
+                stop(message["stop"], bool(message.get("superseded")))
                 continue
             free.acquire()  # the worker sends no more than ``slots``: this never waits long
             threading.Thread(target=one, args=(message,), name=f"job {message['job']}", daemon=True).start()

@@ -147,14 +147,16 @@ class HorseSideWorker(Worker):
                 threads.pop(message["job"], None)
                 progress.store.ended(message["job"])
 
-        def stop(job_id: str) -> None:
-            """Stop one running job, not its neighbours: JobStopped raised in its thread, the job
-            marked stopped for that thread (its failure is recorded as RQ records a stopped job)."""
+        def stop(job_id: str, superseded: bool) -> None:
+            """Stop one running job, not its neighbours: JobStopped raised in its thread. A job
+            stopped by a command is marked stopped for that thread (it ends as RQ ends a stopped
+            job: :meth:`_finalize_failure`); a run superseded is not (its end writes nothing)."""
             thread = threads.get(job_id)
             if thread is None:
                 return  # it has just ended
             assert self._stops_by_thread is not None
-            self._stops_by_thread[thread] = job_id
+            if not superseded:
+                self._stops_by_thread[thread] = job_id
             raise_in_thread(thread, JobStopped)
 
         if self.concurrency > 1:
@@ -162,6 +164,16 @@ class HorseSideWorker(Worker):
             self.death_penalty_class = ThreadDeathPenalty
             serve_threads(inbox, outbox, run, stop, self.concurrency)
         serve(inbox, outbox, run)
+
+    def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
+        """RQ's; but a job stopped in its thread (several jobs at once) ends as RQ's worker ends a
+        stopped job (``_handle_stopped_job``): its stopped callback (which counts it in its batch),
+        not its failure callback, and the status "stopped"."""
+        if self._stops_by_thread is not None and self._stopped_job_id == job.id:
+            job.ended_at = now()
+            rq_compat.handle_stopped_job(self, job, queue, execution)
+            return
+        super()._finalize_failure(job, queue, execution, exc_info)
 
     def _job_from(self, message: dict) -> Job:
         """The job the worker sent, as the worker started it (``job_steps.start``), built from the
