@@ -565,7 +565,7 @@ class CatalogueWorker(ClaimingWorker):
                 if run.killed_for == "superseded":
                     self._superseded_run = run.execution.id
                 elif run.killed_for == "stopped":
-                    self._stopped_job_id = run.job.id
+                    rq_compat.set_stopped_job(self, run.job.id)
                 elif run.killed_for == "timeout":
                     timeout = run.job.timeout or Queue.DEFAULT_TIMEOUT
                     self._hard_killed = (

@@ -82,27 +82,10 @@ class HorseSideWorker(Worker):
     _hard_killed: str | None
     #: Jobs a horse runs at once (``consumer_main.py --concurrency``); 1: one at a time, no threads.
     concurrency: int = 1
-    #: In a horse running several jobs: the job each thread was asked to stop (RQ's one
-    #: ``_stopped_job_id``, per thread; see the property below).
-    _stops_by_thread: dict[int, str] | None = None
-
-    @property
-    def _stopped_job_id(self) -> str | None:
-        """RQ's mark of the job a ``stop-job`` command stopped (so its failure is recorded as
-        "stopped"); in a horse running several jobs, that of the job of the calling thread."""
-        if self._stops_by_thread is not None:
-            return self._stops_by_thread.get(threading.get_ident())
-        return self.__dict__.get("_stopped_job")
-
-    @_stopped_job_id.setter
-    def _stopped_job_id(self, value: str | None) -> None:
-        if self._stops_by_thread is not None:
-            if value is None:
-                self._stops_by_thread.pop(threading.get_ident(), None)
-            else:
-                self._stops_by_thread[threading.get_ident()] = value
-            return
-        self.__dict__["_stopped_job"] = value
+    #: In a horse running several jobs: the jobs a stop-job command stopped in their threads, whose
+    #: failure is recorded as RQ records a stopped job (:meth:`_finalize_failure`).
+    _stopped_in_threads: set[str] | None = None
+    _stop_lock = threading.Lock()
 
     def _fail_if_unrecorded(self, job: Job, queue: Queue, execution: Execution, why: str) -> None:
         """RQ leaves a job "started" when its horse ends without recording it: fail it instead."""
@@ -122,8 +105,8 @@ class HorseSideWorker(Worker):
 
         def run(message: dict) -> bool | None:
             threads[message["job"]] = threading.get_ident()
-            if self._stops_by_thread is not None:  # a thread's id is reused: no stale mark
-                self._stops_by_thread.pop(threading.get_ident(), None)
+            if self._stopped_in_threads is not None:  # no stale mark from an earlier run of the job
+                self._stopped_in_threads.discard(message["job"])
             try:
                 job = self._job_from(message)
                 queue = queues.get(message["queue"]) or queues.setdefault(
@@ -154,13 +137,13 @@ class HorseSideWorker(Worker):
             thread = threads.get(job_id)
             if thread is None:
                 return  # it has just ended
-            assert self._stops_by_thread is not None
+            assert self._stopped_in_threads is not None
             if not superseded:
-                self._stops_by_thread[thread] = job_id
+                self._stopped_in_threads.add(job_id)
             raise_in_thread(thread, JobStopped)
 
         if self.concurrency > 1:
-            self._stops_by_thread = {}
+            self._stopped_in_threads = set()
             self.death_penalty_class = ThreadDeathPenalty
             serve_threads(inbox, outbox, run, stop, self.concurrency)
         serve(inbox, outbox, run)
@@ -169,9 +152,14 @@ class HorseSideWorker(Worker):
         """RQ's; but a job stopped in its thread (several jobs at once) ends as RQ's worker ends a
         stopped job (``_handle_stopped_job``): its stopped callback (which counts it in its batch),
         not its failure callback, and the status "stopped"."""
-        if self._stops_by_thread is not None and self._stopped_job_id == job.id:
+        if self._stopped_in_threads is not None and job.id in self._stopped_in_threads:
+            self._stopped_in_threads.discard(job.id)
             job.ended_at = now()
-            rq_compat.handle_stopped_job(self, job, queue, execution)
+            # RQ's mark of the stopped job is one per worker: stopped jobs are recorded one at a time
+            # (another thread's failure compares the mark with its own job, so is not disturbed).
+            with self._stop_lock:
+                rq_compat.set_stopped_job(self, job.id)
+                rq_compat.handle_stopped_job(self, job, queue, execution)  # which clears the mark
             return
         super()._finalize_failure(job, queue, execution, exc_info)
 
