@@ -114,7 +114,7 @@ lint: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -n $(TEST_JOBS) -m "not slow"
 
-## bench: workqueue beside bare RQ, Dramatiq and Huey, then the gateway, the WSGI servers, per-key limits, the crawler and autoscaling; BENCH_QUICK=1: quicker
+## bench: workqueue beside bare RQ, Dramatiq and Huey, then the gateway, the WSGI servers, per-key limits, the crawler, concurrency inside a worker and autoscaling; BENCH_QUICK=1: quicker
 bench: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS)
 	$(PY) bench/run.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/gateway.py $(if $(BENCH_QUICK),--quick)
@@ -122,6 +122,7 @@ bench: $(STAMP) $(BENCH_STAMP) $(SYSTEM_REDIS)
 	$(PY) bench/memory.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/limits.py
 	$(PY) bench/crawl.py
+	$(PY) bench/concurrency.py $(if $(BENCH_QUICK),--quick)
 	$(PY) bench/autoscale.py
 
 clean:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import ssl
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -210,6 +212,23 @@ class CheckedTransport(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
+_tls_context: ssl.SSLContext | None = None
+_tls_lock = threading.Lock()
+
+
+def _verifying_context() -> ssl.SSLContext:
+    """httpx's default certificate-verifying context, made once per process and shared by every
+    client (an SSLContext may be): loading the CA bundle costs ~25 ms of CPU, more than the rest of a
+    scrape of a fast page, so a new one per job made I/O-bound jobs CPU-bound. (Made under a lock:
+    a horse's threads starting their first scrapes together would each load it.)"""
+    global _tls_context
+    with _tls_lock:
+        if _tls_context is None:
+            _tls_context = httpx.create_ssl_context()
+        return _tls_context
+
+
 def client(policy: NetworkPolicy | None = None, **kwargs: Any) -> httpx.Client:
     """An httpx client that connects only where ``policy`` (default: the environment's) allows."""
-    return httpx.Client(transport=CheckedTransport(policy or NetworkPolicy.from_env()), **kwargs)
+    transport = CheckedTransport(policy or NetworkPolicy.from_env(), verify=_verifying_context())
+    return httpx.Client(transport=transport, **kwargs)

@@ -250,6 +250,12 @@ def stopped_job_id(worker: Worker) -> str | None:
     return worker._stopped_job_id
 
 
+def set_stopped_job(worker: Worker, job_id: str) -> None:
+    """Mark ``job_id`` as stopped on purpose, as RQ's stop-job command does (its failure is then
+    recorded as "stopped"): for a job stopped in its thread, with several at once (``--concurrency``)."""
+    worker._stopped_job_id = job_id
+
+
 def clear_stopped_job(worker: Worker) -> None:
     """Forget the job a ``stop-job`` command named, once its stop is recorded."""
     worker._stopped_job_id = None

@@ -34,6 +34,7 @@ from workqueue.settings import (
 )
 from workqueue.supervision import Supervisor
 from workqueue.worker.autoscale import Scaling, parse_range
+from workqueue.worker.catalogue_worker import MAX_CONCURRENCY
 from workqueue.worker.pool import ConsumerPool, PoolStatus
 
 
@@ -54,8 +55,9 @@ def status_line(status: PoolStatus) -> str:
     stopped = f" ({len(status.stopped)} stopped by kill_workers)" if status.stopped else ""
     bounds = f" ({status.bounds})" if status.bounds else ""
     scaled = f" | {status.scaled}" if status.scaled else ""
+    slots = f" ({status.slots[0]}/{status.slots[1]} jobs at once)" if status.slots else ""
     return (
-        f"{lost}{state}{len(status.workers)} workers{bounds}: {status.busy} busy, {status.idle} idle{stopped} | "
+        f"{lost}{state}{len(status.workers)} workers{bounds}: {status.busy} busy{slots}, {status.idle} idle{stopped} | "
         f"done {status.finished}, failed {status.failed}, queued {status.queued}{scaled}"
         + (f" | paused: {', '.join(status.paused)}" if status.paused else "")
     )
@@ -127,6 +129,14 @@ def _sweep(connection: redis.Redis) -> bool:
     show_default=True,
     help="With several queues: drain them in the order given, in turn, or at random.",
 )
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    default=1,
+    show_default=True,
+    help=f"Jobs each worker runs at once (1 to {MAX_CONCURRENCY}), in threads of its work horse: for I/O-bound "
+    "tasks (scrape, crawl, sleep). Each job keeps its timeout, stop, progress and hand-back.",
+)
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty; otherwise run until Ctrl-C/SIGTERM.")
 @click.option("--verbose", is_flag=True, help="Log every job the workers run.")
 @redis_url_option
@@ -134,6 +144,7 @@ def main(
     workers: tuple[int, int] | None,
     queues: tuple[str, ...],
     order: str,
+    concurrency: int,
     burst: bool,
     verbose: bool,
     redis_url: str | None,
@@ -173,6 +184,8 @@ def main(
     how_many = (
         f"{scaling.minimum} workers" if scaling.fixed else f"{scaling.minimum} workers (scaling {scaling.describe()})"
     )
+    if concurrency > 1:
+        how_many += f", {concurrency} jobs at once each"
     click.echo(f"starting {how_many} on {', '.join(queues)} ({target.display}); Ctrl-C stops them")
     if burst:
         _sweep(connection)  # a dead worker's job counts as waiting: hand it back before deciding what is empty
@@ -180,7 +193,9 @@ def main(
     # queues are empty, and a tick it fired would only start work it does not wait for.
     schedules_stop = None if burst else start_schedules(connection)
     while True:
-        pool = ConsumerPool(queues, connection, scaling.minimum, on_tick=on_tick, order=order, scaling=scaling)
+        pool = ConsumerPool(
+            queues, connection, scaling.minimum, on_tick=on_tick, order=order, scaling=scaling, concurrency=concurrency
+        )
         pool.start(burst=burst, logging_level="INFO" if verbose else "WARNING")
         # A burst pool sweeps again before it exits: if that hands jobs back, it works on.
         if not burst or pool.signalled or pool.stopped or not _sweep(connection):

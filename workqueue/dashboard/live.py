@@ -67,12 +67,18 @@ def running_jobs(connection: redis.Redis) -> list[dict[str, Any]]:
 
 
 def workers(connection: redis.Redis, running: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every live worker: busy or idle, its current job, its counts, and the share of its life
-    spent working (its ended jobs' run time plus its running job's elapsed time, over its age)."""
+    """Every live worker: busy or idle, its current job, its slots in use (a worker running several
+    jobs at once: "3/5"; else None), its counts, and the share of its life spent working (its ended
+    jobs' run time plus its running job's elapsed time, over its age)."""
     now = job_json.now()
     elapsed = {job["worker"]: job["elapsed"] or 0.0 for job in running if job["worker"]}
     rows = []
-    for worker in control.live_workers(connection):
+    live = control.live_workers(connection)
+    with connection.pipeline(transaction=False) as pipe:  # --concurrency: "used/N", written with its heartbeat
+        for worker in live:
+            pipe.hget(worker.key, "slots")
+        slots = pipe.execute() if live else []
+    for worker, used in zip(live, slots, strict=True):
         current = worker.get_current_job_id()
         age = job_json.seconds_since(worker.birth_date, now) or 0.0
         working = worker.total_working_time + (elapsed.get(worker.name, 0.0) if current else 0.0)
@@ -87,6 +93,7 @@ def workers(connection: redis.Redis, running: list[dict[str, Any]]) -> list[dict
                 "age": age,
                 "utilisation": round(min(1.0, working / age), 3) if age > 0 else 0.0,
                 "last_heartbeat": job_json.iso(worker.last_heartbeat),
+                "slots": used.decode() if used else None,
             }
         )
     return rows

@@ -1,6 +1,10 @@
 local job_prefix, exec_prefix, registry_prefix, exec_id, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now_float, now_int, now_text, interval = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local dropped = 0
+-- Several jobs per call: ARGV[13..] are more execution ids, one per further job to start (up to
+-- 1 + #those jobs); the answer lists each job's four values in turn.
+local exec_ids, found = {ARGV[4]}, {}
+for k = 13, #ARGV do exec_ids[#exec_ids + 1] = ARGV[k] end
 
 -- Pause and priorities (workqueue.pausing, workqueue.priorities): a paused queue gives no job; a
 -- queue's jobs come from its level lists, highest first, RQ's own list (KEYS[i]) being level 5.
@@ -204,6 +208,7 @@ for i = 3, #KEYS, 3 do
       id = take(i)
     end
     if not id then break end
+    exec_id = exec_ids[#found / 4 + 1]
     local job_key = job_prefix .. id
     local job = redis.call('HGETALL', job_key)
     local fields = {}
@@ -212,7 +217,10 @@ for i = 3, #KEYS, 3 do
     if #job > 0 and not held then
       local timeout = fields.timeout
       local seconds = tonumber(timeout or '')
-      if timeout and timeout ~= '' and not seconds then return {(i / 3), id, job, -1} end
+      if timeout and timeout ~= '' and not seconds then
+        for _, v in ipairs({(i / 3), id, job, -1}) do found[#found + 1] = v end
+        return found
+      end
       local ttl = interval + 60
       if seconds and seconds > 0 then ttl = math.floor(math.min(seconds, interval)) + 60 end
       local composite = id .. ':' .. exec_id
@@ -230,11 +238,17 @@ for i = 3, #KEYS, 3 do
                  'worker_name', worker)
       redis.call('PERSIST', job_key)
       redis.call('LREM', KEYS[i + 1], 1, id)
-      return {(i / 3), id, job, ttl}
+      for _, v in ipairs({(i / 3), id, job, ttl}) do found[#found + 1] = v end
+      if #found / 4 >= #exec_ids then return found end
+    else
+      redis.call('LREM', KEYS[i + 1], 1, id)
+      if not held then dropped = dropped + 1 end
+      if dropped >= tonumber(ARGV[11]) or limit_held >= LIMIT_HELD_MAX then
+        if #found > 0 then return found end
+        return {0}
+      end
     end
-    redis.call('LREM', KEYS[i + 1], 1, id)
-    if not held then dropped = dropped + 1 end
-    if dropped >= tonumber(ARGV[11]) or limit_held >= LIMIT_HELD_MAX then return {0} end
   end
 end
+if #found > 0 then return found end
 return false

@@ -116,6 +116,11 @@ class ClaimingWorker(HorseSideWorker):
             if rq_compat.stop_requested(self):  # asked while the claim made the worker look busy: stop now
                 raise StopRequested()
             return None
+        return self._taken(claimed)
+
+    def _taken(self, claimed: job_steps._Claimed) -> tuple[Job, Queue]:
+        """A job just claimed, as RQ's dequeue leaves it (and logs it)."""
+        assert claimed.job is not None and claimed.queue is not None
         self.reorder_queues(reference_queue=claimed.queue)
         claimed.job.redis_server_version = self.get_redis_server_version()
         claimed.job.started_execution = claimed.execution  # type: ignore[attr-defined]
@@ -126,6 +131,15 @@ class ClaimingWorker(HorseSideWorker):
         else:
             self.log.info("Worker %s: %s: %s", self.name, claimed.queue.name, claimed.job.id)
         return claimed.job, claimed.queue
+
+    def _claim_more(self, count: int) -> list[tuple[Job, Queue]]:
+        """Up to ``count`` more jobs, claimed and started in one round trip without waiting: a
+        worker running several jobs at once (``--concurrency``) filling its free slots."""
+        queues = rq_compat.ordered_queues(self)
+        while True:
+            claimed = job_steps.claim_many(self, queues, count)
+            if not claimed or not claimed[0].retry:
+                return [self._taken(one) for one in claimed]
 
     def _wait_and_claim(self, timeout: int | None):
         """Claim a job, waiting up to ``timeout`` seconds for one (None: not at all) in a BLMOVE on

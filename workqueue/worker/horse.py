@@ -9,9 +9,11 @@ a bad state), after HORSE_MAX_JOBS jobs, and when its memory passes HORSE_MAX_RS
 The worker and its horse talk over two pipes, each message a dict in ``marshal``'s format (plain
 data only: it builds no objects of other types and runs nothing) after its length: the worker sends
 ``{"job", "queue", "execution", "started_at", "hash"}`` (the job's hash as the worker read it, bytes
-to bytes, so the horse need not read it again), the horse answers ``{"ok": True|False|None,
-"peak_rss_mb"}`` once the job has ended and been recorded (RQ's ``perform_job``). End of file means
-the horse is gone. (JSON cost a tenth of a no-op job's work, in the hash's encoding to text and back.)
+to bytes, so the horse need not read it again), the horse answers ``{"job", "ok": True|False|None,
+"peak_rss_mb"}`` once the job has ended and been recorded (RQ's ``perform_job``), naming the job: a
+horse of a worker with ``--concurrency N`` (:func:`serve_threads`) runs up to N jobs at once, one
+per thread, and the worker may send it ``{"stop": job id, "superseded"}`` to stop one of them. End
+of file means the horse is gone. (JSON cost a tenth of a no-op job's work, in the hash's encoding to text and back.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import resource
 import select
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +83,7 @@ class Horse:
         self._inbox = to_horse_w
         self._outbox = from_horse_r
         self._pending = b""
+        self._sending = threading.Lock()
         try:
             _restore(handlers, held, caught)  # a stop held back raises here, if at all
         except BaseException:
@@ -87,11 +91,14 @@ class Horse:
             raise
 
     def send(self, message: dict) -> None:
-        """Hand the horse its next job (a dict of plain data; see the module's docstring)."""
+        """Hand the horse its next job (a dict of plain data; see the module's docstring), or a
+        stop; from any thread of the worker (its command listener sends stops)."""
         data = _frame(message)
-        while data:
-            data = data[os.write(self._inbox, data) :]
-        self.jobs += 1
+        with self._sending:
+            while data:
+                data = data[os.write(self._inbox, data) :]
+            if "stop" not in message:
+                self.jobs += 1
 
     def wait(self, timeout: float) -> Any:
         """The horse's answer, WAITING if none came within ``timeout`` seconds, or None if the horse
@@ -148,8 +155,9 @@ def serve(
     worker closes the pipe (or dies), calling ``on_exit()`` first."""
     with os.fdopen(inbox, "rb") as messages:
         while (length := _length(messages.read(4))) is not None:
-            ok = run(marshal.loads(messages.read(length)))
-            answer = {"ok": ok, "peak_rss_mb": peak_rss_mb()}
+            message = marshal.loads(messages.read(length))
+            ok = run(message)
+            answer = {"job": message.get("job"), "ok": ok, "peak_rss_mb": peak_rss_mb()}
             os.write(outbox, _frame(answer))
             if ok is None:
                 on_exit()
@@ -166,6 +174,49 @@ def _restore(handlers: dict[int, Any], held: set[signal.Signals], caught: list[i
     signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop held back by the mask is delivered here
     for signum in dict.fromkeys(caught):
         signal.raise_signal(signum)
+
+
+def serve_threads(
+    inbox: int,
+    outbox: int,
+    run: Callable[[dict], bool | None],
+    stop: Callable[[str, bool], None],
+    slots: int,
+    on_exit: Callable[[], object] = lambda: None,
+) -> None:
+    """The loop of a horse that runs up to ``slots`` jobs at once (``--concurrency``), each in a
+    thread of its own, answering for each job as it ends; ``{"stop": job id, "superseded"}`` calls
+    ``stop`` (which raises in that job's thread; superseded: a run handed back meanwhile). A job the
+    horse could not run (``ok`` None) ends the horse, as in :func:`serve`: the worker then hands
+    back the others. Exits when the worker closes the pipe, calling ``on_exit()`` first."""
+    writing = threading.Lock()
+    free = threading.Semaphore(slots)
+
+    def one(message: dict) -> None:
+        try:
+            try:
+                ok = run(message)
+            except BaseException:  # a stop raised in the thread just as its job ended: it has ended
+                ok = False
+            answer = _frame({"job": message["job"], "ok": ok, "peak_rss_mb": peak_rss_mb()})
+            with writing:
+                os.write(outbox, answer)
+            if ok is None:
+                on_exit()
+                os._exit(1)
+        finally:
+            free.release()
+
+    with os.fdopen(inbox, "rb") as messages:
+        while (length := _length(messages.read(4))) is not None:
+            message = marshal.loads(messages.read(length))
+            if "stop" in message:
+                stop(message["stop"], bool(message.get("superseded")))
+                continue
+            free.acquire()  # the worker sends no more than ``slots``: this never waits long
+            threading.Thread(target=one, args=(message,), name=f"job {message['job']}", daemon=True).start()
+    on_exit()
+    os._exit(0)
 
 
 def _frame(message: dict) -> bytes:

@@ -4,9 +4,11 @@ in the worker, the failure of a job whose horse died."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,21 +18,74 @@ from rq import Queue, Retry, Worker
 from rq.callbacks import execute_success_callback
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now
 
 from workqueue import batches, dependencies, jobstats, recovery, rq_compat
 from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import UNREADABLE
 from workqueue.worker import job_steps, progress
-from workqueue.worker.horse import serve
+from workqueue.worker.horse import serve, serve_threads
 
 log = logging.getLogger(__name__)
+
+
+class JobStopped(BaseException):
+    """Raised in a job's thread, in a horse running several jobs at once, to stop that job alone (a
+    ``stop-job`` command, or a run found superseded). Not an Exception, so a task's ``except
+    Exception`` does not swallow it."""
+
+
+def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
+    """Raise ``exception`` asynchronously in the thread ``thread_id`` (delivered at its next Python
+    instruction: a task blocked in one long C call gets it when the call returns). Whether the thread exists."""
+    found = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exception))
+    if found > 1:  # never expected: undo, as the C API's documentation says
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+    return found == 1
+
+
+class ThreadDeathPenalty(BaseDeathPenalty):
+    """A job's timeout in a horse running several jobs at once: RQ's ``TimerDeathPenalty`` (a timer
+    thread raising in the job's thread), which SIGALRM cannot be, being per process. RQ's patches
+    the exception class's message for each job, so concurrent jobs would share the last one's; this
+    raises a subclass made for the job. The worker kills a horse whose job ignores it (see
+    ``CatalogueWorker._run_concurrently``)."""
+
+    def __init__(self, timeout: Any, exception: type[BaseException] = JobTimeoutException, **kwargs: Any) -> None:
+        message = f"Task exceeded maximum timeout value ({timeout} seconds)"
+
+        def init(self: BaseException, *args: Any) -> None:
+            BaseException.__init__(self, message)
+
+        subclass = type(exception.__name__, (exception,), {"__init__": init, "__module__": exception.__module__})
+        super().__init__(timeout, subclass, **kwargs)
+        self._thread = threading.get_ident()
+        self._timer: threading.Timer | None = None
+
+    def setup_death_penalty(self) -> None:
+        if self._timeout <= 0:
+            return
+        self._timer = threading.Timer(self._timeout, raise_in_thread, (self._thread, self._exception))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel_death_penalty(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class HorseSideWorker(Worker):
     """RQ's Worker, with a job's run and end as workqueue records them (see the module)."""
 
     _hard_killed: str | None
+    #: Jobs a horse runs at once (``consumer_main.py --concurrency``); 1: one at a time, no threads.
+    concurrency: int = 1
+    #: In a horse running several jobs: the jobs a stop-job command stopped in their threads, whose
+    #: failure is recorded as RQ records a stopped job (:meth:`_finalize_failure`).
+    _stopped_in_threads: set[str] | None = None
+    _stop_lock = threading.Lock()
 
     def _fail_if_unrecorded(self, job: Job, queue: Queue, execution: Execution, why: str) -> None:
         """RQ leaves a job "started" when its horse ends without recording it: fail it instead."""
@@ -46,7 +101,12 @@ class HorseSideWorker(Worker):
         job_steps.prepare(self.connection)
         queues: dict[str, Queue] = {}
 
+        threads: dict[str, int] = {}  # with several jobs at once: each running job's thread
+
         def run(message: dict) -> bool | None:
+            threads[message["job"]] = threading.get_ident()
+            if self._stopped_in_threads is not None:  # no stale mark from an earlier run of the job
+                self._stopped_in_threads.discard(message["job"])
             try:
                 job = self._job_from(message)
                 queue = queues.get(message["queue"]) or queues.setdefault(
@@ -66,8 +126,42 @@ class HorseSideWorker(Worker):
             except Exception:  # RQ's horse exits 1 here; ours says so, then exits
                 self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
                 return None
+            finally:
+                threads.pop(message["job"], None)
+                progress.store.ended(message["job"])
 
+        def stop(job_id: str, superseded: bool) -> None:
+            """Stop one running job, not its neighbours: JobStopped raised in its thread. A job
+            stopped by a command is marked stopped for that thread (it ends as RQ ends a stopped
+            job: :meth:`_finalize_failure`); a run superseded is not (its end writes nothing)."""
+            thread = threads.get(job_id)
+            if thread is None:
+                return  # it has just ended
+            assert self._stopped_in_threads is not None
+            if not superseded:
+                self._stopped_in_threads.add(job_id)
+            raise_in_thread(thread, JobStopped)
+
+        if self.concurrency > 1:
+            self._stopped_in_threads = set()
+            self.death_penalty_class = ThreadDeathPenalty
+            serve_threads(inbox, outbox, run, stop, self.concurrency, on_exit=jobstats.flush_all)
         serve(inbox, outbox, run, on_exit=jobstats.flush_all)  # the statistics counted since the last flush
+
+    def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
+        """RQ's; but a job stopped in its thread (several jobs at once) ends as RQ's worker ends a
+        stopped job (``_handle_stopped_job``): its stopped callback (which counts it in its batch),
+        not its failure callback, and the status "stopped"."""
+        if self._stopped_in_threads is not None and job.id in self._stopped_in_threads:
+            self._stopped_in_threads.discard(job.id)
+            job.ended_at = now()
+            # RQ's mark of the stopped job is one per worker: stopped jobs are recorded one at a time
+            # (another thread's failure compares the mark with its own job, so is not disturbed).
+            with self._stop_lock:
+                rq_compat.set_stopped_job(self, job.id)
+                rq_compat.handle_stopped_job(self, job, queue, execution)  # which clears the mark
+            return
+        super()._finalize_failure(job, queue, execution, exc_info)
 
     def _job_from(self, message: dict) -> Job:
         """The job the worker sent, as the worker started it (``job_steps.start``), built from the

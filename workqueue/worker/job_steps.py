@@ -56,7 +56,9 @@ log = logging.getLogger(__name__)
 # job already moved into the first queue's intermediate list (by the worker's blocking BLMOVE), or ''
 # (ignored if it is no longer there: a sweep put it back while the BLMOVE's answer was on its way).
 # Answers false (every queue empty), {0} (dropped ids of jobs whose hash had gone: ask again), or
-# {queue number, job id, the job's hash as read before starting it, the execution's TTL};
+# {queue number, job id, the job's hash as read before starting it, the execution's TTL}, and as
+# many more such fours as further jobs were started: ARGV[13..] (optional) are one more execution
+# id per further job to start at once (``claim_many``);
 # a job whose timeout is not a plain number is answered with a TTL of -1, left unstarted in the
 # intermediate list, for RQ's own code to start.
 # A paused queue (``pausing``) gives no job, and each queue's jobs are taken from its priority
@@ -105,6 +107,14 @@ class _Claimed:
 def claim(worker: Worker, queues: Sequence[Queue], moved: bytes | None = None) -> _Claimed:
     """Take the first job of ``queues`` (in order) without blocking, and start it, in one round trip;
     ``moved``: the id of a job the worker already moved into the first queue's intermediate list."""
+    claimed = claim_many(worker, queues, 1, moved)
+    return claimed[0] if claimed else _Claimed()
+
+
+def claim_many(worker: Worker, queues: Sequence[Queue], count: int, moved: bytes | None = None) -> list[_Claimed]:
+    """:func:`claim`, taking up to ``count`` jobs in the same round trip (a worker running several
+    jobs at once fills its free slots), each started with an execution of its own. Answers the jobs
+    found, in order (none: every queue empty), or ``[_Claimed(retry=True)]`` (ask again)."""
     connection = worker.connection
     keys: list[str] = [worker.key, WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker.name)]
     for queue in queues:
@@ -114,13 +124,13 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: bytes | None = None) -
     global _claim_script
     if _claim_script is None:
         _claim_script = connection.register_script(_CLAIM)
-    execution_id, started = uuid4().hex, now()
+    execution_ids, started = [uuid4().hex for _ in range(max(1, count))], now()
     state = worker.get_state()
     args = [
         Job.redis_job_namespace_prefix,
         f"{RQ_KEY_PREFIX}:execution:",
         ExecutionRegistry.key_template.format(""),
-        execution_id,
+        execution_ids[0],
         worker.name,
         started.timestamp(),
         int(started.timestamp()),
@@ -129,6 +139,7 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: bytes | None = None) -
         int(state != WorkerStatus.BUSY),
         _MAX_DROPPED,
         moved or "",
+        *execution_ids[1:],  # one more id per further job to start
     ]
     # Busy in memory before the job can be started in Redis: a stop signal arriving meanwhile then
     # lets the job run to its end (RQ's warm shutdown) instead of leaving it started and unrun.
@@ -137,27 +148,33 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: bytes | None = None) -
     try:
         reply = _claim_script(keys=keys, args=args, client=direct_client(connection))
     finally:
-        if not reply or reply[0] == 0 or reply[3] < 0:  # nothing started
+        if not reply or reply[0] == 0 or (len(reply) == 4 and reply[3] < 0):  # nothing started
             rq_compat.set_worker_state(worker, state)
     if not reply:
-        return _Claimed()
+        return []
     if reply[0] == 0:
-        return _Claimed(retry=True)
-    queue, job_id, fields, ttl = queues[reply[0] - 1], reply[1].decode(), reply[2], reply[3]
-    job = restore(
-        worker.job_class, job_id, dict(zip(fields[::2], fields[1::2], strict=True)), connection, worker.serializer
-    )
-    if ttl < 0:
-        return _Claimed(job, queue)
-    # What RQ's prepare_execution and prepare_job_execution leave in memory.
-    job.worker_name = worker.name
-    job.started_at = job.last_heartbeat = started
-    rq_compat.set_job_status(job, JobStatus.STARTED)
-    execution = Execution(execution_id, job_id, connection, worker_name=worker.name)
-    execution.created_at = execution.last_heartbeat = started
-    rq_compat.set_execution_job(execution, job)
-    worker.executions[execution_id] = execution
-    return _Claimed(job, queue, execution=execution)
+        return [_Claimed(retry=True)]
+    found = []
+    for at in range(0, len(reply), 4):
+        number, job_id, fields, ttl = reply[at : at + 4]
+        execution_id = execution_ids[at // 4]
+        queue, job_id = queues[number - 1], job_id.decode()
+        job = restore(
+            worker.job_class, job_id, dict(zip(fields[::2], fields[1::2], strict=True)), connection, worker.serializer
+        )
+        if ttl < 0:
+            found.append(_Claimed(job, queue))
+            continue
+        # What RQ's prepare_execution and prepare_job_execution leave in memory.
+        job.worker_name = worker.name
+        job.started_at = job.last_heartbeat = started
+        rq_compat.set_job_status(job, JobStatus.STARTED)
+        execution = Execution(execution_id, job_id, connection, worker_name=worker.name)
+        execution.created_at = execution.last_heartbeat = started
+        rq_compat.set_execution_job(execution, job)
+        worker.executions[execution_id] = execution
+        found.append(_Claimed(job, queue, execution=execution))
+    return found
 
 
 def restore(

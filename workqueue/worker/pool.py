@@ -36,17 +36,19 @@ from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
 from workqueue.worker import autoscale
 from workqueue.worker.autoscale import Autoscaler, Scaling
-from workqueue.worker.catalogue_worker import WORKER_CLASSES
+from workqueue.worker.catalogue_worker import WORKER_CLASSES, use_concurrency
 from workqueue.worker.process import STOPPED_ON_PURPOSE, die_with_parent, serve_pool, stopped_on_purpose
 
 log = logging.getLogger(__name__)
 
 
-def _run_worker_detached(*args: Any, **kwargs: Any) -> None:
-    """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker.
+def _run_worker_detached(*args: Any, concurrency: int = 1, **kwargs: Any) -> None:
+    """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker, whose
+    horse runs up to ``concurrency`` jobs at once.
 
     Exits with STOPPED_ON_PURPOSE when a kill script stopped it, so the pool does not replace it.
     """
+    use_concurrency(concurrency)
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # not the pool's handlers: RQ installs its own
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -65,6 +67,8 @@ class WorkerView:
     state: str
     finished: int
     failed: int
+    #: A worker running several jobs at once (``--concurrency``): "used/N" as its last heartbeat wrote it.
+    slots: str = ""
 
 
 @dataclass
@@ -100,6 +104,14 @@ class PoolStatus:
     def idle(self) -> int:
         return len(self.workers) - self.busy
 
+    @property
+    def slots(self) -> tuple[int, int] | None:
+        """Jobs running and the most that may (``--concurrency``), over the workers that say; None if none does."""
+        pairs = [tuple(int(n) for n in w.slots.split("/")) for w in self.workers if w.slots.count("/") == 1]
+        if not pairs:
+            return None
+        return sum(pair[0] for pair in pairs), sum(pair[1] for pair in pairs)
+
 
 class ConsumerPool(WorkerPool):
     """RQ's WorkerPool of catalogue workers (``worker.WORKER_CLASSES[order]``) named ``<host>.<pid>.w<n>``."""
@@ -112,6 +124,7 @@ class ConsumerPool(WorkerPool):
         on_tick: Callable[[PoolStatus], None] | None = None,
         order: str = "priority",
         scaling: Scaling | None = None,
+        concurrency: int = 1,
     ) -> None:
         super().__init__(
             list(queues),
@@ -141,6 +154,7 @@ class ConsumerPool(WorkerPool):
         self._retiring: set[str] = set()
         self.scaled = ""
         self._start_options: dict[str, Any] = {}
+        self.concurrency = concurrency  # jobs each worker's horse runs at once (--concurrency)
         self._last_status: PoolStatus | None = None
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
@@ -150,6 +164,7 @@ class ConsumerPool(WorkerPool):
             # RQ rebuilds the client in the worker from a plain pool, which would keep the master
             # found first: give it a Sentinel pool of its own, which follows a failover.
             args = (*args[:2], worker_client(args[3], args[4]), *args[3:])
+        kwargs = {**kwargs, "concurrency": self.concurrency}
         return ForkProcess(target=_run_worker_detached, args=args, kwargs=kwargs, name=process.name)
 
     def start_worker(
@@ -341,7 +356,11 @@ class ConsumerPool(WorkerPool):
         with self._quick.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hmget(
-                    Worker.redis_worker_namespace_prefix + name, "state", "successful_job_count", "failed_job_count"
+                    Worker.redis_worker_namespace_prefix + name,
+                    "state",
+                    "successful_job_count",
+                    "failed_job_count",
+                    "slots",
                 )
             queues = rq_compat.pool_queue_names(self)
             for queue in queues:  # every priority level's list (RQ's own holds the normal one)
@@ -351,12 +370,13 @@ class ConsumerPool(WorkerPool):
             replies = pipe.execute()
         paused = {p.decode(errors="replace") for p in replies.pop()}
         status = PoolStatus(stopping=self.status == self.Status.STOPPED, stopped=list(self.stopped))
-        for name, (state, done, failed) in zip(names, replies, strict=False):  # the queues' lengths follow
+        for name, (state, done, failed, slots) in zip(names, replies, strict=False):  # the queues' lengths follow
             if state is not None:  # a dead worker's hash expires a minute after it exits
                 self._seen[name] = (int(done or 0), int(failed or 0))
             if name in self.worker_dict:
                 counts = self._seen.get(name, (0, 0))
-                status.workers.append(WorkerView(name, (state or b"starting").decode(), *counts))
+                view = WorkerView(name, (state or b"starting").decode(), *counts, slots=(slots or b"").decode())
+                status.workers.append(view)
         status.finished = sum(done for done, _ in self._seen.values())
         status.failed = sum(failed for _, failed in self._seen.values())
         lengths, levels = replies[len(names) :], len(priorities.levels())

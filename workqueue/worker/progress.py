@@ -23,11 +23,19 @@ class ProgressStore:
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
-        self._execution: tuple[str, str] = ("", "")
+        #: The execution of each job the horse runs (several at once with ``--concurrency``); a
+        #: task's calls are told apart by ``get_current_job``, which RQ keeps per thread.
+        self._executions: dict[str, str] = {}
 
     def running(self, job_id: str, execution_id: str) -> None:
-        """In the horse: which execution of which job reports from now on."""
-        self._execution = (job_id, execution_id)
+        """In the horse: which execution of ``job_id`` reports from now on."""
+        self._executions[job_id] = execution_id
+        self._last.pop(job_id, None)
+
+    def ended(self, job_id: str) -> None:
+        """In the horse: ``job_id``'s run has ended; forget it."""
+        self._executions.pop(job_id, None)
+        self._last.pop(job_id, None)
 
     def __call__(self, done: float, total: float, message: str) -> None:
         job = get_current_job()
@@ -37,10 +45,10 @@ class ProgressStore:
         finished = total > 0 and done >= total
         if not finished and now - self._last.get(job.id, 0.0) < PROGRESS_INTERVAL:
             return
-        self._last = {job.id: now}
+        self._last[job.id] = now
         percent = round(100.0 * done / total, 1) if total > 0 else None
         job.meta["progress"] = {"done": done, "total": total, "percent": percent, "message": message[:200]}
-        execution_id = self._execution[1] if self._execution[0] == job.id else ""
+        execution_id = self._executions.get(job.id, "")
         try:
             if not execution_id:  # not run by one of our horses
                 job.save_meta()

@@ -101,7 +101,8 @@
       var stopUrl = "/workers/" + encodeURIComponent(w.name) + "/stop";
       return el("tr", { "data-worker": w.name }, [
         cell(w.name), cell(w.queues.join(", ")),
-        el("td", {}, [el("span", { "class": "badge " + (w.state === "busy" ? "badge-success" : "badge-secondary"), text: w.state })]),
+        el("td", {}, [el("span", { "class": "badge " + (w.state === "busy" ? "badge-success" : "badge-secondary"),
+          text: w.state + (w.slots ? " " + w.slots : ""), title: w.slots ? "jobs running / jobs it runs at once" : "" })]),
         el("td", {}, [w.current_job ? jobLink(w.current_job) : el("span", { text: "-" })]),
         cell(w.finished), cell(w.failed),
         el("td", {}, [bar(w.utilisation, (w.utilisation * 100).toFixed(0) + "% busy", "over " + seconds(w.age))]),

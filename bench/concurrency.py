@@ -1,0 +1,195 @@
+"""Concurrency inside a worker: I/O-bound scrapes, one at a time per worker against several.
+
+    .venv/bin/python bench/concurrency.py [--jobs 1000] [--workers 10] [--delay 0.2] [--levels 1,10] [--quick]
+
+Serves a local page that answers after ``--delay`` seconds (loopback, which the scrape task's
+network policy allows by default), enqueues ``--jobs`` ``scrape``s of it, and drains them with a
+pool of ``--workers`` run with each ``--concurrency`` of ``--levels``. Prints per level the wall
+time (from releasing the jobs to ready workers to the last job's end), jobs per second, the most
+requests the page had in flight at once, and the peak memory of a worker (its process and its
+horse's, PSS where readable, else RSS, sampled every 0.2 s), with each level's ratio to the first.
+``--quick`` (or BENCH_QUICK=1): 200 jobs. The figures are what this machine measured in this run;
+nothing asserts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rq import Queue
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from pool import QUEUE, START_TIMEOUT, ended, running  # noqa: E402  (bench/pool.py)
+from run import redis_server, wait_until  # noqa: E402
+
+from workqueue import control, pausing, producer  # noqa: E402
+
+
+class SlowPage(http.server.ThreadingHTTPServer):
+    """One page that answers after ``delay`` seconds; counts the requests in flight at once."""
+
+    daemon_threads = True
+    request_queue_size = 1024  # the default backlog (5) would make a burst of connections wait for SYN retries
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.delay = delay
+        self.in_flight = self.most_in_flight = 0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/page"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: SlowPage
+
+    def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
+        try:
+            time.sleep(self.server.delay)
+            body = b"<html><head><title>slow page</title></head><body><a href='/'>home</a></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serving(delay: float) -> Iterator[SlowPage]:
+    page = SlowPage(delay)
+    thread = threading.Thread(target=page.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield page
+    finally:
+        page.shutdown()
+        page.server_close()
+        thread.join(10)
+
+
+class MemorySampler(threading.Thread):
+    """Samples, every ``gap`` seconds, each worker of the pool ``pid`` (its children) with its own
+    children (the horse): the peak of their summed PSS (RSS where PSS is unreadable), per worker."""
+
+    def __init__(self, pid: int, gap: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.gap = pid, gap
+        self.peaks: dict[int, int] = {}
+        self.kind = "PSS"
+        self.done = threading.Event()
+
+    def _memory(self, process: psutil.Process) -> int:
+        try:
+            if self.kind == "PSS":
+                return process.memory_full_info().pss
+            return process.memory_info().rss
+        except psutil.AccessDenied:
+            self.kind = "RSS"
+            return process.memory_info().rss
+
+    def run(self) -> None:
+        while not self.done.wait(self.gap):
+            try:
+                workers = psutil.Process(self.pid).children()
+            except psutil.NoSuchProcess:
+                return
+            for worker in workers:
+                try:
+                    total = self._memory(worker) + sum(self._memory(c) for c in worker.children(recursive=True))
+                except psutil.NoSuchProcess:
+                    continue
+                self.peaks[worker.pid] = max(self.peaks.get(worker.pid, 0), total)
+
+
+def drain(url: str, page: SlowPage, jobs: int, workers: int, concurrency: int, conn) -> dict[str, Any]:
+    """Enqueue ``jobs`` scrapes on the paused queue, start a pool and wait for every worker to be
+    ready, then resume the queue: the wall time runs from the resume to the last job's end, so
+    neither the enqueueing nor the workers' start counts."""
+    conn.flushdb()
+    queue = Queue(QUEUE, connection=conn)
+    pausing.pause(conn, QUEUE)
+    call = producer.TaskCall.build("scrape", {"url": page.url, "timeout": 30})
+    ids: list[str] = []
+    for start in range(0, jobs, 500):
+        ids += [job.id for job in producer.enqueue(conn, [call] * min(500, jobs - start), QUEUE).jobs]
+    page.most_in_flight = 0
+    argv = [sys.executable, "consumer_main.py", "--workers", str(workers), "--queue", QUEUE,
+            "--concurrency", str(concurrency)]  # fmt: skip
+    with running(argv, url) as pool:
+        wait_until(lambda: len(control.live_workers(conn)) == workers, START_TIMEOUT, f"{workers} workers")
+        sampler = MemorySampler(pool.pid)
+        sampler.start()
+        try:
+            resumed = time.time()
+            pausing.resume(conn, QUEUE)
+            # Counted, not fetched: reading every job ten times a second would cost more CPU than the
+            # jobs themselves, and slow the page, which this process serves.
+            registries = (queue.finished_job_registry.key, queue.failed_job_registry.key)
+            wait_until(lambda: sum(conn.zcard(key) for key in registries) >= jobs, max(120.0, jobs * 0.3),
+                       f"{jobs} jobs to end", poll=0.05)  # fmt: skip
+            done = ended(f"--concurrency {concurrency}", conn, ids)
+        finally:
+            sampler.done.set()
+            sampler.join(5)
+    wall = max(job.ended_at.timestamp() for job in done if job.ended_at) - resumed
+    peaks = list(sampler.peaks.values()) or [0]
+    return {
+        "wall": wall,
+        "rate": jobs / wall if wall > 0 else 0.0,
+        "in_flight": page.most_in_flight,
+        "peak_mb": max(peaks) / 1e6,
+        "kind": sampler.kind,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000, help="scrapes per level")
+    parser.add_argument("--workers", type=int, default=10, help="worker processes (1 to 10)")
+    parser.add_argument("--delay", type=float, default=0.2, help="seconds the page takes to answer")
+    parser.add_argument("--levels", default="1,10", help="the --concurrency values to compare, comma-separated")
+    parser.add_argument("--quick", action="store_true", help="200 jobs (also BENCH_QUICK=1)")
+    args = parser.parse_args()
+    jobs = 200 if args.quick or os.environ.get("BENCH_QUICK") else args.jobs
+    levels = [int(level) for level in args.levels.split(",")]
+    print(f"{jobs} scrapes of a local page answering after {args.delay:g} s, on {args.workers} workers")
+    rows = []
+    with redis_server() as (url, conn), serving(args.delay) as page:
+        for level in levels:
+            rows.append((level, drain(url, page, jobs, args.workers, level, conn)))
+    print(f"{'concurrency':>11} {'wall s':>8} {'jobs/s':>8} {'ratio':>6} {'at once':>8} {'peak MB/worker':>15}")
+    base = rows[0][1]["rate"] or 1.0
+    for level, row in rows:
+        memory = f"{row['peak_mb']:.0f} ({row['kind']})"
+        print(
+            f"{level:>11} {row['wall']:>8.2f} {row['rate']:>8.1f} {row['rate'] / base:>5.1f}x "
+            f"{row['in_flight']:>8.0f} {memory:>15}"
+        )
+
+
+if __name__ == "__main__":
+    main()
