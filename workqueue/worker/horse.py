@@ -166,7 +166,7 @@ def serve(
     os._exit(0)
 
 
-def _restore(handlers: dict[int, Any], held: set[signal.Signals], caught: list[int]) -> None:
+def _restore(handlers: dict[signal.Signals, Any], held: set[int | signal.Signals], caught: list[int]) -> None:
     """Put back the stop signals' handlers and mask as they were before the fork, then deliver the
     stops that came meanwhile (each signal once), so that the worker's own handler acts on them."""
     for signum, handler in handlers.items():
