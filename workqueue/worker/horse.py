@@ -172,8 +172,8 @@ def _restore(handlers: dict[signal.Signals, Any], held: set[int | signal.Signals
     for signum, handler in handlers.items():
         signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
     signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop held back by the mask is delivered here
-    for signum in dict.fromkeys(caught):
-        signal.raise_signal(signum)
+    for caught_signal in dict.fromkeys(caught):
+        signal.raise_signal(caught_signal)
 
 
 def serve_threads(
