@@ -239,6 +239,8 @@ class Tally:
         self._pending = _Pending()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        #: When the oldest count not written yet was made (monotonic), for a loop that flushes (:func:`tick`).
+        self._since: float | None = None
         self._failing = False
 
     def add_end(
@@ -278,7 +280,7 @@ class Tally:
         the next flush, and the error raised."""
         with self._flushing:  # one at a time: a horse's last flush waits for its thread's, not cut short by the exit
             with self._lock:
-                pending, self._pending = self._pending, _Pending()
+                pending, self._pending, self._since = self._pending, _Pending(), None
             if not pending:
                 return
             try:
@@ -288,7 +290,7 @@ class Tally:
             except BaseException:
                 with self._lock:
                     pending.merge(self._pending)
-                    self._pending = pending
+                    self._pending, self._since = pending, time.monotonic()  # the next try in a second
                 raise
 
     def flush_quietly(self) -> None:
@@ -305,8 +307,15 @@ class Tally:
                 log.warning("the statistics of the last jobs are written again")
             self._failing = False
 
+    def due_in(self) -> float | None:
+        """Seconds until what is counted should be written (0: now), None if nothing waits."""
+        since = self._since
+        return None if since is None else max(0.0, since + FLUSH_INTERVAL - time.monotonic())
+
     def _start(self) -> None:
-        if self._thread is not None:
+        if self._since is None:
+            self._since = time.monotonic()
+        if self._thread is not None or not _threaded:
             return
         with self._lock:
             if self._thread is None:
@@ -322,6 +331,32 @@ class Tally:
 
 
 _tallies: dict[tuple[int, int], Tally] = {}
+
+#: Whether a tally writes from a thread of its own; a process whose loop calls :func:`tick` needs none.
+_threaded = True
+
+
+def flush_from_loop() -> None:
+    """This process writes its tallies from its own loop, calling :func:`tick` (a worker's horse
+    between jobs): no thread. A horse with a thread is not killed whole at once: until its last
+    thread has gone, the worker could still hand it a job, lost with it."""
+    global _threaded
+    _threaded = False
+
+
+def tick() -> float | None:
+    """Write this process's tallies that are due; the seconds until the next is (None: none waits)."""
+    waits = []
+    for key, found in list(_tallies.items()):
+        if key[0] != os.getpid():
+            continue
+        due = found.due_in()
+        if due == 0:
+            found.flush_quietly()
+            due = found.due_in()  # None, or a second from now if the flush failed
+        if due is not None:
+            waits.append(due)
+    return min(waits, default=None)
 
 
 def tally(connection: redis.Redis) -> Tally:

@@ -149,21 +149,47 @@ class Horse:
 
 
 def serve(
-    inbox: int, outbox: int, run: Callable[[dict], bool | None], on_exit: Callable[[], object] = lambda: None
+    inbox: int,
+    outbox: int,
+    run: Callable[[dict], bool | None],
+    on_exit: Callable[[], object] = lambda: None,
+    tick: Callable[[], float | None] = lambda: None,
 ) -> None:
     """The horse's loop: run each job the worker sends, answer once it has ended; exit when the
-    worker closes the pipe (or dies), calling ``on_exit()`` first."""
-    with os.fdopen(inbox, "rb") as messages:
-        while (length := _length(messages.read(4))) is not None:
-            message = marshal.loads(messages.read(length))
-            ok = run(message)
-            answer = {"job": message.get("job"), "ok": ok, "peak_rss_mb": peak_rss_mb()}
-            os.write(outbox, _frame(answer))
-            if ok is None:
-                on_exit()
-                os._exit(1)
+    worker closes the pipe (or dies), calling ``on_exit()`` first. Between jobs ``tick()`` is
+    called as often as it asks (its answer: the seconds until the next call, None: no call needed)."""
+    while (message := _receive(inbox, tick)) is not None:
+        ok = run(message)
+        answer = {"job": message.get("job"), "ok": ok, "peak_rss_mb": peak_rss_mb()}
+        os.write(outbox, _frame(answer))
+        if ok is None:
+            on_exit()
+            os._exit(1)
     on_exit()
     os._exit(0)
+
+
+def _receive(inbox: int, tick: Callable[[], float | None]) -> dict | None:
+    """The next message on ``inbox``, None at its end (the worker closed it or died); ``tick()``
+    is called while none comes, as :func:`serve` says."""
+    while not select.select([inbox], [], [], tick())[0]:
+        pass
+    header = _read_exactly(inbox, 4)
+    length = _length(header)
+    if length is None:
+        return None
+    body = _read_exactly(inbox, length)
+    if len(body) < length:
+        return None
+    return marshal.loads(body)
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd``, fewer only at its end."""
+    data = b""
+    while len(data) < size and (chunk := os.read(fd, size - len(data))):
+        data += chunk
+    return data
 
 
 def _restore(handlers: dict[signal.Signals, Any], held: set[int | signal.Signals], caught: list[int]) -> None:

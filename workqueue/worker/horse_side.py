@@ -146,7 +146,8 @@ class HorseSideWorker(Worker):
             self._stopped_in_threads = set()
             self.death_penalty_class = ThreadDeathPenalty
             serve_threads(inbox, outbox, run, stop, self.concurrency, on_exit=jobstats.flush_all)
-        serve(inbox, outbox, run, on_exit=jobstats.flush_all)  # the statistics counted since the last flush
+        jobstats.flush_from_loop()  # one job at a time: its statistics written between jobs, no thread
+        serve(inbox, outbox, run, on_exit=jobstats.flush_all, tick=jobstats.tick)
 
     def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
         """RQ's; but a job stopped in its thread (several jobs at once) ends as RQ's worker ends a
