@@ -28,6 +28,7 @@ from tests.helpers import (
     wait_for,
     workers,
 )
+from workqueue import jobstats
 from workqueue.jobs import SERIALIZER
 
 pytestmark = pytest.mark.slow
@@ -91,9 +92,17 @@ def shot(page, tmp_path: Path, name: str) -> None:
     assert path.stat().st_size > 0
 
 
+def _finished(conn, task: str) -> int:
+    """Jobs of ``task`` counted finished in the statistics, over every queue."""
+    report = jobstats.collect(conn, jobstats.queue_names(conn))
+    return sum(q.tasks[task].finished for q in report if task in q.tasks)
+
+
 def test_live_page_shows_progress_and_charts_and_stops_a_worker(conn, dashboard, page, tmp_path) -> None:
     for job in enqueue_jobs(conn, "pi", count=4, samples=1000):
         wait_for(lambda job=job: status(conn, job) == "finished", 20, "the quick jobs to finish")
+    # the statistics the charts draw are written by each horse about once a second (jobstats.Tally)
+    wait_for(lambda: _finished(conn, "pi") >= 4, 10, "the statistics of the quick jobs")
     (long_job,) = enqueue_jobs(conn, seconds=30)
     page.goto(dashboard + "/")
     row = page.locator(f"#running-jobs tr[data-job-id='{long_job.id}']")
