@@ -193,7 +193,9 @@ def test_no_jobs_end_is_half_written_while_redis_is_out_of_memory(tmp_path) -> N
         conn = redis.Redis(port=server.port)
         env = cli_env(WORKQUEUE_EXTRA_TASKS="tests.recovery_tasks", REDIS_URL=server.url)
         marker = tmp_path / "runs"
-        jobs = [enqueue(conn, "mark_then_progress", marker=str(marker), seconds=2) for _ in range(3)]
+        # Long enough that none ends before Redis is full: the last of the three may start a second
+        # or more after the first on a loaded machine, and filling Redis takes a moment too.
+        jobs = [enqueue(conn, "mark_then_progress", marker=str(marker), seconds=5) for _ in range(3)]
         # One worker process per job (the pool's own outage handling is not what is tested here).
         code = (
             "import sys; from workqueue.connection import connect; "
