@@ -51,3 +51,18 @@ def http_server() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What this process sends to Redis, one entry per write (a round trip), as it goes."""
+    seen: list[bytes] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def send(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        parts = [command] if isinstance(command, bytes | str) else list(command)
+        seen.append(bytes(parts[0])[:40] if parts else b"")
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
+    return seen

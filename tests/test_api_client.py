@@ -8,28 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 import workqueue
 from tests.helpers import free_port
 from workqueue import embedded, outage
 from workqueue.errors import RedisLostData
 from workqueue.settings import Settings
-
-
-@pytest.fixture
-def sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """What this process sends to Redis, one entry per write (a round trip), as it goes."""
-    seen: list[bytes] = []
-    original = redis.connection.AbstractConnection.send_packed_command
-
-    def send(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        parts = [command] if isinstance(command, bytes | str) else list(command)
-        seen.append(bytes(parts[0])[:40] if parts else b"")
-        return original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
-    return seen
 
 
 def test_each_enqueue_after_the_first_is_one_round_trip_on_one_client(redis_url: str, conn, sends) -> None:

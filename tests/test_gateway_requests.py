@@ -11,21 +11,6 @@ from workqueue.gateway import create_app
 
 
 @pytest.fixture
-def sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """What this process sends to Redis, one entry per write (a round trip), as it goes."""
-    seen: list[bytes] = []
-    original = redis.connection.AbstractConnection.send_packed_command
-
-    def send(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        parts = [command] if isinstance(command, bytes | str) else list(command)
-        seen.append(bytes(parts[0])[:40] if parts else b"")
-        return original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
-    return seen
-
-
-@pytest.fixture
 def api(conn: redis.Redis) -> FlaskClient:
     app = create_app(conn)
     app.testing = True
