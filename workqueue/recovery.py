@@ -109,6 +109,22 @@ def hand_back(
     return outcome
 
 
+def give_back(connection: redis.Redis, job: Job, queue: Queue, execution_id: str, worker_name: str) -> bool:
+    """Put a job a worker claimed ahead (``worker.claiming``) and never ran back at the front of
+    its queue, as it was: no retry used, no interruption noted. Guarded as :func:`hand_back` (mode
+    'claim'): False if its run was no longer in the started registry (a sweep took it first)."""
+    guard = Guard("claim", queue.started_job_registry.key, [f"{job.id}:{execution_id}"])
+    job.started_at = job.last_heartbeat = None
+    job.worker_name = None
+
+    def build(pipe: redis.client.Pipeline) -> None:
+        _forget_executions(pipe, job.id, [execution_id], queue, worker_name, grace=0.0)
+        rq_compat.enqueue_job(queue, job, pipeline=pipe, at_front=True)
+
+    replies = run_guarded(connection, build, guard, what=f"the return of job {job.id}", patience=30)
+    return replies is not SUPERSEDED
+
+
 def _decide(job: Job, reason: str, worker_name: str, attempt: bool) -> tuple[bool, str]:
     """Whether ``job`` runs again (an ``attempt`` uses one of its retries), and the failure to
     record if not; notes the interruption in its meta (not yet written)."""
@@ -153,19 +169,23 @@ def _queue_hand_back(
 
 
 def _forget_executions(
-    pipe: redis.client.Pipeline, job_id: str, execution_ids: list[str], queue: Queue, worker_name: str
+    pipe: redis.client.Pipeline,
+    job_id: str,
+    execution_ids: list[str],
+    queue: Queue,
+    worker_name: str,
+    grace: float = LIMIT_DEAD_GRACE,
 ) -> None:
     """Queue what RQ's Execution.delete writes for each of the job's runs, without reading them
-    first (a concurrent sweep may have deleted them: RQ's get_executions then raises)."""
+    first (a concurrent sweep may have deleted them: RQ's get_executions then raises); a per-key
+    limit's lease ends ``grace`` seconds from now."""
     for execution_id in execution_ids:
         composite = f"{job_id}:{execution_id}"
         pipe.delete(f"{RQ_KEY_PREFIX}:execution:{composite}")
         pipe.zrem(queue.started_job_registry.key, composite)
         pipe.zrem(ExecutionRegistry.key_template.format(job_id), execution_id)
         # Its concurrency slot comes back shortly: the site may still be answering the dead run's request.
-        limits.queue_release(
-            pipe, Job.key_for(job_id), job_id, execution_id, queue_key=queue.key, grace=LIMIT_DEAD_GRACE
-        )
+        limits.queue_release(pipe, Job.key_for(job_id), job_id, execution_id, queue_key=queue.key, grace=grace)
         if worker_name:
             pipe.srem(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name), composite)
 
@@ -360,13 +380,21 @@ def _rescue_intermediate(connection: redis.Redis, queue: Queue) -> list[HandBack
         if status is None:
             connection.lrem(queue.intermediate_queue_key, 1, job_id)
             continue
-        home = priorities.home(connection, queue.name, job_id)  # back at its own level
-        runs_key = ExecutionRegistry.key_template.format(job_id)
-        keys = [queue.intermediate_queue_key, home, Job.key_for(job_id), seen_key, queue.started_job_registry.key]
-        if connection.eval(_REQUEUE_IF_STILL_THERE, 6, *keys, runs_key, job_id, f"{RQ_KEY_PREFIX}:execution:"):
+        if requeue_unstarted(connection, job_id, queue, seen_key):
             log.warning("job %s was dequeued by a worker that died before starting it; requeued", job_id)
             rescued.append(HandBack(job_id, queue.name, REQUEUED, "dequeued by a worker that died before starting it"))
     return rescued
+
+
+def requeue_unstarted(connection: redis.Redis, job_id: str, queue: Queue, seen_key: str = "") -> bool:
+    """Move a job dequeued but never started from ``queue``'s intermediate list back to the front
+    of its list (its own level), unless it was started or moved meanwhile: one atomic step.
+    Whether it was moved."""
+    home = priorities.home(connection, queue.name, job_id)  # back at its own level
+    runs_key = ExecutionRegistry.key_template.format(job_id)
+    seen_key = seen_key or f"workqueue:intermediate-seen:{queue.name}:{job_id}"
+    keys = [queue.intermediate_queue_key, home, Job.key_for(job_id), seen_key, queue.started_job_registry.key]
+    return bool(connection.eval(_REQUEUE_IF_STILL_THERE, 6, *keys, runs_key, job_id, f"{RQ_KEY_PREFIX}:execution:"))
 
 
 def _enqueue_due(connection: redis.Redis, queues: list[Queue]) -> None:

@@ -35,6 +35,7 @@ from workqueue.settings import (
 from workqueue.supervision import Supervisor
 from workqueue.worker.autoscale import Scaling, parse_range
 from workqueue.worker.catalogue_worker import MAX_CONCURRENCY
+from workqueue.worker.claiming import claim_ahead_settings
 from workqueue.worker.pool import ConsumerPool, PoolStatus
 
 
@@ -158,6 +159,10 @@ def main(
     assert workers is not None
     queues = queues or (DEFAULT_QUEUE,)
     scaling = Scaling.from_env(*workers)
+    try:
+        claim_ahead_settings()  # read again by each worker: a wrong value stops here, before any starts
+    except ValueError as exc:
+        fail(str(exc))
     logs.setup(verbose)
     connection, target = connect(redis_url, ride_out_outages=True)
     live = sys.stdout.isatty()

@@ -1,10 +1,13 @@
 local job_prefix, exec_prefix, registry_prefix, exec_id, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now_float, now_int, now_text, interval = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local dropped = 0
--- Several jobs per call: ARGV[13..] are more execution ids, one per further job to start (up to
--- 1 + #those jobs); the answer lists each job's four values in turn.
+-- Several jobs per call: ARGV[14..] are more execution ids, one per further job to start (up to
+-- 1 + #those jobs); the answer lists each job's four values in turn. ARGV[13]: with a number above
+-- 0, a further job is only taken from a queue that uses none of pause, limits and levels and still
+-- holds more than that many jobs (a one-job-at-a-time worker claiming ahead of a deep queue).
 local exec_ids, found = {ARGV[4]}, {}
-for k = 13, #ARGV do exec_ids[#exec_ids + 1] = ARGV[k] end
+for k = 14, #ARGV do exec_ids[#exec_ids + 1] = ARGV[k] end
+local ahead_depth, depth = tonumber(ARGV[13]) or 0, {}
 
 -- Pause and priorities (workqueue.pausing, workqueue.priorities): a paused queue gives no job; a
 -- queue's jobs come from its level lists, highest first, RQ's own list (KEYS[i]) being level 5.
@@ -199,6 +202,12 @@ end
 for i = 3, #KEYS, 3 do
   while true do
     if paused(i) then break end
+    if #found > 0 and ahead_depth > 0 then  -- claiming ahead: only from a deep quiet queue
+      if not is_quiet(i) then break end
+      depth[i] = depth[i] or redis.call('LLEN', KEYS[i])
+      if depth[i] <= ahead_depth then break end
+      depth[i] = depth[i] - 1
+    end
     local id = false
     if i == 3 and ARGV[12] ~= '' then
       id, ARGV[12] = ARGV[12], ''

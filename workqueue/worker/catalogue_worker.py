@@ -40,6 +40,7 @@ from workqueue.control import SHUTDOWN_NOW
 from workqueue.guarded import note_superseded
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import (
+    AHEAD_LOOK,
     HARD_KILL_GRACE,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_MIN_GAP,
@@ -97,6 +98,7 @@ class CatalogueWorker(SlotsWorker):
         kwargs.setdefault("job_monitoring_interval", HEARTBEAT_INTERVAL)
         super().__init__(*args, **kwargs)
         self._cold = False
+        self._forcing_stop = False
         self._stop_reason = "the worker was stopped at once"
         self._hard_killed: str | None = None
         self._registered_at = 0.0
@@ -106,7 +108,7 @@ class CatalogueWorker(SlotsWorker):
         self._suspension_checked_at = -SUSPENSION_CHECK_GAP
         self._horse: Horse | None = None
         self._worker_pid = os.getpid()
-        self._outage_noted = ""
+        self._setup_claiming()
         self._running: dict[str, RunningJob] = {}  # --concurrency: the jobs the horse runs, by id
         self._retire_when_drained = False
         self._jobs_beaten_at = 0.0
@@ -169,12 +171,14 @@ class CatalogueWorker(SlotsWorker):
     def _run_in_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Hand the job to the horse (forking one if there is none) and watch it, heartbeating,
         until it answers that the job has ended, or dies trying (:meth:`_horse_died`)."""
+        handed = time.monotonic()
         horse = self._hand_to_horse(job, queue, execution)
         job.started_at = now()
         self.heartbeat()  # at most once a second (see heartbeat), and while the horse works
         answer = self._watch_horse(horse, job, execution)
         rq_compat.set_horse_pid(self, 0)
         self.executions.pop(execution.id, None)
+        self._last_run = time.monotonic() - handed if answer is not None else None
         if answer is not None:  # the horse ran the job to its end and recorded it
             if not answer["ok"] or horse.worn_out(answer):
                 self._retire_horse()
@@ -213,13 +217,22 @@ class CatalogueWorker(SlotsWorker):
         timeout = job.timeout or Queue.DEFAULT_TIMEOUT
         hard_deadline = time.monotonic() + timeout + HARD_KILL_GRACE if timeout > 0 else None
         self._handed_back_at = None
+        # Jobs claimed ahead wait behind this one for ahead_hold seconds at most (see claiming).
+        hold_until = time.monotonic() + self.ahead_hold
+        beat_at = time.monotonic() + self.job_monitoring_interval
         while True:
-            wait = self.job_monitoring_interval
-            if hard_deadline is not None:
-                wait = max(0.0, min(wait, hard_deadline - time.monotonic()))
-            answer = horse.wait(wait)
+            wake = beat_at if hard_deadline is None else min(beat_at, hard_deadline)
+            if self._ahead:
+                wake = min(wake, time.monotonic() + AHEAD_LOOK, max(hold_until, time.monotonic() + 0.01))
+            answer = horse.wait(max(0.0, wake - time.monotonic()))
             if answer is not WAITING:
                 return answer
+            if self._ahead:
+                self.settle_ahead(time.monotonic() >= hold_until, f"job {job.id} has run {self.ahead_hold:g} s")
+            now_ = time.monotonic()
+            if now_ < beat_at and (hard_deadline is None or now_ < hard_deadline):
+                continue  # woken for the jobs held ahead only
+            beat_at = now_ + self.job_monitoring_interval
             # Found handed back (a heartbeat saw it) and still running a second later: not a horse
             # that has just recorded its end and not yet answered, but a run superseded. Stop it.
             if self._handed_back_at is not None and time.monotonic() - self._handed_back_at >= 1.0:
@@ -283,6 +296,7 @@ class CatalogueWorker(SlotsWorker):
         """RQ's, and the horse goes too. With Redis away, the worker leaves without unregistering:
         its registration lapses by itself (HEARTBEAT_TTL)."""
         try:
+            self.settle_ahead(give_back=True, why="the worker stops")
             super().teardown()
         except redis.RedisError as exc:
             if not outage.is_outage(exc):
@@ -443,6 +457,8 @@ class CatalogueWorker(SlotsWorker):
         """RQ's pub/sub commands, plus ours; a shutdown marks the worker as stopped on purpose."""
         payload = parse_payload(message)
         command = payload.get("command")
+        if command == "stop-job" and self.concurrency == 1 and self._stop_if_ahead(payload.get("job_id") or ""):
+            return None  # claimed ahead: stopped before it runs, the running job runs on
         if command == "stop-job" and self.concurrency > 1:  # only that job, not its neighbours
             if not self._stop_running(payload.get("job_id") or ""):
                 self.log.warning("Not working on job %s, command ignored.", payload.get("job_id"))
@@ -488,6 +504,9 @@ class CatalogueWorker(SlotsWorker):
             if execution is None or not self._stop_running(execution.job_id):
                 self.log.warning("Not running execution %s, command ignored.", execution_id)
             return
+        execution = self.executions.get(execution_id)
+        if execution is not None and self._stop_if_ahead(execution.job_id):
+            return  # claimed ahead: stopped before it runs, the running job runs on
         super().request_stop_execution(execution_id)
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
@@ -497,6 +516,9 @@ class CatalogueWorker(SlotsWorker):
         pool and the worker both receive each Ctrl-C. Our pool runs each worker in its own process
         group and forwards each signal once, so a quick second Ctrl-C is meant.
         """
+        if self._forcing_stop:  # a signal during the cold stop itself (the pool forwards each it gets)
+            return
+        self._forcing_stop = True
         self.log.warning("Worker %s: cold shut down", self.name)
         # The job it claimed, whether or not its horse has it yet: the claim marks it started first.
         outage.request_stop()
@@ -511,12 +533,15 @@ class CatalogueWorker(SlotsWorker):
                 if not outage.is_outage(exc):
                     raise
                 job = None  # left started: the sweep hands it back once Redis answers
-            jobs = [job] if job is not None else []
+            # Between two jobs, the first "current" one is claimed ahead: given back as it was, by teardown.
+            jobs = [job] if job is not None and not self._holds_ahead(job.id) else []
         if self.horse_pid:
             self.kill_horse(signal.SIGKILL)
             self.wait_for_horse()
             rq_compat.set_horse_pid(self, 0)
         reason = self._stop_reason if self._cold else "the consumer was stopped at once"
+        if self.concurrency == 1:  # those held ahead first: the running job goes back in front of them
+            self.settle_ahead(give_back=True, why="the worker stops at once")
         for one in jobs:
             try:
                 recovery.hand_back(self.connection, one, reason, self.name)

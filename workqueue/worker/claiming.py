@@ -1,12 +1,24 @@
 """The part of the worker that takes jobs: each one claimed and started in one round trip
 (``job_steps.claim``), an idle worker waiting in a BLMOVE, and a Redis outage waited out with
-backoff while a stop is still honoured."""
+backoff while a stop is still honoured.
+
+Claiming ahead: a worker running one job at a time whose last job was short (under AHEAD_SHORT
+seconds) claims up to ``claim_ahead`` more with its next one, in the same round trip, from a deep
+queue (``job_steps.claim_many``, ``ahead_depth``). Each is started as any claimed job (in the
+started registry with an execution of its own), so a worker that dies hands them all back; the
+worker runs them one by one before it claims again. It holds them for AHEAD_HOLD seconds of its
+current job at most, and gives back those it has not run when it stops, at the front of their
+queue, as they were (``recovery.give_back``): other workers are never kept waiting behind a long
+job. A stop-job command for one it holds stops it before it runs."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
+from collections import deque
 from typing import Any
 
 import redis
@@ -14,11 +26,18 @@ from rq import Queue
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import Job
+from rq.utils import now
 from rq.worker import WorkerStatus
 
-from workqueue import limits, outage, pausing, rq_compat
+from workqueue import limits, outage, pausing, recovery, rq_compat
 from workqueue.replies import as_bytes
 from workqueue.settings import (
+    AHEAD_HOLD_DEFAULT,
+    AHEAD_HOLD_ENV,
+    AHEAD_MIN_DEPTH,
+    AHEAD_SHORT,
+    CLAIM_AHEAD_DEFAULT,
+    CLAIM_AHEAD_ENV,
     IDLE_LOOK_GAP,
     LIMIT_POLL,
     MULTI_QUEUE_POLL,
@@ -32,11 +51,51 @@ from workqueue.worker.process import pool_gone
 log = logging.getLogger(__name__)
 
 
+#: The most jobs ``WORKQUEUE_CLAIM_AHEAD`` may ask a worker to claim ahead.
+MAX_CLAIM_AHEAD = 50
+
+
+def claim_ahead_settings(environ: dict[str, str] | os._Environ[str] = os.environ) -> tuple[int, float]:
+    """``WORKQUEUE_CLAIM_AHEAD`` (jobs, 0 to MAX_CLAIM_AHEAD) and ``WORKQUEUE_CLAIM_AHEAD_HOLD``
+    (seconds, above 0) from ``environ``, or their defaults; ValueError saying which is wrong."""
+    raw_count, raw_hold = environ.get(CLAIM_AHEAD_ENV, ""), environ.get(AHEAD_HOLD_ENV, "")
+    try:
+        count = int(raw_count) if raw_count.strip() else CLAIM_AHEAD_DEFAULT
+    except ValueError:
+        count = -1
+    if not 0 <= count <= MAX_CLAIM_AHEAD:
+        raise ValueError(f"{CLAIM_AHEAD_ENV}={raw_count!r}: expected a whole number from 0 to {MAX_CLAIM_AHEAD}")
+    try:
+        hold = float(raw_hold) if raw_hold.strip() else AHEAD_HOLD_DEFAULT
+    except ValueError:
+        hold = -1.0
+    if not 0 < hold < float("inf"):
+        raise ValueError(f"{AHEAD_HOLD_ENV}={raw_hold!r}: expected seconds above 0, e.g. 0.5")
+    return count, hold
+
+
 class ClaimingWorker(HorseSideWorker):
     """RQ's Worker, taking its jobs as workqueue does (see the module)."""
 
     _horse: Horse | None
     _outage_noted: str
+    #: Jobs claimed ahead and not yet run, in order; a lock, as stop-job commands look at them
+    #: from RQ's command thread (which marks them in ``_stop_ahead``: the worker's thread records them),
+    #: reentrant, as a cold stop's signal handler gives them back from the worker's thread.
+    _ahead: deque[job_steps._Claimed]
+    _ahead_lock: threading.RLock
+    _stop_ahead: set[str]
+    #: Seconds the last job took in the horse (None: none yet), and the claim-ahead settings.
+    _last_run: float | None
+    claim_ahead: int
+    ahead_hold: float
+
+    def _setup_claiming(self) -> None:
+        """The claiming state of a new worker (its settings from the environment: see the module)."""
+        self._outage_noted = ""
+        self._ahead, self._ahead_lock, self._stop_ahead = deque(), threading.RLock(), set()
+        self._last_run = None
+        self.claim_ahead, self.ahead_hold = claim_ahead_settings()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
         """RQ's, with every job taken and started in one round trip (``job_steps.claim``): at once
@@ -47,7 +106,7 @@ class ClaimingWorker(HorseSideWorker):
             # As RQ's, a heartbeat first (at most one a second, see heartbeat): a new worker's
             # hash lives worker_ttl + 60 s until then, and a job it died with would wait as long.
             self.heartbeat()
-            claimed = self._claim()
+            claimed = self._next_ahead() or self._claim()
             if claimed is not None:
                 self._outage_over()
                 return claimed
@@ -107,16 +166,100 @@ class ClaimingWorker(HorseSideWorker):
         if moved is not None and moved_from is not None and moved_from is not queues[0]:
             # Only paused queues come before it (see _wait_and_claim): the claim skips them anyway.
             queues = [moved_from] + [q for q in queues if q is not moved_from]
+        ahead = self._ahead_wanted()
         while True:
-            claimed = job_steps.claim(self, queues, moved)
+            found = job_steps.claim_many(self, queues, 1 + ahead, moved, ahead_depth=AHEAD_MIN_DEPTH if ahead else 0)
             moved = None
-            if not claimed.retry:
+            if not found or not found[0].retry:
                 break
-        if claimed.job is None or claimed.queue is None:
+        if not found or found[0].job is None or found[0].queue is None:
             if rq_compat.stop_requested(self):  # asked while the claim made the worker look busy: stop now
                 raise StopRequested()
             return None
-        return self._taken(claimed)
+        if len(found) > 1:
+            with self._ahead_lock:
+                self._ahead.extend(found[1:])
+        return self._taken(found[0])
+
+    def _ahead_wanted(self) -> int:
+        """How many jobs to claim ahead with the next one (see the module): none with several at
+        once (``--concurrency``), before a first short job, or once stopping."""
+        if self.concurrency > 1 or not self.claim_ahead or self._last_run is None or self._last_run >= AHEAD_SHORT:
+            return 0
+        return 0 if rq_compat.stop_requested(self) else self.claim_ahead
+
+    def _next_ahead(self) -> tuple[Job, Queue] | None:
+        """The next job claimed ahead, taken as a claimed job is (None: none held); one a stop-job
+        command asked to stop is recorded as stopped instead of run."""
+        while True:
+            with self._ahead_lock:
+                if not self._ahead:
+                    return None
+                claimed = self._ahead.popleft()
+                stopped = claimed.job is not None and claimed.job.id in self._stop_ahead
+            if stopped:
+                self._record_stopped_ahead(claimed)
+                continue
+            assert claimed.job is not None
+            claimed.job.started_at = now()  # when it starts, not when it was claimed (its end writes this)
+            return self._taken(claimed)
+
+    def _stop_if_ahead(self, job_id: str) -> bool:
+        """From RQ's command thread: a stop-job command for a job this worker holds ahead is noted,
+        to be recorded by the worker's thread before it would run (:meth:`settle_ahead`). Whether it holds it."""
+        with self._ahead_lock:
+            if not any(claimed.job is not None and claimed.job.id == job_id for claimed in self._ahead):
+                return False
+            self._stop_ahead.add(job_id)
+        self.log.warning("Worker %s: job %s, claimed ahead, is stopped before it runs", self.name, job_id)
+        return True
+
+    def _holds_ahead(self, job_id: str) -> bool:
+        """Whether ``job_id`` is one of the jobs this worker holds ahead, not yet run."""
+        with self._ahead_lock:
+            return any(claimed.job is not None and claimed.job.id == job_id for claimed in self._ahead)
+
+    def settle_ahead(self, give_back: bool, why: str) -> None:
+        """Record the stops asked for jobs held ahead and, with ``give_back``, put back the others
+        at the front of their queues, as they were (``recovery.give_back``). In the worker's thread.
+        Redis being away leaves them started: the sweep hands them back once the worker is gone."""
+        with self._ahead_lock:
+            stopped = [c for c in self._ahead if c.job is not None and c.job.id in self._stop_ahead]
+            held = [c for c in self._ahead if c not in stopped] if give_back else []
+            self._ahead = deque(c for c in self._ahead if c not in stopped and c not in held)
+        for claimed in stopped:
+            self._record_stopped_ahead(claimed)
+        if held:
+            self.log.info("Worker %s: giving back %d job(s) claimed ahead (%s)", self.name, len(held), why)
+        for claimed in reversed(held):  # each to the front: their order is kept
+            assert claimed.job is not None and claimed.queue is not None
+            try:
+                if claimed.execution is None:  # left unstarted by the claim: in the intermediate list
+                    recovery.requeue_unstarted(self.connection, claimed.job.id, claimed.queue)
+                else:
+                    self.executions.pop(claimed.execution.id, None)
+                    recovery.give_back(self.connection, claimed.job, claimed.queue, claimed.execution.id, self.name)
+            except redis.RedisError as exc:
+                if not outage.is_outage(exc):
+                    raise
+                self.log.warning(
+                    "Worker %s: %s, so job %s stays started; the sweep hands it back once the worker is gone",
+                    self.name,
+                    outage.describe(exc),
+                    claimed.job.id,
+                )
+
+    def _record_stopped_ahead(self, claimed: job_steps._Claimed) -> None:
+        """Record a job held ahead as stopped by a stop-job command (RQ's record of a stopped job)."""
+        job, queue = claimed.job, claimed.queue
+        assert job is not None and queue is not None
+        with self._ahead_lock:
+            self._stop_ahead.discard(job.id)
+        execution = claimed.execution or job_steps.start(self, job, queue, heartbeat=False)
+        self.executions.pop(execution.id, None)
+        job.ended_at = now()
+        self._stopped_job_id = job.id  # RQ's mark: the failure handler records it as stopped
+        rq_compat.handle_stopped_job(self, job, queue, execution)
 
     def _taken(self, claimed: job_steps._Claimed) -> tuple[Job, Queue]:
         """A job just claimed, as RQ's dequeue leaves it (and logs it)."""
@@ -150,7 +293,7 @@ class ClaimingWorker(HorseSideWorker):
         sees) or of a queue just resumed is taken this soon. With every queue paused it sleeps."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            claimed = self._claim()
+            claimed = self._next_ahead() or self._claim()
             if claimed is not None:
                 return claimed
             if deadline is None:  # a burst: done once no job waits, held by a limit or not

@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 # (ignored if it is no longer there: a sweep put it back while the BLMOVE's answer was on its way).
 # Answers false (every queue empty), {0} (dropped ids of jobs whose hash had gone: ask again), or
 # {queue number, job id, the job's hash as read before starting it, the execution's TTL}, and as
-# many more such fours as further jobs were started: ARGV[13..] (optional) are one more execution
-# id per further job to start at once (``claim_many``);
+# many more such fours as further jobs were started: ARGV[14..] (optional) are one more execution
+# id per further job to start at once (``claim_many``), ARGV[13] the depth a quiet queue must have
+# for a further job to be taken from it (0: any, a worker filling its free slots);
 # a job whose timeout is not a plain number is answered with a TTL of -1, left unstarted in the
 # intermediate list, for RQ's own code to start.
 # A paused queue (``pausing``) gives no job, and each queue's jobs are taken from its priority
@@ -111,10 +112,14 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: bytes | None = None) -
     return claimed[0] if claimed else _Claimed()
 
 
-def claim_many(worker: Worker, queues: Sequence[Queue], count: int, moved: bytes | None = None) -> list[_Claimed]:
+def claim_many(
+    worker: Worker, queues: Sequence[Queue], count: int, moved: bytes | None = None, *, ahead_depth: int = 0
+) -> list[_Claimed]:
     """:func:`claim`, taking up to ``count`` jobs in the same round trip (a worker running several
     jobs at once fills its free slots), each started with an execution of its own. Answers the jobs
-    found, in order (none: every queue empty), or ``[_Claimed(retry=True)]`` (ask again)."""
+    found, in order (none: every queue empty), or ``[_Claimed(retry=True)]`` (ask again).
+    ``ahead_depth`` above 0: a job beyond the first only comes from a queue using no pause, limit
+    or level that still holds more than that many jobs (a worker claiming ahead, ``claiming``)."""
     connection = worker.connection
     keys: list[str] = [worker.key, WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker.name)]
     for queue in queues:
@@ -139,6 +144,7 @@ def claim_many(worker: Worker, queues: Sequence[Queue], count: int, moved: bytes
         int(state != WorkerStatus.BUSY),
         _MAX_DROPPED,
         moved or "",
+        ahead_depth,
         *execution_ids[1:],  # one more id per further job to start
     ]
     # Busy in memory before the job can be started in Redis: a stop signal arriving meanwhile then
