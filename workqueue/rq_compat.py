@@ -252,7 +252,8 @@ def stopped_job_id(worker: Worker) -> str | None:
 
 def set_stopped_job(worker: Worker, job_id: str) -> None:
     """Mark ``job_id`` as stopped on purpose, as RQ's stop-job command does (its failure is then
-    recorded as "stopped"): for a job stopped in its thread, with several at once (``--concurrency``)."""
+    recorded as "stopped"): for a job stopped in its thread, with several at once (``--concurrency``),
+    or before it ran, claimed ahead (``worker.claiming``)."""
     worker._stopped_job_id = job_id
 
 

@@ -258,7 +258,7 @@ class ClaimingWorker(HorseSideWorker):
         execution = claimed.execution or job_steps.start(self, job, queue, heartbeat=False)
         self.executions.pop(execution.id, None)
         job.ended_at = now()
-        self._stopped_job_id = job.id  # RQ's mark: the failure handler records it as stopped
+        rq_compat.set_stopped_job(self, job.id)  # RQ's mark: the failure handler records it as stopped
         rq_compat.handle_stopped_job(self, job, queue, execution)
 
     def _taken(self, claimed: job_steps._Claimed) -> tuple[Job, Queue]:
