@@ -208,7 +208,7 @@ class ClaimingWorker(HorseSideWorker):
         """From RQ's command thread: a stop-job command for a job this worker holds ahead is noted,
         to be recorded by the worker's thread before it would run (:meth:`settle_ahead`). Whether it holds it."""
         with self._ahead_lock:
-            if not any(claimed.job is not None and claimed.job.id == job_id for claimed in self._ahead):
+            if not self._holds_ahead(job_id):
                 return False
             self._stop_ahead.add(job_id)
         self.log.warning("Worker %s: job %s, claimed ahead, is stopped before it runs", self.name, job_id)
