@@ -88,7 +88,8 @@ def test_jobs_claimed_ahead_go_back_to_the_queue_when_the_job_before_them_runs_l
     jobs = enqueue_runs(conn, tmp_path, SHAPE)
     retries = fetch(conn, jobs[-1]).retries_left
     start(processes, redis_url, WORKQUEUE_CLAIM_AHEAD="20", WORKQUEUE_CLAIM_AHEAD_HOLD="0.5")
-    wait_for(lambda: status(conn, jobs[LONG_AT]) == "started", 30, "the long job to start")
+    # running (its marker written), not only started: a job claimed ahead is "started" already
+    wait_for(lambda: runs(tmp_path, LONG_AT) == 1, 30, "the long job to run")
     after = list(range(LONG_AT + 1, len(jobs)))
     # given back within the hold, while the long job still runs: queued again, in order, at the front
     wait_for(lambda: all(status(conn, jobs[i]) == "queued" for i in after), 4, "the jobs held ahead to be given back")
@@ -105,7 +106,8 @@ def test_jobs_claimed_ahead_go_back_to_the_queue_when_the_job_before_them_runs_l
 def test_a_stopped_worker_gives_back_the_jobs_it_claimed_ahead(conn, processes, redis_url, tmp_path, how) -> None:
     jobs = enqueue_runs(conn, tmp_path, SHAPE)
     consumer = start(processes, redis_url, WORKQUEUE_CLAIM_AHEAD="20", WORKQUEUE_CLAIM_AHEAD_HOLD="60")
-    wait_for(lambda: status(conn, jobs[LONG_AT]) == "started", 30, "the long job to start")
+    # running (its marker written), not only started: a job claimed ahead is "started" already
+    wait_for(lambda: runs(tmp_path, LONG_AT) == 1, 30, "the long job to run")
     held = wait_for(lambda: held_behind(conn, jobs, LONG_AT), 10, "jobs claimed ahead")
     assert isinstance(held, list) and len(held) > 1
     consumer.send_signal(signal.SIGINT)
@@ -135,7 +137,8 @@ def test_a_stop_job_command_for_a_job_claimed_ahead_stops_it_before_it_runs(
 ) -> None:
     jobs = enqueue_runs(conn, tmp_path, SHAPE)
     start(processes, redis_url, WORKQUEUE_CLAIM_AHEAD="20", WORKQUEUE_CLAIM_AHEAD_HOLD="60")
-    wait_for(lambda: status(conn, jobs[LONG_AT]) == "started", 30, "the long job to start")
+    # running (its marker written), not only started: a job claimed ahead is "started" already
+    wait_for(lambda: runs(tmp_path, LONG_AT) == 1, 30, "the long job to run")
     held = wait_for(lambda: held_behind(conn, jobs, LONG_AT), 10, "jobs claimed ahead")
     assert isinstance(held, list)
     target = held[-1]
@@ -152,7 +155,8 @@ def test_a_stop_job_command_for_a_job_claimed_ahead_stops_it_before_it_runs(
 def test_a_worker_killed_with_jobs_claimed_ahead_loses_none(conn, processes, redis_url, tmp_path) -> None:
     jobs = enqueue_runs(conn, tmp_path, SHAPE)
     consumer = start(processes, redis_url, WORKQUEUE_CLAIM_AHEAD="20", WORKQUEUE_CLAIM_AHEAD_HOLD="60")
-    wait_for(lambda: status(conn, jobs[LONG_AT]) == "started", 30, "the long job to start")
+    # running (its marker written), not only started: a job claimed ahead is "started" already
+    wait_for(lambda: runs(tmp_path, LONG_AT) == 1, 30, "the long job to run")
     held = wait_for(lambda: held_behind(conn, jobs, LONG_AT), 10, "jobs claimed ahead")
     assert isinstance(held, list)
     [worker] = [w for w in workers(conn) if w.pid in child_pids(consumer)]
