@@ -21,10 +21,10 @@ from rq.job import Job, JobStatus
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now
 
-from workqueue import batches, dependencies, jobstats, recovery, rq_compat
+from workqueue import batches, dependencies, guarded, jobstats, recovery, rq_compat
 from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import UNREADABLE
-from workqueue.worker import job_steps, progress
+from workqueue.worker import commits, job_steps, progress
 from workqueue.worker.horse import serve, serve_threads
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ class HorseSideWorker(Worker):
         self.setup_work_horse_signals()
         rq_compat.mark_horse(self)
         self.log = logging.getLogger("rq.worker")
+        if self.concurrency > 1:  # the ends ready at the same moment go to Redis in one request
+            guarded.send_ends_through(commits.Committer().send)
         job_steps.prepare(self.connection)
         queues: dict[str, Queue] = {}
 
