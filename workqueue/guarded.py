@@ -65,10 +65,18 @@ def direct_client(connection: redis.Redis) -> redis.Redis:
 # ARGV after the guard: each command as its number of words, then its words (an EVAL's script by
 # its SHA1).
 _RUN_LOOP = lua.script("guarded_run")
+#: A job's meta replaced only if it is still what the writer last knew (``worker.progress``).
+META_SWAP_SCRIPT = lua.script("meta_swap")
 #: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
 _RUNNABLE = {
     hashlib.sha1(text.encode()).hexdigest(): text
-    for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT, limits.RELEASE_SCRIPT, jobs.COMPACT_SCRIPT)
+    for text in (
+        batches.END_SCRIPT,
+        jobstats.RECORD_END_SCRIPT,
+        limits.RELEASE_SCRIPT,
+        jobs.COMPACT_SCRIPT,
+        META_SWAP_SCRIPT,
+    )
 }
 _RUN = (
     "local scripts = {}\n"
@@ -186,11 +194,11 @@ _group: tuple[int, Callable[[redis.Redis, Guard, list[Any]], list[Any] | None]] 
 
 
 def send_ends_through(send: Callable[[redis.Redis, Guard, list[Any]], list[Any] | None] | None) -> None:
-    """From now on, in this process, :func:`run_guarded` without a limit on its patience (a job's
-    end or failure) hands its transaction to ``send(client, guard, words)`` (``words``: see
-    :func:`transaction_words`), which answers as :func:`run_words` would: a horse running several
-    jobs at once sends the ends ready at the same moment in one request (``worker.commits``).
-    None: each sent on its own again. A forked child sends its own."""
+    """From now on, in this process, :func:`run_guarded` (a job's end, its failure, its progress)
+    hands its transaction to ``send(client, guard, words)`` (``words``: see :func:`transaction_words`),
+    which answers as :func:`run_words` would: a horse running several jobs at once sends the writes
+    ready at the same moment in one request (``worker.commits``). None: each sent on its own again.
+    A forked child sends its own."""
     global _group
     _group = None if send is None else (os.getpid(), send)
 
@@ -203,7 +211,7 @@ def run_guarded(
     most ``patience`` seconds (None: as long as it takes). The replies, or SUPERSEDED."""
     delay, deadline, warned = 0.2, None if patience is None else time.monotonic() + patience, False
     client = direct_client(connection)
-    group = _group[1] if patience is None and _group is not None and _group[0] == os.getpid() else None
+    group = _group[1] if _group is not None and _group[0] == os.getpid() else None
     while True:
         with connection.pipeline() as pipe:
             build(pipe)

@@ -123,7 +123,7 @@ class HorseSideWorker(Worker):
                 started = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
                 started.created_at = job.started_at or now()
                 os.environ["RQ_JOB_ID"] = job.id
-                progress.store.running(job.id, message["execution"])
+                progress.store.running(job.id, message["execution"], message.get("hash"))
                 return self.perform_job(job, queue, started)
             except Exception:  # RQ's horse exits 1 here; ours says so, then exits
                 self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
@@ -200,7 +200,8 @@ class HorseSideWorker(Worker):
         ours = callback == batches.ON_SUCCESS
         if callback and not ours:
             execute_success_callback(job, self.death_penalty_class, return_value)
-        if not job_steps.finish(self, job, queue, execution_, count_in_batch=ours):
+        last_progress = progress.store.with_end(job)  # a report still held is written with the end
+        if not job_steps.finish(self, job, queue, execution_, count_in_batch=ours, also=last_progress):
             return  # superseded: the job was handed back meanwhile; noted, not recorded
         job.send_webhooks(JobStatus.FINISHED)
         self.log.info("Worker %s: %s: Job OK (%s)", self.name, job.origin, job.id)
@@ -273,6 +274,7 @@ class HorseSideWorker(Worker):
         """Queue on ``pipe`` the job's meta with this attempt's error added (``recovery.note_attempt``)."""
         try:
             job.get_meta(refresh=True)
+            progress.store.fold_held(job)  # a report still held is written with the failure
             recovery.note_attempt(job, exc_string, self.name)
             pipe.hset(job.key, "meta", rq_compat.serialized_meta(job))
         except (redis.RedisError, *UNREADABLE):
