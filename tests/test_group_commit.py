@@ -18,6 +18,7 @@ from tests.helpers import Processes, child_pids, cli_env, fetch, status, wait_fo
 from tests.test_outages import break_persistence
 from workqueue import guarded, producer
 from workqueue.jobs import SERIALIZER, CatalogueJob
+from workqueue.worker import commits
 
 QUEUE = "queue_one"
 NAP = group_tasks.TASKS[0]
@@ -119,3 +120,22 @@ def test_ends_refused_while_redis_cannot_save_are_written_whole_once_it_can(conn
     for job in jobs:
         found = CatalogueJob.fetch(job.id, connection=conn, serializer=SERIALIZER)
         assert len(found.results()) == 1 and found.return_value() is not None
+
+
+def test_a_transaction_that_breaks_its_group_fails_alone_and_its_neighbours_are_written(conn) -> None:
+    """In-process, no thread: the committer's send step with three transactions waiting, the middle
+    one malformed (the script fails on it): the two others are still written, each on its own."""
+    committer = commits.Committer()
+    committer._client = conn
+    no_guard = guarded.Guard("", "", [])
+    ends = [
+        commits._End(no_guard, [3, "SET", "k1", "one"]),
+        commits._End(no_guard, ["not a count"]),
+        commits._End(no_guard, [3, "SET", "k2", "two"]),
+    ]
+    committer._waiting.extend(ends)
+    committer._send_waiting()
+    assert conn.get("k1") == b"one" and conn.get("k2") == b"two"
+    assert ends[0].error is None and ends[2].error is None and isinstance(ends[1].error, redis.ResponseError)
+    assert committer.ends == 3 and committer.requests == 4  # the group, then each alone
+    assert all(end.done.acquire(blocking=False) for end in ends)  # each thread answered

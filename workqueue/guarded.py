@@ -78,19 +78,15 @@ _RUNNABLE = {
         META_SWAP_SCRIPT,
     )
 }
-_RUN = (
+_GUARDED = (
     "local scripts = {}\n"
     + "".join(f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items())
-    + _RUN_LOOP
+    + f"local function guarded(ARGV, o, last)\n{_RUN_LOOP}\nend\n"
 )
+_RUN = _GUARDED + "return guarded(ARGV, 0, #ARGV)\n"
 _run_script: Script | None = None
 #: Several guarded transactions in one request: each is run as :data:`_RUN` runs one (``run_group``).
-_GROUP = (
-    "local scripts = {}\n"
-    + "".join(f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items())
-    + f"local function guarded(ARGV)\n{_RUN_LOOP}\nend\n"
-    + lua.script("guarded_group")
-)
+_GROUP = _GUARDED + lua.script("guarded_group")
 _group_script: Script | None = None
 
 #: What :func:`run_guarded` answers when its guard did not hold: nothing was written.

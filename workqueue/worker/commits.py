@@ -79,31 +79,36 @@ class Committer:
             with self._ready:
                 while not self._waiting:
                     self._ready.wait()
-                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-                client = self._client
-            assert client is not None
-            try:
-                answers = guarded.run_group(client, [(end.guard, end.words) for end in group])
-            except redis.RedisError as exc:
-                if len(group) == 1 or outage.is_outage(exc):  # nothing written: each thread tries again
-                    for end in group:
-                        end.error = exc
-                else:  # not a refusal (one end's own fault?): each alone, so it fails no neighbour
-                    self._one_by_one(client, group)
-            except BaseException as exc:  # every waiting thread is told, whatever it is
+            self._send_waiting()
+
+    def _send_waiting(self) -> None:
+        """Send what is waiting (up to MAX_GROUP) in one request, then answer each waiting thread."""
+        with self._ready:
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            client = self._client
+        if not group:
+            return
+        assert client is not None  # set by the send that made the group
+        try:
+            answers = guarded.run_group(client, [(end.guard, end.words) for end in group])
+        except redis.RedisError as exc:
+            if len(group) == 1 or outage.is_outage(exc):  # nothing written: each thread tries again
                 for end in group:
                     end.error = exc
-            else:
-                for end, answer in zip(group, answers, strict=True):
-                    end.answer = answer
-            self.requests += 1
-            self.ends += len(group)
-            if len(group) > 1:
-                log.debug(
-                    "group commit: %d ends in one request (%d in %d so far)", len(group), self.ends, self.requests
-                )
+            else:  # not a refusal: one end's own fault, say; each alone, so that it fails no neighbour
+                self._one_by_one(client, group)
+        except BaseException as exc:  # every waiting thread is told, whatever it is
             for end in group:
-                end.done.release()
+                end.error = exc
+        else:
+            for end, answer in zip(group, answers, strict=True):
+                end.answer = answer
+        self.requests += 1
+        self.ends += len(group)
+        if len(group) > 1:
+            log.debug("group commit: %d in one request (%d in %d so far)", len(group), self.ends, self.requests)
+        for end in group:
+            end.done.release()
 
     def _one_by_one(self, client: redis.Redis, group: list[_End]) -> None:
         for end in group:
