@@ -63,7 +63,8 @@ def direct_client(connection: redis.Redis) -> redis.Redis:
 # READONLY every write, so such a refusal leaves nothing written, and the caller tries again. Any
 # other refused command (a key of the wrong type, say) does not stop the rest.
 # ARGV after the guard: each command as its number of words, then its words (an EVAL's script by
-# its SHA1).
+# its SHA1). Several such transactions can go in one request, each under its own guard
+# (``lua/guarded_group.lua``, :func:`run_group`): a horse's group commit (``worker.commits``).
 _RUN_LOOP = lua.script("guarded_run")
 #: A job's meta replaced only if it is still what the writer last knew (``worker.progress``).
 META_SWAP_SCRIPT = lua.script("meta_swap")
