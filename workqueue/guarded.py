@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,19 +63,32 @@ def direct_client(connection: redis.Redis) -> redis.Redis:
 # READONLY every write, so such a refusal leaves nothing written, and the caller tries again. Any
 # other refused command (a key of the wrong type, say) does not stop the rest.
 # ARGV after the guard: each command as its number of words, then its words (an EVAL's script by
-# its SHA1).
+# its SHA1). Several such transactions can go in one request, each under its own guard
+# (``lua/guarded_group.lua``, :func:`run_group`): a horse's group commit (``worker.commits``).
 _RUN_LOOP = lua.script("guarded_run")
+#: A job's meta replaced only if it is still what the writer last knew (``worker.progress``).
+META_SWAP_SCRIPT = lua.script("meta_swap")
 #: The scripts a transaction sent through :func:`_run_queued` may EVAL, by their SHA1.
 _RUNNABLE = {
     hashlib.sha1(text.encode()).hexdigest(): text
-    for text in (batches.END_SCRIPT, jobstats.RECORD_END_SCRIPT, limits.RELEASE_SCRIPT, jobs.COMPACT_SCRIPT)
+    for text in (
+        batches.END_SCRIPT,
+        jobstats.RECORD_END_SCRIPT,
+        limits.RELEASE_SCRIPT,
+        jobs.COMPACT_SCRIPT,
+        META_SWAP_SCRIPT,
+    )
 }
-_RUN = (
+_GUARDED = (
     "local scripts = {}\n"
     + "".join(f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items())
-    + _RUN_LOOP
+    + f"local function guarded(ARGV, o, last)\n{_RUN_LOOP}\nend\n"
 )
+_RUN = _GUARDED + "return guarded(ARGV, 0, #ARGV)\n"
 _run_script: Script | None = None
+#: Several guarded transactions in one request: each is run as :data:`_RUN` runs one (``run_group``).
+_GROUP = _GUARDED + lua.script("guarded_group")
+_group_script: Script | None = None
 
 #: What :func:`run_guarded` answers when its guard did not hold: nothing was written.
 SUPERSEDED = None
@@ -103,28 +116,63 @@ class Guard:
 _NO_GUARD = Guard("", "", [])
 
 
+def transaction_words(pipe: redis.client.Pipeline) -> list[Any] | None:
+    """The commands queued on the transaction ``pipe`` as :data:`_RUN` takes them after its guard
+    (the pipe is then reset), or None (``pipe`` untouched) if one EVALs a script :data:`_RUN` cannot run."""
+    words: list[Any] = []
+    for args, _options in pipe.command_stack:
+        if args[0] == "EVAL":
+            sha = hashlib.sha1(args[1].encode()).hexdigest()
+            if sha not in _RUNNABLE:  # a script this one cannot run
+                return None
+            args = ("EVAL", sha, *args[2:])
+        words.append(len(args))
+        words.extend(args)
+    pipe.reset()
+    return words
+
+
+def _answer(replies: list[Any]) -> list[Any] | None:
+    return SUPERSEDED if replies == [b"superseded"] else replies
+
+
 def _run_queued(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard = _NO_GUARD) -> list[Any] | None:
     """The replies of the commands queued on the transaction ``pipe``, sent over ``connection``
     as one script (errors among them as exception objects, as ``execute(raise_on_error=False)``);
     SUPERSEDED (None), with nothing written, if ``guard`` did not hold. A write refused for want of
     memory (or a failed save) raises, with nothing written."""
+    words = transaction_words(pipe)
+    if words is None:  # the transaction as it is
+        return _run_unknown(connection, pipe, guard)
+    return run_words(connection, guard, words)
+
+
+def run_words(connection: redis.Redis, guard: Guard, words: list[Any]) -> list[Any] | None:
+    """:func:`_run_queued` for a transaction already turned into ``words`` (:func:`transaction_words`)."""
     global _run_script
-    words: list[Any] = []
-    for args, _options in pipe.command_stack:
-        if args[0] == "EVAL":
-            sha = hashlib.sha1(args[1].encode()).hexdigest()
-            if sha not in _RUNNABLE:  # a script this one cannot run: the transaction as it is
-                return _run_unknown(connection, pipe, guard)
-            args = ("EVAL", sha, *args[2:])
-        words.append(len(args))
-        words.extend(args)
-    pipe.reset()
     if _run_script is None:
         _run_script = connection.register_script(_RUN)
-    replies = _run_script(keys=[], args=guard.words() + words, client=connection)
-    if replies == [b"superseded"]:
-        return SUPERSEDED
-    return replies
+    return _answer(_run_script(keys=[], args=guard.words() + words, client=connection))
+
+
+def run_group(connection: redis.Redis, transactions: Sequence[tuple[Guard, list[Any]]]) -> list[list[Any] | None]:
+    """Several guarded transactions (each a guard and its :func:`transaction_words`) in one request
+    (``lua/guarded_group.lua``): each written only if its own guard holds, in order; the answer of
+    each as :func:`_run_queued` gives it. A write Redis refuses for now raises, nothing written (the
+    refusal can only be the request's first write): the caller tries them all again."""
+    global _group_script
+    if len(transactions) == 1:
+        return [run_words(connection, *transactions[0])]
+    if _group_script is None:
+        _group_script = connection.register_script(_GROUP)
+    args: list[Any] = [len(transactions)]
+    for guard, words in transactions:
+        guard_words = guard.words()
+        args.append(len(guard_words) + len(words))
+        args += guard_words
+        args += words
+    answers = _group_script(keys=[], args=args, client=connection)
+    return [_answer(replies) for replies in answers]
 
 
 def _run_unknown(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard) -> list[Any] | None:
@@ -138,6 +186,20 @@ def _run_unknown(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Gu
     return pipe.execute(raise_on_error=False)
 
 
+#: Where this process's ends go instead, if anywhere (:func:`send_ends_through`), with the process's id.
+_group: tuple[int, Callable[[redis.Redis, Guard, list[Any]], list[Any] | None]] | None = None
+
+
+def send_ends_through(send: Callable[[redis.Redis, Guard, list[Any]], list[Any] | None] | None) -> None:
+    """From now on, in this process, :func:`run_guarded` (a job's end, its failure, its progress)
+    hands its transaction to ``send(client, guard, words)`` (``words``: see :func:`transaction_words`),
+    which answers as :func:`run_words` would: a horse running several jobs at once sends the writes
+    ready at the same moment in one request (``worker.commits``). None: each sent on its own again.
+    A forked child sends its own."""
+    global _group
+    _group = None if send is None else (os.getpid(), send)
+
+
 def run_guarded(
     connection: redis.Redis, build: Any, guard: Guard, *, what: str, patience: float | None = None
 ) -> list[Any] | None:
@@ -146,10 +208,13 @@ def run_guarded(
     most ``patience`` seconds (None: as long as it takes). The replies, or SUPERSEDED."""
     delay, deadline, warned = 0.2, None if patience is None else time.monotonic() + patience, False
     client = direct_client(connection)
+    group = _group[1] if _group is not None and _group[0] == os.getpid() else None
     while True:
         with connection.pipeline() as pipe:
             build(pipe)
             try:
+                if group is not None and (words := transaction_words(pipe)) is not None:
+                    return group(client, guard, words)
                 return _run_queued(client, pipe, guard)
             except redis.RedisError as exc:
                 if not outage.is_outage(exc) or (deadline is not None and time.monotonic() + delay > deadline):
@@ -201,7 +266,11 @@ def note_superseded(connection: redis.Redis, job_id: str, execution_id: str, wor
 
 
 def prepare(client: redis.Redis) -> None:
-    """Load the guarded-run script on ``client``'s server (a job's first end then waits for nothing)."""
-    global _run_script
+    """Load the guarded-run script on ``client``'s server (a job's first end then waits for nothing),
+    and the group's if ends are sent in groups (:func:`send_ends_through`)."""
+    global _run_script, _group_script
     _run_script = _run_script or client.register_script(_RUN)
     client.script_load(_run_script.script)
+    if _group is not None:
+        _group_script = _group_script or client.register_script(_GROUP)
+        client.script_load(_group_script.script)

@@ -1,13 +1,17 @@
-local mode, registry, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- The body of guarded(ARGV, o, last): one guarded transaction, its words ARGV[o + 1 .. last] (see
+-- guarded.py): its guard (a mode, a started registry, a count n and n members), then its commands,
+-- each as its number of words and its words. Called once on the whole ARGV (one transaction), or
+-- once per transaction of a group (guarded_group.lua).
+local mode, registry, n = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])
 if mode == 'holds' then
   local held = false
-  for j = 4, 3 + n do
+  for j = o + 4, o + 3 + n do
     if redis.call('ZSCORE', registry, ARGV[j]) then held = true end
   end
   if not held then return {'superseded'} end
 elseif mode == 'claim' then
   local removed = 0
-  for j = 4, 3 + n do removed = removed + redis.call('ZREM', registry, ARGV[j]) end
+  for j = o + 4, o + 3 + n do removed = removed + redis.call('ZREM', registry, ARGV[j]) end
   if removed == 0 then return {'superseded'} end
 end
 local function refusal(reply)
@@ -17,8 +21,8 @@ local function refusal(reply)
   end
   return nil
 end
-local replies, i, k = {}, 4 + n, 0
-while i <= #ARGV do
+local replies, i, k = {}, o + 4 + n, 0
+while i <= last do
   local n = tonumber(ARGV[i])
   local reply
   if ARGV[i + 1] == 'EVAL' then

@@ -21,10 +21,10 @@ from rq.job import Job, JobStatus
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now
 
-from workqueue import batches, dependencies, jobstats, recovery, rq_compat
+from workqueue import batches, dependencies, guarded, jobstats, recovery, rq_compat
 from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import UNREADABLE
-from workqueue.worker import job_steps, progress
+from workqueue.worker import commits, job_steps, progress
 from workqueue.worker.horse import serve, serve_threads
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ class HorseSideWorker(Worker):
         self.setup_work_horse_signals()
         rq_compat.mark_horse(self)
         self.log = logging.getLogger("rq.worker")
+        if self.concurrency > 1:  # the ends ready at the same moment go to Redis in one request
+            guarded.send_ends_through(commits.Committer().send)
         job_steps.prepare(self.connection)
         queues: dict[str, Queue] = {}
 
@@ -121,7 +123,7 @@ class HorseSideWorker(Worker):
                 started = Execution(message["execution"], job.id, self.connection, worker_name=self.name)
                 started.created_at = job.started_at or now()
                 os.environ["RQ_JOB_ID"] = job.id
-                progress.store.running(job.id, message["execution"])
+                progress.store.running(job.id, message["execution"], message.get("hash"))
                 return self.perform_job(job, queue, started)
             except Exception:  # RQ's horse exits 1 here; ours says so, then exits
                 self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
@@ -198,7 +200,8 @@ class HorseSideWorker(Worker):
         ours = callback == batches.ON_SUCCESS
         if callback and not ours:
             execute_success_callback(job, self.death_penalty_class, return_value)
-        if not job_steps.finish(self, job, queue, execution_, count_in_batch=ours):
+        last_progress = progress.store.with_end(job)  # a report still held is written with the end
+        if not job_steps.finish(self, job, queue, execution_, count_in_batch=ours, also=last_progress):
             return  # superseded: the job was handed back meanwhile; noted, not recorded
         job.send_webhooks(JobStatus.FINISHED)
         self.log.info("Worker %s: %s: Job OK (%s)", self.name, job.origin, job.id)
@@ -271,6 +274,7 @@ class HorseSideWorker(Worker):
         """Queue on ``pipe`` the job's meta with this attempt's error added (``recovery.note_attempt``)."""
         try:
             job.get_meta(refresh=True)
+            progress.store.fold_held(job)  # a report still held is written with the failure
             recovery.note_attempt(job, exc_string, self.name)
             pipe.hset(job.key, "meta", rq_compat.serialized_meta(job))
         except (redis.RedisError, *UNREADABLE):

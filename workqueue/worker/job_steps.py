@@ -22,7 +22,7 @@ own path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
@@ -215,7 +215,15 @@ def start(worker: Worker, job: Job, queue: Queue, heartbeat: bool) -> Execution:
     return execution
 
 
-def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, count_in_batch: bool) -> bool:
+def finish(
+    worker: Worker,
+    job: Job,
+    queue: Queue,
+    execution: Execution,
+    *,
+    count_in_batch: bool,
+    also: Callable[[redis.client.Pipeline], Callable[[Any], None]] | None = None,
+) -> bool:
     """Record the success of ``job`` in one transaction: what RQ's ``handle_job_success`` writes
     and the batch's count (``count_in_batch``: what the job's success callback,
     ``batches.task_finished``, would have sent in a request of its own). The worker's counters and
@@ -231,6 +239,9 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
     is as safe: a dependent added before it is seen, and one added after finds the job finished
     and is enqueued by whoever adds it. The rare job that has some has them settled after its end
     (``dependencies.settle``: released exactly once, whichever dependency ends last, on whatever worker).
+
+    ``also(pipe)``, if given, queues more commands last in the same transaction (the job's last
+    progress report, ``progress.ProgressStore.with_end``) and answers a function given their last reply.
     """
     result_ttl = job.get_result_ttl(worker.default_result_ttl)
     figures = batches.figures(job) if count_in_batch else None
@@ -254,12 +265,17 @@ def finish(worker: Worker, job: Job, queue: Queue, execution: Execution, *, coun
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
         if count_in_batch:
             batches.record_end(pipe, job, "finished", detail=rq_compat.job_result(job), stats=figures)
+        if also is not None:
+            answered[:] = [also(pipe)]
 
+    answered: list[Callable[[Any], None]] = []
     replies = run_guarded(worker.connection, build, Guard.holds(job, execution.id), what=f"the end of job {job.id}")
     if replies is SUPERSEDED:
         note_superseded(worker.connection, job.id, execution.id, worker.name, "finished")
         return False
     rq_compat.set_job_status(job, JobStatus.FINISHED)
+    if answered:
+        answered[0](replies[-1])
     # RQ's worker counters and the statistics: counted here, written about once a second (jobstats.Tally)
     tally = jobstats.tally(worker.connection)
     tally.add_worker(worker.key, 1, (ended_at - started_at).total_seconds())

@@ -1,0 +1,88 @@
+"""What a task's progress reports cost and keep (``worker.progress``): at most one write per job every
+PROGRESS_INTERVAL, the newest report held meanwhile and written with the job's end, each write one
+request that reads nothing first and keeps what other writers added to the job's meta. Real
+redis-server, real workers (one job at a time, and several: their writes then go in groups)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq.job import Job
+
+from tests import group_tasks
+from tests.helpers import fetch, status, wait_for
+from tests.test_group_commit import QUEUE, end_requests, start
+from workqueue import producer
+from workqueue.settings import PROGRESS_INTERVAL
+
+STEPS = group_tasks.TASKS[1]
+
+
+@pytest.fixture
+def slowlog(conn: redis.Redis) -> Iterator[None]:
+    """Every command in the slow log from now on (restored after)."""
+    before = conn.config_get("slowlog-*")
+    conn.config_set("slowlog-log-slower-than", 0)
+    conn.config_set("slowlog-max-len", 10_000)
+    conn.slowlog_reset()
+    yield
+    conn.config_set("slowlog-log-slower-than", before["slowlog-log-slower-than"])
+    conn.config_set("slowlog-max-len", before["slowlog-max-len"])
+
+
+def steps(conn: redis.Redis, folder: Path) -> Job:
+    return producer.enqueue(conn, [producer.TaskCall(STEPS, STEPS.validate({"folder": str(folder)}))], QUEUE).jobs[0]
+
+
+def progress(conn: redis.Redis, job: Job) -> str | None:
+    return (fetch(conn, job).meta.get("progress") or {}).get("message")
+
+
+def meta_reads(conn: redis.Redis, job: Job) -> int:
+    """Requests that read the job's meta (not counting those a script makes: their client is '?:0')."""
+    return sum(
+        1
+        for entry in conn.slowlog_get(10_000)
+        if entry["command"].startswith(f"HGET {job.key} meta".encode()) and entry["client_address"] != b"?:0"
+    )
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_reports_in_a_burst_cost_one_write_and_the_last_is_written_with_the_end(
+    conn, processes, redis_url, slowlog, tmp_path, concurrency
+) -> None:
+    (tmp_path / "go1").touch()
+    (tmp_path / "go2").touch()
+    start(processes, conn, redis_url, concurrency)
+    job = steps(conn, tmp_path)
+    wait_for(lambda: status(conn, job) == "finished", 60, "the job's end")
+    found = fetch(conn, job)
+    assert found.meta["progress"]["message"] == "three" and found.meta["progress"]["percent"] == 75
+    assert meta_reads(conn, job) == 0  # before: one read per write
+    assert end_requests(conn) == 2  # "one" on its own, "three" with the end (before: "one", "two", the end)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_notes_other_writers_add_during_the_run_are_kept(conn, processes, redis_url, tmp_path, concurrency) -> None:
+    start(processes, conn, redis_url, concurrency)
+    job = steps(conn, tmp_path)
+    wait_for(lambda: progress(conn, job) == "one", 30, 'the report "one"')
+    noted = fetch(conn, job)
+    noted.meta["note_a"] = "added while it ran"
+    noted.save_meta()
+    time.sleep(PROGRESS_INTERVAL + 0.2)  # so that "two" is written at once, "three" held
+    (tmp_path / "go1").touch()
+    wait_for(lambda: progress(conn, job) == "two", 30, 'the report "two"')
+    assert fetch(conn, job).meta["note_a"] == "added while it ran"  # merged, not overwritten
+    noted = fetch(conn, job)
+    noted.meta["note_b"] = "added before its end"
+    noted.save_meta()
+    (tmp_path / "go2").touch()
+    wait_for(lambda: status(conn, job) == "finished", 60, "the job's end")
+    wait_for(lambda: progress(conn, job) == "three", 30, 'the held report "three", merged after the end')
+    meta = fetch(conn, job).meta
+    assert meta["note_a"] == "added while it ran" and meta["note_b"] == "added before its end"
