@@ -1,0 +1,134 @@
+"""How a worker stops: RQ's warm stop (Ctrl-C, SIGTERM), honoured during a Redis outage too; a stop
+at once (a second signal, ``kill_workers --now``), which hands back the jobs it claimed instead of
+leaving them "started"; the shutdown commands sent through Redis, which mark it stopped on purpose;
+and a stop-job command for one job, not its neighbours (several at once) nor the running one (a job
+claimed ahead)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import redis
+from rq.command import parse_payload
+from rq.job import Job
+
+from workqueue import outage, recovery, rq_compat
+from workqueue.connection import without_retries
+from workqueue.control import SHUTDOWN_NOW
+from workqueue.worker.process import mark_stopped_on_purpose, pool_gone
+from workqueue.worker.slots import SlotsWorker
+
+
+class StoppingWorker(SlotsWorker):
+    """The worker's stops (see the module); ``CatalogueWorker`` sets the state below."""
+
+    #: Stopping at once, and why (said in the hand-back of each job it claimed).
+    _cold: bool
+    _stop_reason: str
+    #: A cold stop is under way: a signal arriving during it is ignored.
+    _forcing_stop: bool
+
+    def handle_payload(self, message: dict) -> None:
+        """RQ's pub/sub commands, plus ours; a shutdown marks the worker as stopped on purpose."""
+        payload = parse_payload(message)
+        command = payload.get("command")
+        if command == "stop-job" and self.concurrency == 1 and self._stop_if_ahead(payload.get("job_id") or ""):
+            return None  # claimed ahead: stopped before it runs, the running job runs on
+        if command == "stop-job" and self.concurrency > 1:  # only that job, not its neighbours
+            if not self._stop_running(payload.get("job_id") or ""):
+                self.log.warning("Not working on job %s, command ignored.", payload.get("job_id"))
+            return None
+        if command not in ("shutdown", SHUTDOWN_NOW):
+            return super().handle_payload(message)
+        mark_stopped_on_purpose()
+        by = payload.get("by") or "a shutdown command"
+        self._stop_reason = f"stopped by {by}"
+        self._cold = command == SHUTDOWN_NOW
+        self.log.warning("Worker %s: %s (%s)", self.name, self._stop_reason, "at once" if self._cold else "gracefully")
+        os.kill(os.getpid(), signal.SIGTERM if self._cold else signal.SIGINT)
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """RQ's warm stop, honoured during a Redis outage too: from ``settings.OUTAGE_STOP_GRACE`` seconds
+        on, Redis commands fail instead of being retried for minutes. A worker whose pool died while
+        Redis is not answering stops at once (its horse killed, its job handed back if Redis takes
+        it, else by the sweep once Redis is back): nobody is left to wait for."""
+        outage.request_stop()
+        if not self._cold and pool_gone() and not self._redis_answers():
+            self._cold = True
+            self._stop_reason = "its consumer's pool died while Redis was not answering"
+        if self._cold:
+            return self.request_force_stop(signum, frame)
+        try:
+            return super().request_stop(signum, frame)
+        except redis.RedisError as exc:  # a busy worker's note of the stop: it still stops after its job
+            if not outage.is_outage(exc):
+                raise
+            self.log.warning("Worker %s: %s; stopping after the current job", self.name, outage.describe(exc))
+
+    def _redis_answers(self) -> bool:
+        """A quick look (a second at most, no retries): does Redis answer now?"""
+        try:
+            return bool(without_retries(self.connection, socket_timeout=1.0).ping())
+        except redis.RedisError:
+            return False
+
+    def request_stop_execution(self, execution_id: str) -> None:
+        """RQ's stop of one execution; with several jobs at once, that job alone (:meth:`_stop_running`)."""
+        if self.concurrency > 1:
+            execution = self.executions.get(execution_id)
+            if execution is None or not self._stop_running(execution.job_id):
+                self.log.warning("Not running execution %s, command ignored.", execution_id)
+            return
+        execution = self.executions.get(execution_id)
+        if execution is not None and self._stop_if_ahead(execution.job_id):
+            return  # claimed ahead: stopped before it runs, the running job runs on
+        super().request_stop_execution(execution_id)
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Cold shutdown, however soon after the first signal; the running job is handed back.
+
+        RQ ignores a second signal within a second of the first, because under a terminal the
+        pool and the worker both receive each Ctrl-C. Our pool runs each worker in its own process
+        group and forwards each signal once, so a quick second Ctrl-C is meant.
+        """
+        if self._forcing_stop:  # a signal during the cold stop itself (the pool forwards each it gets)
+            return
+        self._forcing_stop = True
+        self.log.warning("Worker %s: cold shut down", self.name)
+        # The job it claimed, whether or not its horse has it yet: the claim marks it started first.
+        outage.request_stop()
+        jobs: list[Job | str]
+        if self.concurrency > 1:  # every job it claimed, whether or not the horse has it yet
+            jobs = [execution.job_id for execution in list(self.executions.values())]
+            self._running.clear()
+        else:
+            try:
+                job = self.get_current_job() if self.executions else None
+            except redis.RedisError as exc:
+                if not outage.is_outage(exc):
+                    raise
+                job = None  # left started: the sweep hands it back once Redis answers
+            # Between two jobs, the first "current" one is claimed ahead: given back as it was, by teardown.
+            jobs = [job] if job is not None and not self._holds_ahead(job.id) else []
+        if self.horse_pid:
+            self.kill_horse(signal.SIGKILL)
+            self.wait_for_horse()
+            rq_compat.set_horse_pid(self, 0)
+        reason = self._stop_reason if self._cold else "the consumer was stopped at once"
+        if self.concurrency == 1:  # those held ahead first: the running job goes back in front of them
+            self.settle_ahead(give_back=True, why="the worker stops at once")
+        for one in jobs:
+            try:
+                recovery.hand_back(self.connection, one, reason, self.name)
+            except redis.RedisError as exc:
+                if not outage.is_outage(exc):
+                    raise
+                self.log.warning(
+                    "Worker %s: %s, so job %s stays started; the sweep hands it back once Redis answers",
+                    self.name,
+                    outage.describe(exc),
+                    one if isinstance(one, str) else one.id,
+                )
+        raise SystemExit()
