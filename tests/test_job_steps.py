@@ -8,6 +8,7 @@ import re
 import time
 from typing import Any
 
+import pytest
 import redis
 from rq import Queue, Worker
 from rq.executions import prepare_execution
@@ -157,16 +158,37 @@ def test_the_end_leaves_the_workers_counters_and_the_statistics_to_the_tally_wri
     assert conn.hget(worker.key, "successful_job_count") == b"1"
 
 
-def test_a_claim_where_no_queue_is_paused_and_no_priority_level_or_held_job_exists_looks_once(conn) -> None:
-    enqueued(conn)
-    worker = new_worker(conn)
+def commands_sent(conn: redis.Redis, step: Any) -> dict[str, int]:
+    """The Redis commands ``step()`` makes run, by name (those inside scripts counted), from INFO commandstats."""
 
     def calls() -> dict[str, int]:
         return {k.removeprefix("cmdstat_"): v["calls"] for k, v in conn.info("commandstats").items()}
 
     before = calls()
-    assert job_steps.claim(worker, worker.queues).job is not None
-    sent = {name: n - before.get(name, 0) for name, n in calls().items() if n != before.get(name, 0)}
+    step()
+    return {name: n - before.get(name, 0) for name, n in calls().items() if n != before.get(name, 0)}
+
+
+def test_a_claim_where_no_queue_is_paused_and_no_priority_level_or_held_job_exists_looks_once(conn) -> None:
+    enqueued(conn)
+    worker = new_worker(conn)
+    sent = commands_sent(conn, lambda: job_steps.claim(worker, worker.queues).job or pytest.fail("no job claimed"))
     # one EXISTS for the paused queues, the held jobs and the other levels' lists; the job's fields read once
     assert sent.get("lmove") == 1 and sent.get("exists") == 1 and sent.get("hgetall") == 1
     assert not {"time", "hmget", "hget", "zrangebyscore", "sismember"} & set(sent), sent
+
+
+def test_the_end_writes_the_job_hash_once_and_leaves_its_ttl_to_rqs_cleanup(conn) -> None:
+    conn.flushdb()
+    calls = [producer.TaskCall.build("primes", {"n": 0}, retries=0)] * 2  # the batch's end is not this one's
+    job_id = producer.enqueue(conn, calls, QUEUE).jobs[0].id
+    worker = new_worker(conn)
+    claimed = job_steps.claim(worker, worker.queues)
+    claimed.job.ended_at = now()
+    sent = commands_sent(
+        conn, lambda: job_steps.finish(worker, claimed.job, claimed.queue, claimed.execution, count_in_batch=True)
+    )
+    # the compact rewrite sets the status and times itself: one HSET; the TTL comes after it, from RQ's cleanup
+    assert sent.get("hset") == 1 and sent.get("hgetall") == 1 and "pttl" not in sent, sent
+    assert conn.hget(f"rq:job:{job_id}", "status") == b"finished"
+    assert 0 < conn.ttl(f"rq:job:{job_id}") <= 86400

@@ -49,12 +49,16 @@ SPENT_FIELDS = (
 COMPACT_SCRIPT = lua.script("job_compact")
 
 
-def keep_result(pipe: redis.client.Pipeline, job: Job, value: Any) -> None:
+def keep_result(pipe: redis.client.Pipeline, job: Job, value: Any, changed: dict[str, str] | None = None) -> None:
     """Queue on ``pipe`` the compact record of ``job``'s success: its return value as JSON in the
     job hash's ``result`` field (which RQ's ``Job.restore`` reads), the hash rewritten without its spent fields,
     instead of RQ's result stream. A Redis stream preallocates a 4 KB node (``stream-node-max-bytes``)
-    even for one entry: it was two thirds of a finished job's memory. Failures keep RQ's stream."""
-    pipe.eval(COMPACT_SCRIPT, 1, job.key, SERIALIZER.dumps(value), *SPENT_FIELDS)
+    even for one entry: it was two thirds of a finished job's memory. Failures keep RQ's stream.
+    ``changed``: fields the end writes (status, timestamps), set in the same rewrite, not by an HSET
+    of their own. The hash is left without a TTL: the caller's transaction sets it (RQ's ``Job.cleanup``)."""
+    changed = changed or {}
+    pairs = [word for name, text in changed.items() for word in (name, text)]
+    pipe.eval(COMPACT_SCRIPT, 1, job.key, SERIALIZER.dumps(value), len(changed), *pairs, *SPENT_FIELDS)
 
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")

@@ -251,15 +251,9 @@ def finish(
     def build(pipe: redis.client.Pipeline) -> None:
         pipe.smembers(job.dependents_key)
         if result_ttl != 0:  # RQ's Job success handling, writing the fields that changed, not the whole job
-            pipe.hset(
-                job.key,
-                mapping={
-                    "status": JobStatus.FINISHED,
-                    "started_at": utcformat(started_at),
-                    "ended_at": utcformat(ended_at),
-                },
-            )
-            jobs.keep_result(pipe, job, rq_compat.job_result(job))  # not RQ's 4 KB result stream
+            changed = {"status": JobStatus.FINISHED, "started_at": utcformat(started_at)}
+            changed["ended_at"] = utcformat(ended_at)
+            jobs.keep_result(pipe, job, rq_compat.job_result(job), changed)  # not RQ's 4 KB result stream
             job.finished_job_registry.add(job, result_ttl, pipe)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
