@@ -101,7 +101,7 @@ def _finished(conn, task: str) -> int:
 def test_live_page_shows_progress_and_charts_and_stops_a_worker(conn, dashboard, page, tmp_path) -> None:
     for job in enqueue_jobs(conn, "pi", count=4, samples=1000):
         wait_for(lambda job=job: status(conn, job) == "finished", 20, "the quick jobs to finish")
-    # the statistics the charts draw are written by each horse about once a second (jobstats.Tally)
+    # the statistics the charts draw are written by each horse about once a second (tallies.Tally)
     wait_for(lambda: _finished(conn, "pi") >= 4, 10, "the statistics of the quick jobs")
     (long_job,) = enqueue_jobs(conn, seconds=30)
     page.goto(dashboard + "/")

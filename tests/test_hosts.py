@@ -129,7 +129,7 @@ def _counted_once(cluster: Cluster, batch_id: str, total: int) -> None:
     def stats() -> jobstats.QueueStats:
         return {s.queue: s for s in jobstats.collect(conn, [QUEUE])}[QUEUE]
 
-    # the statistics are written by each worker's horse about once a second (jobstats.Tally)
+    # the statistics are written by each worker's horse about once a second (tallies.Tally)
     wait_for(lambda: "sleep" in stats().tasks and stats().tasks["sleep"].finished >= total, 10, "the statistics")
     assert stats().tasks["sleep"].finished == total and stats().running == 0
 

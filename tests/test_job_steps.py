@@ -14,7 +14,7 @@ from rq import Queue, Worker
 from rq.executions import prepare_execution
 from rq.utils import now
 
-from workqueue import jobstats, producer
+from workqueue import jobstats, producer, tallies
 from workqueue.worker import job_steps
 from workqueue.worker.catalogue_worker import CatalogueWorker
 
@@ -127,7 +127,7 @@ def test_the_end_is_recorded_as_rq_handle_job_success_and_the_batch_callback_do(
 
     def ours(worker: CatalogueWorker, job, queue, started) -> None:
         job_steps.finish(worker, job, queue, started, count_in_batch=True)
-        jobstats.tally(conn).flush()  # the worker's counters and the statistics: written once a second
+        tallies.tally(conn).flush()  # the worker's counters and the statistics: written once a second
 
     by_rq, by_us = run(rqs), run(ours)
     # RQ rewrites the whole job hash at its end; we write the fields that changed. Same result.
@@ -153,7 +153,7 @@ def test_the_end_leaves_the_workers_counters_and_the_statistics_to_the_tally_wri
     assert job_steps.finish(worker, claimed.job, claimed.queue, claimed.execution, count_in_batch=True)
     assert conn.hget(f"rq:job:{job_id}", "status") == b"finished"  # the job's own end: at once
     assert not conn.exists(jobstats.totals_key(QUEUE)) and not conn.hexists(worker.key, "successful_job_count")
-    jobstats.tally(conn).flush()
+    tallies.tally(conn).flush()
     assert conn.hget(jobstats.totals_key(QUEUE), "primes:finished") == b"1"
     assert conn.hget(worker.key, "successful_job_count") == b"1"
 

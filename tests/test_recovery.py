@@ -176,7 +176,7 @@ def test_a_frozen_workers_horse_resumed_after_its_job_was_rerun_rewrites_nothing
     def task() -> jobstats.TaskStats | None:
         return jobstats.collect(conn, [QUEUE])[0].tasks.get("mark_then_progress")
 
-    # the statistics are written by the horse about once a second (jobstats.Tally)
+    # the statistics are written by the horse about once a second (tallies.Tally)
     wait_for(lambda: (found := task()) is not None and found.finished >= 1, 10, "the statistics")
     stats = task()
     assert stats is not None and stats.finished == 1 and stats.enqueued == 1

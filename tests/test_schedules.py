@@ -19,9 +19,10 @@ import pytest
 import redis
 
 from tests.helpers import ROOT, Processes, run_cli, start_consumer, wait_for
-from workqueue import schedules
+from workqueue import schedule_firing, schedules
 from workqueue.replies import decoded, decoded_map
-from workqueue.schedules import Firer, Schedule
+from workqueue.schedule_firing import Firer
+from workqueue.schedules import Schedule
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -63,7 +64,7 @@ def test_three_consumers_and_a_one_second_schedule_fire_each_tick_once(conn: red
     time.sleep(10)
     schedules.set_paused(conn, "tick", True)
     time.sleep(1.5)  # a tick claimed just before the pause gets its batch
-    fired = schedules.history(conn, "tick")
+    fired = schedule_firing.history(conn, "tick")
     ticks = [f.tick for f in fired]
     assert len(set(ticks)) == len(ticks), "two batches for one tick"
     assert all(t == int(t) for t in ticks)
@@ -79,16 +80,16 @@ def test_sigkilling_the_consumer_that_fired_the_last_tick_does_not_stop_the_tick
 ) -> None:
     consumers = {c.pid: c for c in (start_consumer(processes, conn, 1, "ticks") for _ in range(3))}
     schedules.add(conn, every("tick"))
-    wait_for(lambda: len(schedules.history(conn, "tick")) >= 2, 20, "two ticks")
-    firer = schedules.history(conn, "tick")[0].by
+    wait_for(lambda: len(schedule_firing.history(conn, "tick")) >= 2, 20, "two ticks")
+    firer = schedule_firing.history(conn, "tick")[0].by
     pid = int(firer.rsplit(".", 1)[1])
     assert pid in consumers
     os.kill(pid, signal.SIGKILL)
     consumers[pid].wait(10)
     killed_at = schedules.redis_now(conn)
 
-    def after_the_kill() -> list[schedules.Fired]:
-        return [f for f in schedules.history(conn, "tick") if f.tick > killed_at]
+    def after_the_kill() -> list[schedule_firing.Fired]:
+        return [f for f in schedule_firing.history(conn, "tick") if f.tick > killed_at]
 
     wait_for(lambda: len(after_the_kill()) >= 4, 20, "four ticks after the kill")
     later = after_the_kill()
@@ -100,7 +101,7 @@ def test_many_consumers_claiming_the_same_due_tick_at_once_fire_it_once(conn: re
     schedules.add(conn, every("race"))
     time.sleep(1.2)  # a tick is due
     start = threading.Barrier(20)
-    fired: list[schedules.Fired] = []
+    fired: list[schedule_firing.Fired] = []
 
     def consumer(n: int) -> None:
         firer = Firer(redis.Redis.from_url(os.environ["REDIS_URL"]), name=f"c{n}")
@@ -125,9 +126,9 @@ def test_a_tick_claimed_by_a_consumer_that_died_before_enqueueing_is_enqueued_on
     tick = stored.schedule.when.latest_tick(now)
     conn.hset(schedules.key("orphan"), "since", repr(tick - 1))  # make the current tick due
     claim = (schedules.key("orphan"), schedules.history_key("orphan"), repr(tick), "lostbatch001", repr(now))
-    assert conn.eval(schedules._CLAIM, 2, *claim, stored.version, "dead.1", 100) == 1  # ... and then it died
+    assert conn.eval(schedule_firing._CLAIM, 2, *claim, stored.version, "dead.1", 100) == 1  # ... and then it died
     assert Firer(conn).fire_due() == [] and batch_ids(conn, "ticks") == []  # within the grace: its claimer may be at it
-    conn.hset(schedules.key("orphan"), "pending_at", repr(now - schedules.PENDING_GRACE))  # the grace is over
+    conn.hset(schedules.key("orphan"), "pending_at", repr(now - schedule_firing.PENDING_GRACE))  # the grace is over
     assert Firer(conn).fire_due() == []  # no new tick: the claimed one's batch
     assert batch_ids(conn, "ticks") == ["lostbatch001"]
     assert schedules.get(conn, "orphan").pending is None
@@ -178,7 +179,7 @@ def test_a_paused_schedule_fires_nothing_and_resumes_without_replaying(conn: red
     assert cli("resume", "sec").returncode == 0
     resumed = schedules.get(conn, "sec").since
     wait_for(lambda: schedules.get(conn, "sec").fired > fired, 20, "a tick after resume")
-    since_resume = schedules.history(conn, "sec")[: schedules.get(conn, "sec").fired - fired]
+    since_resume = schedule_firing.history(conn, "sec")[: schedules.get(conn, "sec").fired - fired]
     assert all(f.tick > resumed for f in since_resume)  # none of the ticks missed while paused
 
 

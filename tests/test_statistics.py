@@ -10,7 +10,7 @@ import random
 
 import redis
 
-from workqueue import jobstats
+from workqueue import jobstats, tallies
 from workqueue.settings import STATS_RETENTION, STATS_SAMPLES
 
 #: A fixed clock: half a minute into minute M.
@@ -179,7 +179,7 @@ def test_a_tally_writes_at_its_flush_what_one_write_per_end_would_have(conn) -> 
         end(conn, T, outcome=outcome, task=task, run=run, wait=wait)
     one_by_one = _everything(conn)
     conn.flushdb()
-    tally = jobstats.Tally(conn)
+    tally = tallies.Tally(conn)
     for outcome, task, run, wait in ends:
         tally.add_end("qa", task, outcome, run, wait, now=T)
     assert conn.dbsize() == 0  # nothing written per end
@@ -194,7 +194,7 @@ def test_a_tally_writes_at_its_flush_what_one_write_per_end_would_have(conn) -> 
 
 
 def test_a_tally_adds_to_a_workers_counters_only_while_its_hash_lives(conn) -> None:
-    tally = jobstats.Tally(conn)
+    tally = tallies.Tally(conn)
     conn.hset("rq:worker:w1", "birth", "x")
     tally.add_worker("rq:worker:w1", 2, 0.25)
     tally.add_worker("rq:worker:w1", 1, 0.5)
@@ -207,7 +207,7 @@ def test_a_tally_adds_to_a_workers_counters_only_while_its_hash_lives(conn) -> N
 
 def test_a_tally_that_cannot_write_keeps_its_counts_for_the_next_flush(conn, redis_server) -> None:
     away = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    tally = jobstats.Tally(away)
+    tally = tallies.Tally(away)
     tally.add_end("qa", "sleep", "finished", 0.3, 1.0, now=T)
     try:
         tally.flush()

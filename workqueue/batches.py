@@ -151,7 +151,7 @@ def record_end(
     """Queue on ``pipe`` the commands that count the end of ``job`` in its batch and the statistics,
     so a worker can record them in the same transaction as the job's own end. ``task``: its name,
     for a job whose data cannot be read. ``stats``: the job's :func:`figures`, which the caller
-    counts in its ``jobstats.Tally`` once the end is recorded: the statistics are then left out."""
+    counts in its ``tallies.Tally`` once the end is recorded: the statistics are then left out."""
     task, run, wait = stats or figures(job, task)
     text = json.dumps(detail, default=str)
     if len(text) > DETAIL_MAX:  # cut, and still JSON: a string of its start (escaping at most doubles it)

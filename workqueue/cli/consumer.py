@@ -65,14 +65,14 @@ def status_line(status: PoolStatus) -> str:
 
 
 def start_schedules(connection: redis.Redis) -> threading.Event:
-    """Fire the periodic schedules from this process (``schedules.Firer``, a supervised helper
+    """Fire the periodic schedules from this process (``schedule_firing.Firer``, a supervised helper
     thread with its own client that fails fast), until the returned event is set. Only the pool
     process fires them, never each worker; every consumer does, and each tick is claimed once."""
-    from workqueue import schedules
+    from workqueue import schedule_firing
 
     stop = threading.Event()
     supervisor = Supervisor()
-    supervisor.add("schedules", schedules.Firer(without_retries(connection, socket_timeout=QUICK_TIMEOUT)).run)
+    supervisor.add("schedules", schedule_firing.Firer(without_retries(connection, socket_timeout=QUICK_TIMEOUT)).run)
     supervisor.start(stop)
     return stop
 

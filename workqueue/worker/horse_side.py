@@ -21,7 +21,7 @@ from rq.job import Job, JobStatus
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now
 
-from workqueue import batches, dependencies, guarded, jobstats, recovery, rq_compat
+from workqueue import batches, dependencies, guarded, recovery, rq_compat, tallies
 from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import UNREADABLE
 from workqueue.worker import commits, job_steps, progress
@@ -147,9 +147,9 @@ class HorseSideWorker(Worker):
         if self.concurrency > 1:
             self._stopped_in_threads = set()
             self.death_penalty_class = ThreadDeathPenalty
-            serve_threads(inbox, outbox, run, stop, self.concurrency, on_exit=jobstats.flush_all)
-        jobstats.flush_from_loop()  # one job at a time: its statistics written between jobs, no thread
-        serve(inbox, outbox, run, on_exit=jobstats.flush_all, tick=jobstats.tick)
+            serve_threads(inbox, outbox, run, stop, self.concurrency, on_exit=tallies.flush_all)
+        tallies.flush_from_loop()  # one job at a time: its statistics written between jobs, no thread
+        serve(inbox, outbox, run, on_exit=tallies.flush_all, tick=tallies.tick)
 
     def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
         """RQ's; but a job stopped in its thread (several jobs at once) ends as RQ's worker ends a

@@ -10,7 +10,7 @@ the same values, grouped into one request per step:
    worker (an idle worker first waits in a BLMOVE, as RQ's does, then sends it);
 2. :func:`finish`: the result, the finished registry, the execution's cleanup and the batch's
    count, in one transaction sent by the horse; the worker's counters and the statistics are
-   counted in the horse and written about once a second (``jobstats.Tally``).
+   counted in the horse and written about once a second (``tallies.Tally``).
 
 (:func:`start` is the second half of the claim, in Python, for a job the claim leaves unstarted.)
 Every step is atomic, and between steps the job is where RQ would have it (the intermediate list,
@@ -35,7 +35,7 @@ from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from workqueue import batches, dependencies, guarded, jobs, jobstats, lua, rq_compat
+from workqueue import batches, dependencies, guarded, jobs, lua, rq_compat, tallies
 from workqueue.guarded import SUPERSEDED, Guard, direct_client, note_superseded, run_guarded
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def finish(
     """Record the success of ``job`` in one transaction: what RQ's ``handle_job_success`` writes
     and the batch's count (``count_in_batch``: what the job's success callback,
     ``batches.task_finished``, would have sent in a request of its own). The worker's counters and
-    (with ``count_in_batch``) the statistics go to this process's ``jobstats.Tally``, written
+    (with ``count_in_batch``) the statistics go to this process's ``tallies.Tally``, written
     about once a second.
 
     Only while this run still holds the job (its execution is in the started registry): a run
@@ -270,8 +270,8 @@ def finish(
     rq_compat.set_job_status(job, JobStatus.FINISHED)
     if answered:
         answered[0](replies[-1])
-    # RQ's worker counters and the statistics: counted here, written about once a second (jobstats.Tally)
-    tally = jobstats.tally(worker.connection)
+    # RQ's worker counters and the statistics: counted here, written about once a second (tallies.Tally)
+    tally = tallies.tally(worker.connection)
     tally.add_worker(worker.key, 1, (ended_at - started_at).total_seconds())
     if figures is not None:
         task, run, wait = figures
