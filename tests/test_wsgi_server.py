@@ -144,15 +144,16 @@ def test_an_answer_leaves_in_one_send(monkeypatch: pytest.MonkeyPatch) -> None:
 
     port = free_port()
     statuses: list[int] = []
+    default = signal.getsignal(signal.SIGTERM)
 
     def client() -> None:  # two requests on one kept-alive connection, then SIGTERM stops serve() below
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
                 wait_for(lambda: _posted(http, statuses), 30, "the server to answer")
                 statuses.append(http.post("/jobs", content=b"{}").status_code)
-        finally:
-            if statuses:  # serve() answered, so its SIGTERM handler is in place
-                os.kill(os.getpid(), signal.SIGTERM)
+        finally:  # once serve()'s own SIGTERM handler is in place (never the test run's)
+            wait_for(lambda: signal.getsignal(signal.SIGTERM) is not default, 30, "serve() to handle SIGTERM")
+            os.kill(os.getpid(), signal.SIGTERM)
 
     thread = threading.Thread(target=client)
     thread.start()
