@@ -116,3 +116,60 @@ def test_unknown_server_is_a_usage_error(redis_url: str) -> None:
 
     result = run_cli("gateway_main.py", "--server", "nginx", env=cli_env(REDIS_URL=redis_url), timeout=30)
     assert result.returncode == 2 and "--server" in result.stderr
+
+
+def test_an_answer_leaves_in_one_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    """waitress sends what a request's thread writes at once: a small answer went as two sends (its head, then its
+    body), two packets and two wake-ups of the client for every enqueue. Now one, head and body, per answer."""
+    import os
+
+    from waitress.channel import HTTPChannel  # type: ignore[import-untyped]
+
+    from workqueue import wsgi_server
+
+    sent: list[bytes] = []
+    send = HTTPChannel.send
+
+    def counted(self, data, do_close=True):  # type: ignore[no-untyped-def]  # waitress's signature
+        sent.append(bytes(data))
+        return send(self, data, do_close)
+
+    monkeypatch.setattr(HTTPChannel, "send", counted)  # observes the sends, each still made
+    body = b'{"job_ids":["a"]}\n'
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        environ["wsgi.input"].read()
+        start_response("201 Created", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    port = free_port()
+    statuses: list[int] = []
+    default = signal.getsignal(signal.SIGTERM)
+
+    def client() -> None:  # two requests on one kept-alive connection, then SIGTERM stops serve() below
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                wait_for(lambda: _posted(http, statuses), 30, "the server to answer")
+                statuses.append(http.post("/jobs", content=b"{}").status_code)
+        finally:  # once serve()'s own SIGTERM handler is in place (never the test run's)
+            wait_for(lambda: signal.getsignal(signal.SIGTERM) is not default, 30, "serve() to handle SIGTERM")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        wsgi_server.serve(app, "127.0.0.1", port, ())
+    finally:
+        thread.join(30)
+    assert statuses == [201, 201]
+    answers = [data for data in sent if data.startswith(b"HTTP/1.1 ")]
+    assert len(sent) == len(answers) == 2, sent
+    assert all(data.endswith(b"\r\n\r\n" + body) for data in answers), sent
+
+
+def _posted(http: httpx.Client, statuses: list[int]) -> bool:
+    try:
+        statuses.append(http.post("/jobs", content=b"{}").status_code)
+    except httpx.TransportError:
+        return False
+    return True

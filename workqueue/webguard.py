@@ -181,18 +181,19 @@ def install(app: Flask, guard: Guard, refuse: Refuse, *, json_only: bool = False
         app.config["SESSION_COOKIE_SECURE"] = True
 
     def check() -> Response | None:
-        if not guard.hosts.allows(request.host):
+        host, method = request.host, request.method  # each read of ``request`` is a context lookup, ``host`` a parse
+        if not guard.hosts.allows(host):
             return refuse(
                 400,
-                f"this server does not answer to the host {host_name(request.host)!r}; "
+                f"this server does not answer to the host {host_name(host)!r}; "
                 f"start it with --allowed-host NAME (or {ALLOWED_HOSTS_ENV}) to serve that name",
             )
-        if request.method in SAFE_METHODS or request.routing_exception is not None:
+        if method in SAFE_METHODS or request.routing_exception is not None:
             return None  # a 404 or 405 says more than any check below
         origin = request.headers.get("Origin")
-        if origin is not None and not same_origin(origin, request.host):
+        if origin is not None and not same_origin(origin, host):
             return refuse(403, f"refused: a state change from another site (Origin {origin[:100]})")
-        if json_only and request.method in BODY_METHODS and request.mimetype != "application/json":
+        if json_only and method in BODY_METHODS and request.mimetype != "application/json":
             return refuse(415, "send the body as JSON, with Content-Type: application/json")
         return None
 
