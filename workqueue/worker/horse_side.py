@@ -5,7 +5,6 @@ in the worker, the failure of a job whose horse died."""
 from __future__ import annotations
 
 import ctypes
-import functools
 import heapq
 import itertools
 import logging
@@ -120,16 +119,24 @@ class Deadlines:
 deadlines = Deadlines()
 
 
-@functools.lru_cache(maxsize=64)
+#: The exceptions :func:`_timeout_exception` made, by (exception, timeout).
+_timeout_exceptions: dict[tuple[type[BaseException], Any], type[BaseException]] = {}
+
+
 def _timeout_exception(exception: type[BaseException], timeout: Any) -> type[BaseException]:
     """A subclass of ``exception`` whose message names ``timeout`` (an async exception is raised by
     its class alone), made once per timeout, not per job."""
-    message = f"Task exceeded maximum timeout value ({timeout} seconds)"
+    made = _timeout_exceptions.get((exception, timeout))
+    if made is None:
+        message = f"Task exceeded maximum timeout value ({timeout} seconds)"
 
-    def init(self: BaseException, *args: Any) -> None:
-        BaseException.__init__(self, message)
+        def init(self: BaseException, *args: Any) -> None:
+            BaseException.__init__(self, message)
 
-    return type(exception.__name__, (exception,), {"__init__": init, "__module__": exception.__module__})
+        made = type(exception.__name__, (exception,), {"__init__": init, "__module__": exception.__module__})
+        if len(_timeout_exceptions) < 256:  # a few timeouts in practice; never a growing store
+            _timeout_exceptions[(exception, timeout)] = made
+    return made
 
 
 class ThreadDeathPenalty(BaseDeathPenalty):
