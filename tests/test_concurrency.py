@@ -225,7 +225,7 @@ def test_a_job_enqueued_while_a_slot_is_free_runs_beside_the_running_one(conn, p
     assert status(conn, long) == "started"
 
 
-def test_a_horse_runs_its_jobs_in_as_many_threads_as_slots_and_keeps_timeouts_in_one(conn, processes, redis_url) -> None:
+def test_a_horse_runs_its_jobs_in_as_many_threads_as_slots_and_its_timeouts_in_one(conn, processes, redis_url) -> None:
     call = producer.TaskCall(concurrency_tasks.TASKS[1], {"seconds": 0.2})
     jobs = producer.enqueue(conn, [call] * 20, "queue_one").jobs
     consumer = start(processes, conn, redis_url, 4, "--burst")
