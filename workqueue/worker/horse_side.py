@@ -221,11 +221,11 @@ class HorseSideWorker(Worker):
                 return None
             finally:
                 settle(message["job"])
-                progress.store.ended(message["job"])
 
         def settle(job_id: str) -> None:
             """After a job's run, however it ended: nothing meant for it (its stop, its timeout)
-            may be raised any more in its thread, or be pending there (its slot runs other jobs)."""
+            may be raised any more in its thread, or be pending there (its slot runs other jobs), and
+            its progress is forgotten. Safe to call again (``serve_threads`` does, until it completes)."""
             thread = threading.get_ident()
             with threads_lock:
                 if threads.get(job_id) == thread:
@@ -233,6 +233,7 @@ class HorseSideWorker(Worker):
             if self.concurrency > 1:
                 deadlines.cancel_thread(thread)
                 clear_raised(thread)
+            progress.store.ended(job_id)
 
         def stop(job_id: str, superseded: bool) -> None:
             """Stop one running job, not its neighbours: JobStopped raised in its thread. A job
