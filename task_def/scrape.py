@@ -1,6 +1,7 @@
 """Fetching a web page and summarising it.
 
-httpx does the HTTP (redirects, timeouts, streaming so the body size stays bounded); selectolax's
+httpx does the HTTP (redirects, timeouts, streaming so the body size stays bounded), with a client
+each thread keeps from job to job (``network.reused_client``: no cookies carried over); selectolax's
 Lexbor engine parses the HTML the way a browser would. Every connection, redirects included, goes
 through the network policy (``workqueue.network``): a page on a private or link-local address is
 refused (``AddressRefused``: the job fails saying so), unless ``WORKQUEUE_ALLOW_NETWORKS`` allows it.
@@ -16,6 +17,7 @@ from task_def.progress import report_progress
 from workqueue import network
 
 USER_AGENT = "workqueue-scraper/1.0 (+https://github.com/workqueue)"
+HEADERS = {"User-Agent": USER_AGENT}
 
 
 def scrape(url: str, timeout: float = 20.0, max_bytes: int = 5_000_000) -> dict:
@@ -25,10 +27,8 @@ def scrape(url: str, timeout: float = 20.0, max_bytes: int = 5_000_000) -> dict:
     body = bytearray()
     truncated = False
     with (
-        network.client(
-            timeout=timeout, follow_redirects=True, max_redirects=10, headers={"User-Agent": USER_AGENT}
-        ) as client,
-        client.stream("GET", url) as response,
+        network.reused_client(max_redirects=10) as client,
+        client.stream("GET", url, timeout=timeout, follow_redirects=True, headers=HEADERS) as response,
     ):
         report_progress(1, 3, f"HTTP {response.status_code}, reading body")
         for chunk in response.iter_bytes():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from task_def.registry import Param, Task
@@ -14,9 +15,22 @@ def block(seconds: float = 60) -> str:
     return "should have been killed"
 
 
+def whose_thread(seconds: float = 0.2) -> dict:
+    """How many jobs (this one included) the thread running it has run, and which threads its horse
+    has meanwhile: a horse's slot threads are kept from job to job, and one thread keeps the timeouts."""
+    thread = threading.current_thread()
+    thread.jobs_run = getattr(thread, "jobs_run", 0) + 1  # type: ignore[attr-defined]
+    time.sleep(seconds)
+    return {"jobs_run": thread.jobs_run, "threads": sorted(t.name for t in threading.enumerate())}  # type: ignore[attr-defined]
+
+
 TASKS = (
     Task(
         "block", block, "test: one blocking call", (Param("seconds", float, 60.0, "how long", min=0, max=300),),
         timeout=2, retries=0,
+    ),
+    Task(
+        "whose_thread", whose_thread, "test: the thread running it",
+        (Param("seconds", float, 0.2, "how long", min=0, max=60),), timeout=30, retries=0,
     ),
 )  # fmt: skip

@@ -223,3 +223,18 @@ def test_a_job_enqueued_while_a_slot_is_free_runs_beside_the_running_one(conn, p
         (short,) = enqueue_jobs(conn, "sleep", seconds=0.1)
         wait_for(lambda: status(conn, short) == "finished", 30, "the short job to finish")  # noqa: B023
     assert status(conn, long) == "started"
+
+
+def test_a_horse_runs_its_jobs_in_as_many_threads_as_slots_and_its_timeouts_in_one(conn, processes, redis_url) -> None:
+    call = producer.TaskCall(concurrency_tasks.TASKS[1], {"seconds": 0.2})
+    jobs = producer.enqueue(conn, [call] * 20, "queue_one").jobs
+    consumer = start(processes, conn, redis_url, 4, "--burst")
+    consumer.communicate(timeout=90)
+    assert consumer.returncode == 0
+    assert all_in(conn, jobs, "finished")
+    results = [CatalogueJob.fetch(job.id, connection=conn, serializer=SERIALIZER).return_value() for job in jobs]
+    assert sum(result["jobs_run"] == 1 for result in results) <= 4  # 20 jobs, no more than 4 threads
+    assert 2 <= most_at_once(conn, jobs) <= 4
+    for result in results:  # never a thread per job, nor a timer thread per job
+        assert len([name for name in result["threads"] if name.startswith("job ")]) <= 4, result["threads"]
+        assert len(result["threads"]) <= 4 + 4, result["threads"]  # main, group commit, deadlines, one spare

@@ -155,6 +155,53 @@ def test_every_redirect_hop_is_checked(local: Counting, monkeypatch: pytest.Monk
     assert scrape(local.url + "/away")["final_url"] == local.url + "/"
 
 
+class KeepAlive(http.server.ThreadingHTTPServer):
+    """An HTTP/1.1 page that keeps connections alive, counts them, sets a cookie and shows in its
+    title the cookie it was sent (``none`` if none)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                sent = self.headers.get("Cookie") or "none"
+                data = f"<html><head><title>{sent}</title></head><body>page</body></html>".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Set-Cookie", "session=one-job; Path=/")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def get_request(self):
+        self.connections += 1
+        return super().get_request()
+
+
+def test_scrapes_in_one_thread_reuse_its_connection_and_carry_no_cookie_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(network.ALLOW_ENV, raising=False)
+    server = KeepAlive()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        titles = [scrape(url)["title"] for _ in range(3)]
+        assert titles == ["none"] * 3  # each job sees only its own cookies
+        assert server.connections == 1  # one connection kept alive from job to job
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def run_scrape_on_a_worker(processes: Processes, conn: redis.Redis, url: str, retries: int = 0, **env: str) -> Job:
     """One scrape job (with ``retries``) run by a real consumer whose environment has ``env``."""
     consumer = processes.start("consumer_main.py", "--workers", "1", "--queue", "queue_one", env=cli_env(**env))

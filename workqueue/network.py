@@ -20,7 +20,8 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +229,42 @@ def _verifying_context() -> ssl.SSLContext:
         return _tls_context
 
 
+def prepare() -> None:
+    """Load what every client shares (the certificate-verifying context) now: a worker calls it
+    before it forks its horse, so each horse need not load it again."""
+    _verifying_context()
+
+
 def client(policy: NetworkPolicy | None = None, **kwargs: Any) -> httpx.Client:
     """An httpx client that connects only where ``policy`` (default: the environment's) allows."""
     transport = CheckedTransport(policy or NetworkPolicy.from_env(), verify=_verifying_context())
     return httpx.Client(transport=transport, **kwargs)
+
+
+#: Each thread's clients kept by :func:`reused_client`, by policy and settings.
+_kept = threading.local()
+
+
+@contextmanager
+def reused_client(policy: NetworkPolicy | None = None, **kwargs: Any) -> Iterator[httpx.Client]:
+    """:func:`client`, kept by the calling thread from one use to the next (a horse's thread runs job
+    after job): building a client and its pool cost a fast page's scrape a tenth of its CPU, and its
+    connections kept alive to a site serve that site's next job. Set per request what may differ
+    between uses (timeout, redirects, headers). Nothing else carries over: its cookies are cleared
+    before and after each use, and a use that ends in an exception (a timeout or stop raised in the
+    thread may cut the pool's own bookkeeping) closes the client, so the next use builds a new one."""
+    policy = policy or NetworkPolicy.from_env()
+    key = (policy, tuple(sorted(kwargs.items())))
+    kept: dict[tuple[Any, ...], httpx.Client] = _kept.__dict__.setdefault("clients", {})
+    found = kept.get(key)
+    if found is None or found.is_closed:
+        found = kept[key] = client(policy, **kwargs)
+    found.cookies.clear()
+    try:
+        yield found
+    except BaseException:
+        kept.pop(key, None)
+        found.close()
+        raise
+    finally:
+        found.cookies.clear()

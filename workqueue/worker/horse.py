@@ -11,8 +11,8 @@ data only: it builds no objects of other types and runs nothing) after its lengt
 ``{"job", "queue", "execution", "started_at", "hash"}`` (the job's hash as the worker read it, bytes
 to bytes, so the horse need not read it again), the horse answers ``{"job", "ok": True|False|None,
 "peak_rss_mb"}`` once the job has ended and been recorded (RQ's ``perform_job``), naming the job: a
-horse of a worker with ``--concurrency N`` (:func:`serve_threads`) runs up to N jobs at once, one
-per thread, and the worker may send it ``{"stop": job id, "superseded"}`` to stop one of them. End
+horse of a worker with ``--concurrency N`` (:func:`serve_threads`) runs up to N jobs at once, in a
+pool of N threads, and the worker may send it ``{"stop": job id, "superseded"}`` to stop one of them. End
 of file means the horse is gone. (JSON cost a tenth of a no-op job's work, in the hash's encoding to text and back.)
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import marshal
 import os
+import queue
 import resource
 import select
 import signal
@@ -209,29 +210,51 @@ def serve_threads(
     stop: Callable[[str, bool], None],
     slots: int,
     on_exit: Callable[[], object] = lambda: None,
+    settle: Callable[[str], None] = lambda job_id: None,
 ) -> None:
-    """The loop of a horse that runs up to ``slots`` jobs at once (``--concurrency``), each in a
-    thread of its own, answering for each job as it ends; ``{"stop": job id, "superseded"}`` calls
-    ``stop`` (which raises in that job's thread; superseded: a run handed back meanwhile). A job the
-    horse could not run (``ok`` None) ends the horse, as in :func:`serve`: the worker then hands
-    back the others. Exits when the worker closes the pipe, calling ``on_exit()`` first."""
+    """The loop of a horse that runs up to ``slots`` jobs at once (``--concurrency``), answering
+    for each job as it ends; ``{"stop": job id, "superseded"}`` calls ``stop`` (which raises in that
+    job's thread; superseded: a run handed back meanwhile). A job the horse could not run (``ok``
+    None) ends the horse, as in :func:`serve`: the worker then hands back the others. Exits when the
+    worker closes the pipe, calling ``on_exit()`` first.
+
+    The jobs run in a pool of slot threads, started as needed up to ``slots`` and kept: a thread per
+    job cost a scrape more CPU than its own work. After each job, ``settle(job id)`` is called in its
+    thread (again until it completes) before its answer is sent: it must leave nothing meant for that
+    job (a stop, a timeout) raised or pending in the thread, which runs other jobs next."""
     writing = threading.Lock()
-    free = threading.Semaphore(slots)
+    waiting: queue.SimpleQueue[dict] = queue.SimpleQueue()
+    counts = threading.Lock()
+    idle = started = 0
 
     def one(message: dict) -> None:
+        nonlocal idle
+        ok: bool | None = False
         try:
+            ok = run(message)
+        except BaseException:  # a stop raised in the thread just as its job ended: it has ended
+            ok = False
+        while True:
             try:
-                ok = run(message)
-            except BaseException:  # a stop raised in the thread just as its job ended: it has ended
-                ok = False
-            answer = _frame({"job": message["job"], "ok": ok, "peak_rss_mb": peak_rss_mb()})
-            with writing:
-                os.write(outbox, answer)
-            if ok is None:
-                on_exit()
-                os._exit(1)
-        finally:
-            free.release()
+                settle(message["job"])
+                break
+            except BaseException:  # raised before settle dropped it: nothing is pending once it completes
+                continue
+        answer = _frame({"job": message["job"], "ok": ok, "peak_rss_mb": peak_rss_mb()})
+        with counts:  # idle before answering: the next job the answer lets the worker send takes this slot
+            idle += 1
+        with writing:
+            os.write(outbox, answer)
+        if ok is None:
+            on_exit()
+            os._exit(1)
+
+    def slot() -> None:
+        current = threading.current_thread()
+        while True:
+            message = waiting.get()
+            current.name = f"job {message['job']}"
+            one(message)
 
     with os.fdopen(inbox, "rb") as messages:
         while (length := _length(messages.read(4))) is not None:
@@ -239,8 +262,16 @@ def serve_threads(
             if "stop" in message:
                 stop(message["stop"], bool(message.get("superseded")))
                 continue
-            free.acquire()  # the worker sends no more than ``slots``: this never waits long
-            threading.Thread(target=one, args=(message,), name=f"job {message['job']}", daemon=True).start()
+            with counts:
+                if idle:
+                    idle -= 1
+                    start = False
+                else:  # the worker sends no more than ``slots`` at once: never more threads than that
+                    start = started < slots
+                    started += start
+            waiting.put(message)
+            if start:
+                threading.Thread(target=slot, name=f"job {message['job']}", daemon=True).start()
     on_exit()
     os._exit(0)
 

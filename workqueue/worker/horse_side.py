@@ -5,6 +5,8 @@ in the worker, the failure of a job whose horse died."""
 from __future__ import annotations
 
 import ctypes
+import heapq
+import itertools
 import logging
 import os
 import random
@@ -45,35 +47,120 @@ def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
     return found == 1
 
 
-class ThreadDeathPenalty(BaseDeathPenalty):
-    """A job's timeout in a horse running several jobs at once: RQ's ``TimerDeathPenalty`` (a timer
-    thread raising in the job's thread), which SIGALRM cannot be, being per process. RQ's patches
-    the exception class's message for each job, so concurrent jobs would share the last one's; this
-    raises a subclass made for the job. The worker kills a horse whose job ignores it (see
-    ``CatalogueWorker._run_concurrently``)."""
+def clear_raised(thread_id: int) -> None:
+    """Drop an exception raised in the thread ``thread_id`` (:func:`raise_in_thread`) and not yet
+    delivered: once a job's run has ended, a stop or timeout meant for it must not reach the next
+    job its slot thread runs."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
 
-    def __init__(self, timeout: Any, exception: type[BaseException] = JobTimeoutException, **kwargs: Any) -> None:
+
+class Deadlines:
+    """The timeouts of the jobs a horse runs at once, kept by one thread for all of them (a heap of
+    deadlines), not a timer thread per job: each starting and ending thread cost a scrape a tenth of
+    its CPU. An exception is raised only under the lock that :meth:`cancel` takes, so once
+    ``cancel`` returns none is raised any more for that entry (one raised just before may still be
+    pending: :func:`clear_raised` drops it)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int]] = []
+        #: Each entry still due, by its number: (thread, exception, deadline).
+        self._due: dict[int, tuple[int, type[BaseException], float]] = {}
+        self._changed = threading.Condition(threading.Lock())
+        self._numbers = itertools.count()
+        self._owner = 0  # the process whose thread keeps them (a fork's child starts its own)
+
+    def add(self, seconds: float, thread_id: int, exception: type[BaseException]) -> int:
+        """Raise ``exception`` in ``thread_id`` in ``seconds`` seconds, unless cancelled; the entry's number."""
+        number = next(self._numbers)
+        with self._changed:
+            if self._owner != os.getpid():
+                self._owner = os.getpid()
+                self._heap, self._due = [], {}
+                threading.Thread(target=self._serve, name="deadlines", daemon=True).start()
+            deadline = time.monotonic() + seconds
+            self._due[number] = (thread_id, exception, deadline)
+            if len(self._heap) > 2 * len(self._due) + 64:  # mostly cancelled entries: keep only those due
+                self._heap = [(due[2], n) for n, due in self._due.items()]
+                heapq.heapify(self._heap)
+            else:
+                heapq.heappush(self._heap, (deadline, number))
+            if self._heap[0][1] == number:
+                self._changed.notify()
+        return number
+
+    def cancel(self, number: int) -> None:
+        with self._changed:
+            self._due.pop(number, None)
+
+    def cancel_thread(self, thread_id: int) -> None:
+        """Cancel every entry for ``thread_id`` (a job's run has ended, however it ended)."""
+        with self._changed:
+            for number in [n for n, due in self._due.items() if due[0] == thread_id]:
+                del self._due[number]
+
+    def _serve(self) -> None:
+        with self._changed:
+            while True:
+                while self._heap and self._heap[0][1] not in self._due:
+                    heapq.heappop(self._heap)  # cancelled
+                if not self._heap:
+                    self._changed.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._changed.wait(wait)
+                    continue
+                _, number = heapq.heappop(self._heap)
+                thread_id, exception, _ = self._due.pop(number)
+                raise_in_thread(thread_id, exception)
+
+
+#: The horse's job timeouts (its thread is started by the first job with a timeout).
+deadlines = Deadlines()
+
+
+#: The exceptions :func:`_timeout_exception` made, by (exception, timeout).
+_timeout_exceptions: dict[tuple[type[BaseException], Any], type[BaseException]] = {}
+
+
+def _timeout_exception(exception: type[BaseException], timeout: Any) -> type[BaseException]:
+    """A subclass of ``exception`` whose message names ``timeout`` (an async exception is raised by
+    its class alone), made once per timeout, not per job."""
+    made = _timeout_exceptions.get((exception, timeout))
+    if made is None:
         message = f"Task exceeded maximum timeout value ({timeout} seconds)"
 
         def init(self: BaseException, *args: Any) -> None:
             BaseException.__init__(self, message)
 
-        subclass = type(exception.__name__, (exception,), {"__init__": init, "__module__": exception.__module__})
-        super().__init__(timeout, subclass, **kwargs)
+        made = type(exception.__name__, (exception,), {"__init__": init, "__module__": exception.__module__})
+        if len(_timeout_exceptions) < 256:  # a few timeouts in practice; never a growing store
+            _timeout_exceptions[(exception, timeout)] = made
+    return made
+
+
+class ThreadDeathPenalty(BaseDeathPenalty):
+    """A job's timeout in a horse running several jobs at once: as RQ's ``TimerDeathPenalty`` an
+    exception raised in the job's thread (SIGALRM cannot be: it is per process), but kept by the
+    horse's one :data:`deadlines` thread, not a timer thread per job. RQ's patches the exception
+    class's message for each job, so concurrent jobs would share the last one's; this raises a
+    subclass made for the timeout. The worker kills a horse whose job ignores it (see
+    ``SlotsWorker._run_concurrently``)."""
+
+    def __init__(self, timeout: Any, exception: type[BaseException] = JobTimeoutException, **kwargs: Any) -> None:
+        super().__init__(timeout, _timeout_exception(exception, timeout), **kwargs)
         self._thread = threading.get_ident()
-        self._timer: threading.Timer | None = None
+        self._entry: int | None = None
 
     def setup_death_penalty(self) -> None:
         if self._timeout <= 0:
             return
-        self._timer = threading.Timer(self._timeout, raise_in_thread, (self._thread, self._exception))
-        self._timer.daemon = True
-        self._timer.start()
+        self._entry = deadlines.add(self._timeout, self._thread, self._exception)
 
     def cancel_death_penalty(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._entry is not None:
+            deadlines.cancel(self._entry)
+            self._entry = None
 
 
 class HorseSideWorker(Worker):
@@ -104,9 +191,13 @@ class HorseSideWorker(Worker):
         queues: dict[str, Queue] = {}
 
         threads: dict[str, int] = {}  # with several jobs at once: each running job's thread
+        # A stop is raised in a job's thread only while the job is in ``threads``, under this lock, so
+        # that it never reaches the next job its slot thread runs (:func:`settle`).
+        threads_lock = threading.Lock()
 
         def run(message: dict) -> bool | None:
-            threads[message["job"]] = threading.get_ident()
+            with threads_lock:
+                threads[message["job"]] = threading.get_ident()
             if self._stopped_in_threads is not None:  # no stale mark from an earlier run of the job
                 self._stopped_in_threads.discard(message["job"])
             try:
@@ -129,25 +220,38 @@ class HorseSideWorker(Worker):
                 self.log.exception("Worker %s: work horse could not run job %s", self.name, message.get("job"))
                 return None
             finally:
-                threads.pop(message["job"], None)
-                progress.store.ended(message["job"])
+                settle(message["job"])
+
+        def settle(job_id: str) -> None:
+            """After a job's run, however it ended: nothing meant for it (its stop, its timeout)
+            may be raised any more in its thread, or be pending there (its slot runs other jobs), and
+            its progress is forgotten. Safe to call again (``serve_threads`` does, until it completes)."""
+            thread = threading.get_ident()
+            with threads_lock:
+                if threads.get(job_id) == thread:
+                    del threads[job_id]
+            if self.concurrency > 1:
+                deadlines.cancel_thread(thread)
+                clear_raised(thread)
+            progress.store.ended(job_id)
 
         def stop(job_id: str, superseded: bool) -> None:
             """Stop one running job, not its neighbours: JobStopped raised in its thread. A job
             stopped by a command is marked stopped for that thread (it ends as RQ ends a stopped
             job: :meth:`_finalize_failure`); a run superseded is not (its end writes nothing)."""
-            thread = threads.get(job_id)
-            if thread is None:
-                return  # it has just ended
-            assert self._stopped_in_threads is not None
-            if not superseded:
-                self._stopped_in_threads.add(job_id)
-            raise_in_thread(thread, JobStopped)
+            with threads_lock:
+                thread = threads.get(job_id)
+                if thread is None:
+                    return  # it has just ended
+                assert self._stopped_in_threads is not None
+                if not superseded:
+                    self._stopped_in_threads.add(job_id)
+                raise_in_thread(thread, JobStopped)
 
         if self.concurrency > 1:
             self._stopped_in_threads = set()
             self.death_penalty_class = ThreadDeathPenalty
-            serve_threads(inbox, outbox, run, stop, self.concurrency, on_exit=tallies.flush_all)
+            serve_threads(inbox, outbox, run, stop, self.concurrency, on_exit=tallies.flush_all, settle=settle)
         tallies.flush_from_loop()  # one job at a time: its statistics written between jobs, no thread
         serve(inbox, outbox, run, on_exit=tallies.flush_all, tick=tallies.tick)
 

@@ -110,10 +110,25 @@ class SlotsWorker(ClaimingWorker):
                     self._horse_died_running()
                 elif answer is not WAITING:
                     self._answered(answer)
+                    # and those already in the pipe: one claim then fills all their slots
+                    if self._answered_ready() is None:
+                        self._horse_died_running()
                     look_at = 0.0  # a slot is free: fill it at once
                 self._watch_running()
         finally:
             self._hard_killed = None
+
+    def _answered_ready(self) -> Any:
+        """Take in the answers the horse has already sent, without waiting (jobs whose ends were
+        written together answer together): None if the horse turned out to be gone."""
+        while self._horse is not None and self._running:
+            answer = self._horse.wait(0)
+            if answer is WAITING:
+                break
+            if answer is None:
+                return None
+            self._answered(answer)
+        return WAITING
 
     def _wait_for_answer(self, look_at: float | None) -> Any:
         """The horse's next answer (WAITING: none until the next heartbeat, deadline or look for
