@@ -11,7 +11,8 @@ from flask import Blueprint, Response, jsonify
 
 from workqueue import schedules
 from workqueue.errors import BadInput
-from workqueue.gateway.routes import Invalid, _body, _call, _gateway, error
+from workqueue.gateway.bodies import Invalid, _body, _call
+from workqueue.gateway.routes import _gateway, error
 from workqueue.settings import DEFAULT_QUEUE
 
 bp = Blueprint("gateway_schedules", __name__)
