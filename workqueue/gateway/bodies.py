@@ -1,7 +1,7 @@
 """What the gateway's routes read from a request's JSON body, and how they refuse it: :class:`Invalid`,
 a 422 (400 if the body is not even JSON) naming the field at fault. Validation is the producer's
 (``TaskCall.build``), so the messages are the command line's; the patterns are the ones the OpenAPI
-document states (``openapi``)."""
+document states (``enqueue_schema``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from flask import request
 
 from workqueue import network, priorities, producer, timing
 from workqueue.errors import BadInput
-from workqueue.gateway import delivery, openapi
+from workqueue.gateway import delivery, enqueue_schema
 from workqueue.settings import CALLBACK_SECRET_MAX, CALLBACK_SECRET_MIN, CALLBACK_URL_MAX, MAX_DEPTH
 
 
@@ -72,7 +72,7 @@ def _when(body: Mapping[str, Any]) -> tuple[datetime | None, list[str], bool]:
     """The body's ``at``/``in`` as a time (None: now), ``after`` as ids, ``after_any`` (issue 15);
     anything the document refuses is a 422 naming its field."""
     at, delay, after, after_any = body.get("at"), body.get("in"), body.get("after"), body.get("after_any", False)
-    if at is not None and (not isinstance(at, str) or not re.fullmatch(openapi.AT_PATTERN, at)):
+    if at is not None and (not isinstance(at, str) or not re.fullmatch(enqueue_schema.AT_PATTERN, at)):
         raise Invalid("at: expected an RFC 3339 time with its offset, e.g. 2026-12-01T03:00:00+01:00", "at")
     if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)):
         raise Invalid(f"in: expected a number of seconds, got {delay!r}", "in")
@@ -80,10 +80,10 @@ def _when(body: Mapping[str, Any]) -> tuple[datetime | None, list[str], bool]:
         raise Invalid(f"after_any: expected true or false, got {after_any!r}", "after_any")
     if after is not None and (
         not isinstance(after, list)
-        or not 1 <= len(after) <= openapi.MAX_AFTER
-        or not all(isinstance(i, str) and openapi.JOB_ID.fullmatch(i) for i in after)
+        or not 1 <= len(after) <= enqueue_schema.MAX_AFTER
+        or not all(isinstance(i, str) and enqueue_schema.JOB_ID.fullmatch(i) for i in after)
     ):
-        raise Invalid(f"after: expected a list of 1 to {openapi.MAX_AFTER} job or batch ids", "after")
+        raise Invalid(f"after: expected a list of 1 to {enqueue_schema.MAX_AFTER} job or batch ids", "after")
     if after_any and after is None:
         raise Invalid("after_any: goes with after", "after_any")
     if after is not None and (at is not None or delay is not None):
@@ -137,7 +137,7 @@ def _callback(callback: Any, policy: network.NetworkPolicy) -> tuple[str, str]:
     if not isinstance(callback, dict) or set(callback) != {"url", "secret"}:
         raise Invalid('callback: expected {"url": URL, "secret": TEXT}', "callback")
     url, secret = callback["url"], callback["secret"]
-    if not isinstance(url, str) or len(url) > CALLBACK_URL_MAX or not re.search(openapi.CALLBACK_URL, url):
+    if not isinstance(url, str) or len(url) > CALLBACK_URL_MAX or not re.search(enqueue_schema.CALLBACK_URL, url):
         raise Invalid("callback.url: must be an http:// or https:// URL with a host", "callback.url")
     if not isinstance(secret, str) or not CALLBACK_SECRET_MIN <= len(secret) <= CALLBACK_SECRET_MAX:
         raise Invalid(

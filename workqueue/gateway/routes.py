@@ -33,7 +33,7 @@ from workqueue import (
 )
 from workqueue import calls as task_calls
 from workqueue.errors import BadInput, NotDurable, RedisLostData, UnreadableJob
-from workqueue.gateway import delivery, openapi
+from workqueue.gateway import delivery, enqueue_schema
 from workqueue.gateway.bodies import Invalid, _body, _call, _callback, _integer, _unique_calls, _when, _with_priority
 from workqueue.jobs import check_queue_name
 from workqueue.settings import DEFAULT_QUEUE, GATEWAY_MAX_BODY, MAX_TASKS
@@ -184,7 +184,7 @@ def health() -> tuple[Response, int]:
 
 @bp.get("/tasks")
 def tasks() -> Response:
-    return jsonify({"tasks": [openapi.describe_task(t) for t in task_def.CATALOGUE.values()]})
+    return jsonify({"tasks": [enqueue_schema.describe_task(t) for t in task_def.CATALOGUE.values()]})
 
 
 @bp.get("/queues")
@@ -216,7 +216,7 @@ def enqueue_batch() -> tuple[Response, int]:
 
 @bp.get("/jobs/<job_id>")
 def job(job_id: str) -> Response:
-    found = job_json.job_detail(_gateway().connection, job_id) if openapi.JOB_ID.fullmatch(job_id) else None
+    found = job_json.job_detail(_gateway().connection, job_id) if enqueue_schema.JOB_ID.fullmatch(job_id) else None
     if found is None:
         return error(404, f"no such job: {job_id}")
     return jsonify(found)
@@ -224,7 +224,7 @@ def job(job_id: str) -> Response:
 
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str) -> Response:
-    if not openapi.JOB_ID.fullmatch(job_id):
+    if not enqueue_schema.JOB_ID.fullmatch(job_id):
         return error(404, f"no such job: {job_id}")
     outcome = control.stop_job(_gateway().connection, job_id, by=f"gateway ({request.remote_addr})", timeout=5.0)
     if outcome.outcome is control.Outcome.UNREADABLE:

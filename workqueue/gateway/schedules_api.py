@@ -1,7 +1,7 @@
 """The gateway's routes for periodic schedules (``workqueue.schedules``): list, read, add, remove,
 pause, resume and run one now. Validation is the command line's (``Schedule.build``, the producer's
 ``TaskCall.build``); a refusal is a 422 naming the field, an unknown name a 404. Their part of the
-OpenAPI document is ``openapi.schedule_schemas`` and ``openapi.schedule_paths``."""
+OpenAPI document is ``schemas.schedule_schemas`` and ``openapi.schedule_paths``."""
 
 from __future__ import annotations
 
