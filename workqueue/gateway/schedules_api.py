@@ -1,7 +1,7 @@
 """The gateway's routes for periodic schedules (``workqueue.schedules``): list, read, add, remove,
 pause, resume and run one now. Validation is the command line's (``Schedule.build``, the producer's
 ``TaskCall.build``); a refusal is a 422 naming the field, an unknown name a 404. Their part of the
-OpenAPI document is ``openapi.schedule_schemas`` and ``openapi.schedule_paths``."""
+OpenAPI document is ``schemas.schedule_schemas`` and ``openapi.schedule_paths``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from flask import Blueprint, Response, jsonify
 
 from workqueue import schedules
 from workqueue.errors import BadInput
-from workqueue.gateway.routes import Invalid, _body, _call, _gateway, error
+from workqueue.gateway.bodies import Invalid, _body, _call
+from workqueue.gateway.routes import _gateway, error
 from workqueue.settings import DEFAULT_QUEUE
 
 bp = Blueprint("gateway_schedules", __name__)
