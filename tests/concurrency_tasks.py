@@ -24,6 +24,27 @@ def whose_thread(seconds: float = 0.2) -> dict:
     return {"jobs_run": thread.jobs_run, "threads": sorted(t.name for t in threading.enumerate())}  # type: ignore[attr-defined]
 
 
+def paced_twice(marker: str, host: str = "site.test") -> dict:
+    """Two requests' worth of pacing (``limits.pace_current_job``, as the network layer calls it before
+    each request): the first, then, once the job beside it has made its own first one, the second;
+    how long each waited."""
+    from pathlib import Path
+
+    from workqueue import limits
+
+    began = time.monotonic()
+    limits.pace_current_job(host)
+    first = time.monotonic() - began
+    with open(marker, "a") as marks:
+        marks.write("first\n")
+    deadline = time.monotonic() + 20
+    while Path(marker).read_text().count("first") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    began = time.monotonic()
+    limits.pace_current_job(host)
+    return {"first": first, "second": time.monotonic() - began}
+
+
 TASKS = (
     Task(
         "block", block, "test: one blocking call", (Param("seconds", float, 60.0, "how long", min=0, max=300),),
@@ -32,5 +53,10 @@ TASKS = (
     Task(
         "whose_thread", whose_thread, "test: the thread running it",
         (Param("seconds", float, 0.2, "how long", min=0, max=60),), timeout=30, retries=0,
+    ),
+    Task(
+        "paced_twice", paced_twice, "test: paced before a first and a second request",
+        (Param("marker", str, None, "a file the two jobs mark"), Param("host", str, "site.test", "the host")),
+        timeout=60, retries=0,
     ),
 )  # fmt: skip

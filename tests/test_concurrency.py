@@ -27,7 +27,7 @@ from tests.helpers import (
     wait_for,
     workers,
 )
-from workqueue import batches, producer
+from workqueue import batches, limits, producer
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.worker import job_steps
 from workqueue.worker.catalogue_worker import CatalogueWorker
@@ -238,3 +238,16 @@ def test_a_horse_runs_its_jobs_in_as_many_threads_as_slots_and_its_timeouts_in_o
     for result in results:  # never a thread per job, nor a timer thread per job
         assert len([name for name in result["threads"] if name.startswith("job ")]) <= 4, result["threads"]
         assert len(result["threads"]) <= 4 + 4, result["threads"]  # main, group commit, deadlines, one spare
+
+
+def test_a_job_paced_once_is_not_paced_again_when_the_job_beside_it_is(conn, processes, redis_url, tmp_path) -> None:
+    # Two sends a minute on the key: the two jobs' first requests fill the window; a second request
+    # taken for a new job's first would wait the minute out.
+    limits.set_rule(conn, limits.make_rule("paced:key", "2/m"))
+    call = producer.TaskCall(concurrency_tasks.TASKS[2], {"marker": str(tmp_path / "marks")}, limit_key="paced:key")
+    jobs = producer.enqueue(conn, [call] * 2, "queue_one").jobs
+    consumer = start(processes, conn, redis_url, 2, "--burst")
+    consumer.communicate(timeout=120)
+    assert all_in(conn, jobs, "finished")
+    results = [CatalogueJob.fetch(job.id, connection=conn, serializer=SERIALIZER).return_value() for job in jobs]
+    assert all(result["second"] < 5 for result in results), results

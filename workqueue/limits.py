@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -435,7 +436,9 @@ local oldest = redis.call('ZRANGE', KEYS[1], count - rate, count - rate, 'WITHSC
 return tostring(tonumber(oldest[2]) + per + tonumber(ARGV[4]) - now)
 """
 
-_paced: set[str] = set()
+#: The job each thread has paced last: a horse running several jobs at once (``--concurrency``) runs
+#: each in a thread of its own, and one job's first request must not make another's look new.
+_paced = threading.local()
 
 
 def pace_current_job(host: str) -> None:
@@ -446,10 +449,9 @@ def pace_current_job(host: str) -> None:
 
     job = get_current_job()
     key = job_key(job) if job is not None else None
-    if job is None or key is None or job.id in _paced:
+    if job is None or key is None or getattr(_paced, "job_id", None) == job.id:
         return
-    _paced.clear()
-    _paced.add(job.id)
+    _paced.job_id = job.id
     rule = rule_for(rules(job.connection), key) or parse_default((job.meta or {}).get(DEFAULT_FIELD))
     if rule is None or not rule.rate:
         return
