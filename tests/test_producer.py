@@ -65,10 +65,13 @@ def test_many_jobs_go_to_redis_in_one_round_trip(redis_url: str) -> None:
             return pipe
 
     conn = Counting.from_url(redis_url)
-    jobs = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 1})] * 500, "bulk").jobs
-    assert len(jobs) == 500 and Counting.round_trips == 1
-    assert Counting.commands == ["INFO"]  # RQ asks the server version once per Queue object
-    assert len(Queue("bulk", connection=conn, serializer=SERIALIZER)) == 500
+    call = producer.TaskCall.build("sleep", {"seconds": 1})
+    producer.enqueue(conn, [call], "bulk")  # loads the enqueue script, once per Redis
+    Counting.commands.clear()
+    jobs = producer.enqueue(conn, [call] * 500, "bulk").jobs
+    assert len(jobs) == 500 and Counting.round_trips == 0
+    assert Counting.commands == ["EVALSHA"]  # one script call, no transaction
+    assert len(Queue("bulk", connection=conn, serializer=SERIALIZER)) == 501
 
 
 @pytest.mark.parametrize(
