@@ -1,7 +1,8 @@
 """Enqueueing catalogue tasks (one, many, from a file) and following them until they end.
 
 Everything is validated before anything is written. Jobs go to Redis in transactions of up to
-:data:`CHUNK` (1,000): a run of at most that many enqueues all of its jobs or none; a larger one is
+:data:`CHUNK` (1,000), each one script call (``lua/enqueue.lua``), or a WATCHed MULTI where unique
+keys or a cap must be read first: a run of at most that many enqueues all of its jobs or none; a larger one is
 several transactions, each all or none, and if Redis fails midway the error says how many landed
 (the batch then waits for the rest: follow it, or enqueue the rest). The producer's memory stays
 flat in the number of jobs (``--from-file`` is read a chunk at a time: ``calls.CallFile``).
@@ -342,7 +343,7 @@ def _queued_job(q: Queue, data: EnqueueData, batch_id: str) -> Job:
         on_failure=data.on_failure, on_stopped=data.on_stopped, webhooks=data.webhooks, group_id=batch_id,
         repeat=data.repeat,
     )  # fmt: skip
-    job.enqueued_at = now()  # RQ's Queue._prepare_for_queue: origin and status are create_job's
+    job.enqueued_at = now()  # as RQ's queue does when it queues a job; origin and status are create_job's
     return job
 
 
