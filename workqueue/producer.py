@@ -282,9 +282,9 @@ def _commit(
     raise RedisUnavailable(f"the unique keys of {len(keys)} jobs kept changing under {WATCH_TRIES} tries; try again")
 
 
-#: The enqueueing transaction as one script (``lua/enqueue.lua``): one EVALSHA instead of MULTI, an
-#: EVAL of batch_open and some twenty commands. Half the bytes sent, a fifth of the commands
-#: Redis parses, none of redis-py's transaction packing and reply parsing.
+#: The enqueueing transaction as one script (``lua/enqueue.lua``): one EVALSHA instead of a MULTI of
+#: 23 commands (one an EVAL sending batch_open's text): 1.5 KB sent instead of 2.7, one request for
+#: Redis to parse (its 18 commands run inside), none of redis-py's per-command packing and replies.
 ENQUEUE_SCRIPT = lua.script("enqueue")
 
 
