@@ -21,11 +21,32 @@ def test_each_enqueue_after_the_first_is_one_round_trip_on_one_client(redis_url:
     connections = conn.info("stats")["total_connections_received"]
     sends.clear()
     batches = [workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url) for _ in range(3)]
-    assert len(sends) == 3 and all(sent.startswith(b"*1\r\n$5\r\nMULTI") for sent in sends), sends
+    assert len(sends) == 3 and all(b"EVALSHA" in sent for sent in sends), sends
     assert conn.info("stats")["total_connections_received"] == connections  # no new connection, no check
     assert all(batch.connection is first.connection for batch in batches)
     assert conn.llen("rq:queue:api") == 4
     assert all(batch.mark is not None and batch.mark.id == conn.get(outage.MARK_KEY) for batch in batches)
+
+
+def test_an_enqueue_is_one_script_call_of_few_commands_and_bytes(redis_url: str, conn, sends) -> None:
+    """One EVALSHA (no MULTI ... EXEC of 23 commands and 2.7 KB, nor an EVAL sending a script's text):
+    Redis counts at most 19 commands (INFO commandstats, the script's own included) and reads under
+    1,700 bytes, for the same keys (tests/test_job_steps.py holds them)."""
+
+    def counters() -> tuple[int, int]:
+        stats = conn.info("commandstats")
+        commands = sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+        return commands, conn.info("stats")["total_net_input_bytes"]
+
+    workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url)  # the script is loaded
+    commands, received = counters()
+    sends.clear()
+    workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url)
+    assert len(sends) == 1 and b"EVALSHA" in sends[0], sends
+    commands_after, received_after = counters()
+    assert commands_after - commands <= 19
+    assert received_after - received < 1_700  # the two INFO requests included
+    assert conn.llen("rq:queue:api") == 2
 
 
 def test_enqueue_many_and_delayed_batches_are_one_round_trip_too(redis_url: str, conn, sends) -> None:

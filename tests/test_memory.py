@@ -111,7 +111,13 @@ def test_the_result_ttl_is_the_enqueues_else_the_tasks_else_a_day(
 
 
 def transactions(conn: redis.Redis) -> int:
-    return int(conn.info("commandstats").get("cmdstat_exec", {}).get("calls", 0))
+    """Enqueueing transactions so far: each a script call that ran (``lua/enqueue.lua``) or a MULTI's EXEC."""
+    stats = conn.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+        - int(stats.get(f"cmdstat_{name}", {}).get("failed_calls", 0))
+        for name in ("exec", "evalsha", "eval")
+    )
 
 
 def test_the_producer_enqueues_in_chunks_of_a_thousand(conn: redis.Redis) -> None:

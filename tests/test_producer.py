@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zlib
 
 import pytest
@@ -65,10 +66,13 @@ def test_many_jobs_go_to_redis_in_one_round_trip(redis_url: str) -> None:
             return pipe
 
     conn = Counting.from_url(redis_url)
-    jobs = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 1})] * 500, "bulk").jobs
-    assert len(jobs) == 500 and Counting.round_trips == 1
-    assert Counting.commands == ["INFO"]  # RQ asks the server version once per Queue object
-    assert len(Queue("bulk", connection=conn, serializer=SERIALIZER)) == 500
+    call = producer.TaskCall.build("sleep", {"seconds": 1})
+    producer.enqueue(conn, [call], "bulk")  # loads the enqueue script, once per Redis
+    Counting.commands.clear()
+    jobs = producer.enqueue(conn, [call] * 500, "bulk").jobs
+    assert len(jobs) == 500 and Counting.round_trips == 0
+    assert Counting.commands == ["EVALSHA"]  # one script call, no transaction
+    assert len(Queue("bulk", connection=conn, serializer=SERIALIZER)) == 501
 
 
 @pytest.mark.parametrize(
@@ -178,3 +182,31 @@ def test_prompt_defaults_are_offered(prompting: CliRunner, conn: redis.Redis) ->
     assert result.exit_code == 0, result.output
     q = Queue("queue_one", connection=conn, serializer=SERIALIZER)
     assert len(q) == 1 and q.jobs[0].func_name == "task_def.sleep.sleep" and q.jobs[0].kwargs == {"seconds": 5.0}
+
+
+@pytest.mark.parametrize(
+    "task, params, options",
+    [
+        ("sleep", {"seconds": 1}, {}),
+        ("sleep", {"seconds": 1}, {"retries": 3, "timeout": 30}),
+        ("sleep", {"seconds": 1}, {"retries": 0, "priority": "urgent", "result_ttl": "10m"}),
+        ("scrape", {"url": "https://example.com/a"}, {}),  # the task's own limit key
+        ("primes", {"n": 100}, {"limit_key": "k:1", "unique": True, "unique_for": 60}),
+        ("pi", {"samples": 1000}, {"result_ttl": 0, "priority": 0}),
+    ],
+)
+def test_the_enqueue_writes_the_hash_rqs_job_would(conn: redis.Redis, task: str, params: dict, options: dict) -> None:
+    """The job hash ``_queued_fields`` builds without RQ's Job is RQ's ``to_dict()`` of the job its
+    ``Queue.enqueue_many`` makes (CatalogueJob's fields included), field for field and in order."""
+    producer.rq_compat.install()
+    queue = producer._queue(conn, "hashes")
+    call = producer.TaskCall.build(task, params, **options)
+    data = producer._prepare(call, call.unique_key)
+    job_id, fields = producer._queued_fields(queue, data, "batch1")
+    expected = producer._queued_job(queue, data, "batch1").to_dict()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
+    for name in ("created_at", "enqueued_at"):
+        assert re.fullmatch(stamp, fields.pop(name)) and re.fullmatch(stamp, expected.pop(name))
+    assert job_id == data.job_id and list(fields.items()) == list(expected.items())
+    positional = data._replace(args=(7,))  # outside what the producer asks for: RQ's own Job
+    assert json.loads(zlib.decompress(producer._queued_fields(queue, positional, "batch1")[1]["data"]))[2] == [7]

@@ -26,5 +26,6 @@ def __getattr__(name: str):
     if name in __all__:
         from workqueue import api
 
-        return getattr(api, name)
+        value = globals()[name] = getattr(api, name)  # found directly from now on, not through here each call
+        return value
     raise AttributeError(name)

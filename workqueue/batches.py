@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypedDict
 
 import redis
@@ -68,7 +68,14 @@ class Callbacks(TypedDict):
 
 
 def callbacks() -> Callbacks:
-    return {"on_success": Callback(ON_SUCCESS), "on_failure": Callback(ON_FAILURE), "on_stopped": Callback(ON_STOPPED)}
+    success, failure, stopped = _callbacks()
+    return {"on_success": success, "on_failure": failure, "on_stopped": stopped}
+
+
+@cache
+def _callbacks() -> tuple[Callback, Callback, Callback]:
+    """RQ's Callbacks, made once per process (RQ reads them, never changes them): one set per enqueued job before."""
+    return Callback(ON_SUCCESS), Callback(ON_FAILURE), Callback(ON_STOPPED)
 
 
 def open_batch(pipe: redis.client.Pipeline, batch_id: str, total: int, queue: str) -> None:

@@ -173,6 +173,11 @@ def _new_mark() -> bytes:
     return f"{uuid.uuid4().hex}:{time.time():.0f}".encode()
 
 
+def new_mark() -> bytes:
+    """A new mark's value, for a script that adopts the mark in its own call (``lua/enqueue.lua``)."""
+    return _new_mark()
+
+
 def probe_writes(connection: redis.Redis) -> None:
     """Raise Redis's refusal (OOM, MISCONF, READONLY...) if it refuses writes now; change nothing
     (it sets the data mark only where there is none, as any first use does)."""
