@@ -222,9 +222,10 @@ def test_no_jobs_end_is_half_written_while_redis_is_out_of_memory(tmp_path) -> N
                 filler += 1
             except redis.exceptions.OutOfMemoryError:
                 break
-        # ... and hold it there: memory hovers about the limit (buffers come and go), so the limit is
-        # set just below what is used, where every write that needs memory is refused.
-        conn.config_set("maxmemory", conn.info("memory")["used_memory"] - 200_000)
+        # ... and hold it there: memory hovers about the limit (client buffers come and go, the script
+        # engine's garbage is collected), so the limit is set a megabyte below what is used, where every
+        # write that needs memory is refused.
+        conn.config_set("maxmemory", conn.info("memory")["used_memory"] - 1_000_000)
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:  # the jobs end meanwhile: no end may be half written
             for job_id in jobs:
@@ -234,6 +235,8 @@ def test_no_jobs_end_is_half_written_while_redis_is_out_of_memory(tmp_path) -> N
                 assert (finished_reg is not None) == (state == "finished")
                 assert (state == "finished") != in_started(conn, job_id)
             time.sleep(0.1)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):  # still refusing: what follows is meaningful
+            conn.set("probe", b"x" * 10_000)
         assert [status(conn, job_id) for job_id in jobs] == ["started"] * 3  # refused, whole
         conn.delete(*[f"filler:{i}" for i in range(filler)])
         conn.config_set("maxmemory", "64mb")
