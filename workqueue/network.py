@@ -229,12 +229,6 @@ def _verifying_context() -> ssl.SSLContext:
         return _tls_context
 
 
-def prepare() -> None:
-    """Load what every client shares (the certificate-verifying context) now: a worker calls it
-    before it forks its horse, so each horse need not load it again."""
-    _verifying_context()
-
-
 def client(policy: NetworkPolicy | None = None, **kwargs: Any) -> httpx.Client:
     """An httpx client that connects only where ``policy`` (default: the environment's) allows."""
     transport = CheckedTransport(policy or NetworkPolicy.from_env(), verify=_verifying_context())

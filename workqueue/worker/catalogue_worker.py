@@ -119,7 +119,6 @@ class CatalogueWorker(StoppingWorker):
         task_progress.set_sink(progress.store)
         task_crawl.set_host(crawling.RedisCrawlHost())
         network.set_pacer(limits.pace_current_job)  # per-key limits: a job's first request on the wire
-        network.prepare()  # the certificate store, loaded once here, not in every horse
         backoff = 1.0
         while True:
             try:
