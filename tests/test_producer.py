@@ -13,7 +13,7 @@ from rq import Queue
 
 from tests.helpers import RedisServer, run_cli
 from workqueue import calls as task_calls
-from workqueue import producer
+from workqueue import producer, queued_hash
 from workqueue.cli import producer as producer_cli
 from workqueue.jobs import SERIALIZER
 
@@ -196,17 +196,17 @@ def test_prompt_defaults_are_offered(prompting: CliRunner, conn: redis.Redis) ->
     ],
 )
 def test_the_enqueue_writes_the_hash_rqs_job_would(conn: redis.Redis, task: str, params: dict, options: dict) -> None:
-    """The job hash ``_queued_fields`` builds without RQ's Job is RQ's ``to_dict()`` of the job its
+    """The job hash ``queued_hash.fields`` builds without RQ's Job is RQ's ``to_dict()`` of the job its
     ``Queue.enqueue_many`` makes (CatalogueJob's fields included), field for field and in order."""
     producer.rq_compat.install()
     queue = producer._queue(conn, "hashes")
     call = producer.TaskCall.build(task, params, **options)
     data = producer._prepare(call, call.unique_key)
-    job_id, fields = producer._queued_fields(queue, data, "batch1")
-    expected = producer._queued_job(queue, data, "batch1").to_dict()
+    job_id, fields = queued_hash.fields(queue, data, "batch1")
+    expected = queued_hash.job(queue, data, "batch1").to_dict()
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
     for name in ("created_at", "enqueued_at"):
         assert re.fullmatch(stamp, fields.pop(name)) and re.fullmatch(stamp, expected.pop(name))
     assert job_id == data.job_id and list(fields.items()) == list(expected.items())
     positional = data._replace(args=(7,))  # outside what the producer asks for: RQ's own Job
-    assert json.loads(zlib.decompress(producer._queued_fields(queue, positional, "batch1")[1]["data"]))[2] == [7]
+    assert json.loads(zlib.decompress(queued_hash.fields(queue, positional, "batch1")[1]["data"]))[2] == [7]

@@ -13,12 +13,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import random
 import time
 import uuid
 import weakref
-import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +25,22 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.callbacks import Callback
 from rq.job import Dependency, Job, JobStatus
 from rq.queue import EnqueueData
-from rq.utils import now, resolve_function_reference, utcformat
 
-from workqueue import backlog, batches, dependencies, jobstats, limits, lua, outage, priorities, rq_compat, unique
+from workqueue import (
+    backlog,
+    batches,
+    dependencies,
+    jobstats,
+    limits,
+    lua,
+    outage,
+    priorities,
+    queued_hash,
+    rq_compat,
+    unique,
+)
 from workqueue.calls import (  # re-exported: callers build calls as producer.TaskCall
     TaskCall,
 )
@@ -307,7 +315,7 @@ def _commit_at_once(
     data mark, the batch opened with ``open_total`` tasks, the statistics, the backlog, RQ's job
     hashes, lists, queue set and group), ``tests/test_job_steps.py`` holding them."""
     batch_id = submission.batch_id
-    jobs = [_queued_fields(q, _prepare(call), batch_id) for _i, call in chunk]
+    jobs = [queued_hash.fields(q, _prepare(call), batch_id) for _i, call in chunk]
     counts = Counter(call.task.name for _i, call in chunk)
     group = batches.group(connection, batch_id)
     keys = [
@@ -333,77 +341,6 @@ def _commit_at_once(
     if mark:
         submission.mark = outage.DataMark.adopted(created, held)
     submission.jobs += [JobRef(job_id, connection) for job_id, _fields in jobs]
-
-
-def _queued_fields(q: Queue, data: EnqueueData, batch_id: str) -> tuple[str, dict[str, Any]]:
-    """The id and hash of the job RQ's ``Queue.enqueue_many`` makes of ``data`` in group ``batch_id``, as it
-    stands once queued: ``CatalogueJob.to_dict()``, field for field and in its order, without building RQ's
-    Job (its construction and ``to_dict`` were a third of the Python an enqueue runs). What
-    :func:`_prepare` never asks for (positional arguments, a job TTL, dependencies, repeats, webhooks)
-    goes through RQ's Job; ``tests/test_producer.py`` holds the two equal. (Nor does it ask for a push to
-    the front, which is not in the hash: ``lua/enqueue.lua`` pushes to the back.)"""
-    callbacks = (data.on_success, data.on_failure, data.on_stopped)
-    if (
-        data.args or data.ttl or data.depends_on or data.repeat or data.webhooks
-        or not data.job_id or not data.description or not all(isinstance(c, Callback) for c in callbacks)
-        or not all(type(n) is int for n in (data.timeout, data.result_ttl or 0, data.failure_ttl or 0))
-    ):  # fmt: skip
-        job = _queued_job(q, data, batch_id)
-        return job.id, job.to_dict()
-    created = utcformat(now())
-    fields: dict[str, Any] = {
-        "created_at": created,
-        "data": zlib.compress(SERIALIZER.dumps((_function_name(data.func), None, (), data.kwargs or {}))),
-        "success_callback_name": callbacks[0].name,
-        "failure_callback_name": callbacks[1].name,
-        "stopped_callback_name": callbacks[2].name,
-        "started_at": "",
-        "ended_at": "",
-        "last_heartbeat": "",
-        "worker_name": "",
-        "group_id": batch_id,
-    }
-    if data.retry:
-        fields["retries_left"] = data.retry.max
-        fields["retry_intervals"] = json.dumps(data.retry.intervals)
-        if data.retry.enqueue_at_front:
-            fields["enqueue_at_front_on_retry"] = 1
-    fields["origin"] = q.name
-    fields["description"] = data.description
-    fields["enqueued_at"] = utcformat(now())
-    fields["timeout"] = data.timeout
-    fields["success_callback_timeout"] = callbacks[0].timeout
-    fields["failure_callback_timeout"] = callbacks[1].timeout
-    fields["stopped_callback_timeout"] = callbacks[2].timeout
-    if data.result_ttl is not None:
-        fields["result_ttl"] = data.result_ttl
-    if data.failure_ttl is not None:
-        fields["failure_ttl"] = data.failure_ttl
-    fields["status"] = JobStatus.QUEUED
-    if data.meta:
-        fields["meta"] = SERIALIZER.dumps(data.meta)
-    fields.update(limits.job_fields(data.meta or {}))  # CatalogueJob.to_dict's own
-    return data.job_id, fields
-
-
-@functools.cache
-def _function_name(func: Callable[..., Any] | str) -> str:
-    """The name RQ records for a job's function (``rq.utils.resolve_function_reference``), once per task."""
-    return resolve_function_reference(func)[1]
-
-
-def _queued_job(q: Queue, data: EnqueueData, batch_id: str) -> Job:
-    """The job RQ's ``Queue.enqueue_many`` makes of ``data`` in group ``batch_id``, as it stands once
-    queued (not written): its hash is ``to_dict()``."""
-    job = q.create_job(
-        data.func, args=data.args, kwargs=data.kwargs, result_ttl=data.result_ttl, ttl=data.ttl,
-        failure_ttl=data.failure_ttl, description=data.description, depends_on=data.depends_on, job_id=data.job_id,
-        meta=data.meta, status=JobStatus.QUEUED, timeout=data.timeout, retry=data.retry, on_success=data.on_success,
-        on_failure=data.on_failure, on_stopped=data.on_stopped, webhooks=data.webhooks, group_id=batch_id,
-        repeat=data.repeat,
-    )  # fmt: skip
-    job.enqueued_at = now()  # as RQ's queue does when it queues a job; origin and status are create_job's
-    return job
 
 
 def _add_to_group(pipe: redis.client.Pipeline, batch_id: str, job_ids: list[str]) -> None:
