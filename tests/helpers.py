@@ -112,10 +112,12 @@ PAGES = {
 class QuietHandler(http.server.BaseHTTPRequestHandler):
     """A test site's handler: answers with :meth:`send` and logs nothing."""
 
-    def send(self, status: int, ctype: str, body: str) -> None:
+    def send(self, status: int, ctype: str, body: str, headers: dict[str, str] | None = None) -> None:
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", ctype)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

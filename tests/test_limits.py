@@ -15,7 +15,7 @@ import pytest
 import redis
 from rq import Queue
 
-from tests.helpers import Processes, cli_env, run_cli, start_consumer, wait_for, workers
+from tests.helpers import Processes, QuietHandler, cli_env, run_cli, start_consumer, wait_for, workers
 from workqueue import batches, control, limits, producer
 from workqueue.jobs import SERIALIZER
 
@@ -34,7 +34,7 @@ class Site:
         self.order: list[str] = []
         site = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 domain = self.server.server_address[0]  # type: ignore[index]
                 with site.lock:
@@ -45,15 +45,7 @@ class Site:
                 time.sleep(site.delay)
                 with site.lock:  # before the answer: the job ends only after it
                     site.in_flight[domain] -= 1
-                body = b"<html><head><title>page</title></head><body>ok</body></html>"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
+                self.send(200, "text/html", "<html><head><title>page</title></head><body>ok</body></html>")
 
         http.server.ThreadingHTTPServer.request_queue_size = 128  # ten workers at once: no refused connection
         self.servers = [http.server.ThreadingHTTPServer((d, 0), Handler) for d in DOMAINS]

@@ -14,7 +14,7 @@ import redis
 from rq.job import Job
 
 from task_def.scrape import scrape
-from tests.helpers import Processes, child_pids, cli_env, wait_for, workers
+from tests.helpers import Processes, QuietHandler, child_pids, cli_env, wait_for, workers
 from workqueue import network, producer
 from workqueue.jobs import SERIALIZER, CatalogueJob
 
@@ -78,23 +78,12 @@ class Counting(http.server.ThreadingHTTPServer):
         self.target = ""
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path == "/away":
-                    self.send_response(302)
-                    self.send_header("Location", server.target)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self.send(302, "text/html", "", {"Location": server.target})
                     return
-                data = b"<html><head><title>internal</title></head><body>secret</body></html>"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
+                self.send(200, "text/html", "<html><head><title>internal</title></head><body>secret</body></html>")
 
         super().__init__((host, 0), Handler)
 
@@ -164,21 +153,13 @@ class KeepAlive(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         self.connections = 0
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
                 sent = self.headers.get("Cookie") or "none"
-                data = f"<html><head><title>{sent}</title></head><body>page</body></html>".encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Set-Cookie", "session=one-job; Path=/")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
+                page = f"<html><head><title>{sent}</title></head><body>page</body></html>"
+                self.send(200, "text/html", page, {"Set-Cookie": "session=one-job; Path=/"})
 
         super().__init__(("127.0.0.1", 0), Handler)
 
