@@ -41,7 +41,7 @@ def busy_worker(conn: redis.Redis, job: Job) -> str:
 
 
 def test_graceful_stop_waits_for_the_running_job_then_the_consumer_exits_0(conn, processes) -> None:
-    job = enqueue(conn, "sleep", seconds=2)
+    job = enqueue(conn, "sleep", seconds=6)  # still running when kill_workers looks, on a loaded machine too
     consumer = start_consumer(processes, conn, 1)
     name = busy_worker(conn, job)
     result = run_cli("kill_thread/kill_workers.py", "--all")

@@ -81,6 +81,14 @@ AHEAD_SHORT = 0.05
 AHEAD_MIN_DEPTH = 10
 #: While it holds jobs ahead, a worker records a stop-job command for one of them within this long (seconds).
 AHEAD_LOOK = 0.25
+#: Ends handed over, for a worker running one job at a time: its horse hands each job's end (the
+#: transaction it would write) to the worker and goes on to the next job; the worker writes the ends
+#: it holds together, in one request, with its next claim, when it would wait, when it stops, or once
+#: the oldest has waited ``WORKQUEUE_END_HOLD`` seconds (default END_HOLD_DEFAULT; 0: each horse
+#: writes its own ends) or MAX_HELD_ENDS are held.
+END_HOLD_ENV = "WORKQUEUE_END_HOLD"
+END_HOLD_DEFAULT = 0.005
+MAX_HELD_ENDS = 32
 
 #: Progress is written to Redis at most this often per job (and always at 100 %).
 PROGRESS_INTERVAL = 0.5

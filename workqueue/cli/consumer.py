@@ -36,6 +36,7 @@ from workqueue.supervision import Supervisor
 from workqueue.worker.autoscale import Scaling, parse_range
 from workqueue.worker.catalogue_worker import MAX_CONCURRENCY
 from workqueue.worker.claiming import claim_ahead_settings
+from workqueue.worker.held_ends import end_hold_setting
 from workqueue.worker.pool import ConsumerPool, PoolStatus
 
 
@@ -161,6 +162,7 @@ def main(
     scaling = Scaling.from_env(*workers)
     try:
         claim_ahead_settings()  # read again by each worker: a wrong value stops here, before any starts
+        end_hold_setting()
     except ValueError as exc:
         fail(str(exc))
     logs.setup(verbose)

@@ -33,7 +33,7 @@ from rq.worker import RandomWorker, RoundRobinWorker
 
 from task_def import crawl as task_crawl
 from task_def import progress as task_progress
-from workqueue import crawling, limits, network, outage, rq_compat
+from workqueue import crawling, limits, network, outage, rq_compat, tallies
 from workqueue.guarded import note_superseded
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import (
@@ -42,6 +42,7 @@ from workqueue.settings import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_MIN_GAP,
     HEARTBEAT_TTL,
+    MAX_HELD_ENDS,
     OUTAGE_MAX_BACKOFF,
     SUSPENSION_CHECK_GAP,
 )
@@ -176,7 +177,11 @@ class CatalogueWorker(StoppingWorker):
         rq_compat.set_horse_pid(self, 0)
         self.executions.pop(execution.id, None)
         self._last_run = time.monotonic() - handed if answer is not None else None
-        if answer is not None:  # the horse ran the job to its end and recorded it
+        if answer is not None and "ends" in answer:  # its end handed over: written with others (held_ends)
+            self.held_ends.add(answer["ends"])
+            if len(self.held_ends) >= MAX_HELD_ENDS:
+                self._write_held_ends_now()
+        if answer is not None:  # the horse ran the job to its end and recorded it (or handed it over)
             if not answer["ok"] or horse.worn_out(answer):
                 self._retire_horse()
             if answer["ok"] is None:
@@ -221,9 +226,14 @@ class CatalogueWorker(StoppingWorker):
             wake = beat_at if hard_deadline is None else min(beat_at, hard_deadline)
             if self._ahead:
                 wake = min(wake, time.monotonic() + AHEAD_LOOK, max(hold_until, time.monotonic() + 0.01))
+            ends_due = self.held_ends.due()
+            if ends_due is not None:
+                wake = min(wake, ends_due)
             answer = horse.wait(max(0.0, wake - time.monotonic()))
             if answer is not WAITING:
                 return answer
+            if ends_due is not None and time.monotonic() >= ends_due:
+                self._write_held_ends_now()
             if self._ahead:
                 self.settle_ahead(time.monotonic() >= hold_until, f"job {job.id} has run {self.ahead_hold:g} s")
             now_ = time.monotonic()
@@ -249,6 +259,16 @@ class CatalogueWorker(StoppingWorker):
                 if not outage.is_outage(exc):
                     raise
                 self.log.warning("Worker %s: could not heartbeat (%s); the job runs on", self.name, exc)
+
+    def _write_held_ends_now(self) -> None:
+        """Write the ends held (``held_ends``) while a job runs; Redis refusing them for now leaves
+        them held (the next look tries again, the worker's next claim too)."""
+        try:
+            self.write_held_ends()
+        except redis.RedisError as exc:
+            if not outage.is_outage(exc):
+                raise
+            self.log.warning("Worker %s: could not write the ends held (%s); trying again", self.name, exc)
 
     def _horse_died(self, horse: Horse, job: Job, queue: Queue, execution: Execution) -> None:
         """The horse ended without answering: a stopped job, a task that ended its process, or a
@@ -293,6 +313,8 @@ class CatalogueWorker(StoppingWorker):
         """RQ's, and the horse goes too. With Redis away, the worker leaves without unregistering:
         its registration lapses by itself (HEARTBEAT_TTL)."""
         try:
+            self._write_ends_before_stopping()
+            tallies.flush_all()  # those ends' counts (held_ends)
             self.settle_ahead(give_back=True, why="the worker stops")
             super().teardown()
         except redis.RedisError as exc:
@@ -409,10 +431,16 @@ class CatalogueWorker(StoppingWorker):
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ's, without the round trip when the state is already the one written last (RQ sets
-        "idle" twice per job)."""
+        "idle" twice per job); while Redis refuses writes or is away, only in memory (a worker going
+        idle during an outage must not quit over it)."""
         if pipeline is None and state == rq_compat.worker_state(self):
             return
-        super().set_state(state, pipeline)
+        try:
+            super().set_state(state, pipeline)
+        except redis.RedisError as exc:  # kept in memory; the next registration writes it (heartbeat)
+            if not outage.is_outage(exc):
+                raise
+            self.log.debug("Worker %s: state %s not written: %s", self.name, state, outage.describe(exc))
 
     def unsubscribe(self) -> None:
         """RQ's, with the listening thread told to stop first, so the reply to the unsubscription

@@ -44,6 +44,7 @@ from workqueue.settings import (
     OUTAGE_MAX_BACKOFF,
 )
 from workqueue.worker import job_steps
+from workqueue.worker.held_ends import HeldEnds, end_hold_setting
 from workqueue.worker.horse import Horse
 from workqueue.worker.horse_side import HorseSideWorker
 from workqueue.worker.process import pool_gone
@@ -89,6 +90,8 @@ class ClaimingWorker(HorseSideWorker):
     _last_run: float | None
     claim_ahead: int
     ahead_hold: float
+    #: The job ends its horse handed over, not yet written (``held_ends``).
+    held_ends: HeldEnds
 
     def _setup_claiming(self) -> None:
         """The claiming state of a new worker (its settings from the environment: see the module)."""
@@ -96,6 +99,13 @@ class ClaimingWorker(HorseSideWorker):
         self._ahead, self._ahead_lock, self._stop_ahead = deque(), threading.RLock(), set()
         self._last_run = None
         self.claim_ahead, self.ahead_hold = claim_ahead_settings()
+        self.end_hold = end_hold_setting()
+        self.held_ends = HeldEnds(self.end_hold)
+
+    def write_held_ends(self) -> bool:
+        """Write the ends the horse handed over (``held_ends``); whether none is held any more
+        (False: Redis refuses them for now; they stay held, for the next try)."""
+        return self.held_ends.write(self.connection, self.name)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
         """RQ's, with every job taken and started in one round trip (``job_steps.claim``): at once
@@ -162,6 +172,7 @@ class ClaimingWorker(HorseSideWorker):
     def _claim(self, moved: bytes | None = None, moved_from: Queue | None = None):
         """``job_steps.claim`` on the worker's queues: the job, started, and its queue; or None.
         ``moved``: a job the worker's BLMOVE took from ``moved_from`` (default: its first queue)."""
+        self.write_held_ends()  # the ends held so far go before the claim: one request for several jobs
         queues = rq_compat.ordered_queues(self)
         if moved is not None and moved_from is not None and moved_from is not queues[0]:
             # Only paused queues come before it (see _wait_and_claim): the claim skips them anyway.

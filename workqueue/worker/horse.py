@@ -10,7 +10,8 @@ The worker and its horse talk over two pipes, each message a dict in ``marshal``
 data only: it builds no objects of other types and runs nothing) after its length: the worker sends
 ``{"job", "queue", "execution", "started_at", "hash"}`` (the job's hash as the worker read it, bytes
 to bytes, so the horse need not read it again), the horse answers ``{"job", "ok": True|False|None,
-"peak_rss_mb"}`` once the job has ended and been recorded (RQ's ``perform_job``), naming the job: a
+"peak_rss_mb"}`` once the job has ended and been recorded (RQ's ``perform_job``), or with its end handed
+to the worker to write (``"ends"``: see ``worker.held_ends``), naming the job: a
 horse of a worker with ``--concurrency N`` (:func:`serve_threads`) runs up to N jobs at once, in a
 pool of N threads, and the worker may send it ``{"stop": job id, "superseded"}`` to stop one of them. End
 of file means the horse is gone. (JSON cost a tenth of a no-op job's work, in the hash's encoding to text and back.)
@@ -155,13 +156,18 @@ def serve(
     run: Callable[[dict], bool | None],
     on_exit: Callable[[], object] = lambda: None,
     tick: Callable[[], float | None] = lambda: None,
+    handed: Callable[[], list[dict[str, Any]]] = list,
 ) -> None:
     """The horse's loop: run each job the worker sends, answer once it has ended; exit when the
     worker closes the pipe (or dies), calling ``on_exit()`` first. Between jobs ``tick()`` is
-    called as often as it asks (its answer: the seconds until the next call, None: no call needed)."""
+    called as often as it asks (its answer: the seconds until the next call, None: no call needed).
+    ``handed()``: the job's end, if the horse handed it to the worker to write (``"ends"`` in the answer)."""
     while (message := _receive(inbox, tick)) is not None:
         ok = run(message)
         answer = {"job": message.get("job"), "ok": ok, "peak_rss_mb": peak_rss_mb()}
+        ends = handed()
+        if ends:
+            answer["ends"] = ends
         os.write(outbox, _frame(answer))
         if ok is None:
             on_exit()

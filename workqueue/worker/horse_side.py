@@ -169,6 +169,9 @@ class HorseSideWorker(Worker):
     _hard_killed: str | None
     #: Jobs a horse runs at once (``consumer_main.py --concurrency``); 1: one at a time, no threads.
     concurrency: int = 1
+    #: Seconds the worker may hold a job's end its one-job horse handed over (``held_ends``); 0: the
+    #: horse writes its ends itself.
+    end_hold: float = 0.0
     #: In a horse running several jobs: the jobs a stop-job command stopped in their threads, whose
     #: failure is recorded as RQ records a stopped job (:meth:`_finalize_failure`).
     _stopped_in_threads: set[str] | None = None
@@ -253,7 +256,9 @@ class HorseSideWorker(Worker):
             self.death_penalty_class = ThreadDeathPenalty
             serve_threads(inbox, outbox, run, stop, self.concurrency, on_exit=tallies.flush_all, settle=settle)
         tallies.flush_from_loop()  # one job at a time: its statistics written between jobs, no thread
-        serve(inbox, outbox, run, on_exit=tallies.flush_all, tick=tallies.tick)
+        if self.end_hold > 0:  # its ends written by the worker, several at once (``held_ends``)
+            job_steps.hand_ends_to_worker()
+        serve(inbox, outbox, run, on_exit=tallies.flush_all, tick=tallies.tick, handed=job_steps.handed_ends)
 
     def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
         """RQ's; but a job stopped in its thread (several jobs at once) ends as RQ's worker ends a

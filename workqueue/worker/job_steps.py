@@ -263,23 +263,89 @@ def finish(
             answered[:] = [also(pipe)]
 
     answered: list[Callable[[Any], None]] = []
-    replies = run_guarded(worker.connection, build, Guard.holds(job, execution.id), what=f"the end of job {job.id}")
+    guard = Guard.holds(job, execution.id)
+    if _handed is not None and also is None and not job.webhooks and not job.has_rate_limit:
+        handed = _hand_over(worker.connection, build, job.id, execution.id, guard)
+        if handed is not None:  # the worker writes it (``held_ends``): nothing after the end is left to do here
+            # counted by the worker once written: a run found superseded then is not counted
+            handed["count"] = [worker.key, (ended_at - started_at).total_seconds(), job.origin, figures]
+            _handed.append(handed)
+            rq_compat.set_job_status(job, JobStatus.FINISHED)
+            return True
+    replies = run_guarded(worker.connection, build, guard, what=f"the end of job {job.id}")
     if replies is SUPERSEDED:
         note_superseded(worker.connection, job.id, execution.id, worker.name, "finished")
         return False
     rq_compat.set_job_status(job, JobStatus.FINISHED)
     if answered:
         answered[0](replies[-1])
-    # RQ's worker counters and the statistics: counted here, written about once a second (tallies.Tally)
-    tally = tallies.tally(worker.connection)
-    tally.add_worker(worker.key, 1, (ended_at - started_at).total_seconds())
-    if figures is not None:
-        task, run, wait = figures
-        tally.add_end(job.origin, task, "finished", run, wait)
-    failed = [reply for reply in replies if isinstance(reply, Exception)]
-    if failed:  # the transaction was applied; a command in it was refused (e.g. a key of the wrong type)
-        log.warning("job %s finished, but Redis refused part of its record: %s", job.id, failed[0])
-    if replies[0] and not isinstance(replies[0], Exception):
-        dependencies.settle_safely(worker.connection, job.id)  # not RQ's enqueue_dependents: see dependencies
+    count_end(worker.connection, [worker.key, (ended_at - started_at).total_seconds(), job.origin, figures])
+    settle_end(worker.connection, job.id, replies)
     rq_compat.release_slot_safely(worker, job)
     return True
+
+
+def count_end(connection: redis.Redis, count: list[Any]) -> None:
+    """Count a job's end, once written, in this process's tally (``tallies.Tally``, written about
+    once a second): RQ's worker counters and, for a job of a batch, the statistics. ``count``: the
+    worker's key, the seconds the job ran, its queue, and its ``batches.figures`` (or None)."""
+    worker_key, seconds, queue, figures = count
+    tally = tallies.tally(connection)
+    tally.add_worker(worker_key, 1, seconds)
+    if figures is not None:
+        task, run, wait = figures
+        tally.add_end(queue, task, "finished", run, wait)
+
+
+def settle_end(connection: redis.Redis, job_id: str, replies: list[Any]) -> None:
+    """What follows a job's end once written (``replies``: its transaction's, the dependents first):
+    a warning if Redis refused part of it, and its dependents settled."""
+    failed = [reply for reply in replies if isinstance(reply, Exception)]
+    if failed:  # the transaction was applied; a command in it was refused (e.g. a key of the wrong type)
+        log.warning("job %s finished, but Redis refused part of its record: %s", job_id, failed[0])
+    if replies and replies[0] and not isinstance(replies[0], Exception):
+        dependencies.settle_safely(connection, job_id)  # not RQ's enqueue_dependents: see dependencies
+
+
+#: In a one-job horse whose worker writes its ends (:func:`hand_ends_to_worker`): the ends handed
+#: over since the horse last answered, None otherwise.
+_handed: list[dict[str, Any]] | None = None
+
+
+def hand_ends_to_worker() -> None:
+    """From now on, in this horse, :func:`finish` hands a job's end over (:func:`handed_ends`)
+    instead of writing it, when nothing after the end needs its reply in the horse: no progress
+    report held, no webhook, no RQ rate limit. The worker writes them (``worker.held_ends``)."""
+    global _handed
+    _handed = []
+
+
+def handed_ends() -> list[dict[str, Any]]:
+    """The ends handed over since the last call (for the horse's answer), each
+    ``{"job", "execution", "guard", "words", "count"}`` in plain data (``count``: see :func:`count_end`)."""
+    if not _handed:
+        return []
+    ends = _handed[:]
+    _handed.clear()
+    return ends
+
+
+def _hand_over(
+    connection: redis.Redis, build: Callable[[Any], None], job_id: str, execution_id: str, guard: Guard
+) -> dict[str, Any] | None:
+    """The end ``build`` queues, as plain data the worker can write (``guarded.run_group``); None
+    if it cannot be (a script the guarded run does not know, or a word Redis would not take)."""
+    with connection.pipeline() as pipe:
+        build(pipe)
+        words = guarded.transaction_words(pipe)
+    if words is None:
+        return None
+    encode = connection.get_encoder().encode
+    try:  # as redis-py would send them (a str enum, say, as its text): plain data ``marshal`` carries
+        words = [word if type(word) in _PLAIN else encode(word) for word in words]
+    except (redis.DataError, TypeError):
+        return None
+    return {"job": job_id, "execution": execution_id, "guard": guard.words(), "words": words}
+
+
+_PLAIN = (str, bytes, int, float)
