@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from task_def import crawl, maths, scrape, sleep
@@ -101,22 +101,24 @@ class Param:
         return value
 
     def _coerce(self, raw: Any, strict: bool = False) -> Any:
-        kind = {int: "an integer", float: "a number", str: "text", bool: "true or false"}[self.type]
-        wrong = InvalidParams(f"{self.name}: expected {kind}, got {raw!r}", self.name)
+        kind = type(raw)
+        if kind is self.type and kind is not str and (kind is not float or math.isfinite(raw)):
+            return raw  # a JSON value of the parameter's own type, as the checks below would return it
+        given = raw
         if self.type is bool:
             text = raw.strip().lower() if isinstance(raw, str) and not strict else None
             if isinstance(raw, bool) or text in _BOOLEANS:
                 return raw if isinstance(raw, bool) else _BOOLEANS[text or ""]
-            raise wrong
+            self._wrong(given)
         if isinstance(raw, bool) or raw is None:
-            raise wrong
+            self._wrong(given)
         if self.type is str:
             if not isinstance(raw, str) or not raw.strip():
-                raise wrong
+                self._wrong(given)
             return raw.strip()
         if isinstance(raw, str):
             if strict:
-                raise wrong
+                self._wrong(given)
             text = raw.strip().replace("_", "")
             try:
                 raw = int(text)
@@ -124,14 +126,20 @@ class Param:
                 try:
                     raw = float(text)
                 except ValueError:
-                    raise wrong from None
+                    self._wrong(given)
         if not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            raise wrong
+            self._wrong(given)
         if self.type is int:
             if isinstance(raw, float) and not raw.is_integer():
-                raise wrong
+                self._wrong(given)
             return int(raw)
         return float(raw)
+
+    def _wrong(self, raw: Any) -> NoReturn:
+        """Refuse ``raw``, a value not of this parameter's type (made only when refusing: the message
+        holds the value's repr, which was most of validating a valid one)."""
+        kind = {int: "an integer", float: "a number", str: "text", bool: "true or false"}[self.type]
+        raise InvalidParams(f"{self.name}: expected {kind}, got {raw!r}", self.name) from None
 
 
 @dataclass(frozen=True)

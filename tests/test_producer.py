@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 import zlib
 
 import pytest
@@ -11,11 +13,14 @@ import redis
 from click.testing import CliRunner
 from rq import Queue
 
+import task_def
 from tests.helpers import RedisServer, run_cli
 from workqueue import calls as task_calls
 from workqueue import producer, queued_hash
 from workqueue.cli import producer as producer_cli
+from workqueue.errors import BadInput
 from workqueue.jobs import SERIALIZER
+from workqueue.settings import MAX_PARAMS_BYTES
 
 
 def queued(conn: redis.Redis, name: str = "queue_one") -> int:
@@ -210,3 +215,22 @@ def test_the_enqueue_writes_the_hash_rqs_job_would(conn: redis.Redis, task: str,
     assert job_id == data.job_id and list(fields.items()) == list(expected.items())
     positional = data._replace(args=(7,))  # outside what the producer asks for: RQ's own Job
     assert json.loads(zlib.decompress(queued_hash.fields(queue, positional, "batch1")[1]["data"]))[2] == [7]
+
+
+def test_parameters_over_the_json_limit_are_refused_by_their_json_size() -> None:
+    """The limit is on the parameters' JSON (escapes counted), whether or not it had to be written to tell."""
+    url = "https://example.com/"
+    under = producer.TaskCall.build("scrape", {"url": url + "a" * 200_000})  # bounded over the limit, written
+    assert len(json.dumps(under.params)) < MAX_PARAMS_BYTES
+    for path, size in (("a" * MAX_PARAMS_BYTES, MAX_PARAMS_BYTES + 70), ("é" * 200_000, 1_200_070)):
+        with pytest.raises(BadInput, match=f"scrape: parameters are {size:,} bytes of JSON, over the 1,000,000 limit"):
+            producer.TaskCall.build("scrape", {"url": url + path})
+    for task in task_def.CATALOGUE.values():  # the bound is never under the JSON: the longest value of each type
+        longest = {str: "\U0001f600" * 3, bool: False, float: -sys.float_info.min}
+        values = {p.name: longest[p.type] if p.type in longest else _longest_int(p.min, p.max) for p in task.params}
+        assert task_calls._json_bound(task, values) >= len(json.dumps(values)), task.name
+
+
+def _longest_int(low: float | None, high: float | None) -> int:
+    assert low is not None and high is not None  # every integer parameter is bounded (test_task_def)
+    return max(math.floor(low), math.ceil(high), key=lambda n: len(str(n)))

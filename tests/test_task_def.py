@@ -43,6 +43,8 @@ def test_catalogue_names_every_task_with_description_and_bounded_params() -> Non
         ("scrape", {"url": "file:///etc/passwd"}, "must be an http:// or https:// URL"),
         ("primes", {"n": "1.5"}, "n: expected an integer, got '1.5'"),
         ("primes", {"n": str(10**11)}, "out of bounds"),
+        ("primes", {"n": 10**400}, "out of bounds"),  # an integer past any float: was an OverflowError
+        ("sleep", {"seconds": float("inf")}, "seconds: expected a number, got inf"),
         ("factorise", {"n": "0"}, "out of bounds"),
     ],
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, overload
@@ -95,7 +95,7 @@ def _when(body: Mapping[str, Any]) -> tuple[datetime | None, list[str], bool]:
     return when, list(after or []), after_any
 
 
-def _body(allowed: set[str]) -> dict[str, Any]:
+def _body(allowed: Set[str]) -> dict[str, Any]:
     """The request's JSON object, with no field outside ``allowed`` and none null."""
     data = request.get_data(cache=False) or b"null"
     if _depth(data) > MAX_DEPTH:
@@ -117,19 +117,46 @@ def _body(allowed: set[str]) -> dict[str, Any]:
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_BRACKETS_OR_QUOTES = bytes(b for b in range(256) if b not in b'[]{}"')
+#: Arrays and objects alike: an opening bracket as ``(``, a closing one as ``)``.
+_PARENS = bytes.maketrans(b"[{]}", b"(())")
 
 
 def _depth(data: bytes) -> int:
     """How deep ``data``'s arrays and objects nest (read before parsing: the parser recurses),
-    counted up to one past MAX_DEPTH."""
+    counted up to one past MAX_DEPTH. Each pass of ``replace`` takes off a level (every innermost
+    pair), in C: a 1,000-task batch has 4,000 brackets, which a loop over each took ~0.3 ms to count."""
+    brackets = _brackets(data)
+    rest, depth = brackets, 0
+    while rest and depth <= MAX_DEPTH:
+        inner = rest.replace(b"()", b"")
+        if len(inner) == len(rest):
+            break
+        rest, depth = inner, depth + 1
+    if not rest:
+        return depth
+    # Unbalanced (not JSON), or deeper than MAX_DEPTH: counted as the parser would meet them.
     depth = deepest = 0
-    for byte in _STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
-        depth += 1 if byte in b"[{" else -1
+    for byte in brackets:
+        depth += 1 if byte == 40 else -1  # "("
         if depth > deepest:
             deepest = depth
             if deepest > MAX_DEPTH:
                 break
     return deepest
+
+
+def _brackets(data: bytes) -> bytes:
+    """The brackets of ``data`` outside its strings, an opening one as ``(``, a closing one as ``)``.
+    Most bodies have no bracket (and no escaped quote) in a string: kept with the quotes alone, each
+    string is then ``""``, and once those are taken off no quote is left (a string holding a bracket
+    always leaves one). Else the strings are taken off by the regular expression, which took ~1.5 ms
+    for the 4,000 strings of a 1,000-task batch."""
+    if b"\\" not in data:
+        kept = data.translate(_PARENS, _NOT_BRACKETS_OR_QUOTES).replace(b'""', b"")
+        if b'"' not in kept:
+            return kept
+    return _STRING.sub(b"", data).translate(_PARENS, _NOT_BRACKETS)
 
 
 def _callback(callback: Any, policy: network.NetworkPolicy) -> tuple[str, str]:
@@ -186,3 +213,46 @@ def _call(entry: Mapping[str, Any], retries: Any, timeout: Any, where: str, limi
     except BadInput as exc:
         field = exc.field if exc.field in ("retries", "timeout", "limit_key") else f"{where}{exc.field or 'task'}"
         raise Invalid(f"{where[:-1]}: {exc}" if where else str(exc), field) from None
+
+
+#: The fields of one entry of a batch.
+_ENTRY_FIELDS = frozenset({"task", "params"})
+
+
+def _batch_calls(entries: list[Any], retries: Any, timeout: Any, limit_key: Any) -> list[producer.TaskCall]:
+    """Each entry of a batch (``{"task": NAME, "params": {...}}``) as a call, validated as ``_call``
+    does, with ``tasks[i].`` in its field. An entry equal to one before it (the same task, parameters
+    of the same types and values, in the same order) is that call again, not validated twice: a batch
+    of many jobs of one task and a few parameter sets is the common shape, and its validation was
+    ~7 µs a task, a third of what the gateway added to a 1,000-task batch."""
+    calls = []
+    seen: dict[Any, producer.TaskCall] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not _ENTRY_FIELDS.issuperset(entry):
+            raise Invalid(f'tasks[{i}]: expected {{"task": NAME, "params": {{...}}}}', f"tasks[{i}]")
+        key = _same(entry)
+        call = None if key is None else seen.get(key)
+        if call is None:
+            call = _call(entry, retries, timeout, f"tasks[{i}].", limit_key)
+            if key is not None:
+                seen[key] = call
+        calls.append(call)
+    return calls
+
+
+def _same(entry: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """What makes two entries the same call: the task and each parameter's name, type and value (a
+    float by its text: 0.0 and -0.0 are equal, 1 and 1.0 and true too, but not the same JSON);
+    None for an entry that cannot be told so (a parameter that is a list or an object)."""
+    task, params = entry.get("task"), entry.get("params", {})
+    if not isinstance(task, str) or not isinstance(params, dict):
+        return None
+    key = [task]
+    for name, value in params.items():
+        kind = value.__class__
+        if kind is float:
+            value = repr(value)
+        elif kind is not int and kind is not str and kind is not bool:
+            return None
+        key += (name, kind, value)
+    return tuple(key)

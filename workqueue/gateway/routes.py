@@ -34,7 +34,17 @@ from workqueue import (
 from workqueue import calls as task_calls
 from workqueue.errors import BadInput, NotDurable, RedisLostData, UnreadableJob
 from workqueue.gateway import delivery, enqueue_schema
-from workqueue.gateway.bodies import Invalid, _body, _call, _callback, _integer, _unique_calls, _when, _with_priority
+from workqueue.gateway.bodies import (
+    Invalid,
+    _batch_calls,
+    _body,
+    _call,
+    _callback,
+    _integer,
+    _unique_calls,
+    _when,
+    _with_priority,
+)
 from workqueue.jobs import check_queue_name
 from workqueue.settings import DEFAULT_QUEUE, GATEWAY_MAX_BODY, MAX_TASKS
 from workqueue.supervision import Supervisor
@@ -192,9 +202,14 @@ def queues() -> Response:
     return jsonify({"queues": [_queue_stats(q) for q in jobstats.collect(_gateway().connection)]})
 
 
+#: The fields of each enqueue request (made once, not per request).
+_ONE_FIELDS = frozenset({"task", "params", "count"} | _COMMON)
+_BATCH_FIELDS = frozenset({"tasks"} | _COMMON)
+
+
 @bp.post("/jobs")
 def enqueue_one() -> tuple[Response, int]:
-    body = _body({"task", "params", "count"} | _COMMON)
+    body = _body(_ONE_FIELDS)
     count = _integer(body, "count", 1, MAX_TASKS, default=1)
     call = _call(body, body.get("retries"), body.get("timeout"), "", body.get("limit_key"))
     return _enqueue(body, [call] * count)
@@ -202,16 +217,11 @@ def enqueue_one() -> tuple[Response, int]:
 
 @bp.post("/batches")
 def enqueue_batch() -> tuple[Response, int]:
-    body = _body({"tasks"} | _COMMON)
+    body = _body(_BATCH_FIELDS)
     entries = body.get("tasks")
     if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_TASKS:
         raise Invalid(f"tasks: expected a list of 1 to {MAX_TASKS} tasks", "tasks")
-    calls = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or set(entry) - {"task", "params"}:
-            raise Invalid(f'tasks[{i}]: expected {{"task": NAME, "params": {{...}}}}', f"tasks[{i}]")
-        calls.append(_call(entry, body.get("retries"), body.get("timeout"), f"tasks[{i}].", body.get("limit_key")))
-    return _enqueue(body, calls)
+    return _enqueue(body, _batch_calls(entries, body.get("retries"), body.get("timeout"), body.get("limit_key")))
 
 
 @bp.get("/jobs/<job_id>")
