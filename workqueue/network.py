@@ -15,6 +15,7 @@ rebinding) cannot slip through, and no refused address is ever connected to.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -103,8 +104,9 @@ class NetworkPolicy:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> NetworkPolicy:
-        """The policy ``WORKQUEUE_ALLOW_NETWORKS`` sets (unset: loopback only; set empty: none)."""
-        return cls.parse(environ.get(ALLOW_ENV, DEFAULT_ALLOW))
+        """The policy ``WORKQUEUE_ALLOW_NETWORKS`` sets (unset: loopback only; set empty: none);
+        parsed once per value (every scrape asks)."""
+        return _parsed(environ.get(ALLOW_ENV, DEFAULT_ALLOW))
 
     def refusal(self, address: Address) -> str | None:
         """Why ``address`` may not be connected to (None if it may): ``<address> is ...``."""
@@ -147,6 +149,12 @@ class NetworkPolicy:
             self.resolve(host, 0)
         except OSError:
             pass
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(text: str) -> NetworkPolicy:
+    """:meth:`NetworkPolicy.parse`, once per text."""
+    return NetworkPolicy.parse(text)
 
 
 def _literal(host: str) -> Address | None:
