@@ -58,6 +58,7 @@ class HeldEnds:
         self._ends: list[dict[str, Any]] = []
         self._since = 0.0
         self._refused = ""
+        self._writing = False
         #: Requests sent and ends written, for the log and the tests.
         self.requests = self.written = 0
 
@@ -74,14 +75,29 @@ class HeldEnds:
         """When (``time.monotonic()``) the oldest end held must be written; None if none is held."""
         return self._since + self.hold if self._ends else None
 
-    def write(self, connection: redis.Redis, worker_name: str) -> bool:
+    def write(self, connection: redis.Redis, worker_name: str, *, in_handler: bool = False) -> bool:
         """Write every end held, in one request, then settle each: a run handed back meanwhile is
         noted (``meta["superseded"]``), not recorded; the dependents of the others are settled.
-        Whether none is held any more: False while Redis refuses them for now (they stay held)."""
+        Whether none is held any more: False while Redis refuses them for now (they stay held).
+
+        ``in_handler``: called from a signal handler (a stop at once), which may have interrupted
+        a request on the worker's own connection: sent on another of its pool's, and not at all if
+        it interrupted a write of these very ends (False: the sweep hands back what it did not write)."""
         if not self._ends:
             return True
+        if self._writing:
+            return False
         ends = self._ends
-        client = guarded.direct_client(connection)
+        client = connection if in_handler else guarded.direct_client(connection)
+        self._writing = True
+        try:
+            return self._write(connection, client, ends, worker_name)
+        finally:
+            self._writing = False
+
+    def _write(
+        self, connection: redis.Redis, client: redis.Redis, ends: list[dict[str, Any]], worker_name: str
+    ) -> bool:
         transactions = [(Guard(end["guard"][0], end["guard"][1], end["guard"][3:]), end["words"]) for end in ends]
         try:
             answers = guarded.run_group(client, transactions)

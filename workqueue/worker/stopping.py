@@ -86,17 +86,18 @@ class StoppingWorker(SlotsWorker):
             return  # claimed ahead: stopped before it runs, the running job runs on
         super().request_stop_execution(execution_id)
 
-    def _write_ends_before_stopping(self) -> None:
+    def _write_ends_before_stopping(self, in_handler: bool = False) -> None:
         """The ends its horse handed over are of jobs that have finished: written, if Redis takes
-        them; if not, those jobs stay started, and the sweep hands them back once the worker is gone."""
+        them; if not, those jobs stay started, and the sweep hands them back once the worker is gone.
+        ``in_handler``: from the stop's signal handler (see ``HeldEnds.write``)."""
         try:
-            if self.write_held_ends():
+            if self.held_ends.write(self.connection, self.name, in_handler=in_handler):
                 return
         except redis.RedisError as exc:
             if not outage.is_outage(exc):
                 raise
         self.log.warning(
-            "Worker %s: Redis does not take the ends of %d finished job(s); the sweep hands them back",
+            "Worker %s: the ends of %d finished job(s) were not written; the sweep hands those jobs back",
             self.name,
             len(self.held_ends),
         )
@@ -133,7 +134,7 @@ class StoppingWorker(SlotsWorker):
             rq_compat.set_horse_pid(self, 0)
         reason = self._stop_reason if self._cold else "the consumer was stopped at once"
         if self.concurrency == 1:  # those held ahead first: the running job goes back in front of them
-            self._write_ends_before_stopping()
+            self._write_ends_before_stopping(in_handler=True)
             self.settle_ahead(give_back=True, why="the worker stops at once")
         for one in jobs:
             try:
