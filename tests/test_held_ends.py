@@ -112,3 +112,15 @@ def test_a_wrong_end_hold_stops_the_consumer_before_any_worker_starts(redis_url,
     )  # fmt: skip
     assert result.returncode == 2
     assert "WORKQUEUE_END_HOLD" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ends_held_while_redis_lost_its_scripts_are_written_once_it_has_them_again(
+    conn, processes, redis_url, tmp_path
+) -> None:
+    jobs = enqueue_runs(conn, tmp_path, SHAPE)
+    consumer = start(processes, redis_url, WORKQUEUE_END_HOLD="60")
+    held = held_while_the_long_job_runs(conn, tmp_path, jobs)
+    conn.script_flush()  # as a restarted Redis: the next request (its ends, its claim) meets NOSCRIPT
+    wait_for(lambda: all(status(conn, job) == "finished" for job in jobs), 60, "every job to finish")
+    assert held and [runs(tmp_path, i) for i in range(len(jobs))] == [1] * len(jobs)
+    assert consumer.poll() is None

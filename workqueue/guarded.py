@@ -89,6 +89,7 @@ _run_script: Script | None = None
 #: Several guarded transactions in one request: each is run as :data:`_RUN` runs one (``run_group``).
 _GROUP = _GUARDED + lua.script("guarded_group")
 _group_script: Script | None = None
+_RUN_SHA, _GROUP_SHA = (hashlib.sha1(text.encode()).hexdigest() for text in (_RUN, _GROUP))
 
 #: What :func:`run_guarded` answers when its guard did not hold: nothing was written.
 SUPERSEDED = None
@@ -165,14 +166,30 @@ def run_group(connection: redis.Redis, transactions: Sequence[tuple[Guard, list[
         return [run_words(connection, *transactions[0])]
     if _group_script is None:
         _group_script = connection.register_script(_GROUP)
+    answers = _group_script(keys=[], args=_group_args(transactions), client=connection)
+    return [_answer(replies) for replies in answers]
+
+
+def _group_args(transactions: Sequence[tuple[Guard, list[Any]]]) -> list[Any]:
     args: list[Any] = [len(transactions)]
     for guard, words in transactions:
         guard_words = guard.words()
         args.append(len(guard_words) + len(words))
         args += guard_words
         args += words
-    answers = _group_script(keys=[], args=args, client=connection)
-    return [_answer(replies) for replies in answers]
+    return args
+
+
+def group_command(
+    transactions: Sequence[tuple[Guard, list[Any]]],
+) -> tuple[list[Any], Callable[[Any], list[list[Any] | None]]]:
+    """What :func:`run_group` sends, as one command to send beside others in a request (an EVALSHA:
+    a Redis that lost its scripts answers NoScriptError, and :func:`run_group` then loads them),
+    and how to read its reply into the answers :func:`run_group` gives."""
+    if len(transactions) == 1:
+        guard, words = transactions[0]
+        return ["EVALSHA", _RUN_SHA, 0, *guard.words(), *words], lambda reply: [_answer(reply)]
+    return ["EVALSHA", _GROUP_SHA, 0, *_group_args(transactions)], lambda reply: [_answer(r) for r in reply]
 
 
 def _run_unknown(connection: redis.Redis, pipe: redis.client.Pipeline, guard: Guard) -> list[Any] | None:

@@ -172,15 +172,18 @@ class ClaimingWorker(HorseSideWorker):
     def _claim(self, moved: bytes | None = None, moved_from: Queue | None = None):
         """``job_steps.claim`` on the worker's queues: the job, started, and its queue; or None.
         ``moved``: a job the worker's BLMOVE took from ``moved_from`` (default: its first queue)."""
-        self.write_held_ends()  # the ends held so far go before the claim: one request for several jobs
+        # the ends held so far go first in the claim's request: one request for the ends of several jobs and the next
+        before = self.held_ends.request(self.connection, self.name)
         queues = rq_compat.ordered_queues(self)
         if moved is not None and moved_from is not None and moved_from is not queues[0]:
             # Only paused queues come before it (see _wait_and_claim): the claim skips them anyway.
             queues = [moved_from] + [q for q in queues if q is not moved_from]
         ahead = self._ahead_wanted()
         while True:
-            found = job_steps.claim_many(self, queues, 1 + ahead, moved, ahead_depth=AHEAD_MIN_DEPTH if ahead else 0)
-            moved = None
+            found = job_steps.claim_many(
+                self, queues, 1 + ahead, moved, ahead_depth=AHEAD_MIN_DEPTH if ahead else 0, before=before
+            )
+            moved = before = None
             if not found or not found[0].retry:
                 break
         if not found or found[0].job is None or found[0].queue is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -95,25 +96,63 @@ class HeldEnds:
         finally:
             self._writing = False
 
+    def request(self, connection: redis.Redis, worker_name: str) -> tuple[list[Any], Callable[[Any], None]] | None:
+        """The ends held as one command to send in another request (the worker's next claim,
+        ``job_steps.claim_many``), and what to hand its reply, which settles them as :meth:`write`
+        does; None if none is held."""
+        if not self._ends or self._writing:
+            return None
+        ends = self._ends
+        transactions = _transactions(ends)
+        command, read = guarded.group_command(transactions)
+        self._writing = True
+
+        def answered(reply: Any) -> None:
+            self._writing = False
+            if isinstance(reply, redis.exceptions.NoScriptError):  # a Redis that lost its scripts
+                self.write(connection, worker_name)  # which loads them
+            elif isinstance(reply, redis.RedisError):
+                self._failed(connection, guarded.direct_client(connection), ends, transactions, worker_name, reply)
+            elif not isinstance(reply, BaseException):  # else cut short (a stop): kept, as unanswered
+                self._done(connection, ends, read(reply), worker_name)
+
+        return command, answered
+
     def _write(
         self, connection: redis.Redis, client: redis.Redis, ends: list[dict[str, Any]], worker_name: str
     ) -> bool:
-        transactions = [(Guard(end["guard"][0], end["guard"][1], end["guard"][3:]), end["words"]) for end in ends]
+        transactions = _transactions(ends)
         try:
             answers = guarded.run_group(client, transactions)
         except redis.RedisError as exc:
-            if outage.is_outage(exc):
-                if outage.describe(exc) != self._refused:  # once per outage, not at every try
-                    self._refused = outage.describe(exc)
-                    log.warning("Redis refuses the ends of %d job(s) for now (%s); trying again", len(ends), exc)
-                return False
-            return self._one_by_one(connection, client, transactions, worker_name)
-        self._ends = []
+            return self._failed(connection, client, ends, transactions, worker_name, exc)
+        self._done(connection, ends, answers, worker_name)
+        return True
+
+    def _done(self, connection: redis.Redis, ends: list[dict[str, Any]], answers: list[Any], worker_name: str) -> None:
+        self._ends = self._ends[len(ends) :]  # (none came meanwhile: the worker's one thread adds them)
         self._refused = ""
         self.requests += 1
         for end, replies in zip(ends, answers, strict=True):
             self._settle(connection, end, replies, worker_name)
-        return True
+
+    def _failed(
+        self,
+        connection: redis.Redis,
+        client: redis.Redis,
+        ends: list[dict[str, Any]],
+        transactions: list[tuple[Guard, Any]],
+        worker_name: str,
+        exc: redis.RedisError,
+    ) -> bool:
+        """A request of ``ends`` that failed with ``exc``: refused for now (kept: False), or one
+        end's own fault, say (each then written alone: :meth:`_one_by_one`)."""
+        if outage.is_outage(exc):
+            if outage.describe(exc) != self._refused:  # once per outage, not at every try
+                self._refused = outage.describe(exc)
+                log.warning("Redis refuses the ends of %d job(s) for now (%s); trying again", len(ends), exc)
+            return False
+        return self._one_by_one(connection, client, transactions, worker_name)
 
     def _one_by_one(
         self, connection: redis.Redis, client: redis.Redis, transactions: list[tuple[Guard, Any]], worker_name: str
@@ -145,6 +184,11 @@ class HeldEnds:
             self.written += 1
             job_steps.count_end(connection, end["count"])
             job_steps.settle_end(connection, end["job"], replies)
+
+
+def _transactions(ends: list[dict[str, Any]]) -> list[tuple[Guard, Any]]:
+    """Each end as ``guarded.run_group`` takes it: its guard, and its transaction's words."""
+    return [(Guard(end["guard"][0], end["guard"][1], end["guard"][3:]), end["words"]) for end in ends]
 
 
 #: What :meth:`HeldEnds._one_by_one` settles for an end that could not be written.

@@ -113,13 +113,21 @@ def claim(worker: Worker, queues: Sequence[Queue], moved: bytes | None = None) -
 
 
 def claim_many(
-    worker: Worker, queues: Sequence[Queue], count: int, moved: bytes | None = None, *, ahead_depth: int = 0
+    worker: Worker,
+    queues: Sequence[Queue],
+    count: int,
+    moved: bytes | None = None,
+    *,
+    ahead_depth: int = 0,
+    before: tuple[list[Any], Callable[[Any], None]] | None = None,
 ) -> list[_Claimed]:
     """:func:`claim`, taking up to ``count`` jobs in the same round trip (a worker running several
     jobs at once fills its free slots), each started with an execution of its own. Answers the jobs
     found, in order (none: every queue empty), or ``[_Claimed(retry=True)]`` (ask again).
     ``ahead_depth`` above 0: a job beyond the first only comes from a queue using no pause, limit
-    or level that still holds more than that many jobs (a worker claiming ahead, ``claiming``)."""
+    or level that still holds more than that many jobs (a worker claiming ahead, ``claiming``).
+    ``before``: a command sent first in the same request (the ends a worker holds, ``held_ends``) and
+    the function handed its reply (an error reply, or what cut the request, as the exception)."""
     connection = worker.connection
     keys: list[str] = [worker.key, WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker.name)]
     for queue in queues:
@@ -151,8 +159,17 @@ def claim_many(
     # lets the job run to its end (RQ's warm shutdown) instead of leaving it started and unrun.
     rq_compat.set_worker_state(worker, WorkerStatus.BUSY)
     reply = None
+    client = direct_client(connection)
     try:
-        reply = _claim_script(keys=keys, args=args, client=direct_client(connection))
+        if before is None:
+            reply = _claim_script(keys=keys, args=args, client=client)
+        else:
+            got = _claim_after(client, before, ["EVALSHA", _claim_script.sha, len(keys), *keys, *args])
+            if isinstance(got, redis.exceptions.NoScriptError):  # a Redis that lost its scripts: loaded again
+                got = _claim_script(keys=keys, args=args, client=client)
+            elif isinstance(got, Exception):
+                raise got
+            reply = got
     finally:
         if not reply or reply[0] == 0 or (len(reply) == 4 and reply[3] < 0):  # nothing started
             rq_compat.set_worker_state(worker, state)
@@ -181,6 +198,31 @@ def claim_many(
         worker.executions[execution_id] = execution
         found.append(_Claimed(job, queue, execution=execution))
     return found
+
+
+def _claim_after(client: redis.Redis, before: tuple[list[Any], Callable[[Any], None]], claim: list[Any]) -> Any:
+    """Send ``before``'s command, then the ``claim``, in one request on ``client``'s own connection
+    (a pipeline would take another from the pool); hand ``before`` its reply; the claim's reply
+    (an error reply as its exception)."""
+    command, answered = before
+    try:
+        with client.single_connection_lock:
+            connection = client.connection
+            assert connection is not None  # a direct client (``guarded.direct_client``) keeps one
+            connection.send_packed_command(connection.pack_commands([command, claim]))
+            replies = [_read(connection), _read(connection)]
+    except BaseException as exc:  # a lost connection (or a stop): nothing read, maybe nothing written
+        answered(exc)
+        raise
+    answered(replies[0])
+    return replies[1]
+
+
+def _read(connection: Any) -> Any:
+    try:
+        return connection.read_response()
+    except redis.exceptions.ResponseError as exc:  # an error reply: the other command's is read still
+        return exc
 
 
 def restore(
