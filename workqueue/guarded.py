@@ -282,12 +282,13 @@ def note_superseded(connection: redis.Redis, job_id: str, execution_id: str, wor
         log.warning("could not note the superseded run of job %s", job_id, exc_info=True)
 
 
-def prepare(client: redis.Redis) -> None:
+def prepare(client: redis.Redis, groups: bool = False) -> None:
     """Load the guarded-run script on ``client``'s server (a job's first end then waits for nothing),
-    and the group's if ends are sent in groups (:func:`send_ends_through`)."""
+    and the group's if ends are sent in groups (:func:`send_ends_through`, or ``groups``: a worker
+    writing the ends its horse hands over, ``worker.held_ends``)."""
     global _run_script, _group_script
     _run_script = _run_script or client.register_script(_RUN)
     client.script_load(_run_script.script)
-    if _group is not None:
+    if _group is not None or groups:
         _group_script = _group_script or client.register_script(_GROUP)
         client.script_load(_group_script.script)

@@ -134,7 +134,7 @@ class CatalogueWorker(StoppingWorker):
                     raise SystemExit(1) from None
                 backoff = min(backoff * 2, OUTAGE_MAX_BACKOFF)
         super().bootstrap(*args, **kwargs)
-        job_steps.prepare(self.connection)
+        job_steps.prepare(self.connection, groups=self.concurrency == 1 and self.end_hold > 0)
 
     def check_for_suspension(self, burst: bool) -> None:
         """RQ's, asked at most every SUSPENSION_CHECK_GAP seconds instead of before every job."""

@@ -76,15 +76,16 @@ _claim_script: Script | None = None
 _queue_keys: dict[str, list[str]] = {}
 
 
-def prepare(connection: redis.Redis) -> None:
+def prepare(connection: redis.Redis, groups: bool = False) -> None:
     """Open this process's connection for a job's requests and load their scripts, so that its
-    first job waits for neither (a worker calls it as it starts, a horse as it starts)."""
+    first job waits for neither (a worker calls it as it starts, a horse as it starts; ``groups``:
+    ends written in groups too, ``guarded.prepare``)."""
     global _claim_script
     client = direct_client(connection)
     try:
         _claim_script = _claim_script or client.register_script(_CLAIM)
         client.script_load(_claim_script.script)
-        guarded.prepare(client)
+        guarded.prepare(client, groups)
     except redis.RedisError:  # Redis is away: the first job loads them itself
         log.debug("could not load the job scripts", exc_info=True)
 
