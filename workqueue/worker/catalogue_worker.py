@@ -28,6 +28,7 @@ from rq import Queue, worker_registration
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
+from rq.suspension import is_suspended
 from rq.utils import now
 from rq.worker import RandomWorker, RoundRobinWorker
 
@@ -103,6 +104,8 @@ class CatalogueWorker(StoppingWorker):
         self._superseded_run: str | None = None
         self._handed_back_at: float | None = None
         self._beaten_at = 0.0
+        self._skip_beat = False
+        self._seen_suspended = False
         self._suspension_checked_at = -SUSPENSION_CHECK_GAP
         self._horse: Horse | None = None
         self._worker_pid = os.getpid()
@@ -137,15 +140,31 @@ class CatalogueWorker(StoppingWorker):
         job_steps.prepare(self.connection, groups=self.concurrency == 1 and self.end_hold > 0)
 
     def check_for_suspension(self, burst: bool) -> None:
-        """RQ's, asked at most every SUSPENSION_CHECK_GAP seconds instead of before every job."""
-        if time.monotonic() - self._suspension_checked_at < SUSPENSION_CHECK_GAP:
+        """RQ's, asked at most every SUSPENSION_CHECK_GAP seconds instead of before every job; a look
+        while the horse ran the last job (:meth:`_look_for_suspension`) counts as one."""
+        if time.monotonic() - self._suspension_checked_at < SUSPENSION_CHECK_GAP and not self._seen_suspended:
             return
+        self._seen_suspended = False
         try:
             super().check_for_suspension(burst)
         except redis.RedisError as exc:
             if not outage.is_outage(exc):
                 raise
             return  # the dequeue that follows meets the outage and waits it out
+        self._suspension_checked_at = time.monotonic()
+
+    def _look_for_suspension(self) -> None:
+        """While the horse runs a job, whether ``rq suspend`` suspended the worker (at most every
+        SUSPENSION_CHECK_GAP seconds): the check before the next job then needs no request of its
+        own on the way from this job's end to the next one's start."""
+        if time.monotonic() - self._suspension_checked_at < SUSPENSION_CHECK_GAP:
+            return
+        try:
+            self._seen_suspended = bool(is_suspended(self.connection, self))
+        except redis.RedisError as exc:
+            if not outage.is_outage(exc):
+                raise
+            return
         self._suspension_checked_at = time.monotonic()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -165,6 +184,9 @@ class CatalogueWorker(StoppingWorker):
             self._run_in_horse(job, queue, started)
         finally:
             self._hard_killed = None
+            # RQ's loop heartbeats right after each job: on the way to the next one's start. The
+            # heartbeat as the next job is handed to the horse keeps the worker alive instead.
+            self._skip_beat = True
 
     def _run_in_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Hand the job to the horse (forking one if there is none) and watch it, heartbeating,
@@ -173,6 +195,7 @@ class CatalogueWorker(StoppingWorker):
         horse = self._hand_to_horse(job, queue, execution)
         job.started_at = now()
         self.heartbeat()  # at most once a second (see heartbeat), and while the horse works
+        self._look_for_suspension()
         answer = self._watch_horse(horse, job, execution)
         rq_compat.set_horse_pid(self, 0)
         self.executions.pop(execution.id, None)
@@ -337,6 +360,9 @@ class CatalogueWorker(StoppingWorker):
         the kill scripts. Answers the index of the registration's reply in ``pipeline`` (None: not
         registered this time), for :meth:`_learn_if_declared_dead` once the caller ran it.
         """
+        if pipeline is None and timeout is None and self._skip_beat:
+            self._skip_beat = False
+            return None  # RQ's, right after a job (see execute_job)
         if pipeline is None and timeout is None and time.monotonic() - self._beaten_at < HEARTBEAT_MIN_GAP:
             return None  # RQ heartbeats three times per job on its own; with a 10 s lapse one a second is plenty
         pipe = pipeline if pipeline is not None else self.connection.pipeline()

@@ -115,7 +115,10 @@ class ClaimingWorker(HorseSideWorker):
         try:
             # As RQ's, a heartbeat first (at most one a second, see heartbeat): a new worker's
             # hash lives worker_ttl + 60 s until then, and a job it died with would wait as long.
-            self.heartbeat()
+            # Once it has run a job, it heartbeats as it hands each job to its horse instead
+            # (``_run_in_horse``): off the way from one job's end to the next one's start.
+            if self._last_run is None:
+                self.heartbeat()
             claimed = self._next_ahead() or self._claim()
             if claimed is not None:
                 self._outage_over()
