@@ -15,7 +15,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from tests.helpers import Processes, run_cli, status, wait_for
+from tests.helpers import Processes, child_pids, cli_env, run_cli, status, wait_for
 from workqueue import producer
 from workqueue.jobs import SERIALIZER, CatalogueJob
 
@@ -109,6 +109,27 @@ def test_second_signal_stops_at_once(conn: redis.Redis, processes: Processes) ->
     assert time.monotonic() - started < 10
     assert consumer.returncode == 0
     assert not conn.smembers("rq:workers")
+
+
+def test_ctrl_c_while_the_workers_start_stops_every_one_cleanly(
+    conn: redis.Redis, processes: Processes, tmp_path: Path
+) -> None:
+    """A Ctrl-C may come at any moment of a worker's start-up: just forked (still running the pool's
+    handlers), or while it forks its scheduler, before RQ's handlers are in place. Here every fork
+    takes a second on each side (a ``sitecustomize`` sleeps after it: a slow, loaded machine), and
+    the Ctrl-C comes as the second worker is forked, in both of those moments at once."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "os.register_at_fork(after_in_parent=lambda: time.sleep(1), after_in_child=lambda: time.sleep(1))\n"
+    )
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    consumer = processes.start("consumer_main.py", "--workers", "2", env=cli_env(PYTHONPATH=path))
+    wait_for(lambda: len(child_pids(consumer)) == 2, 30, "the second worker to be forked")
+    consumer.send_signal(signal.SIGINT)
+    out, err = consumer.communicate(timeout=60)
+    assert consumer.returncode == 0, err
+    assert "Traceback" not in out + err and "stopped: done 0, failed 0" in out
+    assert not conn.smembers("rq:workers")  # each worker ran its teardown: none left registered
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 Each worker runs in its own process group, so a Ctrl-C typed at the terminal reaches the pool
 alone and the pool decides: the first signal asks every worker to finish its job and exit, the
-second stops them at once. A worker also stops if the pool process dies.
+second stops them at once. A worker also stops if the pool process dies. No stop is lost to a
+worker that is starting, however early it comes (``worker.process``).
 
 The pool rides out every Redis error as an outage (its status line says which); anything else it
 cannot survive stops its workers, reaps them, and ends the consumer with exit code 1, never leaving
@@ -37,21 +38,28 @@ from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
 from workqueue.worker import autoscale
 from workqueue.worker.autoscale import Autoscaler, Scaling
 from workqueue.worker.catalogue_worker import WORKER_CLASSES, use_concurrency
-from workqueue.worker.process import STOPPED_ON_PURPOSE, die_with_parent, serve_pool, stopped_on_purpose
+from workqueue.worker.process import (
+    STOPPED_ON_PURPOSE,
+    die_with_parent,
+    hold_stops_while_starting,
+    serve_pool,
+    stopped_on_purpose,
+    stops_held,
+)
 
 log = logging.getLogger(__name__)
 
 
 def _run_worker_detached(*args: Any, concurrency: int = 1, **kwargs: Any) -> None:
-    """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker, whose
-    horse runs up to ``concurrency`` jobs at once.
+    """Worker process body: a stop that comes while it starts kept for it (``process``), its own
+    process group, SIGTERM if the pool dies, then RQ's worker, whose horse runs up to ``concurrency``
+    jobs at once.
 
     Exits with STOPPED_ON_PURPOSE when a kill script stopped it, so the pool does not replace it.
     """
+    hold_stops_while_starting()  # not the pool's handlers: a stop is noted until RQ's are in place
     use_concurrency(concurrency)
     os.setpgrp()
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # not the pool's handlers: RQ installs its own
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(signal.SIGTERM)
     serve_pool(os.getppid())
     try:
@@ -174,8 +182,11 @@ class ConsumerPool(WorkerPool):
             return
         name = f"{self.name}.w{next(self._numbers)}"
         process = self.get_worker_process(name, burst=burst, _sleep=_sleep, logging_level=logging_level)
-        process.start()
-        self.worker_dict[name] = WorkerData(name=name, pid=process.pid, process=process)
+        # Stops held meanwhile: the worker starts with them blocked (a stop sent to it waits for its
+        # handlers), and one sent to the pool is handled once the worker is known, so it is forwarded.
+        with stops_held():
+            process.start()
+            self.worker_dict[name] = WorkerData(name=name, pid=process.pid, process=process)
         self._seen[name] = (0, 0)
         log.debug("started worker %s (pid %d)", name, process.pid)
 
