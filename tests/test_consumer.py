@@ -132,6 +132,23 @@ def test_ctrl_c_while_the_workers_start_stops_every_one_cleanly(
     assert not conn.smembers("rq:workers")  # each worker ran its teardown: none left registered
 
 
+def test_a_consumer_woken_by_signal_after_signal_still_stops_on_ctrl_c(conn: redis.Redis, processes: Processes) -> None:
+    """The pool's loop is woken by signals (a worker's exit: SIGCHLD; a stop), whose handlers run
+    between any two steps of the loop, also while it holds a lock of its own: a handler that took
+    that lock (threading.Event.set) waited forever, and the consumer never exited. SIGCHLD after
+    SIGCHLD for 3 s lands in every step of the loop (a stuck handler then shows as handlers nested
+    until Python's recursion limit)."""
+    consumer = processes.start("consumer_main.py", "--workers", "1")
+    wait_for(lambda: "1 workers:" in consumer.output()[0], 30, "the pool's first status line")
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        os.kill(consumer.pid, signal.SIGCHLD)
+    consumer.send_signal(signal.SIGINT)
+    out, err = consumer.communicate(timeout=30)
+    assert consumer.returncode == 0 and "Traceback" not in err, err
+    assert "stopped: done 0, failed 0" in out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -179,7 +196,16 @@ def test_prompts_at_a_terminal_reask_until_valid(conn: redis.Redis, processes: P
     read_until(b"2 workers:")
     assert b"0 is not in the range" in output and b"'abc' is not a valid integer" in output
     consumer.send_signal(signal.SIGINT)
-    assert consumer.wait(30) == 0
+    # Read on as a terminal does until it exits: a pty nobody reads fills (~19 KB) and stops its writers.
+    deadline = time.monotonic() + 30
+    while consumer.poll() is None and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                output += os.read(master, 4096)
+            except OSError:  # EIO: every process holding the terminal has gone
+                break
+    assert consumer.wait(max(0.0, deadline - time.monotonic())) == 0, output
+    assert b"Traceback" not in output and b"stopped: done 0, failed 0" in output, output
     os.close(master)
 
 
