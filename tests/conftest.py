@@ -36,11 +36,24 @@ def conn(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Each phase's report kept on the test (``item.failed``), for the fixtures' teardown."""
+    report = yield
+    if report.failed:
+        item.failed = True  # type: ignore[attr-defined]
+    return report
+
+
 @pytest.fixture
-def processes() -> Iterator[Processes]:
+def processes(request: pytest.FixtureRequest) -> Iterator[Processes]:
     procs = Processes()
     yield procs
-    procs.stop_all()
+    try:
+        procs.stop_all()
+    finally:
+        if getattr(request.node, "failed", False):  # their own words in the report: a flake seen once has a log
+            procs.show_output()
 
 
 @pytest.fixture(scope="session")

@@ -190,6 +190,7 @@ class Processes:
 
     def __init__(self) -> None:
         self.started: list[subprocess.Popen] = []
+        self.everything: list[subprocess.Popen] = []  # stopped or not, for :meth:`show_output`
 
     def start(self, script: str, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
         """Start a command, its output to files (or where ``stdout``/``stderr`` say, e.g. a terminal)."""
@@ -200,7 +201,17 @@ class Processes:
             text=True, start_new_session=True, **kwargs,
         )  # fmt: skip
         self.started.append(process)
+        self.everything.append(process)
         return process
+
+    def show_output(self, limit: int = 20_000) -> None:
+        """Print what each command wrote to its files (the last ``limit`` characters of each), for a
+        failed test's report: pytest shows it as the teardown's captured output."""
+        for process in self.everything:
+            if isinstance(process, Command):
+                out, err = process.output()
+                print(f"--- {' '.join(map(str, process.args[1:]))} (pid {process.pid}, exit {process.returncode})")
+                print(f"stdout:\n{out[-limit:]}\nstderr:\n{err[-limit:]}")
 
     def stop_all(self) -> None:
         """SIGTERM each command, wait, then make sure none of its descendants outlived it."""

@@ -15,7 +15,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from tests.helpers import Processes, run_cli, status, wait_for
+from tests.helpers import Processes, child_pids, cli_env, run_cli, status, wait_for
 from workqueue import producer
 from workqueue.jobs import SERIALIZER, CatalogueJob
 
@@ -111,6 +111,44 @@ def test_second_signal_stops_at_once(conn: redis.Redis, processes: Processes) ->
     assert not conn.smembers("rq:workers")
 
 
+def test_ctrl_c_while_the_workers_start_stops_every_one_cleanly(
+    conn: redis.Redis, processes: Processes, tmp_path: Path
+) -> None:
+    """A Ctrl-C may come at any moment of a worker's start-up: just forked (still running the pool's
+    handlers), or while it forks its scheduler, before RQ's handlers are in place. Here every fork
+    takes a second on each side (a ``sitecustomize`` sleeps after it: a slow, loaded machine), and
+    the Ctrl-C comes as the second worker is forked, in both of those moments at once."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "os.register_at_fork(after_in_parent=lambda: time.sleep(1), after_in_child=lambda: time.sleep(1))\n"
+    )
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    consumer = processes.start("consumer_main.py", "--workers", "2", env=cli_env(PYTHONPATH=path))
+    wait_for(lambda: len(child_pids(consumer)) == 2, 30, "the second worker to be forked")
+    consumer.send_signal(signal.SIGINT)
+    out, err = consumer.communicate(timeout=60)
+    assert consumer.returncode == 0, err
+    assert "Traceback" not in out + err and "stopped: done 0, failed 0" in out
+    assert not conn.smembers("rq:workers")  # each worker ran its teardown: none left registered
+
+
+def test_a_consumer_woken_by_signal_after_signal_still_stops_on_ctrl_c(conn: redis.Redis, processes: Processes) -> None:
+    """The pool's loop is woken by signals (a worker's exit: SIGCHLD; a stop), whose handlers run
+    between any two steps of the loop, also while it holds a lock of its own: a handler that took
+    that lock (threading.Event.set) waited forever, and the consumer never exited. SIGCHLD after
+    SIGCHLD for 3 s lands in every step of the loop (a stuck handler then shows as handlers nested
+    until Python's recursion limit)."""
+    consumer = processes.start("consumer_main.py", "--workers", "1")
+    wait_for(lambda: "1 workers:" in consumer.output()[0], 30, "the pool's first status line")
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        os.kill(consumer.pid, signal.SIGCHLD)
+    consumer.send_signal(signal.SIGINT)
+    out, err = consumer.communicate(timeout=30)
+    assert consumer.returncode == 0 and "Traceback" not in err, err
+    assert "stopped: done 0, failed 0" in out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -158,7 +196,16 @@ def test_prompts_at_a_terminal_reask_until_valid(conn: redis.Redis, processes: P
     read_until(b"2 workers:")
     assert b"0 is not in the range" in output and b"'abc' is not a valid integer" in output
     consumer.send_signal(signal.SIGINT)
-    assert consumer.wait(30) == 0
+    # Read on as a terminal does until it exits: a pty nobody reads fills (~19 KB) and stops its writers.
+    deadline = time.monotonic() + 30
+    while consumer.poll() is None and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                output += os.read(master, 4096)
+            except OSError:  # EIO: every process holding the terminal has gone
+                break
+    assert consumer.wait(max(0.0, deadline - time.monotonic())) == 0, output
+    assert b"Traceback" not in output and b"stopped: done 0, failed 0" in output, output
     os.close(master)
 
 

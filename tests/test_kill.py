@@ -14,7 +14,7 @@ import redis
 from rq import Queue, Worker
 from rq.job import Job
 
-from tests.helpers import child_pids, fetch, free_port, run_cli, start_consumer, status, wait_for, workers
+from tests.helpers import child_pids, cli_env, fetch, free_port, run_cli, start_consumer, status, wait_for, workers
 from workqueue import producer, recovery
 from workqueue.jobs import SERIALIZER, CatalogueJob
 
@@ -145,6 +145,24 @@ def test_crashed_worker_is_replaced_so_the_pool_keeps_its_size(conn, processes) 
     wait_for(lambda: len(child_pids(consumer)) == 2 and victim.pid not in child_pids(consumer), 20, "a replacement")
     wait_for(lambda: len([w for w in workers(conn) if w.pid in child_pids(consumer)]) == 2, 20, "it to register")
     assert consumer.poll() is None
+
+
+def test_a_worker_killed_before_its_scheduler_is_set_up_takes_the_scheduler_with_it(conn, processes, tmp_path) -> None:
+    """The scheduler asks to die with its worker (PDEATHSIG) once it runs: a worker killed before
+    that, on a loaded machine, left it running for ever, an orphan heartbeating into Redis. Here
+    every fork's child sleeps a second first (a ``sitecustomize``), and the worker is killed in it."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, time\nos.register_at_fork(after_in_child=lambda: time.sleep(1))\n"
+    )
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    consumer = processes.start("consumer_main.py", "--workers", "1", env=cli_env(PYTHONPATH=path))
+    family = wait_for(lambda: [p for w in psutil.Process(consumer.pid).children() for p in w.children()], 30, "a fork")
+    (worker,) = {p.ppid() for p in family}
+    os.kill(worker, signal.SIGKILL)
+    alive = psutil.wait_procs(family, timeout=20)[1]
+    for orphan in alive:  # no longer the consumer's: its teardown would not find it
+        orphan.kill()
+    assert not alive, "the killed worker's scheduler outlived it"
 
 
 def test_second_signal_hands_the_running_job_back(conn, processes) -> None:

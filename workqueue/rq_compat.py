@@ -52,6 +52,7 @@ OVERRIDDEN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("rq.worker.Worker", "_finalize_success", ("self", "job", "queue", "execution", "return_value")),
     ("rq.worker.Worker", "_start_scheduler", ("self", "burst", "logging_level")),
     ("rq.scheduler.RQScheduler", "_install_signal_handlers", ("self",)),
+    ("rq.worker.Worker", "_install_signal_handlers", ("self",)),
     ("rq.job.Job", "_handle_success", ("self", "result_ttl", "pipeline", "worker_name")),
     ("rq.group.Group", "_add_jobs", ("self", "jobs", "pipeline")),
 )
@@ -260,6 +261,16 @@ def set_stopped_job(worker: Worker, job_id: str) -> None:
 def clear_stopped_job(worker: Worker) -> None:
     """Forget the job a ``stop-job`` command named, once its stop is recorded."""
     worker._stopped_job_id = None
+
+
+def worker_signal_handlers(worker: Worker) -> None:
+    """RQ's worker's signal handlers (``Worker._install_signal_handlers``), installed just before its loop."""
+    Worker._install_signal_handlers(worker)
+
+
+def set_stop_requested(worker: Worker) -> None:
+    """RQ's loop stops before its next job, as after RQ's warm stop of a busy worker."""
+    worker._stop_requested = True
 
 
 def set_horse_pid(worker: Worker, pid: int) -> None:

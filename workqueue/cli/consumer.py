@@ -38,6 +38,7 @@ from workqueue.worker.catalogue_worker import MAX_CONCURRENCY
 from workqueue.worker.claiming import claim_ahead_settings
 from workqueue.worker.held_ends import end_hold_setting
 from workqueue.worker.pool import ConsumerPool, PoolStatus
+from workqueue.worker.process import stops_held
 
 
 def status_line(status: PoolStatus) -> str:
@@ -74,7 +75,8 @@ def start_schedules(connection: redis.Redis) -> threading.Event:
     stop = threading.Event()
     supervisor = Supervisor()
     supervisor.add("schedules", schedule_firing.Firer(without_retries(connection, socket_timeout=QUICK_TIMEOUT)).run)
-    supervisor.start(stop)
+    with stops_held():  # its threads (and those it restarts) leave Ctrl-C to the main one (ConsumerPool.start_worker)
+        supervisor.start(stop)
     return stop
 
 

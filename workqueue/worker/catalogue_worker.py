@@ -62,9 +62,15 @@ log = logging.getLogger(__name__)
 class _Scheduler(RQScheduler):
     """RQ's scheduler process, which (unlike RQ's) stops when its worker dies."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._worker_pid = os.getpid()  # built in the worker, which forks it
+
     def _install_signal_handlers(self) -> None:
         rq_compat.scheduler_signal_handlers(self)
         die_with_parent(signal.SIGTERM)
+        if os.getppid() != self._worker_pid:  # its worker died before that was set: no signal will come
+            self.request_stop()
 
     def request_stop(self, signum: Any = None, frame: Any = None) -> None:
         """RQ's, and Redis commands stop being retried soon (``outage.request_stop``): the loop

@@ -2,7 +2,8 @@
 
 Each worker runs in its own process group, so a Ctrl-C typed at the terminal reaches the pool
 alone and the pool decides: the first signal asks every worker to finish its job and exit, the
-second stops them at once. A worker also stops if the pool process dies.
+second stops them at once. A worker also stops if the pool process dies. No stop is lost to a
+worker that is starting, however early it comes (``worker.process``).
 
 The pool rides out every Redis error as an outage (its status line says which); anything else it
 cannot survive stops its workers, reaps them, and ends the consumer with exit code 1, never leaving
@@ -14,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import multiprocessing.util
 import os
+import select
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,21 +39,28 @@ from workqueue.settings import ABANDON_GRACE, QUICK_TIMEOUT, SWEEP_INTERVAL
 from workqueue.worker import autoscale
 from workqueue.worker.autoscale import Autoscaler, Scaling
 from workqueue.worker.catalogue_worker import WORKER_CLASSES, use_concurrency
-from workqueue.worker.process import STOPPED_ON_PURPOSE, die_with_parent, serve_pool, stopped_on_purpose
+from workqueue.worker.process import (
+    STOPPED_ON_PURPOSE,
+    die_with_parent,
+    hold_stops_while_starting,
+    serve_pool,
+    stopped_on_purpose,
+    stops_held,
+)
 
 log = logging.getLogger(__name__)
 
 
 def _run_worker_detached(*args: Any, concurrency: int = 1, **kwargs: Any) -> None:
-    """Worker process body: own process group, SIGTERM if the pool dies, then RQ's worker, whose
-    horse runs up to ``concurrency`` jobs at once.
+    """Worker process body: a stop that comes while it starts kept for it (``process``), its own
+    process group, SIGTERM if the pool dies, then RQ's worker, whose horse runs up to ``concurrency``
+    jobs at once.
 
     Exits with STOPPED_ON_PURPOSE when a kill script stopped it, so the pool does not replace it.
     """
+    hold_stops_while_starting()  # not the pool's handlers: a stop is noted until RQ's are in place
     use_concurrency(concurrency)
     os.setpgrp()
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # not the pool's handlers: RQ installs its own
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(signal.SIGTERM)
     serve_pool(os.getppid())
     try:
@@ -138,7 +147,11 @@ class ConsumerPool(WorkerPool):
         self._numbers = itertools.count(1)
         self._on_tick = on_tick
         self._signals = 0
-        self._wake = threading.Event()
+        # What wakes the loop at once (a stop, a worker's exit): a byte on a pipe, written by the
+        # signal handlers. Not a threading.Event: its set() takes a lock, which a handler run while
+        # the loop's own wait holds it waits for forever (the consumer then never exits).
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
         # Counts of workers that have exited, so the totals survive them.
         self._seen: dict[str, tuple[int, int]] = {}
         self.stopped: list[str] = []
@@ -174,8 +187,11 @@ class ConsumerPool(WorkerPool):
             return
         name = f"{self.name}.w{next(self._numbers)}"
         process = self.get_worker_process(name, burst=burst, _sleep=_sleep, logging_level=logging_level)
-        process.start()
-        self.worker_dict[name] = WorkerData(name=name, pid=process.pid, process=process)
+        # Stops held meanwhile: the worker starts with them blocked (a stop sent to it waits for its
+        # handlers), and one sent to the pool is handled once the worker is known, so it is forwarded.
+        with stops_held():
+            process.start()
+            self.worker_dict[name] = WorkerData(name=name, pid=process.pid, process=process)
         self._seen[name] = (0, 0)
         log.debug("started worker %s (pid %d)", name, process.pid)
 
@@ -213,17 +229,40 @@ class ConsumerPool(WorkerPool):
             log.warning("stopping at once")
             for data in list(self.worker_dict.values()):
                 self.stop_worker(data, sig=signal.SIGTERM)
-        self._wake.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the loop (from a signal handler: one write to a pipe, no lock taken)."""
+        fd = self._wake_w
+        if fd is not None:
+            with contextlib.suppress(OSError):  # full: a wake is already waiting
+                os.write(fd, b"!")
+
+    def _doze(self, seconds: float) -> None:
+        """Wait up to ``seconds``, less if woken (:meth:`_poke`)."""
+        fd = self._wake_r
+        if fd is not None and select.select([fd], [], [], seconds)[0]:
+            with contextlib.suppress(BlockingIOError):
+                os.read(fd, 4096)
+
+    def _close_wake(self) -> None:
+        """Close the wake pipe (at the end of :meth:`start`, and in each worker, which inherits it)."""
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), None, None
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     def start(self, burst: bool = False, logging_level: str = "WARNING") -> None:
         """Run the pool until it is stopped (or, with ``burst``, until the queues are empty)."""
         rq_compat.set_pool_burst(self, burst)
         self._start_options = {"burst": burst, "logging_level": logging_level}
         self.status = self.Status.STARTED
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        multiprocessing.util.register_after_fork(self, ConsumerPool._close_wake)
         rq_compat.install_pool_signal_handlers(self)
         # A worker's exit wakes the loop at once (RQ's looks every half second), so a crashed worker
         # is replaced, and a burst pool ends, as soon as it happens.
-        signal.signal(signal.SIGCHLD, lambda signum, frame: self._wake.set())
+        on_child = signal.signal(signal.SIGCHLD, lambda signum, frame: self._poke())
         try:
             self.start_workers(burst=burst, logging_level=logging_level)
             while True:
@@ -235,8 +274,7 @@ class ConsumerPool(WorkerPool):
                     if burst and self.number_of_active_workers == 0:
                         break
                 self._maintain()
-                self._wake.wait(0.5)
-                self._wake.clear()
+                self._doze(0.5)
             self._tick()
             if self._scaler is not None:
                 with contextlib.suppress(redis.RedisError):  # else its entry lapses on its own
@@ -250,6 +288,9 @@ class ConsumerPool(WorkerPool):
                 f"the consumer's pool failed ({type(exc).__name__}: {exc}); its workers were stopped, "
                 "their jobs go back to their queues"
             ) from None
+        finally:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL if on_child is None else on_child)  # None: set from C
+            self._close_wake()
 
     def _abandon_workers(self) -> None:
         """Stop every worker at once (each hands its job back), wait ABANDON_GRACE seconds for them,

@@ -17,7 +17,7 @@ from rq.job import Job
 from workqueue import outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
-from workqueue.worker.process import mark_stopped_on_purpose, pool_gone
+from workqueue.worker.process import mark_stopped_on_purpose, pool_gone, stop_noted
 from workqueue.worker.slots import SlotsWorker
 
 
@@ -48,6 +48,17 @@ class StoppingWorker(SlotsWorker):
         self._cold = command == SHUTDOWN_NOW
         self.log.warning("Worker %s: %s (%s)", self.name, self._stop_reason, "at once" if self._cold else "gracefully")
         os.kill(os.getpid(), signal.SIGTERM if self._cold else signal.SIGINT)
+
+    def _install_signal_handlers(self) -> None:
+        """RQ's, installed just before its loop. A Ctrl-C that came while the worker started
+        (``process.stop_noted``) is acted on now, as RQ's warm stop of an idle worker, without
+        raising outside the loop: it stops before its first job, and a second signal is a cold stop."""
+        rq_compat.worker_signal_handlers(self)
+        if stop_noted():
+            self.log.info("Worker %s: stopping before its first job (asked while it started)", self.name)
+            rq_compat.set_stop_requested(self)
+            signal.signal(signal.SIGINT, self.request_force_stop)
+            signal.signal(signal.SIGTERM, self.request_force_stop)
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """RQ's warm stop, honoured during a Redis outage too: from ``settings.OUTAGE_STOP_GRACE`` seconds
