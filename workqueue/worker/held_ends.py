@@ -60,8 +60,6 @@ class HeldEnds:
         self._since = 0.0
         self._refused = ""
         self._writing = False
-        #: Requests sent and ends written, for the log and the tests.
-        self.requests = self.written = 0
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -132,7 +130,6 @@ class HeldEnds:
     def _done(self, connection: redis.Redis, ends: list[dict[str, Any]], answers: list[Any], worker_name: str) -> None:
         self._ends = self._ends[len(ends) :]  # (none came meanwhile: the worker's one thread adds them)
         self._refused = ""
-        self.requests += 1
         for end, replies in zip(ends, answers, strict=True):
             self._settle(connection, end, replies, worker_name)
 
@@ -163,7 +160,6 @@ class HeldEnds:
         registry fails it once its execution lapses). An outage meanwhile keeps the rest held."""
         ends = self._ends
         for at, (end, (guard, words)) in enumerate(zip(ends, transactions, strict=True)):
-            self.requests += 1
             replies: Any
             try:
                 replies = guarded.run_words(client, guard, words)
@@ -181,7 +177,6 @@ class HeldEnds:
         if replies is SUPERSEDED:
             note_superseded(connection, end["job"], end["execution"], worker_name, "finished")
         elif replies is not _FAILED:
-            self.written += 1
             job_steps.count_end(connection, end["count"])
             job_steps.settle_end(connection, end["job"], replies)
 
