@@ -182,13 +182,17 @@ class ClaimingWorker(HorseSideWorker):
             # Only paused queues come before it (see _wait_and_claim): the claim skips them anyway.
             queues = [moved_from] + [q for q in queues if q is not moved_from]
         ahead = self._ahead_wanted()
-        while True:
-            found = job_steps.claim_many(
-                self, queues, 1 + ahead, moved, ahead_depth=AHEAD_MIN_DEPTH if ahead else 0, before=before
-            )
-            moved = before = None
-            if not found or not found[0].retry:
-                break
+        try:
+            while True:
+                found = job_steps.claim_many(
+                    self, queues, 1 + ahead, moved, ahead_depth=AHEAD_MIN_DEPTH if ahead else 0, before=before
+                )
+                moved = before = None
+                if not found or not found[0].retry:
+                    break
+        finally:
+            if before is not None:  # the claim failed before its reply: held still, unless it was answered
+                self.held_ends.not_sent()
         if not found or found[0].job is None or found[0].queue is None:
             if rq_compat.stop_requested(self):  # asked while the claim made the worker look busy: stop now
                 raise StopRequested()

@@ -116,6 +116,11 @@ class HeldEnds:
 
         return command, answered
 
+    def not_sent(self) -> None:
+        """The request :meth:`request` gave may not have gone (the claim failed first): the ends it
+        had not answered for stay held, for the next request."""
+        self._writing = False
+
     def _write(
         self, connection: redis.Redis, client: redis.Redis, ends: list[dict[str, Any]], worker_name: str
     ) -> bool:
