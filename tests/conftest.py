@@ -5,13 +5,12 @@ are built from (and that tests import) are in tests/helpers.py."""
 from __future__ import annotations
 
 import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from tests.helpers import PageHandler, Processes, RedisServer
+from tests.helpers import PageHandler, Processes, RedisServer, serving
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +57,8 @@ def processes(request: pytest.FixtureRequest) -> Iterator[Processes]:
 
 @pytest.fixture(scope="session")
 def http_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 @pytest.fixture

@@ -57,6 +57,22 @@ def evalsha_calls(conn: redis.Redis) -> int:
     return int(conn.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+def burst_drain(
+    conn: redis.Redis, processes: Processes, redis_url: str, folder: Path, **env: str
+) -> tuple[list[Job], float]:
+    """300 short jobs drained by a one-worker ``--burst`` consumer with ``env``: each finished, each run
+    once; the jobs and the EVALSHA calls per job (a claim and an end each, one per job before claiming ahead)."""
+    jobs = enqueue_runs(conn, folder, [0.0] * 300)
+    before = evalsha_calls(conn)
+    consumer = start(processes, redis_url, "--burst", **env)
+    consumer.communicate(timeout=120)
+    assert consumer.returncode == 0
+    per_job = (evalsha_calls(conn) - before) / len(jobs)
+    assert all(status(conn, job) == "finished" for job in jobs)
+    assert [runs(folder, i) for i in range(len(jobs))] == [1] * len(jobs)
+    return jobs, per_job
+
+
 #: A queue of short jobs with a long one near its head: the worker's second claim (after one short
 #: job) takes the long one and the jobs after it, which then wait behind it.
 LONG_AT = 3
@@ -67,14 +83,7 @@ SHAPE = [0.0] * LONG_AT + [6.0] + [0.0] * 30
 def test_a_deep_queue_of_short_jobs_is_claimed_several_per_round_trip(
     conn, processes, redis_url, tmp_path, ahead
 ) -> None:
-    jobs = enqueue_runs(conn, tmp_path, [0.0] * 300)
-    before = evalsha_calls(conn)
-    consumer = start(processes, redis_url, "--burst", WORKQUEUE_CLAIM_AHEAD=ahead)
-    consumer.communicate(timeout=120)
-    assert consumer.returncode == 0
-    per_job = (evalsha_calls(conn) - before) / len(jobs)  # a claim and an end each, one per job before
-    assert all(status(conn, job) == "finished" for job in jobs)
-    assert [runs(tmp_path, i) for i in range(len(jobs))] == [1] * len(jobs)
+    jobs, per_job = burst_drain(conn, processes, redis_url, tmp_path, WORKQUEUE_CLAIM_AHEAD=ahead)
     assert not any(fetch(conn, job).meta.get("interruptions") for job in jobs)
     if ahead == "0":
         assert per_job >= 2.0

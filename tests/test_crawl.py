@@ -18,7 +18,7 @@ from rq import Queue
 
 import workqueue
 from task_def import crawl
-from tests.helpers import ROOT, Processes, QuietHandler, run_cli, start_consumer
+from tests.helpers import ROOT, Processes, QuietHandler, run_cli, serving, start_consumer
 from workqueue import crawling
 from workqueue.gateway import create_app
 
@@ -64,13 +64,8 @@ class _Handler(QuietHandler):
 
 @pytest.fixture
 def site() -> Iterator[Site]:
-    server = Site()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with serving(Site()) as server:
+        yield server
 
 
 def _room_for_the_test_site() -> None:

@@ -13,13 +13,21 @@ import pytest
 from rq import Worker
 
 from tests.helpers import cli_env, run_cli, status, wait_for
-from tests.test_claim_ahead import QUEUE, enqueue_runs, evalsha_calls, runs, start
+from tests.test_claim_ahead import QUEUE, burst_drain, enqueue_runs, runs, start
 
 #: Short jobs, one long enough to be running while the test looks, then enough short ones for a deep
 #: queue: a worker claiming ahead, once a job took it under AHEAD_SHORT, claims the next five at once,
 #: so the long job comes with short jobs before it, whose ends are then held while it runs.
 LONG_AT = 5
 SHAPE = [0.0] * LONG_AT + [8.0] + [0.0] * 20
+
+
+def holding_ends(conn, processes, redis_url, tmp_path):  # type: ignore[no-untyped-def]
+    """SHAPE's jobs on a one-worker consumer that holds ends for 60 s, once its long job runs: the
+    jobs, the consumer, and the jobs whose ends it holds (:func:`held_while_the_long_job_runs`)."""
+    jobs = enqueue_runs(conn, tmp_path, SHAPE)
+    consumer = start(processes, redis_url, WORKQUEUE_END_HOLD="60")
+    return jobs, consumer, held_while_the_long_job_runs(conn, tmp_path, jobs)
 
 
 def held_while_the_long_job_runs(conn, tmp_path, jobs) -> list[int]:
@@ -37,14 +45,7 @@ def held_while_the_long_job_runs(conn, tmp_path, jobs) -> list[int]:
 def test_a_one_job_worker_writes_the_ends_of_several_jobs_in_one_request(
     conn, processes, redis_url, tmp_path, hold
 ) -> None:
-    jobs = enqueue_runs(conn, tmp_path, [0.0] * 300)
-    before = evalsha_calls(conn)
-    consumer = start(processes, redis_url, "--burst", WORKQUEUE_END_HOLD=hold)
-    consumer.communicate(timeout=120)
-    assert consumer.returncode == 0
-    per_job = (evalsha_calls(conn) - before) / len(jobs)  # the claims (one per 5 jobs) and the ends
-    assert all(status(conn, job) == "finished" for job in jobs)
-    assert [runs(tmp_path, i) for i in range(len(jobs))] == [1] * len(jobs)
+    _, per_job = burst_drain(conn, processes, redis_url, tmp_path, WORKQUEUE_END_HOLD=hold)  # claims and ends
     if hold == "0":  # each horse writes its own end
         assert per_job >= 1.0
     else:
@@ -54,9 +55,7 @@ def test_a_one_job_worker_writes_the_ends_of_several_jobs_in_one_request(
 def test_a_worker_killed_holding_ends_has_those_jobs_handed_back_and_run_again(
     conn, processes, redis_url, tmp_path
 ) -> None:
-    jobs = enqueue_runs(conn, tmp_path, SHAPE)
-    consumer = start(processes, redis_url, WORKQUEUE_END_HOLD="60")
-    held = held_while_the_long_job_runs(conn, tmp_path, jobs)
+    jobs, consumer, held = holding_ends(conn, processes, redis_url, tmp_path)
     worker = next(w for w in Worker.all(connection=conn) if w.get_state() == "busy")
     family = psutil.Process(consumer.pid).children(recursive=True)
     os.kill(consumer.pid, signal.SIGKILL)
@@ -77,9 +76,7 @@ def test_a_worker_killed_holding_ends_has_those_jobs_handed_back_and_run_again(
 
 @pytest.mark.parametrize("how", ["warm", "cold"])
 def test_a_stopping_worker_writes_the_ends_it_holds(conn, processes, redis_url, tmp_path, how) -> None:
-    jobs = enqueue_runs(conn, tmp_path, SHAPE)
-    consumer = start(processes, redis_url, WORKQUEUE_END_HOLD="60")
-    held = held_while_the_long_job_runs(conn, tmp_path, jobs)
+    jobs, consumer, held = holding_ends(conn, processes, redis_url, tmp_path)
     consumer.send_signal(signal.SIGINT)
     if how == "cold":
         time.sleep(0.3)  # two signals sent at once are delivered as one
@@ -117,9 +114,7 @@ def test_a_wrong_end_hold_stops_the_consumer_before_any_worker_starts(redis_url,
 def test_ends_held_while_redis_lost_its_scripts_are_written_once_it_has_them_again(
     conn, processes, redis_url, tmp_path
 ) -> None:
-    jobs = enqueue_runs(conn, tmp_path, SHAPE)
-    consumer = start(processes, redis_url, WORKQUEUE_END_HOLD="60")
-    held = held_while_the_long_job_runs(conn, tmp_path, jobs)
+    jobs, consumer, held = holding_ends(conn, processes, redis_url, tmp_path)
     conn.script_flush()  # as a restarted Redis: the next request (its ends, its claim) meets NOSCRIPT
     wait_for(lambda: all(status(conn, job) == "finished" for job in jobs), 60, "every job to finish")
     assert held and [runs(tmp_path, i) for i in range(len(jobs))] == [1] * len(jobs)

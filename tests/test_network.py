@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import ipaddress
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +13,7 @@ import redis
 from rq.job import Job
 
 from task_def.scrape import scrape
-from tests.helpers import Processes, QuietHandler, child_pids, cli_env, wait_for, workers
+from tests.helpers import Processes, QuietHandler, child_pids, cli_env, serving, wait_for, workers
 from workqueue import network, producer
 from workqueue.jobs import SERIALIZER, CatalogueJob
 
@@ -98,12 +97,8 @@ class Counting(http.server.ThreadingHTTPServer):
 
 @pytest.fixture
 def local() -> Iterator[Counting]:
-    server = Counting()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(Counting()) as server:
+        yield server
 
 
 def test_scrape_of_loopback_works_by_default_and_is_refused_before_connecting_otherwise(
@@ -170,17 +165,11 @@ class KeepAlive(http.server.ThreadingHTTPServer):
 
 def test_scrapes_in_one_thread_reuse_its_connection_and_carry_no_cookie_over(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(network.ALLOW_ENV, raising=False)
-    server = KeepAlive()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(KeepAlive()) as server:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         titles = [scrape(url)["title"] for _ in range(3)]
         assert titles == ["none"] * 3  # each job sees only its own cookies
         assert server.connections == 1  # one connection kept alive from job to job
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def run_scrape_on_a_worker(processes: Processes, conn: redis.Redis, url: str, retries: int = 0, **env: str) -> Job:

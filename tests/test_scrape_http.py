@@ -13,7 +13,6 @@ import http.server
 import shutil
 import ssl
 import subprocess
-import threading
 import zlib
 from collections.abc import Iterator
 
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from task_def.scrape import scrape
-from tests.helpers import QuietHandler
+from tests.helpers import QuietHandler, serving
 from workqueue import network
 
 PAGE = "<html><head><title>café crème</title></head><body><a href='/a'>one</a> two three</body></html>"
@@ -92,13 +91,8 @@ class Site(http.server.ThreadingHTTPServer):
 @pytest.fixture
 def site(monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
     monkeypatch.delenv(network.ALLOW_ENV, raising=False)
-    server = Site()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with serving(Site()) as server:
+        yield server
 
 
 @pytest.mark.parametrize("path", ["/gzip", "/deflate", "/raw-deflate"])
@@ -155,12 +149,5 @@ def test_a_certificate_the_system_does_not_trust_is_refused(tmp_path, monkeypatc
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            scrape(f"https://127.0.0.1:{server.server_address[1]}/show", timeout=10)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(server), pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        scrape(f"https://127.0.0.1:{server.server_address[1]}/show", timeout=10)

@@ -8,6 +8,7 @@ import importlib.util
 import signal
 import socket
 import threading
+from collections.abc import Callable
 
 import httpx
 import psutil
@@ -121,11 +122,8 @@ def test_unknown_server_is_a_usage_error(redis_url: str) -> None:
 def test_an_answer_leaves_in_one_send(monkeypatch: pytest.MonkeyPatch) -> None:
     """waitress sends what a request's thread writes at once: a small answer went as two sends (its head, then its
     body), two packets and two wake-ups of the client for every enqueue. Now one, head and body, per answer."""
-    import os
 
     from waitress.channel import HTTPChannel  # type: ignore[import-untyped]
-
-    from workqueue import wsgi_server
 
     sent: list[bytes] = []
     send = HTTPChannel.send
@@ -144,14 +142,32 @@ def test_an_answer_leaves_in_one_send(monkeypatch: pytest.MonkeyPatch) -> None:
 
     port = free_port()
     statuses: list[int] = []
+
+    def client() -> None:  # two requests on one kept-alive connection
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            wait_for(lambda: _posted(http, statuses), 30, "the server to answer")
+            statuses.append(http.post("/jobs", content=b"{}").status_code)
+
+    _serve_while(app, port, client)
+    assert statuses == [201, 201]
+    answers = [data for data in sent if data.startswith(b"HTTP/1.1 ")]
+    assert len(sent) == len(answers) == 2, sent
+    assert all(data.endswith(b"\r\n\r\n" + body) for data in answers), sent
+
+
+def _serve_while(app, port: int, work: Callable[[], object]) -> None:  # type: ignore[no-untyped-def]
+    """Serve ``app`` (``wsgi_server.serve``) in this thread while ``work()`` runs in another, which then
+    stops it with SIGTERM, once serve()'s own handler is in place (never the test run's)."""
+    import os
+
+    from workqueue import wsgi_server
+
     default = signal.getsignal(signal.SIGTERM)
 
-    def client() -> None:  # two requests on one kept-alive connection, then SIGTERM stops serve() below
+    def client() -> None:
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-                wait_for(lambda: _posted(http, statuses), 30, "the server to answer")
-                statuses.append(http.post("/jobs", content=b"{}").status_code)
-        finally:  # once serve()'s own SIGTERM handler is in place (never the test run's)
+            work()
+        finally:
             wait_for(lambda: signal.getsignal(signal.SIGTERM) is not default, 30, "serve() to handle SIGTERM")
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -161,10 +177,6 @@ def test_an_answer_leaves_in_one_send(monkeypatch: pytest.MonkeyPatch) -> None:
         wsgi_server.serve(app, "127.0.0.1", port, ())
     finally:
         thread.join(30)
-    assert statuses == [201, 201]
-    answers = [data for data in sent if data.startswith(b"HTTP/1.1 ")]
-    assert len(sent) == len(answers) == 2, sent
-    assert all(data.endswith(b"\r\n\r\n" + body) for data in answers), sent
 
 
 def _posted(http: httpx.Client, statuses: list[int]) -> bool:
@@ -179,9 +191,6 @@ def test_what_start_up_built_is_out_of_the_collectors_reach_while_serving() -> N
     """The app and the libraries live as long as the process: each full collection walked them all (~60,000
     objects in the gateway, ~0.1 s a time, in the answers of the requests it fell in)."""
     import gc
-    import os
-
-    from workqueue import wsgi_server
 
     frozen: list[int] = []
 
@@ -191,20 +200,6 @@ def test_what_start_up_built_is_out_of_the_collectors_reach_while_serving() -> N
         return [b""]
 
     port = free_port()
-    default = signal.getsignal(signal.SIGTERM)
-
-    def client() -> None:
-        try:
-            wait_for(lambda: _answers(f"http://127.0.0.1:{port}/"), 30, "the server to answer")
-        finally:
-            wait_for(lambda: signal.getsignal(signal.SIGTERM) is not default, 30, "serve() to handle SIGTERM")
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    thread = threading.Thread(target=client)
-    thread.start()
-    try:
-        wsgi_server.serve(app, "127.0.0.1", port, ())
-    finally:
-        thread.join(30)
+    _serve_while(app, port, lambda: wait_for(lambda: _answers(f"http://127.0.0.1:{port}/"), 30, "the server to answer"))
     assert frozen and all(count > 1000 for count in frozen), frozen
     assert gc.get_freeze_count() == 0  # and collected as before once serving ends
