@@ -241,9 +241,10 @@ def _blocked_from(conn: redis.Redis, address: str) -> bool:
 
 
 def test_a_job_redis_handed_to_a_worker_as_its_host_was_cut_off_runs_once(cluster: Cluster) -> None:
-    """Redis answers a waiting worker's BLMOVE with a job just as its host is cut off: the job waits
-    in the queue's intermediate list, the sweep puts it back, another host runs it. When the link
-    comes back, the late answer reaches the worker, which must not start the job again."""
+    """Redis answers a waiting worker's BLMOVE with a job just as its host is cut off, and runs the
+    claim the worker sent with it: the job is started for a worker that never hears of it. The sweep
+    hands it back once that worker's heartbeats have lapsed, another host runs it. When the link comes
+    back, the worker must not start the job again (its connection gave up on the answer long before)."""
     victim = cluster.consumers["host-a"]
     cluster.consumer_processes["host-a"].terminate()  # host-a's only waiting worker is then solo's
     assert cluster.consumer_processes["host-a"].wait(30) == 0
@@ -259,7 +260,10 @@ def test_a_job_redis_handed_to_a_worker_as_its_host_was_cut_off_runs_once(cluste
         pytest.fail("never caught host-a's worker waiting in a BLMOVE")
     submission = producer.enqueue(cluster.conn, [producer.TaskCall.build("sleep", {"seconds": 1})], "solo")
     job = submission.jobs[0]
-    assert cluster.conn.lrange(solo.intermediate_queue_key, 0, -1) == [job.id.encode()]  # Redis answered host-a
+    # Redis answered host-a: the claim sent with its BLMOVE started the job for host-a's worker
+    wait_for(lambda: job.get_status(refresh=True) == "started", 10, "the job to be started for host-a's worker")
+    assert cluster.host_of(Job.fetch(job.id, connection=cluster.conn, serializer=SERIALIZER).worker_name) == "host-a"
+    assert cluster.conn.llen(solo.intermediate_queue_key) == 0
     cluster.consumers["host-b"].python("consumer_main.py", "--workers", "1", "--queue", "solo")
 
     def done() -> Job | None:

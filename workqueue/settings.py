@@ -37,6 +37,10 @@ FAILURE_TTL = 7 * 24 * 3600
 #: So a worker killed without warning is noticed within HEARTBEAT_TTL + SWEEP_INTERVAL seconds.
 HEARTBEAT_INTERVAL = 3
 HEARTBEAT_TTL = 10
+#: A claim answered later than this (seconds, beyond the wait it asked for) is not run but given
+#: back: its worker's heartbeats may have lapsed meanwhile (a cut link), and the sweep handed the
+#: job to another worker. Below HEARTBEAT_TTL less a heartbeat's interval, and a second's margin.
+LATE_CLAIM = HEARTBEAT_TTL - HEARTBEAT_INTERVAL - 1
 SWEEP_INTERVAL = 2.0
 
 #: The dashboard's address, and the HTTP gateway's.

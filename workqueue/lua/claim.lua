@@ -1,6 +1,26 @@
 local job_prefix, exec_prefix, registry_prefix, exec_id, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now_float, now_int, now_text, interval = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local dropped = 0
+-- Sent before the BLMOVE it follows had waited (an idle worker's wait and claim in one request,
+-- ``job_steps.claim_many(wait=)``): now is Redis's clock as the claim runs, not the worker's at sending.
+if ARGV[6] == '' then
+  local t = redis.call('TIME')
+  local seconds, micros = tonumber(t[1]), tonumber(t[2])
+  local days, second = math.floor(seconds / 86400), seconds % 86400
+  -- the civil date of a day count since 1970-01-01 (the proleptic Gregorian calendar, UTC)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  now_float = string.format('%d.%06d', seconds, micros)
+  now_int = seconds
+  now_text = string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, doy - math.floor((153 * mp + 2) / 5) + 1,
+                           math.floor(second / 3600), math.floor(second % 3600 / 60), second % 60, micros)
+end
 -- Several jobs per call: ARGV[14..] are more execution ids, one per further job to start (up to
 -- 1 + #those jobs); the answer lists each job's four values in turn. ARGV[13]: with a number above
 -- 0, a further job is only taken from a queue that uses none of pause, limits and levels and still
@@ -53,6 +73,9 @@ local function take(i)  -- queue i's next job id, highest level first, moved int
 end
 -- The job the worker's BLMOVE took from the first queue's normal list goes back to its front if
 -- that queue is paused or holds a job of a higher level.
+-- '*': the job is the one a BLMOVE sent just before this claim moved (the newest in the intermediate
+-- list; another worker's, if that one's claim took this worker's: each claim takes one).
+if ARGV[12] == '*' then ARGV[12] = redis.call('LINDEX', KEYS[4], -1) or '' end
 if ARGV[12] ~= '' then
   if not is_quiet(3) and (others(3, HIGHEST, NORMAL + 1) or paused(3)) then
     -- only if it is still there: a late answer (after a network cut) names a job a sweep put back

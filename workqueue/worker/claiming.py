@@ -30,7 +30,6 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from workqueue import limits, outage, pausing, recovery, rq_compat
-from workqueue.replies import as_bytes
 from workqueue.settings import (
     AHEAD_HOLD_DEFAULT,
     AHEAD_HOLD_ENV,
@@ -172,22 +171,34 @@ class ClaimingWorker(HorseSideWorker):
             self.log.warning("Worker %s: Redis accepts work again", self.name)
             self._outage_noted = ""
 
-    def _claim(self, moved: bytes | None = None, moved_from: Queue | None = None):
+    def _claim(self, moved_from: Queue | None = None, wait: float | None = None):
         """``job_steps.claim`` on the worker's queues: the job, started, and its queue; or None.
-        ``moved``: a job the worker's BLMOVE took from ``moved_from`` (default: its first queue)."""
+        ``wait``: first wait up to that many seconds for a job of ``moved_from`` (default: the
+        first queue), in the same request (``job_steps.claim_many``)."""
         # the ends held so far go first in the claim's request: one request for the ends of several jobs and the next
         before = self.held_ends.request(self.connection, self.name)
         queues = rq_compat.ordered_queues(self)
-        if moved is not None and moved_from is not None and moved_from is not queues[0]:
+        if wait is not None and moved_from is not None and moved_from is not queues[0]:
             # Only paused queues come before it (see _wait_and_claim): the claim skips them anyway.
             queues = [moved_from] + [q for q in queues if q is not moved_from]
         ahead = self._ahead_wanted()
         try:
             while True:
-                found = job_steps.claim_many(
-                    self, queues, 1 + ahead, moved, ahead_depth=AHEAD_MIN_DEPTH if ahead else 0, before=before
-                )
-                moved = before = None
+                try:
+                    found = job_steps.claim_many(
+                        self, queues, 1 + ahead, ahead_depth=AHEAD_MIN_DEPTH if ahead else 0, before=before, wait=wait
+                    )
+                except job_steps.ClaimCut as cut:  # a stop while it waited: what the claim started goes back
+                    before = None  # answered
+                    if cut.found:
+                        count = len(cut.found)
+                        self.log.info("Worker %s: giving back %d job(s) claimed as it stopped", self.name, count)
+                    self._give_back(cut.found, "the worker stops")
+                    raise cut.cause from None
+                except job_steps.LateClaim as late:
+                    self._give_back_late(late)
+                    return None
+                wait = before = None
                 if not found or not found[0].retry:
                     break
         finally:
@@ -252,6 +263,11 @@ class ClaimingWorker(HorseSideWorker):
             self._record_stopped_ahead(claimed)
         if held:
             self.log.info("Worker %s: giving back %d job(s) claimed ahead (%s)", self.name, len(held), why)
+        self._give_back(held, why)
+
+    def _give_back(self, held: list[job_steps._Claimed], why: str) -> None:
+        """Put jobs claimed and never run back at the front of their queues, as they were
+        (``recovery.give_back``), in their order."""
         for claimed in reversed(held):  # each to the front: their order is kept
             assert claimed.job is not None and claimed.queue is not None
             try:
@@ -296,12 +312,22 @@ class ClaimingWorker(HorseSideWorker):
             self.log.info("Worker %s: %s: %s", self.name, claimed.queue.name, claimed.job.id)
         return claimed.job, claimed.queue
 
+    def _give_back_late(self, late: job_steps.LateClaim) -> None:
+        """Give back the jobs of a claim answered too late (``job_steps.LateClaim``): the sweep may
+        have handed them to another worker meanwhile (then the guard leaves them to it)."""
+        self.log.warning("Worker %s: %s; giving back its %d job(s) unrun", self.name, late, len(late.found))
+        self._give_back(late.found, "its claim was answered late")
+
     def _claim_more(self, count: int) -> list[tuple[Job, Queue]]:
         """Up to ``count`` more jobs, claimed and started in one round trip without waiting: a
         worker running several jobs at once (``--concurrency``) filling its free slots."""
         queues = rq_compat.ordered_queues(self)
         while True:
-            claimed = job_steps.claim_many(self, queues, count)
+            try:
+                claimed = job_steps.claim_many(self, queues, count)
+            except job_steps.LateClaim as late:
+                self._give_back_late(late)
+                return []
             if not claimed or not claimed[0].retry:
                 return [self._taken(one) for one in claimed]
 
@@ -336,13 +362,9 @@ class ClaimingWorker(HorseSideWorker):
             if not open_:
                 time.sleep(slice_)
                 continue
-            first = open_[0]
-            # redis-py annotates BLMOVE's timeout as int; Redis takes seconds with decimals (6.0+).
-            moved = self.connection.blmove(first.key, first.intermediate_queue_key, slice_)  # type: ignore[arg-type]
-            if moved is not None:
-                claimed = self._claim(as_bytes(moved), first)
-                if claimed is not None:
-                    return claimed
+            claimed = self._claim(open_[0], wait=slice_)
+            if claimed is not None:
+                return claimed
 
     def _limits_due(self) -> float | None:
         """Seconds until a job held by a per-key limit on the worker's queues may be released

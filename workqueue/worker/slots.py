@@ -19,7 +19,6 @@ from rq.job import Job
 from rq.utils import now
 
 from workqueue import limits, outage, pausing, recovery, rq_compat
-from workqueue.replies import as_bytes
 from workqueue.settings import HARD_KILL_GRACE, HEARTBEAT_TTL, IDLE_LOOK_GAP
 from workqueue.worker import job_steps
 from workqueue.worker.claiming import ClaimingWorker
@@ -159,9 +158,7 @@ class SlotsWorker(ClaimingWorker):
             open_ = [q for q in rq_compat.ordered_queues(self) if q.name not in paused]
             if not open_:
                 return None
-            first = open_[0]
-            moved = self.connection.blmove(first.key, first.intermediate_queue_key, timeout)  # type: ignore[arg-type]
-            claimed = self._claim(as_bytes(moved), first) if moved is not None else None
+            claimed = self._claim(open_[0], wait=timeout)
         except StopRequested:  # asked while it claimed: the running jobs finish, nothing more is claimed
             return WAITING
         except redis.RedisError as exc:  # an outage: the running jobs run on
