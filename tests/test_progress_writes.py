@@ -76,7 +76,7 @@ def test_a_held_report_is_written_once_its_interval_has_passed_though_the_job_re
     start(processes, conn, redis_url, concurrency)
     job = steps(conn, tmp_path)
     wait_for(lambda: progress(conn, job) == "one", 30, 'the report "one", held for its interval after the start')
-    (tmp_path / "go1").touch()  # "two" at once (its interval has passed), "three" held; then it waits for go2
+    (tmp_path / "go1").touch()  # "two" and "three" (held, if within the interval); then it waits for go2
     wait_for(lambda: progress(conn, job) == "three", 20, 'the held report "three", written by the horse')
     assert status(conn, job) == "started"  # before: "three" waited for the job's end
     (tmp_path / "go2").touch()
