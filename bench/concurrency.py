@@ -7,7 +7,9 @@ network policy allows by default), enqueues ``--jobs`` ``scrape``s of it, and dr
 pool of ``--workers`` run with each ``--concurrency`` of ``--levels``. Prints per level the wall
 time (from releasing the jobs to ready workers to the last job's end), jobs per second, the most
 requests the page had in flight at once, and the peak memory of a worker (its process and its
-horse's, PSS where readable, else RSS, sampled every 0.2 s), with each level's ratio to the first.
+horse's, PSS where readable, else RSS, sampled every 0.5 s), the CPU the workers and their horses
+spent per job from the release on (user and system, from the same samples), with each level's ratio
+to the first.
 ``--quick`` (or BENCH_QUICK=1): 200 jobs. The figures are what this machine measured in this run;
 nothing asserts them.
 """
@@ -138,6 +140,9 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.gap = pid, gap
         self.peaks: dict[int, int] = {}
+        #: Each process's CPU seconds (user and system) when last sampled, and at ``mark_start``.
+        self.cpu: dict[int, float] = {}
+        self.cpu_at_start: dict[int, float] = {}
         self.kind = "PSS"
         self.done = threading.Event()
 
@@ -153,6 +158,15 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(self.gap):
             self.sample()
+
+    def mark_start(self) -> None:
+        """Sample now: CPU spent so far (starting up, waiting) is not counted in ``cpu_seconds``."""
+        self.sample()
+        self.cpu_at_start = dict(self.cpu)
+
+    def cpu_seconds(self) -> float:
+        """CPU the workers and their horses spent since ``mark_start`` (up to the last sample)."""
+        return sum(seconds - self.cpu_at_start.get(pid, 0.0) for pid, seconds in self.cpu.items())
 
     def sample(self) -> None:
         """Each worker's memory now, its peak kept."""
@@ -175,6 +189,8 @@ class MemorySampler(threading.Thread):
                 continue
             try:
                 totals[worker] = totals.get(worker, 0) + self._memory(process)
+                times = process.cpu_times()
+                self.cpu[process.pid] = times.user + times.system
             except psutil.NoSuchProcess:
                 continue
         for worker, total in totals.items():
@@ -198,6 +214,7 @@ def drain(url: str, page: SlowPage, jobs: int, workers: int, concurrency: int, c
     with running(argv, url) as pool:
         wait_until(lambda: len(control.live_workers(conn)) == workers, START_TIMEOUT, f"{workers} workers")
         sampler = MemorySampler(pool.pid)
+        sampler.mark_start()
         sampler.start()
         try:
             resumed = time.time()
@@ -220,6 +237,7 @@ def drain(url: str, page: SlowPage, jobs: int, workers: int, concurrency: int, c
         "in_flight": page.most_in_flight,
         "peak_mb": max(peaks) / 1e6,
         "kind": sampler.kind,
+        "cpu_ms": 1000 * sampler.cpu_seconds() / jobs,
     }
 
 
@@ -238,13 +256,16 @@ def main() -> None:
     with redis_server() as (url, conn), serving(args.delay) as page:
         for level in levels:
             rows.append((level, drain(url, page, jobs, args.workers, level, conn)))
-    print(f"{'concurrency':>11} {'wall s':>8} {'jobs/s':>8} {'ratio':>6} {'at once':>8} {'peak MB/worker':>15}")
+    print(
+        f"{'concurrency':>11} {'wall s':>8} {'jobs/s':>8} {'ratio':>6} {'at once':>8} {'peak MB/worker':>15} "
+        f"{'CPU ms/job':>10}"
+    )
     base = rows[0][1]["rate"] or 1.0
     for level, row in rows:
         memory = f"{row['peak_mb']:.0f} ({row['kind']})"
         print(
             f"{level:>11} {row['wall']:>8.2f} {row['rate']:>8.1f} {row['rate'] / base:>5.1f}x "
-            f"{row['in_flight']:>8.0f} {memory:>15}"
+            f"{row['in_flight']:>8.0f} {memory:>15} {row['cpu_ms']:>10.2f}"
         )
 
 

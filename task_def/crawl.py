@@ -1,10 +1,12 @@
 """A polite crawler: one page per job.
 
 The task fetches one page (through the network policy, with our user agent, after asking the
-site's robots.txt), reads its title and links, and hands the links it may follow to the crawl's
-host: on a worker that is ``workqueue.crawling``, which adds them as jobs of the same batch, each
-URL once per crawl, up to ``max_pages`` over the whole crawl, and keeps each page's result. The task
-itself knows nothing of Redis; outside a worker (no host) it fetches the page and follows nothing.
+site's robots.txt; on its thread's kept client, ``network.reused_client``, as ``scrape`` does: a
+connection kept alive to the site serves its next page, no cookies carried over), reads its title
+and links, and hands the links it may follow to the crawl's host: on a worker that is
+``workqueue.crawling``, which adds them as jobs of the same batch, each URL once per crawl, up to
+``max_pages`` over the whole crawl, and keeps each page's result. The task itself knows nothing of
+Redis; outside a worker (no host) it fetches the page and follows nothing.
 Politeness between pages (1 request a second and 2 at a time per domain unless a limit rule says
 otherwise) is the per-key limits' work, keyed ``domain:<host>``.
 """
@@ -21,7 +23,7 @@ import httpx
 from selectolax.lexbor import LexborHTMLParser
 
 from task_def.progress import report_progress
-from task_def.scrape import USER_AGENT
+from task_def.scrape import HEADERS, USER_AGENT
 from workqueue import network
 
 #: Bounds of ``max_pages`` and ``max_depth``.
@@ -102,10 +104,8 @@ def crawl(url: str, max_pages: int = 100, max_depth: int = 3, same_site: bool = 
     host = _host
     depth = host.depth() if host is not None else 0
     page: dict[str, Any] = {"url": url, "depth": depth, "status": None, "title": None, "links": [], "error": None}
-    with network.client(
-        timeout=timeout, follow_redirects=True, max_redirects=10, headers={"User-Agent": USER_AGENT}
-    ) as client:
-        robots = _Robots(client, host)
+    with network.reused_client(max_redirects=10) as client:  # the thread's, kept from page to page
+        robots = _Robots(client, host, timeout)
         if not robots.allows(url):
             page["error"] = robots.failures.get(origin(url), "robots.txt")
         else:
@@ -124,7 +124,7 @@ def _fetch(client: httpx.Client, url: str, page: dict[str, Any], timeout: float)
     report_progress(0, 1, f"fetching {url}")
     start = time.monotonic()
     try:
-        with client.stream("GET", url) as response:
+        with client.stream("GET", url, timeout=timeout, follow_redirects=True, headers=HEADERS) as response:
             body = _read(response, MAX_PAGE_BYTES, start, timeout)
             page["status"] = response.status_code
             final_url = str(response.url)
@@ -167,9 +167,10 @@ def _links(base: str, hrefs: Iterable[str | None]) -> Iterable[str]:
 class _Robots:
     """Each origin's robots.txt, asked once per crawl (kept by the host), read by the standard library's parser."""
 
-    def __init__(self, client: httpx.Client, host: CrawlHost | None) -> None:
+    def __init__(self, client: httpx.Client, host: CrawlHost | None, timeout: float) -> None:
         self._client = client
         self._host = host
+        self._timeout = timeout
         self._parsers: dict[str, urllib.robotparser.RobotFileParser] = {}
         #: Why an origin's robots.txt could not be had (its fetch's error), when it could not.
         self.failures: dict[str, str] = {}
@@ -195,7 +196,9 @@ class _Robots:
         """The robots.txt text, as RFC 9309 reads a fetch: none there (4xx) allows everything; a
         server error or no answer disallows everything (the crawl does not guess)."""
         try:
-            with self._client.stream("GET", f"{key}/robots.txt") as response:
+            with self._client.stream(
+                "GET", f"{key}/robots.txt", timeout=self._timeout, follow_redirects=True, headers=HEADERS
+            ) as response:
                 body = _read(response, MAX_ROBOTS_BYTES, time.monotonic(), 30.0)
                 if response.status_code >= 500:
                     self.failures[key] = f"HTTP {response.status_code}"

@@ -19,7 +19,7 @@ from rq import Queue
 import workqueue
 from task_def import crawl
 from tests.helpers import ROOT, Processes, QuietHandler, run_cli, serving, start_consumer
-from workqueue import crawling
+from workqueue import crawling, network
 from workqueue.gateway import create_app
 
 PAGES = 300
@@ -183,3 +183,16 @@ def test_the_gateway_refuses_bad_crawls_with_422(conn) -> None:
         response = api.post("/jobs", json={"task": "crawl", "params": params})
         assert response.status_code == 422 and response.json["field"] == field, response.json
     assert api.post("/jobs", json={"task": "crawl", "params": {"url": "https://example.com/"}}).status_code == 201
+
+
+def test_a_threads_pages_share_its_kept_client_and_its_connection_to_the_site(monkeypatch) -> None:
+    from tests.test_scrape_http import Site as KeptAliveSite  # HTTP/1.1: connections kept alive, counted
+
+    monkeypatch.delenv(network.ALLOW_ENV, raising=False)
+    with serving(KeptAliveSite()) as kept:
+        for path in ("/a", "/b", "/login"):  # /login sets a cookie (its redirect's next hop sends it)
+            page = crawl.crawl(f"{kept.url}{path}", max_depth=0)
+            assert page["status"] == 200 and page["error"] is None, page
+        assert crawl.crawl(f"{kept.url}/cookie-check", max_depth=0)["title"] == "none"  # no cookie carried over
+    assert kept.connections == 1  # before: one per page (a client per page)
+    assert kept.requests["/robots.txt"] == 4  # no host outside a worker: asked by each page

@@ -14,10 +14,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 from rq import Queue
+from rq.job import Job
 
 from tests.helpers import Processes, QuietHandler, cli_env, run_cli, start_consumer, wait_for, workers
 from workqueue import batches, control, limits, producer
 from workqueue.jobs import SERIALIZER
+from workqueue.settings import LIMIT_RULES_FRESH
 
 DOMAINS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
@@ -304,3 +306,27 @@ def test_a_burst_consumer_waits_for_held_jobs_before_it_exits(conn: redis.Redis,
     consumer = processes.start("consumer_main.py", "--workers", "2", "--queue", "queue_one", "--burst")
     assert consumer.wait(60) == 0
     assert batches.summary(conn, batch.batch_id).finished == 3
+
+
+def test_a_horse_reads_the_rules_for_its_pacing_once_per_interval_not_once_per_job(
+    conn: redis.Redis, processes: Processes, site: Site
+) -> None:
+    limits.set_rule(conn, limits.make_rule("elsewhere:*", "100/s"))  # a rule, of another key
+    start_consumer(processes, conn, 1)
+    before = conn.config_get("slowlog-*")
+    conn.config_set("slowlog-log-slower-than", 0)
+    conn.config_set("slowlog-max-len", 10_000)
+    conn.slowlog_reset()
+    try:
+        batch = producer.enqueue(conn, _scrapes(site, DOMAINS[0], 30), "queue_one")
+        ends = list(batches.follow(conn, batch.batch_id, timeout=60))
+        entries = conn.slowlog_get(10_000)
+    finally:
+        conn.config_set("slowlog-log-slower-than", before["slowlog-log-slower-than"])
+        conn.config_set("slowlog-max-len", before["slowlog-max-len"])
+    assert [end.outcome for end in ends] == ["finished"] * 30, [e.detail for e in ends][:3]
+    reads = sum(1 for e in entries if e["command"] == f"HGETALL {limits.RULES_KEY}".encode())
+    jobs = [Job.fetch(job.id, connection=conn, serializer=SERIALIZER) for job in batch.jobs]
+    ran = max(job.ended_at for job in jobs) - min(job.started_at for job in jobs)
+    # One read per LIMIT_RULES_FRESH of the run at most, plus the first (before: one per job, 30).
+    assert 1 <= reads <= 2 + ran.total_seconds() / LIMIT_RULES_FRESH, (reads, ran)

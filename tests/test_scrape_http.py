@@ -3,7 +3,8 @@ gzip- or deflate-encoded are decoded (``bytes`` counts the decoded page), the pa
 used, a cookie a redirect sets is sent on the scrape's next hops to that site only and never to the
 next scrape, credentials in the URL go to its own site only, a redirect's connection serves the next
 hop, a kept connection its site has closed is replaced, a certificate the system does not trust is
-refused, and a redirect loop ends after 10 redirects with httpx's TooManyRedirects. A real local HTTP/1.1
+refused, one it trusts is accepted (the CA bundle loaded at the first TLS connection, not before),
+and a redirect loop ends after 10 redirects with httpx's TooManyRedirects. A real local HTTP/1.1
 server; nothing mocked."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ssl
 import subprocess
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -138,16 +140,42 @@ def test_a_kept_connection_its_site_closed_meanwhile_is_replaced(site: Site) -> 
     assert site.connections == 3
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
-def test_a_certificate_the_system_does_not_trust_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(network.ALLOW_ENV, raising=False)
+def _certificate(tmp_path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True, timeout=60)  # fmt: skip
+    return key, cert
+
+
+def _tls_site(key: Path, cert: Path) -> Site:
     server = Site()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_a_certificate_the_system_does_not_trust_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(network.ALLOW_ENV, raising=False)
+    server = _tls_site(*_certificate(tmp_path))
     with serving(server), pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         scrape(f"https://127.0.0.1:{server.server_address[1]}/show", timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_the_ca_bundle_is_loaded_at_the_first_tls_connection_and_its_certificates_are_trusted(
+    site: Site, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(network, "_tls_context", None)  # this process's, made again here
+    assert scrape(site.url + "/show", timeout=10)["status"] == 200
+    assert network._tls_context is None  # plain HTTP: no CA bundle loaded (~25 ms of CPU)
+    key, cert = _certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # httpx's trust store: this certificate only
+    server = _tls_site(key, cert)
+    with serving(server):
+        found = scrape(f"https://127.0.0.1:{server.server_address[1]}/show", timeout=10)
+    assert found["status"] == 200 and found["title"] == "none"
+    assert network._tls_context is not None

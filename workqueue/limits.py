@@ -35,7 +35,7 @@ from rq import Queue
 
 from workqueue.errors import BadInput
 from workqueue.replies import decoded_map, decoded_members
-from workqueue.settings import LIMIT_KEY_MAX, LIMIT_POLL, LIMIT_RATE_MARGIN
+from workqueue.settings import LIMIT_KEY_MAX, LIMIT_POLL, LIMIT_RATE_MARGIN, LIMIT_RULES_FRESH
 
 PREFIX = "workqueue:limit:"
 #: Rules: key or pattern -> JSON {"rate": N, "per": seconds, "concurrency": C} (0: no bound).
@@ -440,11 +440,30 @@ return tostring(tonumber(oldest[2]) + per + tonumber(ARGV[4]) - now)
 #: each in a thread of its own, and one job's first request must not make another's look new.
 _paced = threading.local()
 
+#: The rules as the pacer last read them: (the connection pool read from, when, the rules). Replaced
+#: whole (one assignment), so a horse's threads share it without a lock.
+_rules_read: tuple[Any, float, list[Rule]] | None = None
+
+
+def _fresh_rules(connection: redis.Redis) -> list[Rule]:
+    """:func:`rules`, as read from ``connection``'s Redis at most LIMIT_RULES_FRESH seconds ago: a
+    horse paces job after job, and reading every rule before each job's first request cost a
+    round trip per job (a short scrape's tenth)."""
+    global _rules_read
+    read, now = _rules_read, time.monotonic()
+    pool = connection.connection_pool
+    if read is not None and read[0] is pool and 0 <= now - read[1] < LIMIT_RULES_FRESH:
+        return read[2]
+    found = rules(connection)
+    _rules_read = (pool, now, found)
+    return found
+
 
 def pace_current_job(host: str) -> None:
     """On a worker, before a request to ``host``: if the running job's key is at its rate, wait
     until a send is allowed. Only the job's first request is paced (the one its start stands for);
-    the claim already spaced the starts, so the wait is at most the start-up jitter."""
+    the claim already spaced the starts, so the wait is at most the start-up jitter. The rule is
+    found among the rules as read at most LIMIT_RULES_FRESH seconds ago (``_fresh_rules``)."""
     from rq import get_current_job  # the horse's job; None outside a worker
 
     job = get_current_job()
@@ -452,7 +471,7 @@ def pace_current_job(host: str) -> None:
     if job is None or key is None or getattr(_paced, "job_id", None) == job.id:
         return
     _paced.job_id = job.id
-    rule = rule_for(rules(job.connection), key) or parse_default((job.meta or {}).get(DEFAULT_FIELD))
+    rule = rule_for(_fresh_rules(job.connection), key) or parse_default((job.meta or {}).get(DEFAULT_FIELD))
     if rule is None or not rule.rate:
         return
     script = job.connection.register_script(PACE_SCRIPT)

@@ -186,11 +186,38 @@ class _CheckedBackend(httpcore.SyncBackend):
         error: Exception | None = None
         for address in addresses:
             try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+                return _VerifiedOnTLS(super().connect_tcp(address, port, timeout, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         assert error is not None
         raise error
+
+
+class _VerifiedOnTLS(httpcore.NetworkStream):
+    """A connection that, if TLS is started on it, starts it with the process's shared
+    certificate-verifying context (:func:`_verifying_context`), made at the first TLS connection:
+    the pool is given a bare placeholder (``_placeholder_context``), so a horse that only fetches
+    ``http://`` pages never loads the CA bundle (~25 ms of CPU, and its memory)."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return self._stream.start_tls(_verifying_context(), server_hostname, timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
 
 
 #: Per-key limits (``workqueue.limits.pace_current_job``): called with each request's host before it
@@ -226,20 +253,30 @@ _tls_lock = threading.Lock()
 
 
 def _verifying_context() -> ssl.SSLContext:
-    """httpx's default certificate-verifying context, made once per process and shared by every
-    client (an SSLContext may be): loading the CA bundle costs ~25 ms of CPU, more than the rest of a
-    scrape of a fast page, so a new one per job made I/O-bound jobs CPU-bound. (Made under a lock:
-    a horse's threads starting their first scrapes together would each load it.)"""
+    """httpx's default certificate-verifying context (HTTP/1.1 only, as our clients speak), made once
+    per process at its first TLS connection and shared by every client (an SSLContext may be):
+    loading the CA bundle costs ~25 ms of CPU, more than the rest of a scrape of a fast page, so a
+    new one per job made I/O-bound jobs CPU-bound. (Made under a lock: a horse's threads starting
+    their first scrapes together would each load it.)"""
     global _tls_context
     with _tls_lock:
         if _tls_context is None:
-            _tls_context = httpx.create_ssl_context()
+            context = httpx.create_ssl_context()
+            context.set_alpn_protocols(["http/1.1"])
+            _tls_context = context
         return _tls_context
 
 
+def _placeholder_context() -> ssl.SSLContext:
+    """What the pool is given as its TLS context: never used to connect (``_VerifiedOnTLS`` starts
+    TLS with ``_verifying_context``), so bare (~0.1 ms), and verifying should it ever be."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 def client(policy: NetworkPolicy | None = None, **kwargs: Any) -> httpx.Client:
-    """An httpx client that connects only where ``policy`` (default: the environment's) allows."""
-    transport = CheckedTransport(policy or NetworkPolicy.from_env(), verify=_verifying_context())
+    """An httpx client that connects only where ``policy`` (default: the environment's) allows,
+    verifying certificates (with httpx's default CA bundle, loaded at the first TLS connection)."""
+    transport = CheckedTransport(policy or NetworkPolicy.from_env(), verify=_placeholder_context())
     return httpx.Client(transport=transport, **kwargs)
 
 

@@ -241,6 +241,10 @@ LIMIT_RATE_MARGIN = 0.1
 #: An idle worker whose queues have jobs held by a limit looks at them at least this often (seconds),
 #: so a job released by time (a rate window) starts within about this long.
 LIMIT_POLL = 0.5
+#: A horse paces its jobs' first requests by the rules as it read them at most this long ago (seconds;
+#: ``limits.pace_current_job``): one read of the rules per horse per interval, not one per job. The
+#: claim applies a changed rule to the next start at once; the pacing of requests follows within this.
+LIMIT_RULES_FRESH = 0.5
 #: A dead worker's concurrency slot comes back this long (seconds) after the sweep hands its job
 #: back, not at once: the site may still be answering the request the dead run had sent.
 LIMIT_DEAD_GRACE = 5.0

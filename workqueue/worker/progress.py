@@ -2,18 +2,23 @@
 PROGRESS_INTERVAL seconds per job, the last report always kept, and only while the run reporting it
 still holds the job (``guarded``).
 
-A report that comes less than PROGRESS_INTERVAL after the job's previous write is held, the newest
-replacing the one held before it, and written by the job's next report once the interval has
-passed, or with the job's end (its success or failure, in the same transaction): a job's last
-report is never lost, and a short job (a scrape: four reports in a fraction of a second) writes one
-report on its own and the last with its end. Each write is one request, the meta replaced only if it
-is still what this run last knew of it (``lua/meta_swap.lua``): no read first, and a note another
-writer added meanwhile (a stop's ``stopped_by``) is merged in, never overwritten.
+A report that comes less than PROGRESS_INTERVAL after the job's previous write, or after its start
+(which counts as one), is held, the newest replacing the one held before it, and written once the
+interval has passed: by the job's next report, or by the horse if the job reports nothing more
+meanwhile (one thread per horse, started at its first held report), or with the job's end (its
+success or failure, in the same transaction) if that comes first. So a job's last report is never
+lost, no report waits much more than the interval, and a short job (a scrape: four reports in a
+fraction of a second) writes its reports with its end, in no request of their own. Each write is one
+request, the meta replaced only if it is still what this run last knew of it (``lua/meta_swap.lua``):
+no read first, and a note another writer added meanwhile (a stop's ``stopped_by``) is merged in,
+never overwritten.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,16 +61,30 @@ class ProgressStore:
         self._executions: dict[str, str] = {}
         #: Each job's meta as this run last read or wrote it (``meta_swap``'s ARGV[1]).
         self._known: dict[str, bytes] = {}
-        #: Each job's newest report not written yet.
+        #: Each job's newest report not written yet, and the job it is of (for the horse's writer).
         self._held: dict[str, dict] = {}
+        self._held_jobs: dict[str, Job] = {}
+        #: Each running job's lock: its own writes and the horse's writer's never overlap.
+        self._locks: dict[str, threading.Lock] = {}
+        #: Jobs whose end (or failure) now writes their held report: the horse's writer leaves them.
+        self._ending: set[str] = set()
+        #: The horse's writer of reports held past their interval (``_write_when_due``): its thread
+        #: and process (a thread does not survive a fork), and when it next looks (inf: at a new hold).
+        self._writer: tuple[threading.Thread, int] | None = None
+        self._due = threading.Condition()
+        self._next_look = float("inf")
 
     def running(self, job_id: str, execution_id: str, raw: dict[bytes, bytes] | None = None) -> None:
         """In the horse: which execution of ``job_id`` reports from now on, and its hash as the
-        worker read it when it started the job, if it did (its meta is then written without reading it)."""
+        worker read it when it started the job, if it did (its meta is then written without reading
+        it). The start counts as a write: a report in the next PROGRESS_INTERVAL is held."""
+        self._locks[job_id] = threading.Lock()
         self._executions[job_id] = execution_id
         self._known[job_id] = _UNKNOWN if raw is None else _known(raw.get(b"meta"))
-        self._last.pop(job_id, None)
+        self._last[job_id] = time.monotonic()
         self._held.pop(job_id, None)
+        self._held_jobs.pop(job_id, None)
+        self._ending.discard(job_id)
 
     def ended(self, job_id: str) -> None:
         """In the horse: ``job_id``'s run has ended; forget it (a report still held is dropped:
@@ -74,6 +93,9 @@ class ProgressStore:
         self._last.pop(job_id, None)
         self._known.pop(job_id, None)
         self._held.pop(job_id, None)
+        self._held_jobs.pop(job_id, None)
+        self._ending.discard(job_id)
+        self._locks.pop(job_id, None)
 
     def __call__(self, done: float, total: float, message: str) -> None:
         job = get_current_job()
@@ -87,18 +109,69 @@ class ProgressStore:
                 job.meta["progress"] = report
                 job.save_meta()
                 return
-            now = time.monotonic()
-            last = self._last.get(job.id)
-            if last is not None and now - last < PROGRESS_INTERVAL:
-                self._held[job.id] = report  # written by a later report, or with the end
-                return
-            self._held.pop(job.id, None)
-            self._last[job.id] = now
-            self._write(job, Guard.holds(job, execution_id), report, _TRIES)
+            with self._locks.get(job.id) or threading.Lock():
+                now = time.monotonic()
+                last = self._last.get(job.id)
+                if last is not None and now - last < PROGRESS_INTERVAL:
+                    self._held[job.id] = report  # written by a later report, the horse's writer, or the end
+                    self._held_jobs[job.id] = job
+                    self._look_at(last + PROGRESS_INTERVAL)
+                    return
+                self._held.pop(job.id, None)
+                self._held_jobs.pop(job.id, None)
+                self._last[job.id] = now
+                self._write(job, Guard.holds(job, execution_id), report, _TRIES)
         except redis.RedisError as exc:  # progress is advisory: never fail a job for it
             log.warning("could not store progress of job %s: %s", job.id, exc)
         except Exception:
             log.warning("could not store progress of job %s", job.id, exc_info=True)
+
+    def _look_at(self, due: float) -> None:
+        """Have the horse's writer look at the held reports at ``due`` (monotonic) at the latest."""
+        if self._writer is not None and self._writer[1] != os.getpid():  # forked: its condition may be held by no one
+            self._writer, self._due, self._next_look = None, threading.Condition(), float("inf")
+        with self._due:
+            writer = self._writer
+            if writer is None or not writer[0].is_alive():
+                thread = threading.Thread(target=self._write_when_due, name="progress-writer", daemon=True)
+                self._writer = (thread, os.getpid())
+                thread.start()
+            if due < self._next_look:
+                self._next_look = due
+                self._due.notify()
+
+    def _write_when_due(self) -> None:
+        """The horse's writer: writes each held report once its job's interval has passed (a job
+        that reports nothing more, or ends, meanwhile does not keep it waiting)."""
+        while True:
+            with self._due:
+                while time.monotonic() < self._next_look:
+                    self._due.wait(min(self._next_look - time.monotonic(), 60.0))
+                now = time.monotonic()
+                due = [job_id for job_id in list(self._held) if self._last.get(job_id, now) + PROGRESS_INTERVAL <= now]
+                later = [self._last.get(job_id, now) + PROGRESS_INTERVAL for job_id in list(self._held)]
+                self._next_look = max(now + 0.05, min((t for t in later if t > now), default=float("inf")))
+            for job_id in due:
+                self._write_held(job_id)
+
+    def _write_held(self, job_id: str) -> None:
+        """Write ``job_id``'s held report now (from the horse's writer), unless its job has ended or
+        its end writes it."""
+        lock = self._locks.get(job_id)
+        if lock is None:
+            return
+        with lock:
+            report, job = self._held.pop(job_id, None), self._held_jobs.pop(job_id, None)
+            execution_id = self._executions.get(job_id)
+            if report is None or job is None or not execution_id or job_id in self._ending:
+                return
+            self._last[job_id] = time.monotonic()
+            try:
+                self._write(job, Guard.holds(job, execution_id), report, _TRIES)
+            except redis.RedisError as exc:
+                log.warning("could not store progress of job %s: %s", job_id, exc)
+            except Exception:
+                log.warning("could not store progress of job %s", job_id, exc_info=True)
 
     def _write(self, job: Job, guard: Guard, report: dict, tries: int) -> None:
         """Replace the job's meta with the one this run knows plus ``report``, under ``guard``, in
@@ -139,10 +212,13 @@ class ProgressStore:
         that queues it on the end's pipe and answers what to do with its reply (the last of the
         transaction's: if another writer changed the meta meanwhile, it is merged and written
         right after the end, once). None if no report is held."""
-        report = self._held.pop(job.id, None)
+        with self._locks.get(job.id) or threading.Lock():  # after a write of the horse's writer, if one is under way
+            self._ending.add(job.id)
+            report = self._held.pop(job.id, None)
+            self._held_jobs.pop(job.id, None)
+            known = self._known.get(job.id, _UNKNOWN)
         if report is None:
             return None
-        known = self._known.get(job.id, _UNKNOWN)
 
         def queue(pipe: Any) -> Callable[[Any], None]:
             job.meta["progress"] = report
@@ -162,7 +238,9 @@ class ProgressStore:
 
     def fold_held(self, job: Job) -> None:
         """Set the report of ``job`` still held on its meta, which its failure then writes."""
-        report = self._held.get(job.id)
+        with self._locks.get(job.id) or threading.Lock():  # after a write of the horse's writer, if one is under way
+            self._ending.add(job.id)
+            report = self._held.get(job.id)
         if report is not None:
             job.meta["progress"] = report
 
