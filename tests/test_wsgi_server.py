@@ -324,3 +324,39 @@ def test_what_start_up_built_is_out_of_the_collectors_reach_while_serving(
     assert all(count > 1000 for count in frozen), frozen
     stopped_cleanly(process, signal.SIGTERM)
     assert process.output()[0].splitlines()[-1] == "frozen after 0"  # and collected as before once serving ends
+
+
+def test_granian_is_handed_an_answer_of_known_length_whole() -> None:
+    """granian walks any iterable but a list chunk by chunk, from Rust back into Python (Flask answers with such an
+    iterable): an answer whose length is given is handed over whole, in a list, and the app's iterable closed; one of
+    no given length, or longer than ``WHOLE``, is passed through as it is. Every answer is named ``workqueue``."""
+    from workqueue import wsgi_server
+
+    closed: list[bytes] = []
+
+    class Answer:
+        def __init__(self, chunks: list[bytes]) -> None:
+            self.chunks = chunks
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(self.chunks)
+
+        def close(self) -> None:
+            closed.append(b"".join(self.chunks))
+
+    def served(headers: list[tuple[str, str]], chunks: list[bytes]) -> tuple[object, list[tuple[str, str]]]:
+        def app(environ, start_response):  # type: ignore[no-untyped-def]
+            start_response("200 OK", headers)
+            return Answer(chunks)
+
+        given: list[list[tuple[str, str]]] = []
+        answer = wsgi_server._for_granian(app)({}, lambda status, headers, exc_info=None: given.append(headers))
+        return answer, given[0]
+
+    answer, headers = served([("Content-Length", "5")], [b"ab", b"cde"])
+    assert answer == [b"abcde"] and closed == [b"abcde"]
+    assert headers == [("Content-Length", "5"), ("Server", "workqueue")]
+    for headers_given in ([], [("Content-Length", str(wsgi_server.WHOLE + 1))]):
+        answer, headers = served(headers_given, [b"ab"])
+        assert isinstance(answer, Answer) and headers == [*headers_given, ("Server", "workqueue")]
+    assert closed == [b"abcde"]  # the ones passed through are granian's to close

@@ -40,6 +40,8 @@ GRANIAN_THREADS = 2
 GRACE = 5
 #: The ``Server`` header granian's answers carry (waitress's ``ident``): no server name or version given away.
 SERVER_HEADER = ("Server", "workqueue")
+#: The longest answer (its Content-Length, in bytes) granian is handed whole rather than as an iterable.
+WHOLE = 1 << 20
 #: gunicorn's worker processes (this machine's two cores).
 GUNICORN_WORKERS = 2
 
@@ -114,7 +116,7 @@ def _granian(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> No
     server.signal_handler_reload = server.signal_handler_interrupt  # type: ignore[method-assign]
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        server.serve(spawn_target=worker, target_loader=lambda _target: _named(app))
+        server.serve(spawn_target=worker, target_loader=lambda _target: _for_granian(app))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -147,16 +149,32 @@ def _die_with(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _named(app: Any) -> Any:
-    """``app``, its answers carrying ``Server: workqueue`` (granian's own would say ``granian``)."""
+def _for_granian(app: Any) -> Any:
+    """``app`` as granian serves it best: an answer whose length it gives, up to ``WHOLE`` bytes, handed over in a
+    list (granian sends a list's bytes in one call; any other iterable, as Flask's answers are, it walks chunk by
+    chunk from Rust back into Python: ~9% of the gateway worker's samples per enqueue, ~35 us of CPU); and its
+    answers carrying ``Server: workqueue`` (granian's own would say ``granian``)."""
 
-    def named(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    def served(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        length = [WHOLE + 1]
+
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            for name, value in headers:
+                if name.lower() == "content-length":
+                    length[0] = int(value)
             return start_response(status, [*headers, SERVER_HEADER], exc_info)
 
-        return app(environ, start)
+        answer = app(environ, start)
+        if isinstance(answer, list) or length[0] > WHOLE:
+            return answer
+        try:
+            return [b"".join(answer)]
+        finally:
+            close = getattr(answer, "close", None)
+            if close is not None:
+                close()
 
-    return named
+    return served
 
 
 def _waitress(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> None:
