@@ -17,12 +17,12 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-## run: embedded Redis, the dashboard on :9181 and the gateway on :8000 (both on waitress), a consumer pool in the
-## background, then a demo batch
+## run: embedded Redis, the dashboard on :9181 and the gateway on :8000 (both on the default server, granian), a
+## consumer pool in the background, then a demo batch
 run: $(STAMP)
 	$(PY) -m workqueue redis start
-	$(PY) -m workqueue start-service dashboard --wait-url http://127.0.0.1:9181/ -- $(PY) dashboard_main.py --server waitress
-	$(PY) -m workqueue start-service gateway --wait-url http://127.0.0.1:8000/openapi.json -- $(PY) gateway_main.py --server waitress
+	$(PY) -m workqueue start-service dashboard --wait-url http://127.0.0.1:9181/ -- $(PY) dashboard_main.py
+	$(PY) -m workqueue start-service gateway --wait-url http://127.0.0.1:8000/openapi.json -- $(PY) gateway_main.py
 	$(PY) -m workqueue start-service consumer -- $(PY) consumer_main.py --workers $(WORKERS) --queue queue_one
 	$(PY) producer_main.py --from-file examples/demo.jsonl --wait
 	@echo

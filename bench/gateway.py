@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from run import free_port, redis_server, wait_until  # noqa: E402  (bench/run.py, beside this file)
 
-from workqueue import producer  # noqa: E402
+from workqueue import producer, wsgi_server  # noqa: E402
 
 TASK, PARAMS = "primes", {"n": 0}
 BATCH = 1000
@@ -92,7 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per figure")
     parser.add_argument("--threads", type=int, default=8, help="client threads of the threaded figure")
-    parser.add_argument("--server", default="waitress", help="the gateway's WSGI server (gateway_main.py --server)")
+    parser.add_argument("--server", choices=wsgi_server.SERVERS, default=wsgi_server.SERVERS[0],
+                        help="the gateway's WSGI server (gateway_main.py --server)")  # fmt: skip
     parser.add_argument("--client", choices=CLIENTS, default="stdlib", help="the HTTP client (see above)")
     parser.add_argument("--quick", action="store_true", help="200 jobs per figure")
     args = parser.parse_args()

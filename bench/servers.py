@@ -2,8 +2,8 @@
 
     make bench            (or: .venv/bin/python bench/servers.py [--jobs N] [--threads T] [--quick])
 
-For each server (werkzeug, Flask's development server, the baseline; waitress; gunicorn with 2
-gthread workers): the gateway's one job per request from 1 and from T client threads and its
+For each server (werkzeug, Flask's development server, the baseline; granian; waitress; gunicorn
+with 2 gthread workers): the gateway's one job per request from 1 and from T client threads and its
 1,000-job batches, each also as a share of enqueueing directly on Redis; and the dashboard's data
 endpoint (/api/live, over 1,000 queued jobs) from 1 and from T threads. Every server runs the
 same app, started by ``gateway_main.py``/``dashboard_main.py --server S``. The figures are what this
@@ -125,7 +125,8 @@ def main() -> None:
                     rows.setdefault(name, []).append(figure)
     print(f"the gateway and the dashboard on each WSGI server, {args.jobs} jobs or requests per figure, "
           f"{os.cpu_count()} cores (gunicorn: {wsgi_server.GUNICORN_WORKERS} workers x {wsgi_server.THREADS} "
-          f"threads; waitress: {wsgi_server.THREADS} threads)")  # fmt: skip
+          f"threads; waitress: {wsgi_server.THREADS} threads; granian: {wsgi_server.GRANIAN_THREADS} "
+          "Python threads)")  # fmt: skip
     print(f"{'figure':<56}" + "".join(f"{s:>10}" for s in servers))
     for name, figures in rows.items():
         digits = 2 if name.startswith("  ") else 0

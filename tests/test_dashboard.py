@@ -62,7 +62,9 @@ def test_dashboard_listens_on_loopback_by_default(conn: redis.Redis, processes: 
     port = free_port()
     dashboard = processes.start("dashboard_main.py", "--port", str(port))
     wait_for(lambda: answers(f"http://127.0.0.1:{port}/"), 20, "the dashboard to answer")
-    listening = [c.laddr for c in psutil.Process(dashboard.pid).net_connections() if c.status == "LISTEN"]
+    command = psutil.Process(dashboard.pid)
+    serving = [command, *command.children(recursive=True)]  # granian listens in its worker
+    listening = [c.laddr for p in serving for c in p.net_connections() if c.status == "LISTEN"]
     assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", port)]
 
 
