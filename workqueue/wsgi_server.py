@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -81,6 +80,10 @@ def _granian(app: Any, bind: str, port: int, helpers: tuple[Starter, ...]) -> No
     from granian.constants import HTTPModes, Interfaces
     from granian.log import LogLevels
 
+    # The one private name we use: granian's own WSGI worker, wrapped so that the helpers start in it.
+    # granian is pinned (requirements.txt); a release without it is refused here, not half-served.
+    if not callable(getattr(Granian, "_spawn_wsgi_worker", None)):
+        raise WorkqueueError("this granian has no WSGI worker to wrap (granian==2.8.7 expected); use --server waitress")
     address = _listen_address(bind, port)
     # granian forks its worker, which inherits the app built here (and what gc.freeze() froze); under "spawn"
     # (Python 3.14's default is "forkserver", which granian turns into "spawn") it would have to pickle it.
@@ -140,11 +143,9 @@ def _listen_address(bind: str, port: int) -> str:
 def _die_with(parent: int) -> None:
     """Have this (forked) process told to stop (SIGTERM) when ``parent`` dies, even by SIGKILL: granian's worker
     would otherwise go on serving, orphaned, on the port."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+    from workqueue.worker.process import die_with_parent
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     if os.getppid() != parent:  # it died before that took hold
         os.kill(os.getpid(), signal.SIGTERM)
 
