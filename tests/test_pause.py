@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
+import redis
+
 from tests.helpers import ROOT, enqueue_jobs, fetch, run_cli, start_consumer, wait_for
-from workqueue import pausing
+from workqueue import pausing, producer
+from workqueue.worker import claiming
+from workqueue.worker.catalogue_worker import CatalogueWorker
 
 
 def _queue_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -153,3 +158,25 @@ def test_the_openapi_document_has_the_pause_and_resume_routes(conn) -> None:
     paths = openapi.document()["paths"]
     assert paths["/queues/{name}/pause"]["post"]["responses"].keys() >= {"200", "409", "422"}
     assert "/queues/{name}/resume" in paths
+
+
+def test_a_resume_wakes_a_worker_whose_queues_are_all_paused_at_once(conn, redis_url, monkeypatch) -> None:
+    # A worker with every queue paused sleeps between looks; the resume is published to it (pausing.WAKE_CHANNEL).
+    monkeypatch.setattr(claiming, "IDLE_LOOK_GAP", 30.0)  # its own next look: 30 s after the last
+    conn.flushdb()
+    pausing.pause(conn, "woken")
+    job_id = producer.enqueue(conn, [producer.TaskCall.build("primes", {"n": 0})], "woken").jobs[0].id
+    worker = CatalogueWorker(["woken"], connection=conn, name="woken-worker")
+    worker.register_birth()
+    worker.subscribe()
+    resume = threading.Timer(0.5, lambda: pausing.resume(redis.Redis.from_url(redis_url), "woken"))
+    try:
+        resume.start()
+        began = time.monotonic()
+        job, _queue = worker._wait_and_claim(60)
+        assert job.id == job_id
+        assert time.monotonic() - began < 15  # woken by the resume, not by its look 30 s on
+    finally:
+        resume.cancel()
+        resume.join()
+        worker.unsubscribe()

@@ -23,6 +23,9 @@ from workqueue.jobs import check_queue_name
 
 #: The set of paused queue names (``lua/claim.lua`` reads the same key).
 PAUSED_KEY = "workqueue:paused"
+#: Published to on each resume (the queue's name): a worker whose queues are all paused sleeps until
+#: it hears one (``worker.claiming``), at most IDLE_LOOK_GAP.
+WAKE_CHANNEL = "workqueue:wake"
 
 
 class QueueStateConflict(BadInput):
@@ -41,10 +44,12 @@ def pause(connection: redis.Redis, queue: str) -> None:
 
 
 def resume(connection: redis.Redis, queue: str) -> None:
-    """Resume ``queue``; raises QueueStateConflict if it was not paused."""
+    """Resume ``queue``; raises QueueStateConflict if it was not paused. Workers that sleep because
+    all their queues are paused are woken at once (:data:`WAKE_CHANNEL`), not at their next look."""
     check_queue_name(queue)
     if not connection.srem(PAUSED_KEY, queue):
         raise QueueStateConflict(f"queue {queue} is not paused (pause it with: queue pause {queue})", "queue")
+    connection.publish(WAKE_CHANNEL, queue)
 
 
 def paused_names(connection: redis.Redis) -> set[str]:

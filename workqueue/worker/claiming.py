@@ -100,6 +100,19 @@ class ClaimingWorker(HorseSideWorker):
         self.claim_ahead, self.ahead_hold = claim_ahead_settings()
         self.end_hold = end_hold_setting()
         self.held_ends = HeldEnds(self.end_hold)
+        self._resumed = threading.Event()
+
+    def subscribe(self) -> None:
+        """RQ's (its channel of commands, listened to in a thread), plus ``pausing.WAKE_CHANNEL``: a
+        queue resumed wakes the worker if it sleeps because all its queues were paused."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(
+            **{self.pubsub_channel_name: self.handle_payload, pausing.WAKE_CHANNEL: lambda _: self._resumed.set()}
+        )
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ annotates it None
+            sleep_time=60, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
     def write_held_ends(self) -> bool:
         """Write the ends the horse handed over (``held_ends``); whether none is held any more
@@ -357,10 +370,11 @@ class ClaimingWorker(HorseSideWorker):
             due = self._limits_due()
             if due is not None:  # jobs held by a limit: wake when one may be released, claim to release it
                 slice_ = max(0.05, min(slice_, due, LIMIT_POLL))
+            self._resumed.clear()  # before the look: a resume after it wakes the sleep below
             paused = pausing.paused_names(self.connection)
             open_ = [q for q in queues if q.name not in paused]
             if not open_:
-                time.sleep(slice_)
+                self._resumed.wait(slice_)
                 continue
             claimed = self._claim(open_[0], wait=slice_)
             if claimed is not None:
