@@ -7,7 +7,8 @@ the same values, grouped into one request per step:
 
 1. :func:`claim`: take the first job of the worker's queues and start it: RQ's dequeue, then the
    execution, the started registry, the job's "started" status, in one Lua script sent by the
-   worker (an idle worker first waits in a BLMOVE, as RQ's does, then sends it);
+   worker (an idle worker sends it behind a BLMOVE, as RQ's waits, in the same request: Redis runs
+   it as soon as the BLMOVE brings a job);
 2. :func:`finish`: the result, the finished registry, the execution's cleanup and the batch's
    count, in one transaction sent by the horse; the worker's counters and the statistics are
    counted in the horse and written about once a second (``tallies.Tally``).
@@ -54,9 +55,10 @@ log = logging.getLogger(__name__)
 # KEYS: the worker's hash, the worker's execution index, then for each queue in the worker's
 # order its list, its intermediate list and its started registry.
 # ARGV: the job, execution and execution-registry key prefixes; the new execution's id; the
-# worker's name; now (epoch seconds as a float, as an int, and as RQ's UTC text); the job
-# monitoring interval; whether to set the worker "busy"; the most dangling ids to drop; the id of a
-# job already moved into the first queue's intermediate list (by the worker's blocking BLMOVE), or ''
+# worker's name; now (epoch seconds as a float, as an int, and as RQ's UTC text; three '': Redis's
+# clock, for a claim sent behind a BLMOVE that waits); the job monitoring interval; whether to set
+# the worker "busy"; the most dangling ids to drop; the id of a job already moved into the first
+# queue's intermediate list, '*' for the one the BLMOVE sent just before the claim moved there, or ''
 # (ignored if it is no longer there: a sweep put it back while the BLMOVE's answer was on its way).
 # Answers false (every queue empty), {0} (dropped ids of jobs whose hash had gone: ask again), or
 # {queue number, job id, the job's hash as read before starting it, the execution's TTL}, and as
