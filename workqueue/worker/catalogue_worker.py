@@ -259,6 +259,10 @@ class CatalogueWorker(HeartbeatingWorker):
                 wake = min(wake, ends_due)
             answer = horse.wait(max(0.0, wake - time.monotonic()))
             if answer is not WAITING:
+                if answer is not None and self._ahead and time.monotonic() >= hold_until:
+                    # it ran the hold's length: those held go back now, whether its end or the wake for
+                    # the hold came first (a job of exactly that length must not keep them)
+                    self.settle_ahead(True, f"job {job.id} has run {self.ahead_hold:g} s")
                 return answer
             if ends_due is not None and time.monotonic() >= ends_due:
                 self._write_held_ends_now()
