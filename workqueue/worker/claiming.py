@@ -42,7 +42,7 @@ from workqueue.settings import (
     MULTI_QUEUE_POLL,
     OUTAGE_MAX_BACKOFF,
 )
-from workqueue.worker import job_steps
+from workqueue.worker import claim_request, job_steps
 from workqueue.worker.held_ends import HeldEnds, end_hold_setting
 from workqueue.worker.horse import Horse
 from workqueue.worker.horse_side import HorseSideWorker
@@ -201,7 +201,7 @@ class ClaimingWorker(HorseSideWorker):
                     found = job_steps.claim_many(
                         self, queues, 1 + ahead, ahead_depth=AHEAD_MIN_DEPTH if ahead else 0, before=before, wait=wait
                     )
-                except job_steps.ClaimCut as cut:  # a stop while it waited: what the claim started goes back
+                except claim_request.ClaimCut as cut:  # a stop while it waited: what the claim started goes back
                     before = None  # answered
                     if cut.found:
                         count = len(cut.found)

@@ -41,6 +41,7 @@ from rq.worker import WorkerStatus
 from workqueue import batches, dependencies, guarded, jobs, lua, rq_compat, tallies
 from workqueue.guarded import SUPERSEDED, Guard, direct_client, note_superseded, run_guarded
 from workqueue.settings import LATE_CLAIM
+from workqueue.worker import claim_request
 
 if TYPE_CHECKING:
     from rq.worker import Worker
@@ -139,7 +140,7 @@ def claim_many(
     ``wait`` (seconds): an idle worker's wait for a job, in the same request. A BLMOVE on the first
     queue goes first, and Redis runs the claim as soon as the BLMOVE returns, so a job that arrives
     starts without a second round trip. Meanwhile the worker stays idle, so a stop signal still
-    stops it at once. A stop that cuts the wait (:class:`ClaimCut`) ends it early (CLIENT UNBLOCK)
+    stops it at once. A stop that cuts the wait (``claim_request.ClaimCut``) ends it early (CLIENT UNBLOCK)
     and reads the request to its end first, so that any job it started can be given back.
 
     A reply that comes more than LATE_CLAIM seconds late (beyond ``wait``) raises :class:`LateClaim`
@@ -184,10 +185,10 @@ def claim_many(
             claim = ["EVALSHA", _claim_script.sha, len(keys), *keys, *args]
             if wait is None:
                 assert before is not None
-                got = _claim_after(client, before, claim)
+                got = claim_request.send_after(client, before, claim)
             else:
-                got = _claim_waiting(worker, client, queues[0], wait, before, claim)
-                if isinstance(got, ClaimCut):  # a stop cut the wait: the jobs it started go back
+                got = claim_request.send_waiting(worker, client, queues[0], wait, before, claim)
+                if isinstance(got, claim_request.ClaimCut):  # a stop cut the wait: the jobs it started go back
                     if not isinstance(got.reply, Exception):
                         got.found = _found(worker, queues, execution_ids, got.reply, now())
                     raise got
@@ -244,113 +245,12 @@ def _found(
     return found
 
 
-def _claim_after(client: redis.Redis, before: tuple[list[Any], Callable[[Any], None]], claim: list[Any]) -> Any:
-    """Send ``before``'s command, then the ``claim``, in one request on ``client``'s own connection
-    (a pipeline would take another from the pool); hand ``before`` its reply; the claim's reply
-    (an error reply as its exception)."""
-    command, answered = before
-    try:
-        with client.single_connection_lock:
-            connection = client.connection
-            assert connection is not None  # a direct client (``guarded.direct_client``) keeps one
-            connection.send_packed_command(connection.pack_commands([command, claim]))
-            replies = [_read(connection), _read(connection)]
-    except BaseException as exc:  # a lost connection (or a stop): nothing read, maybe nothing written
-        answered(exc)
-        raise
-    answered(replies[0])
-    return replies[1]
-
-
 class LateClaim(Exception):
     """A claim answered too late to run what it started (``claim_many``): ``found``, to be given back."""
 
     def __init__(self, found: list[_Claimed], late: float) -> None:
         super().__init__(f"a claim was answered {late:.1f} s late")
         self.found = found
-
-
-class ClaimCut(Exception):
-    """A stop cut a worker's wait for a job (``claim_many(wait=)``): ``cause`` is that stop, to be
-    raised again once ``found``, the jobs the claim started all the same, are given back."""
-
-    def __init__(self, cause: BaseException, reply: Any) -> None:
-        super().__init__(f"the wait for a job was cut by {cause!r}")
-        self.cause, self.reply = cause, reply
-        self.found: list[_Claimed] = []
-
-
-def _claim_waiting(
-    worker: Worker,
-    client: redis.Redis,
-    queue: Queue,
-    wait: float,
-    before: tuple[list[Any], Callable[[Any], None]] | None,
-    claim: list[Any],
-) -> Any:
-    """One request on ``client``'s own connection: the client's id, ``before``'s command if any, a
-    BLMOVE of ``queue``'s next job into its intermediate list waiting up to ``wait`` seconds, then
-    the ``claim`` (which takes the job the BLMOVE moved, ``'*'``). The claim's reply (an error
-    reply as its exception), or a :class:`ClaimCut` if a stop (an exception from a signal handler)
-    cut the wait: the wait is then ended (CLIENT UNBLOCK, from another connection) and the request
-    read to its end, so that nothing it started is left unknown; if that fails too, the connection
-    is closed and a job the claim may have started is left to the sweep, as a worker's death would."""
-    commands: list[list[Any]] = [["CLIENT", "ID"]]
-    if before is not None:
-        commands.append(before[0])
-    # redis-py's BLMOVE takes whole seconds; Redis takes them with decimals (6.0+)
-    commands += [["BLMOVE", queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT", wait], claim]
-    replies: list[Any] = []
-    with client.single_connection_lock:
-        connection = client.connection
-        assert connection is not None  # a direct client (``guarded.direct_client``) keeps one
-        try:
-            connection.send_packed_command(connection.pack_commands(commands))
-            while len(replies) < len(commands):
-                replies.append(_read(connection, disconnect_on_error=False))
-        except (redis.RedisError, OSError) as exc:
-            connection.disconnect()
-            if before is not None and len(replies) < 2:
-                before[1](exc)
-            raise
-        except BaseException as cut:  # a stop, raised by its signal handler
-            cut_reply = _read_to_the_end(worker, connection, replies, len(commands))
-            if before is not None:
-                before[1](replies[1] if len(replies) > 1 else cut)
-            return ClaimCut(cut, cut_reply)
-    if before is not None:
-        before[1](replies[1])
-    return replies[-1]
-
-
-def _read_to_the_end(worker: Worker, connection: Any, replies: list[Any], count: int) -> Any:
-    """After a stop cut a waiting claim's request (:func:`_claim_waiting`): end its BLMOVE and read
-    its ``count`` replies; the claim's reply, or the exception that kept it unread (the connection
-    then closed)."""
-    try:
-        if not replies:
-            replies.append(_read(connection, disconnect_on_error=False))
-        if len(replies) < count - 1:  # the BLMOVE is still waiting, most likely
-            try:
-                worker.connection.execute_command("CLIENT", "UNBLOCK", replies[0])
-            except redis.ResponseError:  # not allowed (an ACL): the wait ends by itself, soon
-                log.debug("could not end a worker's wait at once", exc_info=True)
-        while len(replies) < count:
-            replies.append(_read(connection, disconnect_on_error=False))
-    except BaseException as exc:
-        connection.disconnect()
-        log.warning("a stop cut the wait for a job; a job it may have started is left to the sweep (%r)", exc)
-        if not isinstance(exc, Exception):  # a stop at once (SystemExit) meanwhile: that one goes on
-            raise
-        return exc
-    return replies[-1]
-
-
-def _read(connection: Any, disconnect_on_error: bool = True) -> Any:
-    try:
-        return connection.read_response(disconnect_on_error=disconnect_on_error)
-    except redis.exceptions.ResponseError as exc:  # an error reply: the other command's is read still
-        return exc
 
 
 def restore(
