@@ -353,6 +353,8 @@ class ClaimingWorker(HorseSideWorker):
         sees) or of a queue just resumed is taken this soon. With every queue paused it sleeps."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if rq_compat.stop_requested(self):  # noted, not raised (the worker looked busy then): stop now
+                raise StopRequested()
             claimed = self._next_ahead() or self._claim()
             if claimed is not None:
                 return claimed
