@@ -41,9 +41,9 @@ class ClaimCut(Exception):
     """A stop cut a worker's wait for a job (``claim_many(wait=)``): ``cause`` is that stop, to be
     raised again once ``found``, the jobs the claim started all the same, are given back."""
 
-    def __init__(self, cause: BaseException, reply: Any) -> None:
+    def __init__(self, cause: BaseException) -> None:
         super().__init__(f"the wait for a job was cut by {cause!r}")
-        self.cause, self.reply = cause, reply
+        self.cause = cause
         self.found: list[_Claimed] = []
 
 
@@ -59,9 +59,8 @@ def send_waiting(
     BLMOVE of ``queue``'s next job into its intermediate list waiting up to ``wait`` seconds, then
     the ``claim`` (which takes the job the BLMOVE moved, ``'*'``). The claim's reply (an error
     reply as its exception), or a :class:`ClaimCut` if a stop (an exception from a signal handler)
-    cut the wait: the wait is then ended (CLIENT UNBLOCK, from another connection) and the request
-    read to its end, so that nothing it started is left unknown; if that fails too, the connection
-    is closed and a job the claim may have started is left to the sweep, as a worker's death would."""
+    cut the wait: the request is then ended (:func:`_end_cut`), and the jobs its claim started, if
+    it ran, are for the caller to find (``job_steps``) and give back."""
     commands: list[list[Any]] = [["CLIENT", "ID"]]
     if before is not None:
         commands.append(before[0])
@@ -81,36 +80,29 @@ def send_waiting(
                 before[1](exc)
             raise
         except BaseException as cut:  # a stop, raised by its signal handler
-            cut_reply = _read_to_the_end(worker, connection, replies, len(commands))
+            _end_cut(worker, connection, replies[0] if replies and isinstance(replies[0], int) else None)
             if before is not None:
                 before[1](replies[1] if len(replies) > 1 else cut)
-            return ClaimCut(cut, cut_reply)
+            return ClaimCut(cut)
     if before is not None:
         before[1](replies[1])
     return replies[-1]
 
 
-def _read_to_the_end(worker: Worker, connection: Any, replies: list[Any], count: int) -> Any:
-    """After a stop cut a waiting claim's request (:func:`send_waiting`): end its BLMOVE and read
-    its ``count`` replies; the claim's reply, or the exception that kept it unread (the connection
-    then closed)."""
+def _end_cut(worker: Worker, connection: Any, client_id: int | None) -> None:
+    """End a request a stop cut. Nothing more is read from it: an exception raised by a signal
+    handler can come between a socket read and the parsing of what it read, so a reply may be half
+    lost. The connection is closed; first, if its id is known, its client is killed from another
+    connection (``CLIENT KILL``, answered once Redis has dropped it), so that Redis runs nothing more
+    of the request once this returns: its claim has run, or never will. Where that is not allowed
+    (an ACL), a claim Redis runs after the close is left to the sweep, as after a worker's death."""
     try:
-        if not replies:
-            replies.append(_read(connection, disconnect_on_error=False))
-        if len(replies) < count - 1:  # the BLMOVE is still waiting, most likely
-            try:
-                worker.connection.execute_command("CLIENT", "UNBLOCK", replies[0])
-            except redis.ResponseError:  # not allowed (an ACL): the wait ends by itself, soon
-                log.debug("could not end a worker's wait at once", exc_info=True)
-        while len(replies) < count:
-            replies.append(_read(connection, disconnect_on_error=False))
-    except BaseException as exc:
+        if client_id is not None:
+            worker.connection.execute_command("CLIENT", "KILL", "ID", client_id)
+    except redis.RedisError as exc:
+        log.warning("a stop cut the wait for a job; a job its claim may yet start is left to the sweep (%s)", exc)
+    finally:
         connection.disconnect()
-        log.warning("a stop cut the wait for a job; a job it may have started is left to the sweep (%r)", exc)
-        if not isinstance(exc, Exception):  # a stop at once (SystemExit) meanwhile: that one goes on
-            raise
-        return exc
-    return replies[-1]
 
 
 def _read(connection: Any, disconnect_on_error: bool = True) -> Any:

@@ -33,9 +33,10 @@ import redis
 from redis.commands.core import Script
 from rq import Queue
 from rq.defaults import RQ_KEY_PREFIX
+from rq.exceptions import NoSuchJobError
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
-from rq.utils import now, utcformat
+from rq.utils import as_text, now, utcformat
 from rq.worker import WorkerStatus
 
 from workqueue import batches, dependencies, guarded, jobs, lua, rq_compat, tallies
@@ -140,8 +141,8 @@ def claim_many(
     ``wait`` (seconds): an idle worker's wait for a job, in the same request. A BLMOVE on the first
     queue goes first, and Redis runs the claim as soon as the BLMOVE returns, so a job that arrives
     starts without a second round trip. Meanwhile the worker stays idle, so a stop signal still
-    stops it at once. A stop that cuts the wait (``claim_request.ClaimCut``) ends it early (CLIENT UNBLOCK)
-    and reads the request to its end first, so that any job it started can be given back.
+    stops it at once. A stop that cuts the wait (``claim_request.ClaimCut``) ends the request
+    (``CLIENT KILL``) and finds the jobs its claim started, if it ran, for them to be given back.
 
     A reply that comes more than LATE_CLAIM seconds late (beyond ``wait``) raises :class:`LateClaim`
     with the jobs it started: not to be run, but given back."""
@@ -189,8 +190,7 @@ def claim_many(
             else:
                 got = claim_request.send_waiting(worker, client, queues[0], wait, before, claim)
                 if isinstance(got, claim_request.ClaimCut):  # a stop cut the wait: the jobs it started go back
-                    if not isinstance(got.reply, Exception):
-                        got.found = _found(worker, queues, execution_ids, got.reply, now())
+                    got.found = _started_by(worker, queues, execution_ids)
                     raise got
                 started = now()  # when the BLMOVE brought the job (the claim wrote Redis's own clock)
             if isinstance(got, redis.exceptions.NoScriptError):  # a Redis that lost its scripts: loaded again
@@ -209,6 +209,32 @@ def claim_many(
         if state != WorkerStatus.BUSY:
             worker.set_state(state)  # as it was: what it claimed is given back unrun
         raise LateClaim(found, late)
+    return found
+
+
+def _started_by(worker: Worker, queues: Sequence[Queue], execution_ids: list[str]) -> list[_Claimed]:
+    """The jobs a claim whose request a stop cut started all the same (``claim_request.ClaimCut``),
+    found by their execution ids in the worker's index of executions, as the claim would have
+    answered them; none if Redis cannot say (they are left to the sweep)."""
+    connection, ours = worker.connection, set(execution_ids)
+    found: list[_Claimed] = []
+    try:
+        for member in connection.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker.name)):
+            job_id, _, execution_id = as_text(member).rpartition(":")
+            if execution_id not in ours:
+                continue
+            composite = f"{job_id}:{execution_id}"
+            queue = next(
+                (q for q in queues if connection.zscore(q.started_job_registry.key, composite) is not None), None
+            )
+            job = worker.job_class.fetch(job_id, connection=connection, serializer=worker.serializer)
+            if queue is None:
+                continue
+            execution = Execution(execution_id, job_id, connection, worker_name=worker.name)
+            worker.executions[execution_id] = execution
+            found.append(_Claimed(job, queue, execution=execution))
+    except (redis.RedisError, NoSuchJobError) as exc:
+        log.warning("could not look for the job a cut claim started (%s); the sweep hands it back", exc)
     return found
 
 
