@@ -111,6 +111,16 @@ def test_jobs_claimed_ahead_go_back_to_the_queue_when_the_job_before_them_runs_l
     assert not any(fetch(conn, job).meta.get("interruptions") for job in jobs)  # given back as they were
 
 
+def test_a_slower_short_job_claims_fewer_ahead(conn, processes, redis_url, tmp_path) -> None:
+    """As many as AHEAD_SHORT seconds hold at the last job's pace: after a job of 12 ms or more
+    (50 ms / 12 ms: 4 at most), never the 20 allowed, which a no-op job's pace would claim."""
+    jobs = enqueue_runs(conn, tmp_path, [0.012, 10.0] + [0.0] * 30)
+    start(processes, redis_url, WORKQUEUE_CLAIM_AHEAD="20", WORKQUEUE_CLAIM_AHEAD_HOLD="60")
+    # one claim took the long job and the jobs claimed ahead with it, which stay held while it runs
+    wait_for(lambda: runs(tmp_path, 1) == 1, 30, "the long job to run")
+    assert len(held_behind(conn, jobs, 1)) <= 4
+
+
 @pytest.mark.parametrize("how", ["warm", "cold"])
 def test_a_stopped_worker_gives_back_the_jobs_it_claimed_ahead(conn, processes, redis_url, tmp_path, how) -> None:
     jobs = enqueue_runs(conn, tmp_path, SHAPE)
