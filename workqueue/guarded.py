@@ -79,6 +79,8 @@ _RUNNABLE = {
         META_SWAP_SCRIPT,
     )
 }
+#: Their SHA1s by their text (hashing a script's text for each job's end cost more than its lookup).
+_RUNNABLE_SHAS = {text: sha for sha, text in _RUNNABLE.items()}
 _GUARDED = (
     "local scripts = {}\n"
     + "".join(f"scripts['{sha}'] = function(KEYS, ARGV)\n{text}\nend\n" for sha, text in _RUNNABLE.items())
@@ -123,8 +125,8 @@ def transaction_words(pipe: redis.client.Pipeline) -> list[Any] | None:
     words: list[Any] = []
     for args, _options in pipe.command_stack:
         if args[0] == "EVAL":
-            sha = hashlib.sha1(args[1].encode()).hexdigest()
-            if sha not in _RUNNABLE:  # a script this one cannot run
+            sha = _RUNNABLE_SHAS.get(args[1])
+            if sha is None:  # a script this one cannot run
                 return None
             args = ("EVAL", sha, *args[2:])
         words.append(len(args))
