@@ -75,13 +75,14 @@ OUTAGE_MAX_BACKOFF = 5.0
 
 #: Claiming ahead, for a worker running one job at a time: once its last job took under AHEAD_SHORT
 #: seconds, it claims up to ``WORKQUEUE_CLAIM_AHEAD`` more jobs (default CLAIM_AHEAD_DEFAULT, 0: never;
-#: as many as AHEAD_SHORT seconds hold at that job's pace) with its next one, in the same round trip,
+#: as many as AHEAD_BUDGET seconds hold at that job's pace) with its next one, in the same round trip,
 #: from a queue still holding more than AHEAD_MIN_DEPTH jobs and using no pause, limit or level. The
 #: jobs it holds go back to the front of their queue once its current job has run
 #: ``WORKQUEUE_CLAIM_AHEAD_HOLD`` seconds (default AHEAD_HOLD_DEFAULT), and when it stops.
 CLAIM_AHEAD_ENV, AHEAD_HOLD_ENV = "WORKQUEUE_CLAIM_AHEAD", "WORKQUEUE_CLAIM_AHEAD_HOLD"
 CLAIM_AHEAD_DEFAULT, AHEAD_HOLD_DEFAULT = 16, 0.5
 AHEAD_SHORT = 0.05
+AHEAD_BUDGET = 0.25
 AHEAD_MIN_DEPTH = 10
 #: While it holds jobs ahead, a worker records a stop-job command for one of them within this long (seconds).
 AHEAD_LOOK = 0.25

@@ -3,7 +3,7 @@
 backoff while a stop is still honoured.
 
 Claiming ahead: a worker running one job at a time whose last job was short (under AHEAD_SHORT
-seconds) claims up to ``claim_ahead`` more with its next one (as many as AHEAD_SHORT seconds hold
+seconds) claims up to ``claim_ahead`` more with its next one (as many as AHEAD_BUDGET seconds hold
 at that job's pace), in the same round trip, from a deep queue (``job_steps.claim_many``,
 ``ahead_depth``). Each is started as any claimed job (in the started registry with an execution of
 its own), so a worker that dies hands them all back; the worker runs them one by one before it
@@ -32,6 +32,7 @@ from rq.worker import WorkerStatus
 
 from workqueue import limits, outage, pausing, recovery, rq_compat
 from workqueue.settings import (
+    AHEAD_BUDGET,
     AHEAD_HOLD_DEFAULT,
     AHEAD_HOLD_ENV,
     AHEAD_MIN_DEPTH,
@@ -228,15 +229,16 @@ class ClaimingWorker(HorseSideWorker):
         return self._taken(found[0])
 
     def _ahead_wanted(self) -> int:
-        """How many jobs to claim ahead with the next one (see the module): as many as AHEAD_SHORT
-        seconds hold at the last job's pace, at least one, at most ``claim_ahead``; none with several
-        at once (``--concurrency``), before a first short job, or once stopping."""
+        """How many jobs to claim ahead with the next one (see the module): as many as AHEAD_BUDGET
+        seconds hold at the last job's pace (at least 5, as the last took under AHEAD_SHORT), at most
+        ``claim_ahead``; none with several at once (``--concurrency``), before a first short job, or
+        once stopping."""
         last = self._last_run
         if self.concurrency > 1 or not self.claim_ahead or last is None or last >= AHEAD_SHORT:
             return 0
         if rq_compat.stop_requested(self):
             return 0
-        return min(self.claim_ahead, max(1, math.floor(AHEAD_SHORT / max(last, 1e-6))))
+        return min(self.claim_ahead, math.floor(AHEAD_BUDGET / max(last, 1e-6)))
 
     def _next_ahead(self) -> tuple[Job, Queue] | None:
         """The next job claimed ahead, taken as a claimed job is (None: none held); one a stop-job
