@@ -21,6 +21,8 @@ from workqueue.worker.catalogue_worker import CatalogueWorker
 QUEUE = "fidelity"
 _TIME = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z|\b1[6-9]\d{8}(\.\d+)?\b")
 _DURATION = re.compile(rb"\d+\.\d+")
+#: A statistics histogram's bucket: which one a job's run falls in depends on the machine's load.
+_BUCKET = re.compile(rb"le:(\d+(\.\d+)?|\+Inf)")
 _CLIENT_PORT = re.compile(rb"(?<=127\.0\.0\.1:)\d+")  # a worker's ip_address: which pooled connection asked
 
 
@@ -45,9 +47,9 @@ def new_worker(conn: redis.Redis) -> CatalogueWorker:
 
 
 def snapshot(conn: redis.Redis, ids: dict[str, str]) -> dict[str, Any]:
-    """Every key, ids replaced by names, times by T and durations by D: its type, TTL and contents
-    (sorted-set scores and TTLs as seconds from now, equal within 2 s so that two runs a moment apart
-    compare equal; a stream's entries without their ids)."""
+    """Every key, ids replaced by names, times by T, durations by D and histogram buckets by B: its
+    type, TTL and contents (sorted-set scores and TTLs as seconds from now, equal within 2 s so that
+    two runs a moment apart compare equal; a stream's entries without their ids)."""
 
     def norm(value: Any) -> Any:
         if isinstance(value, (bytes, str)):
@@ -55,6 +57,8 @@ def snapshot(conn: redis.Redis, ids: dict[str, str]) -> dict[str, Any]:
             for real, name in ids.items():
                 value = value.replace(real.encode(), name.encode())
             value = _CLIENT_PORT.sub(b"P", _TIME.sub(b"T", value))
+            if _BUCKET.fullmatch(value):
+                return b"le:B"
             return b"D" if _DURATION.fullmatch(value) else value
         return value
 
