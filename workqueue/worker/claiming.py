@@ -7,10 +7,10 @@ seconds) claims up to ``claim_ahead`` more with its next one (as many as AHEAD_B
 at that job's pace), in the same round trip, from a deep queue (``job_steps.claim_many``,
 ``ahead_depth``). Each is started as any claimed job (in the started registry with an execution of
 its own), so a worker that dies hands them all back; the worker runs them one by one before it
-claims again. It holds them for AHEAD_HOLD seconds of its
-current job at most, and gives back those it has not run when it stops, at the front of their
-queue, as they were (``recovery.give_back``): other workers are never kept waiting behind a long
-job. A stop-job command for one it holds stops it before it runs."""
+claims again. It holds them for AHEAD_HOLD seconds of its current job at most, and gives back
+those it has not run when it stops, at the front of their queue, as they were
+(``recovery.give_back``): other workers are never kept waiting behind a long job. A stop-job
+command for one it holds stops it before it runs."""
 
 from __future__ import annotations
 

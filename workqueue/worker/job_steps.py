@@ -227,9 +227,9 @@ def _started_by(worker: Worker, queues: Sequence[Queue], execution_ids: list[str
             queue = next(
                 (q for q in queues if connection.zscore(q.started_job_registry.key, composite) is not None), None
             )
-            job = worker.job_class.fetch(job_id, connection=connection, serializer=worker.serializer)
             if queue is None:
                 continue
+            job = worker.job_class.fetch(job_id, connection=connection, serializer=worker.serializer)
             execution = Execution(execution_id, job_id, connection, worker_name=worker.name)
             worker.executions[execution_id] = execution
             found.append(_Claimed(job, queue, execution=execution))
