@@ -160,16 +160,22 @@ def record_end(
     for a job whose data cannot be read. ``stats``: the job's :func:`figures`, which the caller
     counts in its ``tallies.Tally`` once the end is recorded: the statistics are then left out."""
     task, run, wait = stats or figures(job, task)
-    text = json.dumps(detail, default=str)
-    if len(text) > DETAIL_MAX:  # cut, and still JSON: a string of its start (escaping at most doubles it)
-        text = json.dumps(text[: DETAIL_MAX // 2 - 5] + "...", ensure_ascii=False)
     if job.group_id:
-        keys = [key(job.group_id), f"{key(job.group_id)}:ended", events_key(job.group_id), Group.get_key(job.group_id)]
-        pipe.eval(END_SCRIPT, 4, *keys, job.id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL)
+        pipe.eval(END_SCRIPT, *end_args(job.group_id, job.id, outcome, task, detail, run))
     if stats is None:
         jobstats.record_end(pipe, job.origin, task, outcome, run, wait)
     unique.release(pipe, job)
     backlog.forget(pipe, job)  # its end, in the same step: the KEDA key stays exact
+
+
+def end_args(batch_id: str, job_id: str, outcome: str, task: str, detail: Any, run: float | None) -> list[Any]:
+    """The arguments of :func:`record_end`'s script after its text (its key count, keys and arguments): the
+    end of job ``job_id`` in batch ``batch_id``, its ``detail`` (result or error) as JSON, cut to DETAIL_MAX."""
+    text = json.dumps(detail, default=str)
+    if len(text) > DETAIL_MAX:  # cut, and still JSON: a string of its start (escaping at most doubles it)
+        text = json.dumps(text[: DETAIL_MAX // 2 - 5] + "...", ensure_ascii=False)
+    keys = [key(batch_id), f"{key(batch_id)}:ended", events_key(batch_id), Group.get_key(batch_id)]
+    return [4, *keys, job_id, outcome, task, text, round(run or 0.0, 4), RESULT_TTL]
 
 
 def _utcnow() -> datetime:

@@ -119,6 +119,11 @@ class Guard:
 _NO_GUARD = Guard("", "", [])
 
 
+def runnable_sha(script: str) -> str:
+    """The SHA1 by which a transaction's words EVAL ``script``, one of those :data:`_RUN` can run."""
+    return _RUNNABLE_SHAS[script]
+
+
 def transaction_words(pipe: redis.client.Pipeline) -> list[Any] | None:
     """The commands queued on the transaction ``pipe`` as :data:`_RUN` takes them after its guard
     (the pipe is then reset), or None (``pipe`` untouched) if one EVALs a script :data:`_RUN` cannot run."""

@@ -56,9 +56,13 @@ def keep_result(pipe: redis.client.Pipeline, job: Job, value: Any, changed: dict
     even for one entry: it was two thirds of a finished job's memory. Failures keep RQ's stream.
     ``changed``: fields the end writes (status, timestamps), set in the same rewrite, not by an HSET
     of their own. The hash is left without a TTL: the caller's transaction sets it (RQ's ``Job.cleanup``)."""
-    changed = changed or {}
-    pairs = [word for name, text in changed.items() for word in (name, text)]
-    pipe.eval(COMPACT_SCRIPT, 1, job.key, SERIALIZER.dumps(value), len(changed), *pairs, *SPENT_FIELDS)
+    pipe.eval(COMPACT_SCRIPT, *result_args(job.key, value, changed or {}))
+
+
+def result_args(job_key: str, value: Any, changed: dict[str, Any]) -> list[Any]:
+    """The arguments of :func:`keep_result`'s script after its text: its key count, key and arguments."""
+    pairs = [word for pair in changed.items() for word in pair]
+    return [1, job_key, SERIALIZER.dumps(value), len(changed), *pairs, *SPENT_FIELDS]
 
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")

@@ -42,7 +42,7 @@ from rq.worker import WorkerStatus
 from workqueue import batches, dependencies, guarded, jobs, lua, rq_compat, tallies
 from workqueue.guarded import SUPERSEDED, Guard, direct_client, note_superseded, run_guarded
 from workqueue.settings import LATE_CLAIM
-from workqueue.worker import claim_request
+from workqueue.worker import claim_request, end_words
 
 if TYPE_CHECKING:
     from rq.worker import Worker
@@ -359,16 +359,20 @@ def finish(
             answered[:] = [also(pipe)]
 
     answered: list[Callable[[Any], None]] = []
-    guard = Guard.holds(job, execution.id)
     if _handed is not None and also is None and not job.webhooks and not job.has_rate_limit:
-        handed = _hand_over(worker.connection, build, job.id, execution.id, guard)
+        direct = end_words.success(worker, job, execution, result_ttl, figures if count_in_batch else None)
+        handed: dict[str, Any] | None
+        if direct is not None:
+            handed = {"job": job.id, "execution": execution.id, "guard": direct[0].words(), "words": direct[1]}
+        else:
+            handed = _hand_over(worker.connection, build, job.id, execution.id, Guard.holds(job, execution.id))
         if handed is not None:  # the worker writes it (``held_ends``): nothing after the end is left to do here
             # counted by the worker once written: a run found superseded then is not counted
             handed["count"] = [worker.key, (ended_at - started_at).total_seconds(), job.origin, figures]
             _handed.append(handed)
             rq_compat.set_job_status(job, JobStatus.FINISHED)
             return True
-    replies = run_guarded(worker.connection, build, guard, what=f"the end of job {job.id}")
+    replies = run_guarded(worker.connection, build, Guard.holds(job, execution.id), what=f"the end of job {job.id}")
     if replies is SUPERSEDED:
         note_superseded(worker.connection, job.id, execution.id, worker.name, "finished")
         return False

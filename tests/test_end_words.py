@@ -1,0 +1,129 @@
+"""A job's success written out as words directly (``workqueue.worker.end_words``) is the end that
+``job_steps.finish`` builds through RQ's own objects, word for word; it is refused for the ends it does
+not cover, which still go through RQ's objects; and once the worker writes it, Redis holds what RQ's
+own end leaves (``test_job_steps``'s snapshots)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from rq import Worker
+from rq.utils import now
+
+from tests.test_job_steps import QUEUE, new_worker, snapshot
+from workqueue import producer, tallies
+from workqueue.worker import end_words, job_steps
+from workqueue.worker.held_ends import HeldEnds
+
+
+def claimed(conn: redis.Redis, **options: Any) -> tuple[Any, Any, str]:
+    """A fresh database with one job of ``primes`` (``options``: TaskCall.build's), claimed and ended by a
+    worker: the worker, the claim and the batch id."""
+    conn.flushdb()
+    batch = producer.enqueue(conn, [producer.TaskCall.build("primes", {"n": 0}, retries=0, **options)], QUEUE)
+    worker = new_worker(conn)
+    claim = job_steps.claim(worker, worker.queues)
+    claim.job.ended_at = now()
+    claim.job._result = {"n": 0, "primes": 0}
+    return worker, claim, batch.batch_id
+
+
+def handed_end(worker: Any, claim: Any, monkeypatch: pytest.MonkeyPatch, *, direct: bool, count: bool = True) -> dict:
+    """The end ``job_steps.finish`` hands a worker (as in a one-job horse), built directly or through RQ."""
+    with monkeypatch.context() as patched:
+        patched.setattr(job_steps, "_handed", [])
+        if not direct:
+            patched.setattr(end_words, "success", lambda *args: None)  # the way every other end takes
+        worker.executions[claim.execution.id] = claim.execution  # as the claim left it (an end forgets it)
+        assert job_steps.finish(worker, claim.job, claim.queue, claim.execution, count_in_batch=count)
+        [end] = job_steps.handed_ends()
+    return end
+
+
+def assert_same_words(direct: list[Any], by_rq: list[Any]) -> None:
+    """Equal word for word and type for type (a str and bytes of it are packed alike, but kept apart here),
+    but for what two ends a moment apart differ in: the finished registry's score (a second boundary) and
+    the job's run time in its batch event."""
+    assert len(direct) == len(by_rq), (direct, by_rq)
+    for at, (ours, theirs) in enumerate(zip(direct, by_rq, strict=True)):
+        assert type(ours) is type(theirs), (at, ours, theirs)
+        if isinstance(ours, float) or (at > 0 and direct[at - 3 : at - 1] == [4, "ZADD"]):
+            assert abs(ours - theirs) <= 2, (at, ours, theirs)
+        else:
+            assert ours == theirs, (at, ours, theirs)
+
+
+@pytest.mark.parametrize(
+    "options, count, in_group",
+    [
+        ({}, True, True),  # a job of a batch, kept a day
+        ({"result_ttl": "10m"}, True, True),  # kept as long as its enqueue says
+        ({}, False, True),  # not counted in its batch (RQ's callback does it)
+        ({}, True, False),  # a job in no batch (RQ's group)
+    ],
+    ids=["batch", "result-ttl", "not-counted", "no-group"],
+)
+def test_a_success_written_directly_is_word_for_word_the_end_rqs_objects_build(
+    conn, monkeypatch, options: dict[str, Any], count: bool, in_group: bool
+) -> None:
+    worker, claim, _ = claimed(conn, **options)
+    if not in_group:
+        claim.job.group_id = None
+    by_rq = handed_end(worker, claim, monkeypatch, direct=False, count=count)
+    direct = handed_end(worker, claim, monkeypatch, direct=True, count=count)
+    assert direct["guard"] == by_rq["guard"] and direct["job"] == by_rq["job"]
+    assert direct["execution"] == by_rq["execution"]
+    assert_same_words(direct["words"], by_rq["words"])
+    assert worker.executions == {}  # forgotten, as RQ's cleanup_execution does
+
+
+def test_a_long_result_is_cut_in_its_batch_event_as_rqs_way_cuts_it(conn, monkeypatch) -> None:
+    worker, claim, _ = claimed(conn)
+    claim.job._result = {"text": "é" * 5000}
+    by_rq = handed_end(worker, claim, monkeypatch, direct=False)
+    direct = handed_end(worker, claim, monkeypatch, direct=True)
+    assert_same_words(direct["words"], by_rq["words"])
+
+
+@pytest.mark.parametrize(
+    "options, handed",
+    [({"result_ttl": 0}, True), ({"limit_key": "fidelity"}, True), ({"unique": True}, False)],
+    ids=["not-kept", "limit-key", "unique"],
+)
+def test_an_end_it_does_not_cover_is_refused_and_recorded_through_rqs_objects(
+    conn, monkeypatch, options: dict[str, Any], handed: bool
+) -> None:
+    worker, claim, _ = claimed(conn, **options)
+    ttl = claim.job.get_result_ttl(worker.default_result_ttl)
+    assert end_words.success(worker, claim.job, claim.execution, ttl, None) is None
+    with monkeypatch.context() as patched:
+        patched.setattr(job_steps, "_handed", [])
+        assert job_steps.finish(worker, claim.job, claim.queue, claim.execution, count_in_batch=True)
+        ends = job_steps.handed_ends()
+    # Built by RQ's objects: handed to the worker, or (a unique key's release, a script the worker's
+    # request cannot run) written by the horse at once.
+    assert len(ends) == handed
+    if not handed:
+        assert conn.hget(claim.job.key, "status") == b"finished"
+
+
+def test_a_success_written_directly_leaves_redis_as_rqs_own_end_does(conn, monkeypatch) -> None:
+    def run(record) -> dict[str, Any]:
+        worker, claim, batch_id = claimed(conn)
+        record(worker, claim)
+        tallies.tally(conn).flush()  # the worker's counters and the statistics: written once a second
+        return snapshot(conn, {claim.job.id: "JOB", batch_id: "BATCH", claim.execution.id: "EXECUTION"})
+
+    def rqs(worker: Any, claim: Any) -> None:
+        job = claim.job
+        job.success_callback(job, conn, job._result)  # batches.task_finished, as RQ calls it
+        Worker.handle_job_success(worker, job, claim.queue, claim.queue.started_job_registry, claim.execution)
+
+    def handed(worker: Any, claim: Any) -> None:
+        held = HeldEnds(0.02)
+        held.add([handed_end(worker, claim, monkeypatch, direct=True)])
+        assert held.write(conn, worker.name) and not len(held)  # as the worker writes what its horse hands it
+
+    assert run(handed) == run(rqs)
