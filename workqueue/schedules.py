@@ -29,19 +29,32 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
-from croniter import CroniterError, croniter
 
 from workqueue import batches, producer
 from workqueue.errors import BadInput
 from workqueue.jobs import check_queue_name
 from workqueue.replies import decoded_map, decoded_members
 
+if TYPE_CHECKING:
+    from croniter import croniter
+
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+
+
+def _cron() -> ModuleType:
+    """croniter, imported on first use: importing it runs ``file`` on the Python binary (its
+    ``platform.architecture()`` check), a process that every consumer, producer and gateway would
+    otherwise start as it imports this module, schedules or not."""
+    import croniter
+
+    return croniter
+
 
 INDEX = "workqueue:schedules"
 PREFIX = "workqueue:schedule:"
@@ -123,9 +136,10 @@ class When:
             raise BadInput(
                 f"--cron {expr!r}: expected 5 fields (minute hour day month weekday) or 6 (seconds first)", "cron"
             )
+        cron = _cron()
         try:
-            croniter(expr, datetime.now(zone), second_at_beginning=True).get_next(float)
-        except (CroniterError, ValueError, KeyError) as exc:
+            cron.croniter(expr, datetime.now(zone), second_at_beginning=True).get_next(float)
+        except (cron.CroniterError, ValueError, KeyError) as exc:
             raise BadInput(f"--cron {expr!r}: not a valid cron expression ({exc})", "cron") from None
         return cls("cron", expr, str(zone.key))
 
@@ -143,7 +157,7 @@ class When:
         return f"cron {self.spec} ({self.tz})"
 
     def _iter(self, now: float) -> croniter:
-        return croniter(self.spec, datetime.fromtimestamp(now, ZoneInfo(self.tz)), second_at_beginning=True)
+        return _cron().croniter(self.spec, datetime.fromtimestamp(now, ZoneInfo(self.tz)), second_at_beginning=True)
 
     def latest_tick(self, now: float) -> float | None:
         """The last tick at or before ``now`` (epoch seconds), None if there is none."""
@@ -151,7 +165,7 @@ class When:
             return math.floor(now / self.seconds) * self.seconds
         try:
             return self._iter(now).get_prev(float)
-        except CroniterError:
+        except _cron().CroniterError:
             return None
 
     def next_tick(self, now: float) -> float | None:
@@ -160,7 +174,7 @@ class When:
             return (math.floor(now / self.seconds) + 1) * self.seconds
         try:
             return self._iter(now).get_next(float)
-        except CroniterError:
+        except _cron().CroniterError:
             return None
 
 
