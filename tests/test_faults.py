@@ -81,6 +81,16 @@ def test_timeout_fails_the_job(conn, env) -> None:
     assert status(conn, job) == "failed" and "JobTimeoutException" in errors(conn, job)[-1]
 
 
+def test_a_job_after_one_that_set_its_own_alarm_handler_still_times_out(conn, env) -> None:
+    # The same horse runs both (the first succeeds): its timeout's handler, installed once, is put back.
+    first = enqueue_fault(conn, "ignore_alarm", seconds=0)
+    second = enqueue_fault(conn, "sleep", seconds=10, _timeout=1, _retries=0)
+    run_burst(env)
+    assert status(conn, first) == "finished"
+    assert status(conn, second) == "failed"
+    assert errors(conn, second)[-1].endswith("JobTimeoutException: Task exceeded maximum timeout value (1 seconds)")
+
+
 @pytest.mark.slow
 def test_job_ignoring_the_alarm_is_killed_within_seconds_of_its_timeout(conn, env) -> None:
     job = enqueue_fault(conn, "ignore_alarm", seconds=60)  # its task's timeout is 2 s

@@ -103,7 +103,7 @@ class CatalogueJob(Job):
             if name in _DATES:
                 dates[name] = value
             else:
-                rest[field] = value
+                rest[name] = value  # its name as text: RQ decodes it no more
         restored = super().restore(rest)
         for name, value in dates.items():
             if value:
