@@ -33,6 +33,7 @@ def new_worker(conn: redis.Redis) -> CatalogueWorker:
     worker = CatalogueWorker([QUEUE], connection=conn, name="idle-claim-worker")
     worker.register_birth()
     worker.set_state("idle")
+    job_steps.prepare(conn)  # its scripts loaded, as a worker loads them as it starts
     return worker
 
 
@@ -86,6 +87,15 @@ def test_an_empty_wait_claims_nothing_and_leaves_the_worker_idle(conn) -> None:
     assert worker.get_state() == "idle" and worker.executions == {}
     enqueue(conn)  # the connection answers in order still: the next claim finds the job
     assert [one.job is not None for one in job_steps.claim_many(worker, worker.queues, 1)] == [True]
+
+
+def test_a_wait_shorter_than_a_millisecond_still_ends(conn) -> None:
+    # Redis 6 (the embedded one, these tests' own) reads a BLMOVE timeout under 1 ms as 0, "for ever":
+    # the last slice of an idle worker's wait can be that short
+    worker = new_worker(conn)
+    for wait in (0.0005, 0.00002):
+        assert job_steps.claim_many(worker, worker.queues, 1, wait=wait) == []
+    assert worker.get_state() == "idle"
 
 
 def test_a_stop_during_the_wait_ends_it_at_once(conn) -> None:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The shortest BLMOVE wait sent (seconds): Redis 6 truncates a wait to whole milliseconds, and 0 is no limit.
+SHORTEST_WAIT = 0.01
+
 
 def send_after(client: redis.Redis, before: tuple[list[Any], Callable[[Any], None]], claim: list[Any]) -> Any:
     """Send ``before``'s command, then the ``claim``, in one request on ``client``'s own connection
@@ -65,7 +68,9 @@ def send_waiting(
     commands: list[list[Any]] = [["CLIENT", "ID"]]
     if before is not None:
         commands.append(before[0])
-    # redis-py's BLMOVE takes whole seconds; Redis takes them with decimals (6.0+)
+    # redis-py's BLMOVE takes whole seconds; Redis takes them with decimals (6.0+), but before 7.0
+    # reads one under a millisecond as 0: wait for ever (the embedded Redis is 6.2)
+    wait = max(wait, SHORTEST_WAIT)
     commands += [["BLMOVE", queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT", wait], claim]
     replies: list[Any] = []
     with client.single_connection_lock:
