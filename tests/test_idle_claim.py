@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from rq.exceptions import DequeueTimeout
 from rq.utils import utcparse
 
 from workqueue import producer
@@ -96,6 +97,24 @@ def test_a_wait_shorter_than_a_millisecond_still_ends(conn) -> None:
     for wait in (0.0005, 0.00002):
         assert job_steps.claim_many(worker, worker.queues, 1, wait=wait) == []
     assert worker.get_state() == "idle"
+
+
+def test_an_idle_worker_looks_at_its_queues_once_per_wait(conn, monkeypatch) -> None:
+    # Each slice of the wait is a BLMOVE and the claim behind it, which looks at every queue as the
+    # wait ends: the next slice starts with no claim of its own (only the wait's first does).
+    worker = new_worker(conn)
+    claims: list[float | None] = []  # each claim's wait (None: a claim without one)
+    real = job_steps.claim_many
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        claims.append(kwargs.get("wait"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job_steps, "claim_many", counted)
+    with pytest.raises(DequeueTimeout):
+        worker._wait_and_claim(1.6)  # three slices of IDLE_LOOK_GAP (0.5 s) and a shorter one
+    assert claims[0] is None and len(claims) >= 4, claims
+    assert all(wait is not None for wait in claims[1:]), claims
 
 
 def test_a_stop_during_the_wait_ends_it_at_once(conn) -> None:

@@ -357,14 +357,18 @@ class ClaimingWorker(HorseSideWorker):
         hand-over (RQ's BLPOP on several queues can lose a job, rq#2236). The wait is cut into
         slices (MULTI_QUEUE_POLL with several queues, else IDLE_LOOK_GAP), each followed by a look
         at every queue: a job of another queue, of a level other than normal (which no BLMOVE
-        sees) or of a queue just resumed is taken this soon. With every queue paused it sleeps."""
+        sees) or of a queue just resumed is taken this soon. With every queue paused it sleeps.
+        A wait's own claim looks at every queue as the wait ends, so the slice after it starts with
+        no look of its own."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        looked = False  # the last slice's claim looked at every queue just now
         while True:
             if rq_compat.stop_requested(self):  # noted, not raised (the worker looked busy then): stop now
                 raise StopRequested()
-            claimed = self._next_ahead() or self._claim()
+            claimed = self._next_ahead() or (None if looked else self._claim())
             if claimed is not None:
                 return claimed
+            looked = False
             if deadline is None:  # a burst: done once no job waits, held by a limit or not
                 due = self._limits_due()
                 if due is None or rq_compat.stop_requested(self):
@@ -388,6 +392,7 @@ class ClaimingWorker(HorseSideWorker):
             claimed = self._claim(open_[0], wait=slice_)
             if claimed is not None:
                 return claimed
+            looked = True
 
     def _limits_due(self) -> float | None:
         """Seconds until a job held by a per-key limit on the worker's queues may be released
