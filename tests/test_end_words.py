@@ -127,3 +127,23 @@ def test_a_success_written_directly_leaves_redis_as_rqs_own_end_does(conn, monke
         assert held.write(conn, worker.name) and not len(held)  # as the worker writes what its horse hands it
 
     assert run(handed) == run(rqs)
+
+
+def test_a_success_redis_refuses_for_want_of_memory_writes_nothing_until_it_is_taken(conn, monkeypatch) -> None:
+    """The end's first write is one Redis refuses while out of memory (its compaction's HSET, before the
+    HDEL Redis would let through), so a refused end leaves Redis as it was, and is written once memory is back."""
+    worker, claim, batch_id = claimed(conn)
+    names = {claim.job.id: "JOB", batch_id: "BATCH", claim.execution.id: "EXECUTION"}
+    held = HeldEnds(0.02)
+    held.add([handed_end(worker, claim, monkeypatch, direct=True)])
+    before = snapshot(conn, names)
+    conn.config_set("maxmemory-policy", "noeviction")
+    conn.config_set("maxmemory", 1)
+    try:
+        assert not held.write(conn, worker.name) and len(held) == 1  # refused: still held, for the next try
+        assert snapshot(conn, names) == before
+    finally:
+        conn.config_set("maxmemory", 0)
+    assert held.write(conn, worker.name) and not len(held)
+    fields = conn.hgetall(claim.job.key)
+    assert fields[b"status"] == b"finished" and b"result" in fields and b"timeout" not in fields

@@ -192,7 +192,8 @@ def test_the_end_writes_the_job_hash_once_and_leaves_its_ttl_to_rqs_cleanup(conn
     sent = commands_sent(
         conn, lambda: job_steps.finish(worker, claimed.job, claimed.queue, claimed.execution, count_in_batch=True)
     )
-    # the compact rewrite sets the status and times itself: one HSET; the TTL comes after it, from RQ's cleanup
-    assert sent.get("hset") == 1 and sent.get("hgetall") == 1 and "pttl" not in sent, sent
+    # the compaction sets the status and times with the result: one HSET (then one HDEL of the spent fields,
+    # and no read of the hash); the TTL comes after it, from RQ's cleanup
+    assert sent.get("hset") == 1 and sent.get("hdel") == 1 and "hgetall" not in sent and "pttl" not in sent, sent
     assert conn.hget(f"rq:job:{job_id}", "status") == b"finished"
     assert 0 < conn.ttl(f"rq:job:{job_id}") <= 86400

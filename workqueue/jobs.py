@@ -51,11 +51,12 @@ COMPACT_SCRIPT = lua.script("job_compact")
 
 def keep_result(pipe: redis.client.Pipeline, job: Job, value: Any, changed: dict[str, str] | None = None) -> None:
     """Queue on ``pipe`` the compact record of ``job``'s success: its return value as JSON in the
-    job hash's ``result`` field (which RQ's ``Job.restore`` reads), the hash rewritten without its spent fields,
-    instead of RQ's result stream. A Redis stream preallocates a 4 KB node (``stream-node-max-bytes``)
-    even for one entry: it was two thirds of a finished job's memory. Failures keep RQ's stream.
-    ``changed``: fields the end writes (status, timestamps), set in the same rewrite, not by an HSET
-    of their own. The hash is left without a TTL: the caller's transaction sets it (RQ's ``Job.cleanup``)."""
+    job hash's ``result`` field (which RQ's ``Job.restore`` reads), its spent fields deleted (in place:
+    ``lua/job_compact.lua`` says why), instead of RQ's result stream. A Redis stream preallocates a 4 KB
+    node (``stream-node-max-bytes``) even for one entry: it was two thirds of a finished job's memory.
+    Failures keep RQ's stream. ``changed``: fields the end writes (status, timestamps), set in the same
+    HSET as the result, not by one of their own. The hash is left without a TTL: the caller's
+    transaction sets it (RQ's ``Job.cleanup``)."""
     pipe.eval(COMPACT_SCRIPT, *result_args(job.key, value, changed or {}))
 
 
