@@ -47,3 +47,23 @@ TASKS += (
         (Param("folder", str, None, "where go1 and go2 appear"),), timeout=120, retries=0,
     ),
 )  # fmt: skip
+
+
+def report_then_sleep(folder: str, seconds: float = 30.0) -> str:
+    """Once ``folder``/go1 exists (the test has paused Redis's writes), waits past the progress interval
+    and reports (a write that blocks while the pause lasts), then sleeps ``seconds``: a timeout that comes
+    during the report must end the job, not the report."""
+    _wait_for_file(Path(folder) / "go1")
+    time.sleep(0.6)  # past PROGRESS_INTERVAL since the start: the report is written, not held
+    report_progress(1, 2, "reported while Redis refused writes")
+    time.sleep(seconds)
+    return "should have timed out"
+
+
+TASKS += (
+    Task(
+        "report_then_sleep", report_then_sleep, "test: report progress, then sleep",
+        (Param("folder", str, None, "where go1 appears"), Param("seconds", float, 30.0, "sleep", min=0, max=60)),
+        timeout=2, retries=0,
+    ),
+)  # fmt: skip

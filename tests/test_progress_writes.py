@@ -105,3 +105,20 @@ def test_notes_other_writers_add_during_the_run_are_kept(conn, processes, redis_
     assert progress(conn, job) == "three"
     meta = fetch(conn, job).meta
     assert meta["note_a"] == "added while it ran" and meta["note_b"] == "added before its end"
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_timeout_that_comes_while_a_report_is_written_ends_the_job(
+    conn, processes, redis_url, tmp_path, concurrency
+) -> None:
+    """The timeout is raised wherever the task is: here inside its report, whose write Redis holds back
+    (CLIENT PAUSE WRITE). The progress store, which never fails a job over a report, lets it through."""
+    task = group_tasks.TASKS[-1]  # report_then_sleep: its timeout is 2 s
+    start(processes, conn, redis_url, concurrency)
+    job = producer.enqueue(conn, [producer.TaskCall(task, task.validate({"folder": str(tmp_path)}))], QUEUE).jobs[0]
+    wait_for(lambda: status(conn, job) == "started", 20, "the job to start")
+    conn.execute_command("CLIENT", "PAUSE", 2500, "WRITE")  # from ~0.1 s into the run: its timeout falls inside
+    (tmp_path / "go1").touch()
+    wait_for(lambda: status(conn, job) == "failed", 30, "the job to fail")
+    error = fetch(conn, job).latest_result().exc_string
+    assert error.rstrip().endswith("JobTimeoutException: Task exceeded maximum timeout value (2 seconds)"), error

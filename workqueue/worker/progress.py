@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 from rq.job import Job
+from rq.timeouts import JobTimeoutException
 
 from workqueue import rq_compat
 from workqueue.guarded import META_SWAP_SCRIPT, SUPERSEDED, Guard, run_guarded
@@ -121,6 +122,8 @@ class ProgressStore:
                 self._held_jobs.pop(job.id, None)
                 self._last[job.id] = now
                 self._write(job, Guard.holds(job, execution_id), report, _TRIES)
+        except JobTimeoutException:  # the job's own timeout, raised in its thread while it reported: it ends the job
+            raise
         except redis.RedisError as exc:  # progress is advisory: never fail a job for it
             log.warning("could not store progress of job %s: %s", job.id, exc)
         except Exception:
