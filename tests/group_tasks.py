@@ -50,20 +50,24 @@ TASKS += (
 
 
 def report_then_sleep(folder: str, seconds: float = 30.0) -> str:
-    """Once ``folder``/go1 exists (the test has paused Redis's writes), waits past the progress interval
-    and reports (a write that blocks while the pause lasts), then sleeps ``seconds``: a timeout that comes
-    during the report must end the job, not the report."""
+    """Once ``folder``/go1 exists (the test has paused Redis's writes) and the progress interval has passed
+    since it began (so the report is written, not held), reports (a write that waits while the pause
+    lasts), then sleeps ``seconds``: a timeout that comes during the report must end the job, not the report."""
+    began = time.monotonic()
     _wait_for_file(Path(folder) / "go1")
-    time.sleep(0.6)  # past PROGRESS_INTERVAL since the start: the report is written, not held
+    time.sleep(max(0.0, began + 0.6 - time.monotonic()))
     report_progress(1, 2, "reported while Redis refused writes")
     time.sleep(seconds)
     return "should have timed out"
 
 
+#: report_then_sleep's timeout (seconds).
+REPORT_TIMEOUT = 3
+
 TASKS += (
     Task(
         "report_then_sleep", report_then_sleep, "test: report progress, then sleep",
         (Param("folder", str, None, "where go1 appears"), Param("seconds", float, 30.0, "sleep", min=0, max=60)),
-        timeout=2, retries=0,
+        timeout=REPORT_TIMEOUT, retries=0,
     ),
 )  # fmt: skip
