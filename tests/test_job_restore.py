@@ -3,10 +3,12 @@ job exactly as RQ's ``Job.restore`` does, attribute for attribute; any other has
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.utils import now
 
@@ -22,25 +24,24 @@ def enqueued(conn: redis.Redis, **options: Any) -> str:
     return producer.enqueue(conn, [call], QUEUE).jobs[0].id
 
 
-def as_rq_reads_it(conn: redis.Redis, job_id: str, raw: dict[bytes, bytes], before: dict | None = None) -> dict:
+def restored(
+    conn: redis.Redis, job_id: str, raw: Any, restore: Callable[[Job, Any], Any], before: dict | None = None
+) -> dict:
+    """The attributes of a job (``before`` set on it first) after ``restore(job, raw)``, but its logger."""
     job = CatalogueJob(job_id, connection=conn, serializer=SERIALIZER)
     job.__dict__.update(before or {})
-    Job.restore(job, raw)  # RQ's own, strptime and all
-    return comparable(job)
-
-
-def as_we_read_it(conn: redis.Redis, job_id: str, raw: dict[bytes, bytes], before: dict | None = None) -> dict:
-    job = CatalogueJob(job_id, connection=conn, serializer=SERIALIZER)
-    job.__dict__.update(before or {})
-    job.restore(raw)
-    return comparable(job)
-
-
-def comparable(job: Job) -> dict:
-    """The job's attributes, but its clock reading when the hash has no creation time and its logger."""
+    restore(job, raw)
     state = dict(vars(job))
     state.pop("log", None)
     return state
+
+
+def as_rq_reads_it(conn: redis.Redis, job_id: str, raw: Any, before: dict | None = None) -> dict:
+    return restored(conn, job_id, raw, Job.restore, before)  # RQ's own, strptime and all
+
+
+def as_we_read_it(conn: redis.Redis, job_id: str, raw: Any, before: dict | None = None) -> dict:
+    return restored(conn, job_id, raw, CatalogueJob.restore, before)
 
 
 def hashes(conn: redis.Redis) -> dict[str, tuple[str, dict[bytes, bytes]]]:
@@ -103,7 +104,5 @@ def test_a_hash_with_any_other_field_goes_through_rqs_restore(conn, lived, monke
 
 
 def test_a_hash_without_data_is_refused_as_rq_refuses_it(conn) -> None:
-    from rq.exceptions import NoSuchJobError
-
     with pytest.raises(NoSuchJobError, match="Unexpected job format"):
         CatalogueJob("x", connection=conn, serializer=SERIALIZER).restore({b"status": b"queued"})
