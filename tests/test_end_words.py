@@ -1,10 +1,11 @@
-"""A job's success written out as words directly (``workqueue.worker.end_words``) is the end that
-``job_steps.finish`` builds through RQ's own objects, word for word; it is refused for the ends it does
-not cover, which still go through RQ's objects; and once the worker writes it, Redis holds what RQ's
-own end leaves (``test_job_steps``'s snapshots)."""
+"""A job's success written out directly (``workqueue.worker.end_words``, ``lua/job_success.lua``) leaves
+Redis as the end ``job_steps.finish`` builds through RQ's own objects does, key for key, and as RQ's own
+end does (``test_job_steps``'s snapshots); it is refused for the ends it does not cover, which still go
+through RQ's objects."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -42,17 +43,22 @@ def handed_end(worker: Any, claim: Any, monkeypatch: pytest.MonkeyPatch, *, dire
     return end
 
 
-def assert_same_words(direct: list[Any], by_rq: list[Any]) -> None:
-    """Equal word for word and type for type (a str and bytes of it are packed alike, but kept apart here),
-    but for what two ends a moment apart differ in: the finished registry's score (a second boundary) and
-    the job's run time in its batch event."""
-    assert len(direct) == len(by_rq), (direct, by_rq)
-    for at, (ours, theirs) in enumerate(zip(direct, by_rq, strict=True)):
-        assert type(ours) is type(theirs), (at, ours, theirs)
-        if isinstance(ours, float) or (at > 0 and direct[at - 3 : at - 1] == [4, "ZADD"]):
-            assert abs(ours - theirs) <= 2, (at, ours, theirs)
-        else:
-            assert ours == theirs, (at, ours, theirs)
+def written(conn: redis.Redis, monkeypatch: pytest.MonkeyPatch, *, direct: bool, count: bool = True,
+            in_group: bool = True, result: Any = None, **options: Any) -> tuple[dict[str, Any], dict]:
+    """A fresh database's one job, claimed, ended (built directly or through RQ's objects) and written
+    as the worker writes what its horse hands it: the database's snapshot, and the end."""
+    worker, claim, batch_id = claimed(conn, **options)
+    if result is not None:
+        claim.job._result = result
+    if not in_group:
+        claim.job.group_id = None
+    end = handed_end(worker, claim, monkeypatch, direct=direct, count=count)
+    assert worker.executions == {}  # forgotten, as RQ's cleanup_execution does
+    held = HeldEnds(0.02)
+    held.add([end])
+    assert held.write(conn, worker.name) and not len(held)
+    tallies.tally(conn).flush()  # the worker's counters and the statistics: written once a second
+    return snapshot(conn, {claim.job.id: "JOB", batch_id: "BATCH", claim.execution.id: "EXECUTION"}), end
 
 
 @pytest.mark.parametrize(
@@ -65,26 +71,47 @@ def assert_same_words(direct: list[Any], by_rq: list[Any]) -> None:
     ],
     ids=["batch", "result-ttl", "not-counted", "no-group"],
 )
-def test_a_success_written_directly_is_word_for_word_the_end_rqs_objects_build(
+def test_a_success_written_directly_leaves_redis_as_the_end_rqs_objects_build_does(
     conn, monkeypatch, options: dict[str, Any], count: bool, in_group: bool
 ) -> None:
-    worker, claim, _ = claimed(conn, **options)
-    if not in_group:
-        claim.job.group_id = None
-    by_rq = handed_end(worker, claim, monkeypatch, direct=False, count=count)
-    direct = handed_end(worker, claim, monkeypatch, direct=True, count=count)
-    assert direct["guard"] == by_rq["guard"] and direct["job"] == by_rq["job"]
-    assert direct["execution"] == by_rq["execution"]
-    assert_same_words(direct["words"], by_rq["words"])
-    assert worker.executions == {}  # forgotten, as RQ's cleanup_execution does
+    by_rq, rqs_end = written(conn, monkeypatch, direct=False, count=count, in_group=in_group, **options)
+    direct, end = written(conn, monkeypatch, direct=True, count=count, in_group=in_group, **options)
+    assert direct == by_rq
+    assert end["guard"][:3] == rqs_end["guard"][:3] and len(end["words"]) < len(rqs_end["words"])
 
 
 def test_a_long_result_is_cut_in_its_batch_event_as_rqs_way_cuts_it(conn, monkeypatch) -> None:
-    worker, claim, _ = claimed(conn)
-    claim.job._result = {"text": "é" * 5000}
-    by_rq = handed_end(worker, claim, monkeypatch, direct=False)
-    direct = handed_end(worker, claim, monkeypatch, direct=True)
-    assert_same_words(direct["words"], by_rq["words"])
+    result = {"text": "é" * 5000}
+    assert written(conn, monkeypatch, direct=True, result=result)[0] == written(
+        conn, monkeypatch, direct=False, result=result
+    )[0]
+
+
+def test_a_command_redis_refuses_in_a_direct_end_stops_none_of_the_rest_and_is_told(
+    conn, monkeypatch, caplog
+) -> None:
+    """As a transaction of RQ's objects' commands: the finished registry of the wrong type refuses its
+    ZADD, every other write is made, and the end's replies carry the refusal (logged by settle_end)."""
+
+    def refused(direct: bool) -> dict[str, Any]:
+        original = claimed
+
+        def with_a_broken_registry(conn: redis.Redis, **options: Any) -> tuple[Any, Any, str]:
+            worker, claim, batch_id = original(conn, **options)
+            conn.set(claim.queue.finished_job_registry.key, "not a sorted set")
+            return worker, claim, batch_id
+
+        with monkeypatch.context() as patched:
+            patched.setattr(sys.modules[__name__], "claimed", with_a_broken_registry)
+            caplog.clear()
+            found = written(conn, monkeypatch, direct=direct)[0]
+        assert "refused part of its record" in caplog.text and "WRONGTYPE" in caplog.text
+        return found
+
+    found = refused(direct=True)
+    assert found == refused(direct=False)
+    assert found["rq:job:JOB"][2] != [] and dict(found["rq:job:JOB"][2])[b"status"] == b"finished"
+    assert "rq:wip:" + QUEUE not in found  # the started registry emptied all the same
 
 
 @pytest.mark.parametrize(

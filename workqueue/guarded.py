@@ -76,6 +76,7 @@ _RUNNABLE = {
         jobstats.RECORD_END_SCRIPT,
         limits.RELEASE_SCRIPT,
         jobs.COMPACT_SCRIPT,
+        jobs.SUCCESS_SCRIPT,
         META_SWAP_SCRIPT,
     )
 }

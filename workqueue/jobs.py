@@ -47,6 +47,9 @@ SPENT_FIELDS = (
 
 
 COMPACT_SCRIPT = lua.script("job_compact")
+#: A job's whole success after its dependents are read, the compaction included (``end_words``); its
+#: text starts with the spent fields' names, so that they go with the script, not with each end.
+SUCCESS_SCRIPT = "local SPENT = {" + ", ".join(f"'{name}'" for name in SPENT_FIELDS) + "}\n" + lua.script("job_success")
 
 
 def keep_result(pipe: redis.client.Pipeline, job: Job, value: Any, changed: dict[str, str] | None = None) -> None:
