@@ -43,8 +43,16 @@ def handed_end(worker: Any, claim: Any, monkeypatch: pytest.MonkeyPatch, *, dire
     return end
 
 
-def written(conn: redis.Redis, monkeypatch: pytest.MonkeyPatch, *, direct: bool, count: bool = True,
-            in_group: bool = True, result: Any = None, **options: Any) -> tuple[dict[str, Any], dict]:
+def written(
+    conn: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    direct: bool,
+    count: bool = True,
+    in_group: bool = True,
+    result: Any = None,
+    **options: Any,
+) -> tuple[dict[str, Any], dict]:
     """A fresh database's one job, claimed, ended (built directly or through RQ's objects) and written
     as the worker writes what its horse hands it: the database's snapshot, and the end."""
     worker, claim, batch_id = claimed(conn, **options)
@@ -82,14 +90,13 @@ def test_a_success_written_directly_leaves_redis_as_the_end_rqs_objects_build_do
 
 def test_a_long_result_is_cut_in_its_batch_event_as_rqs_way_cuts_it(conn, monkeypatch) -> None:
     result = {"text": "é" * 5000}
-    assert written(conn, monkeypatch, direct=True, result=result)[0] == written(
-        conn, monkeypatch, direct=False, result=result
-    )[0]
+    assert (
+        written(conn, monkeypatch, direct=True, result=result)[0]
+        == written(conn, monkeypatch, direct=False, result=result)[0]
+    )
 
 
-def test_a_command_redis_refuses_in_a_direct_end_stops_none_of_the_rest_and_is_told(
-    conn, monkeypatch, caplog
-) -> None:
+def test_a_command_redis_refuses_in_a_direct_end_stops_none_of_the_rest_and_is_told(conn, monkeypatch, caplog) -> None:
     """As a transaction of RQ's objects' commands: the finished registry of the wrong type refuses its
     ZADD, every other write is made, and the end's replies carry the refusal (logged by settle_end)."""
 
