@@ -24,6 +24,9 @@ _DURATION = re.compile(rb"\d+\.\d+")
 #: A statistics histogram's bucket: which one a job's run falls in depends on the machine's load.
 _BUCKET = re.compile(rb"le:(\d+(\.\d+)?|\+Inf)")
 _CLIENT_PORT = re.compile(rb"(?<=127\.0\.0\.1:)\d+")  # a worker's ip_address: which pooled connection asked
+#: A statistics minute's hash (``jobstats.bucket_key``): a job enqueued in one minute and ended in the next
+#: counts in two of them, where a run a moment apart counts in one (1 in 25 runs of two compared snapshots).
+_MINUTE = re.compile(r"(workqueue:stats:[^:]+):\d+")
 
 
 class _About(float):
@@ -47,9 +50,10 @@ def new_worker(conn: redis.Redis) -> CatalogueWorker:
 
 
 def snapshot(conn: redis.Redis, ids: dict[str, str]) -> dict[str, Any]:
-    """Every key, ids replaced by names, times by T, durations by D and histogram buckets by B: its
-    type, TTL and contents (sorted-set scores and TTLs as seconds from now, equal within 2 s so that
-    two runs a moment apart compare equal; a stream's entries without their ids)."""
+    """Every key, ids replaced by names, times by T, durations by D, histogram buckets by B and the
+    statistics' minutes by one (their counts summed): its type, TTL and contents (sorted-set scores
+    and TTLs as seconds from now, equal within 2 s so that two runs a moment apart compare equal; a
+    stream's entries without their ids)."""
 
     def norm(value: Any) -> Any:
         if isinstance(value, (bytes, str)):
@@ -78,7 +82,15 @@ def snapshot(conn: redis.Redis, ids: dict[str, str]) -> dict[str, Any]:
             content = [sorted((norm(k), norm(v)) for k, v in fields.items()) for _, fields in conn.xrange(key)]
         else:
             content = kind
-        found[norm(key).decode()] = (kind, ttl if ttl < 0 else _About(ttl), content)
+        name = norm(key).decode()
+        minute = _MINUTE.fullmatch(name)
+        if minute and kind == "hash":  # the minutes' counts, summed: which minute each fell in is left out
+            name = f"{minute[1]}:MINUTE"
+            counts = dict(found[name][2]) if name in found else {}
+            for field_name, value in content:
+                counts[field_name] = str(int(counts.get(field_name, 0)) + int(value)).encode()
+            content = sorted(counts.items())
+        found[name] = (kind, ttl if ttl < 0 else _About(ttl), content)
     return found
 
 
