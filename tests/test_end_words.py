@@ -5,7 +5,7 @@ through RQ's objects."""
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -51,11 +51,14 @@ def written(
     count: bool = True,
     in_group: bool = True,
     result: Any = None,
+    before_end: Callable[[Any], object] = lambda claim: None,
     **options: Any,
 ) -> tuple[dict[str, Any], dict]:
     """A fresh database's one job, claimed, ended (built directly or through RQ's objects) and written
-    as the worker writes what its horse hands it: the database's snapshot, and the end."""
+    as the worker writes what its horse hands it: the database's snapshot, and the end. ``before_end(claim)``
+    is called between the claim and the end."""
     worker, claim, batch_id = claimed(conn, **options)
+    before_end(claim)
     if result is not None:
         claim.job._result = result
     if not in_group:
@@ -101,17 +104,11 @@ def test_a_command_redis_refuses_in_a_direct_end_stops_none_of_the_rest_and_is_t
     ZADD, every other write is made, and the end's replies carry the refusal (logged by settle_end)."""
 
     def refused(direct: bool) -> dict[str, Any]:
-        original = claimed
-
-        def with_a_broken_registry(conn: redis.Redis, **options: Any) -> tuple[Any, Any, str]:
-            worker, claim, batch_id = original(conn, **options)
+        def break_the_registry(claim: Any) -> None:
             conn.set(claim.queue.finished_job_registry.key, "not a sorted set")
-            return worker, claim, batch_id
 
-        with monkeypatch.context() as patched:
-            patched.setattr(sys.modules[__name__], "claimed", with_a_broken_registry)
-            caplog.clear()
-            found = written(conn, monkeypatch, direct=direct)[0]
+        caplog.clear()
+        found = written(conn, monkeypatch, direct=direct, before_end=break_the_registry)[0]
         assert "refused part of its record" in caplog.text and "WRONGTYPE" in caplog.text
         return found
 

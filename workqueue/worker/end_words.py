@@ -57,11 +57,10 @@ def success(
     started_key, finished_key = registries
     job_id, job_key = job.id, job.key
     dependents = Job.dependents_key_for(job_id)
-    counted = stats is not None  # batches.record_end, its statistics counted by the caller
     keys = [
         job_key, finished_key, dependents, job.dependencies_key, execution.key, started_key,
         ExecutionRegistry.key_template.format(job_id), execution.worker_executions_key,
-        backlog.key(job.origin) if counted else "",
+        backlog.key(job.origin) if stats is not None else "",  # counted in its batch (batches.record_end)
     ]  # fmt: skip
     args = [
         jobs.SERIALIZER.dumps(rq_compat.job_result(job)), utcformat(started_at), utcformat(ended_at),
@@ -70,8 +69,7 @@ def success(
     words: list[Any] = [2, "SMEMBERS", dependents]
     words += (len(keys) + len(args) + 3, "EVAL", _SUCCESS_SHA, len(keys), *keys, *args)
     worker.executions.pop(execution.id, None)
-    if counted and job.group_id:
-        assert stats is not None
+    if stats is not None and job.group_id:  # its statistics counted by the caller
         ended = batches.end_args(job.group_id, job_id, "finished", stats[0], rq_compat.job_result(job), stats[1])
         words += (len(ended) + 2, "EVAL", _END_SHA, *ended)
     return Guard("holds", started_key, [execution.composite_key]), words
