@@ -23,10 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from rq import get_current_job
 from rq.job import Job
 
-from workqueue import batches, producer, unique
+from workqueue import async_tasks, batches, producer, unique
 from workqueue.errors import BadInput
 from workqueue.replies import decoded
 from workqueue.settings import RESULT_TTL
@@ -57,7 +56,7 @@ class RedisCrawlHost:
     """``task_def.crawl``'s host on a worker: the running job's crawl, kept in Redis."""
 
     def _running_job(self) -> Job:
-        job = get_current_job()
+        job = async_tasks.current_job()
         if job is None:
             raise RuntimeError("a crawl page runs as a job")
         return job

@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import str_to_date
 
 import task_def
-from workqueue import limits, lua, rq_compat
+from workqueue import async_tasks, limits, lua, rq_compat
 from workqueue.errors import BadInput, JobRefused, UnreadableJob
 from workqueue.replies import decoded
 
@@ -176,7 +176,10 @@ class CatalogueJob(Job):
 
         def run(**params: Any) -> Any:
             try:
-                result = task.func(**task.validate(params))
+                if task.is_async:  # on the process's event loop, its job's thread waiting for it
+                    result = async_tasks.run(task.func(**task.validate(params)), self)
+                else:
+                    result = task.func(**task.validate(params))
             except (task_def.PermanentError, task_def.TaskDefError):
                 self.retries_left = 0
                 raise

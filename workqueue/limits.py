@@ -464,9 +464,9 @@ def pace_current_job(host: str) -> None:
     until a send is allowed. Only the job's first request is paced (the one its start stands for);
     the claim already spaced the starts, so the wait is at most the start-up jitter. The rule is
     found among the rules as read at most LIMIT_RULES_FRESH seconds ago (``_fresh_rules``)."""
-    from rq import get_current_job  # the horse's job; None outside a worker
+    from workqueue.async_tasks import current_job  # the horse's job; None outside a worker
 
-    job = get_current_job()
+    job = current_job()
     key = job_key(job) if job is not None else None
     if job is None or key is None or getattr(_paced, "job_id", None) == job.id:
         return

@@ -24,11 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from workqueue import rq_compat
+from workqueue import async_tasks, rq_compat
 from workqueue.guarded import META_SWAP_SCRIPT, SUPERSEDED, Guard, run_guarded
 from workqueue.jobs import UNREADABLE
 from workqueue.settings import PROGRESS_INTERVAL
@@ -58,7 +57,7 @@ class ProgressStore:
         #: When each job's progress was last written (``time.monotonic``).
         self._last: dict[str, float] = {}
         #: The execution of each job the horse runs (several at once with ``--concurrency``); a
-        #: task's calls are told apart by ``get_current_job``, which RQ keeps per thread.
+        #: task's calls are told apart by ``async_tasks.current_job`` (RQ's is per thread).
         self._executions: dict[str, str] = {}
         #: Each job's meta as this run last read or wrote it (``meta_swap``'s ARGV[1]).
         self._known: dict[str, bytes] = {}
@@ -99,7 +98,7 @@ class ProgressStore:
         self._locks.pop(job_id, None)
 
     def __call__(self, done: float, total: float, message: str) -> None:
-        job = get_current_job()
+        job = async_tasks.current_job()
         if job is None:
             return
         percent = round(100.0 * done / total, 1) if total > 0 else None
