@@ -25,7 +25,7 @@ from rq.job import Job, JobStatus
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException, UnixSignalDeathPenalty
 from rq.utils import now
 
-from workqueue import batches, dependencies, guarded, recovery, rq_compat, tallies
+from workqueue import async_tasks, batches, dependencies, guarded, recovery, rq_compat, tallies
 from workqueue.guarded import SUPERSEDED, Guard, note_superseded, run_guarded
 from workqueue.jobs import UNREADABLE
 from workqueue.worker import commits, job_steps, progress
@@ -42,10 +42,12 @@ class JobStopped(BaseException):
 
 def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
     """Raise ``exception`` asynchronously in the thread ``thread_id`` (delivered at its next Python
-    instruction: a task blocked in one long C call gets it when the call returns). Whether the thread exists."""
+    instruction: a task blocked in one long C call gets it when the call returns; one waiting for an
+    async task's coroutine is woken for it). Whether the thread exists."""
     found = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exception))
     if found > 1:  # never expected: undo, as the C API's documentation says
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+    async_tasks.wake(thread_id)  # a thread waiting for an async task's coroutine runs no Python code until woken
     return found == 1
 
 
