@@ -8,7 +8,6 @@ and the worker all apply the same rules and print the same messages.
 from __future__ import annotations
 
 import importlib
-import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -169,11 +168,6 @@ class Task:
     #: Seconds a finished job of this task (its hash and result) stays in Redis, unless its enqueue
     #: says otherwise (``--keep-results``, ``result_ttl=``); None: the default, a day (RESULT_TTL).
     result_ttl: int | None = None
-
-    @property
-    def is_async(self) -> bool:
-        """Whether the task is declared ``async def``: a worker runs its jobs on an event loop."""
-        return inspect.iscoroutinefunction(self.func)
 
     @property
     def path(self) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Coroutine
+from typing import Any
 
 from task_def import report_progress
 from task_def.registry import Param, Task
@@ -23,7 +25,7 @@ async def together(count: int, seconds: float = 20.0) -> dict:
     _together["most"] = max(_together["most"], _together["now"])
     try:
         deadline = loop.time() + seconds
-        while _together["now"] < count and loop.time() < deadline:
+        while _together["most"] < count and loop.time() < deadline:  # once all met, none waits for a late one
             await asyncio.sleep(0.02)
         report_progress(1, 1, "together")
         return {
@@ -36,7 +38,7 @@ async def together(count: int, seconds: float = 20.0) -> dict:
         _together["now"] -= 1
 
 
-async def nap(seconds: float, marker: str = "") -> dict:
+async def nap(seconds: float, marker: str = "-") -> dict:
     """Sleep ``seconds`` on the loop, reporting progress every 0.2 s. Writes to ``marker`` ("-": none)
     ``started <the horse's pid>``, and ``cancelled`` if a cancellation (the job's timeout or stop) ends it."""
     loop = asyncio.get_running_loop()
@@ -69,6 +71,11 @@ async def deaf(seconds: float) -> str:
     return "should have been killed"
 
 
+def wrapped(seconds: float) -> Coroutine[Any, Any, dict]:
+    """A plain function that returns a coroutine (an async task under a plain decorator): run as one."""
+    return nap(seconds)
+
+
 async def fails(message: str) -> None:
     """Raise ValueError(message) from the coroutine."""
     await asyncio.sleep(0)
@@ -91,6 +98,10 @@ TASKS = (
     Task(
         "deaf", deaf, "test: async, ignores cancellation",
         (Param("seconds", float, 60.0, "how long", min=0, max=300),), timeout=2, retries=0,
+    ),
+    Task(
+        "wrapped", wrapped, "test: returns a coroutine",
+        (Param("seconds", float, None, "how long", min=0, max=60),), timeout=30, retries=0,
     ),
     Task("fails", fails, "test: async, raises", (Param("message", str, None, "the error"),), timeout=30, retries=0),
 )  # fmt: skip

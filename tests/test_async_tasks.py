@@ -67,11 +67,6 @@ def interruptions(conn: redis.Redis, job: Job) -> list:
     return fetch(conn, job).meta.get("interruptions", [])
 
 
-def test_a_task_declared_async_is_known_as_such() -> None:
-    assert TASKS["nap"].is_async
-    assert not __import__("task_def").get_task("sleep").is_async
-
-
 def test_jobs_of_an_async_task_run_together_on_their_horses_one_loop(conn, processes, redis_url) -> None:
     start(processes, conn, redis_url, 4)
     jobs = enqueue(conn, "together", 4, count=4)
@@ -87,9 +82,11 @@ def test_jobs_of_an_async_task_run_together_on_their_horses_one_loop(conn, proce
 def test_an_async_task_runs_with_one_job_at_a_time(conn, processes, redis_url) -> None:
     start(processes, conn, redis_url, 1)
     (napping,) = enqueue(conn, "nap", seconds=0.3)
+    (wrapped,) = enqueue(conn, "wrapped", seconds=0.2)  # a plain function returning a coroutine
     (failing,) = enqueue(conn, "fails", message="raised in the coroutine")
-    wait_for(lambda: ended(conn, [napping, failing]), 60, "both jobs to end")
+    wait_for(lambda: ended(conn, [napping, wrapped, failing]), 60, "the three jobs to end")
     assert status(conn, napping) == "finished" and result(conn, napping) == {"slept": 0.3}
+    assert status(conn, wrapped) == "finished" and result(conn, wrapped) == {"slept": 0.2}
     assert status(conn, failing) == "failed"
     assert "ValueError: raised in the coroutine" in error(conn, failing)
 
@@ -129,7 +126,7 @@ def test_kill_job_cancels_one_of_several_async_jobs_and_the_others_finish(
 
 def test_an_async_job_reports_progress_while_it_runs(conn, processes, redis_url) -> None:
     start(processes, conn, redis_url, 2)
-    (job,) = enqueue(conn, "nap", seconds=8)
+    (job,) = enqueue(conn, "nap", seconds=4)
 
     def reported() -> bool:
         found = fetch(conn, job)
@@ -145,7 +142,7 @@ def test_an_async_job_ignoring_its_cancellation_has_its_horse_killed_and_its_nei
     start(processes, conn, redis_url, 3)
     (stubborn,) = enqueue(conn, "deaf", seconds=60)  # a 2 s timeout, every cancellation ignored
     markers = [tmp_path / f"run{i}" for i in range(2)]
-    neighbours = [enqueue_fault(conn, "count_runs", marker=str(m), seconds=15) for m in markers]
+    neighbours = [enqueue_fault(conn, "count_runs", marker=str(m), seconds=8) for m in markers]
     wait_for(lambda: status(conn, stubborn) == "failed", 60, "the stubborn job to be failed")
     assert "ignored the alarm; killed" in error(conn, stubborn)
     wait_for(lambda: ended(conn, neighbours), 90, "the neighbours to finish")

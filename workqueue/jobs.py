@@ -7,6 +7,7 @@ task catalogue alone: a job naming anything else fails with a reason, its path n
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -176,10 +177,9 @@ class CatalogueJob(Job):
 
         def run(**params: Any) -> Any:
             try:
-                if task.is_async:  # on the process's event loop, its job's thread waiting for it
-                    result = async_tasks.run(task.func(**task.validate(params)), self)
-                else:
-                    result = task.func(**task.validate(params))
+                result = task.func(**task.validate(params))
+                if inspect.iscoroutine(result):  # an async def task: on the horse's event loop, this thread waiting
+                    result = async_tasks.run(result, self)
             except (task_def.PermanentError, task_def.TaskDefError):
                 self.retries_left = 0
                 raise
