@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import workqueue
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 from workqueue import embedded, outage
 from workqueue.errors import RedisLostData
 from workqueue.settings import Settings
@@ -51,12 +51,34 @@ def test_an_enqueue_is_one_script_call_of_few_commands_and_bytes(redis_url: str,
 
 def test_enqueue_many_and_delayed_batches_are_one_round_trip_too(redis_url: str, conn, sends) -> None:
     workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=redis_url)
+    # the first delayed one too: it goes on a connection of the pool, the others on the one this thread keeps
+    workqueue.enqueue("sleep", {"seconds": 1}, delay=60, queue="api", redis_url=redis_url)
     sends.clear()
     many = workqueue.enqueue_many([("sleep", {"seconds": 1})] * 3, queue="api", redis_url=redis_url)
     later = workqueue.enqueue("sleep", {"seconds": 1}, delay=60, queue="api", redis_url=redis_url)
     assert len(sends) == 2, sends
-    assert len(many.job_ids) == 3 and conn.zcard("rq:scheduled:api") == 1
+    assert len(many.job_ids) == 3 and conn.zcard("rq:scheduled:api") == 2
     assert later.mark is not None and later.mark.id == conn.get(outage.MARK_KEY)
+
+
+def test_an_enqueue_whose_kept_connection_the_server_closed_is_sent_once_on_a_new_one(
+    redis_url: str, conn, sends
+) -> None:
+    url = f"{redis_url}?client_name=kept-by-this-test"  # a client (and a kept connection) of its own
+
+    def ours() -> list[dict]:
+        return [client for client in conn.client_list() if client["name"] == "kept-by-this-test"]
+
+    workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=url)
+    for client in ours():
+        conn.client_kill_filter(_id=client["id"])
+    wait_for(lambda: not ours(), 10, "the server to close them")
+    sends.clear()
+    workqueue.enqueue("sleep", {"seconds": 1}, queue="api", redis_url=url)
+    # the closed one found before sending on it: the script sent once, on a connection opened again
+    assert len([sent for sent in sends if b"EVALSHA" in sent]) == 1, sends
+    assert any(b"HELLO" in sent for sent in sends), sends
+    assert conn.llen("rq:queue:api") == 2
 
 
 def test_a_batch_whose_redis_lost_its_data_says_so(redis_url: str, conn) -> None:

@@ -44,7 +44,7 @@ from workqueue import (
 from workqueue.calls import (  # re-exported: callers build calls as producer.TaskCall
     TaskCall,
 )
-from workqueue.connection import single_connection, without_retries
+from workqueue.connection import send_direct, single_connection, without_retries
 from workqueue.errors import BadInput, NotDurable, RedisUnavailable
 from workqueue.jobs import SERIALIZER, CatalogueJob, check_queue_name
 from workqueue.settings import (
@@ -199,7 +199,7 @@ def enqueue(
             chunk = list(itertools.islice(pending, min(room, CHUNK)))
             left -= len(chunk)
             _commit(connection, q, submission, chunk, None if opened else len(calls), cap, added=into_batch,
-                    mark=mark and submission.mark is None)  # fmt: skip
+                    mark=mark and submission.mark is None, direct=not durable)  # fmt: skip
             opened = True
             if durable:
                 confirm_replicated(connection, batch_id, len(submission.jobs))
@@ -237,6 +237,7 @@ def _commit(
     *,
     added: bool = False,
     mark: bool = False,
+    direct: bool = True,
 ) -> None:
     """Enqueue one chunk in one transaction (opening the batch with ``open_total`` tasks first, if
     given; ``added``: the batch's total does not count these calls yet, so it grows), leaving out
@@ -246,7 +247,7 @@ def _commit(
     wanted = [(i, call, call.unique_key and unique.redis_key(call.unique_key)) for i, call in chunk]
     keys = sorted({k for _, _, k in wanted if k})
     if not keys and cap is None and not added:  # nothing to read first: the whole chunk in one script call
-        _commit_at_once(connection, q, submission, chunk, open_total, mark=mark)
+        _commit_at_once(connection, q, submission, chunk, open_total, mark=mark, direct=direct)
         return
     watched = keys + ([cap.key] if cap else [])
     for attempt in range(WATCH_TRIES):
@@ -309,11 +310,14 @@ def _commit_at_once(
     open_total: int | None,
     *,
     mark: bool = False,
+    direct: bool = True,
 ) -> None:
     """Enqueue one chunk of calls that read nothing first (no unique key, no cap) in one script
     call, all or nothing: the same keys, fields and TTLs as :func:`_commit`'s transaction (the
     data mark, the batch opened with ``open_total`` tasks, the statistics, the backlog, RQ's job
-    hashes, lists, queue set and group), ``tests/test_job_steps.py`` holding them."""
+    hashes, lists, queue set and group), ``tests/test_job_steps.py`` holding them. ``direct``: sent
+    with ``connection.send_direct`` (not for a durable enqueue, whose writes must go over the one
+    connection its ``WAIT`` is then sent on)."""
     batch_id = submission.batch_id
     jobs = [queued_hash.fields(q, _prepare(call), batch_id) for _i, call in chunk]
     counts = Counter(call.task.name for _i, call in chunk)
@@ -335,7 +339,10 @@ def _commit_at_once(
         for name, value in fields.items():
             args += (name, value)
     try:
-        created, held = connection.evalsha(_enqueue_sha(), len(keys), *keys, *args)
+        if direct:
+            created, held = send_direct(connection, "EVALSHA", _enqueue_sha(), len(keys), *keys, *args)
+        else:
+            created, held = connection.evalsha(_enqueue_sha(), len(keys), *keys, *args)
     except redis.exceptions.NoScriptError:  # a Redis that restarted (or flushed its scripts) since
         created, held = connection.eval(ENQUEUE_SCRIPT, len(keys), *keys, *args)
     if mark:
