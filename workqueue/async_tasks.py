@@ -9,11 +9,11 @@ coroutine's end, and what RQ raises in that thread meanwhile reaches it at once:
 (SIGALRM, which interrupts the main thread's wait, or the horse's timekeeper in a slot thread, which
 wakes the wait with :func:`wake` as it raises) or its stop cancels the coroutine (``CancelledError``
 at its ``await``), waits for it to end, and ends the job as for any task. (Waiting in short slices
-instead cost a scrape a third more CPU at 100 jobs at once: every slot thread woke 20 times a
-second.) A coroutine that ignores the cancellation keeps its thread waiting, so the job counts as
-one ignoring its timeout or stop: its horse is killed, as for a task stuck in a blocking call. A
-coroutine that blocks the loop (a blocking call without ``await``) holds up the others on it; write
-such work as a plain function, which runs in its own thread.
+instead would wake every slot thread many times a second, on the CPU the jobs share.) A coroutine
+that ignores the cancellation keeps its thread waiting, so the job counts as one ignoring its
+timeout or stop: its horse is killed, as for a task stuck in a blocking call. A coroutine that
+blocks the loop (a blocking call without ``await``) holds up the others on it; write such work as a
+plain function, which runs in its own thread.
 
 Inside the coroutine, :func:`current_job` is the job (RQ's ``get_current_job`` is per thread, and
 the loop's thread runs no job of its own), so ``report_progress`` and the per-key limits work there.
