@@ -194,6 +194,7 @@ def test_the_coroutine_knows_its_job_and_the_loops_thread_knows_none(conn) -> No
 
 
 def test_an_exception_raised_in_the_waiting_thread_cancels_the_coroutine_first() -> None:
+    assert threading.current_thread() is threading.main_thread()  # where a signal's handler runs
     events: list[str] = []
 
     async def long() -> None:
@@ -218,4 +219,3 @@ def test_an_exception_raised_in_the_waiting_thread_cancels_the_coroutine_first()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert events == ["cancelled"]  # before run() raised
-    assert threading.current_thread() is threading.main_thread()

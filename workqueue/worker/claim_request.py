@@ -8,9 +8,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import hiredis
 import redis
 from rq import Queue
+
+from workqueue.connection import pack
 
 if TYPE_CHECKING:
     from rq.worker import Worker
@@ -32,7 +33,7 @@ def send_after(client: redis.Redis, before: tuple[list[Any], Callable[[Any], Non
         with client.single_connection_lock:
             connection = client.connection
             assert connection is not None  # a direct client (``guarded.direct_client``) keeps one
-            connection.send_packed_command(_pack([command, claim]))
+            connection.send_packed_command([pack(command, claim)])
             replies = [_read(connection), _read(connection)]
     except BaseException as exc:  # a lost connection (or a stop): nothing read, maybe nothing written
         answered(exc)
@@ -77,7 +78,7 @@ def send_waiting(
         connection = client.connection
         assert connection is not None  # a direct client (``guarded.direct_client``) keeps one
         try:
-            connection.send_packed_command(_pack(commands))
+            connection.send_packed_command([pack(*commands)])
             while len(replies) < len(commands):
                 replies.append(_read(connection, disconnect_on_error=False))
         except (redis.RedisError, OSError) as exc:
@@ -109,17 +110,6 @@ def _end_cut(worker: Worker, connection: Any, client_id: int | None) -> None:
         log.warning("a stop cut the wait for a job; a job its claim may yet start is left to the sweep (%s)", exc)
     finally:
         connection.disconnect()
-
-
-def _pack(commands: list[list[Any]]) -> list[bytes]:
-    """``commands`` in Redis's protocol, as ``send_packed_command`` takes them: packed by hiredis
-    (which the requirements pin) as redis-py packs them, without redis-py's look at each word for
-    buffers it would copy first. A claim's request carries the ends it writes, ~100 words a job,
-    and that look cost the worker about as much as hiredis's packing itself."""
-    try:
-        return [b"".join([hiredis.pack_command(tuple(command)) for command in commands])]
-    except TypeError as exc:  # as redis-py reports a word it cannot send
-        raise redis.DataError(str(exc)) from None
 
 
 def _read(connection: Any, disconnect_on_error: bool = True) -> Any:
