@@ -54,7 +54,7 @@ def test_graceful_stop_waits_for_the_running_job_then_the_consumer_exits_0(conn,
 
 
 def test_now_puts_the_job_back_and_another_worker_finishes_it(conn, processes) -> None:
-    job = enqueue(conn, "sleep", seconds=3)
+    job = enqueue(conn, "sleep", seconds=6)  # still running when kill_workers looks, on a loaded machine too
     consumer = start_consumer(processes, conn, 2)
     name = busy_worker(conn, job)
     started = time.monotonic()
