@@ -22,9 +22,6 @@ from workqueue import lua
 
 #: The command a bell publishes on a worker's channel (RQ's ``rq:pubsub:<name>``).
 WAKE_COMMAND = "wake"
-#: How long an idle note outlives the last claim that made it (seconds): idle workers look again
-#: far more often (``IDLE_LOOK_GAP``), so the sets go only once no worker of the queue is idle.
-NOTE_TTL = 600
 
 RING_SCRIPT = lua.script("bell") + lua.script("bell_ring")
 

@@ -69,6 +69,12 @@ HEARTBEAT_MIN_GAP = 1.0
 IDLE_LOOK_GAP = 2.0
 #: The consumer's environment variable that changes it (seconds), and its bounds.
 IDLE_LOOK_GAP_ENV, IDLE_LOOK_GAP_RANGE = "WORKQUEUE_IDLE_LOOK_GAP", (0.05, 300.0)
+#: Idle bells (``bells``): how long a worker's note as idle outlives the last claim that made it
+#: (seconds; idle workers note themselves again at each look, so the sets go once none is idle).
+BELL_NOTE_TTL = 600
+#: A wake that comes just before the worker's BLMOVE is repeated (``CLIENT UNBLOCK``) this often,
+#: for at most this long (seconds; ``worker.idle_bell``).
+BELL_UNBLOCK_GAP, BELL_UNBLOCK_PATIENCE = 0.002, 0.25
 #: How often (seconds) a busy worker asks whether ``rq suspend`` suspended it (RQ asks before every job).
 SUSPENSION_CHECK_GAP = 1.0
 #: Longest wait (seconds) between two tries while Redis is away or refusing writes: the worker

@@ -90,7 +90,7 @@ end
 -- Idle bells (workqueue/bells.py): a claim that found fewer than ARGV[14] jobs notes the worker as
 -- idle, in the 'blocked' set of its first open queue (where its BLMOVE waits next) and the 'deaf'
 -- set of each other queue; one that found enough takes a worker noted before (ARGV[15] '1') out.
-local BELL, NOTE_TTL = 'workqueue:bell:', 600  -- bells.NOTE_TTL
+local BELL, NOTE_TTL = 'workqueue:bell:', 600  -- settings.BELL_NOTE_TTL
 local idle_below, noted = tonumber(ARGV[14]) or 0, ARGV[15] == '1'
 local function settle(n)
   local idle = n < idle_below

@@ -5,8 +5,8 @@ The wake comes in RQ's listening thread; the wait is a BLMOVE the worker's threa
 connection (``claim_request.send_waiting``), which ``CLIENT UNBLOCK`` ends as if its time were up.
 A wake can come just before the worker sends its BLMOVE: the worker *arms* the bell before it
 decides to wait, and a wake seen then makes it look without waiting; a wake that comes once it
-is armed is repeated (``CLIENT UNBLOCK`` every UNBLOCK_GAP) until the wait it ends has begun, or
-the worker is no longer armed."""
+is armed is repeated (``CLIENT UNBLOCK`` every BELL_UNBLOCK_GAP) until the wait it ends has begun,
+or the worker is no longer armed."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from contextlib import contextmanager
 
 import redis
 
-log = logging.getLogger(__name__)
+from workqueue.connection import without_retries
+from workqueue.settings import BELL_UNBLOCK_GAP, BELL_UNBLOCK_PATIENCE
 
-#: Seconds between two tries to end a wait not yet begun, and how long to keep trying.
-UNBLOCK_GAP = 0.002
-UNBLOCK_PATIENCE = 0.25
+log = logging.getLogger(__name__)
 
 
 class IdleBell:
@@ -29,6 +28,7 @@ class IdleBell:
 
     def __init__(self, connection: redis.Redis) -> None:
         self.connection = connection
+        self._quick: redis.Redis | None = None  # the unblocks' client: no retries, in the listening thread
         #: The Redis client id of the connection the worker waits on (``CLIENT ID``, read with each wait).
         self.client_id: int | None = None
         #: Whether the worker's last claim noted it as idle (``lua/claim.lua``): the next one that finds
@@ -55,18 +55,20 @@ class IdleBell:
         self._rings += 1
         if not self._armed or self._unblock_refused:
             return
-        give_up = time.monotonic() + UNBLOCK_PATIENCE
+        give_up = time.monotonic() + BELL_UNBLOCK_PATIENCE
         while self._armed and time.monotonic() < give_up:
             client_id = self.client_id
             if client_id is not None and self._unblock(client_id):
                 return
-            time.sleep(UNBLOCK_GAP)
+            time.sleep(BELL_UNBLOCK_GAP)
 
     def _unblock(self, client_id: int) -> bool:
         """``CLIENT UNBLOCK``: whether it ended a wait. Refused (an ACL), the bell only ends waits
         not yet sent, and the worker's looks find the rest."""
+        if self._quick is None:
+            self._quick = without_retries(self.connection, socket_timeout=1.0)
         try:
-            return bool(self.connection.client_unblock(client_id))
+            return bool(self._quick.client_unblock(client_id))
         except redis.ResponseError as exc:
             self._unblock_refused = True
             log.warning("CLIENT UNBLOCK is refused (%s): an idle worker sees other queues' jobs at its next look", exc)
