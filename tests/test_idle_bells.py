@@ -81,8 +81,12 @@ def test_a_high_priority_job_starts_without_waiting_for_a_look(conn, processes) 
 
 def test_a_dependent_released_into_another_queue_starts_without_waiting_for_a_look(conn, processes) -> None:
     # The dependent is enqueued by the worker that ends the first job, through RQ's enqueue of an
-    # existing job (``rq_compat.route_enqueue``), which rings the bell of a worker deaf to its queue.
-    _pool(processes, conn)
+    # existing job (``rq_compat.route_enqueue``), which rings the bell of a worker deaf to its queue:
+    # here the only worker of that queue, in another consumer, waiting on its first queue.
+    env = cli_env(WORKQUEUE_IDLE_LOOK_GAP=LOOK_GAP)
+    processes.start("consumer_main.py", "--workers", "1", "--queue", "bell-a", env=env)
+    processes.start("consumer_main.py", "--workers", "1", "--queue", "bell-c", "--queue", "bell-b", env=env)
+    wait_for(lambda: len(_blocked(conn, "bell-a")) == len(_blocked(conn, "bell-c")) == 1, 30, "both workers idle")
     first = _enqueue(conn, "bell-a", seconds=0.5)
     then = producer.enqueue(conn, [producer.TaskCall.build("sleep", {"seconds": 0.05})], "bell-b", after=[first])
     wait_for(lambda: _finished(conn, then.jobs[0].id), 30, "the dependent job in the other queue")
