@@ -17,6 +17,7 @@ from rq.job import Job
 from tests.helpers import child_pids, cli_env, fetch, free_port, run_cli, start_consumer, status, wait_for, workers
 from workqueue import producer, recovery
 from workqueue.jobs import SERIALIZER, CatalogueJob
+from workqueue.worker.catalogue_worker import CatalogueWorker
 
 
 def enqueue(conn: redis.Redis, task: str, queue: str = "queue_one", **params) -> Job:
@@ -226,3 +227,43 @@ def test_dashboard_sweeps_dead_workers_too(conn, processes) -> None:
     processes.start("dashboard_main.py", "--port", str(free_port()))
     wait_for(lambda: status(conn, job) == "queued", 40, "the dashboard's sweep to hand the job back")
     assert name not in {w.name for w in workers(conn)}
+
+
+def test_a_killed_consumer_s_busy_worker_finishes_its_job_then_leaves_with_all_it_started(conn, processes) -> None:
+    """The consumer SIGKILLed: its worker, told by the kernel (PDEATHSIG), stops warm: its job
+    finishes, then it leaves, its horse and RQ's scheduler with it. A parent dying with several
+    threads can send that signal once per thread (each adopts the worker in turn as it dies): sent
+    twice more here, as the kernel may, it is still one warm stop, not a second that stops at once."""
+    consumer = start_consumer(processes, conn, 1)
+    job = enqueue(conn, "sleep", seconds=3)
+    name = busy_worker(conn, job)
+    worker_pid = next(w.pid for w in workers(conn) if w.name == name)
+    family = psutil.Process(consumer.pid).children(recursive=True)
+    assert len(family) == 3  # the worker, its horse and its RQ scheduler
+    os.kill(consumer.pid, signal.SIGKILL)
+    consumer.wait(10)
+    for _ in range(2):
+        os.kill(worker_pid, signal.SIGTERM)
+        time.sleep(0.05)
+    _gone, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, f"outlived their consumer: {alive}"
+    assert status(conn, job) == "finished"
+    assert name not in {w.name for w in Worker.all(connection=conn)}
+
+
+def test_a_stop_at_once_stops_the_worker_s_scheduler_too(conn: redis.Redis) -> None:
+    """A stop at once raises out of whatever the worker does, its teardown included, where RQ
+    stops its scheduler: it stops the scheduler itself, or the worker's exit waits for it forever."""
+    worker = CatalogueWorker(["queue_one"], connection=conn, name=f"cold.{os.getpid()}")
+    worker.register_birth()
+    worker._start_scheduler()
+    scheduler = worker.scheduler._process
+    try:
+        assert scheduler is not None and scheduler.is_alive()
+        with pytest.raises(SystemExit):
+            worker.request_force_stop(signal.SIGINT, None)
+        assert not scheduler.is_alive()
+    finally:
+        if scheduler is not None and scheduler.is_alive():
+            scheduler.terminate()
+            scheduler.join(10)

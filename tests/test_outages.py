@@ -87,11 +87,16 @@ def all_finished(conn: redis.Redis, jobs: list) -> bool:
 # -- item 5: workers and horses never outlive their pool; a stop is honoured during an outage -----
 
 
-def test_pool_and_redis_killed_together_leave_no_worker_nor_horse(server, processes, tmp_path) -> None:
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_pool_and_redis_killed_together_leave_no_worker_nor_horse(server, processes, tmp_path, concurrency) -> None:
+    """Whether Redis goes before the worker hears of its pool's death or after (it stops warm,
+    then its job's heartbeat finds Redis gone): nobody is left to wait for, it stops at once."""
     conn = redis.Redis(port=server.port)
     marker = tmp_path / "runs"
     enqueue(conn, "count_runs", marker=str(marker), seconds=60)  # one worker busy, with its horse
-    consumer = processes.start("consumer_main.py", "--workers", "2", env=env_for(server))
+    consumer = processes.start(
+        "consumer_main.py", "--workers", "2", "--concurrency", str(concurrency), env=env_for(server)
+    )
     wait_for(lambda: marker.exists() and marker.read_text().split(), 30, "the job to start")
     wait_for(lambda: len(descendants(consumer.pid)) >= 4, 20, "two workers, a horse and a scheduler")
     left = descendants(consumer.pid)

@@ -99,6 +99,7 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "_stopped_callback_timeout",
     "_dependency_ids",
     "_unreadable_meta",
+    "_process",
 )
 
 
@@ -389,6 +390,13 @@ def release_slot_safely(worker: Worker, job: Job) -> None:
 def finalize_success(worker: Worker, job: Job, queue: Queue, execution: Execution, return_value: Any) -> None:
     """RQ's own end of a job that returned (``Worker._finalize_success``), bypassing our override."""
     Worker._finalize_success(worker, job, queue, execution, return_value)
+
+
+def scheduler_running(worker: Worker) -> bool:
+    """Whether the worker's RQ scheduler process (``RQScheduler._process``) runs still: started by
+    this process and not yet ended (a child that ended is reaped by the look)."""
+    process = getattr(worker.scheduler, "_process", None) if worker.scheduler else None
+    return process is not None and process.pid is not None and not worker._is_horse and process.is_alive()
 
 
 def scheduler_signal_handlers(scheduler: Any) -> None:

@@ -103,6 +103,7 @@ class CatalogueWorker(HeartbeatingWorker):
         super().__init__(*args, **kwargs)
         self._cold = False
         self._forcing_stop = False
+        self._first_term_at = None
         self._stop_reason = "the worker was stopped at once"
         self._hard_killed: str | None = None
         self._registered_at = 0.0
@@ -359,6 +360,7 @@ class CatalogueWorker(HeartbeatingWorker):
                 HEARTBEAT_TTL,
             )
         finally:
+            self.stop_scheduler_left()
             self._retire_horse()
 
     def set_state(self, state: str, pipeline: Any = None) -> None:

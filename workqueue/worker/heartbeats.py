@@ -89,6 +89,7 @@ class HeartbeatingWorker(StoppingWorker):
         except redis.RedisError as exc:  # the job runs on; its end is recorded once Redis takes it
             if not outage.is_outage(exc):
                 raise
+            self.stop_at_once_if_orphaned()
             self.log.warning("Worker %s: heartbeat of job %s skipped: %s", self.name, job.id, outage.describe(exc))
 
     def _maintain_heartbeats(self, job: Job, execution: Execution) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import redis
@@ -20,6 +21,11 @@ from workqueue.control import SHUTDOWN_NOW
 from workqueue.worker.process import mark_stopped_on_purpose, pool_gone, stop_noted
 from workqueue.worker.slots import SlotsWorker
 
+#: Seconds after a first SIGTERM in which another is the same stop (``StoppingWorker._same_term_again``,
+#: as RQ's one second); the kernel's repeats of a pool's death come within milliseconds.
+TERM_REPEAT = 1.0
+ORPHANED_IN_OUTAGE = "its consumer's pool died while Redis was not answering"
+
 
 class StoppingWorker(SlotsWorker):
     """The worker's stops (see the module); ``CatalogueWorker`` sets the state below."""
@@ -29,6 +35,8 @@ class StoppingWorker(SlotsWorker):
     _stop_reason: str
     #: A cold stop is under way: a signal arriving during it is ignored.
     _forcing_stop: bool
+    #: When the first stop came as a SIGTERM, if it did (the pool's own stops begin with a SIGINT).
+    _first_term_at: float | None
 
     def handle_payload(self, message: dict) -> None:
         """RQ's pub/sub commands, plus ours; a shutdown marks the worker as stopped on purpose."""
@@ -66,9 +74,11 @@ class StoppingWorker(SlotsWorker):
         Redis is not answering stops at once (its horse killed, its job handed back if Redis takes
         it, else by the sweep once Redis is back): nobody is left to wait for."""
         outage.request_stop()
+        if signum == signal.SIGTERM:
+            self._first_term_at = time.monotonic()
         if not self._cold and pool_gone() and not self._redis_answers():
             self._cold = True
-            self._stop_reason = "its consumer's pool died while Redis was not answering"
+            self._stop_reason = ORPHANED_IN_OUTAGE
         if self._cold:
             return self.request_force_stop(signum, frame)
         try:
@@ -77,6 +87,24 @@ class StoppingWorker(SlotsWorker):
             if not outage.is_outage(exc):
                 raise
             self.log.warning("Worker %s: %s; stopping after the current job", self.name, outage.describe(exc))
+
+    def stop_at_once_if_orphaned(self) -> None:
+        """Redis did not answer this worker: if its pool has died too, it stops at once, as when
+        both were gone at its stop signal (:meth:`request_stop`); Redis may go only after that
+        signal, while the worker would otherwise wait for its job to end with nobody to tell."""
+        if pool_gone() and not self._cold:
+            self._cold = True
+            self._stop_reason = ORPHANED_IN_OUTAGE
+            self.request_force_stop(signal.SIGTERM, None)
+
+    def _heartbeat_running(self) -> None:
+        """The slots' heartbeat (``SlotsWorker``); Redis not answering it may stop an orphaned worker."""
+        try:
+            super()._heartbeat_running()
+        except redis.RedisError as exc:
+            if outage.is_outage(exc):
+                self.stop_at_once_if_orphaned()
+            raise
 
     def _redis_answers(self) -> bool:
         """A quick look (a second at most, no retries): does Redis answer now?"""
@@ -122,6 +150,9 @@ class StoppingWorker(SlotsWorker):
         """
         if self._forcing_stop:  # a signal during the cold stop itself (the pool forwards each it gets)
             return
+        if self._same_term_again(signum):
+            self.log.debug("Worker %s: SIGTERM again within %.0f s: the same stop", self.name, TERM_REPEAT)
+            return
         self._forcing_stop = True
         self.log.warning("Worker %s: cold shut down", self.name)
         # The job it claimed, whether or not its horse has it yet: the claim marks it started first.
@@ -159,4 +190,23 @@ class StoppingWorker(SlotsWorker):
                     outage.describe(exc),
                     one if isinstance(one, str) else one.id,
                 )
+        self.stop_scheduler_left()
         raise SystemExit()
+
+    def _same_term_again(self, signum: int) -> bool:
+        """Whether this SIGTERM repeats the first stop, a SIGTERM too, within TERM_REPEAT seconds. A
+        pool killed with several threads sends the worker its death signal (PDEATHSIG) once per
+        thread, as each adopts the worker in turn before dying: that is one stop (a warm one, the
+        running job finishes), not a second that stops it at once. The pool's double Ctrl-C (a SIGINT
+        then a SIGTERM) and ``kill_workers --now`` still stop it at once."""
+        first = self._first_term_at
+        if signum != signal.SIGTERM or self._cold or first is None:
+            return False
+        return time.monotonic() - first < TERM_REPEAT
+
+    def stop_scheduler_left(self) -> None:
+        """Stop RQ's scheduler process if it still runs. RQ stops it in its teardown, which a stop
+        at once (raised from a signal handler) or Redis going away can cut short; the worker's exit
+        would then wait for it forever (multiprocessing joins its children)."""
+        if rq_compat.scheduler_running(self):
+            self.stop_scheduler()
