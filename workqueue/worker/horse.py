@@ -19,6 +19,7 @@ of file means the horse is gone. (JSON cost a tenth of a no-op job's work, in th
 
 from __future__ import annotations
 
+import logging
 import marshal
 import os
 import queue
@@ -35,6 +36,8 @@ from workqueue.settings import (
     HORSE_MAX_RSS_MB_DEFAULT,
     HORSE_MAX_RSS_MB_ENV,
 )
+
+log = logging.getLogger(__name__)
 
 #: Jobs one horse runs before it is replaced, and the resident memory (MB) that replaces it sooner
 #: (``WORKQUEUE_HORSE_MAX_JOBS`` and ``WORKQUEUE_HORSE_MAX_RSS_MB`` in the worker's environment).
@@ -76,6 +79,8 @@ class Horse:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 serve(to_horse_r, from_horse_w)
+            except BaseException:  # its worker then says which jobs it dropped; this says why
+                log.exception("Work horse %d failed", os.getpid())
             finally:
                 os._exit(1)
         os.close(to_horse_r)
