@@ -111,8 +111,9 @@ def test_an_idle_worker_looks_at_its_queues_once_per_wait(conn, monkeypatch) -> 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(job_steps, "claim_many", counted)
+    worker.idle_look_gap = 0.5
     with pytest.raises(DequeueTimeout):
-        worker._wait_and_claim(1.6)  # three slices of IDLE_LOOK_GAP (0.5 s) and a shorter one
+        worker._wait_and_claim(1.6)  # three slices of IDLE_LOOK_GAP (0.5 s here) and a shorter one
     assert claims[0] is None and len(claims) >= 4, claims
     assert all(wait is not None for wait in claims[1:]), claims
 

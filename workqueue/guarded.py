@@ -24,7 +24,7 @@ import redis
 from redis.commands.core import Script
 from rq.job import Job
 
-from workqueue import batches, jobs, jobstats, limits, lua, outage
+from workqueue import batches, bells, jobs, jobstats, limits, lua, outage
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ _RUNNABLE = {
     hashlib.sha1(text.encode()).hexdigest(): text
     for text in (
         batches.END_SCRIPT,
+        bells.RING_SCRIPT,
         jobstats.RECORD_END_SCRIPT,
         limits.RELEASE_SCRIPT,
         jobs.COMPACT_SCRIPT,

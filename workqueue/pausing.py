@@ -1,8 +1,8 @@
 """Pausing one queue: workers on every machine take no new job from it until it is resumed.
 
 The paused queues are a set in Redis (:data:`PAUSED_KEY`), which the claim script (``lua/claim.lua``)
-reads in the same call that takes a job, so a pause holds for every worker at its next claim; an
-idle worker looks again at least every ``settings.IDLE_LOOK_GAP`` seconds. Jobs already running
+reads in the same call that takes a job, so a pause holds for every worker at its next claim; a
+resume is published, and wakes idle workers to look at once. Jobs already running
 finish; producers still enqueue. RQ's ``rq suspend`` (every worker, every queue) is separate and
 holds whatever this says.
 """
@@ -24,7 +24,7 @@ from workqueue.jobs import check_queue_name
 #: The set of paused queue names (``lua/claim.lua`` reads the same key).
 PAUSED_KEY = "workqueue:paused"
 #: Published to on each resume (the queue's name): a worker whose queues are all paused sleeps until
-#: it hears one (``worker.claiming``), at most IDLE_LOOK_GAP.
+#: it hears one (``worker.claiming``), at most its look gap, and one waiting on another queue looks.
 WAKE_CHANNEL = "workqueue:wake"
 
 

@@ -22,7 +22,7 @@ from rq import Queue
 from rq.job import Job
 from rq.results import Result
 
-from workqueue import lua, rq_compat
+from workqueue import bells, lua, rq_compat
 from workqueue.errors import BadInput
 
 #: The named levels and the number each stands for (0 to 9, higher first).
@@ -162,6 +162,7 @@ def install() -> None:
     rq_compat.route_enqueue(
         lambda job: level_of(job) != NORMAL,
         lambda pipe, queue, job, at_front: push(pipe, queue.name, job.id, level_of(job), at_front),
+        lambda pipe, queue, job: bells.ring(pipe, queue.name, level_of(job) != NORMAL),
     )
     _install_readers()
     _installed = True

@@ -294,7 +294,7 @@ def _commit(
 #: The enqueueing transaction as one script (``lua/enqueue.lua``): one EVALSHA instead of a MULTI of
 #: 23 commands (one an EVAL sending batch_open's text): 1.5 KB sent instead of 2.7, one request for
 #: Redis to parse (its 18 commands run inside), none of redis-py's per-command packing and replies.
-ENQUEUE_SCRIPT = lua.script("enqueue")
+ENQUEUE_SCRIPT = lua.script("bell") + lua.script("enqueue")  # bells.py: it rings idle workers
 
 
 @functools.cache

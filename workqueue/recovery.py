@@ -43,7 +43,7 @@ UNREADABLE_REASON = "unreadable job: its data is not JSON (not written by workqu
 
 # Move a job id from the intermediate list back to the front of its queue, unless a worker took it
 # out first (it registered the job meanwhile): atomic, so a job is neither lost nor doubled.
-_REQUEUE_IF_STILL_THERE = lua.script("requeue_if_still_there")
+_REQUEUE_IF_STILL_THERE = lua.script("bell") + lua.script("requeue_if_still_there")  # it rings (bells.py)
 
 
 @dataclass(frozen=True)
@@ -394,7 +394,8 @@ def requeue_unstarted(connection: redis.Redis, job_id: str, queue: Queue, seen_k
     runs_key = ExecutionRegistry.key_template.format(job_id)
     seen_key = seen_key or f"workqueue:intermediate-seen:{queue.name}:{job_id}"
     keys = [queue.intermediate_queue_key, home, Job.key_for(job_id), seen_key, queue.started_job_registry.key]
-    return bool(connection.eval(_REQUEUE_IF_STILL_THERE, 6, *keys, runs_key, job_id, f"{RQ_KEY_PREFIX}:execution:"))
+    args = [job_id, f"{RQ_KEY_PREFIX}:execution:", queue.name]
+    return bool(connection.eval(_REQUEUE_IF_STILL_THERE, 6, *keys, runs_key, *args))
 
 
 def _enqueue_due(connection: redis.Redis, queues: list[Queue]) -> None:

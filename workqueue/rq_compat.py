@@ -276,25 +276,34 @@ def enqueue_job(queue: Queue, job: Job, pipeline: Any = None, at_front: bool = F
     return queue._enqueue_job(job, pipeline=pipeline, at_front=at_front)
 
 
-def route_enqueue(wants: Callable[[Job], bool], push: Callable[[Any, Queue, Job, bool], None]) -> None:
+def route_enqueue(
+    wants: Callable[[Job], bool],
+    push: Callable[[Any, Queue, Job, bool], None],
+    after: Callable[[Any, Queue, Job], None],
+) -> None:
     """Have every enqueue of an existing job (RQ's ``Queue._enqueue_async_job``, the last step of the
     producer's, RQ's scheduler's, a dependency's, a requeue's and a hand-back's) leave the push of a job
-    that ``wants(job)`` to ``push(pipeline, queue, job, at_front)`` instead of RQ's push onto its list.
+    that ``wants(job)`` to ``push(pipeline, queue, job, at_front)`` instead of RQ's push onto its list,
+    and queue ``after(pipeline, queue, job)`` behind every push, in the same pipeline.
     RQ's unique enqueue (a script of its own) is left as it is. Called once, by ``priorities.install``."""
     original = Queue._enqueue_async_job
 
     def enqueue_async_job(
         self: Queue, job: Job, pipeline: Any = None, at_front: bool = False, unique: bool = False
     ) -> Job:
-        if unique or not wants(job):
+        if unique:
             return original(self, job, pipeline=pipeline, at_front=at_front, unique=unique)
-        # RQ's own steps (rq.queue.Queue._enqueue_async_job), the push left to ``push``.
         pipe = pipeline if pipeline is not None else self.connection.pipeline()
-        if job.get_status(refresh=False) == JobStatus.DEFERRED:
-            self.deferred_job_registry.remove(job, pipeline=pipe)
-        self._prepare_for_queue(job)
-        self._persist_job(job, pipe)
-        push(pipe, self, job, at_front)
+        if not wants(job):
+            original(self, job, pipeline=pipe, at_front=at_front)
+        else:
+            # RQ's own steps (rq.queue.Queue._enqueue_async_job), the push left to ``push``.
+            if job.get_status(refresh=False) == JobStatus.DEFERRED:
+                self.deferred_job_registry.remove(job, pipeline=pipe)
+            self._prepare_for_queue(job)
+            self._persist_job(job, pipe)
+            push(pipe, self, job, at_front)
+        after(pipe, self, job)
         if pipeline is None:
             pipe.execute()
         return job

@@ -62,11 +62,19 @@ SECURE_COOKIES_ENV = "WORKQUEUE_SECURE_COOKIES"
 HARD_KILL_GRACE = 3.0
 #: Heartbeats RQ asks for closer together than this (seconds) are skipped: they change nothing.
 HEARTBEAT_MIN_GAP = 1.0
-#: While several queues are empty, a worker blocks this long on the first before looking at the rest.
-MULTI_QUEUE_POLL = 0.2
-#: An idle worker's longest wait (seconds) between two looks at all its queues: a paused queue
-#: resumed, or a job of a level other than normal (whose enqueue wakes no BLMOVE), is seen this soon.
-IDLE_LOOK_GAP = 0.5
+#: An idle worker's longest wait (seconds) between two looks at all its queues. A job its BLMOVE does
+#: not watch (another of its queues, another priority level) rings its idle bell (``bells``) and a
+#: resume is published, so the look is only for what announces nothing: a job a plain RQ client
+#: pushed onto a list it does not watch, a bell lost with a connection.
+IDLE_LOOK_GAP = 2.0
+#: The consumer's environment variable that changes it (seconds), and its bounds.
+IDLE_LOOK_GAP_ENV, IDLE_LOOK_GAP_RANGE = "WORKQUEUE_IDLE_LOOK_GAP", (0.05, 300.0)
+#: Idle bells (``bells``): how long a worker's note as idle outlives the last claim that made it
+#: (seconds; idle workers note themselves again at each look, so the sets go once none is idle).
+BELL_NOTE_TTL = 600
+#: A wake that comes just before the worker's BLMOVE is repeated (``CLIENT UNBLOCK``) this often,
+#: for at most this long (seconds; ``worker.idle_bell``).
+BELL_UNBLOCK_GAP, BELL_UNBLOCK_PATIENCE = 0.002, 0.25
 #: How often (seconds) a busy worker asks whether ``rq suspend`` suspended it (RQ asks before every job).
 SUSPENSION_CHECK_GAP = 1.0
 #: Longest wait (seconds) between two tries while Redis is away or refusing writes: the worker

@@ -35,7 +35,7 @@ from workqueue.settings import (
 from workqueue.supervision import Supervisor
 from workqueue.worker.autoscale import Scaling, parse_range
 from workqueue.worker.catalogue_worker import MAX_CONCURRENCY
-from workqueue.worker.claiming import claim_ahead_settings
+from workqueue.worker.claiming import claim_ahead_settings, idle_look_gap_setting
 from workqueue.worker.held_ends import end_hold_setting
 from workqueue.worker.pool import ConsumerPool, PoolStatus
 from workqueue.worker.process import stops_held
@@ -165,6 +165,7 @@ def main(
     try:
         claim_ahead_settings()  # read again by each worker: a wrong value stops here, before any starts
         end_hold_setting()
+        idle_look_gap_setting()
     except ValueError as exc:
         fail(str(exc))
     logs.setup(verbose)

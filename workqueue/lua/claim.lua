@@ -21,12 +21,12 @@ if ARGV[6] == '' then
   now_text = string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, doy - math.floor((153 * mp + 2) / 5) + 1,
                            math.floor(second / 3600), math.floor(second % 3600 / 60), second % 60, micros)
 end
--- Several jobs per call: ARGV[14..] are more execution ids, one per further job to start (up to
+-- Several jobs per call: ARGV[16..] are more execution ids, one per further job to start (up to
 -- 1 + #those jobs); the answer lists each job's four values in turn. ARGV[13]: with a number above
 -- 0, a further job is only taken from a queue that uses none of pause, limits and levels and still
 -- holds more than that many jobs (a one-job-at-a-time worker claiming ahead of a deep queue).
 local exec_ids, found = {ARGV[4]}, {}
-for k = 14, #ARGV do exec_ids[#exec_ids + 1] = ARGV[k] end
+for k = 16, #ARGV do exec_ids[#exec_ids + 1] = ARGV[k] end
 local ahead_depth, depth = tonumber(ARGV[13]) or 0, {}
 
 -- Pause and priorities (workqueue.pausing, workqueue.priorities): a paused queue gives no job; a
@@ -74,13 +74,41 @@ end
 -- The job the worker's BLMOVE took from the first queue's normal list goes back to its front if
 -- that queue is paused or holds a job of a higher level.
 -- '*': the job is the one a BLMOVE sent just before this claim moved (the newest in the intermediate
--- list; another worker's, if that one's claim took this worker's: each claim takes one).
-if ARGV[12] == '*' then ARGV[12] = redis.call('LINDEX', KEYS[4], -1) or '' end
+-- list; another worker's, if that one's claim took this worker's: each claim takes one). '+': the
+-- same, but with none moved the claim looks no further (an idle worker's look is not due yet).
+local moved_only = ARGV[12] == '+'
+if ARGV[12] == '*' or moved_only then ARGV[12] = redis.call('LINDEX', KEYS[4], -1) or '' end
+if moved_only and ARGV[12] == '' then return false end
 if ARGV[12] ~= '' then
   if not is_quiet(3) and (others(3, HIGHEST, NORMAL + 1) or paused(3)) then
     -- only if it is still there: a late answer (after a network cut) names a job a sweep put back
     if redis.call('LREM', KEYS[4], 1, ARGV[12]) == 1 then redis.call('LPUSH', KEYS[3], ARGV[12]) end
     ARGV[12] = ''
+  end
+end
+
+-- Idle bells (workqueue/bells.py): a claim that found fewer than ARGV[14] jobs notes the worker as
+-- idle, in the 'blocked' set of its first open queue (where its BLMOVE waits next) and the 'deaf'
+-- set of each other queue; one that found enough takes a worker noted before (ARGV[15] '1') out.
+local BELL, NOTE_TTL = 'workqueue:bell:', 600  -- settings.BELL_NOTE_TTL
+local idle_below, noted = tonumber(ARGV[14]) or 0, ARGV[15] == '1'
+local function settle(n)
+  local idle = n < idle_below
+  if not idle and not noted then return end  -- the common case: a busy worker stays out
+  local chosen = false  -- the queue its BLMOVE waits on is chosen
+  for i = 3, #KEYS, 3 do
+    local prefix = BELL .. string.sub(KEYS[i], #QUEUE_PREFIX + 1)
+    local blocked, deaf = prefix .. ':blocked', prefix .. ':deaf'
+    if not idle then
+      redis.call('SREM', blocked, worker)
+      redis.call('SREM', deaf, worker)
+    else
+      local into, out = deaf, blocked
+      if not chosen and not paused(i) then into, out, chosen = blocked, deaf, true end
+      redis.call('SADD', into, worker)
+      redis.call('EXPIRE', into, NOTE_TTL)
+      if noted then redis.call('SREM', out, worker) end
+    end
   end
 end
 
@@ -251,6 +279,7 @@ for i = 3, #KEYS, 3 do
       local seconds = tonumber(timeout or '')
       if timeout and timeout ~= '' and not seconds then
         for _, v in ipairs({(i / 3), id, job, -1}) do found[#found + 1] = v end
+        settle(#found / 4)
         return found
       end
       local ttl = interval + 60
@@ -271,16 +300,23 @@ for i = 3, #KEYS, 3 do
       redis.call('PERSIST', job_key)
       redis.call('LREM', KEYS[i + 1], 1, id)
       for _, v in ipairs({(i / 3), id, job, ttl}) do found[#found + 1] = v end
-      if #found / 4 >= #exec_ids then return found end
+      if #found / 4 >= #exec_ids then
+        settle(#found / 4)
+        return found
+      end
     else
       redis.call('LREM', KEYS[i + 1], 1, id)
       if not held then dropped = dropped + 1 end
       if dropped >= tonumber(ARGV[11]) or limit_held >= LIMIT_HELD_MAX then
-        if #found > 0 then return found end
-        return {0}
+        if #found > 0 then
+          settle(#found / 4)
+          return found
+        end
+        return {0}  -- the worker asks again at once: that claim settles its bells
       end
     end
   end
 end
+settle(#found / 4)
 if #found > 0 then return found end
 return false

@@ -55,14 +55,17 @@ for first = 1, #ids, STEP do
   redis.call('ZADD', KEYS[7], unpack(scored))
 end
 redis.call('SADD', KEYS[8], ARGV[6])
+local normal = 0  -- jobs pushed onto RQ's own list, the others onto a level's
 for n = 1, #ids do
   local s = starts[n]
   redis.call('HSET', KEYS[9 + 2 * n], unpack(ARGV, s + 2, s + 1 + 2 * tonumber(ARGV[s + 1])))
   redis.call('RPUSH', KEYS[10 + 2 * n], ids[n])
+  if KEYS[10 + 2 * n] == ARGV[6] then normal = normal + 1 end
 end
 for first = 1, #ids, STEP do
   redis.call('SADD', KEYS[9], unpack(ids, first, math.min(first + STEP - 1, #ids)))
 end
 redis.call('EXPIRE', KEYS[9], ttl)
 redis.call('SADD', KEYS[10], ARGV[7])
+ring(ARGV[3], normal, #ids - normal)  -- bell.lua, sent before this script
 return {created, mark}

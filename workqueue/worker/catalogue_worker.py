@@ -34,7 +34,8 @@ from rq.worker import RandomWorker, RoundRobinWorker
 
 from task_def import crawl as task_crawl
 from task_def import progress as task_progress
-from workqueue import crawling, limits, network, outage, rq_compat, tallies
+from workqueue import bells, crawling, limits, network, outage, rq_compat, tallies
+from workqueue.connection import without_retries
 from workqueue.jobs import SERIALIZER, CatalogueJob
 from workqueue.settings import (
     AHEAD_LOOK,
@@ -349,6 +350,7 @@ class CatalogueWorker(HeartbeatingWorker):
             self._write_ends_before_stopping()
             tallies.flush_all()  # those ends' counts (held_ends)
             self.settle_ahead(give_back=True, why="the worker stops")
+            self._leave_bells()
             super().teardown()
         except redis.RedisError as exc:
             if not outage.is_outage(exc):
@@ -362,6 +364,14 @@ class CatalogueWorker(HeartbeatingWorker):
         finally:
             self.stop_scheduler_left()
             self._retire_horse()
+
+    def _leave_bells(self) -> None:
+        """Out of the idle bells' sets (``workqueue.bells``), once, without riding out an outage: a
+        bell for a worker gone is skipped anyway, and the sets lapse."""
+        try:
+            bells.forget(without_retries(self.connection, socket_timeout=1.0), self.name, self.queue_names())
+        except redis.RedisError as exc:
+            self.log.debug("Worker %s: left in the idle sets (%s)", self.name, exc)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ's, without the round trip when the state is already the one written last (RQ sets

@@ -79,6 +79,9 @@ def send_waiting(
         assert connection is not None  # a direct client (``guarded.direct_client``) keeps one
         try:
             connection.send_packed_command([pack(*commands)])
+            replies.append(_read(connection, disconnect_on_error=False))
+            if isinstance(replies[0], int):  # the connection a wake unblocks (``worker.idle_bell``)
+                worker.idle_bell.client_id = replies[0]  # type: ignore[attr-defined]
             while len(replies) < len(commands):
                 replies.append(_read(connection, disconnect_on_error=False))
         except (redis.RedisError, OSError) as exc:

@@ -40,14 +40,16 @@ from workqueue.settings import (
     CLAIM_AHEAD_DEFAULT,
     CLAIM_AHEAD_ENV,
     IDLE_LOOK_GAP,
+    IDLE_LOOK_GAP_ENV,
+    IDLE_LOOK_GAP_RANGE,
     LIMIT_POLL,
-    MULTI_QUEUE_POLL,
     OUTAGE_MAX_BACKOFF,
 )
 from workqueue.worker import claim_request, job_steps
 from workqueue.worker.held_ends import HeldEnds, end_hold_setting
 from workqueue.worker.horse import Horse
 from workqueue.worker.horse_side import HorseSideWorker
+from workqueue.worker.idle_bell import IdleBell
 from workqueue.worker.process import pool_gone
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,20 @@ def claim_ahead_settings(environ: dict[str, str] | os._Environ[str] = os.environ
     return count, hold
 
 
+def idle_look_gap_setting(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
+    """``WORKQUEUE_IDLE_LOOK_GAP`` (seconds between an idle worker's looks at all its queues) from
+    ``environ``, or IDLE_LOOK_GAP; ValueError saying what is wrong."""
+    raw = environ.get(IDLE_LOOK_GAP_ENV, "")
+    low, high = IDLE_LOOK_GAP_RANGE
+    try:
+        gap = float(raw) if raw.strip() else IDLE_LOOK_GAP
+    except ValueError:
+        gap = -1.0
+    if not low <= gap <= high:
+        raise ValueError(f"{IDLE_LOOK_GAP_ENV}={raw!r}: expected seconds from {low:g} to {high:g}, e.g. 2")
+    return gap
+
+
 class ClaimingWorker(HorseSideWorker):
     """RQ's Worker, taking its jobs as workqueue does (see the module)."""
 
@@ -91,6 +107,9 @@ class ClaimingWorker(HorseSideWorker):
     _last_run: float | None
     claim_ahead: int
     ahead_hold: float
+    #: Seconds between an idle worker's looks at all its queues (``idle_look_gap_setting``).
+    idle_look_gap: float
+    _looked_at: float
     #: The job ends its horse handed over, not yet written (``held_ends``).
     held_ends: HeldEnds
 
@@ -101,20 +120,26 @@ class ClaimingWorker(HorseSideWorker):
         self._last_run = None
         self.claim_ahead, self.ahead_hold = claim_ahead_settings()
         self.end_hold = end_hold_setting()
+        self.idle_look_gap = idle_look_gap_setting()
+        self._looked_at = 0.0  # when its last claim looked at every queue and found nothing (monotonic)
         self.held_ends = HeldEnds(self.end_hold)
         self._resumed = threading.Event()
+        self.idle_bell = IdleBell(self.connection)
 
     def subscribe(self) -> None:
         """RQ's (its channel of commands, listened to in a thread), plus ``pausing.WAKE_CHANNEL``: a
-        queue resumed wakes the worker if it sleeps because all its queues were paused."""
+        queue resumed wakes the worker if it sleeps because all its queues were paused, and ends its
+        wait on another queue as its idle bell does (the resumed queue's jobs rang no bell)."""
         self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
         self.pubsub = self.connection.pubsub()
-        self.pubsub.subscribe(
-            **{self.pubsub_channel_name: self.handle_payload, pausing.WAKE_CHANNEL: lambda _: self._resumed.set()}
-        )
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload, pausing.WAKE_CHANNEL: self._on_resume})
         self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ annotates it None
             sleep_time=60, daemon=True, exception_handler=self._pubsub_exception_handler
         )
+
+    def _on_resume(self, _message: Any) -> None:
+        self._resumed.set()
+        self.idle_bell.rung()
 
     def write_held_ends(self) -> bool:
         """Write the ends the horse handed over (``held_ends``); whether none is held any more
@@ -186,10 +211,11 @@ class ClaimingWorker(HorseSideWorker):
             self.log.warning("Worker %s: Redis accepts work again", self.name)
             self._outage_noted = ""
 
-    def _claim(self, moved_from: Queue | None = None, wait: float | None = None):
+    def _claim(self, moved_from: Queue | None = None, wait: float | None = None, look: bool = True):
         """``job_steps.claim`` on the worker's queues: the job, started, and its queue; or None.
         ``wait``: first wait up to that many seconds for a job of ``moved_from`` (default: the
-        first queue), in the same request (``job_steps.claim_many``)."""
+        first queue), in the same request (``job_steps.claim_many``); then, without ``look``, take
+        only the job the wait brought, if any (a look at every queue is not due yet)."""
         # the ends held so far go first in the claim's request: one request for the ends of several jobs and the next
         before = self.held_ends.request(self.connection, self.name)
         queues = rq_compat.ordered_queues(self)
@@ -197,11 +223,26 @@ class ClaimingWorker(HorseSideWorker):
             # Only paused queues come before it (see _wait_and_claim): the claim skips them anyway.
             queues = [moved_from] + [q for q in queues if q is not moved_from]
         ahead = self._ahead_wanted()
+        if wait is None:
+            return self._claim_from(queues, ahead, before, None, True)
+        with self.idle_bell.armed() as rung:  # a wake ends the wait (``idle_bell``)
+            if rung:  # a job its wait would not see was pushed since its last look: look now
+                wait, look = None, True
+            return self._claim_from(queues, ahead, before, wait, look)
+
+    def _claim_from(self, queues: list[Queue], ahead: int, before: Any, wait: float | None, look: bool):
+        """``_claim``'s claim on ``queues`` in their order."""
         try:
             while True:
                 try:
                     found = job_steps.claim_many(
-                        self, queues, 1 + ahead, ahead_depth=AHEAD_MIN_DEPTH if ahead else 0, before=before, wait=wait
+                        self,
+                        queues,
+                        1 + ahead,
+                        ahead_depth=AHEAD_MIN_DEPTH if ahead else 0,
+                        before=before,
+                        wait=wait,
+                        moved_only=not look,
                     )
                 except claim_request.ClaimCut as cut:  # a stop while it waited: what the claim started goes back
                     before = None  # answered
@@ -214,12 +255,15 @@ class ClaimingWorker(HorseSideWorker):
                     self._give_back_late(late)
                     return None
                 wait = before = None
+                look = True  # asking again (``retry``) looks at every queue
                 if not found or not found[0].retry:
                     break
         finally:
             if before is not None:  # the claim failed before its reply: held still, unless it was answered
                 self.held_ends.not_sent()
         if not found or found[0].job is None or found[0].queue is None:
+            if look:
+                self._looked_at = time.monotonic()
             if rq_compat.stop_requested(self):  # asked while the claim made the worker look busy: stop now
                 raise StopRequested()
             return None
@@ -354,14 +398,15 @@ class ClaimingWorker(HorseSideWorker):
     def _wait_and_claim(self, timeout: int | None):
         """Claim a job, waiting up to ``timeout`` seconds for one (None: not at all) in a BLMOVE on
         the first queue not paused, which moves the job into its intermediate list: an atomic
-        hand-over (RQ's BLPOP on several queues can lose a job, rq#2236). The wait is cut into
-        slices (MULTI_QUEUE_POLL with several queues, else IDLE_LOOK_GAP), each followed by a look
-        at every queue: a job of another queue, of a level other than normal (which no BLMOVE
-        sees) or of a queue just resumed is taken this soon. With every queue paused it sleeps.
-        A wait's own claim looks at every queue as the wait ends, so the slice after it starts with
-        no look of its own."""
+        hand-over (RQ's BLPOP on several queues can lose a job, rq#2236). A job of another queue or
+        of a level other than normal, which no BLMOVE sees, rings the worker's idle bell
+        (``workqueue.bells``), which ends the wait at once. The wait is cut into slices of
+        ``idle_look_gap``; a look at every queue follows the slice that ends once the last one is
+        that old (the wait's own claim, in its request), for what rings no bell; the others' claims
+        take only the job their BLMOVE brought. With every queue paused it sleeps until a resume."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        looked = False  # the last slice's claim looked at every queue just now
+        # the last look at every queue is recent and found nothing: the wait starts with no look of its own
+        looked = self._look_recent(0.0)
         while True:
             if rq_compat.stop_requested(self):  # noted, not raised (the worker looked busy then): stop now
                 raise StopRequested()
@@ -379,20 +424,27 @@ class ClaimingWorker(HorseSideWorker):
             if left <= 0:
                 raise DequeueTimeout(timeout, self.queue_keys())
             queues = rq_compat.ordered_queues(self)
-            slice_ = min(MULTI_QUEUE_POLL if len(queues) > 1 else IDLE_LOOK_GAP, left)
+            slice_ = min(self.idle_look_gap, left)
             due = self._limits_due()
             if due is not None:  # jobs held by a limit: wake when one may be released, claim to release it
                 slice_ = max(0.05, min(slice_, due, LIMIT_POLL))
+            look = due is not None or not self._look_recent(slice_)
             self._resumed.clear()  # before the look: a resume after it wakes the sleep below
             paused = pausing.paused_names(self.connection)
             open_ = [q for q in queues if q.name not in paused]
             if not open_:
                 self._resumed.wait(slice_)
                 continue
-            claimed = self._claim(open_[0], wait=slice_)
+            claimed = self._claim(open_[0], wait=slice_, look=look)
             if claimed is not None:
                 return claimed
             looked = True
+
+    def _look_recent(self, after: float) -> bool:
+        """Whether ``after`` seconds from now the worker's last look at every queue will still be
+        under ``idle_look_gap`` old, and it is still noted idle since (``idle_bell``: a wake for
+        whatever that look could not see)."""
+        return self.idle_bell.noted and time.monotonic() + after < self._looked_at + self.idle_look_gap
 
     def _limits_due(self) -> float | None:
         """Seconds until a job held by a per-key limit on the worker's queues may be released

@@ -47,6 +47,8 @@ from workqueue.worker import claim_request, end_words
 if TYPE_CHECKING:
     from rq.worker import Worker
 
+    from workqueue.worker.idle_bell import IdleBell
+
 log = logging.getLogger(__name__)
 
 # Takes the first job of the worker's queues and starts it: RQ's dequeue (an LMOVE into the
@@ -60,13 +62,16 @@ log = logging.getLogger(__name__)
 # worker's name; now (epoch seconds as a float, as an int, and as RQ's UTC text; three '': Redis's
 # clock, for a claim sent behind a BLMOVE that waits); the job monitoring interval; whether to set
 # the worker "busy"; the most dangling ids to drop; the id of a job already moved into the first
-# queue's intermediate list, '*' for the one the BLMOVE sent just before the claim moved there, or ''
+# queue's intermediate list, '*' for the one the BLMOVE sent just before the claim moved there ('+': the
+# same, and with none moved, no look at the queues: false at once), or ''
 # (ignored if it is no longer there: a sweep put it back while the BLMOVE's answer was on its way).
 # Answers false (every queue empty), {0} (dropped ids of jobs whose hash had gone: ask again), or
 # {queue number, job id, the job's hash as read before starting it, the execution's TTL}, and as
-# many more such fours as further jobs were started: ARGV[14..] (optional) are one more execution
+# many more such fours as further jobs were started: ARGV[16..] (optional) are one more execution
 # id per further job to start at once (``claim_many``), ARGV[13] the depth a quiet queue must have
-# for a further job to be taken from it (0: any, a worker filling its free slots);
+# for a further job to be taken from it (0: any, a worker filling its free slots); ARGV[14] and [15]
+# the idle bells' (``workqueue.bells``): found fewer jobs than ARGV[14], the worker is noted idle;
+# found as many, it is taken out of the idle sets if ARGV[15] is 1 (it was noted);
 # a job whose timeout is not a plain number is answered with a TTL of -1, left unstarted in the
 # intermediate list, for RQ's own code to start.
 # A paused queue (``pausing``) gives no job, and each queue's jobs are taken from its priority
@@ -129,6 +134,7 @@ def claim_many(
     ahead_depth: int = 0,
     before: tuple[list[Any], Callable[[Any], None]] | None = None,
     wait: float | None = None,
+    moved_only: bool = False,
 ) -> list[_Claimed]:
     """:func:`claim`, taking up to ``count`` jobs in the same round trip (a worker running several
     jobs at once fills its free slots), each started with an execution of its own. Answers the jobs
@@ -144,6 +150,9 @@ def claim_many(
     stops it at once. A stop that cuts the wait (``claim_request.ClaimCut``) ends the request
     (``CLIENT KILL``) and finds the jobs its claim started, if it ran, for them to be given back.
 
+    ``moved_only`` (with ``wait``): the claim takes the job the BLMOVE moved, if any, and looks at no
+    other queue or level (an idle worker between two looks).
+
     A reply that comes more than LATE_CLAIM seconds late (beyond ``wait``) raises :class:`LateClaim`
     with the jobs it started: not to be run, but given back."""
     connection = worker.connection
@@ -156,6 +165,9 @@ def claim_many(
     if _claim_script is None:
         _claim_script = connection.register_script(_CLAIM)
     execution_ids, started = [uuid4().hex for _ in range(max(1, count))], now()
+    # Idle bells (``workqueue.bells``): found fewer than this, the worker waits next, and is noted idle.
+    bell: IdleBell = worker.idle_bell  # type: ignore[attr-defined]
+    idle_below = 1 if ahead_depth else count
     state = worker.get_state()
     args = [
         Job.redis_job_namespace_prefix,
@@ -167,8 +179,10 @@ def claim_many(
         worker.job_monitoring_interval,
         int(state != WorkerStatus.BUSY),
         _MAX_DROPPED,
-        "*" if wait is not None else moved or "",
+        ("+" if moved_only else "*") if wait is not None else moved or "",
         ahead_depth,
+        idle_below,
+        int(bell.noted),
         *execution_ids[1:],  # one more id per further job to start
     ]
     # Busy in memory before the job can be started in Redis: a stop signal arriving meanwhile then
@@ -204,6 +218,8 @@ def claim_many(
         else:
             rq_compat.set_worker_state(worker, WorkerStatus.BUSY)
     found = _found(worker, queues, execution_ids, reply, started)
+    if not found or not found[0].retry:
+        bell.noted = len(found) < idle_below
     late = time.monotonic() - sent - (wait or 0.0)
     if late > LATE_CLAIM and found and not found[0].retry:
         if state != WorkerStatus.BUSY:

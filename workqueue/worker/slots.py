@@ -19,7 +19,7 @@ from rq.job import Job
 from rq.utils import now
 
 from workqueue import limits, outage, pausing, recovery, rq_compat
-from workqueue.settings import HARD_KILL_GRACE, HEARTBEAT_TTL, IDLE_LOOK_GAP
+from workqueue.settings import HARD_KILL_GRACE, HEARTBEAT_TTL
 from workqueue.worker import job_steps
 from workqueue.worker.claiming import ClaimingWorker
 from workqueue.worker.horse import WAITING, Horse
@@ -70,7 +70,7 @@ class SlotsWorker(ClaimingWorker):
     def _run_concurrently(self, job: Job, queue: Queue) -> None:
         """Run ``job`` in the horse, and while it runs fill the free slots: claim up to that many
         more jobs in one round trip (``job_steps.claim_many``) at once when a job ends, else every
-        IDLE_LOOK_GAP seconds; answers are collected as they come (a select on the horse's pipe,
+        ``idle_look_gap`` seconds; answers are collected as they come (a select on the horse's pipe,
         never a busy loop) and every running job is heartbeaten. Returns once none runs, so a warm
         stop (which stops the claiming) lets every running job finish first.
 
@@ -99,7 +99,7 @@ class SlotsWorker(ClaimingWorker):
                     for claimed_job, claimed_queue in more:
                         self._launch(claimed_job, claimed_queue)
                     if len(more) < free:
-                        look_at = time.monotonic() + IDLE_LOOK_GAP
+                        look_at = time.monotonic() + self.idle_look_gap
                     if not running:
                         break
                 answer = self._wait_for_answer(look_at if len(running) < self.concurrency else None)

@@ -15,7 +15,7 @@ import redis
 from rq.command import parse_payload
 from rq.job import Job
 
-from workqueue import outage, recovery, rq_compat
+from workqueue import bells, outage, recovery, rq_compat
 from workqueue.connection import without_retries
 from workqueue.control import SHUTDOWN_NOW
 from workqueue.worker.process import mark_stopped_on_purpose, pool_gone, stop_noted
@@ -42,6 +42,8 @@ class StoppingWorker(SlotsWorker):
         """RQ's pub/sub commands, plus ours; a shutdown marks the worker as stopped on purpose."""
         payload = parse_payload(message)
         command = payload.get("command")
+        if command == bells.WAKE_COMMAND:  # an idle bell (``workqueue.bells``)
+            return self.idle_bell.rung()
         if command == "stop-job" and self.concurrency == 1 and self._stop_if_ahead(payload.get("job_id") or ""):
             return None  # claimed ahead: stopped before it runs, the running job runs on
         if command == "stop-job" and self.concurrency > 1:  # only that job, not its neighbours
