@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -14,10 +16,20 @@ import redis
 from rq import Queue, Worker
 from rq.job import Job
 
-from tests.helpers import child_pids, cli_env, fetch, free_port, run_cli, start_consumer, status, wait_for, workers
+from tests.helpers import (
+    ROOT,
+    child_pids,
+    cli_env,
+    fetch,
+    free_port,
+    run_cli,
+    start_consumer,
+    status,
+    wait_for,
+    workers,
+)
 from workqueue import producer, recovery
 from workqueue.jobs import SERIALIZER, CatalogueJob
-from workqueue.worker.catalogue_worker import CatalogueWorker
 
 
 def enqueue(conn: redis.Redis, task: str, queue: str = "queue_one", **params) -> Job:
@@ -251,19 +263,30 @@ def test_a_killed_consumer_s_busy_worker_finishes_its_job_then_leaves_with_all_i
     assert name not in {w.name for w in Worker.all(connection=conn)}
 
 
-def test_a_stop_at_once_stops_the_worker_s_scheduler_too(conn: redis.Redis) -> None:
+def test_a_stop_at_once_stops_the_worker_s_scheduler_too(redis_url: str) -> None:
     """A stop at once raises out of whatever the worker does, its teardown included, where RQ
-    stops its scheduler: it stops the scheduler itself, or the worker's exit waits for it forever."""
-    worker = CatalogueWorker(["queue_one"], connection=conn, name=f"cold.{os.getpid()}")
-    worker.register_birth()
-    worker._start_scheduler()
-    scheduler = worker.scheduler._process
-    try:
-        assert scheduler is not None and scheduler.is_alive()
-        with pytest.raises(SystemExit):
+    stops its scheduler: it stops the scheduler itself, or the worker's exit waits for it forever.
+    In a process of its own: a stop also ends the retries of every Redis client in its process."""
+    code = """if True:
+        import os, signal, redis
+        from workqueue.worker.catalogue_worker import CatalogueWorker
+        conn = redis.Redis.from_url(os.environ["REDIS_URL"])
+        worker = CatalogueWorker(["queue_one"], connection=conn, name=f"cold.{os.getpid()}")
+        worker.register_birth()
+        worker._start_scheduler()
+        scheduler = worker.scheduler._process
+        print("scheduler running:", scheduler is not None and scheduler.is_alive(), flush=True)
+        try:
             worker.request_force_stop(signal.SIGINT, None)
-        assert not scheduler.is_alive()
-    finally:
-        if scheduler is not None and scheduler.is_alive():
+        except SystemExit:
+            print("stopped at once; scheduler running:", scheduler.is_alive(), flush=True)
+        if scheduler.is_alive():  # else this process's exit would wait for it
             scheduler.terminate()
             scheduler.join(10)
+    """
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    said = [line for line in done.stdout.splitlines() if "scheduler running:" in line]  # not RQ's logs
+    assert said == [
+        "scheduler running: True",
+        "stopped at once; scheduler running: False",
+    ], done.stderr
