@@ -24,6 +24,7 @@ from workqueue.worker.slots import SlotsWorker
 #: Seconds after a first SIGTERM in which another is the same stop (``StoppingWorker._same_term_again``,
 #: as RQ's one second); the kernel's repeats of a pool's death come within milliseconds.
 TERM_REPEAT = 1.0
+#: Why a worker with neither its pool nor Redis stops at once (said with its jobs' hand-back).
 ORPHANED_IN_OUTAGE = "its consumer's pool died while Redis was not answering"
 
 
