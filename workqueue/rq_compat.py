@@ -405,7 +405,7 @@ def scheduler_running(worker: Worker) -> bool:
     """Whether the worker's RQ scheduler process (``RQScheduler._process``) runs still: started by
     this process and not yet ended (a child that ended is reaped by the look)."""
     process = getattr(worker.scheduler, "_process", None) if worker.scheduler else None
-    return process is not None and process.pid is not None and not worker._is_horse and process.is_alive()
+    return process is not None and not worker._is_horse and process.is_alive()  # not started: not alive
 
 
 def scheduler_signal_handlers(scheduler: Any) -> None:
