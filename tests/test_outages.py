@@ -20,7 +20,9 @@ import redis
 import workqueue
 from tests import fault_tasks
 from tests.helpers import ROOT, RedisServer, cli_env, run_cli, wait_for
-from workqueue import outage, producer
+from workqueue import guarded, outage, producer
+from workqueue.connection import connect
+from workqueue.worker import job_steps
 
 pytestmark = pytest.mark.slow
 
@@ -179,6 +181,34 @@ def test_pool_and_workers_ride_out_redis_refusing_writes(server, processes, faul
     assert consumer.poll() is None
     _, err = consumer.output()
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("set_up", [True, False], ids=["set up first", "first request a write"])
+def test_a_process_whose_first_connection_is_refused_sets_up_and_waits_to_write(server, set_up) -> None:
+    """A work horse is forked as its worker sends it a job, so it may start while Redis refuses
+    writes, and MISCONF refuses even a new connection's PING. Its set-up goes on (the scripts are
+    loaded later) and its first guarded write waits until Redis takes it. (A horse running eight
+    jobs died of this before: its jobs failed instead of waiting.)"""
+    admin = redis.Redis(port=server.port)
+    repair = break_persistence(admin)
+    conn, _ = connect(server.url, ride_out_outages=True)  # a pool of its own: no connection open yet
+    try:
+        if set_up:
+            job_steps.prepare(conn)
+        written: list[object] = []
+        no_guard = guarded.Guard("", "", [])
+
+        def write() -> None:
+            written.append(guarded.run_guarded(conn, lambda pipe: pipe.set("first", "write"), no_guard, what="a write"))
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(1.5)
+        assert writer.is_alive() and admin.get("first") is None  # waiting, nothing written
+    finally:
+        repair()
+    writer.join(30)
+    assert not writer.is_alive() and written and admin.get("first") == b"write"
 
 
 #: Long enough for a dead worker's registration to lapse and a sweep to look at it.

@@ -209,7 +209,7 @@ def send_direct(connection: redis.Redis, *words: Any) -> Any:
     answer = connection.execute_command(*words)
     try:  # Redis answers: keep a connection for the next command
         clients[key] = redis.Redis(connection_pool=connection.connection_pool, single_connection_client=True)
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
+    except (redis.RedisError, OSError):  # away again, or refusing a new connection (MISCONF refuses its PING)
         pass
     return answer
 

@@ -233,12 +233,12 @@ def run_guarded(
     while Redis refuses it (out of memory, a failed save, away), wait and build it again, for at
     most ``patience`` seconds (None: as long as it takes). The replies, or SUPERSEDED."""
     delay, deadline, warned = 0.2, None if patience is None else time.monotonic() + patience, False
-    client = direct_client(connection)
     group = _group[1] if _group is not None and _group[0] == os.getpid() else None
     while True:
         with connection.pipeline() as pipe:
             build(pipe)
             try:
+                client = direct_client(connection)  # which connects, if it is the process's first request
                 if group is not None and (words := transaction_words(pipe)) is not None:
                     return group(client, guard, words)
                 return _run_queued(client, pipe, guard)

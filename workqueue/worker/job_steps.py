@@ -93,8 +93,8 @@ def prepare(connection: redis.Redis, groups: bool = False) -> None:
     first job waits for neither (a worker calls it as it starts, a horse as it starts; ``groups``:
     ends written in groups too, ``guarded.prepare``)."""
     global _claim_script
-    client = direct_client(connection)
     try:
+        client = direct_client(connection)
         _claim_script = _claim_script or client.register_script(_CLAIM)
         client.script_load(_claim_script.script)
         guarded.prepare(client, groups)
