@@ -5,6 +5,7 @@ empty. Every wait is bounded; every server and process a test starts it stops.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,6 +210,41 @@ def test_a_process_whose_first_connection_is_refused_sets_up_and_waits_to_write(
         repair()
     writer.join(30)
     assert not writer.is_alive() and written and admin.get("first") == b"write"
+
+
+def alive(process: psutil.Process) -> bool:
+    """Running, not a zombie its parent has yet to reap."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_the_scheduler_rides_out_redis_refusing_writes(server, processes) -> None:
+    """RQ's scheduler, a process beside each worker, ended on a refusal raised out of its loop (its
+    heartbeat's first write), and delayed jobs then waited for a lapsed lock or the worker's
+    maintenance. It waits the refusal out: the same process moves the job once Redis takes writes."""
+    conn = redis.Redis(port=server.port)
+    consumer = processes.start("consumer_main.py", "--workers", "1", env=env_for(server))
+    registered = wait_for(lambda: [conn.hget(key, "pid") for key in conn.scan_iter("rq:scheduler:*")], 30, "it")
+    scheduler = psutil.Process(int(registered[0]))  # its worker's child, which records its pid
+    delayed = run_cli(
+        "producer_main.py", "--task", "sleep", "--param", "seconds=0.1", "--in", "2s", env=env_for(server)
+    )
+    assert delayed.returncode == 0, delayed.stderr
+    (job_id,) = re.findall(r"^  ([0-9a-f-]{36})$", delayed.stdout, re.M)
+    repair = break_persistence(conn)
+    try:
+        time.sleep(4)  # due meanwhile; the scheduler polls every second
+        assert alive(scheduler) and conn.hget(f"rq:job:{job_id}", "status") == b"scheduled"
+    finally:
+        repair()
+    wait_for(lambda: conn.hget(f"rq:job:{job_id}", "status") == b"finished", 30, "the delayed job to run")
+    assert alive(scheduler)
+    _, err = consumer.output()
+    assert "Traceback" not in err and "raised an exception" not in err
+    said = f"Scheduler [PID {scheduler.pid}] could not heartbeat: Redis is refusing writes (it cannot persist to disk"
+    assert said in err and f"Scheduler [PID {scheduler.pid}]: Redis accepts work again" in err
 
 
 #: Long enough for a dead worker's registration to lapse and a sweep to look at it.

@@ -27,7 +27,6 @@ import redis
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job, JobStatus
-from rq.scheduler import RQScheduler
 from rq.suspension import is_suspended
 from rq.utils import now
 from rq.worker import RandomWorker, RoundRobinWorker
@@ -54,29 +53,10 @@ from workqueue.worker.process import (
     die_with_parent,
     pool_gone,
 )
+from workqueue.worker.scheduler import Scheduler
 from workqueue.worker.slots import RunningJob
 
 log = logging.getLogger(__name__)
-
-
-class _Scheduler(RQScheduler):
-    """RQ's scheduler process, which (unlike RQ's) stops when its worker dies."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._worker_pid = os.getpid()  # built in the worker, which forks it
-
-    def _install_signal_handlers(self) -> None:
-        rq_compat.scheduler_signal_handlers(self)
-        die_with_parent(signal.SIGTERM)
-        if os.getppid() != self._worker_pid:  # its worker died before that was set: no signal will come
-            self.request_stop()
-
-    def request_stop(self, signum: Any = None, frame: Any = None) -> None:
-        """RQ's, and Redis commands stop being retried soon (``outage.request_stop``): the loop
-        checks the stop only between commands, which an outage would otherwise stretch to minutes."""
-        outage.request_stop()
-        super().request_stop(signum, frame)
 
 
 #: ``consumer_main.py --concurrency``: the most jobs a worker's horse may run at once.
@@ -399,7 +379,7 @@ class CatalogueWorker(HeartbeatingWorker):
     ) -> None:
         """RQ's, with a scheduler that dies with this worker instead of running on as an orphan."""
         level = logging_level if logging_level is not None else self.log.level
-        scheduler = _Scheduler(self.queues, connection=self.connection, logging_level=level, serializer=self.serializer)
+        scheduler = Scheduler(self.queues, connection=self.connection, logging_level=level, serializer=self.serializer)
         self.scheduler = scheduler
         scheduler.acquire_locks()
         if not scheduler.acquired_locks:
