@@ -132,3 +132,15 @@ def test_a_stop_signal_arriving_while_the_horse_is_forked_is_not_lost(threads: i
         for thread in others:
             thread.join()
     assert set(psutil.Process().children()) <= before, "the horse forked for a stopping worker was left running"
+
+
+def test_the_stop_signals_mask_is_put_back_whatever_raises_as_handlers_are() -> None:
+    """After the fork the handlers are put back, and a stop's handler may run (and raise) right as
+    it is installed; the blocked stop signals must be unblocked all the same, or this process and
+    every one it starts after would never hear a stop (a handler that cannot be set raises here)."""
+    from workqueue.worker import horse
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    with pytest.raises(OSError):
+        horse._restore({signal.SIGKILL: signal.SIG_DFL}, before, [])
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}

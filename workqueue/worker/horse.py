@@ -207,9 +207,11 @@ def _read_exactly(fd: int, size: int) -> bytes:
 def _restore(handlers: dict[signal.Signals, Any], held: set[int | signal.Signals], caught: list[int]) -> None:
     """Put back the stop signals' handlers and mask as they were before the fork, then deliver the
     stops that came meanwhile (each signal once), so that the worker's own handler acts on them."""
-    for signum, handler in handlers.items():
-        signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
-    signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop held back by the mask is delivered here
+    try:  # a stop's own handler may run (and raise) as it is put back: the mask is put back all the same
+        for signum, handler in handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop held back by the mask is delivered here
     for caught_signal in dict.fromkeys(caught):
         signal.raise_signal(caught_signal)
 
