@@ -5,6 +5,8 @@ are built from (and that tests import) are in tests/helpers.py."""
 from __future__ import annotations
 
 import http.server
+import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -53,6 +55,34 @@ def processes(request: pytest.FixtureRequest) -> Iterator[Processes]:
     finally:
         if getattr(request.node, "failed", False):  # their own words in the report: a flake seen once has a log
             procs.show_output()
+
+
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests send Ctrl-C (SIGINT) to the commands they start, as a user at a terminal would. A shell
+    that starts pytest in the background without job control (``make test &`` in a script) makes it
+    ignore SIGINT, and every process it starts would inherit that: its default is given back here."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True)
+def stop_signals_left_as_found() -> Iterator[None]:
+    """Each test leaves pytest's stop signals as it found them. A process inherits its starter's
+    blocked and ignored signals: after a test that left SIGINT or SIGTERM blocked, every process
+    a later test starts would ignore Ctrl-C, and a scheduler its worker's death (PDEATHSIG)."""
+    yield
+    if threading.current_thread() is not threading.main_thread():
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, []) & _STOPS
+    ignored = {sig for sig in _STOPS if signal.getsignal(sig) is signal.SIG_IGN}
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+    for sig in ignored:
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    assert not blocked and not ignored, f"the test left stop signals blocked {blocked}, ignored {ignored}"
 
 
 @pytest.fixture(scope="session")
