@@ -91,6 +91,19 @@ def test_a_success_written_directly_leaves_redis_as_the_end_rqs_objects_build_do
     assert end["guard"][:3] == rqs_end["guard"][:3] and len(end["words"]) < len(rqs_end["words"])
 
 
+def test_a_dependent_jobs_dependencies_set_gets_its_ttl_as_rqs_end_gives_it(conn, monkeypatch) -> None:
+    """The direct end skips the EXPIRE of a dependencies set only for a job enqueued with none (RQ
+    writes that set for no other): a job that depends on another has it expire with the job."""
+
+    def depend(claim: Any) -> None:
+        claim.job._dependency_ids = ["other"]  # as RQ's Job.restore reads them from 'dependency_ids'
+        conn.sadd(claim.job.dependencies_key, "other")
+
+    direct = written(conn, monkeypatch, direct=True, before_end=depend)[0]
+    assert direct == written(conn, monkeypatch, direct=False, before_end=depend)[0]
+    assert direct["rq:job::JOB:dependencies"][1] != -1  # it expires with the job (RQ names it so)
+
+
 def test_a_long_result_is_cut_in_its_batch_event_as_rqs_way_cuts_it(conn, monkeypatch) -> None:
     result = {"text": "é" * 5000}
     assert (

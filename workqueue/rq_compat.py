@@ -157,6 +157,11 @@ def job_result(job: Job) -> Any:
     return job._result
 
 
+def has_dependencies(job: Job) -> bool:
+    """Whether the job was enqueued depending on others, from memory (RQ's ``dependency_ids`` reads Redis)."""
+    return bool(job._dependency_ids)
+
+
 #: The fields of a job hash as workqueue writes it (``queued_hash``) and as it stands until the job
 #: fails or is retried (RQ's ``exc_info``, ``number_of_retries``): :func:`restore_own_fields` reads a
 #: hash of these alone, for ``CatalogueJob.restore``; any other field sends it through RQ's ``Job.restore``.

@@ -92,7 +92,9 @@ end
 -- set of each other queue; one that found enough takes a worker noted before (ARGV[15] '1') out.
 local BELL, NOTE_TTL = 'workqueue:bell:', 600  -- settings.BELL_NOTE_TTL
 local idle_below, noted = tonumber(ARGV[14]) or 0, ARGV[15] == '1'
+local executions_ttl = nil  -- the TTL of the worker's executions (KEYS[2]) as its last started job sets it
 local function settle(n)
+  if executions_ttl then redis.call('EXPIRE', KEYS[2], executions_ttl) end
   local idle = n < idle_below
   if not idle and not noted then return end  -- the common case: a busy worker stays out
   local chosen = false  -- the queue its BLMOVE waits on is chosen
@@ -293,7 +295,7 @@ for i = 3, #KEYS, 3 do
       redis.call('EXPIRE', registry_prefix .. id, ttl + 60)
       redis.call('ZADD', KEYS[i + 2], now_int + ttl, composite)
       redis.call('SADD', KEYS[2], composite)
-      redis.call('EXPIRE', KEYS[2], ttl + 60)
+      executions_ttl = ttl + 60  -- the worker's executions' TTL, set once per claim (finish)
       if ARGV[10] == '1' then redis.call('HSET', KEYS[1], 'state', 'busy') end
       redis.call('HSET', job_key, 'last_heartbeat', now_text, 'status', 'started', 'started_at', now_text,
                  'worker_name', worker)

@@ -14,7 +14,8 @@
 -- SPENT: the spent fields' names (workqueue.jobs.SPENT_FIELDS, which prepends them to this text).
 -- KEYS: 1 the job's hash, 2 its queue's finished registry, 3 its dependents, 4 its dependencies,
 --   5 its execution, 6 its queue's started registry, 7 the job's executions, 8 the worker's
---   executions, 9 its queue's backlog ('': not counted in its batch).
+--   executions, 9 its queue's backlog ('': not counted in its batch). KEYS[4] is '' for a job with no
+--   dependencies: RQ writes that set only for a job enqueued with some, so its EXPIRE would find no key.
 -- ARGV: 1 the result as JSON, 2 started_at, 3 ended_at, 4 the finished registry's score, 5 the result
 --   TTL, 6 the job's id, 7 its execution's id.
 -- Answers 1 (0: the job's hash was gone, and is not made again), or the first refusal.
@@ -38,7 +39,7 @@ local ttl, job_id, execution_id = ARGV[5], ARGV[6], ARGV[7]
 call('ZADD', KEYS[2], ARGV[4], job_id)
 call('EXPIRE', KEYS[1], ttl)
 call('EXPIRE', KEYS[3], ttl)
-call('EXPIRE', KEYS[4], ttl)
+if KEYS[4] ~= '' then call('EXPIRE', KEYS[4], ttl) end
 call('DEL', KEYS[5])
 local run = job_id .. ':' .. execution_id
 call('ZREM', KEYS[6], run)

@@ -57,8 +57,10 @@ def success(
     started_key, finished_key = registries
     job_id, job_key = job.id, job.key
     dependents = Job.dependents_key_for(job_id)
+    # RQ writes a job's dependencies set only for a job enqueued with some: for any other, its EXPIRE finds no key.
+    dependencies = job.dependencies_key if rq_compat.has_dependencies(job) else ""
     keys = [
-        job_key, finished_key, dependents, job.dependencies_key, execution.key, started_key,
+        job_key, finished_key, dependents, dependencies, execution.key, started_key,
         ExecutionRegistry.key_template.format(job_id), execution.worker_executions_key,
         backlog.key(job.origin) if stats is not None else "",  # counted in its batch (batches.record_end)
     ]  # fmt: skip
