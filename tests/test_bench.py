@@ -86,3 +86,20 @@ def test_every_bench_script_imports_and_answers_help(script: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+def test_the_profiles_print_each_commands_share_and_the_latency_split() -> None:
+    """bench/profile.py (the profiles the README quotes, not in `make bench`): a small drain's commands,
+    with the scripts and the dequeue among them, and the latency's three spans, each with its quantiles."""
+    redis_run = subprocess.run([sys.executable, "bench/profile.py", "redis", "--jobs", "200", "--drains", "1"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert redis_run.returncode == 0, redis_run.stderr[-3000:]
+    lines = redis_run.stdout.splitlines()
+    assert re.fullmatch(r"drain 1 of 200 jobs: [\d,]+ jobs/s, Redis CPU [\d.]+ us a job", lines[0]), lines[0]
+    commands = {line.split()[0] for line in lines[2:] if line.startswith("  ") and not line.startswith("  (")}
+    assert {"evalsha", "hgetall", "lmove"} <= commands, redis_run.stdout
+    latency_run = subprocess.run([sys.executable, "bench/profile.py", "latency", "--jobs", "20", "--runs", "1"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert latency_run.returncode == 0, latency_run.stderr[-3000:]
+    spans = [line.split("p50")[0].strip() for line in latency_run.stdout.splitlines()[1:]]
+    assert spans == ["the API call", "its return to the start", "the call to the start"], latency_run.stdout
