@@ -9,13 +9,20 @@ is the Redis each finished job holds (its hash, its result, its share of the reg
 statistics keys), at default settings (results kept a day). The same for bare RQ: ``Queue.enqueue_many``
 of the same body (N jobs in one call, its peak RSS) and RQ's ``SimpleWorker`` in burst mode over a
 sample of them (RQ drains ~25 jobs/s with a forking worker). Nothing asserts the figures.
+
+Then, with our N finished jobs and the N of ``--from-file`` left queued in that Redis, the dashboard
+(``dashboard_main.py`` on its default server) is timed at that scale: each data endpoint its pages
+read (live work, history, /metrics, rq-dashboard's queues, workers and job lists, one job) asked
+DASHBOARD_ASKS times over one kept-alive connection, the median and the slowest in ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from bench.run import SYSTEM_REDIS, redis_server, wait_until  # noqa: E402
+from bench.run import SYSTEM_REDIS, free_port, redis_server, wait_until  # noqa: E402
 
 PY = sys.executable
 QUEUE = "memory"
@@ -99,6 +106,62 @@ def ours(url: str, conn: redis.Redis, jobs: int, folder: Path) -> dict[str, floa
     return {"bytes": per_job, "rss": rss_flags, "rss_file": rss_file}
 
 
+#: Times each dashboard endpoint is asked for its figures.
+DASHBOARD_ASKS = 20
+
+
+def dashboard_endpoints(conn: redis.Redis) -> list[str]:
+    """The data endpoints the dashboard's pages read, on the jobs this bench left in Redis (rq-dashboard's
+    job lists 8 a page, as its pages ask)."""
+    job_id = conn.zrange(f"rq:finished:{QUEUE}", 0, 0)[0].decode()
+    rq_jobs = f"/rq/0/data/jobs/{QUEUE}"
+    return [
+        "/api/live", "/api/history", "/metrics", "/rq/0/data/queues.json", "/rq/0/data/workers.json",
+        f"{rq_jobs}/queued/8/asc/1.json", f"{rq_jobs}/finished/8/dsc/1.json", f"/api/jobs/{job_id}",
+    ]  # fmt: skip
+
+
+def dashboard_times(url: str, conn: redis.Redis) -> dict[str, tuple[float, float]]:
+    """Each data endpoint's median and slowest answer (ms) from the dashboard served on ``url``'s Redis."""
+    port = free_port()
+    argv = [PY, "dashboard_main.py", "--port", str(port), "--redis-url", url]
+    server = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def ask(path: str) -> float:
+        started = time.perf_counter()
+        client.request("GET", path)
+        response = client.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"the dashboard answered {path} with {response.status}")
+        return 1000 * (time.perf_counter() - started)
+
+    def answers() -> bool:
+        try:
+            ask("/health")
+        except OSError:
+            client.close()
+            return False
+        return True
+
+    try:
+        wait_until(answers, 60, "the dashboard to answer", poll=0.2)
+        times = {}
+        for path in dashboard_endpoints(conn):
+            spans = [ask(path) for _ in range(DASHBOARD_ASKS)]
+            times[path] = (statistics.median(spans), max(spans))
+        return times
+    finally:
+        client.close()
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def _done(conn: redis.Redis, batch: str) -> bool:
     return conn.hget(f"workqueue:batch:{batch}", "ended_at") is not None
 
@@ -126,6 +189,8 @@ def main() -> None:
     jobs = args.jobs or (10_000 if args.quick else 100_000)
     with redis_server(args.redis_server) as (url, conn), tempfile.TemporaryDirectory(prefix="wq-mem-") as tmp:
         mine = ours(url, conn, jobs, Path(tmp))
+        queued, finished = conn.llen(f"rq:queue:{QUEUE}"), conn.zcard(f"rq:finished:{QUEUE}")
+        dashboard = dashboard_times(url, conn)
         theirs = bare_rq(url, conn, jobs)
     print(f"memory, {jobs:,} jobs (Redis at default settings: results kept a day)")
     print(f"  {'figure':<44} {'workqueue':>10} {'RQ':>10} {'ours/RQ':>8}")
@@ -134,6 +199,11 @@ def main() -> None:
     print(f"  {'producer peak RSS, --count (MB)':<44} {mine['rss']:>10.1f} {theirs['rss']:>10.1f} "
           f"{mine['rss'] / theirs['rss']:>8.2f}")  # fmt: skip
     print(f"  {'producer peak RSS, --from-file (MB)':<44} {mine['rss_file']:>10.1f}")
+    print(f"the dashboard with {finished:,} finished and {queued:,} queued jobs, each endpoint asked "
+          f"{DASHBOARD_ASKS} times (ms)")  # fmt: skip
+    print(f"  {'endpoint':<44} {'median':>10} {'slowest':>10}")
+    for path, (median, slowest) in dashboard.items():
+        print(f"  {path if len(path) <= 44 else path[:41] + '...':<44} {median:>10.1f} {slowest:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -103,3 +103,16 @@ def test_the_profiles_print_each_commands_share_and_the_latency_split() -> None:
     assert latency_run.returncode == 0, latency_run.stderr[-3000:]
     spans = [line.split("p50")[0].strip() for line in latency_run.stdout.splitlines()[1:]]
     assert spans == ["the API call", "its return to the start", "the call to the start"], latency_run.stdout
+
+
+def test_the_memory_bench_prints_its_figures_and_the_dashboards_times_at_that_scale() -> None:
+    result = subprocess.run([sys.executable, "bench/memory.py", "--jobs", "300"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for row in ("Redis bytes per finished job", "producer peak RSS, --count (MB)", "producer peak RSS, --from-file"):
+        assert row in out, out
+    assert "the dashboard with 300 finished and 300 queued jobs" in out, out
+    timed = [line.split() for line in out.splitlines() if line.startswith("  /")]
+    assert [cells[0] for cells in timed][:3] == ["/api/live", "/api/history", "/metrics"], out
+    assert len(timed) == 8 and all(float(cells[1]) > 0 and float(cells[2]) >= float(cells[1]) for cells in timed), out

@@ -56,6 +56,20 @@ def test_levels_parse_and_refuse() -> None:
             priorities.parse(bad)
 
 
+def test_a_page_of_waiting_ids_is_that_slice_of_every_level_in_order(conn) -> None:
+    """``waiting_ids`` reads only the slice asked for of each level: whatever the offset and length,
+    across the levels' edges and past the end, it is that slice of every waiting id, highest level first."""
+    pausing.pause(conn, "pages")
+    jobs = _enqueue(conn, "urgent", 3, "pages") + _enqueue(conn, "normal", 4, "pages") + _enqueue(conn, 0, 2, "pages")
+    every = [job.id for job in jobs]
+    assert priorities.waiting_ids(conn, "pages") == every
+    for offset in range(len(every) + 2):
+        for length in range(len(every) + 2):
+            assert priorities.waiting_ids(conn, "pages", offset, length) == every[offset : offset + length]
+        assert priorities.waiting_ids(conn, "pages", offset) == every[offset:]
+    assert Queue("pages", connection=conn).get_job_ids(2, 4) == every[2:6]  # RQ's reader, as rq-dashboard pages
+
+
 def test_cancel_and_empty_see_prioritised_jobs(conn) -> None:
     urgent = _enqueue(conn, "urgent", 2, queue="c")
     normal = _enqueue(conn, "normal", 1, queue="c")

@@ -111,14 +111,27 @@ def waiting(connection: redis.Redis, queue: str) -> int:
 
 def waiting_ids(connection: redis.Redis, queue: str, offset: int = 0, length: int = -1) -> list[str]:
     """The ids of ``queue``'s waiting jobs in the order workers take them (highest level first);
-    ``offset``/``length`` as RQ's ``Queue.get_job_ids``."""
+    ``offset``/``length`` as RQ's ``Queue.get_job_ids``. Only the asked-for slice of each level is
+    read (a dashboard page of a queue 350,000 deep read every id of it, ~25 ms at 100,000)."""
+    lists = [key(queue, level) for level in levels()]
+    with connection.pipeline(transaction=False) as pipe:
+        for name in lists:
+            pipe.llen(name)
+        sizes = pipe.execute()
     ids: list[str] = []
-    end = None if length < 0 else offset + length
-    for level in levels():
-        if end is not None and len(ids) >= end:
+    skip, left = max(0, offset), None if length < 0 else length
+    for name, size in zip(lists, sizes, strict=True):
+        if left == 0:
             break
-        ids += [i.decode() if isinstance(i, bytes) else i for i in connection.lrange(key(queue, level), 0, -1)]
-    return ids[offset:end]
+        if skip >= size:
+            skip -= size
+            continue
+        part = connection.lrange(name, skip, -1 if left is None else skip + left - 1)
+        ids += [i.decode() if isinstance(i, bytes) else i for i in part]
+        skip = 0
+        if left is not None:
+            left = max(0, left - len(part))
+    return ids
 
 
 def home(connection: redis.Redis, queue: str, job_id: str) -> str:
