@@ -112,7 +112,7 @@ def waiting(connection: redis.Redis, queue: str) -> int:
 def waiting_ids(connection: redis.Redis, queue: str, offset: int = 0, length: int = -1) -> list[str]:
     """The ids of ``queue``'s waiting jobs in the order workers take them (highest level first);
     ``offset``/``length`` as RQ's ``Queue.get_job_ids``. Only the asked-for slice of each level is
-    read (a dashboard page of a queue 350,000 deep read every id of it, ~25 ms at 100,000)."""
+    read: a dashboard page of a deep queue used to read every id of every level (26.8 ms at 100,000)."""
     lists = [key(queue, level) for level in levels()]
     with connection.pipeline(transaction=False) as pipe:
         for name in lists:

@@ -295,7 +295,7 @@ for i = 3, #KEYS, 3 do
       redis.call('EXPIRE', registry_prefix .. id, ttl + 60)
       redis.call('ZADD', KEYS[i + 2], now_int + ttl, composite)
       redis.call('SADD', KEYS[2], composite)
-      executions_ttl = ttl + 60  -- the worker's executions' TTL, set once per claim (finish)
+      executions_ttl = ttl + 60  -- the worker's executions' TTL, set once per claim (settle)
       if ARGV[10] == '1' then redis.call('HSET', KEYS[1], 'state', 'busy') end
       redis.call('HSET', job_key, 'last_heartbeat', now_text, 'status', 'started', 'started_at', now_text,
                  'worker_name', worker)
