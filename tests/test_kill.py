@@ -268,18 +268,21 @@ def test_a_stop_at_once_stops_the_worker_s_scheduler_too(redis_url: str) -> None
     stops its scheduler: it stops the scheduler itself, or the worker's exit waits for it forever.
     In a process of its own: a stop also ends the retries of every Redis client in its process."""
     code = """if True:
-        import os, signal, redis
+        import os, signal, sys, redis
         from workqueue.worker.catalogue_worker import CatalogueWorker
+        def say(line):  # one write: the scheduler's own log lines go to the same pipe, in between
+            sys.stdout.write(line + "\\n")
+            sys.stdout.flush()
         conn = redis.Redis.from_url(os.environ["REDIS_URL"])
         worker = CatalogueWorker(["queue_one"], connection=conn, name=f"cold.{os.getpid()}")
         worker.register_birth()
         worker._start_scheduler()
         scheduler = worker.scheduler._process
-        print("scheduler running:", scheduler is not None and scheduler.is_alive(), flush=True)
+        say(f"scheduler running: {scheduler is not None and scheduler.is_alive()}")
         try:
             worker.request_force_stop(signal.SIGINT, None)
         except SystemExit:
-            print("stopped at once; scheduler running:", scheduler.is_alive(), flush=True)
+            say(f"stopped at once; scheduler running: {scheduler.is_alive()}")
         if scheduler.is_alive():  # else this process's exit would wait for it
             scheduler.terminate()
             scheduler.join(10)

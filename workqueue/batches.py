@@ -248,9 +248,11 @@ def follow(
     from ``outage.describe``), ``on_outage(None)`` when Redis answers again. With ``mark`` (the
     data mark this process saw), a batch gone because Redis lost its data raises RedisLostData."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    last = "0"
+    last, ended = "0", False
     while True:
-        read = partial(connection.xread, {events_key(batch_id): last}, count=500, block=block_ms)  # this `last`
+        # once the batch is known to have ended, what its stream still holds is read without waiting
+        block = None if ended else block_ms
+        read = partial(connection.xread, {events_key(batch_id): last}, count=500, block=block)  # this `last`
         replies = _riding(read, connection, on_outage, mark)
         for _stream, entries in replies or []:
             for entry_id, fields in entries:
@@ -261,9 +263,12 @@ def follow(
                 yield TaskEnd(data["job"], data["task"], data["outcome"], json.loads(data["detail"]),
                               float(data["duration"]), data.get("redelivery") == "1")  # fmt: skip
         if not replies:
-            if _riding(lambda: _done(connection, batch_id, mark), connection, on_outage, mark):
+            if ended:
                 return  # the stream expired or was trimmed
-            if deadline is not None and time.monotonic() > deadline:
+            # The batch may have ended just after that read gave up waiting: its last ends are then
+            # in the stream, and the next read (at once) tells them before its end.
+            ended = _riding(lambda: _done(connection, batch_id, mark), connection, on_outage, mark)
+            if not ended and deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} did not end within {timeout:g} s")
 
 
